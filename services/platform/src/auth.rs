@@ -1,0 +1,98 @@
+//! Who is calling: the `Player` extractor verifies the bearer access token locally with the
+//! public key (no call to the accounts service) and checks the cache for a revoked session, so a
+//! logout reaches every instance that shares the cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use crate::cache::Cache;
+use crate::error::ApiError;
+use crate::tokens::{TokenError, TokenKeys};
+
+/// Verifies access tokens and records revoked sessions. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    keys: Arc<TokenKeys>,
+    cache: Cache,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Player {
+    /// The account the token was issued to.
+    pub account_id: String,
+    /// The session the token belongs to.
+    pub session_id: String,
+}
+
+impl Authenticator {
+    /// An authenticator over `keys`, recording revocations in `cache`.
+    pub fn new(keys: Arc<TokenKeys>, cache: Cache) -> Self {
+        Self { keys, cache }
+    }
+
+    /// The token keys, for services that sign (accounts) or publish the JWKS.
+    pub fn keys(&self) -> &Arc<TokenKeys> {
+        &self.keys
+    }
+
+    /// Verifies `token` and refuses it when its session has been revoked.
+    pub async fn authenticate(&self, token: &str) -> Result<Player, ApiError> {
+        let claims = self.keys.verify(token, now_secs()).map_err(|err| match err {
+            TokenError::Expired => ApiError::Unauthenticated { code: "token_expired", message: err.to_string() },
+            other => ApiError::invalid_token(other.to_string()),
+        })?;
+        let revoked = self
+            .cache
+            .exists(&revoked_key(&claims.sid))
+            .await
+            .map_err(|err| ApiError::Unavailable(format!("cannot check the session: {err:#}")))?;
+        if revoked {
+            return Err(ApiError::Unauthenticated { code: "session_revoked", message: "this session has ended; sign in again".into() });
+        }
+        Ok(Player { account_id: claims.sub, session_id: claims.sid })
+    }
+
+    /// Makes every access token of `session_id` fail from now on, on every instance that shares
+    /// the cache. The mark lives as long as the longest-lived token it must stop.
+    pub async fn revoke_session(&self, session_id: &str) -> anyhow::Result<()> {
+        let ttl = self.keys.access_ttl() + Duration::from_secs(60);
+        self.cache.set_ex(&revoked_key(session_id), "1", ttl).await
+    }
+}
+
+fn revoked_key(session_id: &str) -> String {
+    format!("session:revoked:{session_id}")
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    crate::db::now_millis() / 1000
+}
+
+/// The bearer token of a request, if it has an `Authorization: Bearer ...` header.
+pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+impl<S> FromRequestParts<S> for Player
+where
+    Authenticator: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts).ok_or_else(|| ApiError::Unauthenticated {
+            code: "missing_token",
+            message: "send the access token as `Authorization: Bearer <token>`".into(),
+        })?;
+        Authenticator::from_ref(state).authenticate(token).await
+    }
+}

@@ -1,0 +1,240 @@
+//! The cache port: short-lived shared state (session revocations, rate-limit counters).
+//! Redis in production, so that every instance sees the same state; process memory on embedded
+//! defaults, where there is one instance.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::CacheConfig;
+
+/// Redis operations that take longer fail instead of holding a request.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A cache backend. Cheap to clone; clones share the backend.
+#[derive(Clone)]
+pub enum Cache {
+    /// Redis (ElastiCache), shared by every instance.
+    Redis(RedisCache),
+    /// Process memory, for the single-process embedded tier.
+    Memory(MemoryCache),
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cache::Redis(r) => write!(f, "Cache::Redis(prefix={:?})", r.prefix),
+            Cache::Memory(_) => f.write_str("Cache::Memory"),
+        }
+    }
+}
+
+impl Cache {
+    /// Connects to the configured backend.
+    pub async fn connect(config: &CacheConfig) -> anyhow::Result<Self> {
+        match config {
+            CacheConfig::Memory => Ok(Cache::Memory(MemoryCache::default())),
+            CacheConfig::Redis { url, key_prefix } => {
+                let client = redis::Client::open(url.expose().as_str()).context("parsing REDIS_URL")?;
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(REDIS_TIMEOUT))
+                    .set_response_timeout(Some(REDIS_TIMEOUT))
+                    .set_number_of_retries(2);
+                let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+                    .await
+                    .context("connecting to Redis")?;
+                Ok(Cache::Redis(RedisCache { conn, client, prefix: key_prefix.clone() }))
+            }
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl`.
+    pub async fn set_ex(&self, key: &str, value: &str, ttl: Duration) -> anyhow::Result<()> {
+        match self {
+            Cache::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let _: () = redis::cmd("SET")
+                    .arg(r.key(key))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .query_async(&mut conn)
+                    .await
+                    .context("Redis SET")?;
+                Ok(())
+            }
+            Cache::Memory(m) => {
+                m.with_key(key, |map| {
+                    map.insert(key.to_owned(), Entry { value: value.to_owned(), expires: Instant::now() + ttl });
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// The value under `key`, if present and not expired.
+    pub async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
+        match self {
+            Cache::Redis(r) => {
+                let mut conn = r.conn.clone();
+                redis::cmd("GET").arg(r.key(key)).query_async(&mut conn).await.context("Redis GET")
+            }
+            Cache::Memory(m) => Ok(m.with_key(key, |map| map.get(key).map(|e| e.value.clone()))),
+        }
+    }
+
+    /// Whether `key` is present.
+    pub async fn exists(&self, key: &str) -> anyhow::Result<bool> {
+        Ok(self.get(key).await?.is_some())
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        match self {
+            Cache::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let _: i64 = redis::cmd("DEL").arg(r.key(key)).query_async(&mut conn).await.context("Redis DEL")?;
+                Ok(())
+            }
+            Cache::Memory(m) => {
+                m.with_key(key, |map| map.remove(key));
+                Ok(())
+            }
+        }
+    }
+
+    /// Counts one hit in the fixed window that `key` names, starting the window (of length
+    /// `window`) on the first hit. Returns the hits so far and the time left in the window.
+    pub async fn hit(&self, key: &str, window: Duration) -> anyhow::Result<(u64, Duration)> {
+        match self {
+            Cache::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let key = r.key(key);
+                // One round trip, atomic: the expiry is set only by the hit that created the key.
+                let (count, ttl): (u64, i64) = redis::pipe()
+                    .atomic()
+                    .cmd("INCR")
+                    .arg(&key)
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(millis(window))
+                    .arg("NX")
+                    .ignore()
+                    .cmd("PTTL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .context("Redis rate-limit hit")?;
+                let left = u64::try_from(ttl).map(Duration::from_millis).unwrap_or(window);
+                Ok((count, left))
+            }
+            Cache::Memory(m) => Ok(m.with_key(key, |map| {
+                let now = Instant::now();
+                let entry = map
+                    .entry(key.to_owned())
+                    .or_insert_with(|| Entry { value: "0".to_owned(), expires: now + window });
+                let count = entry.value.parse::<u64>().unwrap_or(0) + 1;
+                entry.value = count.to_string();
+                (count, entry.expires.saturating_duration_since(now))
+            })),
+        }
+    }
+
+    /// Answers whether the backend is reachable (readiness).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        match self {
+            Cache::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let _: String = redis::cmd("PING").query_async(&mut conn).await.context("Redis PING")?;
+                Ok(())
+            }
+            Cache::Memory(_) => Ok(()),
+        }
+    }
+
+    /// The Redis connection and key prefix, for services that use Redis structures of their own
+    /// (sorted sets, pub/sub); `None` on the in-memory backend.
+    pub fn redis(&self) -> Option<&RedisCache> {
+        match self {
+            Cache::Redis(r) => Some(r),
+            Cache::Memory(_) => None,
+        }
+    }
+}
+
+/// A multiplexed, auto-reconnecting Redis connection with a key prefix.
+#[derive(Clone)]
+pub struct RedisCache {
+    conn: ConnectionManager,
+    client: redis::Client,
+    prefix: String,
+}
+
+impl RedisCache {
+    /// `key` with this deployment's prefix.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// A handle on the shared connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The client, to open dedicated connections (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+}
+
+/// The in-memory backend: a map of entries with deadlines, swept as it is used.
+#[derive(Clone, Default)]
+pub struct MemoryCache {
+    inner: Arc<Mutex<MemoryInner>>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    map: HashMap<String, Entry>,
+    ops_since_sweep: u32,
+}
+
+struct Entry {
+    value: String,
+    expires: Instant,
+}
+
+/// Expired entries are dropped every this many operations, so memory stays bounded by the live set.
+const SWEEP_EVERY: u32 = 1024;
+
+impl MemoryCache {
+    /// Runs `f` on the map after dropping `key` if it has expired, so no caller sees a stale entry.
+    fn with_key<R>(&self, key: &str, f: impl FnOnce(&mut HashMap<String, Entry>) -> R) -> R {
+        self.with(|map| {
+            if map.get(key).is_some_and(|e| e.expires <= Instant::now()) {
+                map.remove(key);
+            }
+            f(map)
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Entry>) -> R) -> R {
+        // A poisoned lock only means another thread panicked mid-update of a cache entry; the
+        // map itself is still sound, so carry on with it.
+        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        inner.ops_since_sweep += 1;
+        if inner.ops_since_sweep >= SWEEP_EVERY {
+            inner.ops_since_sweep = 0;
+            inner.map.retain(|_, e| e.expires > now);
+        }
+        f(&mut inner.map)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

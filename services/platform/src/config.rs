@@ -1,0 +1,382 @@
+//! Typed configuration, read from the environment in one place (twelve-factor).
+//!
+//! Backends are chosen by URL scheme (see `ARCHITECTURE.md`): with nothing set, Guildhall runs on
+//! its embedded defaults (a SQLite file and an in-memory cache under `DATA_DIR`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A value that must never reach a log line: `Debug` prints `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that needs it (a connect call, a key parser).
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The services this binary can run. `SERVICES` picks a subset; the default is all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Sign-up, login, sessions, profiles.
+    Accounts,
+}
+
+impl Service {
+    /// Every service, in the order they are mounted.
+    pub const ALL: &'static [Service] = &[Service::Accounts];
+
+    /// The name used in `SERVICES` and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Accounts => "accounts",
+        }
+    }
+}
+
+impl FromStr for Service {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Service::ALL
+            .iter()
+            .copied()
+            .find(|service| service.name() == s)
+            .with_context(|| {
+                let known: Vec<_> = Service::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown service {s:?} in SERVICES; known: {}", known.join(", "))
+            })
+    }
+}
+
+/// Where the relational data lives.
+#[derive(Debug, Clone)]
+pub enum DatabaseConfig {
+    /// `postgres://` (Aurora PostgreSQL in production).
+    Postgres {
+        /// Connection URL, with credentials.
+        url: Secret<String>,
+        /// Upper bound of the pool.
+        max_connections: u32,
+    },
+    /// A SQLite file (embedded default: `DATA_DIR/guildhall.db`).
+    Sqlite {
+        /// Path of the database file.
+        path: PathBuf,
+    },
+}
+
+impl DatabaseConfig {
+    /// True for the embedded default, which separate processes cannot share.
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, DatabaseConfig::Sqlite { .. })
+    }
+}
+
+/// Where the cache (sessions, rate limits, later leaderboards and fan-out) lives.
+#[derive(Debug, Clone)]
+pub enum CacheConfig {
+    /// `redis://` or `rediss://` (ElastiCache in production).
+    Redis {
+        /// Connection URL, possibly with a password.
+        url: Secret<String>,
+        /// Prepended to every key, so that environments can share one Redis.
+        key_prefix: String,
+    },
+    /// In process memory (embedded default).
+    Memory,
+}
+
+/// How access and refresh tokens are made.
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    /// PKCS#8 PEM of the Ed25519 signing key (`TOKEN_SIGNING_KEY`). Without it, and without a
+    /// verify key, a key is generated once and kept under `DATA_DIR`.
+    pub signing_key: Option<Secret<String>>,
+    /// SPKI PEM of the public key (`TOKEN_VERIFY_KEY`), for services that only verify.
+    pub verify_key: Option<String>,
+    /// `iss` claim written and required.
+    pub issuer: String,
+    /// Lifetime of an access token.
+    pub access_ttl: Duration,
+    /// Lifetime of a refresh token (and so of an idle session).
+    pub refresh_ttl: Duration,
+}
+
+/// Limits on the authentication endpoints, counted in the cache so that every instance shares them.
+#[derive(Debug, Clone)]
+pub struct AuthRateLimits {
+    /// Register, login and guest attempts per client IP per minute.
+    pub per_ip_per_minute: u32,
+    /// Login attempts per account (normalised email) per 15 minutes.
+    pub per_account_per_15_minutes: u32,
+}
+
+/// Output format of the log lines on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (production, awslogs).
+    Json,
+    /// Human-readable lines for a terminal.
+    Pretty,
+}
+
+/// Everything the binary reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `LISTEN_ADDR`, default `0.0.0.0:8080`.
+    pub listen_addr: SocketAddr,
+    /// `DATA_DIR`, default `./data`: the SQLite file, the generated signing key, later blobs.
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL`.
+    pub database: DatabaseConfig,
+    /// `REDIS_URL` and `REDIS_KEY_PREFIX`.
+    pub cache: CacheConfig,
+    /// `SERVICES`, comma-separated; default all.
+    pub services: Vec<Service>,
+    /// Token keys and lifetimes.
+    pub tokens: TokenConfig,
+    /// Limits on login and sign-up.
+    pub auth_rate_limits: AuthRateLimits,
+    /// `TRUST_FORWARDED_FOR`: take the client IP from the last `X-Forwarded-For` hop, as set by
+    /// the ALB. Only safe behind a proxy that overwrites or appends that header.
+    pub trust_forwarded_for: bool,
+    /// `REQUEST_TIMEOUT_SECS`: an HTTP request that takes longer gets 503.
+    pub request_timeout: Duration,
+    /// `SHUTDOWN_DRAIN_SECS`: on SIGTERM, how long readiness fails before the listener closes,
+    /// so that the load balancer stops routing here first.
+    pub shutdown_drain: Duration,
+    /// `SHUTDOWN_GRACE_SECS`: how long in-flight work may take after the listener closed.
+    pub shutdown_grace: Duration,
+    /// `LOG_FORMAT`: `json` (default) or `pretty`.
+    pub log_format: LogFormat,
+    /// `RUN_MIGRATIONS`: apply migrations at start-up (default true; sqlx takes a lock).
+    pub run_migrations: bool,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Reads configuration from a map, as tests do instead of touching the process environment.
+    pub fn from_map(map: &HashMap<String, String>) -> anyhow::Result<Self> {
+        Self::from_lookup(|key| map.get(key).cloned())
+    }
+
+    /// Reads configuration through `lookup`, which answers one variable at a time.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let get = |key: &str| lookup(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let parse = |key: &str, default: u64| -> anyhow::Result<u64> {
+            match get(key) {
+                Some(v) => v.parse().with_context(|| format!("{key} must be a whole number, got {v:?}")),
+                None => Ok(default),
+            }
+        };
+        let flag = |key: &str, default: bool| -> anyhow::Result<bool> {
+            match get(key).as_deref() {
+                None => Ok(default),
+                Some("1" | "true" | "yes" | "on") => Ok(true),
+                Some("0" | "false" | "no" | "off") => Ok(false),
+                Some(other) => bail!("{key} must be true or false, got {other:?}"),
+            }
+        };
+
+        let data_dir = PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "data".into()));
+        let listen_addr = get("LISTEN_ADDR")
+            .unwrap_or_else(|| "0.0.0.0:8080".into())
+            .parse()
+            .context("LISTEN_ADDR must be an address such as 0.0.0.0:8080")?;
+
+        let database = match get("DATABASE_URL") {
+            None => DatabaseConfig::Sqlite { path: data_dir.join("guildhall.db") },
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                DatabaseConfig::Postgres {
+                    url: Secret::new(url),
+                    max_connections: u32::try_from(parse("DATABASE_MAX_CONNECTIONS", 16)?)
+                        .context("DATABASE_MAX_CONNECTIONS is too large")?,
+                }
+            }
+            Some(url) if url.starts_with("sqlite:") => {
+                let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+                let path = path.split('?').next().unwrap_or_default();
+                if path.is_empty() {
+                    bail!("DATABASE_URL sqlite: needs a file path, e.g. sqlite://data/guildhall.db");
+                }
+                DatabaseConfig::Sqlite { path: PathBuf::from(path) }
+            }
+            Some(_) => bail!("DATABASE_URL must start with postgres:// or sqlite:"),
+        };
+
+        let cache = match get("REDIS_URL") {
+            None => CacheConfig::Memory,
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                CacheConfig::Redis {
+                    url: Secret::new(url),
+                    key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "gh:".into()),
+                }
+            }
+            Some(_) => bail!("REDIS_URL must start with redis:// or rediss://"),
+        };
+
+        let services = match get("SERVICES") {
+            None => Service::ALL.to_vec(),
+            Some(list) => {
+                let mut services = Vec::new();
+                for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let service: Service = name.parse()?;
+                    if !services.contains(&service) {
+                        services.push(service);
+                    }
+                }
+                if services.is_empty() {
+                    bail!("SERVICES names no service");
+                }
+                services
+            }
+        };
+
+        let tokens = TokenConfig {
+            signing_key: get("TOKEN_SIGNING_KEY").map(Secret::new),
+            verify_key: get("TOKEN_VERIFY_KEY"),
+            issuer: get("TOKEN_ISSUER").unwrap_or_else(|| "guildhall".into()),
+            access_ttl: Duration::from_secs(parse("ACCESS_TOKEN_TTL_SECS", 15 * 60)?),
+            refresh_ttl: Duration::from_secs(parse("REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?),
+        };
+        if tokens.access_ttl.is_zero() || tokens.refresh_ttl < tokens.access_ttl {
+            bail!("ACCESS_TOKEN_TTL_SECS must be positive and at most REFRESH_TOKEN_TTL_SECS");
+        }
+
+        let limit = |key: &str, default: u64| -> anyhow::Result<u32> {
+            let value = parse(key, default)?;
+            u32::try_from(value).ok().filter(|v| *v > 0).with_context(|| format!("{key} must be between 1 and {}", u32::MAX))
+        };
+        let auth_rate_limits = AuthRateLimits {
+            per_ip_per_minute: limit("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE", 30)?,
+            per_account_per_15_minutes: limit("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES", 10)?,
+        };
+
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => bail!("LOG_FORMAT must be json or pretty, got {other:?}"),
+        };
+
+        let config = Config {
+            listen_addr,
+            data_dir,
+            database,
+            cache,
+            services,
+            tokens,
+            auth_rate_limits,
+            trust_forwarded_for: flag("TRUST_FORWARDED_FOR", false)?,
+            request_timeout: Duration::from_secs(parse("REQUEST_TIMEOUT_SECS", 30)?.max(1)),
+            shutdown_drain: Duration::from_secs(parse("SHUTDOWN_DRAIN_SECS", 0)?),
+            shutdown_grace: Duration::from_secs(parse("SHUTDOWN_GRACE_SECS", 20)?),
+            log_format,
+            run_migrations: flag("RUN_MIGRATIONS", true)?,
+        };
+        config.check_deployment()?;
+        Ok(config)
+    }
+
+    /// True when every service of the product runs in this process.
+    pub fn is_monolith(&self) -> bool {
+        Service::ALL.iter().all(|s| self.services.contains(s))
+    }
+
+    /// Refuses combinations that cannot work: separate processes cannot share an in-memory cache
+    /// or a local SQLite file, so a subset of services needs the real backends.
+    fn check_deployment(&self) -> anyhow::Result<()> {
+        if !self.is_monolith() {
+            let names: Vec<_> = self.services.iter().map(|s| s.name()).collect();
+            if self.database.is_embedded() {
+                bail!(
+                    "SERVICES={} runs part of Guildhall, so the other parts run elsewhere and cannot share a local SQLite file: set DATABASE_URL=postgres://...",
+                    names.join(",")
+                );
+            }
+            if matches!(self.cache, CacheConfig::Memory) {
+                bail!(
+                    "SERVICES={} runs part of Guildhall, so the other parts run elsewhere and cannot share an in-memory cache: set REDIS_URL=redis://...",
+                    names.join(",")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_map(&map)
+    }
+
+    #[test]
+    fn nothing_set_means_embedded_defaults() {
+        let config = config(&[]).expect("defaults are valid");
+        assert!(matches!(config.database, DatabaseConfig::Sqlite { ref path } if path == &PathBuf::from("data/guildhall.db")));
+        assert!(matches!(config.cache, CacheConfig::Memory));
+        assert_eq!(config.services, Service::ALL);
+        assert_eq!(config.tokens.access_ttl, Duration::from_secs(900));
+        assert_eq!(config.listen_addr.port(), 8080);
+    }
+
+    #[test]
+    fn backends_are_chosen_by_scheme() {
+        let real = config(&[("DATABASE_URL", "postgres://u:p@db/g"), ("REDIS_URL", "redis://cache:6379")]).expect("valid");
+        assert!(matches!(real.database, DatabaseConfig::Postgres { .. }));
+        assert!(matches!(real.cache, CacheConfig::Redis { .. }));
+        assert!(config(&[("DATABASE_URL", "mysql://x")]).is_err());
+        assert!(config(&[("REDIS_URL", "memcached://x")]).is_err());
+    }
+
+    #[test]
+    fn a_subset_of_services_needs_shared_backends() {
+        let err = config(&[("SERVICES", "accounts")]);
+        // accounts is every service today, so this is still a monolith and allowed.
+        assert!(err.is_ok());
+        let err = config(&[("SERVICES", "accounts,nonsense")]).expect_err("unknown service");
+        assert!(err.to_string().contains("unknown service"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let config = config(&[("DATABASE_URL", "postgres://u:hunter2@db/g"), ("TOKEN_SIGNING_KEY", "PRIVATE")]).expect("valid");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("PRIVATE"), "{printed}");
+    }
+
+    #[test]
+    fn bad_numbers_are_refused_with_the_variable_name() {
+        let err = config(&[("ACCESS_TOKEN_TTL_SECS", "soon")]).expect_err("not a number");
+        assert!(err.to_string().contains("ACCESS_TOKEN_TTL_SECS"));
+        assert!(config(&[("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE", "0")]).is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! What every Guildhall service stands on: configuration, logging, the error type, tokens,
+//! database and cache ports, health, rate limits and shutdown.
+
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod ratelimit;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;
+pub mod tokens;
+
+pub use error::{ApiError, ApiResult};
