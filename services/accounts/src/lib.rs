@@ -1,1 +1,117 @@
+//! Guildhall accounts: sign-up, login (email and password, or guest device), sessions with
+//! rotating refresh tokens, profiles, and erasure.
 
+pub mod api;
+pub mod model;
+pub mod password;
+pub mod sessions;
+pub mod store;
+pub mod validate;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::FromRef;
+use platform::auth::Authenticator;
+use platform::cache::Cache;
+use platform::config::AuthRateLimits;
+use platform::db::{Database, now_millis};
+use platform::ratelimit::Limit;
+use platform::shutdown::Shutdown;
+use utoipa::OpenApi;
+
+pub use password::Passwords;
+
+/// The rate limits of the sign-in endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Register, login and guest attempts per client IP.
+    pub per_ip: Limit,
+    /// Login attempts per account.
+    pub per_account: Limit,
+}
+
+impl From<&AuthRateLimits> for Limits {
+    fn from(config: &AuthRateLimits) -> Self {
+        Limits {
+            per_ip: Limit::new(config.per_ip_per_minute, Duration::from_secs(60)),
+            per_account: Limit::new(config.per_account_per_15_minutes, Duration::from_secs(15 * 60)),
+        }
+    }
+}
+
+/// Everything the accounts handlers need. Cheap to clone.
+#[derive(Clone)]
+pub struct AccountsState {
+    /// Accounts, sessions, refresh tokens, outbox.
+    pub db: Database,
+    /// Rate-limit counters.
+    pub cache: Cache,
+    /// Signs and verifies tokens; revokes sessions.
+    pub auth: Authenticator,
+    /// Argon2id hasher.
+    pub passwords: Passwords,
+    /// Sign-in limits.
+    pub limits: Limits,
+    /// Lifetime of refresh tokens and idle sessions.
+    pub refresh_ttl: Duration,
+}
+
+impl FromRef<AccountsState> for Authenticator {
+    fn from_ref(state: &AccountsState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// The accounts router.
+pub fn router(state: AccountsState) -> Router {
+    api::routes().with_state(state)
+}
+
+/// How often ended sessions are purged, and how long they are kept after ending (reuse of a
+/// refresh token of a recently ended session is still recognised and logged).
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+const KEEP_ENDED_FOR_MS: i64 = 24 * 3600 * 1000;
+
+/// Background work: purges sessions that ended more than a day ago, in batches, until shutdown.
+pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.stopped() => return,
+            _ = every.tick() => {}
+        }
+        let before = now_millis() - KEEP_ENDED_FOR_MS;
+        loop {
+            let purged = async {
+                let mut conn = state.db.pool().acquire().await?;
+                store::purge_sessions(&mut conn, before, 500).await
+            }
+            .await;
+            match purged {
+                Ok(0) => break,
+                Ok(n) => tracing::info!(purged = n, "purged ended sessions"),
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), "purging sessions failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The OpenAPI description of the accounts API.
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        api::register, api::login, api::guest, api::refresh, api::logout,
+        api::me, api::update_me, api::delete_me, api::attach_credentials, api::profile, api::jwks
+    ),
+    components(schemas(
+        model::RegisterRequest, model::LoginRequest, model::GuestRequest, model::RefreshRequest,
+        model::CredentialsRequest, model::ProfileUpdate, model::TokenPair, model::Account,
+        model::PublicProfile, model::Registered, platform::error::ErrorBody
+    )),
+    tags((name = "auth", description = "Sign-up, sign-in, tokens"), (name = "accounts", description = "Profiles and erasure"))
+)]
+pub struct ApiDoc;

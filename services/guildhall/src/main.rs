@@ -1,1 +1,50 @@
-fn main() {}
+//! `guildhall serve` (default) runs the services; `guildhall migrate` applies migrations.
+//! Configuration comes from the environment only: see README.md.
+
+use platform::config::Config;
+
+const USAGE: &str = "usage: guildhall [serve|migrate|openapi|version]\n\
+  serve    run the services (SERVICES picks a subset; default all)\n\
+  migrate  apply database migrations and exit\n\
+  openapi  print the OpenAPI document and exit\n\
+  version  print the version";
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let command = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("guildhall: configuration error: {err:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    platform::telemetry::init(config.log_format);
+    let result = match command.as_str() {
+        "serve" => guildhall::run(config).await,
+        "migrate" => guildhall::migrate(&config).await,
+        "openapi" => serde_json::to_string_pretty(&guildhall::openapi(&config.services))
+            .map(|doc| println!("{doc}"))
+            .map_err(anyhow::Error::from),
+        "version" | "--version" | "-V" => {
+            println!("guildhall {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprintln!("guildhall: unknown command {other:?}\n{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "guildhall failed");
+            eprintln!("guildhall: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

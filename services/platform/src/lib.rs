@@ -8,11 +8,13 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod outbox;
 pub mod ratelimit;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod time;
 pub mod tokens;
 
 pub use error::{ApiError, ApiResult};

@@ -1,0 +1,258 @@
+//! The accounts HTTP API, in the order of the API reference.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use platform::auth::Player;
+use platform::db::{now_millis, unique_violation};
+use platform::error::ErrorBody;
+use platform::http::{ClientIp, Json};
+use platform::{ApiError, ApiResult};
+use sha2::{Digest, Sha256};
+
+use crate::AccountsState;
+use crate::model::*;
+use crate::store::{self, NewAccount, ProfilePatch};
+use crate::validate;
+
+/// The accounts routes.
+pub fn routes() -> Router<AccountsState> {
+    Router::new()
+        .route("/v1/auth/register", post(register))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/guest", post(guest))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/accounts/me", get(me).patch(update_me).delete(delete_me))
+        .route("/v1/accounts/me/credentials", post(attach_credentials))
+        .route("/v1/accounts/{id}", get(profile))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+/// Maps a unique violation on insert or update to the 409 it means.
+fn conflict(err: anyhow::Error) -> ApiError {
+    match unique_violation(&err) {
+        Some(c) if c.contains("username") => ApiError::Conflict { code: "username_taken", message: "that username is taken".into() },
+        Some(c) if c.contains("email") => ApiError::Conflict { code: "email_taken", message: "an account with that email exists".into() },
+        _ => ApiError::Internal(err),
+    }
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::Unauthenticated { code: "invalid_credentials", message: "wrong email or password".into() }
+}
+
+impl AccountsState {
+    /// Counts one sign-in attempt from `ip` (register, login, guest share the budget).
+    async fn limit_ip(&self, ip: ClientIp) -> ApiResult<()> {
+        self.limits.per_ip.hit(&self.cache, &format!("auth:ip:{}", ip.0)).await
+    }
+}
+
+/// Creates an account with email and password and signs it in.
+#[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses((status = 201, body = Registered), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req): Json<RegisterRequest>) -> ApiResult<impl IntoResponse> {
+    let email = validate::email(&req.email)?;
+    let username = validate::username(&req.username)?;
+    validate::password("password", &req.password)?;
+    state.limit_ip(ip).await?;
+
+    let password_hash = state.passwords.hash(req.password).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = now_millis();
+    let mut tx = state.db.begin().await?;
+    let new = NewAccount { id: &id, username: &username, email: Some(&email), password_hash: Some(&password_hash), device_key: None, now };
+    store::insert_account(&mut *tx, &new).await.map_err(conflict)?;
+    let minted = state.open_session(&mut tx, &id).await?;
+    let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("account vanished after insert"))?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    tracing::info!(account_id = id, "account registered");
+    Ok((StatusCode::CREATED, Json(Registered { account: account.into(), tokens: state.pair(minted)? })))
+}
+
+/// Signs in with email and password. Unknown email and wrong password answer alike, in the same
+/// time.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = TokenPair), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn login(State(state): State<AccountsState>, ip: ClientIp, Json(req): Json<LoginRequest>) -> ApiResult<Json<TokenPair>> {
+    let email = validate::email(&req.email)?;
+    if req.password.is_empty() || req.password.len() > 1024 {
+        return Err(ApiError::invalid("password", "password must be given"));
+    }
+    state.limit_ip(ip).await?;
+    state.limits.per_account.hit(&state.cache, &format!("login:account:{email}")).await?;
+
+    let account = store::account_by_email(state.db.pool(), &email).await?;
+    let stored = account.as_ref().and_then(|a| a.password_hash.clone());
+    if !state.passwords.verify(req.password, stored).await? {
+        tracing::info!("login refused");
+        return Err(invalid_credentials());
+    }
+    let account = account.ok_or_else(invalid_credentials)?;
+    let mut tx = state.db.begin().await?;
+    let minted = state.open_session(&mut tx, &account.id).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    tracing::info!(account_id = account.id, "signed in");
+    Ok(Json(state.pair(minted)?))
+}
+
+/// Signs a device in as a guest, creating the guest account on its first call (201).
+#[utoipa::path(post, path = "/v1/auth/guest", tag = "auth", request_body = GuestRequest,
+    responses((status = 200, body = TokenPair), (status = 201, body = TokenPair), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn guest(State(state): State<AccountsState>, ip: ClientIp, Json(req): Json<GuestRequest>) -> ApiResult<impl IntoResponse> {
+    let device_id = validate::device_id(&req.device_id)?;
+    state.limit_ip(ip).await?;
+    let device_key: String = Sha256::digest(device_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+
+    // Two tries: a concurrent first sign-in of the same device may create the account between
+    // our lookup and our insert; then the second lookup finds it.
+    for _ in 0..2 {
+        let mut tx = state.db.begin().await?;
+        if let Some(account) = store::account_by_device(&mut *tx, &device_key).await? {
+            let minted = state.open_session(&mut tx, &account.id).await?;
+            tx.commit().await.map_err(anyhow::Error::from)?;
+            return Ok((StatusCode::OK, Json(state.pair(minted)?)));
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let username = guest_username()?;
+        let new = NewAccount { id: &id, username: &username, email: None, password_hash: None, device_key: Some(&device_key), now: now_millis() };
+        match store::insert_account(&mut *tx, &new).await {
+            Ok(()) => {
+                let minted = state.open_session(&mut tx, &id).await?;
+                tx.commit().await.map_err(anyhow::Error::from)?;
+                tracing::info!(account_id = id, "guest account created");
+                return Ok((StatusCode::CREATED, Json(state.pair(minted)?)));
+            }
+            Err(err) if unique_violation(&err).is_some() => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(ApiError::Internal(anyhow::anyhow!("could not create or find the guest account")))
+}
+
+/// `guest_` and ten random base-32 characters: 50 bits, so collisions are negligible and handled.
+fn guest_username() -> anyhow::Result<String> {
+    const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut bytes = [0u8; 10];
+    crate::password::getrandom_fill(&mut bytes)?;
+    Ok(format!("guest_{}", bytes.iter().map(|b| ALPHABET[usize::from(b % 32)] as char).collect::<String>()))
+}
+
+/// Exchanges a refresh token for a new pair. Presenting a used refresh token again ends the
+/// whole session (401 `token_reused`).
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokenPair), (status = 401, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn refresh(State(state): State<AccountsState>, Json(req): Json<RefreshRequest>) -> ApiResult<Json<TokenPair>> {
+    Ok(Json(state.refresh(&req.refresh_token).await?))
+}
+
+/// Ends the caller's session: its access and refresh tokens stop working on every instance.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(account_id = player.account_id))]
+pub async fn logout(State(state): State<AccountsState>, player: Player) -> ApiResult<StatusCode> {
+    state.end_session(&player.session_id, "logout").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn own_account(state: &AccountsState, player: &Player) -> ApiResult<store::AccountRow> {
+    // A valid token for an account that no longer exists: the account was deleted.
+    store::account_by_id(state.db.pool(), &player.account_id)
+        .await?
+        .ok_or_else(|| ApiError::Unauthenticated { code: "session_revoked", message: "this account no longer exists".into() })
+}
+
+/// The caller's account.
+#[utoipa::path(get, path = "/v1/accounts/me", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = Account), (status = 401, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(account_id = player.account_id))]
+pub async fn me(State(state): State<AccountsState>, player: Player) -> ApiResult<Json<Account>> {
+    Ok(Json(own_account(&state, &player).await?.into()))
+}
+
+/// Changes the caller's display name, avatar or locale.
+#[utoipa::path(patch, path = "/v1/accounts/me", tag = "accounts", security(("bearer" = [])), request_body = ProfileUpdate,
+    responses((status = 200, body = Account), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(account_id = player.account_id))]
+pub async fn update_me(State(state): State<AccountsState>, player: Player, Json(req): Json<ProfileUpdate>) -> ApiResult<Json<Account>> {
+    let clean = |field: Option<Option<String>>, check: fn(&str) -> ApiResult<String>| -> ApiResult<Option<Option<String>>> {
+        field.map(|value| value.as_deref().map(check).transpose()).transpose()
+    };
+    let patch = ProfilePatch {
+        display_name: clean(req.display_name, validate::display_name)?,
+        avatar_asset_id: clean(req.avatar_asset_id, validate::asset_id)?,
+        locale: clean(req.locale, validate::locale)?,
+    };
+    let account = store::update_profile(state.db.pool(), &player.account_id, patch, now_millis()).await?;
+    let account = account.ok_or_else(|| ApiError::Unauthenticated { code: "session_revoked", message: "this account no longer exists".into() })?;
+    Ok(Json(account.into()))
+}
+
+/// Erases the caller's account and everything of it this service holds, ends its sessions, and
+/// records `account.deleted` for the other services, in one transaction.
+#[utoipa::path(delete, path = "/v1/accounts/me", tag = "accounts", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(account_id = player.account_id))]
+pub async fn delete_me(State(state): State<AccountsState>, player: Player) -> ApiResult<StatusCode> {
+    let now = now_millis();
+    let mut tx = state.db.begin().await?;
+    let sessions = store::delete_account(&mut tx, &player.account_id, now)
+        .await?
+        .ok_or_else(|| ApiError::Unauthenticated { code: "session_revoked", message: "this account no longer exists".into() })?;
+    let event = serde_json::json!({ "account_id": player.account_id, "deleted_at": platform::time::rfc3339(now) });
+    platform::outbox::record(&mut *tx, "account.deleted", &event).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    for session_id in sessions.iter().chain(std::iter::once(&player.session_id)) {
+        state.auth.revoke_session(session_id).await?;
+    }
+    tracing::info!("account deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Gives a guest account an email and password (and optionally a chosen username).
+#[utoipa::path(post, path = "/v1/accounts/me/credentials", tag = "accounts", security(("bearer" = [])), request_body = CredentialsRequest,
+    responses((status = 200, body = Account), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(account_id = player.account_id))]
+pub async fn attach_credentials(State(state): State<AccountsState>, player: Player, Json(req): Json<CredentialsRequest>) -> ApiResult<Json<Account>> {
+    let email = validate::email(&req.email)?;
+    validate::password("password", &req.password)?;
+    let username = req.username.as_deref().map(validate::username).transpose()?;
+    let account = own_account(&state, &player).await?;
+    if account.email.is_some() {
+        return Err(ApiError::Conflict { code: "credentials_exist", message: "this account already has an email and password".into() });
+    }
+    let password_hash = state.passwords.hash(req.password).await?;
+    let updated = store::attach_credentials(state.db.pool(), &player.account_id, &email, &password_hash, username.as_deref(), now_millis())
+        .await
+        .map_err(conflict)?
+        .ok_or_else(|| ApiError::Conflict { code: "credentials_exist", message: "this account already has an email and password".into() })?;
+    tracing::info!("guest credentials attached");
+    Ok(Json(updated.into()))
+}
+
+/// Another player's public profile (no email).
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Account id")),
+    responses((status = 200, body = PublicProfile), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn profile(State(state): State<AccountsState>, _player: Player, Path(id): Path<String>) -> ApiResult<Json<PublicProfile>> {
+    let not_found = || ApiError::NotFound("no such account".into());
+    if uuid::Uuid::try_parse(&id).is_err() {
+        return Err(not_found());
+    }
+    let account = store::account_by_id(state.db.pool(), &id).await?.ok_or_else(not_found)?;
+    Ok(Json(account.into()))
+}
+
+/// The public key that verifies access tokens, as a JSON Web Key Set.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, description = "JWKS")))]
+pub async fn jwks(State(state): State<AccountsState>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "public, max-age=300")], Json(state.auth.keys().jwks()))
+}

@@ -1,0 +1,168 @@
+//! What the accounts API reads and writes.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+use crate::store::AccountRow;
+
+/// `POST /v1/auth/register`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Any case; stored trimmed and lower-cased.
+    pub email: String,
+    /// 8 to 128 characters.
+    pub password: String,
+    /// 3 to 24 of `[A-Za-z0-9_]`, unique regardless of case.
+    pub username: String,
+}
+
+/// `POST /v1/auth/login`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The account's email.
+    pub email: String,
+    /// The account's password.
+    pub password: String,
+}
+
+/// `POST /v1/auth/guest`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuestRequest {
+    /// A stable id of the device (8 to 128 printable characters); stored only hashed.
+    pub device_id: String,
+}
+
+/// `POST /v1/auth/refresh`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// The refresh token of the last pair; it stops working once exchanged.
+    pub refresh_token: String,
+}
+
+/// `POST /v1/accounts/me/credentials`: turns a guest into a full account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsRequest {
+    /// Email to sign in with from now on.
+    pub email: String,
+    /// Password to sign in with from now on.
+    pub password: String,
+    /// Replaces the generated guest username when given.
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+/// `PATCH /v1/accounts/me`: absent fields are kept, `null` clears a field.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdate {
+    /// 1 to 32 characters, shown instead of the username.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub display_name: Option<Option<String>>,
+    /// Id of an uploaded asset to use as avatar.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub avatar_asset_id: Option<Option<String>>,
+    /// BCP 47 language tag, e.g. `pt-BR`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub locale: Option<Option<String>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from a field not sent (`None`, by `default`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// An access token and the refresh token to renew it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenPair {
+    /// EdDSA-signed JWT, sent as `Authorization: Bearer <access_token>`.
+    pub access_token: String,
+    /// Opaque; exchange it at `/v1/auth/refresh` for a new pair. Single use.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+/// The caller's own account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Account {
+    /// Account id (UUID).
+    pub id: String,
+    /// Unique username.
+    pub username: String,
+    /// Normalised email; absent for a guest.
+    pub email: Option<String>,
+    /// True until the account has an email and password.
+    pub guest: bool,
+    /// Display name, if set.
+    pub display_name: Option<String>,
+    /// Avatar asset id, if set.
+    pub avatar_asset_id: Option<String>,
+    /// Locale, if set.
+    pub locale: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl From<AccountRow> for Account {
+    fn from(row: AccountRow) -> Self {
+        Account {
+            guest: row.email.is_none(),
+            id: row.id,
+            username: row.username,
+            email: row.email,
+            display_name: row.display_name,
+            avatar_asset_id: row.avatar_asset_id,
+            locale: row.locale,
+            created_at: platform::time::rfc3339(row.created_at),
+            updated_at: platform::time::rfc3339(row.updated_at),
+        }
+    }
+}
+
+/// What any player may see of another: no email.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicProfile {
+    /// Account id (UUID).
+    pub id: String,
+    /// Unique username.
+    pub username: String,
+    /// Display name, if set.
+    pub display_name: Option<String>,
+    /// Avatar asset id, if set.
+    pub avatar_asset_id: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<AccountRow> for PublicProfile {
+    fn from(row: AccountRow) -> Self {
+        PublicProfile {
+            id: row.id,
+            username: row.username,
+            display_name: row.display_name,
+            avatar_asset_id: row.avatar_asset_id,
+            created_at: platform::time::rfc3339(row.created_at),
+        }
+    }
+}
+
+/// Answer to a registration (and a guest's first sign-in).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    /// The new account.
+    pub account: Account,
+    /// Tokens for its first session.
+    pub tokens: TokenPair,
+}

@@ -1,0 +1,119 @@
+//! Sessions and their token pairs: a session is opened at sign-in, renewed by exchanging its
+//! single-use refresh token, and ended by logout, by deletion, or by a refresh token presented a
+//! second time (reuse detection: the token was stolen or replayed, so the whole session goes).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use platform::ApiError;
+use platform::db::{Tx, now_millis};
+use sha2::{Digest, Sha256};
+
+use crate::AccountsState;
+use crate::model::TokenPair;
+use crate::password::getrandom_fill;
+use crate::store;
+
+/// Prefix that makes a leaked refresh token recognisable to secret scanners.
+const REFRESH_PREFIX: &str = "ghr_";
+
+/// A refresh token minted inside a transaction, to be turned into a pair after commit.
+pub struct Minted {
+    session_id: String,
+    account_id: String,
+    refresh_token: String,
+}
+
+fn new_refresh_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom_fill(&mut bytes)?;
+    Ok(format!("{REFRESH_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// The stored form of a refresh token: its SHA-256 in hex. The token has 256 random bits, so a
+/// fast hash is enough (there is nothing to brute-force).
+fn hash_refresh_token(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl AccountsState {
+    fn refresh_ttl_ms(&self) -> i64 {
+        i64::try_from(self.refresh_ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Opens a session for `account_id` inside `tx`.
+    pub(crate) async fn open_session(&self, tx: &mut Tx, account_id: &str) -> anyhow::Result<Minted> {
+        let now = now_millis();
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let expires_at = now.saturating_add(self.refresh_ttl_ms());
+        store::insert_session(&mut **tx, &session_id, account_id, now, expires_at).await?;
+        let refresh_token = new_refresh_token()?;
+        store::insert_refresh_token(&mut **tx, &hash_refresh_token(&refresh_token), &session_id, now, expires_at).await?;
+        Ok(Minted { session_id, account_id: account_id.to_owned(), refresh_token })
+    }
+
+    /// Signs the access token of a minted session (after its transaction committed).
+    pub(crate) fn pair(&self, minted: Minted) -> anyhow::Result<TokenPair> {
+        let keys = self.auth.keys();
+        let access_token = keys.sign(&minted.account_id, &minted.session_id, now_millis() / 1000)?;
+        Ok(TokenPair { access_token, refresh_token: minted.refresh_token, token_type: "Bearer", expires_in: keys.access_ttl().as_secs() })
+    }
+
+    /// Exchanges a refresh token for a new pair, or ends the session when the token was used
+    /// before.
+    pub(crate) async fn refresh(&self, token: &str) -> Result<TokenPair, ApiError> {
+        let invalid = || ApiError::Unauthenticated { code: "invalid_token", message: "unknown refresh token".into() };
+        if !token.starts_with(REFRESH_PREFIX) || token.len() > 128 {
+            return Err(invalid());
+        }
+        let hash = hash_refresh_token(token);
+        let now = now_millis();
+        let mut tx = self.db.begin().await?;
+        let row = store::refresh_token(&mut *tx, &hash).await?.ok_or_else(invalid)?;
+        if row.session_revoked_at.is_some() {
+            return Err(ApiError::Unauthenticated { code: "session_revoked", message: "this session has ended; sign in again".into() });
+        }
+        if row.used_at.is_some() || !store::use_refresh_token(&mut *tx, &hash, now).await? {
+            // Someone holds a copy of a token already exchanged: end the session for both.
+            store::revoke_session(&mut *tx, &row.session_id, now, "refresh_token_reused").await?;
+            tx.commit().await.map_err(anyhow::Error::from)?;
+            self.auth.revoke_session(&row.session_id).await?;
+            tracing::warn!(session_id = row.session_id, account_id = row.account_id, "refresh token reused; session revoked");
+            return Err(ApiError::Unauthenticated {
+                code: "token_reused",
+                message: "this refresh token was already used; the session has been ended".into(),
+            });
+        }
+        if row.expires_at <= now {
+            return Err(ApiError::Unauthenticated { code: "token_expired", message: "refresh token expired; sign in again".into() });
+        }
+        let expires_at = now.saturating_add(self.refresh_ttl_ms());
+        store::touch_session(&mut *tx, &row.session_id, now, expires_at).await?;
+        let refresh_token = new_refresh_token()?;
+        store::insert_refresh_token(&mut *tx, &hash_refresh_token(&refresh_token), &row.session_id, now, expires_at).await?;
+        tx.commit().await.map_err(anyhow::Error::from)?;
+        Ok(self.pair(Minted { session_id: row.session_id, account_id: row.account_id, refresh_token })?)
+    }
+
+    /// Ends a session everywhere: in the database (no more refreshes) and in the cache (its
+    /// access tokens fail on every instance).
+    pub(crate) async fn end_session(&self, session_id: &str, reason: &str) -> Result<(), ApiError> {
+        store::revoke_session(self.db.pool(), session_id, now_millis(), reason).await?;
+        self.auth.revoke_session(session_id).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_are_random_prefixed_and_hashed() {
+        let a = new_refresh_token().expect("token");
+        let b = new_refresh_token().expect("token");
+        assert!(a.starts_with(REFRESH_PREFIX) && a.len() == 4 + 43);
+        assert_ne!(a, b);
+        assert_eq!(hash_refresh_token(&a).len(), 64);
+        assert_ne!(hash_refresh_token(&a), a);
+    }
+}

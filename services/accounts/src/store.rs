@@ -1,0 +1,303 @@
+//! Every SQL statement of the accounts service. One text per query for both dialects (see
+//! `platform::db`); values are always bound.
+
+use anyhow::Context;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Executor, Row};
+
+/// An account as stored.
+#[derive(Debug, Clone)]
+pub struct AccountRow {
+    /// UUIDv7.
+    pub id: String,
+    /// As chosen, case kept.
+    pub username: String,
+    /// Normalised email; `None` for a guest.
+    pub email: Option<String>,
+    /// Argon2id PHC string; `None` for a guest.
+    pub password_hash: Option<String>,
+    /// Shown instead of the username when set.
+    pub display_name: Option<String>,
+    /// Asset id of the avatar.
+    pub avatar_asset_id: Option<String>,
+    /// BCP 47 tag.
+    pub locale: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+const ACCOUNT_COLUMNS: &str = "id, username, email, password_hash, display_name, avatar_asset_id, locale, created_at, updated_at";
+
+fn account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
+    Ok(AccountRow {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        display_name: row.try_get("display_name")?,
+        avatar_asset_id: row.try_get("avatar_asset_id")?,
+        locale: row.try_get("locale")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// A new account; credentials or a device key or both.
+pub struct NewAccount<'a> {
+    /// UUIDv7.
+    pub id: &'a str,
+    /// Validated username.
+    pub username: &'a str,
+    /// Normalised email.
+    pub email: Option<&'a str>,
+    /// Argon2id PHC string.
+    pub password_hash: Option<&'a str>,
+    /// SHA-256 of a guest's device id.
+    pub device_key: Option<&'a str>,
+    /// Unix ms.
+    pub now: i64,
+}
+
+/// Inserts an account. A unique violation (username, email, device) comes back as the error.
+pub async fn insert_account<'e>(db: impl Executor<'e, Database = Any>, new: &NewAccount<'_>) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO accounts (id, username, username_key, email, password_hash, device_key, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+    )
+    .bind(new.id)
+    .bind(new.username)
+    .bind(new.username.to_lowercase())
+    .bind(new.email)
+    .bind(new.password_hash)
+    .bind(new.device_key)
+    .bind(new.now)
+    .execute(db)
+    .await
+    .context("inserting account")?;
+    Ok(())
+}
+
+async fn account_where<'e>(db: impl Executor<'e, Database = Any>, column: &'static str, value: &str) -> anyhow::Result<Option<AccountRow>> {
+    // `column` is one of the fixed names below, never input.
+    let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {column} = $1");
+    let row = sqlx::query(&sql).bind(value).fetch_optional(db).await.with_context(|| format!("loading account by {column}"))?;
+    row.as_ref().map(account).transpose().context("decoding account")
+}
+
+/// The account with `id`.
+pub async fn account_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<Option<AccountRow>> {
+    account_where(db, "id", id).await
+}
+
+/// The account with the normalised `email`.
+pub async fn account_by_email<'e>(db: impl Executor<'e, Database = Any>, email: &str) -> anyhow::Result<Option<AccountRow>> {
+    account_where(db, "email", email).await
+}
+
+/// The guest account of a device.
+pub async fn account_by_device<'e>(db: impl Executor<'e, Database = Any>, device_key: &str) -> anyhow::Result<Option<AccountRow>> {
+    account_where(db, "device_key", device_key).await
+}
+
+/// Gives a guest account an email, password and optionally a new username. `None` when the
+/// account already has credentials (or is gone).
+pub async fn attach_credentials<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+    email: &str,
+    password_hash: &str,
+    username: Option<&str>,
+    now: i64,
+) -> anyhow::Result<Option<AccountRow>> {
+    let sql = format!(
+        "UPDATE accounts SET email = $2, password_hash = $3, \
+         username = COALESCE($4, username), username_key = COALESCE($5, username_key), updated_at = $6 \
+         WHERE id = $1 AND email IS NULL RETURNING {ACCOUNT_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .bind(email)
+        .bind(password_hash)
+        .bind(username)
+        .bind(username.map(str::to_lowercase))
+        .bind(now)
+        .fetch_optional(db)
+        .await
+        .context("attaching credentials")?;
+    row.as_ref().map(account).transpose().context("decoding account")
+}
+
+/// A profile change: for each field, `None` keeps it, `Some(None)` clears it, `Some(Some(v))` sets it.
+#[derive(Debug, Default)]
+pub struct ProfilePatch {
+    /// New display name.
+    pub display_name: Option<Option<String>>,
+    /// New avatar asset id.
+    pub avatar_asset_id: Option<Option<String>>,
+    /// New locale.
+    pub locale: Option<Option<String>>,
+}
+
+/// Applies `patch` in one statement (no read-modify-write race) and returns the account.
+pub async fn update_profile<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+    patch: ProfilePatch,
+    now: i64,
+) -> anyhow::Result<Option<AccountRow>> {
+    let flag = |f: &Option<Option<String>>| i64::from(f.is_some());
+    let sql = format!(
+        "UPDATE accounts SET \
+         display_name = CASE WHEN $2 = 1 THEN $3 ELSE display_name END, \
+         avatar_asset_id = CASE WHEN $4 = 1 THEN $5 ELSE avatar_asset_id END, \
+         locale = CASE WHEN $6 = 1 THEN $7 ELSE locale END, \
+         updated_at = $8 WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .bind(flag(&patch.display_name))
+        .bind(patch.display_name.flatten())
+        .bind(flag(&patch.avatar_asset_id))
+        .bind(patch.avatar_asset_id.flatten())
+        .bind(flag(&patch.locale))
+        .bind(patch.locale.flatten())
+        .bind(now)
+        .fetch_optional(db)
+        .await
+        .context("updating profile")?;
+    row.as_ref().map(account).transpose().context("decoding account")
+}
+
+/// Deletes the account (its sessions and refresh tokens go with it by cascade) and returns the
+/// ids of its sessions that were still live, for the caller to revoke in the cache.
+pub async fn delete_account(conn: &mut sqlx::AnyConnection, id: &str, now: i64) -> anyhow::Result<Option<Vec<String>>> {
+    let sessions: Vec<String> = sqlx::query_scalar("SELECT id FROM sessions WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > $2")
+        .bind(id)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing live sessions")?;
+    // Children first: this does not rely on the cascade being enabled on the connection.
+    sqlx::query("DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE account_id = $1)")
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .context("deleting refresh tokens")?;
+    sqlx::query("DELETE FROM sessions WHERE account_id = $1").bind(id).execute(&mut *conn).await.context("deleting sessions")?;
+    let deleted = sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id).execute(&mut *conn).await.context("deleting account")?;
+    Ok((deleted.rows_affected() == 1).then_some(sessions))
+}
+
+/// Opens a session for `account_id` until `expires_at`.
+pub async fn insert_session<'e>(db: impl Executor<'e, Database = Any>, id: &str, account_id: &str, now: i64, expires_at: i64) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO sessions (id, account_id, created_at, refreshed_at, expires_at) VALUES ($1, $2, $3, $3, $4)")
+        .bind(id)
+        .bind(account_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(db)
+        .await
+        .context("inserting session")?;
+    Ok(())
+}
+
+/// Stores the hash of a refresh token of `session_id`.
+pub async fn insert_refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str, session_id: &str, now: i64, expires_at: i64) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)")
+        .bind(hash)
+        .bind(session_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(db)
+        .await
+        .context("inserting refresh token")?;
+    Ok(())
+}
+
+/// A refresh token and the state of its session.
+#[derive(Debug)]
+pub struct RefreshRow {
+    /// The session it belongs to.
+    pub session_id: String,
+    /// The session's account.
+    pub account_id: String,
+    /// Set once the token has been exchanged.
+    pub used_at: Option<i64>,
+    /// Unix ms.
+    pub expires_at: i64,
+    /// Set when the session ended.
+    pub session_revoked_at: Option<i64>,
+}
+
+/// Looks a refresh token up by its hash.
+pub async fn refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str) -> anyhow::Result<Option<RefreshRow>> {
+    let row = sqlx::query(
+        "SELECT r.session_id, s.account_id, r.used_at, r.expires_at, s.revoked_at \
+         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1",
+    )
+    .bind(hash)
+    .fetch_optional(db)
+    .await
+    .context("loading refresh token")?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(RefreshRow {
+        session_id: row.try_get("session_id")?,
+        account_id: row.try_get("account_id")?,
+        used_at: row.try_get("used_at")?,
+        expires_at: row.try_get("expires_at")?,
+        session_revoked_at: row.try_get("revoked_at")?,
+    }))
+}
+
+/// Marks a refresh token used; false when another request used it first.
+pub async fn use_refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str, now: i64) -> anyhow::Result<bool> {
+    let done = sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL")
+        .bind(hash)
+        .bind(now)
+        .execute(db)
+        .await
+        .context("marking refresh token used")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Extends a session that was just refreshed (sliding expiry).
+pub async fn touch_session<'e>(db: impl Executor<'e, Database = Any>, id: &str, now: i64, expires_at: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE sessions SET refreshed_at = $2, expires_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(db)
+        .await
+        .context("extending session")?;
+    Ok(())
+}
+
+/// Ends a session; false if it was already ended or does not exist.
+pub async fn revoke_session<'e>(db: impl Executor<'e, Database = Any>, id: &str, now: i64, reason: &str) -> anyhow::Result<bool> {
+    let done = sqlx::query("UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(id)
+        .bind(now)
+        .bind(reason)
+        .execute(db)
+        .await
+        .context("revoking session")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Deletes sessions (and their refresh tokens) that expired or were revoked before `before`,
+/// at most `limit` at a time. Returns how many went.
+pub async fn purge_sessions(conn: &mut sqlx::AnyConnection, before: i64, limit: i64) -> anyhow::Result<u64> {
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM sessions WHERE expires_at < $1 OR revoked_at < $1 LIMIT $2")
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing ended sessions")?;
+    for id in &ids {
+        sqlx::query("DELETE FROM refresh_tokens WHERE session_id = $1").bind(id).execute(&mut *conn).await.context("purging refresh tokens")?;
+        sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *conn).await.context("purging session")?;
+    }
+    Ok(ids.len() as u64)
+}

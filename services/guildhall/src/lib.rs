@@ -1,0 +1,154 @@
+//! Wires the services to their backends and serves them: the whole of Guildhall in one process
+//! (the monolith) or the subset `SERVICES` names.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use platform::auth::Authenticator;
+use platform::cache::Cache;
+use platform::config::{CacheConfig, Config, DatabaseConfig, Service};
+use platform::db::Database;
+use platform::health::{self, HealthState};
+use platform::http::{self, HttpSettings};
+use platform::shutdown::Shutdown;
+use platform::tokens::TokenKeys;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+/// A built Guildhall: its router, its backends and its background work, ready to serve.
+pub struct App {
+    router: Router,
+    db: Database,
+    shutdown: Shutdown,
+    config: Config,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// The health endpoints in the OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(paths(platform::health::live, platform::health::ready), components(schemas(platform::health::Health, platform::health::Check)))]
+struct HealthDoc;
+
+/// The OpenAPI document of the services this process runs.
+pub fn openapi(services: &[Service]) -> utoipa::openapi::OpenApi {
+    let mut doc = HealthDoc::openapi();
+    doc.info.title = "Guildhall".into();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.info.description = Some("Game backend: accounts, leaderboards, uploads, chat.".into());
+    for service in services {
+        match service {
+            Service::Accounts => doc.merge(accounts::ApiDoc::openapi()),
+        }
+    }
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+    );
+    doc
+}
+
+impl App {
+    /// Connects the backends the configuration names, migrates, and builds the router.
+    pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let db = Database::connect(&config.database).await?;
+        if config.run_migrations {
+            db.migrate().await?;
+        }
+        let cache = Cache::connect(&config.cache).await?;
+        let keys = Arc::new(TokenKeys::load(&config.tokens, &config.data_dir)?);
+        let auth = Authenticator::new(keys, cache.clone());
+
+        let mut router = health::router(HealthState { db: db.clone(), cache: cache.clone(), shutdown: shutdown.clone() });
+        let mut workers = Vec::new();
+        for service in &config.services {
+            match service {
+                Service::Accounts => {
+                    let state = accounts::AccountsState {
+                        db: db.clone(),
+                        cache: cache.clone(),
+                        auth: auth.clone(),
+                        passwords: accounts::Passwords::new()?,
+                        limits: (&config.auth_rate_limits).into(),
+                        refresh_ttl: config.tokens.refresh_ttl,
+                    };
+                    workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));
+                    router = router.merge(accounts::router(state));
+                }
+            }
+        }
+        let doc = Arc::new(openapi(&config.services));
+        router = router.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }));
+        let settings = HttpSettings { request_timeout: config.request_timeout, trust_forwarded_for: config.trust_forwarded_for };
+        let router = http::with_common_layers(router, settings);
+        Ok(App { router, db, shutdown, config, workers })
+    }
+
+    /// The router, for tests that drive it without a socket.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves on `listener` until the shutdown switch stops, then stops the workers and closes
+    /// the pools.
+    pub async fn serve(self, listener: TcpListener) -> anyhow::Result<()> {
+        let addr = listener.local_addr().context("reading the listener address")?;
+        let services: Vec<&str> = self.config.services.iter().map(|s| s.name()).collect();
+        tracing::info!(
+            addr = %addr,
+            url = format!("http://{}", display_addr(addr)),
+            services = services.join(","),
+            database = describe_database(&self.config.database),
+            cache = describe_cache(&self.config.cache),
+            "listening"
+        );
+        let result = http::serve(listener, self.router, self.shutdown.clone(), self.config.shutdown_grace).await;
+        self.shutdown.trigger();
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+        self.db.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Builds and serves Guildhall on `config.listen_addr` until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    shutdown.on_signal(config.shutdown_drain);
+    let listener = TcpListener::bind(config.listen_addr).await.with_context(|| format!("binding {}", config.listen_addr))?;
+    App::build(config, shutdown).await?.serve(listener).await
+}
+
+/// Applies the database migrations and exits.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let db = Database::connect(&config.database).await?;
+    db.migrate().await?;
+    db.close().await;
+    tracing::info!(database = describe_database(&config.database), "migrations applied");
+    Ok(())
+}
+
+fn display_addr(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr }
+}
+
+fn describe_database(config: &DatabaseConfig) -> String {
+    match config {
+        DatabaseConfig::Postgres { .. } => "postgres".into(),
+        DatabaseConfig::Sqlite { path } => format!("sqlite {}", path.display()),
+    }
+}
+
+fn describe_cache(config: &CacheConfig) -> &'static str {
+    match config {
+        CacheConfig::Redis { .. } => "redis",
+        CacheConfig::Memory => "memory",
+    }
+}
