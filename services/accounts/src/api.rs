@@ -121,7 +121,8 @@ pub async fn guest(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
         }
         let id = uuid::Uuid::now_v7().to_string();
         let username = guest_username()?;
-        let new = NewAccount { id: &id, username: &username, email: None, password_hash: None, device_key: Some(&device_key), now: now_millis() };
+        let new =
+            NewAccount { id: &id, username: &username, email: None, password_hash: None, device_key: Some(&device_key), now: now_millis() };
         match store::insert_account(&mut *tx, &new).await {
             Ok(()) => {
                 let minted = state.open_session(&mut tx, &id).await?;
@@ -191,7 +192,8 @@ pub async fn update_me(State(state): State<AccountsState>, player: Player, Json(
         locale: clean(req.locale, validate::locale)?,
     };
     let account = store::update_profile(state.db.pool(), &player.account_id, patch, now_millis()).await?;
-    let account = account.ok_or_else(|| ApiError::Unauthenticated { code: "session_revoked", message: "this account no longer exists".into() })?;
+    let account =
+        account.ok_or_else(|| ApiError::Unauthenticated { code: "session_revoked", message: "this account no longer exists".into() })?;
     Ok(Json(account.into()))
 }
 
@@ -220,7 +222,11 @@ pub async fn delete_me(State(state): State<AccountsState>, player: Player) -> Ap
 #[utoipa::path(post, path = "/v1/accounts/me/credentials", tag = "accounts", security(("bearer" = [])), request_body = CredentialsRequest,
     responses((status = 200, body = Account), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(account_id = player.account_id))]
-pub async fn attach_credentials(State(state): State<AccountsState>, player: Player, Json(req): Json<CredentialsRequest>) -> ApiResult<Json<Account>> {
+pub async fn attach_credentials(
+    State(state): State<AccountsState>,
+    player: Player,
+    Json(req): Json<CredentialsRequest>,
+) -> ApiResult<Json<Account>> {
     let email = validate::email(&req.email)?;
     validate::password("password", &req.password)?;
     let username = req.username.as_deref().map(validate::username).transpose()?;
@@ -232,7 +238,10 @@ pub async fn attach_credentials(State(state): State<AccountsState>, player: Play
     let updated = store::attach_credentials(state.db.pool(), &player.account_id, &email, &password_hash, username.as_deref(), now_millis())
         .await
         .map_err(conflict)?
-        .ok_or_else(|| ApiError::Conflict { code: "credentials_exist", message: "this account already has an email and password".into() })?;
+        .ok_or_else(|| ApiError::Conflict {
+            code: "credentials_exist",
+            message: "this account already has an email and password".into(),
+        })?;
     tracing::info!("guest credentials attached");
     Ok(Json(updated.into()))
 }

@@ -40,8 +40,7 @@ impl Passwords {
     pub async fn hash(&self, password: String) -> anyhow::Result<String> {
         let _permit = self.permits.acquire().await.context("password hasher closed")?;
         tokio::task::spawn_blocking(move || {
-            let hash: PasswordHash =
-                argon2().hash_password(password.as_bytes()).map_err(|e| anyhow::anyhow!("hashing password: {e}"))?;
+            let hash: PasswordHash = argon2().hash_password(password.as_bytes()).map_err(|e| anyhow::anyhow!("hashing password: {e}"))?;
             Ok(hash.to_string())
         })
         .await

@@ -173,12 +173,13 @@ pub async fn update_profile<'e>(
 /// Deletes the account (its sessions and refresh tokens go with it by cascade) and returns the
 /// ids of its sessions that were still live, for the caller to revoke in the cache.
 pub async fn delete_account(conn: &mut sqlx::AnyConnection, id: &str, now: i64) -> anyhow::Result<Option<Vec<String>>> {
-    let sessions: Vec<String> = sqlx::query_scalar("SELECT id FROM sessions WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > $2")
-        .bind(id)
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await
-        .context("listing live sessions")?;
+    let sessions: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM sessions WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > $2")
+            .bind(id)
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await
+            .context("listing live sessions")?;
     // Children first: this does not rely on the cascade being enabled on the connection.
     sqlx::query("DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE account_id = $1)")
         .bind(id)
@@ -191,7 +192,13 @@ pub async fn delete_account(conn: &mut sqlx::AnyConnection, id: &str, now: i64) 
 }
 
 /// Opens a session for `account_id` until `expires_at`.
-pub async fn insert_session<'e>(db: impl Executor<'e, Database = Any>, id: &str, account_id: &str, now: i64, expires_at: i64) -> anyhow::Result<()> {
+pub async fn insert_session<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+    account_id: &str,
+    now: i64,
+    expires_at: i64,
+) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO sessions (id, account_id, created_at, refreshed_at, expires_at) VALUES ($1, $2, $3, $3, $4)")
         .bind(id)
         .bind(account_id)
@@ -204,7 +211,13 @@ pub async fn insert_session<'e>(db: impl Executor<'e, Database = Any>, id: &str,
 }
 
 /// Stores the hash of a refresh token of `session_id`.
-pub async fn insert_refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str, session_id: &str, now: i64, expires_at: i64) -> anyhow::Result<()> {
+pub async fn insert_refresh_token<'e>(
+    db: impl Executor<'e, Database = Any>,
+    hash: &str,
+    session_id: &str,
+    now: i64,
+    expires_at: i64,
+) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)")
         .bind(hash)
         .bind(session_id)
@@ -296,7 +309,11 @@ pub async fn purge_sessions(conn: &mut sqlx::AnyConnection, before: i64, limit: 
         .await
         .context("listing ended sessions")?;
     for id in &ids {
-        sqlx::query("DELETE FROM refresh_tokens WHERE session_id = $1").bind(id).execute(&mut *conn).await.context("purging refresh tokens")?;
+        sqlx::query("DELETE FROM refresh_tokens WHERE session_id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .context("purging refresh tokens")?;
         sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *conn).await.context("purging session")?;
     }
     Ok(ids.len() as u64)

@@ -19,9 +19,7 @@ pub fn email(value: &str) -> Result<String, ApiError> {
         return Err(bad());
     }
     let (local, domain) = email.split_once('@').ok_or_else(bad)?;
-    let domain_ok = domain.contains('.')
-        && !domain.contains('@')
-        && domain.split('.').all(|label| !label.is_empty() && label.len() <= 63);
+    let domain_ok = domain.contains('.') && !domain.contains('@') && domain.split('.').all(|label| !label.is_empty() && label.len() <= 63);
     if local.is_empty() || local.len() > 64 || !domain_ok {
         return Err(bad());
     }

@@ -23,9 +23,9 @@ async fn main() -> std::process::ExitCode {
     let result = match command.as_str() {
         "serve" => guildhall::run(config).await,
         "migrate" => guildhall::migrate(&config).await,
-        "openapi" => serde_json::to_string_pretty(&guildhall::openapi(&config.services))
-            .map(|doc| println!("{doc}"))
-            .map_err(anyhow::Error::from),
+        "openapi" => {
+            serde_json::to_string_pretty(&guildhall::openapi(&config.services)).map(|doc| println!("{doc}")).map_err(anyhow::Error::from)
+        }
         "version" | "--version" | "-V" => {
             println!("guildhall {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -43,9 +43,7 @@ impl Cache {
                     .set_connection_timeout(Some(REDIS_TIMEOUT))
                     .set_response_timeout(Some(REDIS_TIMEOUT))
                     .set_number_of_retries(2);
-                let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
-                    .await
-                    .context("connecting to Redis")?;
+                let conn = ConnectionManager::new_with_config(client.clone(), manager_config).await.context("connecting to Redis")?;
                 Ok(Cache::Redis(RedisCache { conn, client, prefix: key_prefix.clone() }))
             }
         }
@@ -133,9 +131,7 @@ impl Cache {
             }
             Cache::Memory(m) => Ok(m.with_key(key, |map| {
                 let now = Instant::now();
-                let entry = map
-                    .entry(key.to_owned())
-                    .or_insert_with(|| Entry { value: "0".to_owned(), expires: now + window });
+                let entry = map.entry(key.to_owned()).or_insert_with(|| Entry { value: "0".to_owned(), expires: now + window });
                 let count = entry.value.parse::<u64>().unwrap_or(0) + 1;
                 entry.value = count.to_string();
                 (count, entry.expires.saturating_duration_since(now))

@@ -57,14 +57,10 @@ impl FromStr for Service {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Service::ALL
-            .iter()
-            .copied()
-            .find(|service| service.name() == s)
-            .with_context(|| {
-                let known: Vec<_> = Service::ALL.iter().map(|s| s.name()).collect();
-                format!("unknown service {s:?} in SERVICES; known: {}", known.join(", "))
-            })
+        Service::ALL.iter().copied().find(|service| service.name() == s).with_context(|| {
+            let known: Vec<_> = Service::ALL.iter().map(|s| s.name()).collect();
+            format!("unknown service {s:?} in SERVICES; known: {}", known.join(", "))
+        })
     }
 }
 
@@ -210,13 +206,10 @@ impl Config {
 
         let database = match get("DATABASE_URL") {
             None => DatabaseConfig::Sqlite { path: data_dir.join("guildhall.db") },
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                DatabaseConfig::Postgres {
-                    url: Secret::new(url),
-                    max_connections: u32::try_from(parse("DATABASE_MAX_CONNECTIONS", 16)?)
-                        .context("DATABASE_MAX_CONNECTIONS is too large")?,
-                }
-            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => DatabaseConfig::Postgres {
+                url: Secret::new(url),
+                max_connections: u32::try_from(parse("DATABASE_MAX_CONNECTIONS", 16)?).context("DATABASE_MAX_CONNECTIONS is too large")?,
+            },
             Some(url) if url.starts_with("sqlite:") => {
                 let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
                 let path = path.split('?').next().unwrap_or_default();
@@ -231,10 +224,7 @@ impl Config {
         let cache = match get("REDIS_URL") {
             None => CacheConfig::Memory,
             Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                CacheConfig::Redis {
-                    url: Secret::new(url),
-                    key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "gh:".into()),
-                }
+                CacheConfig::Redis { url: Secret::new(url), key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "gh:".into()) }
             }
             Some(_) => bail!("REDIS_URL must start with redis:// or rediss://"),
         };

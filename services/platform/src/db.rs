@@ -36,10 +36,8 @@ pub type Tx = Transaction<'static, Any>;
 
 /// Migrations, numbered, one list per dialect; `include_str!` puts them in the binary so the image
 /// needs no files beside it.
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "accounts", include_str!("../../../migrations/postgres/0001_accounts.sql"))];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "accounts", include_str!("../../../migrations/postgres/0001_accounts.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql"))];
 
 /// How long a request waits for a pooled connection before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,9 +61,7 @@ impl Database {
             }
             DatabaseConfig::Sqlite { path } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    tokio::fs::create_dir_all(dir)
-                        .await
-                        .with_context(|| format!("creating {}", dir.display()))?;
+                    tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
                 }
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 let pool = AnyPoolOptions::new()
@@ -77,8 +73,7 @@ impl Database {
                             // WAL lets readers run during a write; NORMAL is durable under WAL
                             // except for the last commits on power loss, which a laptop tier
                             // accepts. sqlx already sets a 5 s busy timeout and foreign keys on.
-                            conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
-                                .await?;
+                            conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").await?;
                             Ok(())
                         })
                     })
@@ -120,16 +115,9 @@ impl Database {
         };
         let migrations: Vec<Migration> = list
             .iter()
-            .map(|(version, name, sql)| {
-                Migration::new(*version, Cow::Borrowed(name), MigrationType::Simple, Cow::Borrowed(sql), false)
-            })
+            .map(|(version, name, sql)| Migration::new(*version, Cow::Borrowed(name), MigrationType::Simple, Cow::Borrowed(sql), false))
             .collect();
-        let migrator = Migrator {
-            migrations: Cow::Owned(migrations),
-            ignore_missing: false,
-            locking: true,
-            no_tx: false,
-        };
+        let migrator = Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false };
         migrator.run(&self.pool).await.context("applying migrations")
     }
 

@@ -66,10 +66,8 @@ pub async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
     if state.shutdown.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "draining", checks: Vec::new() }));
     }
-    let (db, cache) = tokio::join!(
-        tokio::time::timeout(CHECK_TIMEOUT, state.db.ping()),
-        tokio::time::timeout(CHECK_TIMEOUT, state.cache.ping())
-    );
+    let (db, cache) =
+        tokio::join!(tokio::time::timeout(CHECK_TIMEOUT, state.db.ping()), tokio::time::timeout(CHECK_TIMEOUT, state.cache.ping()));
     let outcome = |result: Result<anyhow::Result<()>, tokio::time::error::Elapsed>| match result {
         Ok(Ok(())) => "ok".to_owned(),
         Ok(Err(err)) => format!("{err:#}"),

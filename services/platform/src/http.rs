@@ -4,13 +4,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -108,11 +108,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<ClientIp>()
-            .copied()
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("client IP layer is not installed")))
+        parts.extensions.get::<ClientIp>().copied().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("client IP layer is not installed")))
     }
 }
 
@@ -169,11 +165,7 @@ pub fn with_common_layers(router: Router, settings: HttpSettings) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
-                    let route = request
-                        .extensions()
-                        .get::<MatchedPath>()
-                        .map_or("unmatched", |p| p.as_str())
-                        .to_owned();
+                    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
                     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
                     tracing::info_span!(
                         "request",
@@ -214,8 +206,16 @@ mod tests {
 
     #[test]
     fn serde_messages_name_their_field() {
-        assert_eq!(field_of("Failed to deserialize the JSON body into the target type: missing field `email` at line 1 column 2"), Some("email".into()));
-        assert_eq!(field_of("Failed to deserialize the JSON body into the target type: password: invalid type: integer `5`, expected a string at line 1 column 14"), Some("password".into()));
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: missing field `email` at line 1 column 2"),
+            Some("email".into())
+        );
+        assert_eq!(
+            field_of(
+                "Failed to deserialize the JSON body into the target type: password: invalid type: integer `5`, expected a string at line 1 column 14"
+            ),
+            Some("password".into())
+        );
         assert_eq!(field_of("Failed to parse the request body as JSON: expected value at line 1 column 1"), None);
     }
 }

@@ -141,11 +141,8 @@ impl TokenKeys {
             exp: now.saturating_add(ttl),
         };
         let header = Header { alg: "EdDSA".into(), typ: Some("JWT".into()), kid: self.kid.clone() };
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?),
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?)
-        );
+        let signing_input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?), URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?));
         let signature = key.sign(signing_input.as_bytes());
         Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes())))
     }
@@ -153,8 +150,7 @@ impl TokenKeys {
     /// Verifies `token` at `now` (Unix seconds) and returns its claims.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed);
         };
         let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| TokenError::Malformed);
@@ -167,9 +163,7 @@ impl TokenKeys {
         }
         let signature = Signature::from_slice(&decode(signature)?).map_err(|_| TokenError::Malformed)?;
         let signing_input_len = token.len() - token.rsplit('.').next().map_or(0, str::len) - 1;
-        self.verifying
-            .verify_strict(&token.as_bytes()[..signing_input_len], &signature)
-            .map_err(|_| TokenError::BadSignature)?;
+        self.verifying.verify_strict(&token.as_bytes()[..signing_input_len], &signature).map_err(|_| TokenError::BadSignature)?;
         let claims: Claims = serde_json::from_slice(&decode(payload)?).map_err(|_| TokenError::Malformed)?;
         if claims.iss != self.issuer {
             return Err(TokenError::WrongIssuer);
@@ -349,7 +343,8 @@ mod tests {
     #[test]
     fn openssl_generated_keys_parse() {
         // `openssl genpkey -algorithm ed25519` output for the RFC 8032 test-1 seed.
-        let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
+        let pem =
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
         let key = parse_private_pem(pem).expect("parse");
         // RFC 8032, 7.1, test 1: the public key of that seed.
         assert_eq!(

@@ -1,0 +1,367 @@
+//! The accounts API over HTTP, on the embedded backends and on PostgreSQL + Redis.
+
+mod common;
+
+use common::{Backend, Process, TestApp, TestEnv};
+use reqwest::Method;
+use serde_json::json;
+
+on_both_backends!(
+    full_token_lifecycle,
+    refresh_token_reuse_revokes_the_session,
+    logout_ends_the_session,
+    invalid_input_is_refused_with_the_field,
+    usernames_and_emails_are_unique_regardless_of_case,
+    wrong_password_and_unknown_email_answer_alike,
+    sign_in_is_rate_limited_per_ip_and_per_account,
+    guests_sign_in_by_device_and_can_attach_credentials,
+    profiles_update_and_public_profiles_hide_the_email,
+    deleting_an_account_leaves_no_row_and_records_the_event,
+    tokens_are_refused_without_a_valid_signature,
+    health_jwks_and_openapi,
+);
+
+async fn full_token_lifecycle(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ana = app.register("ana").await;
+
+    let me = app.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
+    assert_eq!(me.body["username"], "ana");
+    assert_eq!(me.body["email"], "ana@example.com");
+    assert_eq!(me.body["guest"], false);
+
+    let (access, refresh) = app.login(&ana).await;
+    assert_ne!(access, ana.access);
+    let pair = app.post("/v1/auth/refresh", None, json!({"refresh_token": refresh})).await.expect(200);
+    assert_eq!(pair.body["token_type"], "Bearer");
+    assert_eq!(pair.body["expires_in"], 900);
+    let new_access = pair.body["access_token"].as_str().expect("access");
+    let new_refresh = pair.body["refresh_token"].as_str().expect("refresh");
+    assert_ne!(new_refresh, refresh);
+    app.get("/v1/accounts/me", Some(new_access)).await.expect(200);
+    // Within a session, the previous access token stays valid until it expires.
+    app.get("/v1/accounts/me", Some(&access)).await.expect(200);
+    // The new refresh token can be exchanged in turn.
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": new_refresh})).await.expect(200);
+}
+
+async fn refresh_token_reuse_revokes_the_session(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ana = app.register("ana").await;
+    let (other_access, _) = app.login(&ana).await;
+
+    let first = app.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect(200);
+    let rotated_access = first.body["access_token"].as_str().expect("access").to_owned();
+    let rotated_refresh = first.body["refresh_token"].as_str().expect("refresh").to_owned();
+
+    // An attacker (or a replay) presents the old token again: the whole session ends.
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect_error(401, "token_reused");
+    app.get("/v1/accounts/me", Some(&rotated_access)).await.expect_error(401, "session_revoked");
+    app.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "session_revoked");
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": rotated_refresh})).await.expect_error(401, "session_revoked");
+    // Other sessions of the same account are untouched.
+    app.get("/v1/accounts/me", Some(&other_access)).await.expect(200);
+    // Unknown and malformed refresh tokens.
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": "ghr_notarealtoken"})).await.expect_error(401, "invalid_token");
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": ""})).await.expect_error(401, "invalid_token");
+}
+
+async fn logout_ends_the_session(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ana = app.register("ana").await;
+    let (other_access, _) = app.login(&ana).await;
+    app.call(Method::POST, "/v1/auth/logout", Some(&ana.access), None).await.expect(204);
+    app.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "session_revoked");
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect_error(401, "session_revoked");
+    app.call(Method::POST, "/v1/auth/logout", Some(&ana.access), None).await.expect_error(401, "session_revoked");
+    app.get("/v1/accounts/me", Some(&other_access)).await.expect(200);
+    app.call(Method::POST, "/v1/auth/logout", None, None).await.expect_error(401, "missing_token");
+}
+
+async fn invalid_input_is_refused_with_the_field(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let cases = [
+        (json!({"email": "not-an-email", "password": "long enough", "username": "ana"}), "email"),
+        (json!({"email": "ana@example.com", "password": "short", "username": "ana"}), "password"),
+        (json!({"email": "ana@example.com", "password": "x".repeat(129), "username": "ana"}), "password"),
+        (json!({"email": "ana@example.com", "password": "long enough", "username": "an"}), "username"),
+        (json!({"email": "ana@example.com", "password": "long enough", "username": "ana!"}), "username"),
+        (json!({"email": "ana@example.com", "password": "long enough", "username": "a".repeat(25)}), "username"),
+        (json!({"email": "ana@example.com", "password": "long enough"}), "username"),
+        (json!({"email": "ana@example.com", "password": 12345678, "username": "ana"}), "password"),
+        (json!({"email": "ana@example.com", "password": "long enough", "username": "ana", "admin": true}), "admin"),
+    ];
+    for (body, field) in cases {
+        let reply = app.post("/v1/auth/register", None, body.clone()).await.expect_error(400, "invalid_request");
+        assert_eq!(reply.body["error"]["field"], field, "for {body}");
+    }
+    app.post("/v1/auth/guest", None, json!({"device_id": "short"})).await.expect_error(400, "invalid_request");
+    app.post("/v1/auth/login", None, json!({"email": "nope", "password": "whatever1"})).await.expect_error(400, "invalid_request");
+
+    // Not JSON, not declared as JSON, too large.
+    let raw = |body: &'static str, content_type: &'static str| {
+        app.client.post(format!("{}/v1/auth/register", app.base)).header("content-type", content_type).body(body).send()
+    };
+    let reply = common::Api::reply(raw("{not json", "application/json").await.expect("sent")).await;
+    reply.expect_error(400, "invalid_request");
+    let reply = common::Api::reply(raw("{}", "text/plain").await.expect("sent")).await;
+    reply.expect_error(415, "unsupported_media_type");
+    let huge = json!({"email": "a@example.com", "password": "p".repeat(100_000), "username": "ana"});
+    app.post("/v1/auth/register", None, huge).await.expect_error(413, "payload_too_large");
+
+    app.get("/v1/nothing-here", None).await.expect_error(404, "not_found");
+    app.call(Method::PUT, "/v1/auth/login", None, None).await.expect_error(405, "method_not_allowed");
+    // Nothing was half-written by all of that.
+    let db = app.database().await;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts").fetch_one(db.pool()).await.expect("count");
+    assert_eq!(count, 0);
+}
+
+async fn usernames_and_emails_are_unique_regardless_of_case(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    app.register("Ana").await;
+    app.post("/v1/auth/register", None, json!({"email": "other@example.com", "password": "long enough", "username": "aNA"}))
+        .await
+        .expect_error(409, "username_taken");
+    app.post("/v1/auth/register", None, json!({"email": " ANA@Example.com ", "password": "long enough", "username": "ana2"}))
+        .await
+        .expect_error(409, "email_taken");
+    let db = app.database().await;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts").fetch_one(db.pool()).await.expect("count");
+    assert_eq!(count, 1, "a refused sign-up leaves nothing behind");
+    // The email works for login in any case.
+    app.post("/v1/auth/login", None, json!({"email": "ANA@EXAMPLE.COM", "password": "pw-Ana-correct-horse"})).await.expect(200);
+}
+
+async fn wrong_password_and_unknown_email_answer_alike(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    app.register("ana").await;
+    let wrong = app.post("/v1/auth/login", None, json!({"email": "ana@example.com", "password": "not the password"})).await.expect(401);
+    let unknown = app.post("/v1/auth/login", None, json!({"email": "bob@example.com", "password": "not the password"})).await.expect(401);
+    assert_eq!(wrong.code(), "invalid_credentials");
+    assert_eq!(wrong.body, unknown.body);
+}
+
+async fn sign_in_is_rate_limited_per_ip_and_per_account(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE", "3")
+            .set("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES", "2")
+            .set("TRUST_FORWARDED_FOR", "true");
+    })
+    .await;
+    let from = |ip: &'static str, body: serde_json::Value| {
+        app.client.post(format!("{}/v1/auth/login", app.base)).header("x-forwarded-for", format!("198.51.100.1, {ip}")).json(&body).send()
+    };
+    let wrong = |email: &str| json!({"email": email, "password": "wrong password"});
+    // Per IP: three attempts, then 429 with Retry-After, whatever the account.
+    for i in 0..3 {
+        common::Api::reply(from("203.0.113.1", wrong(&format!("p{i}@example.com"))).await.expect("sent")).await.expect(401);
+    }
+    let limited =
+        common::Api::reply(from("203.0.113.1", wrong("p9@example.com")).await.expect("sent")).await.expect_error(429, "rate_limited");
+    let retry_after: u64 = limited.headers["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    // Another address is not limited by the first one's budget...
+    common::Api::reply(from("203.0.113.2", wrong("victim@example.com")).await.expect("sent")).await.expect(401);
+    common::Api::reply(from("203.0.113.3", wrong("victim@example.com")).await.expect("sent")).await.expect(401);
+    // ...but one account attacked from many addresses is.
+    let limited = common::Api::reply(from("203.0.113.4", wrong("VICTIM@example.com")).await.expect("sent")).await;
+    limited.expect_error(429, "rate_limited");
+}
+
+async fn guests_sign_in_by_device_and_can_attach_credentials(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let first = app.post("/v1/auth/guest", None, json!({"device_id": "device-0001-abcdef"})).await.expect(201);
+    let access = first.body["access_token"].as_str().expect("access").to_owned();
+    let me = app.get("/v1/accounts/me", Some(&access)).await.expect(200);
+    assert_eq!(me.body["guest"], true);
+    assert!(me.body["username"].as_str().expect("username").starts_with("guest_"));
+    let again = app.post("/v1/auth/guest", None, json!({"device_id": "device-0001-abcdef"})).await.expect(200);
+    let me_again = app.get("/v1/accounts/me", Some(again.body["access_token"].as_str().expect("access"))).await.expect(200);
+    assert_eq!(me_again.body["id"], me.body["id"]);
+
+    app.register("taken").await;
+    let creds = |email: &str, username: Option<&str>| json!({"email": email, "password": "guest password", "username": username});
+    app.post("/v1/accounts/me/credentials", Some(&access), creds("taken@example.com", None)).await.expect_error(409, "email_taken");
+    app.post("/v1/accounts/me/credentials", Some(&access), creds("g@example.com", Some("TAKEN"))).await.expect_error(409, "username_taken");
+    app.post("/v1/accounts/me/credentials", Some(&access), creds("bad", None)).await.expect_error(400, "invalid_request");
+    let upgraded = app.post("/v1/accounts/me/credentials", Some(&access), creds("G@Example.com", Some("grace"))).await.expect(200);
+    assert_eq!(upgraded.body["guest"], false);
+    assert_eq!(upgraded.body["username"], "grace");
+    assert_eq!(upgraded.body["email"], "g@example.com");
+    app.post("/v1/accounts/me/credentials", Some(&access), creds("h@example.com", None)).await.expect_error(409, "credentials_exist");
+    let login = app.post("/v1/auth/login", None, json!({"email": "g@example.com", "password": "guest password"})).await.expect(200);
+    let me_login = app.get("/v1/accounts/me", Some(login.body["access_token"].as_str().expect("access"))).await.expect(200);
+    assert_eq!(me_login.body["id"], me.body["id"]);
+}
+
+async fn profiles_update_and_public_profiles_hide_the_email(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ana = app.register("ana").await;
+    let bob = app.register("bob").await;
+    let avatar = uuid::Uuid::now_v7().to_string();
+    let patch = |body: serde_json::Value| app.call(Method::PATCH, "/v1/accounts/me", Some(&ana.access), Some(body));
+    let updated = patch(json!({"display_name": "  Ana the Bold ", "avatar_asset_id": avatar, "locale": "pt-BR"})).await.expect(200);
+    assert_eq!(updated.body["display_name"], "Ana the Bold");
+    assert_eq!(updated.body["locale"], "pt-BR");
+    // Absent fields are kept; null clears.
+    let updated = patch(json!({"locale": null})).await.expect(200);
+    assert_eq!(updated.body["display_name"], "Ana the Bold");
+    assert_eq!(updated.body["avatar_asset_id"], avatar.as_str());
+    assert!(updated.body["locale"].is_null());
+    for (body, field) in [
+        (json!({"display_name": ""}), "display_name"),
+        (json!({"display_name": "x".repeat(33)}), "display_name"),
+        (json!({"avatar_asset_id": "../../etc"}), "avatar_asset_id"),
+        (json!({"locale": "not a locale"}), "locale"),
+        (json!({"email": "new@example.com"}), "email"),
+    ] {
+        let reply = patch(body).await.expect_error(400, "invalid_request");
+        assert_eq!(reply.body["error"]["field"], field);
+    }
+
+    let public = app.get(&format!("/v1/accounts/{}", ana.id), Some(&bob.access)).await.expect(200);
+    assert_eq!(public.body["username"], "ana");
+    assert_eq!(public.body["display_name"], "Ana the Bold");
+    assert!(public.body.get("email").is_none(), "{}", public.body);
+    app.get(&format!("/v1/accounts/{}", ana.id), None).await.expect_error(401, "missing_token");
+    app.get(&format!("/v1/accounts/{}", uuid::Uuid::now_v7()), Some(&bob.access)).await.expect_error(404, "not_found");
+    app.get("/v1/accounts/not-a-uuid", Some(&bob.access)).await.expect_error(404, "not_found");
+}
+
+async fn deleting_an_account_leaves_no_row_and_records_the_event(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ana = app.register("ana").await;
+    let bob = app.register("bob").await;
+    let (second_access, second_refresh) = app.login(&ana).await;
+    app.call(Method::DELETE, "/v1/accounts/me", Some(&ana.access), None).await.expect(204);
+
+    // Every session of the account ended, on every token.
+    app.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "session_revoked");
+    app.get("/v1/accounts/me", Some(&second_access)).await.expect_error(401, "session_revoked");
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": second_refresh})).await.expect_error(401, "invalid_token");
+    app.post("/v1/auth/login", None, json!({"email": ana.email, "password": ana.password})).await.expect_error(401, "invalid_credentials");
+    app.get(&format!("/v1/accounts/{}", ana.id), Some(&bob.access)).await.expect_error(404, "not_found");
+
+    let db = app.database().await;
+    for table in ["accounts", "sessions"] {
+        let column = if table == "accounts" { "id" } else { "account_id" };
+        let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1"))
+            .bind(&ana.id)
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+        assert_eq!(count, 0, "{table} still holds the account");
+    }
+    let orphans: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens r WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = r.session_id)")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+    assert_eq!(orphans, 0);
+    let events: Vec<(String, String)> =
+        sqlx::query_as("SELECT event_type, payload FROM outbox").fetch_all(db.pool()).await.expect("outbox");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "account.deleted");
+    let payload: serde_json::Value = serde_json::from_str(&events[0].1).expect("json");
+    assert_eq!(payload["account_id"], ana.id.as_str());
+    // Bob is untouched, and the username is free again.
+    app.get("/v1/accounts/me", Some(&bob.access)).await.expect(200);
+    app.register("ana").await;
+}
+
+async fn tokens_are_refused_without_a_valid_signature(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ana = app.register("ana").await;
+    let mut parts: Vec<String> = ana.access.split('.').map(str::to_owned).collect();
+    parts[2] = parts[2].chars().rev().collect();
+    app.get("/v1/accounts/me", Some(&parts.join("."))).await.expect_error(401, "invalid_token");
+    app.get("/v1/accounts/me", Some("garbage")).await.expect_error(401, "invalid_token");
+    // A token from another deployment's key.
+    let other = TestApp::start(backend).await;
+    let stranger = other.register("stranger").await;
+    app.get("/v1/accounts/me", Some(&stranger.access)).await.expect_error(401, "invalid_token");
+}
+
+async fn health_jwks_and_openapi(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    app.get("/health/live", None).await.expect(200);
+    let ready = app.get("/health/ready", None).await.expect(200);
+    assert_eq!(ready.body["status"], "ok");
+    let jwks = app.get("/.well-known/jwks.json", None).await.expect(200);
+    let ana = app.register("ana").await;
+    let header: serde_json::Value = {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(ana.access.split('.').next().expect("header")).expect("b64");
+        serde_json::from_slice(&raw).expect("json")
+    };
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(jwks.body["keys"][0]["kid"], header["kid"]);
+    assert_eq!(jwks.body["keys"][0]["crv"], "Ed25519");
+    let doc = app.get("/openapi.json", None).await.expect(200);
+    for path in ["/v1/auth/register", "/v1/auth/refresh", "/v1/accounts/me", "/v1/accounts/{id}", "/health/ready"] {
+        assert!(doc.body["paths"].get(path).is_some(), "openapi lacks {path}");
+    }
+    // Readiness fails while draining.
+    app.stop();
+}
+
+/// Two processes of the real binary on one PostgreSQL and one Redis: a token from one works on the
+/// other, and a logout on one is honoured by the other at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_honour_each_others_logout() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let env = TestEnv::new(Backend::Real).await.expect("env");
+    let a = Process::start(&env).await;
+    let b = Process::start(&env).await;
+    let ana = a.register("ana").await;
+    b.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
+    let pair = b.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect(200);
+    let access = pair.body["access_token"].as_str().expect("access").to_owned();
+    a.get("/v1/accounts/me", Some(&access)).await.expect(200);
+    a.call(Method::POST, "/v1/auth/logout", Some(&access), None).await.expect(204);
+    b.get("/v1/accounts/me", Some(&access)).await.expect_error(401, "session_revoked");
+    b.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "session_revoked");
+    // Reuse detected on one process is enforced on the other.
+    let (_, refresh) = b.login(&ana).await;
+    a.post("/v1/auth/refresh", None, json!({"refresh_token": refresh})).await.expect(200);
+    b.post("/v1/auth/refresh", None, json!({"refresh_token": refresh})).await.expect_error(401, "token_reused");
+}
+
+/// The embedded defaults: the binary started in an empty folder with no variable but its address
+/// creates its SQLite file and signing key under ./data, serves, and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_on_embedded_defaults_and_stops_on_sigterm() {
+    let mut env = TestEnv::new(Backend::Embedded).await.expect("env");
+    env.vars.retain(|key, _| key == "LISTEN_ADDR");
+    let mut process = Process::start(&env).await;
+    let ana = process.register("ana").await;
+    process.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
+    assert!(env.dir.join("data/guildhall.db").exists());
+    assert!(env.dir.join("data/signing-key.pem").exists());
+    let status = process.terminate().await;
+    assert!(status.success(), "exit status {status}");
+    let lines = process.lines.lock().expect("lines").join("\n");
+    assert!(lines.contains("\"stopped\""), "{lines}");
+    assert!(!lines.contains(&ana.password), "a password reached the logs");
+    assert!(!lines.contains(&ana.refresh), "a refresh token reached the logs");
+
+    // Restarted on the same folder, it keeps its key: the old token still verifies.
+    let again = Process::start(&env).await;
+    again.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
+}
+
+/// Running one service alone on embedded backends is refused with a clear message.
+#[tokio::test]
+async fn config_errors_stop_the_binary_with_a_message() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_guildhall"))
+        .env_clear()
+        .env("DATABASE_URL", "mysql://nope")
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL must start with postgres://"));
+}

@@ -1,0 +1,263 @@
+//! Test helpers: a Guildhall server on port 0 (in this process, or as a child process of the real
+//! binary), typed calls, and players.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use platform::db::Database;
+pub use platform::testing::{Backend, TestEnv};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Runs each named `async fn name(backend: Backend)` once per backend set, as
+/// `embedded::name` and `real::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Embedded).await
+                }
+            )*
+        }
+        mod real {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if platform::testing::real_backends_skipped() {
+                        eprintln!("GUILDHALL_SKIP_REAL_BACKENDS=1: not running on PostgreSQL + Redis");
+                        return;
+                    }
+                    super::$name($crate::common::Backend::Real).await
+                }
+            )*
+        }
+    };
+}
+
+/// A response: status, headers and the JSON body (Null when empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// Panics unless the status is `status`, showing the body.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
+        self
+    }
+
+    /// Panics unless this is an error with `status` and `code`.
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str) -> Self {
+        assert_eq!((self.status, self.code()), (status, code), "body: {}", self.body);
+        self
+    }
+}
+
+/// A signed-up player and their current tokens.
+#[derive(Debug, Clone)]
+pub struct Player {
+    pub id: String,
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+/// Somewhere to send requests: a base URL and a client.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: String) -> Self {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        Api { base, client }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Self::reply(request.send().await.expect("request sent")).await
+    }
+
+    pub async fn reply(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body read");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    /// Registers `username` (email `username@example.com`, a fixed password).
+    pub async fn register(&self, username: &str) -> Player {
+        let email = format!("{username}@example.com");
+        let password = format!("pw-{username}-correct-horse");
+        let reply =
+            self.post("/v1/auth/register", None, json!({"email": email, "password": password, "username": username})).await.expect(201);
+        Player {
+            id: reply.body["account"]["id"].as_str().expect("id").to_owned(),
+            username: username.to_owned(),
+            email,
+            password,
+            access: reply.body["tokens"]["access_token"].as_str().expect("access").to_owned(),
+            refresh: reply.body["tokens"]["refresh_token"].as_str().expect("refresh").to_owned(),
+        }
+    }
+
+    /// Signs `player` in again, returning the new session's access and refresh tokens.
+    pub async fn login(&self, player: &Player) -> (String, String) {
+        let reply = self.post("/v1/auth/login", None, json!({"email": player.email, "password": player.password})).await.expect(200);
+        (reply.body["access_token"].as_str().expect("access").to_owned(), reply.body["refresh_token"].as_str().expect("refresh").to_owned())
+    }
+}
+
+/// A Guildhall server running in this process on 127.0.0.1:0.
+pub struct TestApp {
+    pub api: Api,
+    pub env: TestEnv,
+    shutdown: platform::shutdown::Shutdown,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl TestApp {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server after `adjust` changed the environment.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut TestEnv)) -> Self {
+        let mut env = TestEnv::new(backend).await.expect("test environment");
+        adjust(&mut env);
+        Self::start_on(env).await
+    }
+
+    /// Starts a server on an existing environment (a second instance on the same backends).
+    pub async fn start_on(env: TestEnv) -> Self {
+        let config = env.config().expect("config");
+        let shutdown = platform::shutdown::Shutdown::new();
+        let app = guildhall::App::build(config, shutdown.clone()).await.expect("app builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(app.serve(listener));
+        TestApp { api: Api::new(base), env, shutdown }
+    }
+
+    /// The test's database, for checks the API cannot make (no row left behind).
+    pub async fn database(&self) -> Database {
+        let config = self.env.config().expect("config");
+        Database::connect(&config.database).await.expect("database")
+    }
+
+    pub fn stop(&self) {
+        self.shutdown.trigger();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// The real `guildhall` binary running as a child process.
+pub struct Process {
+    pub api: Api,
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::ops::Deref for Process {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Process {
+    /// Starts `guildhall serve` with exactly `env`'s variables and waits for its "listening" line.
+    pub async fn start(env: &TestEnv) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_guildhall"))
+            .arg("serve")
+            .env_clear()
+            .envs(&env.vars)
+            .current_dir(&env.dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("guildhall starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout).lines();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = reader.next_line().await.expect("stdout line") {
+                lines.lock().expect("lines").push(line.clone());
+                if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    if event["message"] == "listening" {
+                        return event["addr"].as_str().expect("addr").to_owned();
+                    }
+                }
+            }
+            panic!("guildhall exited before listening: {:?}", lines.lock().expect("lines"));
+        })
+        .await
+        .expect("guildhall listens within a minute");
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Process { api: Api::new(format!("http://{addr}")), child, lines }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill runs");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("exits in time").expect("exit status")
+    }
+}
