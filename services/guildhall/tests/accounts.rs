@@ -244,6 +244,8 @@ async fn deleting_an_account_leaves_no_row_and_records_the_event(backend: Backen
     app.get(&format!("/v1/accounts/{}", ana.id), Some(&bob.access)).await.expect_error(404, "not_found");
 
     let db = app.database().await;
+    let dialect = if backend == Backend::Real { platform::db::Dialect::Postgres } else { platform::db::Dialect::Sqlite };
+    assert_eq!(db.dialect(), dialect);
     for table in ["accounts", "sessions"] {
         let column = if table == "accounts" { "id" } else { "account_id" };
         let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1"))
@@ -302,8 +304,14 @@ async fn health_jwks_and_openapi(backend: Backend) {
     for path in ["/v1/auth/register", "/v1/auth/refresh", "/v1/accounts/me", "/v1/accounts/{id}", "/health/ready"] {
         assert!(doc.body["paths"].get(path).is_some(), "openapi lacks {path}");
     }
-    // Readiness fails while draining.
-    app.stop();
+    // Readiness fails while draining, so the load balancer stops routing here; requests are
+    // still served until the drain period ends.
+    app.drain(30);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let draining = app.get("/health/ready", None).await.expect(503);
+    assert_eq!(draining.body["status"], "draining");
+    app.get("/health/live", None).await.expect(200);
+    app.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
 }
 
 /// Two processes of the real binary on one PostgreSQL and one Redis: a token from one works on the

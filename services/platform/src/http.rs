@@ -114,16 +114,12 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 
 async fn resolve_client_ip(trust_forwarded_for: bool, mut request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    // Only the last hop is trusted: it is the one the ALB appended; anything before it came from
+    // the client and may be forged.
     let forwarded = trust_forwarded_for
         .then(|| {
-            request
-                .headers()
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
-                .last()
+            let last_header = request.headers().get_all("x-forwarded-for").iter().next_back()?;
+            last_header.to_str().ok()?.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
         })
         .flatten();
     let ip = forwarded.or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0]));

@@ -98,10 +98,10 @@ impl TokenKeys {
             (None, Some(pem)) => parse_public_pem(pem).context("reading TOKEN_VERIFY_KEY")?,
             (None, None) => unreachable!("a signing key was loaded or generated above"),
         };
-        if let (Some(key), Some(pem)) = (&signing, &config.verify_key) {
-            if parse_public_pem(pem).context("reading TOKEN_VERIFY_KEY")? != key.verifying_key() {
-                bail!("TOKEN_VERIFY_KEY is not the public half of TOKEN_SIGNING_KEY");
-            }
+        if let (Some(key), Some(pem)) = (&signing, &config.verify_key)
+            && parse_public_pem(pem).context("reading TOKEN_VERIFY_KEY")? != key.verifying_key()
+        {
+            bail!("TOKEN_VERIFY_KEY is not the public half of TOKEN_SIGNING_KEY");
         }
         Ok(Self::from_parts(signing, verifying, config))
     }

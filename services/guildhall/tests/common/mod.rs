@@ -193,6 +193,12 @@ impl TestApp {
     pub fn stop(&self) {
         self.shutdown.trigger();
     }
+
+    /// Begins shutdown as SIGTERM does, with a drain period of `secs` before the listener closes.
+    pub fn drain(&self, secs: u64) {
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move { shutdown.begin(Duration::from_secs(secs)).await });
+    }
 }
 
 impl Drop for TestApp {
@@ -234,10 +240,10 @@ impl Process {
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = reader.next_line().await.expect("stdout line") {
                 lines.lock().expect("lines").push(line.clone());
-                if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                    if event["message"] == "listening" {
-                        return event["addr"].as_str().expect("addr").to_owned();
-                    }
+                if let Ok(event) = serde_json::from_str::<Value>(&line)
+                    && event["message"] == "listening"
+                {
+                    return event["addr"].as_str().expect("addr").to_owned();
                 }
             }
             panic!("guildhall exited before listening: {:?}", lines.lock().expect("lines"));
