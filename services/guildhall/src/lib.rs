@@ -135,6 +135,22 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks this machine's own server for `/health/live` and fails unless it answers 200: the
+/// container `HEALTHCHECK`, for images that have no curl.
+pub async fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = display_addr(config.listen_addr);
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        stream.write_all(b"GET /health/live HTTP/1.0\r\nHost: localhost\r\n\r\n").await.context("sending the request")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.context("reading the status line")?;
+        anyhow::ensure!(&head[9..12] == b"200", "live check answered {}", String::from_utf8_lossy(&head));
+        Ok(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), check).await.context("live check timed out")?
+}
+
 fn display_addr(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr }
 }

@@ -3,9 +3,10 @@
 
 use platform::config::Config;
 
-const USAGE: &str = "usage: guildhall [serve|migrate|openapi|version]\n\
+const USAGE: &str = "usage: guildhall [serve|migrate|healthcheck|openapi|version]\n\
   serve    run the services (SERVICES picks a subset; default all)\n\
   migrate  apply database migrations and exit\n\
+  healthcheck  exit 0 if the server on LISTEN_ADDR answers /health/live (container health check)\n\
   openapi  print the OpenAPI document and exit\n\
   version  print the version";
 
@@ -23,6 +24,7 @@ async fn main() -> std::process::ExitCode {
     let result = match command.as_str() {
         "serve" => guildhall::run(config).await,
         "migrate" => guildhall::migrate(&config).await,
+        "healthcheck" => guildhall::healthcheck(&config).await,
         "openapi" => {
             serde_json::to_string_pretty(&guildhall::openapi(&config.services)).map(|doc| println!("{doc}")).map_err(anyhow::Error::from)
         }

@@ -19,6 +19,7 @@ on_both_backends!(
     deleting_an_account_leaves_no_row_and_records_the_event,
     tokens_are_refused_without_a_valid_signature,
     health_jwks_and_openapi,
+    ended_sessions_are_purged,
 );
 
 async fn full_token_lifecycle(backend: Backend) {
@@ -349,12 +350,19 @@ async fn the_binary_runs_on_embedded_defaults_and_stops_on_sigterm() {
     process.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
     assert!(env.dir.join("data/guildhall.db").exists());
     assert!(env.dir.join("data/signing-key.pem").exists());
+    // The container health check: exit 0 while the server answers, non-zero once it is gone.
+    let healthcheck = |addr: String| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_guildhall")).arg("healthcheck").env_clear().env("LISTEN_ADDR", addr).status()
+    };
+    let addr = process.base.trim_start_matches("http://").to_owned();
+    assert!(healthcheck(addr.clone()).await.expect("runs").success());
     let status = process.terminate().await;
     assert!(status.success(), "exit status {status}");
     let lines = process.lines.lock().expect("lines").join("\n");
     assert!(lines.contains("\"stopped\""), "{lines}");
     assert!(!lines.contains(&ana.password), "a password reached the logs");
     assert!(!lines.contains(&ana.refresh), "a refresh token reached the logs");
+    assert!(!healthcheck(addr).await.expect("runs").success());
 
     // Restarted on the same folder, it keeps its key: the old token still verifies.
     let again = Process::start(&env).await;
@@ -372,4 +380,23 @@ async fn config_errors_stop_the_binary_with_a_message() {
         .expect("runs");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL must start with postgres://"));
+}
+
+async fn ended_sessions_are_purged(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ana = app.register("ana").await;
+    let (live_access, _) = app.login(&ana).await;
+    app.call(Method::POST, "/v1/auth/logout", Some(&ana.access), None).await.expect(204);
+    let db = app.database().await;
+    let now = platform::db::now_millis();
+    // Both sessions are recent: nothing older than the cut-off goes.
+    let mut conn = db.pool().acquire().await.expect("conn");
+    assert_eq!(accounts::store::purge_sessions(&mut conn, now - 60_000, 100).await.expect("purge"), 0);
+    // With the cut-off after the logout, the ended session and its refresh tokens go; the live one stays.
+    assert_eq!(accounts::store::purge_sessions(&mut conn, now + 1, 100).await.expect("purge"), 1);
+    let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(&mut *conn).await.expect("count");
+    let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens").fetch_one(&mut *conn).await.expect("count");
+    assert_eq!((sessions, tokens), (1, 1));
+    drop(conn);
+    app.get("/v1/accounts/me", Some(&live_access)).await.expect(200);
 }
