@@ -1,0 +1,63 @@
+# Sourced, not run: starts a throwaway PostgreSQL and Redis from this machine's binaries on free
+# loopback ports in a temporary folder, and stops and removes them when the sourcing shell exits.
+#
+#   source scripts/servers.sh; start_servers [durable]
+#
+# sets SERVERS_DIR, PG_PORT, REDIS_PORT, GUILDHALL_TEST_POSTGRES_URL and GUILDHALL_TEST_REDIS_URL.
+# Tests run with durability off (fsync, synchronous_commit); `durable` keeps PostgreSQL's defaults,
+# for benchmarks whose figures must mean something.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# PostgreSQL refuses to run as root; run it as the `postgres` system user then.
+as_pg() {
+  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+stop_servers() {
+  [[ -n "${SERVERS_DIR:-}" ]] || return 0
+  as_pg "$PG_BIN/pg_ctl" -D "$SERVERS_DIR/pg" -m immediate stop >/dev/null 2>&1 || true
+  if [[ -f "$SERVERS_DIR/redis.pid" ]]; then kill "$(cat "$SERVERS_DIR/redis.pid")" 2>/dev/null || true; fi
+  rm -rf "$SERVERS_DIR"
+  SERVERS_DIR=
+}
+
+start_servers() {
+  local mode=${1:-fast}
+  PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+  if [[ -z "$PG_BIN" || ! -x "$PG_BIN/initdb" ]]; then
+    echo "servers.sh: PostgreSQL server binaries not found (apt-get install postgresql, or set PG_BIN)" >&2
+    return 1
+  fi
+  command -v redis-server >/dev/null || { echo "servers.sh: redis-server not found (apt-get install redis-server)" >&2; return 1; }
+
+  SERVERS_DIR=$(mktemp -d /tmp/guildhall-servers.XXXXXX)
+  chmod 755 "$SERVERS_DIR"
+  trap stop_servers EXIT
+  PG_PORT=$(free_port)
+  REDIS_PORT=$(free_port)
+
+  mkdir -p "$SERVERS_DIR/pg" "$SERVERS_DIR/sock"
+  if [[ $(id -u) -eq 0 ]]; then chown postgres "$SERVERS_DIR/pg" "$SERVERS_DIR/sock"; fi
+  as_pg "$PG_BIN/initdb" -D "$SERVERS_DIR/pg" -U guildhall --auth=trust -E UTF8 --no-sync >"$SERVERS_DIR/initdb.log" 2>&1 \
+    || { cat "$SERVERS_DIR/initdb.log" >&2; return 1; }
+  local options="-p $PG_PORT -k $SERVERS_DIR/sock -c listen_addresses=127.0.0.1 -c max_connections=300"
+  if [[ "$mode" != durable ]]; then
+    options+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  fi
+  as_pg "$PG_BIN/pg_ctl" -D "$SERVERS_DIR/pg" -l "$SERVERS_DIR/sock/postgres.log" -w -t 60 start -o "$options" >/dev/null \
+    || { cat "$SERVERS_DIR/sock/postgres.log" >&2; return 1; }
+
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --pidfile "$SERVERS_DIR/redis.pid" --logfile "$SERVERS_DIR/redis.log" --dir "$SERVERS_DIR"
+  local _
+  for _ in $(seq 50); do
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+
+  export PG_PORT REDIS_PORT SERVERS_DIR
+  export GUILDHALL_TEST_POSTGRES_URL="postgres://guildhall@127.0.0.1:$PG_PORT/postgres"
+  export GUILDHALL_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  echo "servers.sh: PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT ($mode)"
+}
