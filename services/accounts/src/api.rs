@@ -67,8 +67,8 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
     let mut tx = state.db.begin().await?;
     let new = NewAccount { id: &id, username: &username, email: Some(&email), password_hash: Some(&password_hash), device_key: None, now };
     store::insert_account(&mut *tx, &new).await.map_err(conflict)?;
-    let minted = state.open_session(&mut tx, &id).await?;
     let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("account vanished after insert"))?;
+    let minted = state.open_session(&mut tx, &account).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(account_id = id, "account registered");
     Ok((StatusCode::CREATED, Json(Registered { account: account.into(), tokens: state.pair(minted)? })))
@@ -95,7 +95,7 @@ pub async fn login(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
     }
     let account = account.ok_or_else(invalid_credentials)?;
     let mut tx = state.db.begin().await?;
-    let minted = state.open_session(&mut tx, &account.id).await?;
+    let minted = state.open_session(&mut tx, &account).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(account_id = account.id, "signed in");
     Ok(Json(state.pair(minted)?))
@@ -115,7 +115,7 @@ pub async fn guest(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
     for _ in 0..2 {
         let mut tx = state.db.begin().await?;
         if let Some(account) = store::account_by_device(&mut *tx, &device_key).await? {
-            let minted = state.open_session(&mut tx, &account.id).await?;
+            let minted = state.open_session(&mut tx, &account).await?;
             tx.commit().await.map_err(anyhow::Error::from)?;
             return Ok((StatusCode::OK, Json(state.pair(minted)?)));
         }
@@ -125,7 +125,8 @@ pub async fn guest(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
             NewAccount { id: &id, username: &username, email: None, password_hash: None, device_key: Some(&device_key), now: now_millis() };
         match store::insert_account(&mut *tx, &new).await {
             Ok(()) => {
-                let minted = state.open_session(&mut tx, &id).await?;
+                let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("guest vanished after insert"))?;
+                let minted = state.open_session(&mut tx, &account).await?;
                 tx.commit().await.map_err(anyhow::Error::from)?;
                 tracing::info!(account_id = id, "guest account created");
                 return Ok((StatusCode::CREATED, Json(state.pair(minted)?)));

@@ -20,6 +20,7 @@ const REFRESH_PREFIX: &str = "ghr_";
 pub struct Minted {
     session_id: String,
     account_id: String,
+    name: String,
     refresh_token: String,
 }
 
@@ -40,21 +41,22 @@ impl AccountsState {
         i64::try_from(self.refresh_ttl.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Opens a session for `account_id` inside `tx`.
-    pub(crate) async fn open_session(&self, tx: &mut Tx, account_id: &str) -> anyhow::Result<Minted> {
+    /// Opens a session for `account` inside `tx`.
+    pub(crate) async fn open_session(&self, tx: &mut Tx, account: &store::AccountRow) -> anyhow::Result<Minted> {
+        let account_id = account.id.as_str();
         let now = now_millis();
         let session_id = uuid::Uuid::now_v7().to_string();
         let expires_at = now.saturating_add(self.refresh_ttl_ms());
         store::insert_session(&mut **tx, &session_id, account_id, now, expires_at).await?;
         let refresh_token = new_refresh_token()?;
         store::insert_refresh_token(&mut **tx, &hash_refresh_token(&refresh_token), &session_id, now, expires_at).await?;
-        Ok(Minted { session_id, account_id: account_id.to_owned(), refresh_token })
+        Ok(Minted { session_id, account_id: account_id.to_owned(), name: account.public_name().to_owned(), refresh_token })
     }
 
     /// Signs the access token of a minted session (after its transaction committed).
     pub(crate) fn pair(&self, minted: Minted) -> anyhow::Result<TokenPair> {
         let keys = self.auth.keys();
-        let access_token = keys.sign(&minted.account_id, &minted.session_id, now_millis() / 1000)?;
+        let access_token = keys.sign(&minted.account_id, &minted.session_id, &minted.name, now_millis() / 1000)?;
         Ok(TokenPair { access_token, refresh_token: minted.refresh_token, token_type: "Bearer", expires_in: keys.access_ttl().as_secs() })
     }
 
@@ -91,7 +93,7 @@ impl AccountsState {
         let refresh_token = new_refresh_token()?;
         store::insert_refresh_token(&mut *tx, &hash_refresh_token(&refresh_token), &row.session_id, now, expires_at).await?;
         tx.commit().await.map_err(anyhow::Error::from)?;
-        Ok(self.pair(Minted { session_id: row.session_id, account_id: row.account_id, refresh_token })?)
+        Ok(self.pair(Minted { session_id: row.session_id, account_id: row.account_id, name: row.name, refresh_token })?)
     }
 
     /// Ends a session everywhere: in the database (no more refreshes) and in the cache (its

@@ -28,6 +28,13 @@ pub struct AccountRow {
     pub updated_at: i64,
 }
 
+impl AccountRow {
+    /// The name other players see: the display name, else the username.
+    pub fn public_name(&self) -> &str {
+        self.display_name.as_deref().unwrap_or(&self.username)
+    }
+}
+
 const ACCOUNT_COLUMNS: &str = "id, username, email, password_hash, display_name, avatar_asset_id, locale, created_at, updated_at";
 
 fn account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
@@ -236,6 +243,8 @@ pub struct RefreshRow {
     pub session_id: String,
     /// The session's account.
     pub account_id: String,
+    /// The account's public name, for the new access token.
+    pub name: String,
     /// Set once the token has been exchanged.
     pub used_at: Option<i64>,
     /// Unix ms.
@@ -247,8 +256,9 @@ pub struct RefreshRow {
 /// Looks a refresh token up by its hash.
 pub async fn refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str) -> anyhow::Result<Option<RefreshRow>> {
     let row = sqlx::query(
-        "SELECT r.session_id, s.account_id, r.used_at, r.expires_at, s.revoked_at \
-         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1",
+        "SELECT r.session_id, s.account_id, COALESCE(a.display_name, a.username) AS name, r.used_at, r.expires_at, s.revoked_at \
+         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN accounts a ON a.id = s.account_id \
+         WHERE r.token_hash = $1",
     )
     .bind(hash)
     .fetch_optional(db)
@@ -258,6 +268,7 @@ pub async fn refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str
     Ok(Some(RefreshRow {
         session_id: row.try_get("session_id")?,
         account_id: row.try_get("account_id")?,
+        name: row.try_get("name")?,
         used_at: row.try_get("used_at")?,
         expires_at: row.try_get("expires_at")?,
         session_revoked_at: row.try_get("revoked_at")?,

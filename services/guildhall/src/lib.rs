@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use platform::auth::Authenticator;
+use platform::auth::{AdminKey, Authenticator};
 use platform::cache::Cache;
 use platform::config::{CacheConfig, Config, DatabaseConfig, Service};
 use platform::db::Database;
@@ -43,6 +43,7 @@ pub fn openapi(services: &[Service]) -> utoipa::openapi::OpenApi {
     for service in services {
         match service {
             Service::Accounts => doc.merge(accounts::ApiDoc::openapi()),
+            Service::Leaderboard => doc.merge(leaderboard::ApiDoc::openapi()),
         }
     }
     let components = doc.components.get_or_insert_with(Default::default);
@@ -63,6 +64,7 @@ impl App {
         let cache = Cache::connect(&config.cache).await?;
         let keys = Arc::new(TokenKeys::load(&config.tokens, &config.data_dir)?);
         let auth = Authenticator::new(keys, cache.clone());
+        let admin_key = AdminKey::new(config.admin_key.clone());
 
         let mut router = health::router(HealthState { db: db.clone(), cache: cache.clone(), shutdown: shutdown.clone() });
         let mut workers = Vec::new();
@@ -79,6 +81,15 @@ impl App {
                     };
                     workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));
                     router = router.merge(accounts::router(state));
+                }
+                Service::Leaderboard => {
+                    let state = leaderboard::LeaderboardState {
+                        db: db.clone(),
+                        index: leaderboard::index::RankIndex::for_cache(&cache),
+                        auth: auth.clone(),
+                        admin_key: admin_key.clone(),
+                    };
+                    router = router.merge(leaderboard::router(state));
                 }
             }
         }

@@ -27,6 +27,8 @@ pub struct Player {
     pub account_id: String,
     /// The session the token belongs to.
     pub session_id: String,
+    /// The name other players see, as of the token's issue.
+    pub name: String,
 }
 
 impl Authenticator {
@@ -54,7 +56,7 @@ impl Authenticator {
         if revoked {
             return Err(ApiError::Unauthenticated { code: "session_revoked", message: "this session has ended; sign in again".into() });
         }
-        Ok(Player { account_id: claims.sub, session_id: claims.sid })
+        Ok(Player { account_id: claims.sub, session_id: claims.sid, name: claims.name })
     }
 
     /// Makes every access token of `session_id` fail from now on, on every instance that shares
@@ -62,6 +64,79 @@ impl Authenticator {
     pub async fn revoke_session(&self, session_id: &str) -> anyhow::Result<()> {
         let ttl = self.keys.access_ttl() + Duration::from_secs(60);
         self.cache.set_ex(&revoked_key(session_id), "1", ttl).await
+    }
+}
+
+/// The server key, shared by game servers and operators. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct AdminKey(Option<Arc<crate::config::Secret<String>>>);
+
+impl AdminKey {
+    /// The configured key, or none (admin calls are then refused).
+    pub fn new(key: Option<crate::config::Secret<String>>) -> Self {
+        Self(key.map(Arc::new))
+    }
+
+    /// Whether `presented` is the key, compared in constant time (over SHA-256 digests, so the
+    /// lengths do not leak either).
+    pub fn matches(&self, presented: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let Some(key) = &self.0 else { return false };
+        let expected = Sha256::digest(key.expose().as_bytes());
+        let given = Sha256::digest(presented.as_bytes());
+        expected.iter().zip(given.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// A request made with the server key (`Authorization: Bearer <GUILDHALL_ADMIN_KEY>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl<S> FromRequestParts<S> for Admin
+where
+    AdminKey: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let key = AdminKey::from_ref(state);
+        if key.0.is_none() {
+            return Err(ApiError::Forbidden("the admin API is disabled: set GUILDHALL_ADMIN_KEY".into()));
+        }
+        match bearer_token(parts) {
+            Some(token) if key.matches(token) => Ok(Admin),
+            Some(_) => Err(ApiError::invalid_token("not the server key")),
+            None => Err(ApiError::Unauthenticated {
+                code: "missing_token",
+                message: "send the server key as `Authorization: Bearer <key>`".into(),
+            }),
+        }
+    }
+}
+
+/// Whoever calls an endpoint that both players and game servers use.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A player with an access token.
+    Player(Player),
+    /// A game server with the server key.
+    Server,
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    Authenticator: FromRef<S>,
+    AdminKey: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if bearer_token(parts).is_some_and(|token| AdminKey::from_ref(state).matches(token)) {
+            return Ok(Caller::Server);
+        }
+        Player::from_request_parts(parts, state).await.map(Caller::Player)
     }
 }
 

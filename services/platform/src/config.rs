@@ -39,16 +39,19 @@ impl<T> fmt::Debug for Secret<T> {
 pub enum Service {
     /// Sign-up, login, sessions, profiles.
     Accounts,
+    /// Boards, scores, ranks, seasons.
+    Leaderboard,
 }
 
 impl Service {
     /// Every service, in the order they are mounted.
-    pub const ALL: &'static [Service] = &[Service::Accounts];
+    pub const ALL: &'static [Service] = &[Service::Accounts, Service::Leaderboard];
 
     /// The name used in `SERVICES` and in logs.
     pub fn name(self) -> &'static str {
         match self {
             Service::Accounts => "accounts",
+            Service::Leaderboard => "leaderboard",
         }
     }
 }
@@ -167,6 +170,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUN_MIGRATIONS`: apply migrations at start-up (default true; sqlx takes a lock).
     pub run_migrations: bool,
+    /// `GUILDHALL_ADMIN_KEY`: the server key of game servers and operators for `/v1/admin/...`
+    /// and authoritative submissions. Without it those are refused.
+    pub admin_key: Option<Secret<String>>,
 }
 
 impl Config {
@@ -272,6 +278,11 @@ impl Config {
             Some(other) => bail!("LOG_FORMAT must be json or pretty, got {other:?}"),
         };
 
+        let admin_key = get("GUILDHALL_ADMIN_KEY").map(Secret::new);
+        if admin_key.as_ref().is_some_and(|key| key.expose().len() < 24) {
+            bail!("GUILDHALL_ADMIN_KEY must be at least 24 characters (e.g. `openssl rand -hex 32`)");
+        }
+
         let config = Config {
             listen_addr,
             data_dir,
@@ -286,6 +297,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(parse("SHUTDOWN_GRACE_SECS", 20)?),
             log_format,
             run_migrations: flag("RUN_MIGRATIONS", true)?,
+            admin_key,
         };
         config.check_deployment()?;
         Ok(config)
@@ -348,9 +360,13 @@ mod tests {
 
     #[test]
     fn a_subset_of_services_needs_shared_backends() {
-        let err = config(&[("SERVICES", "accounts")]);
-        // accounts is every service today, so this is still a monolith and allowed.
-        assert!(err.is_ok());
+        let err = config(&[("SERVICES", "accounts")]).expect_err("accounts alone on SQLite");
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+        let err = config(&[("SERVICES", "leaderboard"), ("DATABASE_URL", "postgres://db/g")]).expect_err("no Redis");
+        assert!(err.to_string().contains("REDIS_URL"), "{err}");
+        let alone = config(&[("SERVICES", "leaderboard"), ("DATABASE_URL", "postgres://db/g"), ("REDIS_URL", "redis://r")]);
+        assert_eq!(alone.expect("real backends").services, [Service::Leaderboard]);
+        assert!(config(&[("SERVICES", "leaderboard,accounts")]).is_ok(), "every service is a monolith");
         let err = config(&[("SERVICES", "accounts,nonsense")]).expect_err("unknown service");
         assert!(err.to_string().contains("unknown service"), "{err}");
     }

@@ -36,8 +36,14 @@ pub type Tx = Transaction<'static, Any>;
 
 /// Migrations, numbered, one list per dialect; `include_str!` puts them in the binary so the image
 /// needs no files beside it.
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "accounts", include_str!("../../../migrations/postgres/0001_accounts.sql"))];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "accounts", include_str!("../../../migrations/postgres/0001_accounts.sql")),
+    (2, "leaderboards", include_str!("../../../migrations/postgres/0002_leaderboards.sql")),
+];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
+    (2, "leaderboards", include_str!("../../../migrations/sqlite/0002_leaderboards.sql")),
+];
 
 /// How long a request waits for a pooled connection before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);

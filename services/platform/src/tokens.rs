@@ -34,6 +34,10 @@ pub struct Claims {
     pub sub: String,
     /// The session id, which logout and reuse detection revoke.
     pub sid: String,
+    /// The name other players see (display name, else username) when the token was issued, so
+    /// that services can show it without reading the accounts service's tables.
+    #[serde(default)]
+    pub name: String,
     /// Issued at, Unix seconds.
     pub iat: i64,
     /// Expires at, Unix seconds.
@@ -129,14 +133,16 @@ impl TokenKeys {
         self.access_ttl
     }
 
-    /// Signs an access token for `account_id` in `session_id`, valid from `now` (Unix seconds).
-    pub fn sign(&self, account_id: &str, session_id: &str, now: i64) -> anyhow::Result<String> {
+    /// Signs an access token for `account_id`, shown as `name`, in `session_id`, valid from `now`
+    /// (Unix seconds).
+    pub fn sign(&self, account_id: &str, session_id: &str, name: &str, now: i64) -> anyhow::Result<String> {
         let key = self.signing.as_ref().context("this instance has only TOKEN_VERIFY_KEY and cannot sign tokens")?;
         let ttl = i64::try_from(self.access_ttl.as_secs()).unwrap_or(i64::MAX);
         let claims = Claims {
             iss: self.issuer.clone(),
             sub: account_id.to_owned(),
             sid: session_id.to_owned(),
+            name: name.to_owned(),
             iat: now,
             exp: now.saturating_add(ttl),
         };
@@ -284,15 +290,18 @@ mod tests {
     #[test]
     fn signed_tokens_verify_and_carry_their_claims() {
         let keys = TokenKeys::from_signing_key([7; 32], &config());
-        let token = keys.sign("acct", "sess", 1_000).expect("sign");
+        let token = keys.sign("acct", "sess", "Ana", 1_000).expect("sign");
         let claims = keys.verify(&token, 1_100).expect("verify");
-        assert_eq!(claims, Claims { iss: "guildhall".into(), sub: "acct".into(), sid: "sess".into(), iat: 1_000, exp: 1_900 });
+        assert_eq!(
+            claims,
+            Claims { iss: "guildhall".into(), sub: "acct".into(), sid: "sess".into(), name: "Ana".into(), iat: 1_000, exp: 1_900 }
+        );
     }
 
     #[test]
     fn expired_tampered_and_foreign_tokens_are_refused() {
         let keys = TokenKeys::from_signing_key([7; 32], &config());
-        let token = keys.sign("acct", "sess", 1_000).expect("sign");
+        let token = keys.sign("acct", "sess", "n", 1_000).expect("sign");
         assert_eq!(keys.verify(&token, 1_900 + LEEWAY_SECS), Err(TokenError::Expired));
 
         let parts: Vec<&str> = token.split('.').collect();
@@ -309,7 +318,7 @@ mod tests {
 
         let mut other_issuer = config();
         other_issuer.issuer = "someone-else".into();
-        let foreign = TokenKeys::from_signing_key([7; 32], &other_issuer).sign("a", "s", 1_000).expect("sign");
+        let foreign = TokenKeys::from_signing_key([7; 32], &other_issuer).sign("a", "s", "n", 1_000).expect("sign");
         assert_eq!(keys.verify(&foreign, 1_100), Err(TokenError::WrongIssuer));
     }
 
@@ -319,9 +328,9 @@ mod tests {
         let mut verify_config = config();
         verify_config.verify_key = Some(signer.public_pem());
         let verifier = TokenKeys::load(&verify_config, Path::new("/nonexistent")).expect("load public key");
-        let token = signer.sign("acct", "sess", 1_000).expect("sign");
+        let token = signer.sign("acct", "sess", "n", 1_000).expect("sign");
         assert_eq!(verifier.verify(&token, 1_001).expect("verify").sub, "acct");
-        assert!(verifier.sign("acct", "sess", 1_000).is_err());
+        assert!(verifier.sign("acct", "sess", "n", 1_000).is_err());
         assert_eq!(verifier.jwks(), signer.jwks());
     }
 
@@ -331,7 +340,7 @@ mod tests {
         let first = TokenKeys::load(&config(), &dir).expect("generate");
         let second = TokenKeys::load(&config(), &dir).expect("reload");
         assert_eq!(first.kid(), second.kid());
-        let token = first.sign("a", "s", 1_000).expect("sign");
+        let token = first.sign("a", "s", "n", 1_000).expect("sign");
         assert!(second.verify(&token, 1_000).is_ok());
         let pem = std::fs::read_to_string(dir.join("signing-key.pem")).expect("key file");
         let mut from_env = config();

@@ -1,0 +1,41 @@
+//! `guildhall-bench`: a closed-loop HTTP load generator for Guildhall.
+//!
+//! A fixed number of workers each send a request as soon as the previous one answered (so the
+//! offered load adapts to the server, as real clients on a connection do), for a warm-up and then a
+//! measured duration. Every measured request's latency is kept; the [`report::Report`] gives
+//! requests/s, errors and latency percentiles. What is sent is a [`scenario::Scenario`].
+
+pub mod drive;
+pub mod options;
+pub mod report;
+pub mod scenario;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use options::Options;
+use report::Report;
+use scenario::Setup;
+
+/// Runs the scenario `options` name against the server and reports what was measured.
+pub async fn run(options: &Options) -> anyhow::Result<Report> {
+    let entry = scenario::find(&options.scenario).with_context(|| format!("unknown scenario {:?}", options.scenario))?;
+    // One client for the whole run: its pool keeps one connection per worker alive, so the load
+    // is requests, not TCP handshakes.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency)
+        .timeout(options.timeout)
+        .connect_timeout(options.timeout)
+        .tcp_nodelay(true)
+        .build()
+        .context("building the HTTP client")?;
+    let setup = Setup { client, base: options.base.clone(), players: options.players, parallelism: options.concurrency, run_id: run_id() };
+    (entry.run)(options, setup).await
+}
+
+/// A run id unique enough for device ids: the start time in milliseconds and the process id.
+fn run_id() -> String {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis());
+    format!("{millis:x}{:x}", std::process::id())
+}

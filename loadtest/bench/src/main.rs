@@ -1,0 +1,35 @@
+//! `guildhall-bench [options]`: see `--help` and loadtest/README.md.
+
+use std::process::ExitCode;
+
+use guildhall_bench::options::{Command, Options, usage};
+
+fn main() -> ExitCode {
+    let options: Options = match Command::parse(std::env::args().skip(1)) {
+        Ok(Command::Run(options)) => options,
+        Ok(Command::Help) => {
+            print!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("guildhall-bench: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(guildhall_bench::run(&options)));
+    match result.and_then(|report| Ok((report.json()?, report))) {
+        Ok((json, report)) => {
+            println!("{report}");
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("guildhall-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Command-line options, parsed by hand (`--name value` or `--name=value`) to keep the tool free of
+//! an argument-parsing dependency.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+
+use crate::scenario;
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command {
+    /// Run a scenario with these options.
+    Run(Options),
+    /// Print [`usage`] and exit.
+    Help,
+}
+
+/// How one run is shaped: where, which scenario, how many workers, how long.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The server's base URL, without a trailing slash.
+    pub base: String,
+    /// The scenario's name (one of [`scenario::SCENARIOS`]).
+    pub scenario: String,
+    /// Concurrent workers, each sending its next request when the previous one answered.
+    pub concurrency: usize,
+    /// How long requests are measured, after the warm-up.
+    pub duration: Duration,
+    /// How long requests are sent but not measured (connections open, caches fill).
+    pub warmup: Duration,
+    /// Players (guest accounts or device ids) the scenario spreads its requests over.
+    pub players: usize,
+    /// Longest wait for one response; a request that takes longer counts as an error.
+    pub timeout: Duration,
+    /// Safety bound on requests sent (warm-up included); the run stops early if it is reached.
+    pub max_requests: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            base: "http://127.0.0.1:8080".to_owned(),
+            scenario: "me".to_owned(),
+            concurrency: 50,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            players: 1000,
+            timeout: Duration::from_secs(10),
+            max_requests: 10_000_000,
+        }
+    }
+}
+
+/// The help text, listing the scenarios.
+pub fn usage() -> String {
+    let defaults = Options::default();
+    let mut text = format!(
+        "usage: guildhall-bench [options]\n\
+         \n\
+         Closed-loop HTTP load: N workers each send a request as soon as the previous one answered,\n\
+         for a warm-up and then a measured duration; prints requests/s, errors and latency percentiles\n\
+         as a readable block and as one JSON line.\n\
+         \n\
+         options:\n  \
+           --base URL          server base URL (default {base})\n  \
+           --scenario NAME     what to send (default {scenario})\n  \
+           --concurrency N     concurrent workers (default {concurrency})\n  \
+           --duration SECS     measured time (default {duration})\n  \
+           --warmup SECS       unmeasured time before it (default {warmup})\n  \
+           --players N         players the requests are spread over (default {players})\n  \
+           --timeout SECS      per-request timeout, counted as an error (default {timeout})\n  \
+           --max-requests N    stop after this many requests, warm-up included (default {max_requests})\n  \
+           -h, --help          this text\n\
+         \n\
+         scenarios:\n",
+        base = defaults.base,
+        scenario = defaults.scenario,
+        concurrency = defaults.concurrency,
+        duration = defaults.duration.as_secs_f64(),
+        warmup = defaults.warmup.as_secs_f64(),
+        players = defaults.players,
+        timeout = defaults.timeout.as_secs_f64(),
+        max_requests = defaults.max_requests,
+    );
+    for entry in scenario::SCENARIOS {
+        text.push_str(&format!("  {:<18}  {}\n", entry.name, entry.about));
+    }
+    text
+}
+
+impl Command {
+    /// Parses the arguments after the program name.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Self> {
+        let mut options = Options::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "-h" || arg == "--help" {
+                return Ok(Self::Help);
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value.to_owned())),
+                _ => (arg, None),
+            };
+            let mut value = || match &inline {
+                Some(value) => Ok(value.clone()),
+                None => args.next().with_context(|| format!("{name} needs a value")),
+            };
+            match name.as_str() {
+                "--base" => options.base = value()?.trim_end_matches('/').to_owned(),
+                "--scenario" => options.scenario = value()?,
+                "--concurrency" => options.concurrency = number(&name, &value()?)?,
+                "--duration" => options.duration = seconds(&name, &value()?)?,
+                "--warmup" => options.warmup = seconds(&name, &value()?)?,
+                "--players" => options.players = number(&name, &value()?)?,
+                "--timeout" => options.timeout = seconds(&name, &value()?)?,
+                "--max-requests" => options.max_requests = number(&name, &value()?)?,
+                other => bail!("unknown argument {other:?} (try --help)"),
+            }
+        }
+        options.check()?;
+        Ok(Self::Run(options))
+    }
+}
+
+impl Options {
+    /// Rejects values that would make the run meaningless or unbounded.
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(self.base.starts_with("http://"), "--base must be an http:// URL (the tool speaks plain HTTP/1.1)");
+        ensure!(
+            scenario::find(&self.scenario).is_some(),
+            "unknown scenario {:?}; known: {}",
+            self.scenario,
+            scenario::SCENARIOS.iter().map(|entry| entry.name).collect::<Vec<_>>().join(", ")
+        );
+        ensure!((1..=10_000).contains(&self.concurrency), "--concurrency must be 1 to 10000");
+        ensure!(self.players >= 1, "--players must be at least 1");
+        ensure!(!self.duration.is_zero(), "--duration must be more than 0");
+        ensure!(!self.timeout.is_zero(), "--timeout must be more than 0");
+        ensure!(self.max_requests >= 1, "--max-requests must be at least 1");
+        Ok(())
+    }
+}
+
+fn number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
+    value.parse().ok().with_context(|| format!("{name} must be a whole number, not {value:?}"))
+}
+
+fn seconds(name: &str, value: &str) -> anyhow::Result<Duration> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .with_context(|| format!("{name} must be a number of seconds, not {value:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Command> {
+        Command::parse(args.iter().map(|arg| (*arg).to_owned()))
+    }
+
+    #[test]
+    fn defaults_and_both_spellings() {
+        let Command::Run(options) = parse(&["--concurrency", "8", "--duration=2.5", "--base", "http://127.0.0.1:9/"]).expect("valid")
+        else {
+            panic!("expected a run");
+        };
+        assert_eq!(options.concurrency, 8);
+        assert_eq!(options.duration, Duration::from_millis(2500));
+        assert_eq!(options.base, "http://127.0.0.1:9");
+        assert_eq!(options.players, 1000);
+        assert_eq!(options.scenario, "me");
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(parse(&["--concurrency"]).is_err());
+        assert!(parse(&["--concurrency", "0"]).is_err());
+        assert!(parse(&["--duration", "-1"]).is_err());
+        assert!(parse(&["--scenario", "nope"]).is_err());
+        assert!(parse(&["--frobnicate", "1"]).is_err());
+        assert!(matches!(parse(&["--help"]), Ok(Command::Help)));
+    }
+}

@@ -1,0 +1,358 @@
+//! The leaderboard API over HTTP, on the embedded backends and on PostgreSQL + Redis.
+
+mod common;
+
+use common::{Api, Backend, TestApp};
+use serde_json::{Value, json};
+
+on_both_backends!(
+    operators_apply_on_desc_and_asc_boards,
+    ties_go_to_the_earlier_record,
+    ten_thousand_records_page_without_gaps_or_repeats,
+    around_me_stays_full_at_the_top_and_the_bottom,
+    bad_submissions_and_unknown_boards_are_refused,
+    authoritative_boards_take_scores_from_the_server_only,
+    friends_lists_and_me_agree_with_the_top_list,
+    a_lost_index_is_rebuilt_with_identical_ranks,
+);
+
+const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+
+async fn start(backend: Backend) -> TestApp {
+    TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    })
+    .await
+}
+
+async fn create_board(api: &Api, body: Value) -> Value {
+    api.post("/v1/admin/leaderboards", Some(ADMIN_KEY), body).await.expect(201).body
+}
+
+/// A guest player (no password hashing, so tests can make many): (account id, access token).
+async fn guest(api: &Api, device: &str) -> (String, String) {
+    let pair = api.post("/v1/auth/guest", None, json!({"device_id": format!("device-{device}")})).await.expect(201);
+    let token = pair.body["access_token"].as_str().expect("token").to_owned();
+    let me = api.get("/v1/accounts/me", Some(&token)).await.expect(200);
+    (me.body["id"].as_str().expect("id").to_owned(), token)
+}
+
+async fn submit(api: &Api, board: &str, token: &str, body: Value) -> Value {
+    api.post(&format!("/v1/leaderboards/{board}/scores"), Some(token), body).await.expect(200).body
+}
+
+/// Submits `score` for `owner` with the server key.
+async fn server_submit(api: &Api, board: &str, owner: &str, score: i64) -> Value {
+    submit(api, board, ADMIN_KEY, json!({"score": score, "owner_id": owner, "owner_name": owner})).await
+}
+
+/// Every record of the board, page by page.
+async fn all_records(api: &Api, board: &str, token: &str, limit: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/leaderboards/{board}/records?limit={limit}&cursor={c}"),
+            None => format!("/v1/leaderboards/{board}/records?limit={limit}"),
+        };
+        let page = api.get(&path, Some(token)).await.expect(200).body;
+        out.extend(page["records"].as_array().expect("records").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+async fn operators_apply_on_desc_and_asc_boards(backend: Backend) {
+    let app = start(backend).await;
+    let (_, ana) = guest(&app, "ana").await;
+    let (_, bob) = guest(&app, "bob").await;
+    for (id, sort, operator) in [
+        ("best-desc", "desc", "best"),
+        ("best-asc", "asc", "best"),
+        ("set", "desc", "set"),
+        ("incr", "desc", "incr"),
+        ("decr", "desc", "decr"),
+    ] {
+        let board = create_board(&app, json!({"id": id, "sort": sort, "operator": operator})).await;
+        assert_eq!(board["season"]["number"], 1);
+    }
+    let score = |b: &Value| (b["score"].as_i64().expect("score"), b["rank"].as_u64().expect("rank"));
+
+    assert_eq!(score(&submit(&app, "best-desc", &ana, json!({"score": 50})).await), (50, 1));
+    assert_eq!(score(&submit(&app, "best-desc", &ana, json!({"score": 40})).await), (50, 1), "a worse score is ignored");
+    assert_eq!(score(&submit(&app, "best-desc", &bob, json!({"score": 60})).await), (60, 1));
+    assert_eq!(score(&submit(&app, "best-desc", &ana, json!({"score": 70})).await), (70, 1));
+    assert_eq!(app.get("/v1/leaderboards/best-desc/records/me", Some(&bob)).await.expect(200).body["rank"], 2);
+
+    assert_eq!(score(&submit(&app, "best-asc", &ana, json!({"score": 50})).await), (50, 1));
+    assert_eq!(score(&submit(&app, "best-asc", &ana, json!({"score": 60})).await), (50, 1));
+    assert_eq!(score(&submit(&app, "best-asc", &bob, json!({"score": 45})).await), (45, 1));
+    assert_eq!(app.get("/v1/leaderboards/best-asc/records/me", Some(&ana)).await.expect(200).body["rank"], 2);
+
+    assert_eq!(score(&submit(&app, "set", &ana, json!({"score": 50})).await), (50, 1));
+    assert_eq!(score(&submit(&app, "set", &ana, json!({"score": 10})).await), (10, 1), "set replaces, even with worse");
+
+    assert_eq!(score(&submit(&app, "incr", &ana, json!({"score": 5})).await), (5, 1));
+    assert_eq!(score(&submit(&app, "incr", &ana, json!({"score": 7})).await), (12, 1));
+    assert_eq!(score(&submit(&app, "incr", &bob, json!({"score": 20})).await), (20, 1));
+    assert_eq!(app.get("/v1/leaderboards/incr/records/me", Some(&ana)).await.expect(200).body["score"], 12);
+
+    assert_eq!(score(&submit(&app, "decr", &ana, json!({"score": 5})).await), (-5, 1));
+    assert_eq!(score(&submit(&app, "decr", &ana, json!({"score": 5})).await), (-10, 1));
+
+    // Metadata is kept with the record and shown in lists; the name comes from the token.
+    submit(&app, "set", &bob, json!({"score": 99, "metadata": {"car": "red"}})).await;
+    let top = app.get("/v1/leaderboards/set/records", Some(&ana)).await.expect(200).body;
+    assert_eq!(top["records"][0]["metadata"]["car"], "red");
+    assert!(top["records"][0]["name"].as_str().expect("name").starts_with("guest_"));
+    assert!(top["next_cursor"].is_null());
+}
+
+async fn ties_go_to_the_earlier_record(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "ties", "sort": "desc", "operator": "best"})).await;
+    let (first, first_token) = guest(&app, "first").await;
+    let (second, _) = guest(&app, "second").await;
+    submit(&app, "ties", &first_token, json!({"score": 100})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let late = server_submit(&app, "ties", &second, 100).await;
+    assert_eq!(late["rank"], 2, "the later equal score ranks below");
+    let top = app.get("/v1/leaderboards/ties/records", Some(&first_token)).await.expect(200).body;
+    assert_eq!(top["records"][0]["owner_id"], first.as_str());
+    assert_eq!(top["records"][1]["owner_id"], second.as_str());
+    // A higher subscore beats the earlier record.
+    let better = submit(&app, "ties", ADMIN_KEY, json!({"score": 100, "subscore": 1, "owner_id": second})).await;
+    assert_eq!(better["rank"], 1);
+}
+
+async fn ten_thousand_records_page_without_gaps_or_repeats(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "big", "sort": "desc", "operator": "set"})).await;
+    const N: usize = 10_000;
+    // 32 submissions in flight; scores repeat (i % 997) so that ties span pages.
+    let mut pending = futures_like::Pending::new();
+    for i in 0..N {
+        let api = app.api.clone();
+        pending.push(tokio::spawn(async move { server_submit(&api, "big", &format!("p{i:05}"), (i % 997) as i64).await }));
+        if pending.len() >= 32 {
+            pending.drain_one().await;
+        }
+    }
+    pending.drain_all().await;
+
+    let records = all_records(&app, "big", ADMIN_KEY, 100).await;
+    assert_eq!(records.len(), N);
+    let mut owners: Vec<&str> = records.iter().map(|r| r["owner_id"].as_str().expect("owner")).collect();
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record["rank"], i as u64 + 1, "ranks run 1..N without gaps");
+    }
+    for pair in records.windows(2) {
+        let (a, b) = (pair[0]["score"].as_i64().expect("score"), pair[1]["score"].as_i64().expect("score"));
+        assert!(a >= b, "scores descend: {a} then {b}");
+        if a == b {
+            assert!(pair[0]["updated_at"].as_str() <= pair[1]["updated_at"].as_str(), "ties go to the earlier record");
+        }
+    }
+    owners.sort_unstable();
+    owners.dedup();
+    assert_eq!(owners.len(), N, "no owner appears twice");
+    // A different page size walks the same order.
+    let by_250 = all_records(&app, "big", ADMIN_KEY, 99).await;
+    let same: Vec<&Value> = by_250.iter().map(|r| &r["owner_id"]).collect();
+    assert_eq!(same, records.iter().map(|r| &r["owner_id"]).collect::<Vec<_>>());
+}
+
+async fn around_me_stays_full_at_the_top_and_the_bottom(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "around", "sort": "desc", "operator": "set"})).await;
+    let (me, token) = guest(&app, "me").await;
+    for i in 0..25 {
+        server_submit(&app, "around", &format!("other{i:02}"), 100 + i).await;
+    }
+    let ranks =
+        |page: &Value| page["records"].as_array().expect("records").iter().map(|r| r["rank"].as_u64().expect("rank")).collect::<Vec<_>>();
+    let around = |limit: u32| {
+        let path = format!("/v1/leaderboards/around/around/me?limit={limit}");
+        let (api, token) = (app.api.clone(), token.clone());
+        async move { api.get(&path, Some(&token)).await }
+    };
+    assert!(around(5).await.expect(200).body["records"].as_array().expect("records").is_empty(), "no record yet");
+
+    submit(&app, "around", &token, json!({"score": 1000})).await;
+    let top = around(5).await.expect(200).body;
+    assert_eq!(ranks(&top), [1, 2, 3, 4, 5]);
+    assert_eq!(top["records"][0]["owner_id"], me.as_str());
+
+    submit(&app, "around", &token, json!({"score": 0})).await;
+    let bottom = around(5).await.expect(200).body;
+    assert_eq!(ranks(&bottom), [22, 23, 24, 25, 26]);
+    assert_eq!(bottom["records"][4]["owner_id"], me.as_str());
+
+    submit(&app, "around", &token, json!({"score": 112})).await;
+    let middle = around(5).await.expect(200).body;
+    let me_rank = app.get("/v1/leaderboards/around/records/me", Some(&token)).await.expect(200).body["rank"].as_u64().expect("rank");
+    assert_eq!(ranks(&middle), (me_rank - 2..=me_rank + 2).collect::<Vec<_>>());
+    assert_eq!(middle["records"][2]["owner_id"], me.as_str());
+    assert_eq!(ranks(&around(100).await.expect(200).body).len(), 26);
+    around(0).await.expect_error(400, "invalid_request");
+    around(101).await.expect_error(400, "invalid_request");
+}
+
+async fn bad_submissions_and_unknown_boards_are_refused(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "bounded", "sort": "desc", "operator": "incr", "min_score": 0, "max_score": 100})).await;
+    let (_, token) = guest(&app, "p").await;
+    let post = |body: Value| app.post("/v1/leaderboards/bounded/scores", Some(&token), body);
+    let field = |reply: common::Reply| reply.expect_error(400, "invalid_request").body["error"]["field"].clone();
+    assert_eq!(field(post(json!({"score": 101})).await), "score");
+    assert_eq!(field(post(json!({"score": -1})).await), "score");
+    submit(&app, "bounded", &token, json!({"score": 90})).await;
+    assert_eq!(field(post(json!({"score": 11})).await), "score", "incr past the bound");
+    assert_eq!(app.get("/v1/leaderboards/bounded/records/me", Some(&token)).await.expect(200).body["score"], 90, "nothing half-written");
+    assert_eq!(field(post(json!({"score": "ten"})).await), "score");
+    assert_eq!(field(post(json!({"score": 1.5})).await), "score");
+    assert_eq!(field(post(json!({"score": 1, "metadata": {"blob": "x".repeat(3000)}})).await), "metadata");
+    assert_eq!(field(post(json!({"score": 1, "metadata": [1, 2]})).await), "metadata");
+    assert_eq!(field(post(json!({"score": 1, "owner_id": "someone-else"})).await), "owner_id");
+    assert_eq!(field(post(json!({"score": 1, "extra": true})).await), "extra");
+    post(json!({"score": 1})).await.expect(200);
+
+    app.post("/v1/leaderboards/nope/scores", Some(&token), json!({"score": 1})).await.expect_error(404, "not_found");
+    app.get("/v1/leaderboards/nope/records", Some(&token)).await.expect_error(404, "not_found");
+    app.get("/v1/leaderboards/NOPE!/records", Some(&token)).await.expect_error(404, "not_found");
+    app.get("/v1/leaderboards/bounded/records", None).await.expect_error(401, "missing_token");
+    app.get("/v1/leaderboards/bounded/records?limit=0", Some(&token)).await.expect_error(400, "invalid_request");
+    app.get("/v1/leaderboards/bounded/records?limit=500", Some(&token)).await.expect_error(400, "invalid_request");
+    app.get("/v1/leaderboards/bounded/records?cursor=garbage", Some(&token)).await.expect_error(400, "invalid_request");
+    app.get("/v1/leaderboards/bounded/records/me", Some(ADMIN_KEY)).await.expect_error(401, "invalid_token");
+
+    // The admin API wants the server key, and valid boards.
+    let board = json!({"id": "x", "sort": "desc", "operator": "best"});
+    app.post("/v1/admin/leaderboards", Some(&token), board.clone()).await.expect_error(401, "invalid_token");
+    app.post("/v1/admin/leaderboards", None, board.clone()).await.expect_error(401, "missing_token");
+    create_board(&app, board.clone()).await;
+    app.post("/v1/admin/leaderboards", Some(ADMIN_KEY), board).await.expect_error(409, "board_exists");
+    for (body, field) in [
+        (json!({"id": "Bad Id", "sort": "desc", "operator": "best"}), "id"),
+        (json!({"id": "y", "sort": "up", "operator": "best"}), "sort"),
+        (json!({"id": "y", "sort": "desc", "operator": "max"}), "operator"),
+        (json!({"id": "y", "sort": "desc", "operator": "best", "min_score": 5, "max_score": 1}), "min_score"),
+    ] {
+        let reply = app.post("/v1/admin/leaderboards", Some(ADMIN_KEY), body).await.expect_error(400, "invalid_request");
+        assert_eq!(reply.body["error"]["field"], field);
+    }
+
+    // Without a configured server key the admin API is off.
+    let no_admin = TestApp::start(backend).await;
+    no_admin
+        .post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "z", "sort": "desc", "operator": "best"}))
+        .await
+        .expect_error(403, "forbidden");
+}
+
+async fn authoritative_boards_take_scores_from_the_server_only(backend: Backend) {
+    let app = start(backend).await;
+    let board = create_board(&app, json!({"id": "ranked", "sort": "desc", "operator": "best", "authoritative": true})).await;
+    assert_eq!(board["authoritative"], true);
+    let (me, token) = guest(&app, "p").await;
+    app.post("/v1/leaderboards/ranked/scores", Some(&token), json!({"score": 10})).await.expect_error(403, "forbidden");
+    let record = submit(&app, "ranked", ADMIN_KEY, json!({"score": 10, "owner_id": me, "owner_name": "Pat"})).await;
+    assert_eq!((record["rank"].as_u64(), record["name"].as_str()), (Some(1), Some("Pat")));
+    let mine = app.get("/v1/leaderboards/ranked/records/me", Some(&token)).await.expect(200).body;
+    assert_eq!(mine["score"], 10);
+    app.post("/v1/leaderboards/ranked/scores", Some(ADMIN_KEY), json!({"score": 10})).await.expect_error(400, "invalid_request");
+    let shown = app.get("/v1/leaderboards/ranked", Some(&token)).await.expect(200).body;
+    assert_eq!(shown["operator"], "best");
+}
+
+async fn friends_lists_and_me_agree_with_the_top_list(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "friends", "sort": "asc", "operator": "best"})).await;
+    let (me, token) = guest(&app, "me").await;
+    for i in 0..10 {
+        server_submit(&app, "friends", &format!("f{i}"), 50 - i).await;
+    }
+    submit(&app, "friends", &token, json!({"score": 45})).await;
+    let top = all_records(&app, "friends", &token, 3).await;
+    let rank_in_top = |owner: &str| top.iter().find(|r| r["owner_id"] == owner).map(|r| r["rank"].clone()).expect("listed");
+    let mine = app.get("/v1/leaderboards/friends/records/me", Some(&token)).await.expect(200).body;
+    assert_eq!(mine["rank"], rank_in_top(&me));
+    let listed = app.get(&format!("/v1/leaderboards/friends/records?owner_ids=f1,{me},f7,unknown,f1"), Some(&token)).await.expect(200).body;
+    let records = listed["records"].as_array().expect("records");
+    assert_eq!(records.len(), 3, "unknown owners are skipped, repeats collapse");
+    for record in records {
+        assert_eq!(record["rank"], rank_in_top(record["owner_id"].as_str().expect("owner")));
+    }
+    assert!(records.windows(2).all(|w| w[0]["rank"].as_u64() < w[1]["rank"].as_u64()), "ordered by rank");
+    let too_many = (0..101).map(|i| format!("o{i}")).collect::<Vec<_>>().join(",");
+    app.get(&format!("/v1/leaderboards/friends/records?owner_ids={too_many}"), Some(&token)).await.expect_error(400, "invalid_request");
+    let (_, stranger) = guest(&app, "stranger").await;
+    app.get("/v1/leaderboards/friends/records/me", Some(&stranger)).await.expect_error(404, "not_found");
+}
+
+async fn a_lost_index_is_rebuilt_with_identical_ranks(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "durable", "sort": "desc", "operator": "best"})).await;
+    for i in 0..300 {
+        server_submit(&app, "durable", &format!("p{i:03}"), (i * 7 % 50) as i64).await;
+    }
+    let before = all_records(&app, "durable", ADMIN_KEY, 100).await;
+    assert_eq!(before.len(), 300);
+
+    if backend == Backend::Real {
+        // Redis loses everything of this deployment (the test's key prefix: other tests share
+        // the server, so a real FLUSHALL would disturb them).
+        let prefix = app.env.vars["REDIS_KEY_PREFIX"].clone();
+        let client = redis::Client::open(app.env.vars["REDIS_URL"].as_str()).expect("client");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.expect("keys");
+        assert!(keys.iter().any(|k| k.contains("lb:{durable:1}:z")), "the board lives in Redis: {keys:?}");
+        let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.expect("del");
+        let after = all_records(&app, "durable", ADMIN_KEY, 100).await;
+        assert_eq!(after, before, "rebuilt from the database on first use");
+        // Submissions after the loss rank against the rebuilt board.
+        let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.expect("del");
+        let record = server_submit(&app, "durable", "newcomer", 1000).await;
+        assert_eq!(record["rank"], 1);
+        assert_eq!(all_records(&app, "durable", ADMIN_KEY, 100).await.len(), 301);
+    } else {
+        // The embedded index lives in the process: a restart on the same SQLite file loses it.
+        app.stop();
+        let restarted = TestApp::start_on(app.env.clone()).await;
+        let after = all_records(&restarted, "durable", ADMIN_KEY, 100).await;
+        assert_eq!(after, before, "rebuilt from the database on first use");
+    }
+}
+
+/// A tiny bounded set of spawned tasks, so the 10,000-record test keeps 32 requests in flight.
+mod futures_like {
+    use std::collections::VecDeque;
+
+    use tokio::task::JoinHandle;
+
+    pub struct Pending<T>(VecDeque<JoinHandle<T>>);
+
+    impl<T> Pending<T> {
+        pub fn new() -> Self {
+            Pending(VecDeque::new())
+        }
+        pub fn push(&mut self, handle: JoinHandle<T>) {
+            self.0.push_back(handle);
+        }
+        pub fn len(&self) -> usize {
+            self.0.len()
+        }
+        pub async fn drain_one(&mut self) {
+            if let Some(handle) = self.0.pop_front() {
+                handle.await.expect("task");
+            }
+        }
+        pub async fn drain_all(&mut self) {
+            while !self.0.is_empty() {
+                self.drain_one().await;
+            }
+        }
+    }
+}

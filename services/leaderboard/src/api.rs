@@ -1,0 +1,507 @@
+//! The leaderboard HTTP API: boards (admin), score submission, and ranked reads.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use platform::auth::{Admin, Caller, Player};
+use platform::db::{now_millis, unique_violation};
+use platform::error::ErrorBody;
+use platform::http::{Json, Query};
+use platform::{ApiError, ApiResult};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::LeaderboardState;
+use crate::board::{Board, Operator, Outcome, Refusal, Sort, valid_board_id};
+use crate::index::{Entry, NotReady, Ranked, RebuildLock, Scope};
+use crate::store::{self, RecordRow};
+
+/// The leaderboard routes.
+pub fn routes() -> Router<LeaderboardState> {
+    Router::new()
+        .route("/v1/admin/leaderboards", post(create_board))
+        .route("/v1/leaderboards/{id}", get(show_board))
+        .route("/v1/leaderboards/{id}/scores", post(submit_score))
+        .route("/v1/leaderboards/{id}/records", get(list_records))
+        .route("/v1/leaderboards/{id}/records/me", get(my_record))
+        .route("/v1/leaderboards/{id}/around/me", get(around_me))
+}
+
+/// Largest metadata object accepted with a score, serialised.
+const MAX_METADATA_BYTES: usize = 2048;
+/// Most owners in one `owner_ids` query.
+const MAX_OWNER_IDS: usize = 100;
+
+/// `POST /v1/admin/leaderboards`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBoard {
+    /// 1 to 64 of `[a-z0-9_-]`.
+    pub id: String,
+    /// `desc` (higher wins) or `asc` (lower wins).
+    pub sort: Sort,
+    /// `best`, `set`, `incr` or `decr`.
+    pub operator: Operator,
+    /// Cron expression of the season reset. Not available yet: boards do not reset.
+    #[serde(default)]
+    pub reset: Option<String>,
+    /// Lowest accepted score.
+    #[serde(default)]
+    pub min_score: Option<i64>,
+    /// Highest accepted score.
+    #[serde(default)]
+    pub max_score: Option<i64>,
+    /// Only the server key may submit scores.
+    #[serde(default)]
+    pub authoritative: bool,
+}
+
+/// A board as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BoardView {
+    /// Board id.
+    pub id: String,
+    /// Sort order.
+    pub sort: Sort,
+    /// Operator.
+    pub operator: Operator,
+    /// Cron expression of the season reset, if any.
+    pub reset: Option<String>,
+    /// Lowest accepted score.
+    pub min_score: Option<i64>,
+    /// Highest accepted score.
+    pub max_score: Option<i64>,
+    /// Only the server key may submit.
+    pub authoritative: bool,
+    /// The live season.
+    pub season: SeasonView,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// The live season of a board.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeasonView {
+    /// From 1.
+    pub number: i64,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339, for a board that resets.
+    pub ends_at: Option<String>,
+}
+
+impl From<&Board> for BoardView {
+    fn from(b: &Board) -> Self {
+        BoardView {
+            id: b.id.clone(),
+            sort: b.sort,
+            operator: b.operator,
+            reset: b.reset.clone(),
+            min_score: b.min_score,
+            max_score: b.max_score,
+            authoritative: b.authoritative,
+            season: SeasonView {
+                number: b.season,
+                started_at: platform::time::rfc3339(b.season_started_at),
+                ends_at: b.season_ends_at.map(platform::time::rfc3339),
+            },
+            created_at: platform::time::rfc3339(b.created_at),
+        }
+    }
+}
+
+/// `POST /v1/leaderboards/{id}/scores`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitScore {
+    /// The score (combined with the record by the board's operator).
+    pub score: i64,
+    /// Breaks ties between equal scores (then the earlier record wins).
+    #[serde(default)]
+    pub subscore: i64,
+    /// A small JSON object kept with the record (2 KiB at most), e.g. the car and the track.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Server key only: whose score this is.
+    #[serde(default)]
+    pub owner_id: Option<String>,
+    /// Server key only: the name to show for that player.
+    #[serde(default)]
+    pub owner_name: Option<String>,
+}
+
+/// A player's record with its rank.
+#[derive(Debug, Serialize, ToSchema, PartialEq)]
+pub struct Record {
+    /// Account id.
+    pub owner_id: String,
+    /// Name shown for the player.
+    pub name: String,
+    /// Score.
+    pub score: i64,
+    /// Subscore.
+    pub subscore: i64,
+    /// 1 is the best.
+    pub rank: u64,
+    /// As submitted.
+    pub metadata: Option<serde_json::Value>,
+    /// RFC 3339: when the record reached its value.
+    pub updated_at: String,
+}
+
+/// A page of records.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordPage {
+    /// Best first.
+    pub records: Vec<Record>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /v1/leaderboards/{id}/records`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// 1 to 100, default 20.
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Comma-separated account ids (at most 100): their records only, e.g. a friends list.
+    pub owner_ids: Option<String>,
+}
+
+/// Query of `GET /v1/leaderboards/{id}/around/me`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AroundQuery {
+    /// 1 to 100, default 10.
+    pub limit: Option<usize>,
+}
+
+fn limit(value: Option<usize>, default: usize) -> ApiResult<usize> {
+    let limit = value.unwrap_or(default);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit", "limit must be between 1 and 100"));
+    }
+    Ok(limit)
+}
+
+fn board_not_found() -> ApiError {
+    ApiError::NotFound("no such leaderboard".into())
+}
+
+/// The display data kept in the index beside each sort key.
+fn entry_data(name: &str, metadata: Option<&str>) -> String {
+    let metadata = metadata.and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok());
+    serde_json::json!({ "n": name, "m": metadata }).to_string()
+}
+
+impl LeaderboardState {
+    async fn board(&self, id: &str) -> ApiResult<Board> {
+        if !valid_board_id(id) {
+            return Err(board_not_found());
+        }
+        store::board_by_id(self.db.pool(), id).await?.ok_or_else(board_not_found)
+    }
+
+    /// Rebuilds the index of the board's live season from the database, or, when another
+    /// instance is rebuilding it, waits a moment for it.
+    async fn rebuild(&self, board: &Board) -> anyhow::Result<()> {
+        let scope = Scope { board: &board.id, season: board.season };
+        match self.index.try_lock_rebuild(scope).await? {
+            RebuildLock::Acquired => {}
+            RebuildLock::Ready => return Ok(()),
+            RebuildLock::Busy => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Ok(());
+            }
+        }
+        let started = std::time::Instant::now();
+        let loaded = async {
+            let rows = store::all_records(self.db.pool(), &board.id, board.season).await?;
+            let entries: Vec<Entry> = rows.iter().map(|r| entry(board, r)).collect();
+            let count = entries.len();
+            self.index.install(scope, entries).await?;
+            anyhow::Ok(count)
+        }
+        .await;
+        match loaded {
+            Ok(count) => {
+                tracing::info!(
+                    board = board.id,
+                    season = board.season,
+                    records = count,
+                    ms = started.elapsed().as_millis() as u64,
+                    "rank index rebuilt"
+                );
+                Ok(())
+            }
+            Err(err) => {
+                let _ = self.index.unlock_rebuild(scope).await;
+                Err(err)
+            }
+        }
+    }
+
+    fn record(&self, board: &Board, ranked: Ranked) -> Option<Record> {
+        let (score, subscore, updated_at, owner) = board.decode_key(&ranked.key)?;
+        let data: serde_json::Value = serde_json::from_str(&ranked.data).unwrap_or_default();
+        Some(Record {
+            owner_id: owner.to_owned(),
+            name: data["n"].as_str().unwrap_or_default().to_owned(),
+            score,
+            subscore,
+            rank: ranked.rank,
+            metadata: Some(data["m"].clone()).filter(|m| !m.is_null()),
+            updated_at: platform::time::rfc3339(updated_at),
+        })
+    }
+}
+
+fn entry(board: &Board, r: &RecordRow) -> Entry {
+    Entry {
+        owner_id: r.owner_id.clone(),
+        key: board.sort_key(r.score, r.subscore, r.updated_at, &r.owner_id),
+        version: r.version,
+        data: entry_data(&r.owner_name, r.metadata.as_deref()),
+    }
+}
+
+/// Runs an index operation, rebuilding the index from the database while it answers `NotReady`.
+macro_rules! when_ready {
+    ($state:expr, $board:expr, $op:expr) => {{
+        let mut tries = 0;
+        loop {
+            match $op.await? {
+                Ok(value) => break value,
+                Err(NotReady) => {
+                    tries += 1;
+                    if tries > 200 {
+                        return Err(ApiError::Unavailable("the leaderboard index is being rebuilt; retry shortly".into()));
+                    }
+                    $state.rebuild(&$board).await?;
+                }
+            }
+        }
+    }};
+}
+
+/// Creates a leaderboard (server key).
+#[utoipa::path(post, path = "/v1/admin/leaderboards", tag = "leaderboards", security(("bearer" = [])), request_body = CreateBoard,
+    responses((status = 201, body = BoardView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(board = req.id))]
+pub async fn create_board(
+    State(state): State<LeaderboardState>,
+    _admin: Admin,
+    Json(req): Json<CreateBoard>,
+) -> ApiResult<impl IntoResponse> {
+    if !valid_board_id(&req.id) {
+        return Err(ApiError::invalid("id", "id must be 1 to 64 of a-z, 0-9, _ and -"));
+    }
+    if req.reset.is_some() {
+        return Err(ApiError::invalid("reset", "season resets are not available yet"));
+    }
+    if let (Some(min), Some(max)) = (req.min_score, req.max_score)
+        && min > max
+    {
+        return Err(ApiError::invalid("min_score", "min_score must not exceed max_score"));
+    }
+    let now = now_millis();
+    let board = Board {
+        id: req.id,
+        sort: req.sort,
+        operator: req.operator,
+        reset: req.reset,
+        min_score: req.min_score,
+        max_score: req.max_score,
+        authoritative: req.authoritative,
+        season: 1,
+        season_started_at: now,
+        season_ends_at: None,
+        created_at: now,
+    };
+    store::insert_board(state.db.pool(), &board).await.map_err(|err| match unique_violation(&err) {
+        Some(_) => ApiError::Conflict { code: "board_exists", message: "a leaderboard with that id exists".into() },
+        None => ApiError::Internal(err),
+    })?;
+    tracing::info!("leaderboard created");
+    Ok((StatusCode::CREATED, Json(BoardView::from(&board))))
+}
+
+/// A board's configuration and live season.
+#[utoipa::path(get, path = "/v1/leaderboards/{id}", tag = "leaderboards", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Board id")),
+    responses((status = 200, body = BoardView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show_board(State(state): State<LeaderboardState>, _caller: Caller, Path(id): Path<String>) -> ApiResult<Json<BoardView>> {
+    Ok(Json(BoardView::from(&state.board(&id).await?)))
+}
+
+/// Submits a score: the player's own with their token, or anyone's with the server key (the only
+/// way onto an authoritative board). Answers the record after the operator applied, with its rank.
+#[utoipa::path(post, path = "/v1/leaderboards/{id}/scores", tag = "leaderboards", security(("bearer" = [])), request_body = SubmitScore,
+    params(("id" = String, Path, description = "Board id")),
+    responses((status = 200, body = Record), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all, fields(board = id))]
+pub async fn submit_score(
+    State(state): State<LeaderboardState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(req): Json<SubmitScore>,
+) -> ApiResult<Json<Record>> {
+    let board = state.board(&id).await?;
+    let (owner_id, owner_name) = match caller {
+        Caller::Player(player) => {
+            if board.authoritative {
+                return Err(ApiError::Forbidden("this leaderboard takes scores from the game server only".into()));
+            }
+            if req.owner_id.is_some() || req.owner_name.is_some() {
+                return Err(ApiError::invalid("owner_id", "players submit their own scores; owner_id is for the server key"));
+            }
+            (player.account_id, player.name)
+        }
+        Caller::Server => {
+            let owner_id = req.owner_id.filter(|o| !o.is_empty() && o.len() <= 64 && !o.contains('|'));
+            let owner_id = owner_id.ok_or_else(|| ApiError::invalid("owner_id", "the server key must name the player (owner_id)"))?;
+            let name = req.owner_name.unwrap_or_default();
+            if name.chars().count() > 64 {
+                return Err(ApiError::invalid("owner_name", "owner_name must be at most 64 characters"));
+            }
+            (owner_id, name)
+        }
+    };
+    let metadata = match req.metadata {
+        Some(map) => {
+            let text = serde_json::Value::Object(map).to_string();
+            if text.len() > MAX_METADATA_BYTES {
+                return Err(ApiError::invalid("metadata", format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")));
+            }
+            Some(text)
+        }
+        None => None,
+    };
+
+    // The database first: the record is durable before it is acknowledged or ranked.
+    let mut tx = state.db.begin().await?;
+    let current = store::record_for_update(&mut tx, state.db.dialect(), &board.id, board.season, &owner_id).await?;
+    let outcome =
+        board.apply(current.as_ref().map(|r| (r.score, r.subscore)), req.score, req.subscore).map_err(|refusal| match refusal {
+            Refusal::OutOfBounds => ApiError::invalid("score", "the score is outside this leaderboard's bounds"),
+            Refusal::Overflow => ApiError::invalid("score", "the resulting score does not fit in 64 bits"),
+        })?;
+    let scope = Scope { board: &board.id, season: board.season };
+    let written = match (outcome, current) {
+        (Outcome::Keep, Some(current)) => {
+            drop(tx);
+            current
+        }
+        (Outcome::Write(score, subscore), current) => {
+            let row = RecordRow {
+                owner_id: owner_id.clone(),
+                owner_name,
+                score,
+                subscore,
+                metadata: metadata.or_else(|| current.as_ref().and_then(|c| c.metadata.clone())),
+                updated_at: now_millis(),
+                version: current.as_ref().map_or(1, |c| c.version + 1),
+            };
+            store::upsert_record(&mut *tx, &board.id, board.season, &row).await?;
+            tx.commit().await.map_err(anyhow::Error::from)?;
+            row
+        }
+        (Outcome::Keep, None) => return Err(ApiError::Internal(anyhow::anyhow!("kept a record that does not exist"))),
+    };
+    let entry = entry(&board, &written);
+    let rank = when_ready!(state, board, state.index.upsert(scope, &entry));
+    Ok(Json(Record {
+        owner_id,
+        name: written.owner_name,
+        score: written.score,
+        subscore: written.subscore,
+        rank,
+        metadata: written.metadata.and_then(|m| serde_json::from_str(&m).ok()),
+        updated_at: platform::time::rfc3339(written.updated_at),
+    }))
+}
+
+/// The top of the board, a page at a time; or, with `owner_ids`, those players' records.
+#[utoipa::path(get, path = "/v1/leaderboards/{id}/records", tag = "leaderboards", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Board id"), ListQuery),
+    responses((status = 200, body = RecordPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_records(
+    State(state): State<LeaderboardState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<RecordPage>> {
+    let board = state.board(&id).await?;
+    let scope = Scope { board: &board.id, season: board.season };
+    if let Some(owner_ids) = query.owner_ids {
+        if query.cursor.is_some() {
+            return Err(ApiError::invalid("cursor", "owner_ids answers in one page; drop the cursor"));
+        }
+        let mut owners: Vec<&str> = owner_ids.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        if owners.is_empty() || owners.len() > MAX_OWNER_IDS || owners.iter().any(|o| o.len() > 64) {
+            return Err(ApiError::invalid("owner_ids", format!("owner_ids must list 1 to {MAX_OWNER_IDS} account ids")));
+        }
+        let mut records = Vec::with_capacity(owners.len());
+        for owner in owners {
+            if let Some(ranked) = when_ready!(state, board, state.index.rank_of(scope, owner)) {
+                records.extend(state.record(&board, ranked));
+            }
+        }
+        records.sort_by_key(|r| r.rank);
+        return Ok(Json(RecordPage { records, next_cursor: None }));
+    }
+    let limit = limit(query.limit, 20)?;
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => {
+            let key = URL_SAFE_NO_PAD.decode(cursor).ok().and_then(|bytes| String::from_utf8(bytes).ok());
+            let key = key
+                .filter(|k| board.decode_key(k).is_some())
+                .ok_or_else(|| ApiError::invalid("cursor", "not a cursor of this leaderboard"))?;
+            Some(key)
+        }
+    };
+    let page = when_ready!(state, board, state.index.page(scope, after.as_deref(), limit));
+    let next_cursor = (page.len() == limit).then(|| page.last().map(|last| URL_SAFE_NO_PAD.encode(&last.key))).flatten();
+    let records = page.into_iter().filter_map(|r| state.record(&board, r)).collect();
+    Ok(Json(RecordPage { records, next_cursor }))
+}
+
+/// The caller's own record and rank.
+#[utoipa::path(get, path = "/v1/leaderboards/{id}/records/me", tag = "leaderboards", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Board id")),
+    responses((status = 200, body = Record), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn my_record(State(state): State<LeaderboardState>, player: Player, Path(id): Path<String>) -> ApiResult<Json<Record>> {
+    let board = state.board(&id).await?;
+    let scope = Scope { board: &board.id, season: board.season };
+    let ranked = when_ready!(state, board, state.index.rank_of(scope, &player.account_id));
+    let record = ranked.and_then(|r| state.record(&board, r));
+    Ok(Json(record.ok_or_else(|| ApiError::NotFound("you have no record on this leaderboard".into()))?))
+}
+
+/// Records around the caller's: `limit` of them with the caller's in the middle, shifted to stay
+/// full at the top and bottom of the board. Empty when the caller has no record.
+#[utoipa::path(get, path = "/v1/leaderboards/{id}/around/me", tag = "leaderboards", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Board id"), AroundQuery),
+    responses((status = 200, body = RecordPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn around_me(
+    State(state): State<LeaderboardState>,
+    player: Player,
+    Path(id): Path<String>,
+    Query(query): Query<AroundQuery>,
+) -> ApiResult<Json<RecordPage>> {
+    let limit = limit(query.limit, 10)?;
+    let board = state.board(&id).await?;
+    let scope = Scope { board: &board.id, season: board.season };
+    let page = when_ready!(state, board, state.index.around(scope, &player.account_id, limit));
+    let records = page.into_iter().filter_map(|r| state.record(&board, r)).collect();
+    Ok(Json(RecordPage { records, next_cursor: None }))
+}

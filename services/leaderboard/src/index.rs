@@ -1,0 +1,601 @@
+//! The rank index: every record of a board's season ordered by sort key, answering ranks in
+//! O(log n). Redis (a sorted set whose members all score 0, so they order by the sort key's bytes,
+//! beside hashes of each owner's current key and display data) when Redis is configured; an
+//! in-memory sorted vector on embedded defaults. The database is the source of truth: an index
+//! that is empty or lost (restart, failover, FLUSHALL) is rebuilt from it on first use, and
+//! until then it answers `NotReady`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use platform::cache::{Cache, RedisCache};
+use redis::{Script, Value};
+
+/// One record as the index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The owner (account id).
+    pub owner_id: String,
+    /// The sort key (see `Board::sort_key`); it also encodes score, subscore and time.
+    pub key: String,
+    /// Bumped on every change of the record.
+    pub version: i64,
+    /// Display data: `{"n": name, "m": metadata}` as JSON text.
+    pub data: String,
+}
+
+/// An entry with its 1-based rank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ranked {
+    /// The sort key.
+    pub key: String,
+    /// Display data JSON.
+    pub data: String,
+    /// 1 is the best.
+    pub rank: u64,
+}
+
+/// The index of one board's season has not been (re)built yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotReady;
+
+/// The answer to a request for the right to rebuild a board season's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebuildLock {
+    /// This caller must rebuild, then `install` (or `unlock_rebuild` on failure).
+    Acquired,
+    /// Another instance is rebuilding: wait and retry.
+    Busy,
+    /// The index is ready already (someone else rebuilt it): just retry.
+    Ready,
+}
+
+/// Which board season an operation is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// Board id.
+    pub board: &'a str,
+    /// Season number.
+    pub season: i64,
+}
+
+/// The index backend. Cheap to clone.
+#[derive(Clone)]
+pub enum RankIndex {
+    /// Sorted sets in Redis, shared by every instance.
+    Redis(RedisIndex),
+    /// In process memory, for the embedded tier.
+    Memory(MemoryIndex),
+}
+
+impl RankIndex {
+    /// The index that goes with the cache backend.
+    pub fn for_cache(cache: &Cache) -> Self {
+        match cache.redis() {
+            Some(redis) => RankIndex::Redis(RedisIndex { redis: redis.clone() }),
+            None => RankIndex::Memory(MemoryIndex::default()),
+        }
+    }
+
+    /// Writes `entry` unless the index already holds a newer version of that owner's record;
+    /// returns the owner's rank afterwards.
+    pub async fn upsert(&self, scope: Scope<'_>, entry: &Entry) -> anyhow::Result<Result<u64, NotReady>> {
+        match self {
+            RankIndex::Redis(r) => r.upsert(scope, entry).await,
+            RankIndex::Memory(m) => Ok(m.with_ready(scope, |b| b.upsert(entry))),
+        }
+    }
+
+    /// The owner's entry and rank, if they have a record.
+    pub async fn rank_of(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
+        match self {
+            RankIndex::Redis(r) => r.rank_of(scope, owner_id).await,
+            RankIndex::Memory(m) => Ok(m.with_ready(scope, |b| b.rank_of(owner_id))),
+        }
+    }
+
+    /// Up to `limit` entries from the top, or from just after the sort key `after`.
+    pub async fn page(&self, scope: Scope<'_>, after: Option<&str>, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
+        match self {
+            RankIndex::Redis(r) => r.page(scope, after, limit).await,
+            RankIndex::Memory(m) => Ok(m.with_ready(scope, |b| b.page(after, limit))),
+        }
+    }
+
+    /// Up to `limit` entries centred on the owner's, shifted to stay `limit` long at the top and
+    /// the bottom of the board. Empty when the owner has no record.
+    pub async fn around(&self, scope: Scope<'_>, owner_id: &str, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
+        match self {
+            RankIndex::Redis(r) => r.around(scope, owner_id, limit).await,
+            RankIndex::Memory(m) => Ok(m.with_ready(scope, |b| b.around(owner_id, limit))),
+        }
+    }
+
+    /// Removes the owner's record from the index.
+    pub async fn remove(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<()> {
+        match self {
+            RankIndex::Redis(r) => r.remove(scope, owner_id).await,
+            RankIndex::Memory(m) => {
+                m.with(scope, |b| b.remove(owner_id));
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the right to rebuild this board season, so that one instance does it, and only while
+    /// the index is not ready: a rebuild that started after another finished would wipe the
+    /// updates made since.
+    pub async fn try_lock_rebuild(&self, scope: Scope<'_>) -> anyhow::Result<RebuildLock> {
+        match self {
+            RankIndex::Redis(r) => r.try_lock(scope).await,
+            RankIndex::Memory(m) => Ok(m.with(scope, |b| {
+                if b.ready {
+                    RebuildLock::Ready
+                } else if std::mem::replace(&mut b.rebuilding, true) {
+                    RebuildLock::Busy
+                } else {
+                    RebuildLock::Acquired
+                }
+            })),
+        }
+    }
+
+    /// Replaces the index of the season with `entries` (all records, from the database) and
+    /// marks it ready.
+    pub async fn install(&self, scope: Scope<'_>, entries: Vec<Entry>) -> anyhow::Result<()> {
+        match self {
+            RankIndex::Redis(r) => r.install(scope, entries).await,
+            RankIndex::Memory(m) => {
+                m.with(scope, |b| b.install(entries));
+                Ok(())
+            }
+        }
+    }
+
+    /// Releases the rebuild right without installing (the rebuild failed).
+    pub async fn unlock_rebuild(&self, scope: Scope<'_>) -> anyhow::Result<()> {
+        match self {
+            RankIndex::Redis(r) => r.unlock(scope).await,
+            RankIndex::Memory(m) => {
+                m.with(scope, |b| b.rebuilding = false);
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops a whole season's index (after it was archived).
+    pub async fn drop_season(&self, scope: Scope<'_>) -> anyhow::Result<()> {
+        match self {
+            RankIndex::Redis(r) => r.drop_season(scope).await,
+            RankIndex::Memory(m) => {
+                m.boards.lock().unwrap_or_else(|p| p.into_inner()).remove(&(scope.board.to_owned(), scope.season));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// In-memory index: per board season, the sort keys in order and each owner's entry.
+#[derive(Clone, Default)]
+pub struct MemoryIndex {
+    boards: Arc<Mutex<HashMap<(String, i64), MemoryBoard>>>,
+}
+
+#[derive(Default)]
+struct MemoryBoard {
+    ready: bool,
+    rebuilding: bool,
+    /// Sorted ascending (best first). Inserts shift the tail: O(n), fine for the embedded tier's
+    /// few thousand players; ranks are binary searches.
+    keys: Vec<String>,
+    owners: HashMap<String, Entry>,
+}
+
+impl MemoryIndex {
+    fn with<R>(&self, scope: Scope<'_>, f: impl FnOnce(&mut MemoryBoard) -> R) -> R {
+        let mut boards = self.boards.lock().unwrap_or_else(|p| p.into_inner());
+        f(boards.entry((scope.board.to_owned(), scope.season)).or_default())
+    }
+
+    fn with_ready<R>(&self, scope: Scope<'_>, f: impl FnOnce(&mut MemoryBoard) -> R) -> Result<R, NotReady> {
+        self.with(scope, |b| if b.ready { Ok(f(b)) } else { Err(NotReady) })
+    }
+}
+
+impl MemoryBoard {
+    fn position(&self, key: &str) -> Result<usize, usize> {
+        self.keys.binary_search_by(|k| k.as_str().cmp(key))
+    }
+
+    fn ranked(&self, index: usize) -> Option<Ranked> {
+        let key = self.keys.get(index)?;
+        let owner = key.rsplit('|').next().unwrap_or_default();
+        let data = self.owners.get(owner).map(|e| e.data.clone()).unwrap_or_default();
+        Some(Ranked { key: key.clone(), data, rank: index as u64 + 1 })
+    }
+
+    fn upsert(&mut self, entry: &Entry) -> u64 {
+        let newer = self.owners.get(&entry.owner_id).is_none_or(|current| entry.version > current.version);
+        if newer {
+            if let Some(old) = self.owners.insert(entry.owner_id.clone(), entry.clone())
+                && let Ok(at) = self.position(&old.key)
+            {
+                self.keys.remove(at);
+            }
+            let at = self.position(&entry.key).unwrap_or_else(|at| at);
+            self.keys.insert(at, entry.key.clone());
+        }
+        let current = &self.owners[&entry.owner_id].key;
+        self.position(current).map_or(0, |at| at as u64 + 1)
+    }
+
+    fn rank_of(&self, owner_id: &str) -> Option<Ranked> {
+        let entry = self.owners.get(owner_id)?;
+        self.ranked(self.position(&entry.key).ok()?)
+    }
+
+    fn page(&self, after: Option<&str>, limit: usize) -> Vec<Ranked> {
+        let start = match after {
+            None => 0,
+            Some(after) => match self.position(after) {
+                Ok(at) => at + 1,
+                Err(at) => at,
+            },
+        };
+        (start..self.keys.len().min(start + limit)).filter_map(|i| self.ranked(i)).collect()
+    }
+
+    fn around(&self, owner_id: &str, limit: usize) -> Vec<Ranked> {
+        let Some(at) = self.owners.get(owner_id).and_then(|e| self.position(&e.key).ok()) else { return Vec::new() };
+        let (start, end) = window(at, self.keys.len(), limit);
+        (start..end).filter_map(|i| self.ranked(i)).collect()
+    }
+
+    fn remove(&mut self, owner_id: &str) {
+        if let Some(old) = self.owners.remove(owner_id)
+            && let Ok(at) = self.position(&old.key)
+        {
+            self.keys.remove(at);
+        }
+    }
+
+    fn install(&mut self, entries: Vec<Entry>) {
+        self.keys = entries.iter().map(|e| e.key.clone()).collect();
+        self.keys.sort();
+        self.owners = entries.into_iter().map(|e| (e.owner_id.clone(), e)).collect();
+        self.ready = true;
+        self.rebuilding = false;
+    }
+}
+
+/// The [start, end) window of `limit` positions around position `at` in a board of `len`.
+fn window(at: usize, len: usize, limit: usize) -> (usize, usize) {
+    let limit = limit.min(len);
+    let start = at.saturating_sub(limit / 2).min(len - limit);
+    (start, start + limit)
+}
+
+/// The Redis index. Keys share a hash tag per board season, so the scripts also run on a cluster.
+#[derive(Clone)]
+pub struct RedisIndex {
+    redis: RedisCache,
+}
+
+struct Keys {
+    zset: String,
+    owners: String,
+    data: String,
+    ready: String,
+    lock: String,
+}
+
+fn keys(redis: &RedisCache, scope: Scope<'_>) -> Keys {
+    let base = redis.key(&format!("lb:{{{}:{}}}", scope.board, scope.season));
+    Keys {
+        zset: format!("{base}:z"),
+        owners: format!("{base}:k"),
+        data: format!("{base}:d"),
+        ready: format!("{base}:ready"),
+        lock: format!("{base}:lock"),
+    }
+}
+
+/// KEYS: zset, owners (owner -> "version:key"), data (owner -> display JSON), ready.
+/// ARGV: owner, version, key, data. Returns the owner's rank (0-based), or -1 when not ready.
+const UPSERT: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+local current = redis.call('HGET', KEYS[2], ARGV[1])
+local key = ARGV[3]
+local apply = true
+if current then
+  local sep = string.find(current, ':', 1, true)
+  if tonumber(ARGV[2]) > tonumber(string.sub(current, 1, sep - 1)) then
+    redis.call('ZREM', KEYS[1], string.sub(current, sep + 1))
+  else
+    -- The index already holds this version or a newer one: an update that arrived late.
+    apply = false
+    key = string.sub(current, sep + 1)
+  end
+end
+if apply then
+  redis.call('ZADD', KEYS[1], 0, key)
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. key)
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+end
+return redis.call('ZRANK', KEYS[1], key)
+";
+
+/// KEYS: zset, owners, data, ready. ARGV: owner. Returns {} when not ready, {false} without a
+/// record, else {key, rank, data}.
+const RANK_OF: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 0 then return {} end
+local current = redis.call('HGET', KEYS[2], ARGV[1])
+if not current then return {false} end
+local key = string.sub(current, string.find(current, ':', 1, true) + 1)
+return {key, redis.call('ZRANK', KEYS[1], key), redis.call('HGET', KEYS[3], ARGV[1])}
+";
+
+/// KEYS: zset, owners, data, ready. ARGV: mode ('top', 'after', 'around'), cursor key or owner,
+/// limit. Returns {} when not ready, else {first rank (0-based), key, data, key, data, ...}.
+const PAGE: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 0 then return {} end
+local limit = tonumber(ARGV[3])
+local start = 0
+local members
+if ARGV[1] == 'after' then
+  members = redis.call('ZRANGE', KEYS[1], '(' .. ARGV[2], '+', 'BYLEX', 'LIMIT', 0, limit)
+  if #members > 0 then start = redis.call('ZRANK', KEYS[1], members[1]) end
+else
+  if ARGV[1] == 'around' then
+    local current = redis.call('HGET', KEYS[2], ARGV[2])
+    if not current then return {0} end
+    local at = redis.call('ZRANK', KEYS[1], string.sub(current, string.find(current, ':', 1, true) + 1))
+    local len = redis.call('ZCARD', KEYS[1])
+    if limit > len then limit = len end
+    start = at - math.floor(limit / 2)
+    if start > len - limit then start = len - limit end
+    if start < 0 then start = 0 end
+  end
+  members = redis.call('ZRANGE', KEYS[1], start, start + limit - 1)
+end
+local out = {start}
+for _, key in ipairs(members) do
+  local owner = string.sub(key, string.find(key, '|', 1, true) + 1)
+  out[#out + 1] = key
+  out[#out + 1] = redis.call('HGET', KEYS[3], owner)
+end
+return out
+";
+
+/// KEYS: zset, owners, data. ARGV: owner.
+const REMOVE: &str = r"
+local current = redis.call('HGET', KEYS[2], ARGV[1])
+if current then
+  redis.call('ZREM', KEYS[1], string.sub(current, string.find(current, ':', 1, true) + 1))
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+return 1
+";
+
+/// KEYS: ready, lock. ARGV: lock lifetime (ms). Returns 'ready', 'acquired' or 'busy'.
+const LOCK: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'ready' end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 'acquired' end
+return 'busy'
+";
+
+/// How long one instance may hold the rebuild of a board season before another may take over.
+const REBUILD_LOCK_MS: u64 = 60_000;
+/// Entries written per round trip while installing.
+const INSTALL_BATCH: usize = 1000;
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+impl RedisIndex {
+    async fn upsert(&self, scope: Scope<'_>, entry: &Entry) -> anyhow::Result<Result<u64, NotReady>> {
+        let k = keys(&self.redis, scope);
+        let mut conn = self.redis.connection();
+        let rank: i64 = Script::new(UPSERT)
+            .key(&k.zset)
+            .key(&k.owners)
+            .key(&k.data)
+            .key(&k.ready)
+            .arg(&entry.owner_id)
+            .arg(entry.version)
+            .arg(&entry.key)
+            .arg(&entry.data)
+            .invoke_async(&mut conn)
+            .await
+            .context("Redis leaderboard upsert")?;
+        Ok(u64::try_from(rank).map(|r| r + 1).map_err(|_| NotReady))
+    }
+
+    async fn rank_of(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
+        let k = keys(&self.redis, scope);
+        let mut conn = self.redis.connection();
+        let reply: Vec<Value> = Script::new(RANK_OF)
+            .key(&k.zset)
+            .key(&k.owners)
+            .key(&k.data)
+            .key(&k.ready)
+            .arg(owner_id)
+            .invoke_async(&mut conn)
+            .await
+            .context("Redis leaderboard rank")?;
+        match reply.as_slice() {
+            [] => Ok(Err(NotReady)),
+            [key, rank, data] => {
+                let key = text(key).context("rank reply without key")?;
+                let rank = int(rank).and_then(|r| u64::try_from(r).ok()).context("rank reply without rank")?;
+                Ok(Ok(Some(Ranked { key, rank: rank + 1, data: text(data).unwrap_or_default() })))
+            }
+            _ => Ok(Ok(None)),
+        }
+    }
+
+    async fn run_page(&self, scope: Scope<'_>, mode: &str, from: &str, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
+        let k = keys(&self.redis, scope);
+        let mut conn = self.redis.connection();
+        let reply: Vec<Value> = Script::new(PAGE)
+            .key(&k.zset)
+            .key(&k.owners)
+            .key(&k.data)
+            .key(&k.ready)
+            .arg(mode)
+            .arg(from)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .context("Redis leaderboard page")?;
+        let Some((first, rest)) = reply.split_first() else { return Ok(Err(NotReady)) };
+        let first = int(first).and_then(|r| u64::try_from(r).ok()).context("page reply without rank")?;
+        let ranked = rest
+            .chunks(2)
+            .enumerate()
+            .filter_map(|(i, pair)| {
+                let key = text(pair.first()?)?;
+                let data = pair.get(1).and_then(text).unwrap_or_default();
+                Some(Ranked { key, data, rank: first + i as u64 + 1 })
+            })
+            .collect();
+        Ok(Ok(ranked))
+    }
+
+    async fn page(&self, scope: Scope<'_>, after: Option<&str>, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
+        match after {
+            Some(after) => self.run_page(scope, "after", after, limit).await,
+            None => self.run_page(scope, "top", "", limit).await,
+        }
+    }
+
+    async fn around(&self, scope: Scope<'_>, owner_id: &str, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
+        self.run_page(scope, "around", owner_id, limit).await
+    }
+
+    async fn remove(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<()> {
+        let k = keys(&self.redis, scope);
+        let mut conn = self.redis.connection();
+        let _: i64 = Script::new(REMOVE)
+            .key(&k.zset)
+            .key(&k.owners)
+            .key(&k.data)
+            .arg(owner_id)
+            .invoke_async(&mut conn)
+            .await
+            .context("Redis leaderboard remove")?;
+        Ok(())
+    }
+
+    async fn try_lock(&self, scope: Scope<'_>) -> anyhow::Result<RebuildLock> {
+        let k = keys(&self.redis, scope);
+        let mut conn = self.redis.connection();
+        let answer: String = Script::new(LOCK)
+            .key(&k.ready)
+            .key(&k.lock)
+            .arg(REBUILD_LOCK_MS)
+            .invoke_async(&mut conn)
+            .await
+            .context("Redis rebuild lock")?;
+        Ok(match answer.as_str() {
+            "ready" => RebuildLock::Ready,
+            "acquired" => RebuildLock::Acquired,
+            _ => RebuildLock::Busy,
+        })
+    }
+
+    async fn unlock(&self, scope: Scope<'_>) -> anyhow::Result<()> {
+        let k = keys(&self.redis, scope);
+        let mut conn = self.redis.connection();
+        let _: i64 = redis::cmd("DEL").arg(&k.lock).query_async(&mut conn).await.context("Redis rebuild unlock")?;
+        Ok(())
+    }
+
+    async fn install(&self, scope: Scope<'_>, entries: Vec<Entry>) -> anyhow::Result<()> {
+        let k = keys(&self.redis, scope);
+        let mut conn = self.redis.connection();
+        let _: () = redis::pipe()
+            .cmd("DEL")
+            .arg(&k.zset)
+            .arg(&k.owners)
+            .arg(&k.data)
+            .arg(&k.ready)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .context("Redis rebuild clear")?;
+        for batch in entries.chunks(INSTALL_BATCH) {
+            let mut pipe = redis::pipe();
+            let zadd = pipe.cmd("ZADD").arg(&k.zset);
+            for entry in batch {
+                zadd.arg(0).arg(&entry.key);
+            }
+            pipe.ignore();
+            let hset = pipe.cmd("HSET").arg(&k.owners);
+            for entry in batch {
+                hset.arg(&entry.owner_id).arg(format!("{}:{}", entry.version, entry.key));
+            }
+            pipe.ignore();
+            let hset = pipe.cmd("HSET").arg(&k.data);
+            for entry in batch {
+                hset.arg(&entry.owner_id).arg(&entry.data);
+            }
+            pipe.ignore();
+            let _: () = pipe.query_async(&mut conn).await.context("Redis rebuild batch")?;
+        }
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(&k.ready)
+            .arg("1")
+            .ignore()
+            .cmd("DEL")
+            .arg(&k.lock)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .context("Redis rebuild finish")?;
+        Ok(())
+    }
+
+    async fn drop_season(&self, scope: Scope<'_>) -> anyhow::Result<()> {
+        let k = keys(&self.redis, scope);
+        let mut conn = self.redis.connection();
+        let _: i64 = redis::cmd("DEL")
+            .arg(&k.zset)
+            .arg(&k.owners)
+            .arg(&k.data)
+            .arg(&k.ready)
+            .query_async(&mut conn)
+            .await
+            .context("Redis drop season")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window;
+
+    #[test]
+    fn windows_stay_full_at_the_edges() {
+        assert_eq!(window(0, 100, 5), (0, 5));
+        assert_eq!(window(50, 100, 5), (48, 53));
+        assert_eq!(window(99, 100, 5), (95, 100));
+        assert_eq!(window(1, 3, 10), (0, 3));
+        assert_eq!(window(0, 1, 1), (0, 1));
+    }
+}

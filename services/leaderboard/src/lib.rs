@@ -1,0 +1,58 @@
+//! Guildhall leaderboards: boards configured through the admin API, score submission with
+//! operators and bounds, and ranks served from Redis sorted sets (or an in-memory index on
+//! embedded defaults) over the database, which stays the source of truth.
+
+pub mod api;
+pub mod board;
+pub mod index;
+pub mod store;
+
+use axum::Router;
+use axum::extract::FromRef;
+use platform::auth::{AdminKey, Authenticator};
+use platform::db::Database;
+use utoipa::OpenApi;
+
+use crate::index::RankIndex;
+
+/// Everything the leaderboard handlers need. Cheap to clone.
+#[derive(Clone)]
+pub struct LeaderboardState {
+    /// Boards and records (the source of truth).
+    pub db: Database,
+    /// Ranks.
+    pub index: RankIndex,
+    /// Verifies player tokens.
+    pub auth: Authenticator,
+    /// The server key.
+    pub admin_key: AdminKey,
+}
+
+impl FromRef<LeaderboardState> for Authenticator {
+    fn from_ref(state: &LeaderboardState) -> Self {
+        state.auth.clone()
+    }
+}
+
+impl FromRef<LeaderboardState> for AdminKey {
+    fn from_ref(state: &LeaderboardState) -> Self {
+        state.admin_key.clone()
+    }
+}
+
+/// The leaderboard router.
+pub fn router(state: LeaderboardState) -> Router {
+    api::routes().with_state(state)
+}
+
+/// The OpenAPI description of the leaderboard API.
+#[derive(OpenApi)]
+#[openapi(
+    paths(api::create_board, api::show_board, api::submit_score, api::list_records, api::my_record, api::around_me),
+    components(schemas(
+        api::CreateBoard, api::BoardView, api::SeasonView, api::SubmitScore, api::Record, api::RecordPage,
+        board::Sort, board::Operator, platform::error::ErrorBody
+    )),
+    tags((name = "leaderboards", description = "Boards, scores and ranks"))
+)]
+pub struct ApiDoc;
