@@ -89,6 +89,7 @@ impl App {
                         auth: auth.clone(),
                         admin_key: admin_key.clone(),
                     };
+                    workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
                     router = router.merge(leaderboard::router(state));
                 }
             }

@@ -48,7 +48,8 @@ pub struct CreateBoard {
     pub sort: Sort,
     /// `best`, `set`, `incr` or `decr`.
     pub operator: Operator,
-    /// Cron expression of the season reset. Not available yet: boards do not reset.
+    /// Cron expression of the season reset in UTC, e.g. `@weekly` or `0 0 * * MON` (a leading
+    /// seconds field is accepted). Without it the board has one endless season.
     #[serde(default)]
     pub reset: Option<String>,
     /// Lowest accepted score.
@@ -201,7 +202,7 @@ fn entry_data(name: &str, metadata: Option<&str>) -> String {
 }
 
 impl LeaderboardState {
-    async fn board(&self, id: &str) -> ApiResult<Board> {
+    pub(crate) async fn board(&self, id: &str) -> ApiResult<Board> {
         if !valid_board_id(id) {
             return Err(board_not_found());
         }
@@ -302,9 +303,7 @@ pub async fn create_board(
     if !valid_board_id(&req.id) {
         return Err(ApiError::invalid("id", "id must be 1 to 64 of a-z, 0-9, _ and -"));
     }
-    if req.reset.is_some() {
-        return Err(ApiError::invalid("reset", "season resets are not available yet"));
-    }
+    let schedule = req.reset.as_deref().map(crate::seasons::parse_schedule).transpose()?;
     if let (Some(min), Some(max)) = (req.min_score, req.max_score)
         && min > max
     {
@@ -321,7 +320,7 @@ pub async fn create_board(
         authoritative: req.authoritative,
         season: 1,
         season_started_at: now,
-        season_ends_at: None,
+        season_ends_at: schedule.and_then(|s| s.next_after(now)),
         created_at: now,
     };
     store::insert_board(state.db.pool(), &board).await.map_err(|err| match unique_violation(&err) {
@@ -352,7 +351,7 @@ pub async fn submit_score(
     Path(id): Path<String>,
     Json(req): Json<SubmitScore>,
 ) -> ApiResult<Json<Record>> {
-    let board = state.board(&id).await?;
+    let board = state.current(state.board(&id).await?).await?;
     let (owner_id, owner_name) = match caller {
         Caller::Player(player) => {
             if board.authoritative {
@@ -437,7 +436,7 @@ pub async fn list_records(
     Path(id): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<RecordPage>> {
-    let board = state.board(&id).await?;
+    let board = state.current(state.board(&id).await?).await?;
     let scope = Scope { board: &board.id, season: board.season };
     if let Some(owner_ids) = query.owner_ids {
         if query.cursor.is_some() {
@@ -480,7 +479,7 @@ pub async fn list_records(
     params(("id" = String, Path, description = "Board id")),
     responses((status = 200, body = Record), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn my_record(State(state): State<LeaderboardState>, player: Player, Path(id): Path<String>) -> ApiResult<Json<Record>> {
-    let board = state.board(&id).await?;
+    let board = state.current(state.board(&id).await?).await?;
     let scope = Scope { board: &board.id, season: board.season };
     let ranked = when_ready!(state, board, state.index.rank_of(scope, &player.account_id));
     let record = ranked.and_then(|r| state.record(&board, r));
@@ -499,7 +498,7 @@ pub async fn around_me(
     Query(query): Query<AroundQuery>,
 ) -> ApiResult<Json<RecordPage>> {
     let limit = limit(query.limit, 10)?;
-    let board = state.board(&id).await?;
+    let board = state.current(state.board(&id).await?).await?;
     let scope = Scope { board: &board.id, season: board.season };
     let page = when_ready!(state, board, state.index.around(scope, &player.account_id, limit));
     let records = page.into_iter().filter_map(|r| state.record(&board, r)).collect();

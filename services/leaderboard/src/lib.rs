@@ -5,6 +5,8 @@
 pub mod api;
 pub mod board;
 pub mod index;
+pub mod schedule;
+pub mod seasons;
 pub mod store;
 
 use axum::Router;
@@ -42,16 +44,19 @@ impl FromRef<LeaderboardState> for AdminKey {
 
 /// The leaderboard router.
 pub fn router(state: LeaderboardState) -> Router {
-    api::routes().with_state(state)
+    api::routes().merge(seasons::routes()).with_state(state)
 }
 
 /// The OpenAPI description of the leaderboard API.
 #[derive(OpenApi)]
 #[openapi(
-    paths(api::create_board, api::show_board, api::submit_score, api::list_records, api::my_record, api::around_me),
+    paths(
+        api::create_board, api::show_board, api::submit_score, api::list_records, api::my_record, api::around_me,
+        seasons::list_seasons, seasons::season_records
+    ),
     components(schemas(
         api::CreateBoard, api::BoardView, api::SeasonView, api::SubmitScore, api::Record, api::RecordPage,
-        board::Sort, board::Operator, platform::error::ErrorBody
+        board::Sort, board::Operator, seasons::SeasonSummary, seasons::SeasonPage, platform::error::ErrorBody
     )),
     tags((name = "leaderboards", description = "Boards, scores and ranks"))
 )]

@@ -147,3 +147,200 @@ pub async fn all_records(db: &sqlx::AnyPool, board: &str, season: i64) -> anyhow
         }
     }
 }
+
+/// ORDER BY that ranks records of a board: best first, then the earlier record, then the owner.
+fn rank_order(sort: Sort) -> &'static str {
+    match sort {
+        Sort::Desc => "ORDER BY score DESC, subscore DESC, updated_at ASC, owner_id ASC",
+        Sort::Asc => "ORDER BY score ASC, subscore ASC, updated_at ASC, owner_id ASC",
+    }
+}
+
+/// WHERE fragment selecting the records ranked after the record ($3 score, $4 subscore,
+/// $5 updated_at, $6 owner) in `rank_order`.
+fn ranked_after(sort: Sort) -> &'static str {
+    match sort {
+        Sort::Desc => {
+            "(score < $3 OR (score = $3 AND subscore < $4) OR (score = $3 AND subscore = $4 AND updated_at > $5) \
+             OR (score = $3 AND subscore = $4 AND updated_at = $5 AND owner_id > $6))"
+        }
+        Sort::Asc => {
+            "(score > $3 OR (score = $3 AND subscore > $4) OR (score = $3 AND subscore = $4 AND updated_at > $5) \
+             OR (score = $3 AND subscore = $4 AND updated_at = $5 AND owner_id > $6))"
+        }
+    }
+}
+
+/// Where a page of archived records starts: after this record.
+#[derive(Debug, Clone)]
+pub struct After {
+    /// Score of the last record shown.
+    pub score: i64,
+    /// Its subscore.
+    pub subscore: i64,
+    /// Its time.
+    pub updated_at: i64,
+    /// Its owner.
+    pub owner_id: String,
+}
+
+/// Up to `limit` records of a board's season in rank order, after `after`.
+pub async fn ranked_records<'e>(
+    db: impl Executor<'e, Database = Any>,
+    board: &str,
+    season: i64,
+    sort: Sort,
+    after: Option<&After>,
+    limit: i64,
+) -> anyhow::Result<Vec<RecordRow>> {
+    let rows = match after {
+        None => {
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM leaderboard_records WHERE board_id = $1 AND season = $2 {} LIMIT $3",
+                rank_order(sort)
+            );
+            sqlx::query(&sql).bind(board).bind(season).bind(limit).fetch_all(db).await
+        }
+        Some(a) => {
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM leaderboard_records WHERE board_id = $1 AND season = $2 AND {} {} LIMIT $7",
+                ranked_after(sort),
+                rank_order(sort)
+            );
+            sqlx::query(&sql)
+                .bind(board)
+                .bind(season)
+                .bind(a.score)
+                .bind(a.subscore)
+                .bind(a.updated_at)
+                .bind(&a.owner_id)
+                .bind(limit)
+                .fetch_all(db)
+                .await
+        }
+    }
+    .context("reading ranked records")?;
+    rows.iter().map(|r| record(r).context("decoding record")).collect()
+}
+
+/// Boards whose live season has reached its end.
+pub async fn due_boards<'e>(db: impl Executor<'e, Database = Any>, now: i64) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT id FROM leaderboards WHERE season_ends_at IS NOT NULL AND season_ends_at <= $1 ORDER BY id")
+        .bind(now)
+        .fetch_all(db)
+        .await
+        .context("listing boards due a reset")
+}
+
+/// The board, locked for the transaction on PostgreSQL.
+pub async fn board_for_update(conn: &mut sqlx::AnyConnection, dialect: Dialect, id: &str) -> anyhow::Result<Option<Board>> {
+    let lock = if dialect == Dialect::Postgres { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {BOARD_COLUMNS} FROM leaderboards WHERE id = $1{lock}");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(conn).await.context("locking leaderboard")?;
+    row.as_ref().map(board).transpose()
+}
+
+/// How many records a board's season holds.
+pub async fn count_records<'e>(db: impl Executor<'e, Database = Any>, board: &str, season: i64) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM leaderboard_records WHERE board_id = $1 AND season = $2")
+        .bind(board)
+        .bind(season)
+        .fetch_one(db)
+        .await
+        .context("counting records")
+}
+
+/// An archived season.
+#[derive(Debug, Clone)]
+pub struct SeasonRow {
+    /// Season number.
+    pub season: i64,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms.
+    pub ended_at: i64,
+    /// Records it closed with.
+    pub record_count: i64,
+}
+
+fn season_row(row: &AnyRow) -> Result<SeasonRow, sqlx::Error> {
+    Ok(SeasonRow {
+        season: row.try_get("season")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        record_count: row.try_get("record_count")?,
+    })
+}
+
+/// Archives a closed season.
+pub async fn insert_season<'e>(db: impl Executor<'e, Database = Any>, board: &str, s: &SeasonRow) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO leaderboard_seasons (board_id, season, started_at, ended_at, record_count) VALUES ($1, $2, $3, $4, $5)")
+        .bind(board)
+        .bind(s.season)
+        .bind(s.started_at)
+        .bind(s.ended_at)
+        .bind(s.record_count)
+        .execute(db)
+        .await
+        .context("archiving season")?;
+    Ok(())
+}
+
+/// Moves the board from season `expected` to the next; false when it was not on `expected` (some
+/// other instance closed it first).
+pub async fn advance_season<'e>(
+    db: impl Executor<'e, Database = Any>,
+    board: &str,
+    expected: i64,
+    started_at: i64,
+    ends_at: Option<i64>,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE leaderboards SET season = season + 1, season_started_at = $3, season_ends_at = $4 WHERE id = $1 AND season = $2",
+    )
+    .bind(board)
+    .bind(expected)
+    .bind(started_at)
+    .bind(ends_at)
+    .execute(db)
+    .await
+    .context("opening the next season")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Archived seasons, newest first, before season `before`.
+pub async fn seasons<'e>(db: impl Executor<'e, Database = Any>, board: &str, before: i64, limit: i64) -> anyhow::Result<Vec<SeasonRow>> {
+    let rows = sqlx::query(
+        "SELECT season, started_at, ended_at, record_count FROM leaderboard_seasons WHERE board_id = $1 AND season < $2 \
+         ORDER BY season DESC LIMIT $3",
+    )
+    .bind(board)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+    .context("listing seasons")?;
+    rows.iter().map(|r| season_row(r).context("decoding season")).collect()
+}
+
+/// One archived season.
+pub async fn season<'e>(db: impl Executor<'e, Database = Any>, board: &str, season: i64) -> anyhow::Result<Option<SeasonRow>> {
+    let row = sqlx::query("SELECT season, started_at, ended_at, record_count FROM leaderboard_seasons WHERE board_id = $1 AND season = $2")
+        .bind(board)
+        .bind(season)
+        .fetch_optional(db)
+        .await
+        .context("loading season")?;
+    row.as_ref().map(season_row).transpose().context("decoding season")
+}
+
+/// Deletes every record of `owner` on every board and season (erasure); returns the (board,
+/// season) pairs that held one.
+pub async fn erase_owner<'e>(db: impl Executor<'e, Database = Any>, owner: &str) -> anyhow::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query("DELETE FROM leaderboard_records WHERE owner_id = $1 RETURNING board_id, season")
+        .bind(owner)
+        .fetch_all(db)
+        .await
+        .context("erasing records")?;
+    rows.iter().map(|r| Ok((r.try_get("board_id")?, r.try_get("season")?))).collect()
+}

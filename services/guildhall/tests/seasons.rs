@@ -1,0 +1,147 @@
+//! Leaderboard seasons: resets on a schedule, exactly once across processes, archives.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Api, Backend, Process, TestApp, TestEnv};
+use serde_json::{Value, json};
+
+on_both_backends!(a_season_closes_on_schedule_and_is_archived, bad_schedules_are_refused);
+
+const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+
+async fn season_of(api: &Api, board: &str) -> i64 {
+    api.get(&format!("/v1/leaderboards/{board}"), Some(ADMIN_KEY)).await.expect(200).body["season"]["number"].as_i64().expect("number")
+}
+
+/// Waits (at most 20 s) until the board's live season is at least `n`.
+async fn wait_for_season(api: &Api, board: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while season_of(api, board).await < n {
+        assert!(Instant::now() < deadline, "season {n} of {board} never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn submit(api: &Api, board: &str, owner: &str, score: i64) -> Value {
+    api.post(&format!("/v1/leaderboards/{board}/scores"), Some(ADMIN_KEY), json!({"score": score, "owner_id": owner, "owner_name": owner}))
+        .await
+        .expect(200)
+        .body
+}
+
+/// Creates a board resetting every 4 seconds, fills season 2 (the first whole one) with 25
+/// records, and returns once season 3 has begun.
+async fn fill_a_season(api: &Api, board: &str) {
+    let created = api
+        .post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": board, "sort": "desc", "operator": "best", "reset": "*/4 * * * * *"}))
+        .await
+        .expect(201);
+    assert!(created.body["season"]["ends_at"].is_string());
+    wait_for_season(api, board, 2).await;
+    for i in 0..25 {
+        let record = submit(api, board, &format!("p{i:02}"), 100 + i).await;
+        assert!(record["rank"].as_u64().is_some());
+    }
+    wait_for_season(api, board, 3).await;
+}
+
+async fn check_archive(api: &Api, board: &str) {
+    let seasons = api.get(&format!("/v1/leaderboards/{board}/seasons"), Some(ADMIN_KEY)).await.expect(200).body;
+    let list = seasons["seasons"].as_array().expect("seasons");
+    let numbers: Vec<i64> = list.iter().map(|s| s["number"].as_i64().expect("number")).collect();
+    let live = season_of(api, board).await;
+    assert_eq!(numbers, (1..live).rev().collect::<Vec<_>>(), "each closed season archived once, newest first");
+    let second = list.iter().find(|s| s["number"] == 2).expect("season 2");
+    assert_eq!(second["record_count"], 25);
+
+    // The archive pages in rank order; the live season starts empty.
+    let mut records = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = api.get(&format!("/v1/leaderboards/{board}/seasons/2/records?limit=10{cursor}"), Some(ADMIN_KEY)).await.expect(200).body;
+        records.extend(page["records"].as_array().expect("records").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    let ranks: Vec<u64> = records.iter().map(|r| r["rank"].as_u64().expect("rank")).collect();
+    assert_eq!(ranks, (1..=25).collect::<Vec<_>>());
+    assert_eq!(records[0]["owner_id"], "p24");
+    assert_eq!(records[0]["score"], 124);
+    let live_records = api.get(&format!("/v1/leaderboards/{board}/records"), Some(ADMIN_KEY)).await.expect(200).body;
+    assert!(live_records["records"].as_array().expect("records").iter().all(|r| r["score"].as_i64() != Some(124)));
+    api.get(&format!("/v1/leaderboards/{board}/seasons/{live}/records"), Some(ADMIN_KEY)).await.expect_error(404, "not_found");
+    api.get(&format!("/v1/leaderboards/{board}/seasons/x/records"), Some(ADMIN_KEY)).await.expect_error(404, "not_found");
+    api.get(&format!("/v1/leaderboards/{board}/seasons?cursor=-3"), Some(ADMIN_KEY)).await.expect_error(400, "invalid_request");
+}
+
+/// One `leaderboard.season_closed` event per closed season, carrying the top records.
+async fn check_events(env: &TestEnv, board: &str) {
+    let config = env.config().expect("config");
+    let db = platform::db::Database::connect(&config.database).await.expect("db");
+    let rows: Vec<String> = sqlx::query_scalar("SELECT payload FROM outbox WHERE event_type = 'leaderboard.season_closed'")
+        .fetch_all(db.pool())
+        .await
+        .expect("outbox");
+    let events: Vec<Value> = rows.iter().map(|r| serde_json::from_str(r).expect("json")).collect();
+    let mut seasons: Vec<i64> = events.iter().filter(|e| e["board_id"] == board).map(|e| e["season"].as_i64().expect("season")).collect();
+    let count = seasons.len();
+    seasons.sort_unstable();
+    seasons.dedup();
+    assert_eq!(seasons.len(), count, "a season closed twice: {events:?}");
+    let second = events.iter().find(|e| e["board_id"] == board && e["season"] == 2).expect("season 2 event");
+    assert_eq!(second["record_count"], 25);
+    assert_eq!(second["top"].as_array().expect("top").len(), 10);
+    assert_eq!(second["top"][0]["owner_id"], "p24");
+}
+
+async fn a_season_closes_on_schedule_and_is_archived(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    })
+    .await;
+    fill_a_season(&app, "weekly").await;
+    check_archive(&app, "weekly").await;
+    check_events(&app.env, "weekly").await;
+}
+
+async fn bad_schedules_are_refused(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    })
+    .await;
+    for reset in ["every week", "0 0 30 2 *", "61 * * * *", ""] {
+        let reply = app
+            .post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "b", "sort": "desc", "operator": "best", "reset": reset}))
+            .await
+            .expect_error(400, "invalid_request");
+        assert_eq!(reply.body["error"]["field"], "reset");
+    }
+    let board = app
+        .post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "w", "sort": "desc", "operator": "best", "reset": "@weekly"}))
+        .await
+        .expect(201);
+    assert!(board.body["season"]["ends_at"].as_str().expect("ends_at").ends_with("T00:00:00.000Z"));
+}
+
+/// Two processes run the season closer against one PostgreSQL and Redis: each season closes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_close_each_season_once() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    let a = Process::start(&env).await;
+    let b = Process::start(&env).await;
+    fill_a_season(&a, "shared").await;
+    // Let a few more seasons close with both closers racing.
+    let live = season_of(&b, "shared").await;
+    wait_for_season(&b, "shared", live + 2).await;
+    check_archive(&b, "shared").await;
+    check_archive(&a, "shared").await;
+    check_events(&env, "shared").await;
+}
