@@ -11,6 +11,7 @@ use platform::auth::{AdminKey, Authenticator};
 use platform::cache::Cache;
 use platform::config::{CacheConfig, Config, DatabaseConfig, Service};
 use platform::db::Database;
+use platform::events::Relay;
 use platform::health::{self, HealthState};
 use platform::http::{self, HttpSettings};
 use platform::shutdown::Shutdown;
@@ -68,6 +69,7 @@ impl App {
 
         let mut router = health::router(HealthState { db: db.clone(), cache: cache.clone(), shutdown: shutdown.clone() });
         let mut workers = Vec::new();
+        let mut subscriptions = Vec::new();
         for service in &config.services {
             match service {
                 Service::Accounts => {
@@ -90,9 +92,16 @@ impl App {
                         admin_key: admin_key.clone(),
                     };
                     workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
+                    subscriptions.extend(leaderboard::subscriptions(state.clone()));
                     router = router.merge(leaderboard::router(state));
                 }
             }
+        }
+        if config.is_monolith() {
+            // Every consumer is in this process: deliver the outbox to them directly.
+            workers.push(tokio::spawn(Relay::new(db.clone(), subscriptions).run(shutdown.clone())));
+        } else {
+            tracing::warn!("events are delivered in process only when every service runs here; this process delivers none");
         }
         let doc = Arc::new(openapi(&config.services));
         router = router.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }));

@@ -14,6 +14,7 @@ on_both_backends!(
     authoritative_boards_take_scores_from_the_server_only,
     friends_lists_and_me_agree_with_the_top_list,
     a_lost_index_is_rebuilt_with_identical_ranks,
+    a_deleted_account_leaves_every_board,
 );
 
 const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
@@ -355,4 +356,45 @@ mod futures_like {
             }
         }
     }
+}
+
+async fn a_deleted_account_leaves_every_board(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "one", "sort": "desc", "operator": "best"})).await;
+    create_board(&app, json!({"id": "two", "sort": "asc", "operator": "set"})).await;
+    let (gone, token) = guest(&app, "leaving").await;
+    let (stays, other) = guest(&app, "staying").await;
+    for board in ["one", "two"] {
+        submit(&app, board, &token, json!({"score": 10})).await;
+        submit(&app, board, &other, json!({"score": 20})).await;
+    }
+    app.call(reqwest::Method::DELETE, "/v1/accounts/me", Some(&token), None).await.expect(204);
+
+    // The relay delivers account.deleted to the leaderboard, which erases the records.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let listed = app.get(&format!("/v1/leaderboards/one/records?owner_ids={gone},{stays}"), Some(ADMIN_KEY)).await.expect(200).body;
+        if listed["records"].as_array().expect("records").len() == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the deleted player's record is still listed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for board in ["one", "two"] {
+        let top = app.get(&format!("/v1/leaderboards/{board}/records"), Some(ADMIN_KEY)).await.expect(200).body;
+        let owners: Vec<&str> =
+            top["records"].as_array().expect("records").iter().map(|r| r["owner_id"].as_str().expect("owner")).collect();
+        assert_eq!(owners, [stays.as_str()], "{board}");
+        assert_eq!(top["records"][0]["rank"], 1);
+    }
+    let db = app.database().await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leaderboard_records WHERE owner_id = $1")
+        .bind(&gone)
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
+    let sent: Option<i64> =
+        sqlx::query_scalar("SELECT sent_at FROM outbox WHERE event_type = 'account.deleted'").fetch_one(db.pool()).await.expect("outbox");
+    assert!(sent.is_some(), "the event was marked sent after it was handled");
 }

@@ -42,6 +42,20 @@ impl FromRef<LeaderboardState> for AdminKey {
     }
 }
 
+/// What the leaderboard consumes: `account.deleted` erases that player's records everywhere.
+pub fn subscriptions(state: LeaderboardState) -> Vec<platform::events::Subscription> {
+    let erase = platform::events::handler(move |event| {
+        let state = state.clone();
+        async move {
+            let account_id = event.payload["account_id"].as_str().ok_or_else(|| anyhow::anyhow!("account.deleted without account_id"))?;
+            let erased = state.erase_player(account_id).await?;
+            tracing::info!(account_id, records = erased, "erased a deleted player's records");
+            Ok(())
+        }
+    });
+    vec![platform::events::Subscription { consumer: "leaderboard", event_types: &["account.deleted"], handler: erase }]
+}
+
 /// The leaderboard router.
 pub fn router(state: LeaderboardState) -> Router {
     api::routes().merge(seasons::routes()).with_state(state)

@@ -1,0 +1,104 @@
+//! The outbox relay on SQLite and on PostgreSQL: at-least-once delivery, handled once per
+//! consumer, retries with backoff, and dead events.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use platform::db::Database;
+use platform::events::{Event, MAX_ATTEMPTS, Relay, Subscription, handler};
+use platform::testing::{Backend, TestEnv};
+
+async fn database(backend: Backend) -> Option<Database> {
+    if backend == Backend::Real && platform::testing::real_backends_skipped() {
+        return None;
+    }
+    let env = TestEnv::new(backend).await.expect("env");
+    let db = Database::connect(&env.config().expect("config").database).await.expect("db");
+    db.migrate().await.expect("migrate");
+    Some(db)
+}
+
+fn counting(consumer: &'static str, seen: Arc<AtomicUsize>, fail: bool) -> Subscription {
+    Subscription {
+        consumer,
+        event_types: &["thing.happened"],
+        handler: handler(move |event: Event| {
+            let seen = seen.clone();
+            async move {
+                assert_eq!(event.payload["n"].as_i64().map(|n| n >= 0), Some(true));
+                seen.fetch_add(1, Ordering::SeqCst);
+                if fail { anyhow::bail!("consumer is down") } else { Ok(()) }
+            }
+        }),
+    }
+}
+
+async fn unsent(db: &Database) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetch_one(db.pool()).await.expect("count")
+}
+
+async fn delivered_once_even_when_redelivered(backend: Backend) {
+    let Some(db) = database(backend).await else { return };
+    for n in 0..3 {
+        platform::outbox::record(db.pool(), "thing.happened", &serde_json::json!({ "n": n })).await.expect("record");
+    }
+    platform::outbox::record(db.pool(), "nobody.listens", &serde_json::json!({})).await.expect("record");
+    let (a, b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let relay = Relay::new(db.clone(), vec![counting("a", a.clone(), false), counting("b", b.clone(), false)]);
+    assert_eq!(relay.deliver_round().await.expect("round"), 4);
+    assert_eq!((a.load(Ordering::SeqCst), b.load(Ordering::SeqCst)), (3, 3), "each consumer gets each event");
+    assert_eq!(unsent(&db).await, 0);
+    assert_eq!(relay.deliver_round().await.expect("round"), 0, "nothing left");
+
+    // The relay died after the handlers ran but before marking the rows sent: they go out again,
+    // and every consumer skips what it already handled.
+    sqlx::query("UPDATE outbox SET sent_at = NULL").execute(db.pool()).await.expect("reset");
+    assert_eq!(relay.deliver_round().await.expect("round"), 4);
+    assert_eq!((a.load(Ordering::SeqCst), b.load(Ordering::SeqCst)), (3, 3), "handled once");
+    assert_eq!(unsent(&db).await, 0);
+}
+
+async fn failures_retry_with_backoff_then_park_as_dead(backend: Backend) {
+    let Some(db) = database(backend).await else { return };
+    platform::outbox::record(db.pool(), "thing.happened", &serde_json::json!({ "n": 1 })).await.expect("record");
+    let (ok, failing) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let relay = Relay::new(db.clone(), vec![counting("ok", ok.clone(), false), counting("down", failing.clone(), true)]);
+    relay.deliver_round().await.expect("round");
+    let (attempts, next, sent): (i64, Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT attempts, next_attempt_at, sent_at FROM outbox").fetch_one(db.pool()).await.expect("row");
+    assert_eq!((attempts, sent), (1, None));
+    assert!(next.expect("next attempt") > platform::db::now_millis(), "backed off");
+    assert_eq!(relay.deliver_round().await.expect("round"), 0, "not before its next attempt");
+    for _ in 1..MAX_ATTEMPTS {
+        sqlx::query("UPDATE outbox SET next_attempt_at = 0").execute(db.pool()).await.expect("due now");
+        relay.deliver_round().await.expect("round");
+    }
+    let (attempts, dead): (i64, Option<i64>) =
+        sqlx::query_as("SELECT attempts, dead_at FROM outbox").fetch_one(db.pool()).await.expect("row");
+    assert_eq!(attempts, MAX_ATTEMPTS);
+    assert!(dead.is_some(), "parked as dead");
+    assert_eq!(ok.load(Ordering::SeqCst), 1, "the healthy consumer handled it once across the retries");
+    assert_eq!(failing.load(Ordering::SeqCst) as i64, MAX_ATTEMPTS);
+    sqlx::query("UPDATE outbox SET next_attempt_at = 0").execute(db.pool()).await.expect("due now");
+    assert_eq!(relay.deliver_round().await.expect("round"), 0, "dead events are not retried");
+}
+
+#[tokio::test]
+async fn embedded_delivered_once_even_when_redelivered() {
+    delivered_once_even_when_redelivered(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn real_delivered_once_even_when_redelivered() {
+    delivered_once_even_when_redelivered(Backend::Real).await;
+}
+
+#[tokio::test]
+async fn embedded_failures_retry_with_backoff_then_park_as_dead() {
+    failures_retry_with_backoff_then_park_as_dead(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn real_failures_retry_with_backoff_then_park_as_dead() {
+    failures_retry_with_backoff_then_park_as_dead(Backend::Real).await;
+}
