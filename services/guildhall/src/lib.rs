@@ -90,6 +90,7 @@ impl App {
                         index: leaderboard::index::RankIndex::for_cache(&cache),
                         auth: auth.clone(),
                         admin_key: admin_key.clone(),
+                        boards: leaderboard::BoardCache::default(),
                     };
                     workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
                     subscriptions.extend(leaderboard::subscriptions(state.clone()));

@@ -206,7 +206,12 @@ impl LeaderboardState {
         if !valid_board_id(id) {
             return Err(board_not_found());
         }
-        store::board_by_id(self.db.pool(), id).await?.ok_or_else(board_not_found)
+        if let Some(board) = self.boards.get(id) {
+            return Ok(board);
+        }
+        let board = store::board_by_id(self.db.pool(), id).await?.ok_or_else(board_not_found)?;
+        self.boards.put(&board);
+        Ok(board)
     }
 
     /// Rebuilds the index of the board's live season from the database, or, when another
@@ -336,7 +341,7 @@ pub async fn create_board(
     params(("id" = String, Path, description = "Board id")),
     responses((status = 200, body = BoardView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn show_board(State(state): State<LeaderboardState>, _caller: Caller, Path(id): Path<String>) -> ApiResult<Json<BoardView>> {
-    Ok(Json(BoardView::from(&state.board(&id).await?)))
+    Ok(Json(BoardView::from(&state.current(state.board(&id).await?).await?)))
 }
 
 /// Submits a score: the player's own with their token, or anyone's with the server key (the only

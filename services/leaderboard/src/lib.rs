@@ -28,6 +28,33 @@ pub struct LeaderboardState {
     pub auth: Authenticator,
     /// The server key.
     pub admin_key: AdminKey,
+    /// Recently read boards.
+    pub boards: BoardCache,
+}
+
+/// Boards read in the last second, so that the hot paths (submit, rank) skip a database read.
+/// A season change is never served stale: a cached board whose season has run out is reloaded
+/// (see `LeaderboardState::current`), and nothing else about a board changes after creation.
+#[derive(Clone, Default)]
+pub struct BoardCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, board::Board)>>>);
+
+impl BoardCache {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The cached board, if read less than a second ago.
+    pub fn get(&self, id: &str) -> Option<board::Board> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id).filter(|(at, _)| at.elapsed() < Self::TTL).map(|(_, b)| b.clone())
+    }
+
+    /// Remembers `board`.
+    pub fn put(&self, board: &board::Board) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+        }
+        map.insert(board.id.clone(), (std::time::Instant::now(), board.clone()));
+    }
 }
 
 impl FromRef<LeaderboardState> for Authenticator {

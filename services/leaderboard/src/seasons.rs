@@ -149,7 +149,10 @@ impl LeaderboardState {
     pub async fn current(&self, board: Board) -> ApiResult<Board> {
         if board.season_ends_at.is_some_and(|end| end <= now_millis()) {
             self.close_season_if_due(&board.id).await?;
-            return store::board_by_id(self.db.pool(), &board.id).await?.ok_or_else(|| ApiError::NotFound("no such leaderboard".into()));
+            let fresh =
+                store::board_by_id(self.db.pool(), &board.id).await?.ok_or_else(|| ApiError::NotFound("no such leaderboard".into()))?;
+            self.boards.put(&fresh);
+            return Ok(fresh);
         }
         Ok(board)
     }
