@@ -49,20 +49,7 @@ async fn server_submit(api: &Api, board: &str, owner: &str, score: i64) -> Value
 
 /// Every record of the board, page by page.
 async fn all_records(api: &Api, board: &str, token: &str, limit: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/leaderboards/{board}/records?limit={limit}&cursor={c}"),
-            None => format!("/v1/leaderboards/{board}/records?limit={limit}"),
-        };
-        let page = api.get(&path, Some(token)).await.expect(200).body;
-        out.extend(page["records"].as_array().expect("records").iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return out,
-        }
-    }
+    api.pages(&format!("/v1/leaderboards/{board}/records?limit={limit}"), token, "records").await
 }
 
 async fn operators_apply_on_desc_and_asc_boards(backend: Backend) {

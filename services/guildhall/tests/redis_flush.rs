@@ -10,16 +10,7 @@ use serde_json::{Value, json};
 const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 
 async fn everything(api: &common::Api) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let page = api.get(&format!("/v1/leaderboards/flush/records?limit=100{cursor}"), Some(ADMIN_KEY)).await.expect(200).body;
-        out.extend(page["records"].as_array().expect("records").iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = format!("&cursor={next}"),
-            None => return out,
-        }
-    }
+    api.pages("/v1/leaderboards/flush/records?limit=100", ADMIN_KEY, "records").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,16 +57,7 @@ async fn check_archive(api: &Api, board: &str) {
     assert_eq!(second["record_count"], 25);
 
     // The archive pages in rank order; the live season starts empty.
-    let mut records = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let page = api.get(&format!("/v1/leaderboards/{board}/seasons/2/records?limit=10{cursor}"), Some(ADMIN_KEY)).await.expect(200).body;
-        records.extend(page["records"].as_array().expect("records").iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = format!("&cursor={next}"),
-            None => break,
-        }
-    }
+    let records = api.pages(&format!("/v1/leaderboards/{board}/seasons/2/records?limit=10"), ADMIN_KEY, "records").await;
     let ranks: Vec<u64> = records.iter().map(|r| r["rank"].as_u64().expect("rank")).collect();
     assert_eq!(ranks, (1..=25).collect::<Vec<_>>());
     assert_eq!(records[0]["owner_id"], "p24");

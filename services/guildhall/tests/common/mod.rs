@@ -124,6 +124,21 @@ impl Api {
         self.call(Method::POST, path, token, Some(body)).await
     }
 
+    /// Every item of a paginated list: follows `next_cursor` from `path` (which has a query
+    /// string already) and collects the array under `field`.
+    pub async fn pages(&self, path: &str, token: &str, field: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = self.get(&format!("{path}{cursor}"), Some(token)).await.expect(200).body;
+            out.extend(page[field].as_array().expect("list").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return out,
+            }
+        }
+    }
+
     /// Registers `username` (email `username@example.com`, a fixed password).
     pub async fn register(&self, username: &str) -> Player {
         let email = format!("{username}@example.com");
