@@ -31,6 +31,17 @@ pub struct TestEnv {
     pub vars: HashMap<String, String>,
     /// The test's own folder (DATA_DIR).
     pub dir: PathBuf,
+    /// Removes the folder when the last clone of this environment is dropped.
+    _cleanup: std::sync::Arc<RemoveOnDrop>,
+}
+
+#[derive(Debug)]
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// True when the real-backend tests were explicitly turned off.
@@ -70,7 +81,7 @@ impl TestEnv {
             vars.insert("REDIS_URL".to_owned(), redis);
             vars.insert("REDIS_KEY_PREFIX".to_owned(), format!("test:{id}:"));
         }
-        Ok(TestEnv { backend, vars, dir })
+        Ok(TestEnv { backend, vars, _cleanup: std::sync::Arc::new(RemoveOnDrop(dir.clone())), dir })
     }
 
     /// Sets (or overrides) one variable.
