@@ -30,7 +30,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         .tcp_nodelay(true)
         .build()
         .context("building the HTTP client")?;
-    let setup = Setup { client, base: options.base.clone(), players: options.players, parallelism: options.concurrency, run_id: run_id() };
+    let setup = Setup {
+        client,
+        base: options.base.clone(),
+        players: options.players,
+        parallelism: options.concurrency,
+        run_id: run_id(),
+        admin_key: options.admin_key.clone(),
+    };
     (entry.run)(options, setup).await
 }
 

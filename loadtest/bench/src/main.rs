@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use guildhall_bench::options::{Command, Options, usage};
 
 fn main() -> ExitCode {
-    let options: Options = match Command::parse(std::env::args().skip(1)) {
+    let options: Options = match Command::parse(std::env::args().skip(1), |name| std::env::var(name).ok()) {
         Ok(Command::Run(options)) => options,
         Ok(Command::Help) => {
             print!("{}", usage());

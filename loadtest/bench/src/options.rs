@@ -1,6 +1,7 @@
 //! Command-line options, parsed by hand (`--name value` or `--name=value`) to keep the tool free of
 //! an argument-parsing dependency.
 
+use std::fmt;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -35,6 +36,33 @@ pub struct Options {
     pub timeout: Duration,
     /// Safety bound on requests sent (warm-up included); the run stops early if it is reached.
     pub max_requests: u64,
+    /// The server key, for scenarios that create their leaderboard through the admin API.
+    pub admin_key: Option<AdminKey>,
+}
+
+/// The environment variable `--admin-key` falls back to: the one the server reads its key from.
+pub const ADMIN_KEY_ENV: &str = "GUILDHALL_ADMIN_KEY";
+
+/// The server key (`GUILDHALL_ADMIN_KEY`). Its `Debug` hides it, so options can be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminKey(String);
+
+impl AdminKey {
+    /// Wraps a key.
+    pub fn new(key: String) -> Self {
+        Self(key)
+    }
+
+    /// The key itself, to send as `Authorization: Bearer <key>`.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminKey(<redacted>)")
+    }
 }
 
 impl Default for Options {
@@ -48,6 +76,7 @@ impl Default for Options {
             players: 1000,
             timeout: Duration::from_secs(10),
             max_requests: 10_000_000,
+            admin_key: None,
         }
     }
 }
@@ -71,6 +100,8 @@ pub fn usage() -> String {
            --players N         players the requests are spread over (default {players})\n  \
            --timeout SECS      per-request timeout, counted as an error (default {timeout})\n  \
            --max-requests N    stop after this many requests, warm-up included (default {max_requests})\n  \
+           --admin-key KEY     server key, for the scenarios that create a leaderboard\n                      \
+                               (default: the environment variable {admin_key_env})\n  \
            -h, --help          this text\n\
          \n\
          scenarios:\n",
@@ -82,6 +113,7 @@ pub fn usage() -> String {
         players = defaults.players,
         timeout = defaults.timeout.as_secs_f64(),
         max_requests = defaults.max_requests,
+        admin_key_env = ADMIN_KEY_ENV,
     );
     for entry in scenario::SCENARIOS {
         text.push_str(&format!("  {:<18}  {}\n", entry.name, entry.about));
@@ -90,8 +122,9 @@ pub fn usage() -> String {
 }
 
 impl Command {
-    /// Parses the arguments after the program name.
-    pub fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Self> {
+    /// Parses the arguments after the program name. `env` looks up an environment variable (for
+    /// the fallback of `--admin-key`); the binary passes `std::env::var`, tests a fixed map.
+    pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let mut options = Options::default();
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -115,8 +148,13 @@ impl Command {
                 "--players" => options.players = number(&name, &value()?)?,
                 "--timeout" => options.timeout = seconds(&name, &value()?)?,
                 "--max-requests" => options.max_requests = number(&name, &value()?)?,
+                "--admin-key" => options.admin_key = Some(AdminKey::new(value()?)),
                 other => bail!("unknown argument {other:?} (try --help)"),
             }
+        }
+        if options.admin_key.is_none() {
+            // An empty variable (`GUILDHALL_ADMIN_KEY= ...`) counts as unset, as it does for the server.
+            options.admin_key = env(ADMIN_KEY_ENV).filter(|key| !key.is_empty()).map(AdminKey::new);
         }
         options.check()?;
         Ok(Self::Run(options))
@@ -138,6 +176,7 @@ impl Options {
         ensure!(!self.duration.is_zero(), "--duration must be more than 0");
         ensure!(!self.timeout.is_zero(), "--timeout must be more than 0");
         ensure!(self.max_requests >= 1, "--max-requests must be at least 1");
+        ensure!(self.admin_key.as_ref().is_none_or(|key| !key.expose().is_empty()), "--admin-key must not be empty");
         Ok(())
     }
 }
@@ -159,7 +198,19 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> anyhow::Result<Command> {
-        Command::parse(args.iter().map(|arg| (*arg).to_owned()))
+        parse_with_env(args, None)
+    }
+
+    fn parse_with_env(args: &[&str], admin_key_env: Option<&str>) -> anyhow::Result<Command> {
+        Command::parse(args.iter().map(|arg| (*arg).to_owned()), |name| {
+            assert_eq!(name, ADMIN_KEY_ENV, "only the admin key is read from the environment");
+            admin_key_env.map(str::to_owned)
+        })
+    }
+
+    fn admin_key(command: Command) -> Option<String> {
+        let Command::Run(options) = command else { panic!("expected a run") };
+        options.admin_key.map(|key| key.expose().to_owned())
     }
 
     #[test]
@@ -173,6 +224,22 @@ mod tests {
         assert_eq!(options.base, "http://127.0.0.1:9");
         assert_eq!(options.players, 1000);
         assert_eq!(options.scenario, "me");
+        assert!(options.admin_key.is_none());
+    }
+
+    #[test]
+    fn admin_key_from_option_or_environment() {
+        assert_eq!(admin_key(parse(&["--admin-key", "from-option"]).expect("valid")).as_deref(), Some("from-option"));
+        assert_eq!(admin_key(parse_with_env(&[], Some("from-env")).expect("valid")).as_deref(), Some("from-env"));
+        assert_eq!(
+            admin_key(parse_with_env(&["--admin-key=from-option"], Some("from-env")).expect("valid")).as_deref(),
+            Some("from-option"),
+            "the option wins over the environment"
+        );
+        assert_eq!(admin_key(parse_with_env(&[], Some("")).expect("valid")), None, "an empty variable is unset");
+        assert!(parse(&["--admin-key", ""]).is_err());
+        let Command::Run(options) = parse(&["--admin-key", "secret-key"]).expect("valid") else { panic!("expected a run") };
+        assert!(!format!("{options:?}").contains("secret-key"), "Debug hides the key");
     }
 
     #[test]

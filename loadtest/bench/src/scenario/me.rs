@@ -3,7 +3,7 @@
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Client, RequestBuilder};
 
-use super::{Scenario, Setup, sign_in_guests};
+use super::{Scenario, Setup, bearers, sign_in_guests};
 
 /// `GET /v1/accounts/me` as one of `--players` guest players, taken round-robin: token
 /// verification, the session check in the cache and one account read from the database.
@@ -18,12 +18,7 @@ impl Scenario for Me {
     const ABOUT: &'static str = "GET /v1/accounts/me as --players guests signed in at setup, round-robin";
 
     async fn setup(setup: &Setup) -> anyhow::Result<Self> {
-        let bearers = sign_in_guests(setup)
-            .await?
-            .into_iter()
-            .map(|token| HeaderValue::try_from(format!("Bearer {token}")))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { url: setup.url("/v1/accounts/me"), bearers })
+        Ok(Self { url: setup.url("/v1/accounts/me"), bearers: bearers(sign_in_guests(setup).await?)? })
     }
 
     fn request(&self, client: &Client, n: u64) -> RequestBuilder {

@@ -4,8 +4,11 @@
 //! To add one: write a type implementing [`Scenario`] in a module here and list it in
 //! [`SCENARIOS`]. Nothing else changes.
 
+mod leaderboard;
 mod login_guest;
 mod me;
+mod rank;
+mod submit;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,18 +16,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
-use reqwest::{Client, RequestBuilder};
+use reqwest::header::HeaderValue;
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+pub use leaderboard::score;
 pub use login_guest::LoginGuest;
 pub use me::Me;
+pub use rank::Rank;
+pub use submit::Submit;
 
-use crate::options::Options;
+use crate::options::{ADMIN_KEY_ENV, AdminKey, Options};
 use crate::report::Report;
 
 /// Every scenario the tool knows, by name.
-pub const SCENARIOS: &[Entry] = &[entry::<Me>(), entry::<LoginGuest>()];
+pub const SCENARIOS: &[Entry] = &[entry::<Me>(), entry::<LoginGuest>(), entry::<Submit>(), entry::<Rank>()];
 
 /// One load pattern against Guildhall.
 pub trait Scenario: Sized + Send + Sync + 'static {
@@ -54,6 +61,8 @@ pub struct Setup {
     pub parallelism: usize,
     /// Unique to this run, so its device ids and names never collide with an earlier run's.
     pub run_id: String,
+    /// The server key (`--admin-key`), for scenarios that use the admin API.
+    pub admin_key: Option<AdminKey>,
 }
 
 impl Setup {
@@ -65,6 +74,16 @@ impl Setup {
     /// The full URL of `path` (which starts with `/`) on the server.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The server key, or an error saying that `scenario` needs one and how to give it.
+    pub fn admin_key(&self, scenario: &str) -> anyhow::Result<&AdminKey> {
+        self.admin_key.as_ref().with_context(|| {
+            format!(
+                "scenario {scenario} creates a leaderboard through the admin API and needs the server's key: \
+                 pass --admin-key KEY or set {ADMIN_KEY_ENV}"
+            )
+        })
     }
 }
 
@@ -110,40 +129,87 @@ struct TokenPair {
 /// `setup.parallelism` at a time, and returns their access tokens in player order.
 pub async fn sign_in_guests(setup: &Setup) -> anyhow::Result<Vec<String>> {
     let url = Arc::new(setup.url("/v1/auth/guest"));
+    let (client, run) = (setup.client.clone(), setup.clone());
+    for_each_player(setup, move |n| {
+        let (client, url, device_id) = (client.clone(), url.clone(), run.device_id(n));
+        async move {
+            let response = client
+                .post(url.as_str())
+                .json(&GuestSignIn { device_id: &device_id })
+                .send()
+                .await
+                .with_context(|| format!("signing in guest {device_id}"))?;
+            // 201 when the guest account is created, 200 when the device had signed in before.
+            let response =
+                expect_status(response, &[StatusCode::CREATED, StatusCode::OK], || format!("signing in guest {device_id}")).await?;
+            let pair: TokenPair = response.json().await.with_context(|| format!("reading guest {device_id}'s tokens"))?;
+            Ok(pair.access_token)
+        }
+    })
+    .await
+}
+
+/// A setup whose server does not exist, for tests of what a scenario does before it sends anything.
+#[cfg(test)]
+pub(crate) fn offline_setup(run_id: &str) -> Setup {
+    Setup {
+        client: Client::new(),
+        // The discard port: a test that reaches the network fails to connect rather than passes.
+        base: "http://127.0.0.1:9".to_owned(),
+        players: 3,
+        parallelism: 2,
+        run_id: run_id.to_owned(),
+        admin_key: None,
+    }
+}
+
+/// `Authorization` header values for `tokens`, in the same order.
+pub fn bearers(tokens: Vec<String>) -> anyhow::Result<Vec<HeaderValue>> {
+    tokens.into_iter().map(|token| HeaderValue::try_from(format!("Bearer {token}")).context("a token is not a header value")).collect()
+}
+
+/// Runs `step` for each player `0..setup.players`, at most `setup.parallelism` at a time, and
+/// returns what each step gave, in player order. The first failure ends the setup (the other
+/// steps are dropped with the task set).
+pub async fn for_each_player<T, Step, Fut>(setup: &Setup, step: Step) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    Step: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let players = setup.players;
+    let step = Arc::new(step);
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
-    for _ in 0..setup.parallelism.min(setup.players) {
-        let (setup, url, next) = (setup.clone(), url.clone(), next.clone());
+    for _ in 0..setup.parallelism.min(players) {
+        let (step, next) = (step.clone(), next.clone());
         tasks.spawn(async move {
-            let mut signed_in = Vec::new();
+            let mut done = Vec::new();
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= setup.players {
-                    return anyhow::Ok(signed_in);
+                if n >= players {
+                    return anyhow::Ok(done);
                 }
-                let device_id = setup.device_id(n);
-                let response = setup
-                    .client
-                    .post(url.as_str())
-                    .json(&GuestSignIn { device_id: &device_id })
-                    .send()
-                    .await
-                    .with_context(|| format!("signing in guest {device_id}"))?;
-                let status = response.status();
-                if !status.is_success() {
-                    let body = response.text().await.unwrap_or_default();
-                    bail!("signing in guest {device_id}: {status}: {body}");
-                }
-                let pair: TokenPair = response.json().await.with_context(|| format!("reading guest {device_id}'s tokens"))?;
-                signed_in.push((n, pair.access_token));
+                done.push((n, step(n).await?));
             }
         });
     }
-    let mut tokens = vec![String::new(); setup.players];
+    let mut results: Vec<Option<T>> = std::iter::repeat_with(|| None).take(players).collect();
     while let Some(joined) = tasks.join_next().await {
-        for (n, token) in joined.context("a sign-in task panicked")?? {
-            tokens[n] = token;
+        for (n, value) in joined.context("a setup task panicked")?? {
+            results[n] = Some(value);
         }
     }
-    Ok(tokens)
+    results.into_iter().enumerate().map(|(n, value)| value.with_context(|| format!("player {n} was not set up"))).collect()
+}
+
+/// `response` if its status is one of `expected`; otherwise an error naming `what` was being
+/// done, with the status and the start of the body.
+pub async fn expect_status(response: Response, expected: &[StatusCode], what: impl FnOnce() -> String) -> anyhow::Result<Response> {
+    let status = response.status();
+    if expected.contains(&status) {
+        return Ok(response);
+    }
+    let body: String = response.text().await.unwrap_or_default().chars().take(300).collect();
+    bail!("{}: {status}: {body}", what())
 }

@@ -1,0 +1,44 @@
+//! `submit`: players posting scores, the write path of the leaderboard.
+
+use reqwest::header::AUTHORIZATION;
+use reqwest::{Client, RequestBuilder};
+
+use super::leaderboard::{Board, ScoreSubmission, score};
+use super::{Scenario, Setup};
+
+/// `POST /v1/leaderboards/{board}/scores` with a pseudo-random score in `0..1 000 000` as one of
+/// `--players` guests, round-robin, on a board of this run (`desc`, `best`) that setup creates with
+/// the server key. Each request locks the player's record row in the database, writes it when the
+/// score beats the record, and updates the rank index in Redis.
+#[derive(Debug)]
+pub struct Submit {
+    url: String,
+    board: Board,
+}
+
+impl Scenario for Submit {
+    const NAME: &'static str = "submit";
+    const ABOUT: &'static str = "POST /v1/leaderboards/{board}/scores, random scores, as --players guests (needs --admin-key)";
+
+    async fn setup(setup: &Setup) -> anyhow::Result<Self> {
+        let board = Board::create(setup, Self::NAME).await?;
+        Ok(Self { url: board.url(setup, "/scores"), board })
+    }
+
+    fn request(&self, client: &Client, n: u64) -> RequestBuilder {
+        client.post(&self.url).header(AUTHORIZATION, self.board.bearer(n).clone()).json(&ScoreSubmission { score: score(n) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::offline_setup;
+
+    #[tokio::test]
+    async fn setup_without_the_admin_key_says_what_to_pass() {
+        let err = Submit::setup(&offline_setup("test")).await.expect_err("no key");
+        let message = format!("{err:#}");
+        assert!(message.contains("--admin-key") && message.contains("GUILDHALL_ADMIN_KEY"), "{message}");
+    }
+}
