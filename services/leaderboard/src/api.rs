@@ -388,9 +388,21 @@ pub async fn submit_score(
         None => None,
     };
 
+    // Most submissions to a `best` board do not beat the record. Check without a transaction
+    // first; only a submission that may change the record takes the row lock below (which checks
+    // again, so a concurrent change is never lost).
+    if board.operator == Operator::Best
+        && let Some(current) = store::load_record(state.db.pool(), &board.id, board.season, &owner_id, None).await?
+        && board.apply(Some((current.score, current.subscore)), req.score, req.subscore) == Ok(Outcome::Keep)
+    {
+        let rank =
+            when_ready!(state, board, state.index.upsert(Scope { board: &board.id, season: board.season }, &entry(&board, &current)));
+        return Ok(Json(record_of(current, rank)));
+    }
+
     // The database first: the record is durable before it is acknowledged or ranked.
     let mut tx = state.db.begin().await?;
-    let current = store::record_for_update(&mut tx, state.db.dialect(), &board.id, board.season, &owner_id).await?;
+    let current = store::load_record(&mut *tx, &board.id, board.season, &owner_id, Some(state.db.dialect())).await?;
     let outcome =
         board.apply(current.as_ref().map(|r| (r.score, r.subscore)), req.score, req.subscore).map_err(|refusal| match refusal {
             Refusal::OutOfBounds => ApiError::invalid("score", "the score is outside this leaderboard's bounds"),
@@ -420,15 +432,19 @@ pub async fn submit_score(
     };
     let entry = entry(&board, &written);
     let rank = when_ready!(state, board, state.index.upsert(scope, &entry));
-    Ok(Json(Record {
-        owner_id,
-        name: written.owner_name,
-        score: written.score,
-        subscore: written.subscore,
+    Ok(Json(record_of(written, rank)))
+}
+
+fn record_of(row: RecordRow, rank: u64) -> Record {
+    Record {
+        owner_id: row.owner_id,
+        name: row.owner_name,
+        score: row.score,
+        subscore: row.subscore,
         rank,
-        metadata: written.metadata.and_then(|m| serde_json::from_str(&m).ok()),
-        updated_at: platform::time::rfc3339(written.updated_at),
-    }))
+        metadata: row.metadata.and_then(|m| serde_json::from_str(&m).ok()),
+        updated_at: platform::time::rfc3339(row.updated_at),
+    }
 }
 
 /// The top of the board, a page at a time; or, with `owner_ids`, those players' records.

@@ -89,18 +89,18 @@ fn record(row: &AnyRow) -> Result<RecordRow, sqlx::Error> {
 
 const RECORD_COLUMNS: &str = "owner_id, owner_name, score, subscore, metadata, updated_at, version";
 
-/// The owner's record, locked for the rest of the transaction on PostgreSQL (SQLite's
-/// `BEGIN IMMEDIATE` already serialises writers).
-pub async fn record_for_update(
-    conn: &mut sqlx::AnyConnection,
-    dialect: Dialect,
+/// The owner's record. With `lock` (the pool's dialect), it is locked for the rest of the
+/// transaction on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already serialises writers).
+pub async fn load_record<'e>(
+    db: impl Executor<'e, Database = Any>,
     board: &str,
     season: i64,
     owner: &str,
+    lock: Option<Dialect>,
 ) -> anyhow::Result<Option<RecordRow>> {
-    let lock = if dialect == Dialect::Postgres { " FOR UPDATE" } else { "" };
+    let lock = if lock == Some(Dialect::Postgres) { " FOR UPDATE" } else { "" };
     let sql = format!("SELECT {RECORD_COLUMNS} FROM leaderboard_records WHERE board_id = $1 AND season = $2 AND owner_id = $3{lock}");
-    let row = sqlx::query(&sql).bind(board).bind(season).bind(owner).fetch_optional(conn).await.context("loading record")?;
+    let row = sqlx::query(&sql).bind(board).bind(season).bind(owner).fetch_optional(db).await.context("loading record")?;
     row.as_ref().map(record).transpose().context("decoding record")
 }
 

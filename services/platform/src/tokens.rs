@@ -180,6 +180,11 @@ impl TokenKeys {
         Ok(claims)
     }
 
+    /// Whether claims that verified earlier are still within their lifetime at `now`.
+    pub fn still_valid(&self, claims: &Claims, now: i64) -> bool {
+        claims.exp + LEEWAY_SECS > now
+    }
+
     /// The public key as a JSON Web Key Set (RFC 7517, OKP key per RFC 8037).
     pub fn jwks(&self) -> serde_json::Value {
         serde_json::json!({

@@ -8,14 +8,15 @@ use platform::db::Database;
 use platform::events::{Event, MAX_ATTEMPTS, Relay, Subscription, handler};
 use platform::testing::{Backend, TestEnv};
 
-async fn database(backend: Backend) -> Option<Database> {
+/// A migrated database; the environment is returned too, since dropping it removes the folder.
+async fn database(backend: Backend) -> Option<(TestEnv, Database)> {
     if backend == Backend::Real && platform::testing::real_backends_skipped() {
         return None;
     }
     let env = TestEnv::new(backend).await.expect("env");
     let db = Database::connect(&env.config().expect("config").database).await.expect("db");
     db.migrate().await.expect("migrate");
-    Some(db)
+    Some((env, db))
 }
 
 fn counting(consumer: &'static str, seen: Arc<AtomicUsize>, fail: bool) -> Subscription {
@@ -38,7 +39,7 @@ async fn unsent(db: &Database) -> i64 {
 }
 
 async fn delivered_once_even_when_redelivered(backend: Backend) {
-    let Some(db) = database(backend).await else { return };
+    let Some((_env, db)) = database(backend).await else { return };
     for n in 0..3 {
         platform::outbox::record(db.pool(), "thing.happened", &serde_json::json!({ "n": n })).await.expect("record");
     }
@@ -59,7 +60,7 @@ async fn delivered_once_even_when_redelivered(backend: Backend) {
 }
 
 async fn failures_retry_with_backoff_then_park_as_dead(backend: Backend) {
-    let Some(db) = database(backend).await else { return };
+    let Some((_env, db)) = database(backend).await else { return };
     platform::outbox::record(db.pool(), "thing.happened", &serde_json::json!({ "n": 1 })).await.expect("record");
     let (ok, failing) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let relay = Relay::new(db.clone(), vec![counting("ok", ok.clone(), false), counting("down", failing.clone(), true)]);
