@@ -45,6 +45,7 @@ pub fn openapi(services: &[Service]) -> utoipa::openapi::OpenApi {
         match service {
             Service::Accounts => doc.merge(accounts::ApiDoc::openapi()),
             Service::Leaderboard => doc.merge(leaderboard::ApiDoc::openapi()),
+            Service::Chat => doc.merge(chat::ApiDoc::openapi()),
         }
     }
     let components = doc.components.get_or_insert_with(Default::default);
@@ -95,6 +96,13 @@ impl App {
                     workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
                     subscriptions.extend(leaderboard::subscriptions(state.clone()));
                     router = router.merge(leaderboard::router(state));
+                }
+                Service::Chat => {
+                    let limit = chat::SendLimit { burst: config.chat_send_burst, per_second: config.chat_send_per_second };
+                    let state = chat::ChatState::new(db.clone(), cache.clone(), auth.clone(), admin_key.clone(), limit, shutdown.clone());
+                    workers.push(tokio::spawn(state.clone().run()));
+                    subscriptions.extend(chat::subscriptions(state.clone()));
+                    router = router.merge(chat::router(state));
                 }
             }
         }

@@ -11,6 +11,30 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::CacheConfig;
 
+/// KEYS: bucket. ARGV: capacity, tokens per second. Uses the server's clock (TIME), so instances
+/// with skewed clocks share one bucket correctly. Returns 0 when a token was taken, else the
+/// milliseconds until one will be there.
+const TAKE_TOKEN_LUA: &str = r"
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or capacity
+local at = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + (now - at) * rate / 1000)
+local wait = 0
+if tokens < 1 then
+  wait = math.ceil((1 - tokens) * 1000 / rate)
+else
+  tokens = tokens - 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity * 1000 / rate) + 1000)
+return wait
+";
+static TAKE_TOKEN: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+
 /// Redis operations that take longer fail instead of holding a request.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -135,6 +159,43 @@ impl Cache {
                 let count = entry.value.parse::<u64>().unwrap_or(0) + 1;
                 entry.value = count.to_string();
                 (count, entry.expires.saturating_duration_since(now))
+            })),
+        }
+    }
+
+    /// Takes one token from the bucket `key` (capacity `capacity`, refilled at `per_second`),
+    /// shared by every instance. `None` when a token was taken; else how long until one is there.
+    pub async fn take_token(&self, key: &str, capacity: u32, per_second: f64) -> anyhow::Result<Option<Duration>> {
+        match self {
+            Cache::Redis(r) => {
+                let mut conn = r.conn.clone();
+                let wait_ms: i64 = TAKE_TOKEN
+                    .get_or_init(|| redis::Script::new(TAKE_TOKEN_LUA))
+                    .key(r.key(key))
+                    .arg(capacity)
+                    .arg(per_second)
+                    .invoke_async(&mut conn)
+                    .await
+                    .context("Redis token bucket")?;
+                Ok(u64::try_from(wait_ms).ok().filter(|ms| *ms > 0).map(Duration::from_millis))
+            }
+            Cache::Memory(m) => Ok(m.with_key(key, |map| {
+                let now = Instant::now();
+                let full_after = Duration::from_secs_f64(f64::from(capacity) / per_second) + Duration::from_secs(1);
+                let entry = map.entry(key.to_owned()).or_insert_with(|| Entry { value: format!("{capacity}"), expires: now + full_after });
+                // The value holds the tokens left; the deadline, minus the time to fill the
+                // bucket, tells when they were counted.
+                let counted_at = entry.expires.checked_sub(full_after).unwrap_or(now);
+                let tokens = entry.value.parse::<f64>().unwrap_or(0.0);
+                let tokens = (tokens + now.saturating_duration_since(counted_at).as_secs_f64() * per_second).min(f64::from(capacity));
+                if tokens < 1.0 {
+                    entry.value = tokens.to_string();
+                    entry.expires = now + full_after;
+                    return Some(Duration::from_secs_f64((1.0 - tokens) / per_second));
+                }
+                entry.value = (tokens - 1.0).to_string();
+                entry.expires = now + full_after;
+                None
             })),
         }
     }

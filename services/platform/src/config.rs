@@ -41,17 +41,20 @@ pub enum Service {
     Accounts,
     /// Boards, scores, ranks, seasons.
     Leaderboard,
+    /// Channels over WebSocket.
+    Chat,
 }
 
 impl Service {
     /// Every service, in the order they are mounted.
-    pub const ALL: &'static [Service] = &[Service::Accounts, Service::Leaderboard];
+    pub const ALL: &'static [Service] = &[Service::Accounts, Service::Leaderboard, Service::Chat];
 
     /// The name used in `SERVICES` and in logs.
     pub fn name(self) -> &'static str {
         match self {
             Service::Accounts => "accounts",
             Service::Leaderboard => "leaderboard",
+            Service::Chat => "chat",
         }
     }
 }
@@ -170,6 +173,11 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUN_MIGRATIONS`: apply migrations at start-up (default true; sqlx takes a lock).
     pub run_migrations: bool,
+    /// `CHAT_SEND_BURST` and `CHAT_SEND_PER_SECOND`: each player's chat send limit (a token
+    /// bucket shared by every instance).
+    pub chat_send_burst: u32,
+    /// See `chat_send_burst`.
+    pub chat_send_per_second: f64,
     /// `GUILDHALL_ADMIN_KEY`: the server key of game servers and operators for `/v1/admin/...`
     /// and authoritative submissions. Without it those are refused.
     pub admin_key: Option<Secret<String>>,
@@ -298,6 +306,8 @@ impl Config {
             log_format,
             run_migrations: flag("RUN_MIGRATIONS", true)?,
             admin_key,
+            chat_send_burst: limit("CHAT_SEND_BURST", 10)?,
+            chat_send_per_second: f64::from(limit("CHAT_SEND_PER_SECOND", 2)?),
         };
         config.check_deployment()?;
         Ok(config)
@@ -366,7 +376,7 @@ mod tests {
         assert!(err.to_string().contains("REDIS_URL"), "{err}");
         let alone = config(&[("SERVICES", "leaderboard"), ("DATABASE_URL", "postgres://db/g"), ("REDIS_URL", "redis://r")]);
         assert_eq!(alone.expect("real backends").services, [Service::Leaderboard]);
-        assert!(config(&[("SERVICES", "leaderboard,accounts")]).is_ok(), "every service is a monolith");
+        assert!(config(&[("SERVICES", "chat,leaderboard,accounts")]).is_ok(), "every service is a monolith");
         let err = config(&[("SERVICES", "accounts,nonsense")]).expect_err("unknown service");
         assert!(err.to_string().contains("unknown service"), "{err}");
     }

@@ -40,11 +40,13 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/postgres/0001_accounts.sql")),
     (2, "leaderboards", include_str!("../../../migrations/postgres/0002_leaderboards.sql")),
     (3, "event_delivery", include_str!("../../../migrations/postgres/0003_event_delivery.sql")),
+    (4, "chat", include_str!("../../../migrations/postgres/0004_chat.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
     (2, "leaderboards", include_str!("../../../migrations/sqlite/0002_leaderboards.sql")),
     (3, "event_delivery", include_str!("../../../migrations/sqlite/0003_event_delivery.sql")),
+    (4, "chat", include_str!("../../../migrations/sqlite/0004_chat.sql")),
 ];
 
 /// How long a request waits for a pooled connection before failing.

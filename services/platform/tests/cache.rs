@@ -55,3 +55,18 @@ async fn hits_count_within_a_window_and_start_over_after_it() {
         assert_eq!(cache.hit("w", window).await.expect("hit").0, 1, "{name}: a new window starts at one");
     }
 }
+
+#[tokio::test]
+async fn token_buckets_allow_a_burst_then_refill() {
+    for (name, cache, other) in caches().await {
+        for i in 0..5 {
+            assert_eq!(cache.take_token("b", 5, 10.0).await.expect("take"), None, "{name}: token {i} of the burst");
+        }
+        let wait = cache.take_token("b", 5, 10.0).await.expect("take").expect("empty bucket");
+        assert!(wait <= std::time::Duration::from_millis(100), "{name}: {wait:?}");
+        assert_eq!(other.take_token("b", 5, 10.0).await.expect("take"), None, "{name}: buckets are per prefix/instance");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        assert_eq!(cache.take_token("b", 5, 10.0).await.expect("take"), None, "{name}: refilled");
+        assert_eq!(cache.take_token("b", 5, 10.0).await.expect("take"), None, "{name}: refilled");
+    }
+}

@@ -282,3 +282,99 @@ impl Process {
         tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("exits in time").expect("exit status")
     }
 }
+
+/// A chat WebSocket client: requests wait for their ack (or error), events received meanwhile
+/// are kept in order for `event`.
+pub struct Chat {
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    next_id: u64,
+    events: std::collections::VecDeque<Value>,
+    /// The close frame's code, once the server closed the socket.
+    pub closed: Option<u16>,
+}
+
+impl Chat {
+    /// Connects to `base` and authenticates with `token` in the first frame.
+    pub async fn connect(base: &str, token: &str) -> Chat {
+        let url = format!("{}/v1/chat/ws", base.replacen("http://", "ws://", 1));
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        let mut chat = Chat { socket, next_id: 0, events: Default::default(), closed: None };
+        let ack = chat.request(json!({"type": "auth", "token": token})).await;
+        assert_eq!(ack["type"], "ack", "auth refused: {ack}");
+        chat
+    }
+
+    async fn read(&mut self) -> Option<Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.socket.next()).await.ok()?? {
+                Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).expect("JSON frame")),
+                Ok(Message::Close(frame)) => {
+                    self.closed = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                    return None;
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a frame with a fresh id and returns its ack or error.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        use futures_util::SinkExt;
+        self.next_id += 1;
+        let id = self.next_id;
+        frame["id"] = json!(id);
+        self.socket.send(tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into())).await.expect("frame sent");
+        loop {
+            let reply = self.read().await.expect("an answer before the socket closed");
+            if reply["id"] == id && (reply["type"] == "ack" || reply["type"] == "error") {
+                return reply;
+            }
+            self.events.push_back(reply);
+        }
+    }
+
+    /// The next pushed event (of any type), waiting up to 10 s.
+    pub async fn event(&mut self) -> Option<Value> {
+        match self.events.pop_front() {
+            Some(event) => Some(event),
+            None => self.read().await,
+        }
+    }
+
+    /// The next event of `kind`, skipping others.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let event = self.event().await.unwrap_or_else(|| panic!("no {kind} event came"));
+            if event["type"] == kind {
+                return event;
+            }
+        }
+    }
+
+    /// Joins `channel`, panicking on refusal.
+    pub async fn join(&mut self, channel: &str) -> Value {
+        let ack = self.request(json!({"type": "join", "channel": channel})).await;
+        assert_eq!(ack["type"], "ack", "join {channel} refused: {ack}");
+        ack
+    }
+
+    /// Sends `body` to `channel`, returning the ack or error.
+    pub async fn send(&mut self, channel: &str, body: &str) -> Value {
+        self.request(json!({"type": "send", "channel": channel, "body": body})).await
+    }
+
+    /// Whether anything arrives within `wait` (to show that nothing more does).
+    pub async fn quiet_for(&mut self, wait: Duration) -> Option<Value> {
+        use futures_util::StreamExt;
+        if let Some(event) = self.events.pop_front() {
+            return Some(event);
+        }
+        match tokio::time::timeout(wait, self.socket.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => Some(serde_json::from_str(&text).expect("JSON")),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! The chat REST API: groups and members, history, presence, moderation and reports.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use platform::auth::{Admin, Caller, Player};
+use platform::db::now_millis;
+use platform::error::ErrorBody;
+use platform::http::{Json, Query};
+use platform::{ApiError, ApiResult};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::ChatState;
+use crate::channel::Channel;
+use crate::store::{self, MessageRow};
+
+/// Most members a group may have.
+pub const MAX_GROUP_MEMBERS: i64 = 500;
+
+/// The chat routes.
+pub fn routes() -> Router<ChatState> {
+    Router::new()
+        .route("/v1/chat/ws", get(crate::ws::socket))
+        .route("/v1/chat/groups", post(create_group))
+        .route("/v1/chat/groups/{id}", get(show_group))
+        .route("/v1/chat/groups/{id}/members", post(add_member))
+        .route("/v1/chat/groups/{id}/members/{account_id}", delete(remove_member))
+        .route("/v1/chat/channels/{id}/messages", get(history))
+        .route("/v1/chat/channels/{id}/presence", get(presence))
+        .route("/v1/chat/channels/{id}/sanctions", post(moderate))
+        .route("/v1/admin/chat/sanctions", post(admin_sanction))
+        .route("/v1/chat/messages/{id}/report", post(report))
+}
+
+/// A stored message as clients see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MessageView {
+    /// Server-assigned id (UUIDv7, time-ordered).
+    pub id: String,
+    /// Channel id.
+    pub channel: String,
+    /// Sender's account id; null once that account was deleted.
+    pub sender_id: Option<String>,
+    /// Sender's name.
+    pub sender_name: String,
+    /// Text.
+    pub body: String,
+    /// RFC 3339, server time.
+    pub sent_at: String,
+}
+
+impl From<MessageRow> for MessageView {
+    fn from(m: MessageRow) -> Self {
+        MessageView {
+            id: m.id,
+            channel: m.channel_id,
+            sender_id: m.sender_id,
+            sender_name: m.sender_name,
+            body: m.body,
+            sent_at: platform::time::rfc3339(m.created_at),
+        }
+    }
+}
+
+impl ChatState {
+    /// Whether `account` may use `channel`: not banned, and a member of a group, a party of a
+    /// direct conversation. With `sending`, also not muted.
+    pub async fn authorize(&self, account: &str, channel: &Channel, sending: bool) -> ApiResult<()> {
+        match channel {
+            Channel::Room(_) => {}
+            Channel::Group(group) => {
+                if store::role(self.db.pool(), group, account).await?.is_none() {
+                    return Err(ApiError::Forbidden("only the group's members may use it".into()));
+                }
+            }
+            Channel::Direct(a, b) => {
+                if account != a && account != b {
+                    return Err(ApiError::Forbidden("this conversation is between two other players".into()));
+                }
+            }
+        }
+        let sanctions = store::sanctions(self.db.pool(), account, &channel.id(), now_millis()).await?;
+        if sanctions.iter().any(|s| s == "ban") {
+            return Err(ApiError::Forbidden("you are banned from this channel".into()));
+        }
+        if sending && sanctions.iter().any(|s| s == "mute") {
+            return Err(ApiError::Forbidden("you are muted in this channel".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/chat/groups`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    /// 1 to 64 characters.
+    pub name: String,
+}
+
+/// A group and its members.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupView {
+    /// Group id; its channel is `group:<id>`.
+    pub id: String,
+    /// Channel id to join.
+    pub channel: String,
+    /// Name.
+    pub name: String,
+    /// Owner's account id.
+    pub owner_id: String,
+    /// Members and roles (`owner`, `moderator`, `member`).
+    pub members: Vec<MemberView>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A group member.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberView {
+    /// Account id.
+    pub account_id: String,
+    /// `owner`, `moderator` or `member`.
+    pub role: String,
+}
+
+fn group_id(id: &str) -> ApiResult<String> {
+    uuid::Uuid::try_parse(id).map(|u| u.hyphenated().to_string()).map_err(|_| ApiError::NotFound("no such group".into()))
+}
+
+async fn group_view(state: &ChatState, id: &str) -> ApiResult<GroupView> {
+    let (name, owner_id, created_at) =
+        store::group(state.db.pool(), id).await?.ok_or_else(|| ApiError::NotFound("no such group".into()))?;
+    let members = store::members(state.db.pool(), id, MAX_GROUP_MEMBERS).await?;
+    Ok(GroupView {
+        id: id.to_owned(),
+        channel: format!("group:{id}"),
+        name,
+        owner_id,
+        members: members.into_iter().map(|(account_id, role)| MemberView { account_id, role }).collect(),
+        created_at: platform::time::rfc3339(created_at),
+    })
+}
+
+/// Creates a group owned by the caller.
+#[utoipa::path(post, path = "/v1/chat/groups", tag = "chat", security(("bearer" = [])), request_body = CreateGroup,
+    responses((status = 201, body = GroupView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn create_group(State(state): State<ChatState>, player: Player, Json(req): Json<CreateGroup>) -> ApiResult<impl IntoResponse> {
+    let name = req.name.trim();
+    if !(1..=64).contains(&name.chars().count()) || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid("name", "name must be 1 to 64 characters"));
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut tx = state.db.begin().await?;
+    store::insert_group(&mut tx, &id, name, &player.account_id, now_millis()).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    Ok((StatusCode::CREATED, Json(group_view(&state, &id).await?)))
+}
+
+/// A group and its members (members only).
+#[utoipa::path(get, path = "/v1/chat/groups/{id}", tag = "chat", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Group id")),
+    responses((status = 200, body = GroupView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show_group(State(state): State<ChatState>, player: Player, Path(id): Path<String>) -> ApiResult<Json<GroupView>> {
+    let id = group_id(&id)?;
+    let view = group_view(&state, &id).await?;
+    if !view.members.iter().any(|m| m.account_id == player.account_id) {
+        return Err(ApiError::Forbidden("only the group's members may see it".into()));
+    }
+    Ok(Json(view))
+}
+
+/// `POST /v1/chat/groups/{id}/members`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// Account to add (or whose role to change).
+    pub account_id: String,
+    /// `member` (default) or `moderator` (owner only).
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// Adds a member or changes a role: owner and moderators add members; only the owner makes
+/// moderators.
+#[utoipa::path(post, path = "/v1/chat/groups/{id}/members", tag = "chat", security(("bearer" = [])), request_body = AddMember,
+    params(("id" = String, Path, description = "Group id")),
+    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn add_member(
+    State(state): State<ChatState>,
+    player: Player,
+    Path(id): Path<String>,
+    Json(req): Json<AddMember>,
+) -> ApiResult<Json<GroupView>> {
+    let id = group_id(&id)?;
+    store::group(state.db.pool(), &id).await?.ok_or_else(|| ApiError::NotFound("no such group".into()))?;
+    let role = req.role.as_deref().unwrap_or("member");
+    if !matches!(role, "member" | "moderator") {
+        return Err(ApiError::invalid("role", "role must be member or moderator"));
+    }
+    if req.account_id.is_empty() || req.account_id.len() > 64 {
+        return Err(ApiError::invalid("account_id", "account_id must be an account id"));
+    }
+    let mine = store::role(state.db.pool(), &id, &player.account_id).await?;
+    match (mine.as_deref(), role) {
+        (Some("owner"), _) | (Some("moderator"), "member") => {}
+        _ => return Err(ApiError::Forbidden("only the owner adds moderators; owner and moderators add members".into())),
+    }
+    if store::role(state.db.pool(), &id, &req.account_id).await?.as_deref() == Some("owner") {
+        return Err(ApiError::invalid("account_id", "the owner's role cannot change"));
+    }
+    if store::member_count(state.db.pool(), &id).await? >= MAX_GROUP_MEMBERS {
+        return Err(ApiError::Conflict { code: "group_full", message: format!("a group has {MAX_GROUP_MEMBERS} members at most") });
+    }
+    store::set_member(state.db.pool(), &id, &req.account_id, role, now_millis()).await?;
+    Ok(Json(group_view(&state, &id).await?))
+}
+
+/// Removes a member: owner and moderators remove members, anyone leaves; the owner stays.
+#[utoipa::path(delete, path = "/v1/chat/groups/{id}/members/{account_id}", tag = "chat", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Group id"), ("account_id" = String, Path, description = "Member")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn remove_member(
+    State(state): State<ChatState>,
+    player: Player,
+    Path((id, account)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let id = group_id(&id)?;
+    let mine = store::role(state.db.pool(), &id, &player.account_id).await?;
+    let theirs = store::role(state.db.pool(), &id, &account).await?.ok_or_else(|| ApiError::NotFound("not a member".into()))?;
+    let allowed = match (mine.as_deref(), theirs.as_str()) {
+        (_, "owner") => false,
+        _ if account == player.account_id => true,
+        (Some("owner"), _) | (Some("moderator"), "member") => true,
+        _ => false,
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden("you may not remove this member".into()));
+    }
+    store::remove_member(state.db.pool(), &id, &account).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Paging of history.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct HistoryQuery {
+    /// A message id: only older messages. Absent: the newest.
+    pub before: Option<String>,
+    /// 1 to 100, default 50.
+    pub limit: Option<i64>,
+}
+
+/// A page of history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPage {
+    /// Newest first.
+    pub messages: Vec<MessageView>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next_before: Option<String>,
+}
+
+/// A channel's stored messages, newest first, for those who may use the channel.
+#[utoipa::path(get, path = "/v1/chat/channels/{id}/messages", tag = "chat", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Channel id"), HistoryQuery),
+    responses((status = 200, body = HistoryPage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn history(
+    State(state): State<ChatState>,
+    player: Player,
+    Path(id): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> ApiResult<Json<HistoryPage>> {
+    let channel = Channel::parse(&id)?;
+    state.authorize(&player.account_id, &channel, false).await?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit", "limit must be between 1 and 100"));
+    }
+    if let Some(before) = &query.before
+        && uuid::Uuid::try_parse(before).is_err()
+    {
+        return Err(ApiError::invalid("before", "before must be a message id"));
+    }
+    let rows = store::history(state.db.pool(), &channel.id(), query.before.as_deref(), limit).await?;
+    let next_before = (rows.len() as i64 == limit).then(|| rows.last().map(|m| m.id.clone())).flatten();
+    Ok(Json(HistoryPage { messages: rows.into_iter().map(MessageView::from).collect(), next_before }))
+}
+
+/// Who is in a channel now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceView {
+    /// Distinct players connected to the channel, on every instance.
+    pub count: usize,
+    /// Up to 100 of them.
+    pub players: Vec<PresentPlayer>,
+}
+
+/// A present player.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresentPlayer {
+    /// Account id.
+    pub account_id: String,
+    /// Name shown.
+    pub name: String,
+}
+
+/// The players in a channel now, across instances.
+#[utoipa::path(get, path = "/v1/chat/channels/{id}/presence", tag = "chat", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 200, body = PresenceView), (status = 403, body = ErrorBody)))]
+pub async fn presence(State(state): State<ChatState>, player: Player, Path(id): Path<String>) -> ApiResult<Json<PresenceView>> {
+    let channel = Channel::parse(&id)?;
+    state.authorize(&player.account_id, &channel, false).await?;
+    let (count, players) = state.presence.list(&channel.id(), 100).await?;
+    Ok(Json(PresenceView { count, players: players.into_iter().map(|(account_id, name)| PresentPlayer { account_id, name }).collect() }))
+}
+
+/// A mute or ban.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sanction {
+    /// Who.
+    pub account_id: String,
+    /// `mute` (cannot send) or `ban` (cannot join, read or send).
+    pub kind: String,
+    /// How long; absent for good.
+    #[serde(default)]
+    pub minutes: Option<i64>,
+    /// Why, for the record.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Admin API only: `global` or a channel id.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+fn check_sanction(req: &Sanction) -> ApiResult<Option<i64>> {
+    if !matches!(req.kind.as_str(), "mute" | "ban") {
+        return Err(ApiError::invalid("kind", "kind must be mute or ban"));
+    }
+    if req.account_id.is_empty() || req.account_id.len() > 64 {
+        return Err(ApiError::invalid("account_id", "account_id must be an account id"));
+    }
+    if req.reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+        return Err(ApiError::invalid("reason", "reason must be at most 500 characters"));
+    }
+    match req.minutes {
+        None => Ok(None),
+        Some(m) if (1..=525_600).contains(&m) => Ok(Some(now_millis() + m * 60_000)),
+        Some(_) => Err(ApiError::invalid("minutes", "minutes must be between 1 and 525600")),
+    }
+}
+
+/// Mutes or bans a player in a channel: a group's owner or moderators in their group, the server
+/// key anywhere.
+#[utoipa::path(post, path = "/v1/chat/channels/{id}/sanctions", tag = "chat", security(("bearer" = [])), request_body = Sanction,
+    params(("id" = String, Path, description = "Channel id")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn moderate(
+    State(state): State<ChatState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(req): Json<Sanction>,
+) -> ApiResult<StatusCode> {
+    let channel = Channel::parse(&id)?;
+    let until = check_sanction(&req)?;
+    if req.scope.is_some() {
+        return Err(ApiError::invalid("scope", "the channel is in the path; scope is for the admin API"));
+    }
+    let by = match &caller {
+        Caller::Server => "server".to_owned(),
+        Caller::Player(player) => {
+            let Channel::Group(group) = &channel else {
+                return Err(ApiError::Forbidden("rooms and direct messages are moderated with the server key".into()));
+            };
+            let role = store::role(state.db.pool(), group, &player.account_id).await?;
+            if !matches!(role.as_deref(), Some("owner" | "moderator")) {
+                return Err(ApiError::Forbidden("only the group's owner and moderators moderate it".into()));
+            }
+            if matches!(store::role(state.db.pool(), group, &req.account_id).await?.as_deref(), Some("owner")) {
+                return Err(ApiError::Forbidden("the owner cannot be sanctioned".into()));
+            }
+            player.account_id.clone()
+        }
+    };
+    let scope = channel.id();
+    let row =
+        store::SanctionRow { account_id: &req.account_id, scope: &scope, kind: &req.kind, until, reason: req.reason.as_deref(), by: &by };
+    store::sanction(state.db.pool(), &row, now_millis()).await?;
+    tracing::info!(account_id = req.account_id, channel = channel.id(), kind = req.kind, by, "chat sanction");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Mutes or bans a player everywhere (`scope: "global"`) or in one channel (server key).
+#[utoipa::path(post, path = "/v1/admin/chat/sanctions", tag = "chat", security(("bearer" = [])), request_body = Sanction,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn admin_sanction(State(state): State<ChatState>, _admin: Admin, Json(req): Json<Sanction>) -> ApiResult<StatusCode> {
+    let until = check_sanction(&req)?;
+    let scope = match req.scope.as_deref() {
+        None | Some("global") => "global".to_owned(),
+        Some(channel) => Channel::parse(channel).map_err(|_| ApiError::invalid("scope", "scope must be global or a channel id"))?.id(),
+    };
+    let row = store::SanctionRow {
+        account_id: &req.account_id,
+        scope: &scope,
+        kind: &req.kind,
+        until,
+        reason: req.reason.as_deref(),
+        by: "server",
+    };
+    store::sanction(state.db.pool(), &row, now_millis()).await?;
+    tracing::info!(account_id = req.account_id, scope, kind = req.kind, "chat sanction (admin)");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/chat/messages/{id}/report`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Why, 1 to 500 characters.
+    pub reason: String,
+}
+
+/// Reports a message to moderators: records `chat.message_reported`.
+#[utoipa::path(post, path = "/v1/chat/messages/{id}/report", tag = "chat", security(("bearer" = [])), request_body = Report,
+    params(("id" = String, Path, description = "Message id")),
+    responses((status = 202), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn report(
+    State(state): State<ChatState>,
+    player: Player,
+    Path(id): Path<String>,
+    Json(req): Json<Report>,
+) -> ApiResult<StatusCode> {
+    let reason = req.reason.trim();
+    if !(1..=500).contains(&reason.chars().count()) {
+        return Err(ApiError::invalid("reason", "reason must be 1 to 500 characters"));
+    }
+    let not_found = || ApiError::NotFound("no such message".into());
+    if uuid::Uuid::try_parse(&id).is_err() {
+        return Err(not_found());
+    }
+    let message = store::message_by_id(state.db.pool(), &id).await?.ok_or_else(not_found)?;
+    // Only someone who can read the channel can report from it.
+    state.authorize(&player.account_id, &Channel::parse(&message.channel_id)?, false).await?;
+    let event = serde_json::json!({
+        "message_id": message.id,
+        "channel": message.channel_id,
+        "sender_id": message.sender_id,
+        "body": message.body,
+        "reported_by": player.account_id,
+        "reason": reason,
+        "reported_at": platform::time::rfc3339(now_millis()),
+    });
+    platform::outbox::record(state.db.pool(), "chat.message_reported", &event).await?;
+    Ok(StatusCode::ACCEPTED)
+}

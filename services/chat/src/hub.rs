@@ -1,0 +1,276 @@
+//! Fan-out: which local connections are in which channel, and how an event published on one
+//! instance reaches the members connected to every other.
+//!
+//! Across instances the hub uses Redis pub/sub, one Redis channel per chat channel, subscribed
+//! while at least one local connection is in it. Pub/sub rather than streams: chat events are
+//! delivered live and already stored durably in the database before they are published, so a
+//! client that missed some (a reconnect, a Redis failover) refills from history; streams would
+//! add per-reader offsets and trimming for a guarantee the database already gives. Every
+//! event, local members' included, goes through Redis, so all instances see one order per channel.
+//! On embedded defaults the hub delivers in process.
+//!
+//! Each connection has a bounded queue. A client that does not read fast enough fills it and is
+//! disconnected instead of growing an unbounded buffer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use platform::cache::RedisCache;
+use platform::shutdown::Shutdown;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Frames queued per connection before it counts as too slow.
+pub const QUEUE: usize = 256;
+
+/// A connection's membership: where to send its frames.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// Account id.
+    pub account_id: String,
+    /// Name shown.
+    pub name: String,
+    /// The connection's outgoing queue.
+    pub tx: mpsc::Sender<Arc<str>>,
+    /// Cancelled to disconnect a slow client.
+    pub kick: CancellationToken,
+}
+
+/// The fan-out hub of this instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Identifies this instance in envelopes, so it can skip the sending connection.
+    instance: String,
+    next_connection: AtomicU64,
+    local: Mutex<HashMap<String, HashMap<u64, Member>>>,
+    redis: Option<Bridge>,
+}
+
+struct Bridge {
+    cache: RedisCache,
+    sink: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
+}
+
+/// What travels through Redis: the event and the connection that caused it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Envelope {
+    /// `<instance>:<connection>` of the sender, whose own connection does not get the echo.
+    o: String,
+    /// The event frame, as sent to clients.
+    e: Box<serde_json::value::RawValue>,
+}
+
+impl Hub {
+    /// A hub delivering through `redis`, or in process when `None`.
+    pub fn new(redis: Option<RedisCache>) -> Self {
+        Hub {
+            inner: Arc::new(Inner {
+                instance: uuid::Uuid::now_v7().simple().to_string(),
+                next_connection: AtomicU64::new(1),
+                local: Mutex::new(HashMap::new()),
+                redis: redis.map(|cache| Bridge { cache, sink: tokio::sync::Mutex::new(None) }),
+            }),
+        }
+    }
+
+    /// A new id for a connection of this instance.
+    pub fn connection_id(&self) -> u64 {
+        self.inner.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// This instance's id.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    fn redis_channel(bridge: &Bridge, channel: &str) -> String {
+        bridge.cache.key(&format!("chat:{channel}"))
+    }
+
+    /// Adds a connection to a channel; subscribes this instance when it is the first.
+    pub async fn join(&self, channel: &str, connection: u64, member: Member) -> anyhow::Result<()> {
+        let first = {
+            let mut local = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
+            let members = local.entry(channel.to_owned()).or_default();
+            members.insert(connection, member);
+            members.len() == 1
+        };
+        if first && let Some(bridge) = &self.inner.redis {
+            let mut sink = bridge.sink.lock().await;
+            if let Some(sink) = sink.as_mut() {
+                sink.subscribe(Self::redis_channel(bridge, channel)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a connection from a channel; unsubscribes when it was the last here.
+    pub async fn leave(&self, channel: &str, connection: u64) {
+        let last = {
+            let mut local = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
+            match local.get_mut(channel) {
+                Some(members) => {
+                    members.remove(&connection);
+                    let empty = members.is_empty();
+                    if empty {
+                        local.remove(channel);
+                    }
+                    empty
+                }
+                None => false,
+            }
+        };
+        if last && let Some(bridge) = &self.inner.redis {
+            let mut sink = bridge.sink.lock().await;
+            if let Some(sink) = sink.as_mut()
+                && let Err(err) = sink.unsubscribe(Self::redis_channel(bridge, channel)).await
+            {
+                tracing::warn!(error = %err, channel, "unsubscribing failed");
+            }
+        }
+    }
+
+    /// The members of a channel connected here.
+    pub fn local_members(&self, channel: &str) -> Vec<Member> {
+        let local = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
+        local.get(channel).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Every (channel, member) pair connected here (presence refresh).
+    pub fn memberships(&self) -> Vec<(String, u64, String, String)> {
+        let local = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
+        local
+            .iter()
+            .flat_map(|(channel, members)| members.iter().map(move |(id, m)| (channel.clone(), *id, m.account_id.clone(), m.name.clone())))
+            .collect()
+    }
+
+    /// Publishes `frame` (a JSON event) to every member of `channel` on every instance, except
+    /// connection `origin` of this instance.
+    pub async fn publish(&self, channel: &str, frame: &str, origin: Option<u64>) -> anyhow::Result<()> {
+        let origin = format!("{}:{}", self.inner.instance, origin.unwrap_or(0));
+        match &self.inner.redis {
+            Some(bridge) => {
+                let envelope = Envelope { o: origin, e: serde_json::value::RawValue::from_string(frame.to_owned())? };
+                let mut conn = bridge.cache.connection();
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(Self::redis_channel(bridge, channel))
+                    .arg(serde_json::to_string(&envelope)?)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            None => self.deliver(channel, Arc::from(frame), &origin),
+        }
+        Ok(())
+    }
+
+    /// Hands a frame to the local members of a channel; a member whose queue is full is kicked.
+    fn deliver(&self, channel: &str, frame: Arc<str>, origin: &str) {
+        let skip =
+            origin.strip_prefix(self.inner.instance.as_str()).and_then(|rest| rest.strip_prefix(':')).and_then(|id| id.parse::<u64>().ok());
+        for (id, member) in self.local_members_with_ids(channel) {
+            if Some(id) == skip {
+                continue;
+            }
+            if member.tx.try_send(frame.clone()).is_err() {
+                tracing::info!(account_id = member.account_id, channel, "client too slow; disconnecting");
+                member.kick.cancel();
+            }
+        }
+    }
+
+    fn local_members_with_ids(&self, channel: &str) -> Vec<(u64, Member)> {
+        let local = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
+        local.get(channel).map(|m| m.iter().map(|(id, m)| (*id, m.clone())).collect()).unwrap_or_default()
+    }
+
+    /// Runs the Redis side until shutdown: keeps one pub/sub connection, resubscribes after a
+    /// reconnect, and delivers what arrives. Does nothing on embedded defaults.
+    pub async fn run(self, shutdown: Shutdown) {
+        let Some(bridge) = &self.inner.redis else { return };
+        let prefix_len = bridge.cache.key("chat:").len();
+        while !shutdown.is_stopped() {
+            let pubsub = match bridge.cache.client().get_async_pubsub().await {
+                Ok(pubsub) => pubsub,
+                Err(err) => {
+                    tracing::warn!(error = %err, "chat fan-out cannot reach Redis; retrying");
+                    tokio::select! {
+                        () = shutdown.stopped() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            let channels = {
+                // Collect and subscribe under the sink lock: a join that lands after the
+                // collection waits for the lock and then subscribes through the new sink.
+                let mut guard = bridge.sink.lock().await;
+                let channels: HashSet<String> = self.inner.local.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+                for channel in &channels {
+                    if let Err(err) = sink.subscribe(Self::redis_channel(bridge, channel)).await {
+                        tracing::warn!(error = %err, "resubscribing failed");
+                    }
+                }
+                *guard = Some(sink);
+                channels
+            };
+            tracing::info!(channels = channels.len(), "chat fan-out connected to Redis");
+            loop {
+                tokio::select! {
+                    () = shutdown.stopped() => return,
+                    message = stream.next() => {
+                        let Some(message) = message else { break };
+                        let channel_name = message.get_channel_name();
+                        let Some(channel) = channel_name.get(prefix_len..) else { continue };
+                        let Ok(payload) = message.get_payload::<String>() else { continue };
+                        match serde_json::from_str::<Envelope>(&payload) {
+                            Ok(envelope) => self.deliver(channel, Arc::from(envelope.e.get()), &envelope.o),
+                            Err(err) => tracing::warn!(error = %err, "undecodable chat envelope"),
+                        }
+                    }
+                }
+            }
+            *bridge.sink.lock().await = None;
+            tracing::warn!("chat fan-out lost Redis; reconnecting");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_member_that_does_not_read_is_kicked_not_buffered() {
+        let hub = Hub::new(None);
+        let (slow_tx, mut slow_rx) = mpsc::channel(2);
+        let (fast_tx, mut fast_rx) = mpsc::channel(QUEUE);
+        let slow = Member { account_id: "slow".into(), name: "slow".into(), tx: slow_tx, kick: CancellationToken::new() };
+        let fast = Member { account_id: "fast".into(), name: "fast".into(), tx: fast_tx, kick: CancellationToken::new() };
+        let (slow_kick, fast_kick) = (slow.kick.clone(), fast.kick.clone());
+        hub.join("room:r", 1, slow).await.expect("join");
+        hub.join("room:r", 2, fast).await.expect("join");
+        for i in 0..3 {
+            hub.publish("room:r", &format!("{{\"n\":{i}}}"), None).await.expect("publish");
+        }
+        assert!(slow_kick.is_cancelled(), "the third frame overflowed the slow member's queue");
+        assert!(!fast_kick.is_cancelled());
+        assert_eq!(slow_rx.recv().await.as_deref(), Some("{\"n\":0}"));
+        for i in 0..3 {
+            assert_eq!(fast_rx.recv().await.as_deref(), Some(format!("{{\"n\":{i}}}").as_str()));
+        }
+        // The sender's own connection does not get its echo.
+        hub.publish("room:r", "{\"n\":9}", Some(2)).await.expect("publish");
+        assert!(fast_rx.try_recv().is_err());
+        hub.leave("room:r", 1).await;
+        hub.leave("room:r", 2).await;
+        assert!(hub.memberships().is_empty());
+    }
+}

@@ -1,0 +1,120 @@
+//! Guildhall chat: rooms, groups and direct messages over WebSocket, stored durably, fanned out
+//! across any number of stateless instances through Redis.
+
+pub mod api;
+pub mod channel;
+pub mod hub;
+pub mod presence;
+pub mod store;
+pub mod ws;
+
+use axum::Router;
+use axum::extract::FromRef;
+use platform::auth::{AdminKey, Authenticator};
+use platform::cache::Cache;
+use platform::db::Database;
+use platform::shutdown::Shutdown;
+use utoipa::OpenApi;
+
+use crate::hub::Hub;
+use crate::presence::Presence;
+
+/// The per-player send limit: a burst, then a steady rate.
+#[derive(Debug, Clone, Copy)]
+pub struct SendLimit {
+    /// Messages that may be sent at once.
+    pub burst: u32,
+    /// Messages per second after the burst.
+    pub per_second: f64,
+}
+
+/// Everything the chat handlers need. Cheap to clone.
+#[derive(Clone)]
+pub struct ChatState {
+    /// Groups, messages, sanctions.
+    pub db: Database,
+    /// Rate limits.
+    pub cache: Cache,
+    /// Fan-out.
+    pub hub: Hub,
+    /// Who is where.
+    pub presence: Presence,
+    /// Verifies tokens.
+    pub auth: Authenticator,
+    /// The server key.
+    pub admin_key: AdminKey,
+    /// Per-player send limit.
+    pub send_limit: SendLimit,
+    /// Sockets close with going-away when it stops.
+    pub shutdown: Shutdown,
+}
+
+impl ChatState {
+    /// Chat over `cache`: Redis fan-out and presence when it is Redis, in process otherwise.
+    pub fn new(db: Database, cache: Cache, auth: Authenticator, admin_key: AdminKey, send_limit: SendLimit, shutdown: Shutdown) -> Self {
+        let hub = Hub::new(cache.redis().cloned());
+        let presence = match cache.redis() {
+            Some(redis) => Presence::Redis(redis.clone(), hub.clone()),
+            None => Presence::Memory(hub.clone()),
+        };
+        ChatState { db, cache, hub, presence, auth, admin_key, send_limit, shutdown }
+    }
+
+    /// Background work: the Redis fan-out and the presence refresh, until shutdown.
+    pub async fn run(self) {
+        tokio::join!(self.hub.clone().run(self.shutdown.clone()), self.presence.clone().run(self.shutdown.clone()));
+    }
+
+    /// Anonymises a deleted player's messages and removes them from groups.
+    pub async fn erase_player(&self, account_id: &str) -> anyhow::Result<u64> {
+        let anonymised = store::anonymise_sender(self.db.pool(), account_id).await?;
+        store::leave_all_groups(self.db.pool(), account_id).await?;
+        Ok(anonymised)
+    }
+}
+
+impl FromRef<ChatState> for Authenticator {
+    fn from_ref(state: &ChatState) -> Self {
+        state.auth.clone()
+    }
+}
+
+impl FromRef<ChatState> for AdminKey {
+    fn from_ref(state: &ChatState) -> Self {
+        state.admin_key.clone()
+    }
+}
+
+/// The chat router.
+pub fn router(state: ChatState) -> Router {
+    api::routes().with_state(state)
+}
+
+/// What chat consumes: `account.deleted` anonymises that player's messages.
+pub fn subscriptions(state: ChatState) -> Vec<platform::events::Subscription> {
+    let erase = platform::events::handler(move |event| {
+        let state = state.clone();
+        async move {
+            let account_id = event.payload["account_id"].as_str().ok_or_else(|| anyhow::anyhow!("account.deleted without account_id"))?;
+            let messages = state.erase_player(account_id).await?;
+            tracing::info!(account_id, messages, "anonymised a deleted player's messages");
+            Ok(())
+        }
+    });
+    vec![platform::events::Subscription { consumer: "chat", event_types: &["account.deleted"], handler: erase }]
+}
+
+/// The OpenAPI description of the chat API.
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        ws::socket, api::create_group, api::show_group, api::add_member, api::remove_member, api::history, api::presence,
+        api::moderate, api::admin_sanction, api::report
+    ),
+    components(schemas(
+        api::MessageView, api::CreateGroup, api::GroupView, api::MemberView, api::AddMember, api::HistoryPage,
+        api::PresenceView, api::PresentPlayer, api::Sanction, api::Report, platform::error::ErrorBody
+    )),
+    tags((name = "chat", description = "Channels, history, moderation"))
+)]
+pub struct ApiDoc;

@@ -1,0 +1,224 @@
+//! Every SQL statement of the chat service, one text for both dialects.
+
+use anyhow::Context;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Executor, Row};
+
+/// A stored message.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    /// UUIDv7.
+    pub id: String,
+    /// Channel id.
+    pub channel_id: String,
+    /// `None` once the sender's account was deleted.
+    pub sender_id: Option<String>,
+    /// Name shown.
+    pub sender_name: String,
+    /// Text.
+    pub body: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+fn message(row: &AnyRow) -> Result<MessageRow, sqlx::Error> {
+    Ok(MessageRow {
+        id: row.try_get("id")?,
+        channel_id: row.try_get("channel_id")?,
+        sender_id: row.try_get("sender_id")?,
+        sender_name: row.try_get("sender_name")?,
+        body: row.try_get("body")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Stores a message.
+pub async fn insert_message<'e>(db: impl Executor<'e, Database = Any>, m: &MessageRow) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO chat_messages (id, channel_id, sender_id, sender_name, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&m.id)
+        .bind(&m.channel_id)
+        .bind(&m.sender_id)
+        .bind(&m.sender_name)
+        .bind(&m.body)
+        .bind(m.created_at)
+        .execute(db)
+        .await
+        .context("storing message")?;
+    Ok(())
+}
+
+/// A message by id.
+pub async fn message_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<Option<MessageRow>> {
+    let row = sqlx::query("SELECT id, channel_id, sender_id, sender_name, body, created_at FROM chat_messages WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .context("loading message")?;
+    row.as_ref().map(message).transpose().context("decoding message")
+}
+
+/// Up to `limit` messages of a channel older than `before` (a message id), newest first.
+pub async fn history<'e>(
+    db: impl Executor<'e, Database = Any>,
+    channel: &str,
+    before: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<MessageRow>> {
+    let rows = sqlx::query(
+        "SELECT id, channel_id, sender_id, sender_name, body, created_at FROM chat_messages \
+         WHERE channel_id = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+    )
+    .bind(channel)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+    .context("reading history")?;
+    rows.iter().map(|r| message(r).context("decoding message")).collect()
+}
+
+/// Anonymises every message of `account_id` (erasure): the text stays for the conversation, the
+/// author goes.
+pub async fn anonymise_sender<'e>(db: impl Executor<'e, Database = Any>, account_id: &str) -> anyhow::Result<u64> {
+    let done = sqlx::query("UPDATE chat_messages SET sender_id = NULL, sender_name = 'deleted player' WHERE sender_id = $1")
+        .bind(account_id)
+        .execute(db)
+        .await
+        .context("anonymising messages")?;
+    Ok(done.rows_affected())
+}
+
+/// Creates a group with its owner as first member.
+pub async fn insert_group(conn: &mut sqlx::AnyConnection, id: &str, name: &str, owner: &str, now: i64) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO chat_groups (id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(name)
+        .bind(owner)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .context("creating group")?;
+    set_member(&mut *conn, id, owner, "owner", now).await
+}
+
+/// A group's name and owner.
+pub async fn group<'e>(db: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<Option<(String, String, i64)>> {
+    let row = sqlx::query("SELECT name, owner_id, created_at FROM chat_groups WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .context("loading group")?;
+    row.map(|r| Ok((r.try_get("name")?, r.try_get("owner_id")?, r.try_get("created_at")?))).transpose()
+}
+
+/// Adds a member or changes their role.
+pub async fn set_member<'e>(db: impl Executor<'e, Database = Any>, group: &str, account: &str, role: &str, now: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO chat_group_members (group_id, account_id, role, joined_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (group_id, account_id) DO UPDATE SET role = excluded.role",
+    )
+    .bind(group)
+    .bind(account)
+    .bind(role)
+    .bind(now)
+    .execute(db)
+    .await
+    .context("adding member")?;
+    Ok(())
+}
+
+/// Removes a member; false when they were not one.
+pub async fn remove_member<'e>(db: impl Executor<'e, Database = Any>, group: &str, account: &str) -> anyhow::Result<bool> {
+    let done = sqlx::query("DELETE FROM chat_group_members WHERE group_id = $1 AND account_id = $2")
+        .bind(group)
+        .bind(account)
+        .execute(db)
+        .await
+        .context("removing member")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The member's role in the group, if a member.
+pub async fn role<'e>(db: impl Executor<'e, Database = Any>, group: &str, account: &str) -> anyhow::Result<Option<String>> {
+    sqlx::query_scalar("SELECT role FROM chat_group_members WHERE group_id = $1 AND account_id = $2")
+        .bind(group)
+        .bind(account)
+        .fetch_optional(db)
+        .await
+        .context("loading membership")
+}
+
+/// The members of a group with their roles, at most `limit`.
+pub async fn members<'e>(db: impl Executor<'e, Database = Any>, group: &str, limit: i64) -> anyhow::Result<Vec<(String, String)>> {
+    let rows = sqlx::query("SELECT account_id, role FROM chat_group_members WHERE group_id = $1 ORDER BY joined_at, account_id LIMIT $2")
+        .bind(group)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+        .context("listing members")?;
+    rows.iter().map(|r| Ok((r.try_get("account_id")?, r.try_get("role")?))).collect()
+}
+
+/// How many members a group has.
+pub async fn member_count<'e>(db: impl Executor<'e, Database = Any>, group: &str) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM chat_group_members WHERE group_id = $1")
+        .bind(group)
+        .fetch_one(db)
+        .await
+        .context("counting members")
+}
+
+/// Removes the account from every group (erasure).
+pub async fn leave_all_groups<'e>(db: impl Executor<'e, Database = Any>, account: &str) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM chat_group_members WHERE account_id = $1").bind(account).execute(db).await.context("leaving groups")?;
+    Ok(())
+}
+
+/// A mute or ban.
+pub struct SanctionRow<'a> {
+    /// Who.
+    pub account_id: &'a str,
+    /// `global` or a channel id.
+    pub scope: &'a str,
+    /// `mute` or `ban`.
+    pub kind: &'a str,
+    /// Unix ms; `None` for good.
+    pub until: Option<i64>,
+    /// Why.
+    pub reason: Option<&'a str>,
+    /// Who decided (an account id, or `server`).
+    pub by: &'a str,
+}
+
+/// Records a mute or ban (replacing one of the same kind and scope).
+pub async fn sanction<'e>(db: impl Executor<'e, Database = Any>, s: &SanctionRow<'_>, now: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO chat_sanctions (account_id, scope, kind, until, reason, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (account_id, scope, kind) DO UPDATE SET until = excluded.until, reason = excluded.reason, \
+         created_by = excluded.created_by, created_at = excluded.created_at",
+    )
+    .bind(s.account_id)
+    .bind(s.scope)
+    .bind(s.kind)
+    .bind(s.until)
+    .bind(s.reason)
+    .bind(s.by)
+    .bind(now)
+    .execute(db)
+    .await
+    .context("recording sanction")?;
+    Ok(())
+}
+
+/// The kinds of sanction in force on `account` in `channel` (or everywhere).
+pub async fn sanctions<'e>(db: impl Executor<'e, Database = Any>, account: &str, channel: &str, now: i64) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT kind FROM chat_sanctions WHERE account_id = $1 AND (scope = 'global' OR scope = $2) AND (until IS NULL OR until > $3)",
+    )
+    .bind(account)
+    .bind(channel)
+    .bind(now)
+    .fetch_all(db)
+    .await
+    .context("loading sanctions")
+}
