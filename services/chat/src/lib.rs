@@ -47,6 +47,8 @@ pub struct ChatState {
     pub send_limit: SendLimit,
     /// Sockets close with going-away when it stops.
     pub shutdown: Shutdown,
+    /// Open sockets, so that shutdown waits for their close frames to go out.
+    pub sockets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ChatState {
@@ -57,12 +59,17 @@ impl ChatState {
             Some(redis) => Presence::Redis(redis.clone(), hub.clone()),
             None => Presence::Memory(hub.clone()),
         };
-        ChatState { db, cache, hub, presence, auth, admin_key, send_limit, shutdown }
+        ChatState { db, cache, hub, presence, auth, admin_key, send_limit, shutdown, sockets: Default::default() }
     }
 
-    /// Background work: the Redis fan-out and the presence refresh, until shutdown.
+    /// Background work: the Redis fan-out and the presence refresh, until shutdown; then waits
+    /// (up to 5 s) for every socket to have sent its going-away close.
     pub async fn run(self) {
         tokio::join!(self.hub.clone().run(self.shutdown.clone()), self.presence.clone().run(self.shutdown.clone()));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.sockets.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Anonymises a deleted player's messages and removes them from groups.

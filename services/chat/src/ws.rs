@@ -123,7 +123,24 @@ struct Session {
     kick: CancellationToken,
 }
 
+/// Counts a socket as open for as long as it lives.
+struct Open(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Open {
+    fn new(counter: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Open(counter.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn connection(state: ChatState, mut socket: WebSocket, header_token: Option<String>) {
+    let _open = Open::new(&state.sockets);
     let Some(player) = authenticate(&state, &mut socket, header_token).await else {
         close(&mut socket, 1008, "authentication required").await;
         return;
