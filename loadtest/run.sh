@@ -5,16 +5,20 @@
 #   CONCURRENCY=50 DURATION=10 WARMUP=2 PLAYERS=1000 loadtest/run.sh submit,rank,me
 #
 # Builds the release binaries, starts a throwaway PostgreSQL (durable settings) and Redis on free
-# loopback ports (scripts/servers.sh), serves guildhall against them with the sign-in rate limit
-# lifted and a random admin key, drives each scenario with guildhall-bench, then runs
+# loopback ports and serves guildhall against them with the sign-in rate limit lifted and a random
+# admin key (loadtest/lib.sh), drives each scenario with guildhall-bench, then runs
 # redis-benchmark (ZADD of random members, and ZREVRANK on a filled sorted set) against the same
 # Redis with the same concurrency. The summary gives each leaderboard scenario's throughput as a
 # share of its Redis baseline (submit: ZADD, rank: ZREVRANK) against the issue's targets. Everything
-# it starts is stopped and removed at exit.
+# it starts is stopped and removed at exit. The chat scenario has its own script, loadtest/chat.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCENARIOS=${1:-submit,rank}
+if [[ ",$SCENARIOS," == *,chat,* ]]; then
+  echo "run.sh: chat runs over two instances with its own settings: use loadtest/chat.sh" >&2
+  exit 2
+fi
 CONCURRENCY=${CONCURRENCY:-50}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -35,51 +39,12 @@ ADMIN_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 
 cargo build --release -p guildhall -p guildhall-bench
 
-# shellcheck source=../scripts/servers.sh
-source scripts/servers.sh
-start_servers durable
+# shellcheck source=lib.sh
+source loadtest/lib.sh
+start_stack
+GUILDHALL_ADMIN_KEY="$ADMIN_KEY" start_guildhall main
+BASE=$GUILDHALL_BASE
 
-GUILDHALL_PID=
-cleanup() {
-  if [[ -n "$GUILDHALL_PID" ]]; then
-    kill "$GUILDHALL_PID" 2>/dev/null || true
-    wait "$GUILDHALL_PID" 2>/dev/null || true
-  fi
-  stop_servers
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-"$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U guildhall bench
-
-GUILDHALL_PORT=$(free_port)
-BASE="http://127.0.0.1:$GUILDHALL_PORT"
-mkdir -p "$SERVERS_DIR/guildhall-data"
-DATABASE_URL="postgres://guildhall@127.0.0.1:$PG_PORT/bench" \
-REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
-LISTEN_ADDR="127.0.0.1:$GUILDHALL_PORT" \
-DATA_DIR="$SERVERS_DIR/guildhall-data" \
-RUST_LOG=warn \
-RATE_LIMIT_AUTH_PER_IP_PER_MINUTE=100000000 \
-GUILDHALL_ADMIN_KEY="$ADMIN_KEY" \
-  target/release/guildhall serve >"$SERVERS_DIR/guildhall.log" 2>&1 &
-GUILDHALL_PID=$!
-
-for _ in $(seq 300); do
-  if ! kill -0 "$GUILDHALL_PID" 2>/dev/null; then
-    echo "run.sh: guildhall exited during start-up:" >&2
-    cat "$SERVERS_DIR/guildhall.log" >&2
-    exit 1
-  fi
-  curl -fsS -o /dev/null "$BASE/health/ready" 2>/dev/null && break
-  sleep 0.1
-done
-curl -fsS -o /dev/null "$BASE/health/ready" || { echo "run.sh: guildhall not ready after 30 s" >&2; cat "$SERVERS_DIR/guildhall.log" >&2; exit 1; }
-echo "run.sh: guildhall on $BASE (PostgreSQL database bench, Redis $REDIS_PORT)"
-
-# One field of a guildhall-bench JSON line.
-field() { python3 -c 'import json, sys; print(json.loads(sys.stdin.read())[sys.argv[1]])' "$1"; }
 # Runs redis-benchmark --csv with the arguments against the Redis, echoes its result, and sets
 # REDIS_RPS_NOW, REDIS_P50_NOW and REDIS_P99_NOW. Its CSV is a header and one row:
 # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"

@@ -1,11 +1,18 @@
-//! `guildhall-bench`: a closed-loop HTTP load generator for Guildhall.
+//! `guildhall-bench`: a load generator for Guildhall.
 //!
-//! A fixed number of workers each send a request as soon as the previous one answered (so the
-//! offered load adapts to the server, as real clients on a connection do), for a warm-up and then a
-//! measured duration. Every measured request's latency is kept; the [`report::Report`] gives
-//! requests/s, errors and latency percentiles. What is sent is a [`scenario::Scenario`].
+//! The request/response scenarios run a closed loop: a fixed number of workers each send a request
+//! as soon as the previous one answered (so the offered load adapts to the server, as real clients
+//! on a connection do), for a warm-up and then a measured duration. Every measured request's
+//! latency is kept; the [`report::Report`] gives requests/s, errors and latency percentiles. What is
+//! sent is a [`scenario::Scenario`].
+//!
+//! The `chat` scenario ([`chat`]) holds thousands of WebSockets in rooms instead, sends messages at
+//! a fixed rate and measures how long each takes to reach the room's other members, and how much
+//! memory the servers hold per connection.
 
+pub mod chat;
 pub mod drive;
+pub mod memory;
 pub mod options;
 pub mod report;
 pub mod scenario;
@@ -15,11 +22,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use options::Options;
-use report::Report;
+use report::Summary;
 use scenario::Setup;
 
 /// Runs the scenario `options` name against the server and reports what was measured.
-pub async fn run(options: &Options) -> anyhow::Result<Report> {
+pub async fn run(options: &Options) -> anyhow::Result<Summary> {
     let entry = scenario::find(&options.scenario).with_context(|| format!("unknown scenario {:?}", options.scenario))?;
     // One client for the whole run: its pool keeps one connection per worker alive, so the load
     // is requests, not TCP handshakes.

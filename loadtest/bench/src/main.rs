@@ -6,7 +6,7 @@ use guildhall_bench::options::{Command, Options, usage};
 
 fn main() -> ExitCode {
     let options: Options = match Command::parse(std::env::args().skip(1), |name| std::env::var(name).ok()) {
-        Ok(Command::Run(options)) => options,
+        Ok(Command::Run(options)) => *options,
         Ok(Command::Help) => {
             print!("{}", usage());
             return ExitCode::SUCCESS;

@@ -11,8 +11,8 @@ use crate::scenario;
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Command {
-    /// Run a scenario with these options.
-    Run(Options),
+    /// Run a scenario with these options (boxed: they are large beside `Help`).
+    Run(Box<Options>),
     /// Print [`usage`] and exit.
     Help,
 }
@@ -38,6 +38,18 @@ pub struct Options {
     pub max_requests: u64,
     /// The server key, for scenarios that create their leaderboard through the admin API.
     pub admin_key: Option<AdminKey>,
+    /// Chat: the instances the clients connect to, taken in turn (client `i` to `bases[i % len]`);
+    /// `[base]` unless `--bases` is given.
+    pub bases: Vec<String>,
+    /// Chat: the process id of each of `bases`' servers, in the same order, whose resident memory
+    /// the run reads before the sockets open and once they have joined; empty for none.
+    pub pids: Vec<u32>,
+    /// Chat: WebSocket clients, one guest player each.
+    pub clients: usize,
+    /// Chat: members per room.
+    pub room_size: usize,
+    /// Chat: messages each client sends per second.
+    pub rate: f64,
 }
 
 /// The environment variable `--admin-key` falls back to: the one the server reads its key from.
@@ -77,6 +89,11 @@ impl Default for Options {
             timeout: Duration::from_secs(10),
             max_requests: 10_000_000,
             admin_key: None,
+            bases: Vec::new(),
+            pids: Vec::new(),
+            clients: 5000,
+            room_size: 50,
+            rate: 0.2,
         }
     }
 }
@@ -89,7 +106,8 @@ pub fn usage() -> String {
          \n\
          Closed-loop HTTP load: N workers each send a request as soon as the previous one answered,\n\
          for a warm-up and then a measured duration; prints requests/s, errors and latency percentiles\n\
-         as a readable block and as one JSON line.\n\
+         as a readable block and as one JSON line. The chat scenario instead holds --clients WebSockets\n\
+         in rooms, sends messages at a fixed rate and measures their delivery to the other members.\n\
          \n\
          options:\n  \
            --base URL          server base URL (default {base})\n  \
@@ -104,6 +122,14 @@ pub fn usage() -> String {
                                (default: the environment variable {admin_key_env})\n  \
            -h, --help          this text\n\
          \n\
+         chat options (--concurrency bounds the sign-ins in flight; --max-requests the messages sent;\n\
+         --timeout each setup step, and how long deliveries are awaited after the last send):\n  \
+           --clients N         WebSocket clients, one guest player each (default {clients})\n  \
+           --bases URL,URL     instances the clients connect to in turn (default: --base)\n  \
+           --room-size K       members per room, spread over the instances (default {room_size})\n  \
+           --rate R            messages per second each client sends (default {rate})\n  \
+           --pids PID,PID      the instances' process ids, as --bases: report their memory per connection\n\
+         \n\
          scenarios:\n",
         base = defaults.base,
         scenario = defaults.scenario,
@@ -114,6 +140,9 @@ pub fn usage() -> String {
         timeout = defaults.timeout.as_secs_f64(),
         max_requests = defaults.max_requests,
         admin_key_env = ADMIN_KEY_ENV,
+        clients = defaults.clients,
+        room_size = defaults.room_size,
+        rate = defaults.rate,
     );
     for entry in scenario::SCENARIOS {
         text.push_str(&format!("  {:<18}  {}\n", entry.name, entry.about));
@@ -149,6 +178,11 @@ impl Command {
                 "--timeout" => options.timeout = seconds(&name, &value()?)?,
                 "--max-requests" => options.max_requests = number(&name, &value()?)?,
                 "--admin-key" => options.admin_key = Some(AdminKey::new(value()?)),
+                "--bases" => options.bases = list(&value()?).map(|base| base.trim_end_matches('/').to_owned()).collect(),
+                "--pids" => options.pids = list(&value()?).map(|pid| number(&name, pid)).collect::<anyhow::Result<_>>()?,
+                "--clients" => options.clients = number(&name, &value()?)?,
+                "--room-size" => options.room_size = number(&name, &value()?)?,
+                "--rate" => options.rate = decimal(&name, &value()?)?,
                 other => bail!("unknown argument {other:?} (try --help)"),
             }
         }
@@ -156,8 +190,11 @@ impl Command {
             // An empty variable (`GUILDHALL_ADMIN_KEY= ...`) counts as unset, as it does for the server.
             options.admin_key = env(ADMIN_KEY_ENV).filter(|key| !key.is_empty()).map(AdminKey::new);
         }
+        if options.bases.is_empty() {
+            options.bases = vec![options.base.clone()];
+        }
         options.check()?;
-        Ok(Self::Run(options))
+        Ok(Self::Run(Box::new(options)))
     }
 }
 
@@ -177,12 +214,36 @@ impl Options {
         ensure!(!self.timeout.is_zero(), "--timeout must be more than 0");
         ensure!(self.max_requests >= 1, "--max-requests must be at least 1");
         ensure!(self.admin_key.as_ref().is_none_or(|key| !key.expose().is_empty()), "--admin-key must not be empty");
+        ensure!(
+            !self.bases.is_empty() && self.bases.iter().all(|base| base.starts_with("http://")),
+            "--bases must be a comma-separated list of http:// URLs"
+        );
+        ensure!(
+            self.pids.is_empty() || self.pids.len() == self.bases.len(),
+            "--pids must give one process id per base ({} bases, {} pids)",
+            self.bases.len(),
+            self.pids.len()
+        );
+        // Each client is a socket in this process and one in a server; beyond this the machine's
+        // ports (about 28 000 per instance) and file limits run out anyway.
+        ensure!((1..=100_000).contains(&self.clients), "--clients must be 1 to 100000");
+        ensure!((2..=10_000).contains(&self.room_size), "--room-size must be 2 to 10000 (a message goes to the other members)");
+        ensure!(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 100.0, "--rate must be more than 0 and at most 100 messages/s");
         Ok(())
     }
 }
 
 fn number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
     value.parse().ok().with_context(|| format!("{name} must be a whole number, not {value:?}"))
+}
+
+fn decimal(name: &str, value: &str) -> anyhow::Result<f64> {
+    value.parse().ok().with_context(|| format!("{name} must be a number, not {value:?}"))
+}
+
+/// The non-empty items of a comma-separated list, trimmed.
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|item| !item.is_empty())
 }
 
 fn seconds(name: &str, value: &str) -> anyhow::Result<Duration> {
@@ -240,6 +301,41 @@ mod tests {
         assert!(parse(&["--admin-key", ""]).is_err());
         let Command::Run(options) = parse(&["--admin-key", "secret-key"]).expect("valid") else { panic!("expected a run") };
         assert!(!format!("{options:?}").contains("secret-key"), "Debug hides the key");
+    }
+
+    #[test]
+    fn chat_options() {
+        let Command::Run(options) = parse(&["--scenario", "chat"]).expect("valid") else { panic!("expected a run") };
+        assert_eq!((options.clients, options.room_size, options.rate), (5000, 50, 0.2));
+        assert_eq!(options.bases, ["http://127.0.0.1:8080"], "--base is the one instance by default");
+        assert!(options.pids.is_empty());
+
+        let Command::Run(options) = parse(&[
+            "--scenario=chat",
+            "--bases",
+            "http://127.0.0.1:1/, http://127.0.0.1:2",
+            "--pids=10,20",
+            "--clients",
+            "200",
+            "--room-size",
+            "4",
+            "--rate",
+            "2.5",
+        ])
+        .expect("valid") else {
+            panic!("expected a run")
+        };
+        assert_eq!(options.bases, ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert_eq!(options.pids, [10, 20]);
+        assert_eq!((options.clients, options.room_size, options.rate), (200, 4, 2.5));
+
+        assert!(parse(&["--bases", "http://a,https://b"]).is_err(), "plain HTTP only");
+        assert!(parse(&["--bases", "http://a,http://b", "--pids", "1"]).is_err(), "one pid per base");
+        assert!(parse(&["--pids", "one"]).is_err());
+        assert!(parse(&["--room-size", "1"]).is_err());
+        assert!(parse(&["--clients", "0"]).is_err());
+        assert!(parse(&["--rate", "0"]).is_err());
+        assert!(parse(&["--rate", "NaN"]).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::chat::ChatReport;
 use crate::options::Options;
 
 /// How many error bodies a report keeps (the first ones, in the order they were sent).
@@ -28,16 +29,9 @@ pub struct Report {
     pub errors: u64,
     /// `requests / elapsed_secs`, errors included.
     pub requests_per_sec: f64,
-    /// Latency percentiles (nearest rank) of every measured request, errors included, in ms.
-    pub p50_ms: f64,
-    /// See [`Report::p50_ms`].
-    pub p90_ms: f64,
-    /// See [`Report::p50_ms`].
-    pub p99_ms: f64,
-    /// The slowest measured request, in ms.
-    pub max_ms: f64,
-    /// The mean latency, in ms.
-    pub mean_ms: f64,
+    /// Latency of every measured request, errors included (flattened: `p50_ms`, ..., `mean_ms`).
+    #[serde(flatten)]
+    pub latency: Latency,
     /// Errors by HTTP status (`"429"`) or by failure (`"timeout"`, `"connect"`, `"transport"`).
     pub errors_by_kind: BTreeMap<String, u64>,
     /// The first few errors' statuses and bodies.
@@ -57,11 +51,8 @@ impl Report {
         error_samples: Vec<String>,
         hit_max_requests: bool,
     ) -> Self {
-        latencies_ns.sort_unstable();
         let requests = latencies_ns.len() as u64;
         let elapsed_secs = elapsed.as_secs_f64();
-        let ms = |ns: u64| ns as f64 / 1e6;
-        let mean_ns = latencies_ns.iter().sum::<u64>().checked_div(requests).unwrap_or(0);
         Self {
             scenario: scenario.to_owned(),
             concurrency: options.concurrency,
@@ -70,11 +61,7 @@ impl Report {
             requests,
             errors: errors_by_kind.values().sum(),
             requests_per_sec: if elapsed_secs > 0.0 { requests as f64 / elapsed_secs } else { 0.0 },
-            p50_ms: ms(percentile(&latencies_ns, 0.50)),
-            p90_ms: ms(percentile(&latencies_ns, 0.90)),
-            p99_ms: ms(percentile(&latencies_ns, 0.99)),
-            max_ms: ms(latencies_ns.last().copied().unwrap_or(0)),
-            mean_ms: ms(mean_ns),
+            latency: Latency::of(&mut latencies_ns),
             errors_by_kind,
             error_samples,
             hit_max_requests,
@@ -84,6 +71,77 @@ impl Report {
     /// The report as one line of JSON.
     pub fn json(&self) -> serde_json::Result<String> {
         serde_json::to_string(self)
+    }
+}
+
+/// Latency percentiles (nearest rank), maximum and mean of a set of measurements, in ms.
+/// Serialised with these names (`p50_ms`, ...), which scripts read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Latency {
+    /// Half the measurements took at most this long.
+    pub p50_ms: f64,
+    /// See [`Latency::p50_ms`].
+    pub p90_ms: f64,
+    /// See [`Latency::p50_ms`].
+    pub p99_ms: f64,
+    /// The slowest measurement.
+    pub max_ms: f64,
+    /// The mean.
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    /// Summarises `latencies_ns` (nanoseconds, any order; sorted in place). All zero for none.
+    pub fn of(latencies_ns: &mut [u64]) -> Self {
+        latencies_ns.sort_unstable();
+        let ms = |ns: u64| ns as f64 / 1e6;
+        // Summed in u128: half a million deliveries of a few seconds each overflow no u64, but a
+        // long run of slow ones could.
+        let sum: u128 = latencies_ns.iter().map(|&ns| u128::from(ns)).sum();
+        let mean_ns = sum.checked_div(latencies_ns.len() as u128).map_or(0, |mean| u64::try_from(mean).unwrap_or(u64::MAX));
+        Self {
+            p50_ms: ms(percentile(latencies_ns, 0.50)),
+            p90_ms: ms(percentile(latencies_ns, 0.90)),
+            p99_ms: ms(percentile(latencies_ns, 0.99)),
+            max_ms: ms(latencies_ns.last().copied().unwrap_or(0)),
+            mean_ms: ms(mean_ns),
+        }
+    }
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  (mean {:.2})",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms, self.mean_ms
+        )
+    }
+}
+
+/// What a run reports, whichever driver ran it: printed as a block, then as one JSON line.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Summary {
+    /// A closed-loop HTTP scenario's.
+    Requests(Report),
+    /// The chat scenario's.
+    Chat(ChatReport),
+}
+
+impl Summary {
+    /// The summary as one line of JSON.
+    pub fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Summary::Requests(report) => report.fmt(f),
+            Summary::Chat(report) => report.fmt(f),
+        }
     }
 }
 
@@ -110,11 +168,7 @@ impl fmt::Display for Report {
         for sample in &self.error_samples {
             writeln!(f, "  error       {sample}")?;
         }
-        write!(
-            f,
-            "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}  (mean {:.2})",
-            self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms, self.mean_ms
-        )?;
+        write!(f, "latency ms    {}", self.latency)?;
         if self.hit_max_requests {
             write!(f, "\nnote          --max-requests ended the run before --duration")?;
         }
@@ -152,10 +206,20 @@ mod tests {
         assert_eq!(report.requests, 4);
         assert_eq!(report.errors, 1);
         assert!((report.requests_per_sec - 2.0).abs() < 1e-9);
-        assert!((report.p50_ms - 2.0).abs() < 1e-9);
-        assert!((report.max_ms - 4.0).abs() < 1e-9);
-        assert!((report.mean_ms - 2.5).abs() < 1e-9);
+        assert!((report.latency.p50_ms - 2.0).abs() < 1e-9);
+        assert!((report.latency.max_ms - 4.0).abs() < 1e-9);
+        assert!((report.latency.mean_ms - 2.5).abs() < 1e-9);
         let json: serde_json::Value = serde_json::from_str(&report.json().expect("serialises")).expect("valid JSON");
         assert_eq!(json["requests_per_sec"], 2.0);
+        // The keys run.sh reads stay at the top level.
+        assert_eq!(json["p50_ms"], 2.0);
+        assert_eq!(json["p99_ms"], 4.0);
+        let summary: serde_json::Value = serde_json::from_str(&Summary::Requests(report).json().expect("serialises")).expect("valid JSON");
+        assert_eq!(summary, json, "a summary serialises as the report it holds");
+    }
+
+    #[test]
+    fn latency_of_nothing_is_zero() {
+        assert_eq!(Latency::of(&mut []), Latency::default());
     }
 }

@@ -1,8 +1,10 @@
-//! Scenarios: what a run sends. A scenario is a setup step (untimed: sign players in, fill boards)
-//! and a per-request function that the driver sends and times.
+//! Scenarios: what a run sends. A request/response scenario is a setup step (untimed: sign players
+//! in, fill boards) and a per-request function that the closed-loop driver ([`crate::drive`]) sends
+//! and times. `chat` is not request/response (messages are pushed to the other members of a room),
+//! so its entry runs its own driver, [`crate::chat`].
 //!
-//! To add one: write a type implementing [`Scenario`] in a module here and list it in
-//! [`SCENARIOS`]. Nothing else changes.
+//! To add a request/response scenario: write a type implementing [`Scenario`] in a module here and
+//! list it in [`SCENARIOS`]. Nothing else changes.
 
 mod leaderboard;
 mod login_guest;
@@ -28,10 +30,10 @@ pub use rank::Rank;
 pub use submit::Submit;
 
 use crate::options::{ADMIN_KEY_ENV, AdminKey, Options};
-use crate::report::Report;
+use crate::report::Summary;
 
 /// Every scenario the tool knows, by name.
-pub const SCENARIOS: &[Entry] = &[entry::<Me>(), entry::<LoginGuest>(), entry::<Submit>(), entry::<Rank>()];
+pub const SCENARIOS: &[Entry] = &[entry::<Me>(), entry::<LoginGuest>(), entry::<Submit>(), entry::<Rank>(), crate::chat::ENTRY];
 
 /// One load pattern against Guildhall.
 pub trait Scenario: Sized + Send + Sync + 'static {
@@ -93,19 +95,20 @@ pub struct Entry {
     pub name: &'static str,
     /// [`Scenario::ABOUT`].
     pub about: &'static str,
-    /// Sets the scenario up and drives the load: [`crate::drive::drive`] for its type.
+    /// Sets the scenario up and drives the load: [`crate::drive::drive`] for a [`Scenario`] type,
+    /// [`crate::chat::run`] for chat.
     pub run: for<'a> fn(&'a Options, Setup) -> Running<'a>,
 }
 
 /// A scenario's run in progress, as [`Entry::run`] starts it.
-pub type Running<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Report>> + 'a>>;
+pub type Running<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Summary>> + 'a>>;
 
 const fn entry<S: Scenario>() -> Entry {
     Entry { name: S::NAME, about: S::ABOUT, run: run::<S> }
 }
 
 fn run<S: Scenario>(options: &Options, setup: Setup) -> Running<'_> {
-    Box::pin(crate::drive::drive::<S>(options, setup))
+    Box::pin(async move { crate::drive::drive::<S>(options, setup).await.map(Summary::Requests) })
 }
 
 /// The scenario called `name`, if there is one.
