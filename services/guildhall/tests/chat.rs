@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Api, Backend, Chat, Process, TestApp, TestEnv};
+use common::{ADMIN_KEY, Api, Backend, Chat, TestApp, guest, two_processes};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -17,21 +17,11 @@ on_both_backends!(
     bad_frames_get_errors_and_the_connection_stays,
 );
 
-const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
-
 async fn start(backend: Backend, burst: u32) -> TestApp {
     TestApp::start_with(backend, |env| {
         env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY).set("CHAT_SEND_BURST", burst.to_string()).set("CHAT_SEND_PER_SECOND", "1");
     })
     .await
-}
-
-/// A guest player: (account id, access token).
-async fn guest(api: &Api, device: &str) -> (String, String) {
-    let pair = api.post("/v1/auth/guest", None, json!({"device_id": format!("device-{device}")})).await.expect(201);
-    let token = pair.body["access_token"].as_str().expect("token").to_owned();
-    let me = api.get("/v1/accounts/me", Some(&token)).await.expect(200);
-    (me.body["id"].as_str().expect("id").to_owned(), token)
 }
 
 fn dm(a: &str, b: &str) -> String {
@@ -290,10 +280,10 @@ async fn two_processes_share_channels_and_presence() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let mut env = TestEnv::new(Backend::Real).await.expect("env");
-    env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY).set("CHAT_SEND_BURST", "100");
-    let mut a = Process::start(&env).await;
-    let b = Process::start(&env).await;
+    let (_env, mut a, b) = two_processes(|env| {
+        env.set("CHAT_SEND_BURST", "100");
+    })
+    .await;
     let (ana_id, ana_token) = guest(&a, "ana").await;
     let (bob_id, bob_token) = guest(&b, "bob").await;
     let mut ana = Chat::connect(&a.base, &ana_token).await;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Api, Backend, TestApp};
+use common::{ADMIN_KEY, Api, Backend, TestApp, guest};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -17,8 +17,6 @@ on_both_backends!(
     a_deleted_account_leaves_every_board,
 );
 
-const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
-
 async fn start(backend: Backend) -> TestApp {
     TestApp::start_with(backend, |env| {
         env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
@@ -28,14 +26,6 @@ async fn start(backend: Backend) -> TestApp {
 
 async fn create_board(api: &Api, body: Value) -> Value {
     api.post("/v1/admin/leaderboards", Some(ADMIN_KEY), body).await.expect(201).body
-}
-
-/// A guest player (no password hashing, so tests can make many): (account id, access token).
-async fn guest(api: &Api, device: &str) -> (String, String) {
-    let pair = api.post("/v1/auth/guest", None, json!({"device_id": format!("device-{device}")})).await.expect(201);
-    let token = pair.body["access_token"].as_str().expect("token").to_owned();
-    let me = api.get("/v1/accounts/me", Some(&token)).await.expect(200);
-    (me.body["id"].as_str().expect("id").to_owned(), token)
 }
 
 async fn submit(api: &Api, board: &str, token: &str, body: Value) -> Value {

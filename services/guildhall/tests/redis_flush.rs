@@ -4,10 +4,8 @@
 
 mod common;
 
-use common::{Backend, Process, TestEnv};
+use common::{ADMIN_KEY, two_processes};
 use serde_json::{Value, json};
-
-const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 
 async fn everything(api: &common::Api) -> Vec<Value> {
     api.pages("/v1/leaderboards/flush/records?limit=100", ADMIN_KEY, "records").await
@@ -18,10 +16,7 @@ async fn flushall_then_ranks_are_identical_on_every_process() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let mut env = TestEnv::new(Backend::Real).await.expect("env");
-    env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
-    let a = Process::start(&env).await;
-    let b = Process::start(&env).await;
+    let (env, a, b) = two_processes(|_| {}).await;
     a.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "flush", "sort": "desc", "operator": "incr"})).await.expect(201);
     for i in 0..500 {
         let api = if i % 2 == 0 { &a } else { &b };

@@ -4,12 +4,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, Backend, Process, TestApp, TestEnv};
+use common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, two_processes};
 use serde_json::{Value, json};
 
 on_both_backends!(a_season_closes_on_schedule_and_is_archived, bad_schedules_are_refused);
-
-const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 
 async fn season_of(api: &Api, board: &str) -> i64 {
     api.get(&format!("/v1/leaderboards/{board}"), Some(ADMIN_KEY)).await.expect(200).body["season"]["number"].as_i64().expect("number")
@@ -124,10 +122,7 @@ async fn two_processes_close_each_season_once() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let mut env = TestEnv::new(Backend::Real).await.expect("env");
-    env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
-    let a = Process::start(&env).await;
-    let b = Process::start(&env).await;
+    let (env, a, b) = two_processes(|_| {}).await;
     fill_a_season(&a, "shared").await;
     // Let a few more seasons close with both closers racing.
     let live = season_of(&b, "shared").await;

@@ -40,6 +40,28 @@ macro_rules! on_both_backends {
     };
 }
 
+/// The server key the tests configure (`GUILDHALL_ADMIN_KEY`).
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+
+/// A guest player (no password hashing, so tests can make many): (account id, access token).
+pub async fn guest(api: &Api, device: &str) -> (String, String) {
+    let pair = api.post("/v1/auth/guest", None, json!({"device_id": format!("device-{device}")})).await.expect(201);
+    let token = pair.body["access_token"].as_str().expect("token").to_owned();
+    let me = api.get("/v1/accounts/me", Some(&token)).await.expect(200);
+    (me.body["id"].as_str().expect("id").to_owned(), token)
+}
+
+/// Two processes of the real binary on one fresh PostgreSQL database and Redis prefix, with the
+/// server key set and `adjust` applied to their environment.
+pub async fn two_processes(adjust: impl FnOnce(&mut TestEnv)) -> (TestEnv, Process, Process) {
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    adjust(&mut env);
+    let a = Process::start(&env).await;
+    let b = Process::start(&env).await;
+    (env, a, b)
+}
+
 /// A response: status, headers and the JSON body (Null when empty).
 #[derive(Debug)]
 pub struct Reply {
