@@ -388,16 +388,20 @@ pub async fn submit_score(
         None => None,
     };
 
-    // Most submissions to a `best` board do not beat the record. Check without a transaction
-    // first; only a submission that may change the record takes the row lock below (which checks
-    // again, so a concurrent change is never lost).
-    if board.operator == Operator::Best
-        && let Some(current) = store::load_record(state.db.pool(), &board.id, board.season, &owner_id, None).await?
-        && board.apply(Some((current.score, current.subscore)), req.score, req.subscore) == Ok(Outcome::Keep)
-    {
-        let rank =
-            when_ready!(state, board, state.index.upsert(Scope { board: &board.id, season: board.season }, &entry(&board, &current)));
-        return Ok(Json(record_of(current, rank)));
+    // Most submissions to a `best` board do not beat the record. Ask the index first; only a
+    // submission that may change the record goes to the database and takes the row lock below
+    // (which decides again, so a concurrent change is never lost).
+    if board.operator == Operator::Best {
+        board
+            .apply(None, req.score, req.subscore)
+            .map_err(|_| ApiError::invalid("score", "the score is outside this leaderboard's bounds"))?;
+        let candidate = board.sort_key(req.score, req.subscore, 0, &owner_id);
+        let scope = Scope { board: &board.id, season: board.season };
+        if let Some(kept) = when_ready!(state, board, state.index.unless_better(scope, &owner_id, &candidate[..32]))
+            && let Some(record) = state.record(&board, kept)
+        {
+            return Ok(Json(record));
+        }
     }
 
     // The database first: the record is durable before it is acknowledged or ranked.

@@ -95,6 +95,21 @@ impl RankIndex {
         }
     }
 
+    /// For a `best` board: the owner's entry and rank when the index already holds a record at
+    /// least as good as a submission whose sort key starts with `prefix` (score and subscore), so
+    /// the submission changes nothing. Sound even if the index lags the database: a `best`
+    /// record only improves, so the database holds something at least as good as the index.
+    /// `None` when the submission may improve the record (or there is none): go to the database.
+    pub async fn unless_better(&self, scope: Scope<'_>, owner_id: &str, prefix: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
+        match self {
+            RankIndex::Redis(r) => r.unless_better(scope, owner_id, prefix).await,
+            RankIndex::Memory(m) => Ok(m.with_ready(scope, |b| {
+                let current = b.owners.get(owner_id)?;
+                (current.key.get(..prefix.len()).unwrap_or(current.key.as_str()) <= prefix).then(|| b.rank_of(owner_id)).flatten()
+            })),
+        }
+    }
+
     /// Up to `limit` entries from the top, or from just after the sort key `after`.
     pub async fn page(&self, scope: Scope<'_>, after: Option<&str>, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
         match self {
@@ -336,6 +351,18 @@ local key = string.sub(current, string.find(current, ':', 1, true) + 1)
 return {key, redis.call('ZRANK', KEYS[1], key), redis.call('HGET', KEYS[3], ARGV[1])}
 ";
 
+/// KEYS: zset, owners, data, ready. ARGV: owner, prefix (the score and subscore part of a
+/// submission's sort key). Returns {} when not ready, {false} when the submission may be better
+/// (or there is no record), else {key, rank, data} of the record that stays.
+const UNLESS_BETTER: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 0 then return {} end
+local current = redis.call('HGET', KEYS[2], ARGV[1])
+if not current then return {false} end
+local key = string.sub(current, string.find(current, ':', 1, true) + 1)
+if string.sub(key, 1, #ARGV[2]) > ARGV[2] then return {false} end
+return {key, redis.call('ZRANK', KEYS[1], key), redis.call('HGET', KEYS[3], ARGV[1])}
+";
+
 /// KEYS: zset, owners, data, ready. ARGV: mode ('top', 'after', 'around'), cursor key or owner,
 /// limit. Returns {} when not ready, else {first rank (0-based), key, data, key, data, ...}.
 const PAGE: &str = r"
@@ -394,6 +421,7 @@ const INSTALL_BATCH: usize = 1000;
 /// Each script's SHA-1 is computed once, not on every call (it showed in profiles of the hot path).
 static UPSERT_SCRIPT: OnceLock<Script> = OnceLock::new();
 static RANK_OF_SCRIPT: OnceLock<Script> = OnceLock::new();
+static UNLESS_BETTER_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static REMOVE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static LOCK_SCRIPT: OnceLock<Script> = OnceLock::new();
@@ -448,6 +476,27 @@ impl RedisIndex {
             .invoke_async(&mut conn)
             .await
             .context("Redis leaderboard rank")?;
+        Self::ranked_reply(reply)
+    }
+
+    async fn unless_better(&self, scope: Scope<'_>, owner_id: &str, prefix: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
+        let k = keys(&self.redis, scope);
+        let mut conn = self.redis.connection();
+        let reply: Vec<Value> = script(&UNLESS_BETTER_SCRIPT, UNLESS_BETTER)
+            .key(&k.zset)
+            .key(&k.owners)
+            .key(&k.data)
+            .key(&k.ready)
+            .arg(owner_id)
+            .arg(prefix)
+            .invoke_async(&mut conn)
+            .await
+            .context("Redis leaderboard check")?;
+        Self::ranked_reply(reply)
+    }
+
+    /// Reads `{}` (not ready), `{false}` (none) or `{key, rank, data}`.
+    fn ranked_reply(reply: Vec<Value>) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
         match reply.as_slice() {
             [] => Ok(Err(NotReady)),
             [key, rank, data] => {
