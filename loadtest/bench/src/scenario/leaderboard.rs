@@ -42,9 +42,10 @@ pub fn board_id(setup: &Setup) -> String {
 }
 
 impl Board {
-    /// Creates this run's board (highest score first, each player's best kept) with the server key
-    /// and signs in the players; `scenario` names who needs the key if there is none.
-    pub async fn create(setup: &Setup, scenario: &str) -> anyhow::Result<Self> {
+    /// Creates this run's board (highest score first, combining scores by `operator`: `best`
+    /// keeps each player's best, `set` replaces it) with the server key and signs in the players;
+    /// `scenario` names who needs the key if there is none.
+    pub async fn create(setup: &Setup, scenario: &str, operator: &str) -> anyhow::Result<Self> {
         // Checked first, so a missing key fails before any player is created.
         let admin_key = setup.admin_key(scenario)?;
         let id = board_id(setup);
@@ -52,7 +53,7 @@ impl Board {
             .client
             .post(setup.url("/v1/admin/leaderboards"))
             .bearer_auth(admin_key.expose())
-            .json(&CreateBoard { id: &id, sort: "desc", operator: "best" })
+            .json(&CreateBoard { id: &id, sort: "desc", operator })
             .send()
             .await
             .with_context(|| format!("creating leaderboard {id}"))?;

@@ -11,6 +11,7 @@ mod login_guest;
 mod me;
 mod rank;
 mod submit;
+mod submit_set;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,12 +29,14 @@ pub use login_guest::LoginGuest;
 pub use me::Me;
 pub use rank::Rank;
 pub use submit::Submit;
+pub use submit_set::SubmitSet;
 
 use crate::options::{ADMIN_KEY_ENV, AdminKey, Options};
 use crate::report::Summary;
 
 /// Every scenario the tool knows, by name.
-pub const SCENARIOS: &[Entry] = &[entry::<Me>(), entry::<LoginGuest>(), entry::<Submit>(), entry::<Rank>(), crate::chat::ENTRY];
+pub const SCENARIOS: &[Entry] =
+    &[entry::<Me>(), entry::<LoginGuest>(), entry::<Submit>(), entry::<SubmitSet>(), entry::<Rank>(), crate::chat::ENTRY];
 
 /// One load pattern against Guildhall.
 pub trait Scenario: Sized + Send + Sync + 'static {

@@ -20,7 +20,7 @@ impl Scenario for Rank {
     const ABOUT: &'static str = "GET /v1/leaderboards/{board}/records/me as --players guests with a score each (needs --admin-key)";
 
     async fn setup(setup: &Setup) -> anyhow::Result<Self> {
-        let board = Board::create(setup, Self::NAME).await?;
+        let board = Board::create(setup, Self::NAME, "best").await?;
         eprintln!("{}: submitting one score per player...", Self::NAME);
         board.submit_one_each(setup).await?;
         Ok(Self { url: board.url(setup, "/records/me"), board })

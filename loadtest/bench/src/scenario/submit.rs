@@ -21,7 +21,7 @@ impl Scenario for Submit {
     const ABOUT: &'static str = "POST /v1/leaderboards/{board}/scores, random scores, as --players guests (needs --admin-key)";
 
     async fn setup(setup: &Setup) -> anyhow::Result<Self> {
-        let board = Board::create(setup, Self::NAME).await?;
+        let board = Board::create(setup, Self::NAME, "best").await?;
         Ok(Self { url: board.url(setup, "/scores"), board })
     }
 
