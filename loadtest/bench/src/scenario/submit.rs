@@ -8,8 +8,8 @@ use super::{Scenario, Setup};
 
 /// `POST /v1/leaderboards/{board}/scores` with a pseudo-random score in `0..1 000 000` as one of
 /// `--players` guests, round-robin, on a board of this run (`desc`, `best`) that setup creates with
-/// the server key. Each request locks the player's record row in the database, writes it when the
-/// score beats the record, and updates the rank index in Redis.
+/// the server key. A score that cannot beat the player's record is answered from the rank index in
+/// Redis; one that may goes to the database (row lock, write, commit) and then the index.
 #[derive(Debug)]
 pub struct Submit {
     url: String,
