@@ -261,6 +261,8 @@ impl Session {
             if self.joined.len() >= MAX_JOINS {
                 return Err(ApiError::invalid("channel", format!("a connection may be in {MAX_JOINS} channels at most")));
             }
+            // Each join fans a presence event out: joins get a bucket too, five times the sends'.
+            self.take_token("join", 5).await?;
             self.state.authorize(&self.player.account_id, &channel, false).await?;
             let member = Member {
                 account_id: self.player.account_id.clone(),
@@ -307,6 +309,17 @@ impl Session {
         }
     }
 
+    /// Takes a token from the player's `what` bucket (shared by every instance: a burst, then a
+    /// steady rate; `scale` times the send limit), or answers `rate_limited`.
+    async fn take_token(&self, what: &str, scale: u32) -> Result<(), ApiError> {
+        let limit = self.state.send_limit;
+        let key = format!("chat:{what}:{}", self.player.account_id);
+        match self.state.cache.take_token(&key, limit.burst.saturating_mul(scale), limit.per_second * f64::from(scale)).await? {
+            Some(retry_after) => Err(ApiError::RateLimited { retry_after }),
+            None => Ok(()),
+        }
+    }
+
     async fn send(&mut self, incoming: &Incoming) -> Result<serde_json::Value, ApiError> {
         let (channel, id) = Self::channel(incoming)?;
         self.joined(&id)?;
@@ -317,12 +330,7 @@ impl Session {
         if body.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
             return Err(ApiError::invalid("body", "body must not contain control characters"));
         }
-        // Per-player token bucket shared by every instance: a burst, then a steady rate.
-        let limit = self.state.send_limit;
-        let wait = self.state.cache.take_token(&format!("chat:send:{}", self.player.account_id), limit.burst, limit.per_second).await?;
-        if let Some(retry_after) = wait {
-            return Err(ApiError::RateLimited { retry_after });
-        }
+        self.take_token("send", 1).await?;
         // Membership and sanctions can change after a join: check them on every send.
         self.state.authorize(&self.player.account_id, &channel, true).await?;
         let row = MessageRow {
@@ -344,6 +352,8 @@ impl Session {
     async fn typing(&mut self, incoming: &Incoming) -> Result<serde_json::Value, ApiError> {
         let (_, id) = Self::channel(incoming)?;
         self.joined(&id)?;
+        // Typing events fan out like messages, so they are limited like them.
+        self.take_token("typing", 1).await?;
         let event = json!({"type": "typing", "channel": id, "account_id": self.player.account_id, "name": self.player.name});
         self.state.hub.publish(&id, &event.to_string(), Some(self.connection)).await?;
         Ok(json!({"channel": id}))

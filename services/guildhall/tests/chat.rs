@@ -132,6 +132,11 @@ async fn sends_are_rate_limited_and_muted_players_cannot_send(backend: Backend) 
     assert!(limited["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0 && ms <= 1000));
     // The connection stays and recovers once the bucket refills.
     assert_eq!(bob.request(json!({"type": "typing", "channel": "room:lfg-eu"})).await["type"], "ack");
+    // Typing events fan out like messages and have a bucket of their own.
+    for _ in 0..2 {
+        assert_eq!(bob.request(json!({"type": "typing", "channel": "room:lfg-eu"})).await["type"], "ack");
+    }
+    assert_eq!(bob.request(json!({"type": "typing", "channel": "room:lfg-eu"})).await["code"], "rate_limited");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let after = bob.send("room:lfg-eu", "patience").await;
     assert_eq!(after["type"], "ack", "{after}");
