@@ -11,7 +11,8 @@ use platform::auth::{AdminKey, Authenticator};
 use platform::cache::Cache;
 use platform::config::{CacheConfig, Config, DatabaseConfig, Service};
 use platform::db::Database;
-use platform::events::Relay;
+use platform::blobs::Blobs;
+use platform::events::{QueueConsumer, Queues, Relay};
 use platform::health::{self, HealthState};
 use platform::http::{self, HttpSettings};
 use platform::shutdown::Shutdown;
@@ -45,6 +46,7 @@ pub fn openapi(services: &[Service]) -> utoipa::openapi::OpenApi {
         match service {
             Service::Accounts => doc.merge(accounts::ApiDoc::openapi()),
             Service::Leaderboard => doc.merge(leaderboard::ApiDoc::openapi()),
+            Service::Uploads => doc.merge(uploads::ApiDoc::openapi()),
             Service::Chat => doc.merge(chat::ApiDoc::openapi()),
         }
     }
@@ -56,9 +58,24 @@ pub fn openapi(services: &[Service]) -> utoipa::openapi::OpenApi {
     doc
 }
 
+/// What a process does: serve the API (and, unless `RUN_EVENT_WORKERS=false`, deliver events),
+/// or deliver events only (`guildhall worker`, with health endpoints for the container).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `guildhall serve`.
+    Serve,
+    /// `guildhall worker`.
+    Worker,
+}
+
 impl App {
     /// Connects the backends the configuration names, migrates, and builds the router.
     pub async fn build(config: Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        Self::build_as(config, shutdown, Mode::Serve).await
+    }
+
+    /// Like `build`, for `mode`.
+    pub async fn build_as(config: Config, shutdown: Shutdown, mode: Mode) -> anyhow::Result<Self> {
         let db = Database::connect(&config.database).await?;
         if config.run_migrations {
             db.migrate().await?;
@@ -82,8 +99,10 @@ impl App {
                         limits: (&config.auth_rate_limits).into(),
                         refresh_ttl: config.tokens.refresh_ttl,
                     };
-                    workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));
-                    router = router.merge(accounts::router(state));
+                    if mode == Mode::Serve {
+                        workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));
+                        router = router.merge(accounts::router(state));
+                    }
                 }
                 Service::Leaderboard => {
                     let state = leaderboard::LeaderboardState {
@@ -93,24 +112,57 @@ impl App {
                         admin_key: admin_key.clone(),
                         boards: leaderboard::BoardCache::default(),
                     };
-                    workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
                     subscriptions.extend(leaderboard::subscriptions(state.clone()));
-                    router = router.merge(leaderboard::router(state));
+                    if mode == Mode::Serve {
+                        workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
+                        router = router.merge(leaderboard::router(state));
+                    }
+                }
+                Service::Uploads => {
+                    let state = uploads::UploadsState {
+                        db: db.clone(),
+                        blobs: Blobs::connect(&config).await?,
+                        auth: auth.clone(),
+                        limits: config.upload_limits.clone(),
+                        public_url: config.public_url.as_deref().map(Into::into),
+                        cdn_base_url: config.cdn_base_url.as_deref().map(Into::into),
+                    };
+                    subscriptions.extend(uploads::subscriptions(state.clone()));
+                    if mode == Mode::Serve {
+                        workers.push(tokio::spawn(uploads::run_workers(state.clone(), shutdown.clone())));
+                        router = router.merge(uploads::router(state));
+                    }
                 }
                 Service::Chat => {
                     let limit = chat::SendLimit { burst: config.chat_send_burst, per_second: config.chat_send_per_second };
                     let state = chat::ChatState::new(db.clone(), cache.clone(), auth.clone(), admin_key.clone(), limit, shutdown.clone());
-                    workers.push(tokio::spawn(state.clone().run()));
                     subscriptions.extend(chat::subscriptions(state.clone()));
-                    router = router.merge(chat::router(state));
+                    if mode == Mode::Serve {
+                        workers.push(tokio::spawn(state.clone().run()));
+                        router = router.merge(chat::router(state));
+                    }
                 }
             }
         }
-        if config.is_monolith() {
-            // Every consumer is in this process: deliver the outbox to them directly.
-            workers.push(tokio::spawn(Relay::new(db.clone(), subscriptions).run(shutdown.clone())));
-        } else {
-            tracing::warn!("events are delivered in process only when every service runs here; this process delivers none");
+        if mode == Mode::Worker || config.run_event_workers {
+            match Queues::connect(&config.queue, &config.aws).await {
+                Some(queues) => {
+                    // The relay sends every service's events (several relays share the outbox
+                    // through leases); the consumers read the queues of the services here.
+                    workers.push(tokio::spawn(Relay::sqs(db.clone(), queues.clone()).run(shutdown.clone())));
+                    for consumer in QueueConsumer::for_each_consumer(&db, &queues, &subscriptions) {
+                        tracing::info!(consumer = consumer.consumer(), queue = queues.url(consumer.consumer()), "consuming events from SQS");
+                        workers.push(tokio::spawn(consumer.run(shutdown.clone())));
+                    }
+                }
+                None if config.is_monolith() => {
+                    // Every consumer is in this process: deliver the outbox to them directly.
+                    workers.push(tokio::spawn(Relay::new(db.clone(), subscriptions).run(shutdown.clone())));
+                }
+                None => {
+                    tracing::warn!("events are delivered in process only when every service runs here; set QUEUE_URL to deliver them over SQS");
+                }
+            }
         }
         let doc = Arc::new(openapi(&config.services));
         router = router.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }));
@@ -135,6 +187,8 @@ impl App {
             services = services.join(","),
             database = describe_database(&self.config.database),
             cache = describe_cache(&self.config.cache),
+            blobs = describe_blobs(&self.config.blobs),
+            events = if matches!(self.config.queue, platform::config::QueueConfig::Sqs { .. }) { "sqs" } else { "in-process" },
             "listening"
         );
         let result = http::serve(listener, self.router, self.shutdown.clone(), self.config.shutdown_grace).await;
@@ -154,6 +208,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown.on_signal(config.shutdown_drain);
     let listener = TcpListener::bind(config.listen_addr).await.with_context(|| format!("binding {}", config.listen_addr))?;
     App::build(config, shutdown).await?.serve(listener).await
+}
+
+/// Runs the outbox relay and the queue consumers of `SERVICES` without the API, serving only the
+/// health endpoints, until SIGTERM or Ctrl-C.
+pub async fn run_worker(config: Config) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    shutdown.on_signal(config.shutdown_drain);
+    let listener = TcpListener::bind(config.listen_addr).await.with_context(|| format!("binding {}", config.listen_addr))?;
+    App::build_as(config, shutdown, Mode::Worker).await?.serve(listener).await
 }
 
 /// Applies the database migrations and exits.
@@ -189,6 +252,13 @@ fn describe_database(config: &DatabaseConfig) -> String {
     match config {
         DatabaseConfig::Postgres { .. } => "postgres".into(),
         DatabaseConfig::Sqlite { path } => format!("sqlite {}", path.display()),
+    }
+}
+
+fn describe_blobs(config: &platform::config::BlobConfig) -> String {
+    match config {
+        platform::config::BlobConfig::S3 { bucket, .. } => format!("s3 {bucket}"),
+        platform::config::BlobConfig::Local { dir } => format!("files {}", dir.display()),
     }
 }
 

@@ -9,8 +9,9 @@ use platform::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: guildhall [serve|migrate|healthcheck|openapi|version]\n\
+const USAGE: &str = "usage: guildhall [serve|worker|migrate|healthcheck|openapi|version]\n\
   serve    run the services (SERVICES picks a subset; default all)\n\
+  worker   deliver events only: the outbox relay and the queue consumers of SERVICES\n\
   migrate  apply database migrations and exit\n\
   healthcheck  exit 0 if the server on LISTEN_ADDR answers /health/live (container health check)\n\
   openapi  print the OpenAPI document and exit\n\
@@ -29,6 +30,7 @@ async fn main() -> std::process::ExitCode {
     platform::telemetry::init(config.log_format);
     let result = match command.as_str() {
         "serve" => guildhall::run(config).await,
+        "worker" => guildhall::run_worker(config).await,
         "migrate" => guildhall::migrate(&config).await,
         "healthcheck" => guildhall::healthcheck(&config).await,
         "openapi" => {

@@ -41,19 +41,22 @@ pub enum Service {
     Accounts,
     /// Boards, scores, ranks, seasons.
     Leaderboard,
+    /// Player and game assets in blob storage.
+    Uploads,
     /// Channels over WebSocket.
     Chat,
 }
 
 impl Service {
     /// Every service, in the order they are mounted.
-    pub const ALL: &'static [Service] = &[Service::Accounts, Service::Leaderboard, Service::Chat];
+    pub const ALL: &'static [Service] = &[Service::Accounts, Service::Leaderboard, Service::Uploads, Service::Chat];
 
     /// The name used in `SERVICES` and in logs.
     pub fn name(self) -> &'static str {
         match self {
             Service::Accounts => "accounts",
             Service::Leaderboard => "leaderboard",
+            Service::Uploads => "uploads",
             Service::Chat => "chat",
         }
     }
@@ -106,6 +109,74 @@ pub enum CacheConfig {
     },
     /// In process memory (embedded default).
     Memory,
+}
+
+/// Where uploaded files live.
+#[derive(Debug, Clone)]
+pub enum BlobConfig {
+    /// `s3://bucket/optional/prefix`: S3, with presigned URLs.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Prepended to every object key (empty, or ending in `/`).
+        prefix: String,
+    },
+    /// `file://path` (embedded default: `DATA_DIR/blobs`), served by Guildhall with signed URLs.
+    Local {
+        /// Folder of the files.
+        dir: PathBuf,
+    },
+}
+
+/// How events travel between services.
+#[derive(Debug, Clone)]
+pub enum QueueConfig {
+    /// SQS: one queue per consuming service. `url_template` is a queue URL containing
+    /// `{consumer}`, e.g. `https://sqs.eu-west-1.amazonaws.com/123456789012/guildhall-{consumer}`.
+    Sqs {
+        /// `QUEUE_URL`.
+        url_template: String,
+        /// `QUEUE_WAIT_SECS`: long-poll wait of a receive (0-20).
+        wait: Duration,
+        /// `QUEUE_VISIBILITY_SECS`: how long a received message stays hidden; a handler that
+        /// runs longer has it extended every half of this.
+        visibility: Duration,
+    },
+    /// In process, from the outbox straight to the consumers (embedded default; monolith only).
+    InProcess,
+}
+
+impl QueueConfig {
+    /// The queue URL of `consumer`.
+    pub fn queue_url(&self, consumer: &str) -> Option<String> {
+        match self {
+            QueueConfig::Sqs { url_template, .. } => Some(url_template.replace("{consumer}", consumer)),
+            QueueConfig::InProcess => None,
+        }
+    }
+}
+
+/// Where the AWS SDK sends its calls and as which region; credentials come from the SDK's
+/// default chain (environment, ECS task role, ...).
+#[derive(Debug, Clone, Default)]
+pub struct AwsConfig {
+    /// `AWS_ENDPOINT_URL`: an emulator (moto, LocalStack) instead of AWS.
+    pub endpoint_url: Option<String>,
+    /// `AWS_REGION`.
+    pub region: Option<String>,
+}
+
+/// Limits on uploads.
+#[derive(Debug, Clone)]
+pub struct UploadLimits {
+    /// `UPLOAD_QUOTA_COUNT`: assets a player may hold (pending ones count).
+    pub quota_count: u32,
+    /// `UPLOAD_QUOTA_BYTES`: total declared bytes a player may hold.
+    pub quota_bytes: u64,
+    /// `UPLOAD_URL_TTL_SECS`: how long an upload URL is valid.
+    pub upload_url_ttl: Duration,
+    /// `DOWNLOAD_URL_TTL_SECS`: how long a signed download URL is valid.
+    pub download_url_ttl: Duration,
 }
 
 /// How access and refresh tokens are made.
@@ -178,6 +249,25 @@ pub struct Config {
     pub chat_send_burst: u32,
     /// See `chat_send_burst`.
     pub chat_send_per_second: f64,
+    /// `BLOB_URL`.
+    pub blobs: BlobConfig,
+    /// `QUEUE_URL` and its tuning.
+    pub queue: QueueConfig,
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION`.
+    pub aws: AwsConfig,
+    /// `PUBLIC_URL`: the base URL players reach this deployment at, for the URLs Guildhall signs
+    /// itself (local blobs). Without it, the `Host` of the request is used.
+    pub public_url: Option<String>,
+    /// `CDN_BASE_URL`: download URLs of ready assets are this plus the object key (CloudFront).
+    pub cdn_base_url: Option<String>,
+    /// `BLOB_SIGNING_KEY`: the key of Guildhall's own signed blob URLs; generated once under
+    /// `DATA_DIR` when unset.
+    pub blob_signing_key: Option<Secret<String>>,
+    /// Upload quotas and URL lifetimes.
+    pub upload_limits: UploadLimits,
+    /// `RUN_EVENT_WORKERS`: `serve` also runs the outbox relay and the queue consumers of its
+    /// services (default true; `guildhall worker` runs only them).
+    pub run_event_workers: bool,
     /// `GUILDHALL_ADMIN_KEY`: the server key of game servers and operators for `/v1/admin/...`
     /// and authoritative submissions. Without it those are refused.
     pub admin_key: Option<Secret<String>>,
@@ -291,6 +381,62 @@ impl Config {
             bail!("GUILDHALL_ADMIN_KEY must be at least 24 characters (e.g. `openssl rand -hex 32`)");
         }
 
+        let blobs = match get("BLOB_URL") {
+            None => BlobConfig::Local { dir: data_dir.join("blobs") },
+            Some(url) if url.starts_with("s3://") => {
+                let rest = &url["s3://".len()..];
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.len() < 3 {
+                    bail!("BLOB_URL must name a bucket, e.g. s3://my-game-assets");
+                }
+                let prefix = prefix.trim_matches('/');
+                let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+                BlobConfig::S3 { bucket: bucket.to_owned(), prefix }
+            }
+            Some(url) if url.starts_with("file://") => {
+                let path = &url["file://".len()..];
+                if path.is_empty() {
+                    bail!("BLOB_URL file:// needs a folder, e.g. file://data/blobs");
+                }
+                BlobConfig::Local { dir: PathBuf::from(path) }
+            }
+            Some(_) => bail!("BLOB_URL must start with s3:// or file://"),
+        };
+
+        let queue = match get("QUEUE_URL") {
+            None => QueueConfig::InProcess,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                if !url.contains("{consumer}") {
+                    bail!("QUEUE_URL must contain {{consumer}}, e.g. https://sqs.eu-west-1.amazonaws.com/123456789012/guildhall-{{consumer}}");
+                }
+                let wait = parse("QUEUE_WAIT_SECS", 20)?;
+                if wait > 20 {
+                    bail!("QUEUE_WAIT_SECS must be between 0 and 20 (SQS's long-poll limit)");
+                }
+                let visibility = parse("QUEUE_VISIBILITY_SECS", 60)?;
+                if !(2..=43_200).contains(&visibility) {
+                    bail!("QUEUE_VISIBILITY_SECS must be between 2 and 43200");
+                }
+                QueueConfig::Sqs { url_template: url, wait: Duration::from_secs(wait), visibility: Duration::from_secs(visibility) }
+            }
+            Some(_) => bail!("QUEUE_URL must be an SQS queue URL (https://...) containing {{consumer}}"),
+        };
+
+        let base_url = |key: &str| -> anyhow::Result<Option<String>> {
+            match get(key) {
+                None => Ok(None),
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => Ok(Some(url.trim_end_matches('/').to_owned())),
+                Some(_) => bail!("{key} must start with http:// or https://"),
+            }
+        };
+
+        let upload_limits = UploadLimits {
+            quota_count: limit("UPLOAD_QUOTA_COUNT", 100)?,
+            quota_bytes: parse("UPLOAD_QUOTA_BYTES", 500 * 1024 * 1024)?.max(1),
+            upload_url_ttl: Duration::from_secs(parse("UPLOAD_URL_TTL_SECS", 900)?.clamp(60, 7 * 24 * 3600)),
+            download_url_ttl: Duration::from_secs(parse("DOWNLOAD_URL_TTL_SECS", 3600)?.clamp(60, 7 * 24 * 3600)),
+        };
+
         let config = Config {
             listen_addr,
             data_dir,
@@ -306,6 +452,14 @@ impl Config {
             log_format,
             run_migrations: flag("RUN_MIGRATIONS", true)?,
             admin_key,
+            blobs,
+            queue,
+            aws: AwsConfig { endpoint_url: base_url("AWS_ENDPOINT_URL")?, region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")) },
+            public_url: base_url("PUBLIC_URL")?,
+            cdn_base_url: base_url("CDN_BASE_URL")?,
+            blob_signing_key: get("BLOB_SIGNING_KEY").map(Secret::new),
+            upload_limits,
+            run_event_workers: flag("RUN_EVENT_WORKERS", true)?,
             chat_send_burst: limit("CHAT_SEND_BURST", 10)?,
             chat_send_per_second: f64::from(limit("CHAT_SEND_PER_SECOND", 2)?),
         };
@@ -332,6 +486,12 @@ impl Config {
             if matches!(self.cache, CacheConfig::Memory) {
                 bail!(
                     "SERVICES={} runs part of Guildhall, so the other parts run elsewhere and cannot share an in-memory cache: set REDIS_URL=redis://...",
+                    names.join(",")
+                );
+            }
+            if matches!(self.blobs, BlobConfig::Local { .. }) && self.services.contains(&Service::Uploads) {
+                bail!(
+                    "SERVICES={} runs uploads apart from the rest, so the files must be shared: set BLOB_URL=s3://...",
                     names.join(",")
                 );
             }
@@ -376,9 +536,29 @@ mod tests {
         assert!(err.to_string().contains("REDIS_URL"), "{err}");
         let alone = config(&[("SERVICES", "leaderboard"), ("DATABASE_URL", "postgres://db/g"), ("REDIS_URL", "redis://r")]);
         assert_eq!(alone.expect("real backends").services, [Service::Leaderboard]);
-        assert!(config(&[("SERVICES", "chat,leaderboard,accounts")]).is_ok(), "every service is a monolith");
+        assert!(config(&[("SERVICES", "chat,leaderboard,uploads,accounts")]).is_ok(), "every service is a monolith");
+        let shared = [("DATABASE_URL", "postgres://db/g"), ("REDIS_URL", "redis://r")];
+        let err = config(&[shared[0], shared[1], ("SERVICES", "uploads")]).expect_err("local files");
+        assert!(err.to_string().contains("BLOB_URL"), "{err}");
+        assert!(config(&[shared[0], shared[1], ("SERVICES", "uploads"), ("BLOB_URL", "s3://assets")]).is_ok());
         let err = config(&[("SERVICES", "accounts,nonsense")]).expect_err("unknown service");
         assert!(err.to_string().contains("unknown service"), "{err}");
+    }
+
+    #[test]
+    fn blobs_and_queues_are_chosen_by_url() {
+        let defaults = config(&[("DATA_DIR", "/srv/gh")]).expect("defaults");
+        assert!(matches!(defaults.blobs, BlobConfig::Local { ref dir } if dir == &PathBuf::from("/srv/gh/blobs")));
+        assert!(matches!(defaults.queue, QueueConfig::InProcess));
+        let s3 = config(&[("BLOB_URL", "s3://game-assets/prod/")]).expect("s3");
+        assert!(matches!(s3.blobs, BlobConfig::S3 { ref bucket, ref prefix } if bucket == "game-assets" && prefix == "prod/"));
+        let sqs = config(&[("QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/1/gh-{consumer}")]).expect("sqs");
+        assert_eq!(sqs.queue.queue_url("chat").as_deref(), Some("https://sqs.eu-west-1.amazonaws.com/1/gh-chat"));
+        assert!(config(&[("QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/1/gh")]).is_err(), "no {{consumer}}");
+        assert!(config(&[("QUEUE_URL", "https://q/{consumer}"), ("QUEUE_WAIT_SECS", "21")]).is_err());
+        assert!(config(&[("BLOB_URL", "gs://x")]).is_err());
+        assert!(config(&[("BLOB_URL", "s3://")]).is_err());
+        assert!(config(&[("CDN_BASE_URL", "cdn.example.com")]).is_err());
     }
 
     #[test]

@@ -41,12 +41,14 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "leaderboards", include_str!("../../../migrations/postgres/0002_leaderboards.sql")),
     (3, "event_delivery", include_str!("../../../migrations/postgres/0003_event_delivery.sql")),
     (4, "chat", include_str!("../../../migrations/postgres/0004_chat.sql")),
+    (5, "uploads", include_str!("../../../migrations/postgres/0005_uploads.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
     (2, "leaderboards", include_str!("../../../migrations/sqlite/0002_leaderboards.sql")),
     (3, "event_delivery", include_str!("../../../migrations/sqlite/0003_event_delivery.sql")),
     (4, "chat", include_str!("../../../migrations/sqlite/0004_chat.sql")),
+    (5, "uploads", include_str!("../../../migrations/sqlite/0005_uploads.sql")),
 ];
 
 /// How long a request waits for a pooled connection before failing.

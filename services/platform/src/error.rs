@@ -60,6 +60,19 @@ pub enum ApiError {
         /// How long until the limit lets the client through again.
         retry_after: Duration,
     },
+    /// Any other client error with its own status and stable code, e.g. 400 `content_type_not_allowed`,
+    /// 429 `quota_exceeded`, 403 `signature_invalid`.
+    #[error("{message}")]
+    Client {
+        /// A 4xx status.
+        status: StatusCode,
+        /// Stable code.
+        code: &'static str,
+        /// Explanation.
+        message: String,
+        /// The request field at fault, when there is one.
+        field: Option<String>,
+    },
     /// 503 `unavailable`: a dependency is down or the process is draining.
     #[error("{0}")]
     Unavailable(String),
@@ -72,6 +85,11 @@ impl ApiError {
     /// 400 for `field` with `message`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::InvalidRequest { field: Some(field.into()), message: message.into() }
+    }
+
+    /// A client error with `status` and `code`, naming no field.
+    pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Client { status, code, message: message.into(), field: None }
     }
 
     /// 401 `invalid_token` with `message`.
@@ -91,6 +109,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Client { status, .. } => *status,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -100,7 +119,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest { .. } => "invalid_request",
-            ApiError::Unauthenticated { code, .. } | ApiError::Conflict { code, .. } => code,
+            ApiError::Unauthenticated { code, .. } | ApiError::Conflict { code, .. } | ApiError::Client { code, .. } => code,
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -148,7 +167,7 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let field = match &self {
-            ApiError::InvalidRequest { field, .. } => field.clone(),
+            ApiError::InvalidRequest { field, .. } | ApiError::Client { field, .. } => field.clone(),
             _ => None,
         };
         let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message, field } };

@@ -9,7 +9,17 @@
 //! and, after `MAX_ATTEMPTS`, parked as dead (`dead_at`), the in-process twin of a dead-letter
 //! queue.
 //!
-//! This is the embedded delivery, in process; SQS delivery for separate services plugs in here.
+//! Two transports carry events from the relay to the consumers:
+//! - in process (embedded default, monolith only): the relay calls the handlers itself;
+//! - SQS (`QUEUE_URL`): the relay sends each event to the queue of every consuming service
+//!   (`ROUTES`), and each service's `QueueConsumer` long-polls its own queue. A message that
+//!   keeps failing is moved by SQS to the queue's dead-letter queue after its redrive policy's
+//!   `maxReceiveCount`.
+//!
+//! Fan-out is done by the relay sending to each subscriber's queue rather than through SNS: one
+//! AWS service fewer to run, secure and emulate, and an outbox row is marked sent only when every
+//! subscriber's queue accepted it. The cost is that the relay must know who subscribes (`ROUTES`,
+//! checked against the services' subscriptions by a test).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,8 +27,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, MessageSystemAttributeNameForSends, MessageSystemAttributeValue};
 use sqlx::Row;
+use tracing::Instrument;
 
+use crate::config::{AwsConfig, QueueConfig};
 use crate::db::{Database, now_millis};
 use crate::shutdown::Shutdown;
 
@@ -31,6 +44,21 @@ pub struct Event {
     pub event_type: String,
     /// The JSON payload.
     pub payload: serde_json::Value,
+    /// Trace propagation headers captured where the event was recorded (`traceparent`,
+    /// `X-Amzn-Trace-Id`), so the consumer's work joins the producer's trace.
+    pub trace: TraceHeaders,
+}
+
+/// Trace propagation headers by name.
+pub type TraceHeaders = std::collections::BTreeMap<String, String>;
+
+/// Who consumes each event type, for the SQS transport, where the relay cannot see the
+/// subscriptions of services running elsewhere. Event types missing here have no consumer.
+pub const ROUTES: &[(&str, &[&str])] = &[("account.deleted", &["leaderboard", "uploads", "chat"]), ("upload.completed", &["uploads"])];
+
+/// The consumers of `event_type` (see `ROUTES`).
+pub fn consumers_of(event_type: &str) -> &'static [&'static str] {
+    ROUTES.iter().find(|(t, _)| *t == event_type).map_or(&[], |(_, c)| c)
 }
 
 /// What a consumer does with an event. It must be idempotent: an event may arrive again after a
@@ -62,22 +90,40 @@ const LEASE_MS: i64 = 30_000;
 pub const MAX_ATTEMPTS: i64 = 8;
 /// Pause between rounds when the outbox is empty.
 const IDLE: Duration = Duration::from_millis(200);
+/// How long sent outbox rows and handled-event records are kept (SQS keeps a message at most
+/// 14 days, so an older duplicate cannot arrive).
+const RETENTION_MS: i64 = 15 * 24 * 3600 * 1000;
+/// How often the relay deletes rows past `RETENTION_MS`.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Delivers outbox events to in-process consumers.
+/// Where the relay hands events.
+#[derive(Clone, Debug)]
+enum Transport {
+    InProcess(Arc<Vec<Subscription>>),
+    Sqs(Queues),
+}
+
+/// Delivers outbox events to consumers, in process or through SQS.
 #[derive(Clone, Debug)]
 pub struct Relay {
     db: Database,
-    subscriptions: Arc<Vec<Subscription>>,
+    transport: Transport,
 }
 
 impl Relay {
-    /// A relay over `db` delivering to `subscriptions`.
+    /// A relay over `db` delivering in process to `subscriptions`.
     pub fn new(db: Database, subscriptions: Vec<Subscription>) -> Self {
-        Self { db, subscriptions: Arc::new(subscriptions) }
+        Self { db, transport: Transport::InProcess(Arc::new(subscriptions)) }
+    }
+
+    /// A relay over `db` sending to the consumers' SQS queues.
+    pub fn sqs(db: Database, queues: Queues) -> Self {
+        Self { db, transport: Transport::Sqs(queues) }
     }
 
     /// Delivers until shutdown, then finishes the round in hand.
     pub async fn run(self, shutdown: Shutdown) {
+        let mut last_purge = tokio::time::Instant::now();
         loop {
             let delivered = match self.deliver_round().await {
                 Ok(n) => n,
@@ -86,6 +132,12 @@ impl Relay {
                     0
                 }
             };
+            if last_purge.elapsed() >= PURGE_EVERY {
+                last_purge = tokio::time::Instant::now();
+                if let Err(err) = self.purge().await {
+                    tracing::warn!(error = format!("{err:#}"), "purging old events failed");
+                }
+            }
             if delivered == 0 {
                 tokio::select! {
                     () = shutdown.stopped() => return,
@@ -99,6 +151,19 @@ impl Relay {
 
     /// Claims a batch of due events and delivers them. Returns how many were claimed.
     pub async fn deliver_round(&self) -> anyhow::Result<usize> {
+        let events = self.claim().await?;
+        for (event, attempts) in &events {
+            match self.publish(event).await {
+                Ok(()) => self.mark_sent(event).await?,
+                Err(err) => self.record_failure(event, *attempts, &format!("{err:#}")).await?,
+            }
+        }
+        Ok(events.len())
+    }
+
+    /// Claims up to a batch of due events for this relay (a lease, so that other relays leave
+    /// them alone), oldest first, with their failed attempts so far.
+    pub async fn claim(&self) -> anyhow::Result<Vec<(Event, i64)>> {
         let now = now_millis();
         let rows = sqlx::query(
             "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
@@ -106,7 +171,7 @@ impl Relay {
                AND (next_attempt_at IS NULL OR next_attempt_at <= $2) AND (claimed_until IS NULL OR claimed_until <= $2) \
                ORDER BY created_at, id LIMIT $3) \
              AND (claimed_until IS NULL OR claimed_until <= $2) \
-             RETURNING id, event_type, payload, attempts",
+             RETURNING id, event_type, payload, trace_context, attempts",
         )
         .bind(now + LEASE_MS)
         .bind(now)
@@ -117,84 +182,115 @@ impl Relay {
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             let payload: String = row.try_get("payload")?;
+            let trace: Option<String> = row.try_get("trace_context")?;
             let event = Event {
                 id: row.try_get("id")?,
                 event_type: row.try_get("event_type")?,
                 payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                trace: trace.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
             };
             events.push((event, row.try_get::<i64, _>("attempts")?));
         }
         // Outbox order: ids are UUIDv7, so they sort by creation time.
         events.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        for (event, attempts) in &events {
-            self.deliver(event, *attempts).await?;
-        }
-        Ok(events.len())
+        Ok(events)
     }
 
-    async fn deliver(&self, event: &Event, attempts: i64) -> anyhow::Result<()> {
+    /// Hands `event` to every consumer: the in-process handlers, or each subscriber's queue.
+    /// Fails when any of them did not take it (the others may have: delivery is at least once).
+    pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
         let mut failure = None;
-        for subscription in self.subscriptions.iter().filter(|s| s.event_types.contains(&event.event_type.as_str())) {
-            if let Err(err) = self.consume(subscription, event).await {
-                tracing::warn!(
-                    consumer = subscription.consumer,
-                    event_id = event.id,
-                    event_type = event.event_type,
-                    error = format!("{err:#}"),
-                    "event handler failed"
-                );
-                failure = Some(format!("{}: {err:#}", subscription.consumer));
-            }
-        }
-        let now = now_millis();
-        match failure {
-            None => {
-                sqlx::query("UPDATE outbox SET sent_at = $2, claimed_until = NULL WHERE id = $1")
-                    .bind(&event.id)
-                    .bind(now)
-                    .execute(self.db.pool())
-                    .await
-                    .context("marking event sent")?;
-            }
-            Some(error) => {
-                let attempts = attempts + 1;
-                let dead = attempts >= MAX_ATTEMPTS;
-                // 1 s, 2 s, 4 s, ... capped at five minutes.
-                let backoff = 1000i64.saturating_mul(1 << attempts.min(20)).min(300_000);
-                sqlx::query(
-                    "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4, dead_at = $5, claimed_until = NULL WHERE id = $1",
-                )
-                .bind(&event.id)
-                .bind(attempts)
-                .bind(now + backoff)
-                .bind(&error)
-                .bind(dead.then_some(now))
-                .execute(self.db.pool())
-                .await
-                .context("recording a failed delivery")?;
-                if dead {
-                    tracing::error!(
-                        event_id = event.id,
-                        event_type = event.event_type,
-                        attempts,
-                        "event parked as dead after repeated failures"
-                    );
+        match &self.transport {
+            Transport::InProcess(subscriptions) => {
+                for subscription in subscriptions.iter().filter(|s| s.event_types.contains(&event.event_type.as_str())) {
+                    if let Err(err) = handle_once(&self.db, subscription, event).await {
+                        tracing::warn!(
+                            consumer = subscription.consumer,
+                            event_id = event.id,
+                            event_type = event.event_type,
+                            error = format!("{err:#}"),
+                            "event handler failed"
+                        );
+                        failure = Some(format!("{}: {err:#}", subscription.consumer));
+                    }
                 }
             }
+            Transport::Sqs(queues) => {
+                for consumer in consumers_of(&event.event_type) {
+                    if let Err(err) = queues.send(consumer, event).await {
+                        tracing::warn!(consumer, event_id = event.id, error = format!("{err:#}"), "sending an event to SQS failed");
+                        failure = Some(format!("{consumer}: {err:#}"));
+                    }
+                }
+            }
+        }
+        match failure {
+            None => Ok(()),
+            Some(error) => Err(anyhow::anyhow!(error)),
+        }
+    }
+
+    /// Marks `event` delivered.
+    pub async fn mark_sent(&self, event: &Event) -> anyhow::Result<()> {
+        sqlx::query("UPDATE outbox SET sent_at = $2, claimed_until = NULL WHERE id = $1")
+            .bind(&event.id)
+            .bind(now_millis())
+            .execute(self.db.pool())
+            .await
+            .context("marking event sent")?;
+        Ok(())
+    }
+
+    async fn record_failure(&self, event: &Event, attempts: i64, error: &str) -> anyhow::Result<()> {
+        let now = now_millis();
+        let attempts = attempts + 1;
+        let dead = attempts >= MAX_ATTEMPTS;
+        // 1 s, 2 s, 4 s, ... capped at five minutes.
+        let backoff = 1000i64.saturating_mul(1 << attempts.min(20)).min(300_000);
+        sqlx::query("UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4, dead_at = $5, claimed_until = NULL WHERE id = $1")
+            .bind(&event.id)
+            .bind(attempts)
+            .bind(now + backoff)
+            .bind(error)
+            .bind(dead.then_some(now))
+            .execute(self.db.pool())
+            .await
+            .context("recording a failed delivery")?;
+        if dead {
+            tracing::error!(event_id = event.id, event_type = event.event_type, attempts, "event parked as dead after repeated failures");
         }
         Ok(())
     }
 
-    /// Runs one consumer's handler unless it already handled this event, then records it.
-    async fn consume(&self, subscription: &Subscription, event: &Event) -> anyhow::Result<()> {
+    /// Deletes sent outbox rows and handled-event records older than the retention.
+    async fn purge(&self) -> anyhow::Result<()> {
+        let cutoff = now_millis() - RETENTION_MS;
+        sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1").bind(cutoff).execute(self.db.pool()).await?;
+        sqlx::query("DELETE FROM consumed_events WHERE consumed_at < $1").bind(cutoff).execute(self.db.pool()).await?;
+        Ok(())
+    }
+}
+
+/// Runs one consumer's handler on `event` unless it already handled it, then records that it
+/// did, inside a span joined to the producer's trace.
+pub async fn handle_once(db: &Database, subscription: &Subscription, event: &Event) -> anyhow::Result<()> {
+    let span = tracing::info_span!(
+        "event.consume",
+        otel.name = format!("{} consume {}", subscription.consumer, event.event_type),
+        consumer = subscription.consumer,
+        event_id = event.id,
+        event_type = event.event_type,
+    );
+    crate::telemetry::set_parent(&span, &event.trace);
+    async {
         let seen: Option<i64> = sqlx::query_scalar("SELECT 1 FROM consumed_events WHERE consumer = $1 AND event_id = $2")
             .bind(subscription.consumer)
             .bind(&event.id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(db.pool())
             .await
             .context("checking consumed events")?;
         if seen.is_some() {
-            tracing::debug!(consumer = subscription.consumer, event_id = event.id, "event already handled; skipped");
+            tracing::info!("event already handled; skipped");
             return Ok(());
         }
         (subscription.handler)(event.clone()).await?;
@@ -202,11 +298,297 @@ impl Relay {
             .bind(subscription.consumer)
             .bind(&event.id)
             .bind(now_millis())
-            .execute(self.db.pool())
+            .execute(db.pool())
             .await
             .context("recording a consumed event")?;
         Ok(())
     }
+    .instrument(span)
+    .await
+}
+
+/// The SQS queues of the consuming services. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Queues {
+    client: aws_sdk_sqs::Client,
+    config: QueueConfig,
+}
+
+/// Messages received per call (SQS's maximum).
+const RECEIVE_BATCH: i32 = 10;
+
+impl Queues {
+    /// Connects to SQS as `queue` describes; `None` for the in-process transport.
+    pub async fn connect(queue: &QueueConfig, aws: &AwsConfig) -> Option<Self> {
+        match queue {
+            QueueConfig::Sqs { .. } => {
+                let sdk = crate::aws::sdk_config(aws).await;
+                Some(Queues { client: aws_sdk_sqs::Client::new(&sdk), config: queue.clone() })
+            }
+            QueueConfig::InProcess => None,
+        }
+    }
+
+    /// The SQS client (tests and tools).
+    pub fn client(&self) -> &aws_sdk_sqs::Client {
+        &self.client
+    }
+
+    /// The queue URL of `consumer`.
+    pub fn url(&self, consumer: &str) -> String {
+        self.config.queue_url(consumer).unwrap_or_default()
+    }
+
+    fn timings(&self) -> (Duration, Duration) {
+        match &self.config {
+            QueueConfig::Sqs { wait, visibility, .. } => (*wait, *visibility),
+            QueueConfig::InProcess => (Duration::ZERO, Duration::from_secs(60)),
+        }
+    }
+
+    /// Sends `event` to `consumer`'s queue, with the trace headers as message attributes.
+    pub async fn send(&self, consumer: &str, event: &Event) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "id": event.id, "type": event.event_type, "payload": event.payload });
+        let attribute = |value: &str| MessageAttributeValue::builder().data_type("String").string_value(value).build();
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(self.url(consumer))
+            .message_body(body.to_string())
+            .message_attributes("event_id", attribute(&event.id)?)
+            .message_attributes("event_type", attribute(&event.event_type)?);
+        if let Some(traceparent) = event.trace.get("traceparent") {
+            request = request.message_attributes("traceparent", attribute(traceparent)?);
+        }
+        if let Some(xray) = event.trace.get(crate::telemetry::XRAY_HEADER) {
+            let value = MessageSystemAttributeValue::builder().data_type("String").string_value(xray).build()?;
+            request = request.message_system_attributes(MessageSystemAttributeNameForSends::AwsTraceHeader, value);
+        }
+        request.send().await.with_context(|| format!("SQS SendMessage to {consumer}"))?;
+        Ok(())
+    }
+}
+
+/// Long-polls one consuming service's queue and hands each message to the subscription of its
+/// event type.
+#[derive(Clone, Debug)]
+pub struct QueueConsumer {
+    db: Database,
+    queues: Queues,
+    consumer: &'static str,
+    subscriptions: Arc<Vec<Subscription>>,
+}
+
+/// One received message, parsed.
+struct Received {
+    receipt: String,
+    receives: u32,
+    event: Result<Event, String>,
+}
+
+impl QueueConsumer {
+    /// A consumer of the queue of `consumer`, handing each event to the one of `subscriptions`
+    /// (all of `consumer`) that handles its type.
+    pub fn new(db: Database, queues: Queues, consumer: &'static str, subscriptions: Vec<Subscription>) -> Self {
+        debug_assert!(subscriptions.iter().all(|s| s.consumer == consumer));
+        Self { db, queues, consumer, subscriptions: Arc::new(subscriptions) }
+    }
+
+    /// One consumer per consuming service among `subscriptions`.
+    pub fn for_each_consumer(db: &Database, queues: &Queues, subscriptions: &[Subscription]) -> Vec<Self> {
+        let mut consumers: Vec<Self> = Vec::new();
+        for subscription in subscriptions {
+            match consumers.iter_mut().find(|c| c.consumer == subscription.consumer) {
+                Some(existing) => Arc::make_mut(&mut existing.subscriptions).push(subscription.clone()),
+                None => consumers.push(Self::new(db.clone(), queues.clone(), subscription.consumer, vec![subscription.clone()])),
+            }
+        }
+        consumers
+    }
+
+    /// The consuming service.
+    pub fn consumer(&self) -> &'static str {
+        self.consumer
+    }
+
+    /// Receives and handles messages until shutdown.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut errors = 0u32;
+        loop {
+            let received = tokio::select! {
+                () = shutdown.stopped() => return,
+                received = self.receive() => received,
+            };
+            match received {
+                Ok(messages) => {
+                    errors = 0;
+                    self.handle_batch(messages).await;
+                }
+                Err(err) => {
+                    errors = errors.saturating_add(1);
+                    tracing::warn!(consumer = self.consumer, error = format!("{err:#}"), "receiving from SQS failed");
+                    let pause = Duration::from_millis(500u64.saturating_mul(1 << errors.min(6)));
+                    tokio::select! {
+                        () = shutdown.stopped() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One long poll: up to ten messages.
+    async fn receive(&self) -> anyhow::Result<Vec<Received>> {
+        let (wait, visibility) = self.queues.timings();
+        let config = aws_sdk_sqs::config::Builder::default().timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(wait + crate::aws::CALL_TIMEOUT)
+                .operation_timeout(wait + crate::aws::CALL_TIMEOUT * 2)
+                .build(),
+        );
+        let out = self
+            .queues
+            .client
+            .receive_message()
+            .queue_url(self.queues.url(self.consumer))
+            .max_number_of_messages(RECEIVE_BATCH)
+            .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20))
+            .visibility_timeout(i32::try_from(visibility.as_secs()).unwrap_or(60))
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .customize()
+            .config_override(config)
+            .send()
+            .await
+            .context("SQS ReceiveMessage")?;
+        Ok(out.messages.unwrap_or_default().into_iter().filter_map(parse_message).collect())
+    }
+
+    async fn handle_batch(&self, messages: Vec<Received>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for message in messages {
+            let this = self.clone();
+            tasks.spawn(async move {
+                let done = this.handle(&message).await;
+                (message.receipt, done)
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(result) = tasks.join_next().await {
+            if let Ok((receipt, true)) = result {
+                done.push(receipt);
+            }
+        }
+        if let Err(err) = self.delete(done).await {
+            // They come back after their visibility timeout and are skipped as already handled.
+            tracing::warn!(consumer = self.consumer, error = format!("{err:#}"), "deleting handled messages failed");
+        }
+    }
+
+    /// Handles one message, extending its visibility while the handler runs. True when it can
+    /// be deleted.
+    async fn handle(&self, message: &Received) -> bool {
+        let consumer = self.consumer;
+        let event = match &message.event {
+            Ok(event) => event,
+            Err(reason) => {
+                // Left alone, it comes back until the redrive policy moves it to the DLQ.
+                tracing::error!(consumer, receives = message.receives, reason, "unreadable message left for the dead-letter queue");
+                return false;
+            }
+        };
+        let Some(subscription) = self.subscriptions.iter().find(|s| s.event_types.contains(&event.event_type.as_str())) else {
+            tracing::warn!(consumer, event_type = event.event_type, "message of a type this consumer does not handle; deleted");
+            return true;
+        };
+        let (_, visibility) = self.queues.timings();
+        let heartbeat = {
+            let (client, url, receipt) = (self.queues.client.clone(), self.queues.url(consumer), message.receipt.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(visibility / 2);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let extended = client
+                        .change_message_visibility()
+                        .queue_url(&url)
+                        .receipt_handle(&receipt)
+                        .visibility_timeout(i32::try_from(visibility.as_secs()).unwrap_or(60))
+                        .send()
+                        .await;
+                    if let Err(err) = extended {
+                        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&err), "extending a message's visibility failed");
+                    }
+                }
+            })
+        };
+        let result = handle_once(&self.db, subscription, event).await;
+        heartbeat.abort();
+        match result {
+            Ok(()) => true,
+            Err(err) => {
+                // Retry after a growing pause: 1 s, 2 s, 4 s ... up to the visibility timeout.
+                let delay = 1u64 << message.receives.saturating_sub(1).min(12);
+                let delay = delay.min(visibility.as_secs());
+                tracing::warn!(consumer, event_id = event.id, receives = message.receives, retry_in_secs = delay, error = format!("{err:#}"), "event handler failed");
+                let _ = self
+                    .queues
+                    .client
+                    .change_message_visibility()
+                    .queue_url(self.queues.url(consumer))
+                    .receipt_handle(&message.receipt)
+                    .visibility_timeout(i32::try_from(delay).unwrap_or(60))
+                    .send()
+                    .await;
+                false
+            }
+        }
+    }
+
+    async fn delete(&self, receipts: Vec<String>) -> anyhow::Result<()> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(receipts.len());
+        for (i, receipt) in receipts.into_iter().enumerate() {
+            entries.push(aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(receipt).build()?);
+        }
+        let out = self
+            .queues
+            .client
+            .delete_message_batch()
+            .queue_url(self.queues.url(self.consumer))
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .context("SQS DeleteMessageBatch")?;
+        anyhow::ensure!(out.failed.is_empty(), "{} messages not deleted", out.failed.len());
+        Ok(())
+    }
+}
+
+/// Reads an SQS message into an event; a message without a receipt handle is dropped.
+fn parse_message(message: aws_sdk_sqs::types::Message) -> Option<Received> {
+    let receipt = message.receipt_handle?;
+    let receives = message
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let event = (|| {
+        let body: serde_json::Value = serde_json::from_str(message.body.as_deref().unwrap_or("")).map_err(|e| format!("body is not JSON: {e}"))?;
+        let field = |name: &str| body[name].as_str().map(str::to_owned).ok_or_else(|| format!("body has no {name}"));
+        let mut trace = TraceHeaders::new();
+        if let Some(tp) = message.message_attributes.as_ref().and_then(|a| a.get("traceparent")).and_then(|v| v.string_value.clone()) {
+            trace.insert("traceparent".into(), tp);
+        }
+        if let Some(xray) = message.attributes.as_ref().and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader)) {
+            trace.insert(crate::telemetry::XRAY_HEADER.into(), xray.clone());
+        }
+        Ok(Event { id: field("id")?, event_type: field("type")?, payload: body["payload"].clone(), trace })
+    })();
+    Some(Received { receipt, receives, event })
 }
 
 /// Builds a `Handler` from an async closure.

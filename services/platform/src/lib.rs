@@ -2,6 +2,8 @@
 //! database and cache ports, health, rate limits and shutdown.
 
 pub mod auth;
+pub mod aws;
+pub mod blobs;
 pub mod cache;
 pub mod config;
 pub mod db;

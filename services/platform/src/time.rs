@@ -1,6 +1,11 @@
 //! Times as the API shows them: RFC 3339 in UTC with milliseconds, from the Unix milliseconds
 //! every table stores.
 
+/// Seconds since the Unix epoch, now.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// Formats Unix milliseconds as `2026-11-23T09:41:07.123Z`.
 pub fn rfc3339(millis: i64) -> String {
     let secs = millis.div_euclid(1000);

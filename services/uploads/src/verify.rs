@@ -1,0 +1,79 @@
+//! The asynchronous side of uploads: checking a completed upload, erasing a deleted player's
+//! assets, and purging abandoned ones. Each is idempotent, since events arrive at least once.
+
+use std::time::Duration;
+
+use crate::UploadsState;
+use crate::kinds::{SNIFF_BYTES, sniff_matches};
+use crate::store::{self, Asset, State};
+
+/// Checks the stored object of a verifying asset: it exists, has the declared size, and its
+/// first bytes match the declared type. Ready when all hold; otherwise rejected, with the object
+/// deleted.
+pub async fn check(state: &UploadsState, asset_id: &str) -> anyhow::Result<()> {
+    let Some(asset) = store::get(&state.db, asset_id).await? else {
+        tracing::info!(asset_id, "completed asset is gone; nothing to check");
+        return Ok(());
+    };
+    if asset.state != State::Verifying {
+        tracing::info!(asset_id, state = asset.state.as_str(), "asset already checked");
+        return Ok(());
+    }
+    let verdict = match state.blobs.head(&asset.object_key).await? {
+        None => Err("object_missing: nothing was uploaded"),
+        Some(info) if i64::try_from(info.size).ok() != Some(asset.size_bytes) => Err("size_mismatch: the stored size differs from the declared size"),
+        Some(_) => {
+            let head = state.blobs.read_prefix(&asset.object_key, SNIFF_BYTES).await?;
+            if sniff_matches(&asset.content_type, &head) { Ok(()) } else { Err("content_mismatch: the file is not of its declared type") }
+        }
+    };
+    match verdict {
+        Ok(()) => {
+            store::mark_ready(&state.db, &asset.id).await?;
+            tracing::info!(asset_id, purpose = asset.purpose, size = asset.size_bytes, "asset ready");
+        }
+        Err(reason) => {
+            // The bytes go first: a rejected asset never keeps what failed the check.
+            state.blobs.delete(&asset.object_key).await?;
+            store::mark_rejected(&state.db, &asset, reason).await?;
+            tracing::info!(asset_id, reason, "asset rejected");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `asset`'s bytes, then its row. False when the row was already gone.
+pub async fn remove(state: &UploadsState, asset: &Asset) -> anyhow::Result<bool> {
+    state.blobs.delete(&asset.object_key).await?;
+    store::delete(&state.db, asset).await
+}
+
+/// Deletes every asset of `owner` and their usage. Returns how many.
+pub async fn erase_owner(state: &UploadsState, owner: &str) -> anyhow::Result<usize> {
+    let mut erased = 0;
+    loop {
+        let page = store::of_owner(&state.db, owner, 100).await?;
+        if page.is_empty() {
+            break;
+        }
+        for asset in &page {
+            remove(state, asset).await?;
+            erased += 1;
+        }
+    }
+    store::forget_usage(&state.db, owner).await?;
+    Ok(erased)
+}
+
+/// Deletes pending assets abandoned for `grace` past their URL's expiry and rejected ones older
+/// than `keep_rejected`. Returns how many.
+pub async fn purge_stale(state: &UploadsState, grace: Duration, keep_rejected: Duration) -> anyhow::Result<usize> {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let mut purged = 0;
+    for asset in store::stale(&state.db, ms(grace), ms(keep_rejected), 500).await? {
+        if remove(state, &asset).await? {
+            purged += 1;
+        }
+    }
+    Ok(purged)
+}
