@@ -3,7 +3,9 @@
 #
 #   source scripts/servers.sh; start_servers [durable]
 #
-# sets SERVERS_DIR, PG_PORT, REDIS_PORT, GUILDHALL_TEST_POSTGRES_URL and GUILDHALL_TEST_REDIS_URL.
+# sets SERVERS_DIR, PG_PORT, REDIS_PORT, GUILDHALL_TEST_POSTGRES_URL and GUILDHALL_TEST_REDIS_URL;
+# `start_moto` (after start_servers) adds moto's server for S3 and SQS, installed from PyPI into a
+# venv under target/, and sets MOTO_PORT, GUILDHALL_TEST_AWS_ENDPOINT and dummy AWS credentials.
 # Tests run with durability off (fsync, synchronous_commit); `durable` keeps PostgreSQL's defaults,
 # for benchmarks whose figures must mean something.
 
@@ -18,6 +20,7 @@ stop_servers() {
   [[ -n "${SERVERS_DIR:-}" ]] || return 0
   as_pg "$PG_BIN/pg_ctl" -D "$SERVERS_DIR/pg" -m immediate stop >/dev/null 2>&1 || true
   if [[ -f "$SERVERS_DIR/redis.pid" ]]; then kill "$(cat "$SERVERS_DIR/redis.pid")" 2>/dev/null || true; fi
+  if [[ -f "$SERVERS_DIR/moto.pid" ]]; then kill "$(cat "$SERVERS_DIR/moto.pid")" 2>/dev/null || true; fi
   rm -rf "$SERVERS_DIR"
   SERVERS_DIR=
 }
@@ -60,4 +63,32 @@ start_servers() {
   export GUILDHALL_TEST_POSTGRES_URL="postgres://guildhall@127.0.0.1:$PG_PORT/postgres"
   export GUILDHALL_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
   echo "servers.sh: PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT ($mode)"
+}
+
+# moto's server, pinned; the venv is reused between runs.
+MOTO_VERSION=5.2.5
+
+start_moto() {
+  local venv=${MOTO_VENV:-$PWD/target/moto-venv}
+  if [[ ! -x "$venv/bin/moto_server" ]] || ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    echo "servers.sh: installing moto[server]==$MOTO_VERSION into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
+      || { echo "servers.sh: could not install moto from PyPI" >&2; return 1; }
+  fi
+  MOTO_PORT=$(free_port)
+  "$venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$SERVERS_DIR/moto.log" 2>&1 &
+  echo $! >"$SERVERS_DIR/moto.pid"
+  local _
+  for _ in $(seq 100); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$MOTO_PORT/moto-api/')" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$MOTO_PORT/moto-api/')" >/dev/null 2>&1 \
+    || { cat "$SERVERS_DIR/moto.log" >&2; echo "servers.sh: moto did not start" >&2; return 1; }
+  export MOTO_PORT
+  export GUILDHALL_TEST_AWS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+  # moto accepts any credentials; the SDK needs some.
+  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+  echo "servers.sh: moto (S3, SQS) on 127.0.0.1:$MOTO_PORT"
 }

@@ -8,10 +8,10 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use platform::auth::{AdminKey, Authenticator};
+use platform::blobs::Blobs;
 use platform::cache::Cache;
 use platform::config::{CacheConfig, Config, DatabaseConfig, Service};
 use platform::db::Database;
-use platform::blobs::Blobs;
 use platform::events::{QueueConsumer, Queues, Relay};
 use platform::health::{self, HealthState};
 use platform::http::{self, HttpSettings};
@@ -151,7 +151,11 @@ impl App {
                     // through leases); the consumers read the queues of the services here.
                     workers.push(tokio::spawn(Relay::sqs(db.clone(), queues.clone()).run(shutdown.clone())));
                     for consumer in QueueConsumer::for_each_consumer(&db, &queues, &subscriptions) {
-                        tracing::info!(consumer = consumer.consumer(), queue = queues.url(consumer.consumer()), "consuming events from SQS");
+                        tracing::info!(
+                            consumer = consumer.consumer(),
+                            queue = queues.url(consumer.consumer()),
+                            "consuming events from SQS"
+                        );
                         workers.push(tokio::spawn(consumer.run(shutdown.clone())));
                     }
                 }
@@ -160,7 +164,9 @@ impl App {
                     workers.push(tokio::spawn(Relay::new(db.clone(), subscriptions).run(shutdown.clone())));
                 }
                 None => {
-                    tracing::warn!("events are delivered in process only when every service runs here; set QUEUE_URL to deliver them over SQS");
+                    tracing::warn!(
+                        "events are delivered in process only when every service runs here; set QUEUE_URL to deliver them over SQS"
+                    );
                 }
             }
         }

@@ -18,8 +18,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// the ECS task role), region and endpoint from `config`.
 pub async fn sdk_config(config: &AwsConfig) -> aws_config::SdkConfig {
     let http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https();
-    let timeouts =
-        TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).operation_attempt_timeout(CALL_TIMEOUT).operation_timeout(CALL_TIMEOUT * 3).build();
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(CALL_TIMEOUT)
+        .operation_timeout(CALL_TIMEOUT * 3)
+        .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http).timeout_config(timeouts);
     if let Some(region) = &config.region {
         loader = loader.region(aws_config::Region::new(region.clone()));

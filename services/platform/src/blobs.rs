@@ -65,7 +65,14 @@ impl Blobs {
 
     /// A URL to upload `key` with one `PUT` of exactly `size` bytes of `content_type`, valid for
     /// `ttl`. `base_url` is this deployment's public URL (local files only).
-    pub async fn presign_put(&self, key: &str, content_type: &str, size: u64, ttl: Duration, base_url: &str) -> anyhow::Result<PresignedUpload> {
+    pub async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: u64,
+        ttl: Duration,
+        base_url: &str,
+    ) -> anyhow::Result<PresignedUpload> {
         match self {
             Blobs::S3(s3) => s3.presign_put(key, content_type, size, ttl).await,
             Blobs::Local(local) => Ok(local.presign_put(key, content_type, size, ttl, base_url)),

@@ -407,7 +407,9 @@ impl Config {
             None => QueueConfig::InProcess,
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 if !url.contains("{consumer}") {
-                    bail!("QUEUE_URL must contain {{consumer}}, e.g. https://sqs.eu-west-1.amazonaws.com/123456789012/guildhall-{{consumer}}");
+                    bail!(
+                        "QUEUE_URL must contain {{consumer}}, e.g. https://sqs.eu-west-1.amazonaws.com/123456789012/guildhall-{{consumer}}"
+                    );
                 }
                 let wait = parse("QUEUE_WAIT_SECS", 20)?;
                 if wait > 20 {
@@ -490,10 +492,7 @@ impl Config {
                 );
             }
             if matches!(self.blobs, BlobConfig::Local { .. }) && self.services.contains(&Service::Uploads) {
-                bail!(
-                    "SERVICES={} runs uploads apart from the rest, so the files must be shared: set BLOB_URL=s3://...",
-                    names.join(",")
-                );
+                bail!("SERVICES={} runs uploads apart from the rest, so the files must be shared: set BLOB_URL=s3://...", names.join(","));
             }
         }
         Ok(())

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, MessageSystemAttributeNameForSends, MessageSystemAttributeValue};
+use aws_sdk_sqs::types::{
+    MessageAttributeValue, MessageSystemAttributeName, MessageSystemAttributeNameForSends, MessageSystemAttributeValue,
+};
 use sqlx::Row;
 use tracing::Instrument;
 
@@ -247,15 +249,17 @@ impl Relay {
         let dead = attempts >= MAX_ATTEMPTS;
         // 1 s, 2 s, 4 s, ... capped at five minutes.
         let backoff = 1000i64.saturating_mul(1 << attempts.min(20)).min(300_000);
-        sqlx::query("UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4, dead_at = $5, claimed_until = NULL WHERE id = $1")
-            .bind(&event.id)
-            .bind(attempts)
-            .bind(now + backoff)
-            .bind(error)
-            .bind(dead.then_some(now))
-            .execute(self.db.pool())
-            .await
-            .context("recording a failed delivery")?;
+        sqlx::query(
+            "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4, dead_at = $5, claimed_until = NULL WHERE id = $1",
+        )
+        .bind(&event.id)
+        .bind(attempts)
+        .bind(now + backoff)
+        .bind(error)
+        .bind(dead.then_some(now))
+        .execute(self.db.pool())
+        .await
+        .context("recording a failed delivery")?;
         if dead {
             tracing::error!(event_id = event.id, event_type = event.event_type, attempts, "event parked as dead after repeated failures");
         }
@@ -465,18 +469,30 @@ impl QueueConsumer {
     }
 
     async fn handle_batch(&self, messages: Vec<Received>) {
-        let mut tasks = tokio::task::JoinSet::new();
+        // Standard queues may hand out two copies of one event in one batch: handle the first,
+        // and let its outcome decide for the copies, so that they are not handled side by side.
+        let mut copies: Vec<(String, String)> = Vec::new();
+        let mut firsts: Vec<Received> = Vec::new();
         for message in messages {
+            let id = message.event.as_ref().ok().map(|e| e.id.clone());
+            match id {
+                Some(id) if firsts.iter().any(|f| f.event.as_ref().is_ok_and(|e| e.id == id)) => copies.push((id, message.receipt)),
+                _ => firsts.push(message),
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for message in firsts {
             let this = self.clone();
             tasks.spawn(async move {
                 let done = this.handle(&message).await;
-                (message.receipt, done)
+                (message.event.ok().map(|e| e.id), message.receipt, done)
             });
         }
         let mut done = Vec::new();
         while let Some(result) = tasks.join_next().await {
-            if let Ok((receipt, true)) = result {
+            if let Ok((id, receipt, true)) = result {
                 done.push(receipt);
+                done.extend(copies.iter().filter(|(copy, _)| Some(copy) == id.as_ref()).map(|(_, r)| r.clone()));
             }
         }
         if let Err(err) = self.delete(done).await {
@@ -486,63 +502,84 @@ impl QueueConsumer {
     }
 
     /// Handles one message, extending its visibility while the handler runs. True when it can
-    /// be deleted.
+    /// be deleted; otherwise it comes back after a growing pause (1 s, 2 s, 4 s ... up to the
+    /// visibility timeout) until the redrive policy moves it to the dead-letter queue.
     async fn handle(&self, message: &Received) -> bool {
         let consumer = self.consumer;
-        let event = match &message.event {
-            Ok(event) => event,
+        let handled = match &message.event {
             Err(reason) => {
-                // Left alone, it comes back until the redrive policy moves it to the DLQ.
-                tracing::error!(consumer, receives = message.receives, reason, "unreadable message left for the dead-letter queue");
-                return false;
-            }
-        };
-        let Some(subscription) = self.subscriptions.iter().find(|s| s.event_types.contains(&event.event_type.as_str())) else {
-            tracing::warn!(consumer, event_type = event.event_type, "message of a type this consumer does not handle; deleted");
-            return true;
-        };
-        let (_, visibility) = self.queues.timings();
-        let heartbeat = {
-            let (client, url, receipt) = (self.queues.client.clone(), self.queues.url(consumer), message.receipt.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(visibility / 2);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let extended = client
-                        .change_message_visibility()
-                        .queue_url(&url)
-                        .receipt_handle(&receipt)
-                        .visibility_timeout(i32::try_from(visibility.as_secs()).unwrap_or(60))
-                        .send()
-                        .await;
-                    if let Err(err) = extended {
-                        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&err), "extending a message's visibility failed");
-                    }
-                }
-            })
-        };
-        let result = handle_once(&self.db, subscription, event).await;
-        heartbeat.abort();
-        match result {
-            Ok(()) => true,
-            Err(err) => {
-                // Retry after a growing pause: 1 s, 2 s, 4 s ... up to the visibility timeout.
-                let delay = 1u64 << message.receives.saturating_sub(1).min(12);
-                let delay = delay.min(visibility.as_secs());
-                tracing::warn!(consumer, event_id = event.id, receives = message.receives, retry_in_secs = delay, error = format!("{err:#}"), "event handler failed");
-                let _ = self
-                    .queues
-                    .client
-                    .change_message_visibility()
-                    .queue_url(self.queues.url(consumer))
-                    .receipt_handle(&message.receipt)
-                    .visibility_timeout(i32::try_from(delay).unwrap_or(60))
-                    .send()
-                    .await;
+                tracing::error!(consumer, receives = message.receives, reason, "unreadable message; it will land in the dead-letter queue");
                 false
             }
+            Ok(event) => match self.subscriptions.iter().find(|s| s.event_types.contains(&event.event_type.as_str())) {
+                None => {
+                    tracing::warn!(consumer, event_type = event.event_type, "message of a type this consumer does not handle; deleted");
+                    true
+                }
+                Some(subscription) => {
+                    let heartbeat = self.keep_hidden(&message.receipt);
+                    let result = handle_once(&self.db, subscription, event).await;
+                    heartbeat.abort();
+                    match result {
+                        Ok(()) => true,
+                        Err(err) => {
+                            tracing::warn!(
+                                consumer,
+                                event_id = event.id,
+                                receives = message.receives,
+                                error = format!("{err:#}"),
+                                "event handler failed"
+                            );
+                            false
+                        }
+                    }
+                }
+            },
+        };
+        if !handled {
+            let (_, visibility) = self.queues.timings();
+            let delay = (1u64 << message.receives.saturating_sub(1).min(12)).min(visibility.as_secs());
+            let retried = self
+                .queues
+                .client
+                .change_message_visibility()
+                .queue_url(self.queues.url(consumer))
+                .receipt_handle(&message.receipt)
+                .visibility_timeout(i32::try_from(delay).unwrap_or(60))
+                .send()
+                .await;
+            if let Err(err) = retried {
+                tracing::warn!(consumer, error = %aws_sdk_sqs::error::DisplayErrorContext(&err), "setting a failed message's retry delay failed");
+            }
         }
+        handled
+    }
+
+    /// Extends the visibility of the message `receipt` every half visibility timeout until aborted,
+    /// so that slow work is not handed to another consumer meanwhile.
+    fn keep_hidden(&self, receipt: &str) -> tokio::task::JoinHandle<()> {
+        let (_, visibility) = self.queues.timings();
+        let (client, url, receipt) = (self.queues.client.clone(), self.queues.url(self.consumer), receipt.to_owned());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(visibility / 2);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let extended = client
+                    .change_message_visibility()
+                    .queue_url(&url)
+                    .receipt_handle(&receipt)
+                    .visibility_timeout(i32::try_from(visibility.as_secs()).unwrap_or(60))
+                    .send()
+                    .await;
+                match extended {
+                    Ok(_) => tracing::debug!("extended a message's visibility"),
+                    Err(err) => {
+                        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&err), "extending a message's visibility failed")
+                    }
+                }
+            }
+        })
     }
 
     async fn delete(&self, receipts: Vec<String>) -> anyhow::Result<()> {
@@ -577,7 +614,8 @@ fn parse_message(message: aws_sdk_sqs::types::Message) -> Option<Received> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
     let event = (|| {
-        let body: serde_json::Value = serde_json::from_str(message.body.as_deref().unwrap_or("")).map_err(|e| format!("body is not JSON: {e}"))?;
+        let body: serde_json::Value =
+            serde_json::from_str(message.body.as_deref().unwrap_or("")).map_err(|e| format!("body is not JSON: {e}"))?;
         let field = |name: &str| body[name].as_str().map(str::to_owned).ok_or_else(|| format!("body has no {name}"));
         let mut trace = TraceHeaders::new();
         if let Some(tp) = message.message_attributes.as_ref().and_then(|a| a.get("traceparent")).and_then(|v| v.string_value.clone()) {

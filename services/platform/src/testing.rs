@@ -4,7 +4,8 @@
 //!
 //! The real backends come from `GUILDHALL_TEST_POSTGRES_URL` (a server URL whose user may create
 //! databases) and `GUILDHALL_TEST_REDIS_URL`, which `scripts/test.sh` sets after starting
-//! throwaway servers. Without them the real-backend tests fail, saying how to run them, unless
+//! throwaway servers, and moto's server for S3 and SQS at `GUILDHALL_TEST_AWS_ENDPOINT`, where each
+//! test gets its own bucket and queues (with dead-letter queues). Without them the real-backend tests fail, saying how to run them, unless
 //! `GUILDHALL_SKIP_REAL_BACKENDS=1` is set explicitly.
 
 use std::collections::HashMap;
@@ -80,6 +81,12 @@ impl TestEnv {
             vars.insert("DATABASE_URL".to_owned(), with_database(&server, &database));
             vars.insert("REDIS_URL".to_owned(), redis);
             vars.insert("REDIS_KEY_PREFIX".to_owned(), format!("test:{id}:"));
+            let endpoint = required("GUILDHALL_TEST_AWS_ENDPOINT")?;
+            let (bucket, queue_url) = create_aws_resources(&endpoint, &format!("gh-{id}")).await?;
+            vars.insert("AWS_ENDPOINT_URL".to_owned(), endpoint);
+            vars.insert("AWS_REGION".to_owned(), "us-east-1".to_owned());
+            vars.insert("BLOB_URL".to_owned(), format!("s3://{bucket}"));
+            vars.insert("QUEUE_URL".to_owned(), queue_url);
         }
         Ok(TestEnv { backend, vars, _cleanup: std::sync::Arc::new(RemoveOnDrop(dir.clone())), dir })
     }
@@ -94,6 +101,56 @@ impl TestEnv {
     pub fn config(&self) -> anyhow::Result<crate::config::Config> {
         crate::config::Config::from_map(&self.vars)
     }
+}
+
+/// Receives after which a test queue's redrive policy moves a message to its dead-letter queue.
+pub const TEST_MAX_RECEIVES: u32 = 3;
+
+/// Creates a bucket `name` and, per consumer in `crate::events::ROUTES`, a queue
+/// `name-consumer` with a dead-letter queue `name-consumer-dlq` after `TEST_MAX_RECEIVES`
+/// receives. Returns the bucket and the `QUEUE_URL` template.
+pub async fn create_aws_resources(endpoint: &str, name: &str) -> anyhow::Result<(String, String)> {
+    let aws = crate::config::AwsConfig { endpoint_url: Some(endpoint.to_owned()), region: Some("us-east-1".to_owned()) };
+    let sdk = crate::aws::sdk_config(&aws).await;
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+    s3.create_bucket().bucket(name).send().await.context("creating the test bucket")?;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let mut consumers: Vec<&str> = crate::events::ROUTES.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+    consumers.sort_unstable();
+    consumers.dedup();
+    let mut template = None;
+    for consumer in consumers {
+        let (queue_url, _) = create_queue_with_dlq(&sqs, &format!("{name}-{consumer}"), TEST_MAX_RECEIVES).await?;
+        template.get_or_insert_with(|| queue_url.replace(&format!("{name}-{consumer}"), &format!("{name}-{{consumer}}")));
+    }
+    Ok((name.to_owned(), template.context("no consumers")?))
+}
+
+/// Creates queue `name` with a dead-letter queue `name-dlq` after `max_receives` receives.
+/// Returns both URLs.
+pub async fn create_queue_with_dlq(sqs: &aws_sdk_sqs::Client, name: &str, max_receives: u32) -> anyhow::Result<(String, String)> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let dlq = sqs.create_queue().queue_name(format!("{name}-dlq")).send().await.context("creating a dead-letter queue")?;
+    let dlq_url = dlq.queue_url.context("no queue URL")?;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .context("reading the DLQ's ARN")?
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .context("no DLQ ARN")?;
+    let redrive = serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": max_receives }).to_string();
+    let queue = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::RedrivePolicy, redrive)
+        .send()
+        .await
+        .context("creating a queue")?;
+    Ok((queue.queue_url.context("no queue URL")?, dlq_url))
 }
 
 /// `url` with its database name replaced by `database`.

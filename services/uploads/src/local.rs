@@ -50,7 +50,12 @@ fn refused(refusal: UrlRefusal) -> ApiError {
 
 /// Stores the body of a signed upload, which must have exactly the signed type and size. The
 /// file appears only once complete.
-async fn upload(State(state): State<UploadsState>, Path(key): Path<String>, Query(signed): Query<Signed>, request: Request) -> ApiResult<StatusCode> {
+async fn upload(
+    State(state): State<UploadsState>,
+    Path(key): Path<String>,
+    Query(signed): Query<Signed>,
+    request: Request,
+) -> ApiResult<StatusCode> {
     let blobs = local(&state)?;
     let headers = request.headers();
     let content_type = header_text(headers, header::CONTENT_TYPE).unwrap_or_default();

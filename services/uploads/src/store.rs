@@ -58,7 +58,8 @@ pub struct Asset {
     pub upload_expires_at: i64,
 }
 
-const COLUMNS: &str = "id, owner_id, purpose, content_type, size_bytes, object_key, state, reject_reason, created_at, updated_at, upload_expires_at";
+const COLUMNS: &str =
+    "id, owner_id, purpose, content_type, size_bytes, object_key, state, reject_reason, created_at, updated_at, upload_expires_at";
 
 fn asset(row: &AnyRow) -> anyhow::Result<Asset> {
     Ok(Asset {
@@ -128,7 +129,11 @@ pub async fn create(db: &Database, asset: &Asset, quota: Quota) -> anyhow::Resul
 
 /// The asset `id`.
 pub async fn get(db: &Database, id: &str) -> anyhow::Result<Option<Asset>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM assets WHERE id = $1")).bind(id).fetch_optional(db.pool()).await.context("reading asset")?;
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM assets WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await
+        .context("reading asset")?;
     row.as_ref().map(asset).transpose()
 }
 
@@ -199,13 +204,14 @@ pub async fn mark_ready(db: &Database, id: &str) -> anyhow::Result<bool> {
 /// when it was not verifying.
 pub async fn mark_rejected(db: &Database, asset: &Asset, reason: &str) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
-    let done = sqlx::query("UPDATE assets SET state = 'rejected', reject_reason = $2, updated_at = $3 WHERE id = $1 AND state = 'verifying'")
-        .bind(&asset.id)
-        .bind(reason)
-        .bind(now_millis())
-        .execute(&mut *tx)
-        .await
-        .context("rejecting asset")?;
+    let done =
+        sqlx::query("UPDATE assets SET state = 'rejected', reject_reason = $2, updated_at = $3 WHERE id = $1 AND state = 'verifying'")
+            .bind(&asset.id)
+            .bind(reason)
+            .bind(now_millis())
+            .execute(&mut *tx)
+            .await
+            .context("rejecting asset")?;
     if done.rows_affected() == 0 {
         tx.rollback().await.ok();
         return Ok(false);

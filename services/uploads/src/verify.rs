@@ -21,7 +21,9 @@ pub async fn check(state: &UploadsState, asset_id: &str) -> anyhow::Result<()> {
     }
     let verdict = match state.blobs.head(&asset.object_key).await? {
         None => Err("object_missing: nothing was uploaded"),
-        Some(info) if i64::try_from(info.size).ok() != Some(asset.size_bytes) => Err("size_mismatch: the stored size differs from the declared size"),
+        Some(info) if i64::try_from(info.size).ok() != Some(asset.size_bytes) => {
+            Err("size_mismatch: the stored size differs from the declared size")
+        }
         Some(_) => {
             let head = state.blobs.read_prefix(&asset.object_key, SNIFF_BYTES).await?;
             if sniff_matches(&asset.content_type, &head) { Ok(()) } else { Err("content_mismatch: the file is not of its declared type") }

@@ -1,0 +1,221 @@
+//! Events over SQS, against moto's server: the relay publishes to every subscriber's queue, the
+//! consumers long-poll, handle each event once however often it arrives, keep slow messages
+//! hidden, and leave poison messages to the dead-letter queue. Trace headers ride along.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use platform::db::Database;
+use platform::events::{Event, QueueConsumer, Queues, Relay, Subscription, TraceHeaders, handler};
+use platform::shutdown::Shutdown;
+use platform::testing::{Backend, TestEnv};
+
+struct Fixture {
+    _env: TestEnv,
+    db: Database,
+    queues: Queues,
+}
+
+/// A migrated PostgreSQL database and this test's own queues, or `None` when real backends are
+/// skipped. `vars` adjust the environment (e.g. a short visibility timeout).
+async fn fixture(vars: &[(&str, &str)]) -> Option<Fixture> {
+    if platform::testing::real_backends_skipped() {
+        return None;
+    }
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    env.set("QUEUE_WAIT_SECS", "1");
+    for (k, v) in vars {
+        env.set(k, *v);
+    }
+    let config = env.config().expect("config");
+    let db = Database::connect(&config.database).await.expect("db");
+    db.migrate().await.expect("migrate");
+    let queues = Queues::connect(&config.queue, &config.aws).await.expect("QUEUE_URL is set on real backends");
+    Some(Fixture { _env: env, db, queues })
+}
+
+/// A subscription of `consumer` to `account.deleted` counting its calls; it sleeps `work` and
+/// fails when `fail` says so.
+fn counting(consumer: &'static str, calls: Arc<AtomicUsize>, work: Duration, fail: bool) -> Subscription {
+    Subscription {
+        consumer,
+        event_types: &["account.deleted"],
+        handler: handler(move |_event: Event| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(work).await;
+                if fail { anyhow::bail!("this consumer cannot handle it") } else { Ok(()) }
+            }
+        }),
+    }
+}
+
+/// Visible plus in-flight messages of a queue.
+async fn queued(queues: &Queues, url: &str) -> i64 {
+    let attrs = queues
+        .client()
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes
+        .unwrap_or_default();
+    let n = |name| attrs.get(&name).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    n(QueueAttributeName::ApproximateNumberOfMessages) + n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+}
+
+/// Waits up to `secs` for `condition`.
+async fn eventually<F, Fut>(secs: u64, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_between_publishing_and_marking_delivers_again_and_consumers_handle_once() {
+    let Some(f) = fixture(&[]).await else { return };
+    platform::outbox::record(f.db.pool(), "account.deleted", &serde_json::json!({ "account_id": "p1" })).await.expect("record");
+    let relay = Relay::sqs(f.db.clone(), f.queues.clone());
+
+    // The first relay publishes, then dies before marking the row sent.
+    let claimed = relay.claim().await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    relay.publish(&claimed[0].0).await.expect("published");
+    // Its lease runs out; another relay finds the row unsent and publishes it again.
+    sqlx::query("UPDATE outbox SET claimed_until = 0").execute(f.db.pool()).await.expect("lease expired");
+    assert_eq!(relay.deliver_round().await.expect("round"), 1);
+    let unsent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetch_one(f.db.pool()).await.expect("count");
+    assert_eq!(unsent, 0, "marked sent after the second publish");
+
+    // Every subscriber's queue got both copies.
+    for consumer in platform::events::consumers_of("account.deleted") {
+        assert_eq!(queued(&f.queues, &f.queues.url(consumer)).await, 2, "{consumer}");
+    }
+
+    // Each consumer handles the event once and deletes both copies.
+    let shutdown = Shutdown::new();
+    let mut counters = Vec::new();
+    for consumer in platform::events::consumers_of("account.deleted") {
+        let calls = Arc::new(AtomicUsize::new(0));
+        counters.push((consumer, calls.clone()));
+        let subscription = counting(consumer, calls, Duration::ZERO, false);
+        tokio::spawn(QueueConsumer::new(f.db.clone(), f.queues.clone(), consumer, vec![subscription]).run(shutdown.clone()));
+    }
+    for (consumer, _) in &counters {
+        let url = f.queues.url(consumer);
+        assert!(eventually(20, || async { queued(&f.queues, &url).await == 0 }).await, "{consumer}'s queue drained");
+    }
+    shutdown.trigger();
+    for (consumer, calls) in &counters {
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{consumer} handled the event once");
+        let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumed_events WHERE consumer = $1")
+            .bind(*consumer)
+            .fetch_one(f.db.pool())
+            .await
+            .expect("count");
+        assert_eq!(recorded, 1, "{consumer} recorded the event id");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_land_in_the_dead_letter_queue() {
+    let Some(f) = fixture(&[]).await else { return };
+    let url = f.queues.url("chat");
+    // One that no consumer can read, one whose handler always fails.
+    f.queues.client().send_message().queue_url(&url).message_body("this is not an event").send().await.expect("send");
+    let event = Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        event_type: "account.deleted".into(),
+        payload: serde_json::json!({}),
+        trace: TraceHeaders::new(),
+    };
+    f.queues.send("chat", &event).await.expect("send");
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let shutdown = Shutdown::new();
+    let consumer = QueueConsumer::new(f.db.clone(), f.queues.clone(), "chat", vec![counting("chat", calls.clone(), Duration::ZERO, true)]);
+    tokio::spawn(consumer.run(shutdown.clone()));
+    let dlq = format!("{url}-dlq");
+    assert!(eventually(45, || async { queued(&f.queues, &dlq).await == 2 }).await, "both moved to the DLQ");
+    shutdown.trigger();
+    assert_eq!(queued(&f.queues, &url).await, 0, "nothing left in the queue");
+    assert_eq!(calls.load(Ordering::SeqCst), platform::testing::TEST_MAX_RECEIVES as usize, "tried once per receive");
+    let handled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumed_events").fetch_one(f.db.pool()).await.expect("count");
+    assert_eq!(handled, 0, "a failed event is not recorded as handled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_work_keeps_its_message_hidden() {
+    // Visible again after 2 s unless extended; the handler takes 5 s.
+    let Some(f) = fixture(&[("QUEUE_VISIBILITY_SECS", "2")]).await else { return };
+    let event = Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        event_type: "account.deleted".into(),
+        payload: serde_json::json!({}),
+        trace: TraceHeaders::new(),
+    };
+    f.queues.send("uploads", &event).await.expect("send");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let shutdown = Shutdown::new();
+    // Two consumers on the same queue, as two instances would be: neither may see it meanwhile.
+    for _ in 0..2 {
+        let subscription = counting("uploads", calls.clone(), Duration::from_secs(5), false);
+        tokio::spawn(QueueConsumer::new(f.db.clone(), f.queues.clone(), "uploads", vec![subscription]).run(shutdown.clone()));
+    }
+    let url = f.queues.url("uploads");
+    assert!(eventually(30, || async { queued(&f.queues, &url).await == 0 }).await, "handled and deleted");
+    shutdown.trigger();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "never handed out twice while in progress");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_headers_travel_as_message_attributes() {
+    let Some(f) = fixture(&[]).await else { return };
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    let trace = TraceHeaders::from([("traceparent".to_owned(), traceparent.to_owned()), ("X-Amzn-Trace-Id".to_owned(), xray.to_owned())]);
+    let event =
+        Event { id: uuid::Uuid::now_v7().to_string(), event_type: "account.deleted".into(), payload: serde_json::json!({"n": 1}), trace };
+    f.queues.send("leaderboard", &event).await.expect("send");
+    let received = f
+        .queues
+        .client()
+        .receive_message()
+        .queue_url(f.queues.url("leaderboard"))
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .expect("receive")
+        .messages
+        .unwrap_or_default();
+    assert_eq!(received.len(), 1);
+    let message = &received[0];
+    let attributes = message.message_attributes.as_ref().expect("message attributes");
+    assert_eq!(attributes["traceparent"].string_value.as_deref(), Some(traceparent));
+    assert_eq!(attributes["event_id"].string_value.as_deref(), Some(event.id.as_str()));
+    assert_eq!(attributes["event_type"].string_value.as_deref(), Some("account.deleted"));
+    let system = message.attributes.as_ref().expect("system attributes");
+    assert_eq!(system.get(&MessageSystemAttributeName::AwsTraceHeader).map(String::as_str), Some(xray));
+    let body: serde_json::Value = serde_json::from_str(message.body.as_deref().expect("body")).expect("JSON body");
+    assert_eq!(
+        (body["id"].as_str(), body["type"].as_str(), &body["payload"]),
+        (Some(event.id.as_str()), Some("account.deleted"), &serde_json::json!({"n": 1}))
+    );
+}
