@@ -84,6 +84,10 @@ impl TestEnv {
             let endpoint = required("GUILDHALL_TEST_AWS_ENDPOINT")?;
             let (bucket, queue_url) = create_aws_resources(&endpoint, &format!("gh-{id}")).await?;
             vars.insert("AWS_ENDPOINT_URL".to_owned(), endpoint);
+            // For child processes, which get exactly these variables; moto takes any credentials.
+            for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+                vars.insert(key.to_owned(), std::env::var(key).unwrap_or_else(|_| "testing".to_owned()));
+            }
             vars.insert("AWS_REGION".to_owned(), "us-east-1".to_owned());
             vars.insert("BLOB_URL".to_owned(), format!("s3://{bucket}"));
             vars.insert("QUEUE_URL".to_owned(), queue_url);

@@ -261,8 +261,14 @@ impl std::ops::Deref for Process {
 impl Process {
     /// Starts `guildhall serve` with exactly `env`'s variables and waits for its "listening" line.
     pub async fn start(env: &TestEnv) -> Self {
+        Self::start_as(env, "serve").await
+    }
+
+    /// Starts `guildhall <command>` (`serve`, `worker`) with exactly `env`'s variables and waits
+    /// for its "listening" line.
+    pub async fn start_as(env: &TestEnv, command: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_guildhall"))
-            .arg("serve")
+            .arg(command)
             .env_clear()
             .envs(&env.vars)
             .current_dir(&env.dir)

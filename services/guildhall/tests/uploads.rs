@@ -1,0 +1,372 @@
+//! The uploads API over HTTP, on embedded backends (SQLite, local files served by Guildhall,
+//! in-process events) and on real ones (PostgreSQL, Redis, moto's S3 and SQS): real PUTs of bytes
+//! to the signed URL, the asynchronous check, errors, quotas, pagination and erasure.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN_KEY, Api, Backend, Process, TestApp, TestEnv, guest};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A PNG's signature and header chunk start, padded to `size` bytes.
+fn png(size: usize) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0".to_vec();
+    bytes.resize(size.max(bytes.len()), 0);
+    bytes.truncate(size);
+    bytes
+}
+
+/// A JPEG's start, padded to `size` bytes.
+fn jpeg(size: usize) -> Vec<u8> {
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0];
+    bytes.resize(size, 0x20);
+    bytes
+}
+
+async fn start(backend: Backend) -> TestApp {
+    TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    })
+    .await
+}
+
+async fn start_upload(api: &Api, token: &str, purpose: &str, content_type: &str, size: usize) -> Value {
+    api.post("/v1/uploads", Some(token), json!({"purpose": purpose, "content_type": content_type, "size_bytes": size}))
+        .await
+        .expect(201)
+        .body
+}
+
+/// PUTs `bytes` to the ticket's URL with its headers (the length comes from the body); returns
+/// the status.
+async fn put(api: &Api, ticket: &Value, bytes: Vec<u8>) -> u16 {
+    assert_eq!(ticket["upload"]["method"], "PUT");
+    let mut request = api.client.put(ticket["upload"]["url"].as_str().expect("url"));
+    for (name, value) in ticket["upload"]["headers"].as_object().expect("headers") {
+        if name != "content-length" && name != "host" {
+            request = request.header(name.as_str(), value.as_str().expect("header value"));
+        }
+    }
+    request.body(bytes).send().await.expect("PUT sent").status().as_u16()
+}
+
+/// Polls the asset until its state is one of `states`.
+async fn settled(api: &Api, token: &str, id: &str, states: &[&str]) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let asset = api.get(&format!("/v1/assets/{id}"), Some(token)).await.expect(200).body;
+        if states.contains(&asset["state"].as_str().unwrap_or("")) {
+            return asset;
+        }
+        assert!(std::time::Instant::now() < deadline, "asset stuck in {asset}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether storage holds an object under `key`, asked of the store itself.
+async fn stored(env: &TestEnv, key: &str) -> bool {
+    let blobs = platform::blobs::Blobs::connect(&env.config().expect("config")).await.expect("blobs");
+    blobs.head(key).await.expect("head").is_some()
+}
+
+/// Uploads `bytes` as a finished, checked asset; returns its final view.
+async fn upload(api: &Api, token: &str, purpose: &str, content_type: &str, bytes: Vec<u8>) -> Value {
+    let ticket = start_upload(api, token, purpose, content_type, bytes.len()).await;
+    assert_eq!(put(api, &ticket, bytes).await, 200);
+    let id = ticket["asset_id"].as_str().expect("id");
+    api.post(&format!("/v1/uploads/{id}/complete"), Some(token), json!({})).await.expect(202);
+    settled(api, token, id, &["ready", "rejected"]).await
+}
+
+async fn an_avatar_goes_from_upload_to_ready_and_downloads(backend: Backend) {
+    let app = start(backend).await;
+    let (me, token) = guest(&app, "artist").await;
+    let bytes = png(3000);
+    let ticket = start_upload(&app, &token, "avatar", "image/png", bytes.len()).await;
+    let id = ticket["asset_id"].as_str().expect("id").to_owned();
+    assert_eq!(ticket["upload"]["headers"]["content-type"], "image/png");
+    assert!(ticket["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let pending = app.get(&format!("/v1/assets/{id}"), Some(&token)).await.expect(200).body;
+    assert_eq!((pending["state"].as_str(), pending.get("download_url")), (Some("pending"), None));
+
+    assert_eq!(put(&app, &ticket, bytes.clone()).await, 200);
+    let accepted = app.post(&format!("/v1/uploads/{id}/complete"), Some(&token), json!({})).await.expect(202).body;
+    assert!(matches!(accepted["state"].as_str(), Some("verifying" | "ready")), "{accepted}");
+    let ready = settled(&app, &token, &id, &["ready", "rejected"]).await;
+    assert_eq!(ready["state"], "ready", "{ready}");
+    assert_eq!((ready["owner_id"].as_str(), ready["size_bytes"].as_u64()), (Some(me.as_str()), Some(3000)));
+
+    // The download URL serves the same bytes, to anyone holding it.
+    let url = ready["download_url"].as_str().expect("download URL");
+    let response = reqwest::get(url).await.expect("download");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.bytes().await.expect("bytes").as_ref(), bytes.as_slice());
+
+    // Another player may see a ready avatar.
+    let (_, other) = guest(&app, "viewer").await;
+    let seen = app.get(&format!("/v1/assets/{id}"), Some(&other)).await.expect(200).body;
+    assert_eq!(seen["state"], "ready");
+    // Completing again is a conflict.
+    app.post(&format!("/v1/uploads/{id}/complete"), Some(&token), json!({})).await.expect_error(409, "already_completed");
+}
+
+async fn a_mislabelled_file_is_rejected_and_deleted(backend: Backend) {
+    let app = start(backend).await;
+    let (_, token) = guest(&app, "liar").await;
+    // A JPEG declared as PNG, and an HTML page declared as JSON.
+    let rejected = upload(&app, &token, "avatar", "image/png", jpeg(2048)).await;
+    assert_eq!(rejected["state"], "rejected", "{rejected}");
+    assert!(rejected["reject_reason"].as_str().is_some_and(|r| r.starts_with("content_mismatch")), "{rejected}");
+    assert!(rejected.get("download_url").is_none());
+    let key = format!("avatar/{}", rejected["id"].as_str().expect("id"));
+    assert!(!stored(&app.env, &key).await, "the rejected bytes are deleted");
+
+    let html = upload(&app, &token, "ugc", "application/json", b"<html><script>alert(1)</script></html>".to_vec()).await;
+    assert_eq!(html["state"], "rejected", "{html}");
+    let json = upload(&app, &token, "ugc", "application/json", br#"{"level": [1, 2, 3]}"#.to_vec()).await;
+    assert_eq!(json["state"], "ready", "{json}");
+}
+
+async fn an_oversize_upload_never_becomes_ready(backend: Backend) {
+    let app = start(backend).await;
+    let (_, token) = guest(&app, "greedy").await;
+    let ticket = start_upload(&app, &token, "avatar", "image/png", 100).await;
+    let id = ticket["asset_id"].as_str().expect("id").to_owned();
+    let status = put(&app, &ticket, png(5000)).await;
+    // Real S3 refuses a body longer than the signed Content-Length, and so does Guildhall's own
+    // URL; moto stores it anyway, so there the completion check must catch it.
+    if status == 200 {
+        assert_eq!(backend, Backend::Real, "Guildhall's own URL accepted a body over its signed size");
+        app.post(&format!("/v1/uploads/{id}/complete"), Some(&token), json!({})).await.expect(202);
+        let asset = settled(&app, &token, &id, &["ready", "rejected"]).await;
+        assert_eq!(asset["state"], "rejected", "{asset}");
+        assert!(asset["reject_reason"].as_str().is_some_and(|r| r.starts_with("size_mismatch")), "{asset}");
+        assert!(!stored(&app.env, &format!("avatar/{id}")).await, "deleted");
+    } else {
+        assert!((400..500).contains(&status), "refused with a client error, got {status}");
+        assert!(!stored(&app.env, &format!("avatar/{id}")).await, "nothing stored");
+        // Completing without bytes: rejected as missing.
+        app.post(&format!("/v1/uploads/{id}/complete"), Some(&token), json!({})).await.expect(202);
+        let asset = settled(&app, &token, &id, &["ready", "rejected"]).await;
+        assert!(asset["reject_reason"].as_str().is_some_and(|r| r.starts_with("object_missing")), "{asset}");
+    }
+}
+
+async fn bad_requests_are_refused_with_clear_codes(backend: Backend) {
+    let app = start(backend).await;
+    let (_, token) = guest(&app, "confused").await;
+    let create = |body: Value| {
+        let (app, token) = (&app, &token);
+        async move { app.post("/v1/uploads", Some(token), body).await }
+    };
+    create(json!({"purpose": "malware", "content_type": "image/png", "size_bytes": 10})).await.expect_error(400, "unsupported_purpose");
+    let wrong = create(json!({"purpose": "avatar", "content_type": "image/gif", "size_bytes": 10}))
+        .await
+        .expect_error(400, "content_type_not_allowed");
+    assert_eq!(wrong.body["error"]["field"], "content_type");
+    let big = create(json!({"purpose": "avatar", "content_type": "image/png", "size_bytes": 3 * 1024 * 1024}))
+        .await
+        .expect_error(400, "too_large");
+    assert_eq!(big.body["error"]["field"], "size_bytes");
+    create(json!({"purpose": "avatar", "content_type": "image/png", "size_bytes": 0})).await.expect_error(400, "invalid_request");
+    create(json!({"purpose": "avatar", "content_type": "image/png", "size_bytes": -5})).await.expect_error(400, "invalid_request");
+    create(json!({"purpose": "avatar", "content_type": "image/png"})).await.expect_error(400, "invalid_request");
+    create(json!({"purpose": "avatar", "content_type": "image/png", "size_bytes": 5, "path": "/etc"}))
+        .await
+        .expect_error(400, "invalid_request");
+    app.post("/v1/uploads", None, json!({"purpose": "avatar", "content_type": "image/png", "size_bytes": 5}))
+        .await
+        .expect_error(401, "missing_token");
+    // Types are matched without regard to case.
+    create(json!({"purpose": "avatar", "content_type": "IMAGE/PNG", "size_bytes": 5})).await.expect(201);
+    app.get("/v1/assets/not-an-id", Some(&token)).await.expect_error(404, "not_found");
+    app.get(&format!("/v1/assets/{}", uuid::Uuid::now_v7()), Some(&token)).await.expect_error(404, "not_found");
+    app.get("/v1/assets?limit=0", Some(&token)).await.expect_error(400, "invalid_request");
+    app.get("/v1/assets?cursor=bogus", Some(&token)).await.expect_error(400, "invalid_request");
+    // Nothing was written by the refused requests.
+    let listed = app.get("/v1/assets", Some(&token)).await.expect(200).body;
+    assert_eq!(listed["assets"].as_array().expect("assets").len(), 1);
+}
+
+async fn another_players_assets_are_off_limits(backend: Backend) {
+    let app = start(backend).await;
+    let (owner, mine) = guest(&app, "owner").await;
+    let (_, theirs) = guest(&app, "snoop").await;
+    let ticket = start_upload(&app, &mine, "screenshot", "image/png", 64).await;
+    let id = ticket["asset_id"].as_str().expect("id");
+    app.post(&format!("/v1/uploads/{id}/complete"), Some(&theirs), json!({})).await.expect_error(403, "forbidden");
+    app.call(Method::DELETE, &format!("/v1/assets/{id}"), Some(&theirs), None).await.expect_error(403, "forbidden");
+    app.get(&format!("/v1/assets/{id}"), Some(&theirs)).await.expect_error(403, "forbidden");
+    app.get(&format!("/v1/assets?owner={owner}"), Some(&theirs)).await.expect_error(403, "forbidden");
+    assert_eq!(
+        app.get(&format!("/v1/assets?owner={owner}"), Some(&mine)).await.expect(200).body["assets"].as_array().map(Vec::len),
+        Some(1)
+    );
+    // Still pending and untouched.
+    assert_eq!(app.get(&format!("/v1/assets/{id}"), Some(&mine)).await.expect(200).body["state"], "pending");
+    app.call(Method::DELETE, &format!("/v1/assets/{id}"), Some(&mine), None).await.expect(204);
+    app.get(&format!("/v1/assets/{id}"), Some(&mine)).await.expect_error(404, "not_found");
+    app.call(Method::DELETE, &format!("/v1/assets/{id}"), Some(&mine), None).await.expect_error(404, "not_found");
+}
+
+async fn quotas_count_and_deleting_gives_room_back(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("UPLOAD_QUOTA_COUNT", "2");
+        env.set("UPLOAD_QUOTA_BYTES", "10000");
+    })
+    .await;
+    let (_, token) = guest(&app, "hoarder").await;
+    let first = upload(&app, &token, "avatar", "image/png", png(4000)).await;
+    assert_eq!(first["state"], "ready");
+    // Bytes: 4000 + 7000 > 10000.
+    let over =
+        app.post("/v1/uploads", Some(&token), json!({"purpose": "screenshot", "content_type": "image/png", "size_bytes": 7000})).await;
+    over.expect_error(429, "quota_exceeded");
+    start_upload(&app, &token, "avatar", "image/png", 5000).await;
+    // Count: two held, pending ones included.
+    app.post("/v1/uploads", Some(&token), json!({"purpose": "avatar", "content_type": "image/png", "size_bytes": 10}))
+        .await
+        .expect_error(429, "quota_exceeded");
+    // A rejected upload gives its room back at once; deleting does too.
+    app.call(Method::DELETE, &format!("/v1/assets/{}", first["id"].as_str().expect("id")), Some(&token), None).await.expect(204);
+    let rejected = upload(&app, &token, "avatar", "image/png", jpeg(1000)).await;
+    assert_eq!(rejected["state"], "rejected");
+    start_upload(&app, &token, "avatar", "image/png", 1000).await;
+    // Another player's quota is their own.
+    let (_, other) = guest(&app, "modest").await;
+    start_upload(&app, &other, "avatar", "image/png", 1000).await;
+}
+
+async fn listing_is_paginated_newest_first(backend: Backend) {
+    let app = start(backend).await;
+    let (_, token) = guest(&app, "collector").await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(start_upload(&app, &token, "replay", "application/octet-stream", 100).await["asset_id"].as_str().expect("id").to_owned());
+    }
+    let listed: Vec<String> =
+        app.pages("/v1/assets?owner=me&limit=2", &token, "assets").await.iter().map(|a| a["id"].as_str().expect("id").to_owned()).collect();
+    ids.reverse();
+    assert_eq!(listed, ids, "every asset once, newest first");
+    let first = app.get("/v1/assets?limit=2", Some(&token)).await.expect(200).body;
+    assert_eq!(first["assets"].as_array().map(Vec::len), Some(2));
+    assert!(first["next_cursor"].is_string());
+    let (_, other) = guest(&app, "empty").await;
+    let none = app.get("/v1/assets", Some(&other)).await.expect(200).body;
+    assert_eq!((none["assets"].as_array().map(Vec::len), none.get("next_cursor")), (Some(0), None));
+}
+
+async fn account_deletion_erases_assets_and_leaderboard_records(backend: Backend) {
+    let app = start(backend).await;
+    app.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "arena", "sort": "desc", "operator": "best"})).await.expect(201);
+    let (gone, token) = guest(&app, "leaving").await;
+    let (_, other) = guest(&app, "staying").await;
+    let avatar = upload(&app, &token, "avatar", "image/png", png(500)).await;
+    let pending = start_upload(&app, &token, "replay", "application/gzip", 100).await;
+    let kept = upload(&app, &other, "avatar", "image/png", png(600)).await;
+    app.post("/v1/leaderboards/arena/scores", Some(&token), json!({"score": 10})).await.expect(200);
+    app.post("/v1/leaderboards/arena/scores", Some(&other), json!({"score": 5})).await.expect(200);
+    let avatar_id = avatar["id"].as_str().expect("id").to_owned();
+
+    app.call(Method::DELETE, "/v1/accounts/me", Some(&token), None).await.expect(204);
+
+    // account.deleted reaches uploads and leaderboard (through SQS on real backends).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let asset = app.get(&format!("/v1/assets/{avatar_id}"), Some(&other)).await;
+        let top = app.get("/v1/leaderboards/arena/records", Some(&other)).await.expect(200).body;
+        if asset.status == 404 && top["records"].as_array().map(Vec::len) == Some(1) {
+            assert_eq!(top["records"][0]["rank"], 1);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not erased yet: asset {}, board {top}", asset.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!stored(&app.env, &format!("avatar/{avatar_id}")).await, "the avatar's bytes are deleted");
+    let db = app.database().await;
+    let left: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM assets WHERE owner_id = $1").bind(&gone).fetch_one(db.pool()).await.expect("count");
+    assert_eq!(left, 0, "the pending upload {} went too", pending["asset_id"]);
+    let usage: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM asset_usage WHERE owner_id = $1").bind(&gone).fetch_one(db.pool()).await.expect("count");
+    assert_eq!(usage, 0);
+    // The other player's asset is untouched.
+    let still = app.get(&format!("/v1/assets/{}", kept["id"].as_str().expect("id")), Some(&other)).await.expect(200).body;
+    assert_eq!(still["state"], "ready");
+}
+
+on_both_backends!(
+    an_avatar_goes_from_upload_to_ready_and_downloads,
+    a_mislabelled_file_is_rejected_and_deleted,
+    an_oversize_upload_never_becomes_ready,
+    bad_requests_are_refused_with_clear_codes,
+    another_players_assets_are_off_limits,
+    quotas_count_and_deleting_gives_room_back,
+    listing_is_paginated_newest_first,
+    account_deletion_erases_assets_and_leaderboard_records,
+);
+
+/// Guildhall's own URLs hold uploads and downloads to what was signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_urls_refuse_anything_but_what_was_signed() {
+    let app = start(Backend::Embedded).await;
+    let (_, token) = guest(&app, "tamperer").await;
+    let ticket = start_upload(&app, &token, "avatar", "image/png", 100).await;
+    let url = ticket["upload"]["url"].as_str().expect("url").to_owned();
+    let send = |url: String, content_type: &'static str, body: Vec<u8>| {
+        let client = app.client.clone();
+        async move { Api::reply(client.put(url).header("content-type", content_type).body(body).send().await.expect("sent")).await }
+    };
+    send(url.replace("signature=", "signature=00"), "image/png", png(100)).await.expect_error(403, "signature_invalid");
+    send(url.replace("size=100", "size=200"), "image/png", png(200)).await.expect_error(403, "signature_invalid");
+    send(url.clone(), "image/jpeg", png(100)).await.expect_error(403, "signature_invalid");
+    send(url.replace("avatar/", "screenshot/"), "image/png", png(100)).await.expect_error(403, "signature_invalid");
+    let short = send(url.clone(), "image/png", png(60)).await;
+    assert!(matches!(short.status, 400 | 403), "a short body is refused: {}", short.status);
+    assert_eq!(send(url.clone(), "image/png", png(100)).await.status, 200);
+
+    // Downloads need a valid signature too, and only ready assets are served.
+    let id = ticket["asset_id"].as_str().expect("id");
+    let base = url.split("/v1/blobs/").next().expect("base").to_owned();
+    let bare = Api::reply(app.client.get(format!("{base}/v1/blobs/avatar/{id}")).send().await.expect("sent")).await;
+    assert_eq!(bare.status, 400, "no signature: {}", bare.body);
+    app.post(&format!("/v1/uploads/{id}/complete"), Some(&token), json!({})).await.expect(202);
+    let ready = settled(&app, &token, id, &["ready"]).await;
+    let download = ready["download_url"].as_str().expect("url").to_owned();
+    let forged = Api::reply(app.client.get(download.replace("signature=", "signature=ab")).send().await.expect("sent")).await;
+    forged.expect_error(403, "signature_invalid");
+    let served = app.client.get(download).send().await.expect("sent");
+    assert_eq!(served.headers()["content-type"], "image/png");
+    assert_eq!(served.headers()["x-content-type-options"], "nosniff");
+}
+
+/// API-only processes (RUN_EVENT_WORKERS=false) leave events to `guildhall worker`: an upload is
+/// checked only once a worker runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_delivers_events_for_api_only_processes() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    env.set("RUN_EVENT_WORKERS", "false");
+    env.set("QUEUE_WAIT_SECS", "2");
+    let api = Process::start(&env).await;
+    let (_, token) = guest(&api, "patient").await;
+    let ticket = start_upload(&api, &token, "avatar", "image/png", 256).await;
+    assert_eq!(put(&api, &ticket, png(256)).await, 200);
+    let id = ticket["asset_id"].as_str().expect("id");
+    api.post(&format!("/v1/uploads/{id}/complete"), Some(&token), json!({})).await.expect(202);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = api.get(&format!("/v1/assets/{id}"), Some(&token)).await.expect(200).body;
+    assert_eq!(waiting["state"], "verifying", "nobody delivers events yet");
+
+    let mut worker = Process::start_as(&env, "worker").await;
+    let live = worker.get("/health/live", None).await;
+    assert_eq!(live.status, 200);
+    worker.get("/v1/assets", Some(&token)).await.expect_error(404, "not_found");
+    let ready = settled(&api, &token, id, &["ready", "rejected"]).await;
+    assert_eq!(ready["state"], "ready", "{ready}");
+    assert!(worker.terminate().await.success());
+}
