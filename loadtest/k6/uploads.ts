@@ -1,0 +1,44 @@
+// uploads: avatars, end to end, at RATE per second: upload URL, a real PUT of a PNG to S3 (moto in
+// compose), completion, the worker's check until `ready`, the download, then deletion.
+//
+//   k6 run -e BASE_URL=http://localhost:8080 -e UPLOAD_URL_ORIGIN=http://localhost:5000 \
+//     -e RATE=5 -e DURATION=2m loadtest/k6/uploads.ts
+//
+// UPLOAD_URL_ORIGIN is for compose only (its presigned URLs name moto as the containers reach it).
+
+import type { Options } from "k6/options";
+import { envDuration, envNumber, newRunId, player } from "./lib/api.ts";
+import { uploadAvatar } from "./lib/flows.ts";
+
+const rate = envNumber("RATE", 2);
+
+export const options: Options = {
+  scenarios: {
+    avatars: {
+      executor: "constant-arrival-rate",
+      rate,
+      timeUnit: "1s",
+      duration: envDuration("DURATION", "1m"),
+      preAllocatedVUs: Math.max(5, rate * 4),
+      maxVUs: Math.max(20, rate * 20),
+    },
+  },
+  thresholds: {
+    http_req_failed: ["rate<0.01"],
+    checks: ["rate>0.99"],
+    assets_ready: ["rate>0.99"],
+    asset_ready_ms: ["p(95)<3000", "p(99)<8000"],
+    "http_req_duration{endpoint:upload_create}": ["p(95)<150", "p(99)<400"],
+    "http_req_duration{endpoint:blob_put}": ["p(95)<500", "p(99)<1500"],
+    "http_req_duration{endpoint:upload_complete}": ["p(95)<200", "p(99)<500"],
+    "http_req_duration{endpoint:asset_get}": ["p(95)<100", "p(99)<250"],
+  },
+};
+
+export function setup(): { runId: string } {
+  return { runId: newRunId() };
+}
+
+export default function (data: { runId: string }): void {
+  uploadAvatar(player(data.runId).tokens.access_token, envNumber("READY_WAIT_SECONDS", 15));
+}
