@@ -27,7 +27,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    platform::telemetry::init(config.log_format);
+    let telemetry = platform::telemetry::init(config.log_format, config.traces.as_ref());
     let result = match command.as_str() {
         "serve" => guildhall::run(config).await,
         "worker" => guildhall::run_worker(config).await,
@@ -49,6 +49,8 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // The blocking flush runs off the async workers.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -265,6 +265,8 @@ pub struct Config {
     pub blob_signing_key: Option<Secret<String>>,
     /// Upload quotas and URL lifetimes.
     pub upload_limits: UploadLimits,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_SERVICE_NAME`: where traces go; none, none.
+    pub traces: Option<crate::telemetry::TraceExport>,
     /// `RUN_EVENT_WORKERS`: `serve` also runs the outbox relay and the queue consumers of its
     /// services (default true; `guildhall worker` runs only them).
     pub run_event_workers: bool,
@@ -439,6 +441,17 @@ impl Config {
             download_url_ttl: Duration::from_secs(parse("DOWNLOAD_URL_TTL_SECS", 3600)?.clamp(60, 7 * 24 * 3600)),
         };
 
+        let traces = base_url("OTEL_EXPORTER_OTLP_ENDPOINT")?.map(|endpoint| crate::telemetry::TraceExport {
+            endpoint,
+            service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| {
+                if services.len() == Service::ALL.len() {
+                    "guildhall".to_owned()
+                } else {
+                    format!("guildhall-{}", services.iter().map(|s| s.name()).collect::<Vec<_>>().join("-"))
+                }
+            }),
+        });
+
         let config = Config {
             listen_addr,
             data_dir,
@@ -462,6 +475,7 @@ impl Config {
             blob_signing_key: get("BLOB_SIGNING_KEY").map(Secret::new),
             upload_limits,
             run_event_workers: flag("RUN_EVENT_WORKERS", true)?,
+            traces,
             chat_send_burst: limit("CHAT_SEND_BURST", 10)?,
             chat_send_per_second: f64::from(limit("CHAT_SEND_PER_SECOND", 2)?),
         };

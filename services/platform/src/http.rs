@@ -163,13 +163,18 @@ pub fn with_common_layers(router: Router, settings: HttpSettings) -> Router {
                 .make_span_with(|request: &axum::http::Request<_>| {
                     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
                     let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!(
+                    let span = tracing::info_span!(
                         "request",
                         otel.name = format!("{} {}", request.method(), route),
+                        otel.kind = "server",
                         http.method = %request.method(),
                         http.route = route,
                         request_id = id,
-                    )
+                        trace_id = tracing::field::Empty,
+                    );
+                    crate::telemetry::set_parent_from_http(&span, request.headers());
+                    crate::telemetry::record_trace_id(&span);
+                    span
                 })
                 .on_request(())
                 .on_response(|response: &Response, latency: Duration, _span: &tracing::Span| {

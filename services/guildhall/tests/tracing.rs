@@ -1,0 +1,135 @@
+//! One trace from an HTTP request through the outbox and SQS to another service's consumer,
+//! exported over OTLP to a receiver on loopback: accounts (one process) deletes an account,
+//! leaderboard (another process) erases the records, and both spans share the trace the request
+//! came in with.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::routing::post;
+use common::{Backend, Process, TestEnv, guest};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+/// A span as the receiver saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An OTLP/HTTP receiver on a free port: its URL and what it received.
+async fn receiver() -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
+                let mut sink = sink.lock().expect("lock");
+                for resource in request.resource_spans {
+                    let service = resource
+                        .resource
+                        .iter()
+                        .flat_map(|r| r.attributes.iter())
+                        .find(|kv| kv.key == "service.name")
+                        .and_then(|kv| kv.value.as_ref())
+                        .and_then(|v| match &v.value {
+                            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    for scope in resource.scope_spans {
+                        for span in scope.spans {
+                            sink.push(Seen {
+                                service: service.clone(),
+                                name: span.name,
+                                trace_id: hex(&span.trace_id),
+                                span_id: hex(&span.span_id),
+                                parent_span_id: hex(&span.parent_span_id),
+                            });
+                        }
+                    }
+                }
+                ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver") });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_request_through_the_queue_to_the_consumer() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let (endpoint, seen) = receiver().await;
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    env.set("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+    env.set("OTEL_BSP_SCHEDULE_DELAY", "100");
+    env.set("QUEUE_WAIT_SECS", "1");
+    let mut accounts_env = env.clone();
+    accounts_env.set("SERVICES", "accounts");
+    let mut leaderboard_env = env.clone();
+    leaderboard_env.set("SERVICES", "leaderboard");
+    let mut accounts = Process::start(&accounts_env).await;
+    let mut leaderboard = Process::start(&leaderboard_env).await;
+
+    let (_, token) = guest(&accounts, "traced").await;
+    // The trace the load balancer (or a game client) started.
+    let trace_id = "5759e988bd862e3fe1be46a994272793";
+    let response = accounts
+        .client
+        .delete(format!("{}/v1/accounts/me", accounts.base))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace_id}-53995c3f42cd8ad8-01"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 204);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (request, consumed) = loop {
+        {
+            let spans = seen.lock().expect("lock");
+            let request = spans.iter().find(|s| s.name == "DELETE /v1/accounts/me").cloned();
+            let consumed = spans.iter().find(|s| s.name == "leaderboard consume account.deleted").cloned();
+            if let (Some(request), Some(consumed)) = (request, consumed) {
+                break (request, consumed);
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "spans seen: {:?}", seen.lock().expect("lock"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(request.trace_id, trace_id, "the request joined the incoming trace");
+    assert_eq!(request.parent_span_id, "53995c3f42cd8ad8");
+    assert_eq!(request.service, "guildhall-accounts");
+    assert_eq!(consumed.trace_id, trace_id, "the consumer in another process joined it through the outbox and SQS");
+    // The consumer's parent is the span that recorded the event: the request's, or one inside it
+    // (the handler's).
+    let spans = seen.lock().expect("lock").clone();
+    let mut ancestor = consumed.parent_span_id.clone();
+    while ancestor != request.span_id {
+        let parent =
+            spans.iter().find(|s| s.span_id == ancestor).unwrap_or_else(|| panic!("{ancestor} is not under the request: {spans:?}"));
+        ancestor = parent.parent_span_id.clone();
+    }
+    assert_eq!(consumed.service, "guildhall-leaderboard");
+    assert!(accounts.terminate().await.success());
+    assert!(leaderboard.terminate().await.success());
+}
