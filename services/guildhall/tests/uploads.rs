@@ -370,3 +370,16 @@ async fn a_worker_process_delivers_events_for_api_only_processes() {
     assert_eq!(ready["state"], "ready", "{ready}");
     assert!(worker.terminate().await.success());
 }
+
+/// With a CDN in front of the bucket, ready assets are downloaded through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_assets_download_through_the_cdn_when_one_is_configured() {
+    let app = TestApp::start_with(Backend::Embedded, |env| {
+        env.set("CDN_BASE_URL", "https://cdn.example.com/");
+    })
+    .await;
+    let (_, token) = guest(&app, "famous").await;
+    let ready = upload(&app, &token, "avatar", "image/png", png(300)).await;
+    let id = ready["id"].as_str().expect("id");
+    assert_eq!(ready["download_url"].as_str(), Some(format!("https://cdn.example.com/avatar/{id}").as_str()));
+}
