@@ -10,6 +10,8 @@
 #   --create          create the services that do not exist yet (without it a missing service is
 #                     an error: the CloudFormation stack creates them with DeployServices=true)
 #   --no-migrate      skip the migrate task (the schema is already current)
+#   --no-services     register (and migrate) only, touching no service: the first deployment,
+#                     before the stack's second pass creates the services
 #   --services "..."  deploy only these (default: accounts leaderboard uploads chat worker)
 #   --wait            wait until every deployed service is stable
 #   --render DIR      write the filled task definitions to DIR and stop, registering nothing
@@ -45,6 +47,7 @@ log() { echo "deploy: $*" >&2; }
 
 create=false
 migrate=true
+services=true
 wait=false
 render_dir=
 selected=("${all_services[@]}")
@@ -52,6 +55,7 @@ while (($#)); do
   case $1 in
     --create) create=true ;;
     --no-migrate) migrate=false ;;
+    --no-services) services=false ;;
     --wait) wait=true ;;
     --render) render_dir=${2:?--render needs a folder}; shift ;;
     --services) read -r -a selected <<<"${2:?--services needs a list}"; shift ;;
@@ -89,10 +93,10 @@ camel() { awk -F_ '{ for (i = 1; i <= NF; i++) printf "%s%s", toupper(substr($i,
 upper() { tr '[:lower:]' '[:upper:]' <<<"$1"; }
 needed=("${shared[@]}")
 for service in "${selected[@]}"; do needed+=("$(upper "$service")_TASK_ROLE_ARN"); done
-if [[ -z $render_dir ]] && { $migrate || $create; }; then
+if [[ -z $render_dir ]] && { $migrate || { $services && $create; }; }; then
   needed+=(PRIVATE_SUBNETS SERVICE_SECURITY_GROUP WORKER_SECURITY_GROUP)
 fi
-if [[ -z $render_dir ]] && $create; then
+if [[ -z $render_dir ]] && $services && $create; then
   for service in "${selected[@]}"; do
     [[ $balanced == *" $service "* ]] && needed+=("$(upper "$service")_TARGET_GROUP_ARN")
   done
@@ -186,6 +190,11 @@ if $migrate; then
     --query "tasks[0].containers[?name=='guildhall'].exitCode | [0]" --output text)
   [[ $code == 0 ]] || die "migrations failed (exit code $code): see the log group /ecs/$STACK_NAME/migrate"
   log "migrations applied"
+fi
+
+if ! $services; then
+  log "registered; no service touched (--no-services)"
+  exit 0
 fi
 
 # 3. Point each service at its new revision, or create it (--create).

@@ -300,9 +300,9 @@ service_revisions() {
 }
 
 # Starts moto's server on a free loopback port, runs the compose stack's aws-init script against
-# it, then deploys to it twice with ecs/deploy.sh reading a stand-in stack's outputs: first
-# creating the cluster's services (--create), then updating them to a new image, and asserts
-# with the AWS CLI that every service runs the new revision of its task definition.
+# it, then deploys to it with ecs/deploy.sh reading a stand-in stack's outputs as ecs/README.md
+# describes (register only; create the services; update them to a new image), asserting with the
+# AWS CLI after each step which revision of its task definition every service runs.
 rehearsal() {
   local port moto expected
   port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -350,18 +350,22 @@ EOF
   unset ACCOUNTS_TASK_ROLE_ARN LEADERBOARD_TASK_ROLE_ARN UPLOADS_TASK_ROLE_ARN CHAT_TASK_ROLE_ARN WORKER_TASK_ROLE_ARN
   export STACK_NAME=rehearsal
 
+  # The first deployment registers before any service exists (the stack's first pass) ...
+  IMAGE=registry.example/guildhall:first ecs/deploy.sh --no-services --no-migrate
+  [[ -z "$(service_revisions)" ]] || { echo "--no-services touched a service"; exit 1; }
+  # ... then the services are created (here by --create; on AWS by the stack's second pass) ...
   IMAGE=registry.example/guildhall:first ecs/deploy.sh --create --no-migrate
-  expected=$(printf '%s\trehearsal-%s:1\n' accounts accounts chat chat leaderboard leaderboard uploads uploads worker worker)
-  [[ "$(service_revisions)" == "$expected" ]] || { echo "after --create:"; service_revisions; exit 1; }
-
-  IMAGE=registry.example/guildhall:second ecs/deploy.sh --no-migrate
   expected=$(printf '%s\trehearsal-%s:2\n' accounts accounts chat chat leaderboard leaderboard uploads uploads worker worker)
+  [[ "$(service_revisions)" == "$expected" ]] || { echo "after --create:"; service_revisions; exit 1; }
+  # ... and every release updates them.
+  IMAGE=registry.example/guildhall:second ecs/deploy.sh --no-migrate
+  expected=$(printf '%s\trehearsal-%s:3\n' accounts accounts chat chat leaderboard leaderboard uploads uploads worker worker)
   [[ "$(service_revisions)" == "$expected" ]] || { echo "after the update:"; service_revisions; exit 1; }
   python - <<'EOF'
 import os, boto3
 ecs = boto3.client("ecs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
 for family in ("accounts", "leaderboard", "uploads", "chat", "worker", "migrate"):
-    task = ecs.describe_task_definition(taskDefinition=f"rehearsal-{family}:2")["taskDefinition"]
+    task = ecs.describe_task_definition(taskDefinition=f"rehearsal-{family}:3")["taskDefinition"]
     image = next(c["image"] for c in task["containerDefinitions"] if c["name"] == "guildhall")
     assert image == "registry.example/guildhall:second", (family, image)
 EOF
@@ -377,7 +381,7 @@ EOF
     exit 1
   fi
   grep -q "cluster nowhere does not exist" "$logs/missing.log"
-  echo "services updated to their second revisions"
+  echo "services created, then updated to their new revisions"
 }
 
 check "hadolint docker/Dockerfile" hadolint docker/Dockerfile
