@@ -109,7 +109,8 @@ async fn one_trace_runs_from_the_request_through_the_queue_to_the_consumer() {
             let spans = seen.lock().expect("lock");
             let request = spans.iter().find(|s| s.name == "DELETE /v1/accounts/me").cloned();
             let consumed = spans.iter().find(|s| s.name == "leaderboard consume account.deleted").cloned();
-            if let (Some(request), Some(consumed)) = (request, consumed) {
+            let published = spans.iter().any(|s| s.name == "publish account.deleted") && spans.iter().any(|s| s.name == "SQS.SendMessage");
+            if let (Some(request), Some(consumed), true) = (request, consumed, published) {
                 break (request, consumed);
             }
         }
@@ -130,6 +131,12 @@ async fn one_trace_runs_from_the_request_through_the_queue_to_the_consumer() {
         ancestor = parent.parent_span_id.clone();
     }
     assert_eq!(consumed.service, "guildhall-leaderboard");
+    // The relay's publish and its SQS call are in the trace too, between the two; idle long
+    // polls make no traces.
+    for name in ["publish account.deleted", "SQS.SendMessage"] {
+        assert!(spans.iter().any(|s| s.name == name && s.trace_id == trace_id), "{name} in the trace: {spans:?}");
+    }
+    assert!(!spans.iter().any(|s| s.name == "SQS.ReceiveMessage"), "{spans:?}");
     assert!(accounts.terminate().await.success());
     assert!(leaderboard.terminate().await.success());
 }

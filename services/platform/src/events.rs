@@ -201,6 +201,20 @@ impl Relay {
     /// Hands `event` to every consumer: the in-process handlers, or each subscriber's queue.
     /// Fails when any of them did not take it (the others may have: delivery is at least once).
     pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
+        // A span in the trace the event was recorded in, so that the sends (and, through the
+        // headers they carry, the consumers) join that trace.
+        let span = tracing::info_span!(
+            "event.publish",
+            otel.name = format!("publish {}", event.event_type),
+            otel.kind = "producer",
+            event_id = event.id,
+            event_type = event.event_type,
+        );
+        crate::telemetry::set_parent(&span, &event.trace);
+        self.publish_in_span(event).instrument(span).await
+    }
+
+    async fn publish_in_span(&self, event: &Event) -> anyhow::Result<()> {
         let mut failure = None;
         match &self.transport {
             Transport::InProcess(subscriptions) => {
@@ -218,8 +232,13 @@ impl Relay {
                 }
             }
             Transport::Sqs(queues) => {
+                let mut traced = event.clone();
+                let here = crate::telemetry::current_trace_headers();
+                if !here.is_empty() {
+                    traced.trace = here;
+                }
                 for consumer in consumers_of(&event.event_type) {
-                    if let Err(err) = queues.send(consumer, event).await {
+                    if let Err(err) = queues.send(consumer, &traced).await {
                         tracing::warn!(consumer, event_id = event.id, error = format!("{err:#}"), "sending an event to SQS failed");
                         failure = Some(format!("{consumer}: {err:#}"));
                     }

@@ -16,6 +16,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -67,12 +68,24 @@ pub fn init(format: LogFormat, traces: Option<&TraceExport>) -> Telemetry {
             None
         }
     });
-    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("guildhall")));
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // Traces get the spans at INFO and above plus the AWS SDK's operation spans (DEBUG, named
+    // like `SQS.SendMessage`) made inside another span, so each S3 and SQS call of a request or
+    // an event shows as a child span (and idle long polls make no traces); logs keep to
+    // `RUST_LOG`.
+    let otel = provider.as_ref().map(|p| {
+        let filter = tracing_subscriber::filter::dynamic_filter_fn(|meta, cx| {
+            *meta.level() <= tracing::Level::INFO
+                || (meta.is_span() && meta.target().starts_with("aws_sdk_") && cx.lookup_current().is_some())
+        });
+        tracing_opentelemetry::layer().with_tracer(p.tracer("guildhall")).with_filter(filter)
+    });
+    let registry = tracing_subscriber::registry().with(otel);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
     let _ = match format {
-        LogFormat::Json => registry.with(fmt.json().flatten_event(true).with_current_span(true).with_span_list(false)).try_init(),
-        LogFormat::Pretty => registry.with(fmt).try_init(),
+        LogFormat::Json => {
+            registry.with(fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).with_filter(filter)).try_init()
+        }
+        LogFormat::Pretty => registry.with(fmt.with_filter(filter)).try_init(),
     };
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
