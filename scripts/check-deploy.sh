@@ -78,6 +78,22 @@ check() {
 }
 
 # ---------------------------------------------------------------- the checks
+# hadolint, and every workspace member's manifest in the Dockerfile's dependency layer (a member
+# missing there fails the image build, which CI cannot run).
+dockerfile() {
+  hadolint docker/Dockerfile
+  python - <<'EOF'
+import re, sys, tomllib
+members = tomllib.load(open("Cargo.toml", "rb"))["workspace"]["members"]
+dockerfile = open("docker/Dockerfile").read()
+stubbed = re.search(r"for crate in ([^;]+);", dockerfile).group(1).split()
+missing = [m for m in members if f"COPY {m}/Cargo.toml {m}/Cargo.toml" not in dockerfile]
+missing += [f"{m} (placeholder lib.rs)" for m in members if m != "services/guildhall" and m not in stubbed]
+if missing:
+    sys.exit("docker/Dockerfile lacks workspace members: " + ", ".join(missing))
+EOF
+}
+
 compose_config() {
   docker-compose -f docker-compose.yml config -q
   docker-compose -f docker-compose.yml --profile monolith config -q
@@ -384,7 +400,7 @@ EOF
   echo "services created, then updated to their new revisions"
 }
 
-check "hadolint docker/Dockerfile" hadolint docker/Dockerfile
+check "hadolint docker/Dockerfile, workspace members in it" dockerfile
 check "shellcheck (deploy, aws-init, check-deploy)" shellcheck ecs/deploy.sh docker/aws-init.sh scripts/check-deploy.sh
 check "docker-compose config (split stack, monolith profile)" compose_config
 check "compose rules (read-only, health, drain, dev key pair)" compose_rules
