@@ -68,6 +68,7 @@ pub struct NewAccount<'a> {
 }
 
 /// Inserts an account. A unique violation (username, email, device) comes back as the error.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.insert_account", skip_all)]
 pub async fn insert_account<'e>(db: impl Executor<'e, Database = Any>, new: &NewAccount<'_>) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO accounts (id, username, username_key, email, password_hash, device_key, created_at, updated_at) \
@@ -94,22 +95,26 @@ async fn account_where<'e>(db: impl Executor<'e, Database = Any>, column: &'stat
 }
 
 /// The account with `id`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.account_by_id", skip_all)]
 pub async fn account_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<Option<AccountRow>> {
     account_where(db, "id", id).await
 }
 
 /// The account with the normalised `email`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.account_by_email", skip_all)]
 pub async fn account_by_email<'e>(db: impl Executor<'e, Database = Any>, email: &str) -> anyhow::Result<Option<AccountRow>> {
     account_where(db, "email", email).await
 }
 
 /// The guest account of a device.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.account_by_device", skip_all)]
 pub async fn account_by_device<'e>(db: impl Executor<'e, Database = Any>, device_key: &str) -> anyhow::Result<Option<AccountRow>> {
     account_where(db, "device_key", device_key).await
 }
 
 /// Gives a guest account an email, password and optionally a new username. `None` when the
 /// account already has credentials (or is gone).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.attach_credentials", skip_all)]
 pub async fn attach_credentials<'e>(
     db: impl Executor<'e, Database = Any>,
     id: &str,
@@ -148,6 +153,7 @@ pub struct ProfilePatch {
 }
 
 /// Applies `patch` in one statement (no read-modify-write race) and returns the account.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.update_profile", skip_all)]
 pub async fn update_profile<'e>(
     db: impl Executor<'e, Database = Any>,
     id: &str,
@@ -179,6 +185,7 @@ pub async fn update_profile<'e>(
 
 /// Deletes the account (its sessions and refresh tokens go with it by cascade) and returns the
 /// ids of its sessions that were still live, for the caller to revoke in the cache.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.delete_account", skip_all)]
 pub async fn delete_account(conn: &mut sqlx::AnyConnection, id: &str, now: i64) -> anyhow::Result<Option<Vec<String>>> {
     let sessions: Vec<String> =
         sqlx::query_scalar("SELECT id FROM sessions WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > $2")
@@ -199,6 +206,7 @@ pub async fn delete_account(conn: &mut sqlx::AnyConnection, id: &str, now: i64) 
 }
 
 /// Opens a session for `account_id` until `expires_at`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.insert_session", skip_all)]
 pub async fn insert_session<'e>(
     db: impl Executor<'e, Database = Any>,
     id: &str,
@@ -218,6 +226,7 @@ pub async fn insert_session<'e>(
 }
 
 /// Stores the hash of a refresh token of `session_id`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.insert_refresh_token", skip_all)]
 pub async fn insert_refresh_token<'e>(
     db: impl Executor<'e, Database = Any>,
     hash: &str,
@@ -254,6 +263,7 @@ pub struct RefreshRow {
 }
 
 /// Looks a refresh token up by its hash.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.refresh_token", skip_all)]
 pub async fn refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str) -> anyhow::Result<Option<RefreshRow>> {
     let row = sqlx::query(
         "SELECT r.session_id, s.account_id, COALESCE(a.display_name, a.username) AS name, r.used_at, r.expires_at, s.revoked_at \
@@ -276,6 +286,7 @@ pub async fn refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str
 }
 
 /// Marks a refresh token used; false when another request used it first.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.use_refresh_token", skip_all)]
 pub async fn use_refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str, now: i64) -> anyhow::Result<bool> {
     let done = sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL")
         .bind(hash)
@@ -287,6 +298,7 @@ pub async fn use_refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: 
 }
 
 /// Extends a session that was just refreshed (sliding expiry).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.touch_session", skip_all)]
 pub async fn touch_session<'e>(db: impl Executor<'e, Database = Any>, id: &str, now: i64, expires_at: i64) -> anyhow::Result<()> {
     sqlx::query("UPDATE sessions SET refreshed_at = $2, expires_at = $3 WHERE id = $1")
         .bind(id)
@@ -299,6 +311,7 @@ pub async fn touch_session<'e>(db: impl Executor<'e, Database = Any>, id: &str, 
 }
 
 /// Ends a session; false if it was already ended or does not exist.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.revoke_session", skip_all)]
 pub async fn revoke_session<'e>(db: impl Executor<'e, Database = Any>, id: &str, now: i64, reason: &str) -> anyhow::Result<bool> {
     let done = sqlx::query("UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL")
         .bind(id)
@@ -312,6 +325,7 @@ pub async fn revoke_session<'e>(db: impl Executor<'e, Database = Any>, id: &str,
 
 /// Deletes sessions (and their refresh tokens) that expired or were revoked before `before`,
 /// at most `limit` at a time. Returns how many went.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.purge_sessions", skip_all)]
 pub async fn purge_sessions(conn: &mut sqlx::AnyConnection, before: i64, limit: i64) -> anyhow::Result<u64> {
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM sessions WHERE expires_at < $1 OR revoked_at < $1 LIMIT $2")
         .bind(before)

@@ -33,6 +33,7 @@ fn message(row: &AnyRow) -> Result<MessageRow, sqlx::Error> {
 }
 
 /// Stores a message.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.insert_message", skip_all)]
 pub async fn insert_message<'e>(db: impl Executor<'e, Database = Any>, m: &MessageRow) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO chat_messages (id, channel_id, sender_id, sender_name, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(&m.id)
@@ -48,6 +49,7 @@ pub async fn insert_message<'e>(db: impl Executor<'e, Database = Any>, m: &Messa
 }
 
 /// A message by id.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.message_by_id", skip_all)]
 pub async fn message_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<Option<MessageRow>> {
     let row = sqlx::query("SELECT id, channel_id, sender_id, sender_name, body, created_at FROM chat_messages WHERE id = $1")
         .bind(id)
@@ -58,6 +60,7 @@ pub async fn message_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) 
 }
 
 /// Up to `limit` messages of a channel older than `before` (a message id), newest first.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.history", skip_all)]
 pub async fn history<'e>(
     db: impl Executor<'e, Database = Any>,
     channel: &str,
@@ -79,6 +82,7 @@ pub async fn history<'e>(
 
 /// Anonymises every message of `account_id` (erasure): the text stays for the conversation, the
 /// author goes.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.anonymise_sender", skip_all)]
 pub async fn anonymise_sender<'e>(db: impl Executor<'e, Database = Any>, account_id: &str) -> anyhow::Result<u64> {
     let done = sqlx::query("UPDATE chat_messages SET sender_id = NULL, sender_name = 'deleted player' WHERE sender_id = $1")
         .bind(account_id)
@@ -89,6 +93,7 @@ pub async fn anonymise_sender<'e>(db: impl Executor<'e, Database = Any>, account
 }
 
 /// Creates a group with its owner as first member.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.insert_group", skip_all)]
 pub async fn insert_group(conn: &mut sqlx::AnyConnection, id: &str, name: &str, owner: &str, now: i64) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO chat_groups (id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)")
         .bind(id)
@@ -102,6 +107,7 @@ pub async fn insert_group(conn: &mut sqlx::AnyConnection, id: &str, name: &str, 
 }
 
 /// A group's name and owner.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.group", skip_all)]
 pub async fn group<'e>(db: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<Option<(String, String, i64)>> {
     let row = sqlx::query("SELECT name, owner_id, created_at FROM chat_groups WHERE id = $1")
         .bind(id)
@@ -112,6 +118,7 @@ pub async fn group<'e>(db: impl Executor<'e, Database = Any>, id: &str) -> anyho
 }
 
 /// Adds a member or changes their role.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.set_member", skip_all)]
 pub async fn set_member<'e>(db: impl Executor<'e, Database = Any>, group: &str, account: &str, role: &str, now: i64) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO chat_group_members (group_id, account_id, role, joined_at) VALUES ($1, $2, $3, $4) \
@@ -128,6 +135,7 @@ pub async fn set_member<'e>(db: impl Executor<'e, Database = Any>, group: &str, 
 }
 
 /// Removes a member; false when they were not one.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.remove_member", skip_all)]
 pub async fn remove_member<'e>(db: impl Executor<'e, Database = Any>, group: &str, account: &str) -> anyhow::Result<bool> {
     let done = sqlx::query("DELETE FROM chat_group_members WHERE group_id = $1 AND account_id = $2")
         .bind(group)
@@ -139,6 +147,7 @@ pub async fn remove_member<'e>(db: impl Executor<'e, Database = Any>, group: &st
 }
 
 /// The member's role in the group, if a member.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.role", skip_all)]
 pub async fn role<'e>(db: impl Executor<'e, Database = Any>, group: &str, account: &str) -> anyhow::Result<Option<String>> {
     sqlx::query_scalar("SELECT role FROM chat_group_members WHERE group_id = $1 AND account_id = $2")
         .bind(group)
@@ -149,6 +158,7 @@ pub async fn role<'e>(db: impl Executor<'e, Database = Any>, group: &str, accoun
 }
 
 /// The members of a group with their roles, at most `limit`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.members", skip_all)]
 pub async fn members<'e>(db: impl Executor<'e, Database = Any>, group: &str, limit: i64) -> anyhow::Result<Vec<(String, String)>> {
     let rows = sqlx::query("SELECT account_id, role FROM chat_group_members WHERE group_id = $1 ORDER BY joined_at, account_id LIMIT $2")
         .bind(group)
@@ -160,6 +170,7 @@ pub async fn members<'e>(db: impl Executor<'e, Database = Any>, group: &str, lim
 }
 
 /// How many members a group has.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.member_count", skip_all)]
 pub async fn member_count<'e>(db: impl Executor<'e, Database = Any>, group: &str) -> anyhow::Result<i64> {
     sqlx::query_scalar("SELECT COUNT(*) FROM chat_group_members WHERE group_id = $1")
         .bind(group)
@@ -169,6 +180,7 @@ pub async fn member_count<'e>(db: impl Executor<'e, Database = Any>, group: &str
 }
 
 /// Removes the account from every group (erasure).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.leave_all_groups", skip_all)]
 pub async fn leave_all_groups<'e>(db: impl Executor<'e, Database = Any>, account: &str) -> anyhow::Result<()> {
     sqlx::query("DELETE FROM chat_group_members WHERE account_id = $1").bind(account).execute(db).await.context("leaving groups")?;
     Ok(())
@@ -191,6 +203,7 @@ pub struct SanctionRow<'a> {
 }
 
 /// Records a mute or ban (replacing one of the same kind and scope).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.sanction", skip_all)]
 pub async fn sanction<'e>(db: impl Executor<'e, Database = Any>, s: &SanctionRow<'_>, now: i64) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO chat_sanctions (account_id, scope, kind, until, reason, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -211,6 +224,7 @@ pub async fn sanction<'e>(db: impl Executor<'e, Database = Any>, s: &SanctionRow
 }
 
 /// The kinds of sanction in force on `account` in `channel` (or everywhere).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.sanctions", skip_all)]
 pub async fn sanctions<'e>(db: impl Executor<'e, Database = Any>, account: &str, channel: &str, now: i64) -> anyhow::Result<Vec<String>> {
     sqlx::query_scalar(
         "SELECT kind FROM chat_sanctions WHERE account_id = $1 AND (scope = 'global' OR scope = $2) AND (until IS NULL OR until > $3)",

@@ -137,6 +137,12 @@ async fn one_trace_runs_from_the_request_through_the_queue_to_the_consumer() {
         assert!(spans.iter().any(|s| s.name == name && s.trace_id == trace_id), "{name} in the trace: {spans:?}");
     }
     assert!(!spans.iter().any(|s| s.name == "SQS.ReceiveMessage"), "{spans:?}");
+    // Database and Redis work are child spans: the deletion in the request, the erasure in the
+    // consumer.
+    let child_of = |name: &str, parent: &Seen| spans.iter().any(|s| s.name == name && s.parent_span_id == parent.span_id);
+    let handler = spans.iter().find(|s| s.name == "delete_me" && s.parent_span_id == request.span_id).expect("the handler's span");
+    assert!(child_of("db accounts.delete_account", handler), "{spans:?}");
+    assert!(child_of("db leaderboard.erase_owner", &consumed), "{spans:?}");
     assert!(accounts.terminate().await.success());
     assert!(leaderboard.terminate().await.success());
 }

@@ -80,6 +80,7 @@ impl RankIndex {
 
     /// Writes `entry` unless the index already holds a newer version of that owner's record;
     /// returns the owner's rank afterwards.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.upsert", skip_all)]
     pub async fn upsert(&self, scope: Scope<'_>, entry: &Entry) -> anyhow::Result<Result<u64, NotReady>> {
         match self {
             RankIndex::Redis(r) => r.upsert(scope, entry).await,
@@ -88,6 +89,7 @@ impl RankIndex {
     }
 
     /// The owner's entry and rank, if they have a record.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.rank_of", skip_all)]
     pub async fn rank_of(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
         match self {
             RankIndex::Redis(r) => r.rank_of(scope, owner_id).await,
@@ -100,6 +102,7 @@ impl RankIndex {
     /// the submission changes nothing. Sound even if the index lags the database: a `best`
     /// record only improves, so the database holds something at least as good as the index.
     /// `None` when the submission may improve the record (or there is none): go to the database.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.unless_better", skip_all)]
     pub async fn unless_better(&self, scope: Scope<'_>, owner_id: &str, prefix: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
         match self {
             RankIndex::Redis(r) => r.unless_better(scope, owner_id, prefix).await,
@@ -111,6 +114,7 @@ impl RankIndex {
     }
 
     /// Up to `limit` entries from the top, or from just after the sort key `after`.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.page", skip_all)]
     pub async fn page(&self, scope: Scope<'_>, after: Option<&str>, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
         match self {
             RankIndex::Redis(r) => r.page(scope, after, limit).await,
@@ -120,6 +124,7 @@ impl RankIndex {
 
     /// Up to `limit` entries centred on the owner's, shifted to stay `limit` long at the top and
     /// the bottom of the board. Empty when the owner has no record.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.around", skip_all)]
     pub async fn around(&self, scope: Scope<'_>, owner_id: &str, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
         match self {
             RankIndex::Redis(r) => r.around(scope, owner_id, limit).await,
@@ -128,6 +133,7 @@ impl RankIndex {
     }
 
     /// Removes the owner's record from the index.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.remove", skip_all)]
     pub async fn remove(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<()> {
         match self {
             RankIndex::Redis(r) => r.remove(scope, owner_id).await,
@@ -141,6 +147,7 @@ impl RankIndex {
     /// Takes the right to rebuild this board season, so that one instance does it, and only while
     /// the index is not ready: a rebuild that started after another finished would wipe the
     /// updates made since.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.try_lock_rebuild", skip_all)]
     pub async fn try_lock_rebuild(&self, scope: Scope<'_>) -> anyhow::Result<RebuildLock> {
         match self {
             RankIndex::Redis(r) => r.try_lock(scope).await,
@@ -158,6 +165,7 @@ impl RankIndex {
 
     /// Replaces the index of the season with `entries` (all records, from the database) and
     /// marks it ready.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.install", skip_all)]
     pub async fn install(&self, scope: Scope<'_>, entries: Vec<Entry>) -> anyhow::Result<()> {
         match self {
             RankIndex::Redis(r) => r.install(scope, entries).await,
@@ -169,6 +177,7 @@ impl RankIndex {
     }
 
     /// Releases the rebuild right without installing (the rebuild failed).
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.unlock_rebuild", skip_all)]
     pub async fn unlock_rebuild(&self, scope: Scope<'_>) -> anyhow::Result<()> {
         match self {
             RankIndex::Redis(r) => r.unlock(scope).await,
@@ -180,6 +189,7 @@ impl RankIndex {
     }
 
     /// Drops a whole season's index (after it was archived).
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.drop_season", skip_all)]
     pub async fn drop_season(&self, scope: Scope<'_>) -> anyhow::Result<()> {
         match self {
             RankIndex::Redis(r) => r.drop_season(scope).await,

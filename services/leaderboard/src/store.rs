@@ -27,6 +27,7 @@ fn board(row: &AnyRow) -> anyhow::Result<Board> {
 }
 
 /// Creates a board. A unique violation (the id exists) comes back as the error.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.insert_board", skip_all)]
 pub async fn insert_board<'e>(db: impl Executor<'e, Database = Any>, b: &Board) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO leaderboards (id, sort_order, operator, reset_schedule, min_score, max_score, authoritative, season, \
@@ -50,6 +51,7 @@ pub async fn insert_board<'e>(db: impl Executor<'e, Database = Any>, b: &Board) 
 }
 
 /// The board with `id`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.board_by_id", skip_all)]
 pub async fn board_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<Option<Board>> {
     let sql = format!("SELECT {BOARD_COLUMNS} FROM leaderboards WHERE id = $1");
     let row = sqlx::query(&sql).bind(id).fetch_optional(db).await.context("loading leaderboard")?;
@@ -91,6 +93,7 @@ const RECORD_COLUMNS: &str = "owner_id, owner_name, score, subscore, metadata, u
 
 /// The owner's record. With `lock` (the pool's dialect), it is locked for the rest of the
 /// transaction on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already serialises writers).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.load_record", skip_all)]
 pub async fn load_record<'e>(
     db: impl Executor<'e, Database = Any>,
     board: &str,
@@ -105,6 +108,7 @@ pub async fn load_record<'e>(
 }
 
 /// Writes the owner's record.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.upsert_record", skip_all)]
 pub async fn upsert_record<'e>(db: impl Executor<'e, Database = Any>, board: &str, season: i64, r: &RecordRow) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO leaderboard_records (board_id, season, owner_id, owner_name, score, subscore, metadata, updated_at, version) \
@@ -128,6 +132,7 @@ pub async fn upsert_record<'e>(db: impl Executor<'e, Database = Any>, board: &st
 }
 
 /// Every record of a board's season, read in pages by owner id (for rebuilding the index).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.all_records", skip_all)]
 pub async fn all_records(db: &sqlx::AnyPool, board: &str, season: i64) -> anyhow::Result<Vec<RecordRow>> {
     const PAGE: i64 = 10_000;
     let sql = format!(
@@ -185,6 +190,7 @@ pub struct After {
 }
 
 /// Up to `limit` records of a board's season in rank order, after `after`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.ranked_records", skip_all)]
 pub async fn ranked_records<'e>(
     db: impl Executor<'e, Database = Any>,
     board: &str,
@@ -224,6 +230,7 @@ pub async fn ranked_records<'e>(
 }
 
 /// Boards whose live season has reached its end.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.due_boards", skip_all)]
 pub async fn due_boards<'e>(db: impl Executor<'e, Database = Any>, now: i64) -> anyhow::Result<Vec<String>> {
     sqlx::query_scalar("SELECT id FROM leaderboards WHERE season_ends_at IS NOT NULL AND season_ends_at <= $1 ORDER BY id")
         .bind(now)
@@ -233,6 +240,7 @@ pub async fn due_boards<'e>(db: impl Executor<'e, Database = Any>, now: i64) -> 
 }
 
 /// The board, locked for the transaction on PostgreSQL.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.board_for_update", skip_all)]
 pub async fn board_for_update(conn: &mut sqlx::AnyConnection, dialect: Dialect, id: &str) -> anyhow::Result<Option<Board>> {
     let lock = if dialect == Dialect::Postgres { " FOR UPDATE" } else { "" };
     let sql = format!("SELECT {BOARD_COLUMNS} FROM leaderboards WHERE id = $1{lock}");
@@ -241,6 +249,7 @@ pub async fn board_for_update(conn: &mut sqlx::AnyConnection, dialect: Dialect, 
 }
 
 /// How many records a board's season holds.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.count_records", skip_all)]
 pub async fn count_records<'e>(db: impl Executor<'e, Database = Any>, board: &str, season: i64) -> anyhow::Result<i64> {
     sqlx::query_scalar("SELECT COUNT(*) FROM leaderboard_records WHERE board_id = $1 AND season = $2")
         .bind(board)
@@ -273,6 +282,7 @@ fn season_row(row: &AnyRow) -> Result<SeasonRow, sqlx::Error> {
 }
 
 /// Archives a closed season.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.insert_season", skip_all)]
 pub async fn insert_season<'e>(db: impl Executor<'e, Database = Any>, board: &str, s: &SeasonRow) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO leaderboard_seasons (board_id, season, started_at, ended_at, record_count) VALUES ($1, $2, $3, $4, $5)")
         .bind(board)
@@ -288,6 +298,7 @@ pub async fn insert_season<'e>(db: impl Executor<'e, Database = Any>, board: &st
 
 /// Moves the board from season `expected` to the next; false when it was not on `expected` (some
 /// other instance closed it first).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.advance_season", skip_all)]
 pub async fn advance_season<'e>(
     db: impl Executor<'e, Database = Any>,
     board: &str,
@@ -309,6 +320,7 @@ pub async fn advance_season<'e>(
 }
 
 /// Archived seasons, newest first, before season `before`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.seasons", skip_all)]
 pub async fn seasons<'e>(db: impl Executor<'e, Database = Any>, board: &str, before: i64, limit: i64) -> anyhow::Result<Vec<SeasonRow>> {
     let rows = sqlx::query(
         "SELECT season, started_at, ended_at, record_count FROM leaderboard_seasons WHERE board_id = $1 AND season < $2 \
@@ -324,6 +336,7 @@ pub async fn seasons<'e>(db: impl Executor<'e, Database = Any>, board: &str, bef
 }
 
 /// One archived season.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.season", skip_all)]
 pub async fn season<'e>(db: impl Executor<'e, Database = Any>, board: &str, season: i64) -> anyhow::Result<Option<SeasonRow>> {
     let row = sqlx::query("SELECT season, started_at, ended_at, record_count FROM leaderboard_seasons WHERE board_id = $1 AND season = $2")
         .bind(board)
@@ -336,6 +349,7 @@ pub async fn season<'e>(db: impl Executor<'e, Database = Any>, board: &str, seas
 
 /// Deletes every record of `owner` on every board and season (erasure); returns the (board,
 /// season) pairs that held one.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.erase_owner", skip_all)]
 pub async fn erase_owner<'e>(db: impl Executor<'e, Database = Any>, owner: &str) -> anyhow::Result<Vec<(String, i64)>> {
     let rows = sqlx::query("DELETE FROM leaderboard_records WHERE owner_id = $1 RETURNING board_id, season")
         .bind(owner)

@@ -74,6 +74,7 @@ impl Cache {
     }
 
     /// Stores `value` under `key` for `ttl`.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache set_ex", skip_all)]
     pub async fn set_ex(&self, key: &str, value: &str, ttl: Duration) -> anyhow::Result<()> {
         match self {
             Cache::Redis(r) => {
@@ -98,6 +99,7 @@ impl Cache {
     }
 
     /// The value under `key`, if present and not expired.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache get", skip_all)]
     pub async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
         match self {
             Cache::Redis(r) => {
@@ -109,11 +111,13 @@ impl Cache {
     }
 
     /// Whether `key` is present.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache exists", skip_all)]
     pub async fn exists(&self, key: &str) -> anyhow::Result<bool> {
         Ok(self.get(key).await?.is_some())
     }
 
     /// Removes `key`.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache delete", skip_all)]
     pub async fn delete(&self, key: &str) -> anyhow::Result<()> {
         match self {
             Cache::Redis(r) => {
@@ -130,6 +134,7 @@ impl Cache {
 
     /// Counts one hit in the fixed window that `key` names, starting the window (of length
     /// `window`) on the first hit. Returns the hits so far and the time left in the window.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache hit", skip_all)]
     pub async fn hit(&self, key: &str, window: Duration) -> anyhow::Result<(u64, Duration)> {
         match self {
             Cache::Redis(r) => {
@@ -165,6 +170,7 @@ impl Cache {
 
     /// Takes one token from the bucket `key` (capacity `capacity`, refilled at `per_second`),
     /// shared by every instance. `None` when a token was taken; else how long until one is there.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache take_token", skip_all)]
     pub async fn take_token(&self, key: &str, capacity: u32, per_second: f64) -> anyhow::Result<Option<Duration>> {
         match self {
             Cache::Redis(r) => {
@@ -201,6 +207,7 @@ impl Cache {
     }
 
     /// Answers whether the backend is reachable (readiness).
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ping", skip_all)]
     pub async fn ping(&self) -> anyhow::Result<()> {
         match self {
             Cache::Redis(r) => {

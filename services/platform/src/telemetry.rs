@@ -68,15 +68,18 @@ pub fn init(format: LogFormat, traces: Option<&TraceExport>) -> Telemetry {
             None
         }
     });
-    // Traces get the spans at INFO and above plus the AWS SDK's operation spans (DEBUG, named
-    // like `SQS.SendMessage`) made inside another span, so each S3 and SQS call of a request or
-    // an event shows as a child span (and idle long polls make no traces); logs keep to
-    // `RUST_LOG`.
+    // Traces get the spans at INFO and above plus, inside them, the DEBUG spans of external
+    // calls: the AWS SDK's operations (`SQS.SendMessage`), the stores' database work
+    // (`db accounts.create`) and the cache's Redis calls (`cache ranks.upsert`). So each call of a
+    // request or an event shows as a child span, and idle long polls make no traces. Logs keep
+    // to `RUST_LOG`.
     let otel = provider.as_ref().map(|p| {
         let filter = tracing_subscriber::filter::dynamic_filter_fn(|meta, cx| {
-            *meta.level() <= tracing::Level::INFO
-                || (meta.is_span() && meta.target().starts_with("aws_sdk_") && cx.lookup_current().is_some())
-        });
+            let call = meta.target().starts_with("aws_sdk_") || meta.target() == "guildhall::db" || meta.target() == "guildhall::cache";
+            *meta.level() <= tracing::Level::INFO || (meta.is_span() && call && cx.lookup_current().is_some())
+        })
+        // Without the hint, the fmt layer's INFO could turn DEBUG callsites off for every layer.
+        .with_max_level_hint(tracing::level_filters::LevelFilter::DEBUG);
         tracing_opentelemetry::layer().with_tracer(p.tracer("guildhall")).with_filter(filter)
     });
     let registry = tracing_subscriber::registry().with(otel);

@@ -86,6 +86,7 @@ pub struct Quota {
 
 /// Records a pending asset and counts it against its owner's quota. `Ok(false)` when the quota
 /// has no room (nothing written).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.create", skip_all)]
 pub async fn create(db: &Database, asset: &Asset, quota: Quota) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
     sqlx::query("INSERT INTO asset_usage (owner_id, asset_count, total_bytes) VALUES ($1, 0, 0) ON CONFLICT (owner_id) DO NOTHING")
@@ -128,6 +129,7 @@ pub async fn create(db: &Database, asset: &Asset, quota: Quota) -> anyhow::Resul
 }
 
 /// The asset `id`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.get", skip_all)]
 pub async fn get(db: &Database, id: &str) -> anyhow::Result<Option<Asset>> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM assets WHERE id = $1"))
         .bind(id)
@@ -138,6 +140,7 @@ pub async fn get(db: &Database, id: &str) -> anyhow::Result<Option<Asset>> {
 }
 
 /// The asset stored under `object_key`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.by_object_key", skip_all)]
 pub async fn by_object_key(db: &Database, key: &str) -> anyhow::Result<Option<Asset>> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM assets WHERE object_key = $1"))
         .bind(key)
@@ -148,6 +151,7 @@ pub async fn by_object_key(db: &Database, key: &str) -> anyhow::Result<Option<As
 }
 
 /// Up to `limit` of `owner`'s assets, newest first, older than the asset `before` when given.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.list", skip_all)]
 pub async fn list(db: &Database, owner: &str, before: Option<&str>, limit: i64) -> anyhow::Result<Vec<Asset>> {
     let rows = match before {
         Some(before) => {
@@ -172,6 +176,7 @@ pub async fn list(db: &Database, owner: &str, before: Option<&str>, limit: i64) 
 
 /// Moves `id` from pending to verifying and records `upload.completed` for the check, in one
 /// transaction. False when it was not pending (nothing written).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.complete", skip_all)]
 pub async fn complete(db: &Database, id: &str) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
     let moved = sqlx::query("UPDATE assets SET state = 'verifying', updated_at = $2 WHERE id = $1 AND state = 'pending'")
@@ -190,6 +195,7 @@ pub async fn complete(db: &Database, id: &str) -> anyhow::Result<bool> {
 }
 
 /// Marks a verifying asset ready. False when it was not verifying.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.mark_ready", skip_all)]
 pub async fn mark_ready(db: &Database, id: &str) -> anyhow::Result<bool> {
     let done = sqlx::query("UPDATE assets SET state = 'ready', updated_at = $2 WHERE id = $1 AND state = 'verifying'")
         .bind(id)
@@ -202,6 +208,7 @@ pub async fn mark_ready(db: &Database, id: &str) -> anyhow::Result<bool> {
 
 /// Marks a verifying asset rejected for `reason` and gives its room in the quota back. False
 /// when it was not verifying.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.mark_rejected", skip_all)]
 pub async fn mark_rejected(db: &Database, asset: &Asset, reason: &str) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
     let done =
@@ -223,6 +230,7 @@ pub async fn mark_rejected(db: &Database, asset: &Asset, reason: &str) -> anyhow
 
 /// Deletes the asset row and gives its room back (a rejected asset gave it back already).
 /// False when it was gone.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.delete", skip_all)]
 pub async fn delete(db: &Database, asset: &Asset) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
     let state: Option<String> = sqlx::query_scalar("DELETE FROM assets WHERE id = $1 RETURNING state")
@@ -253,6 +261,7 @@ async fn release(tx: &mut platform::db::Tx, owner: &str, size: i64) -> anyhow::R
 
 /// Pending assets whose upload URL ran out more than `grace_ms` ago, and rejected ones last
 /// touched more than `keep_rejected_ms` ago: the purge deletes them.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.stale", skip_all)]
 pub async fn stale(db: &Database, grace_ms: i64, keep_rejected_ms: i64, limit: i64) -> anyhow::Result<Vec<Asset>> {
     let now = now_millis();
     let rows = sqlx::query(&format!(
@@ -268,17 +277,20 @@ pub async fn stale(db: &Database, grace_ms: i64, keep_rejected_ms: i64, limit: i
 }
 
 /// Every asset of `owner` (for erasure), a page at a time.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.of_owner", skip_all)]
 pub async fn of_owner(db: &Database, owner: &str, limit: i64) -> anyhow::Result<Vec<Asset>> {
     list(db, owner, None, limit).await
 }
 
 /// Forgets `owner`'s usage row (after erasure).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.forget_usage", skip_all)]
 pub async fn forget_usage(db: &Database, owner: &str) -> anyhow::Result<()> {
     sqlx::query("DELETE FROM asset_usage WHERE owner_id = $1").bind(owner).execute(db.pool()).await.context("forgetting usage")?;
     Ok(())
 }
 
 /// `owner`'s current usage: (assets, bytes).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.usage", skip_all)]
 pub async fn usage(db: &Database, owner: &str) -> anyhow::Result<(i64, i64)> {
     let row: Option<(i64, i64)> = sqlx::query_as("SELECT asset_count, total_bytes FROM asset_usage WHERE owner_id = $1")
         .bind(owner)
