@@ -9,7 +9,7 @@
 // Each scenario has its own thresholds; the run fails if any is crossed.
 //
 //   k6 run -e BASE_URL=http://localhost:8080 -e GUILDHALL_ADMIN_KEY=... \
-//     -e UPLOAD_URL_ORIGIN=http://localhost:5000 -e DURATION=5m loadtest/k6/game-night.ts
+//     -e DURATION=5m loadtest/k6/game-night.ts
 
 import http from "k6/http";
 import { check, sleep } from "k6";

@@ -1,10 +1,10 @@
 // uploads: avatars, end to end, at RATE per second: upload URL, a real PUT of a PNG to S3 (moto in
 // compose), completion, the worker's check until `ready`, the download, then deletion.
 //
-//   k6 run -e BASE_URL=http://localhost:8080 -e UPLOAD_URL_ORIGIN=http://localhost:5000 \
+//   k6 run -e BASE_URL=http://localhost:8080 \
 //     -e RATE=5 -e DURATION=2m loadtest/k6/uploads.ts
 //
-// UPLOAD_URL_ORIGIN is for compose only (its presigned URLs name moto as the containers reach it).
+// UPLOAD_URL_ORIGIN rewrites presigned URLs' origin; compose needs none (BLOB_PUBLIC_ENDPOINT_URL).
 
 import type { Options } from "k6/options";
 import { envDuration, envNumber, newRunId, player } from "./lib/api.ts";

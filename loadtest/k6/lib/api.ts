@@ -6,9 +6,9 @@
 //                       https://... in AWS
 //   WS_URL              the chat WebSocket base, default BASE_URL with ws(s):// for http(s)://
 //   GUILDHALL_ADMIN_KEY the server key, for the scripts that create a board
-//   UPLOAD_URL_ORIGIN   replaces the scheme://host:port of presigned upload URLs; for compose,
-//                       whose presigned URLs name moto as the containers see it (http://moto:5000):
-//                       UPLOAD_URL_ORIGIN=http://localhost:5000
+//   UPLOAD_URL_ORIGIN   replaces the scheme://host:port of presigned upload URLs, for a storage
+//                       endpoint reached under another name than Guildhall signs for (compose
+//                       needs none: it sets BLOB_PUBLIC_ENDPOINT_URL=http://localhost:5000)
 //   RUN_ID              names this run's board, rooms and players (default: the start time)
 
 import http from "k6/http";

@@ -383,3 +383,26 @@ async fn ready_assets_download_through_the_cdn_when_one_is_configured() {
     let id = ready["id"].as_str().expect("id");
     assert_eq!(ready["download_url"].as_str(), Some(format!("https://cdn.example.com/avatar/{id}").as_str()));
 }
+
+/// Behind an emulator that players reach under another name than the services do (compose),
+/// URLs are signed for the public name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_urls_use_the_public_endpoint_when_one_is_set() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let app = TestApp::start_with(Backend::Real, |env| {
+        let public = env.vars["AWS_ENDPOINT_URL"].replace("127.0.0.1", "localhost");
+        env.set("BLOB_PUBLIC_ENDPOINT_URL", public);
+    })
+    .await;
+    let (_, token) = guest(&app, "outside").await;
+    let ticket = start_upload(&app, &token, "avatar", "image/png", 200).await;
+    assert!(ticket["upload"]["url"].as_str().is_some_and(|u| u.starts_with("http://localhost:")), "{ticket}");
+    assert_eq!(put(&app, &ticket, png(200)).await, 200);
+    let id = ticket["asset_id"].as_str().expect("id");
+    app.post(&format!("/v1/uploads/{id}/complete"), Some(&token), json!({})).await.expect(202);
+    let ready = settled(&app, &token, id, &["ready", "rejected"]).await;
+    assert_eq!(ready["state"], "ready", "{ready}");
+    assert!(ready["download_url"].as_str().is_some_and(|u| u.starts_with("http://localhost:")), "{ready}");
+}

@@ -50,7 +50,15 @@ impl Blobs {
                 // An emulator on an IP address cannot serve bucket subdomains.
                 let path_style = config.aws.endpoint_url.is_some();
                 let s3 = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(path_style).build();
-                Ok(Blobs::S3(S3Blobs { client: aws_sdk_s3::Client::from_conf(s3), bucket: bucket.clone(), prefix: prefix.clone() }))
+                let client = aws_sdk_s3::Client::from_conf(s3);
+                // URLs for players are signed for the endpoint they reach.
+                let presigner = match &config.aws.public_endpoint_url {
+                    Some(public) => aws_sdk_s3::Client::from_conf(
+                        aws_sdk_s3::config::Builder::from(&sdk).endpoint_url(public).force_path_style(true).build(),
+                    ),
+                    None => client.clone(),
+                };
+                Ok(Blobs::S3(S3Blobs { client, presigner, bucket: bucket.clone(), prefix: prefix.clone() }))
             }
             BlobConfig::Local { dir } => {
                 tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
@@ -124,6 +132,7 @@ impl Blobs {
 #[derive(Clone, Debug)]
 pub struct S3Blobs {
     client: aws_sdk_s3::Client,
+    presigner: aws_sdk_s3::Client,
     bucket: String,
     prefix: String,
 }
@@ -136,7 +145,7 @@ impl S3Blobs {
     async fn presign_put(&self, key: &str, content_type: &str, size: u64, ttl: Duration) -> anyhow::Result<PresignedUpload> {
         let length = i64::try_from(size).context("size out of range")?;
         let presigned = self
-            .client
+            .presigner
             .put_object()
             .bucket(&self.bucket)
             .key(self.key(key))
@@ -154,7 +163,7 @@ impl S3Blobs {
 
     async fn presign_get(&self, key: &str, ttl: Duration) -> anyhow::Result<String> {
         let presigned = self
-            .client
+            .presigner
             .get_object()
             .bucket(&self.bucket)
             .key(self.key(key))

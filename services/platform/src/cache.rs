@@ -68,7 +68,7 @@ impl Cache {
                     .set_response_timeout(Some(REDIS_TIMEOUT))
                     .set_number_of_retries(2);
                 let conn = ConnectionManager::new_with_config(client.clone(), manager_config).await.context("connecting to Redis")?;
-                Ok(Cache::Redis(RedisCache { conn, client, prefix: key_prefix.clone() }))
+                Ok(Cache::Redis(RedisCache { conn, client: std::sync::Arc::new(client), prefix: key_prefix.clone() }))
             }
         }
     }
@@ -233,7 +233,9 @@ impl Cache {
 #[derive(Clone)]
 pub struct RedisCache {
     conn: ConnectionManager,
-    client: redis::Client,
+    // Behind an Arc: with its TLS settings the client is a few hundred bytes, and states holding
+    // the cache are cloned per request.
+    client: std::sync::Arc<redis::Client>,
     prefix: String,
 }
 

@@ -164,6 +164,10 @@ pub struct AwsConfig {
     pub endpoint_url: Option<String>,
     /// `AWS_REGION`.
     pub region: Option<String>,
+    /// `BLOB_PUBLIC_ENDPOINT_URL`: the S3 endpoint as players reach it, when it differs from
+    /// `AWS_ENDPOINT_URL` (compose: `http://localhost:5000` for moto, which containers reach
+    /// as `http://moto:5000`). Presigned URLs are signed for it.
+    pub public_endpoint_url: Option<String>,
 }
 
 /// Limits on uploads.
@@ -469,7 +473,11 @@ impl Config {
             admin_key,
             blobs,
             queue,
-            aws: AwsConfig { endpoint_url: base_url("AWS_ENDPOINT_URL")?, region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")) },
+            aws: AwsConfig {
+                endpoint_url: base_url("AWS_ENDPOINT_URL")?,
+                region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
+                public_endpoint_url: base_url("BLOB_PUBLIC_ENDPOINT_URL")?,
+            },
             public_url: base_url("PUBLIC_URL")?,
             cdn_base_url: base_url("CDN_BASE_URL")?,
             blob_signing_key: get("BLOB_SIGNING_KEY").map(Secret::new),
