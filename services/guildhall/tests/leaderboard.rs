@@ -15,6 +15,7 @@ on_both_backends!(
     friends_lists_and_me_agree_with_the_top_list,
     a_lost_index_is_rebuilt_with_identical_ranks,
     a_deleted_account_leaves_every_board,
+    a_logged_out_session_reads_no_rank,
 );
 
 async fn start(backend: Backend) -> TestApp {
@@ -374,4 +375,40 @@ async fn a_deleted_account_leaves_every_board(backend: Backend) {
     let sent: Option<i64> =
         sqlx::query_scalar("SELECT sent_at FROM outbox WHERE event_type = 'account.deleted'").fetch_one(db.pool()).await.expect("outbox");
     assert!(sent.is_some(), "the event was marked sent after it was handled");
+}
+
+/// The rank read checks the session's revocation in the same round trip as the rank (on Redis):
+/// a logged-out token reads nothing, on this instance or another.
+async fn a_logged_out_session_reads_no_rank(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "after-logout", "sort": "desc", "operator": "best"})).await;
+    let (_, token) = guest(&app, "leaver").await;
+    submit(&app, "after-logout", &token, json!({"score": 42})).await;
+    let mine = app.get("/v1/leaderboards/after-logout/records/me", Some(&token)).await.expect(200).body;
+    assert_eq!((mine["score"].as_i64(), mine["rank"].as_i64()), (Some(42), Some(1)));
+    // Another instance on the same backends, warmed with this token.
+    let other = if backend == Backend::Real { Some(TestApp::start_on(app.env.clone()).await) } else { None };
+    if let Some(other) = &other {
+        other.get("/v1/leaderboards/after-logout/records/me", Some(&token)).await.expect(200);
+    }
+    app.call(reqwest::Method::POST, "/v1/auth/logout", Some(&token), None).await.expect(204);
+    app.get("/v1/leaderboards/after-logout/records/me", Some(&token)).await.expect_error(401, "session_revoked");
+    if let Some(other) = &other {
+        other.get("/v1/leaderboards/after-logout/records/me", Some(&token)).await.expect_error(401, "session_revoked");
+    }
+    // A token from a new session still reads it.
+    let pair = app.post("/v1/auth/guest", None, json!({"device_id": "device-leaver"})).await.expect(200).body;
+    let again = pair["access_token"].as_str().expect("token").to_owned();
+    app.get("/v1/leaderboards/after-logout/records/me", Some(&again)).await.expect(200);
+    // After Redis forgot its scripts, the pipelined read loads the script again.
+    if backend == Backend::Real {
+        let mut redis = redis::Client::open(app.env.vars["REDIS_URL"].as_str())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut redis).await.expect("script flush");
+        let mine = app.get("/v1/leaderboards/after-logout/records/me", Some(&again)).await.expect(200).body;
+        assert_eq!(mine["rank"], 1);
+    }
 }

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use platform::auth::{Admin, Caller, Player};
+use platform::auth::{Admin, Caller, Player, Unconfirmed};
 use platform::db::{now_millis, unique_violation};
 use platform::error::ErrorBody;
 use platform::http::{Json, Query};
@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::LeaderboardState;
 use crate::board::{Board, Operator, Outcome, Refusal, Sort, valid_board_id};
-use crate::index::{Entry, NotReady, Ranked, RebuildLock, Scope};
+use crate::index::{Entry, NotReady, RankIndex, Ranked, RebuildLock, Scope};
 use crate::store::{self, RecordRow};
 
 /// The leaderboard routes.
@@ -503,10 +503,37 @@ pub async fn list_records(
 #[utoipa::path(get, path = "/v1/leaderboards/{id}/records/me", tag = "leaderboards", security(("bearer" = [])),
     params(("id" = String, Path, description = "Board id")),
     responses((status = 200, body = Record), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn my_record(State(state): State<LeaderboardState>, player: Player, Path(id): Path<String>) -> ApiResult<Json<Record>> {
+pub async fn my_record(State(state): State<LeaderboardState>, caller: Unconfirmed, Path(id): Path<String>) -> ApiResult<Json<Record>> {
     let board = state.current(state.board(&id).await?).await?;
     let scope = Scope { board: &board.id, season: board.season };
-    let ranked = when_ready!(state, board, state.index.rank_of(scope, &player.account_id));
+    // The hottest read: on Redis, the session's revocation check rides in the same round trip as
+    // the rank, and nothing read is answered unless the session still stands.
+    let ranked = if matches!(state.index, RankIndex::Redis(_)) {
+        let mut tries = 0;
+        loop {
+            let found = state.index.rank_of_unless_revoked(scope, caller.account_id(), caller.revocation_key()).await?;
+            let Some((revoked, ranked)) = found else { unreachable!("a Redis index answers") };
+            if revoked {
+                return Err(platform::auth::session_revoked());
+            }
+            match ranked {
+                Ok(ranked) => {
+                    caller.confirm_with(false)?;
+                    break ranked;
+                }
+                Err(NotReady) => {
+                    tries += 1;
+                    if tries > 200 {
+                        return Err(ApiError::Unavailable("the leaderboard index is being rebuilt; retry shortly".into()));
+                    }
+                    state.rebuild(&board).await?;
+                }
+            }
+        }
+    } else {
+        let player = state.auth.confirm(caller).await?;
+        when_ready!(state, board, state.index.rank_of(scope, &player.account_id))
+    };
     let record = ranked.and_then(|r| state.record(&board, r));
     Ok(Json(record.ok_or_else(|| ApiError::NotFound("you have no record on this leaderboard".into()))?))
 }

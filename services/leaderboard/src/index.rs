@@ -97,6 +97,22 @@ impl RankIndex {
         }
     }
 
+    /// On Redis: the owner's entry and rank, and whether the cache key `revocation_key` (a
+    /// session's revocation mark) is set, in one round trip. `None` on the in-memory index, where
+    /// the two cost nothing to read apart.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.rank_of_unless_revoked", skip_all)]
+    pub async fn rank_of_unless_revoked(
+        &self,
+        scope: Scope<'_>,
+        owner_id: &str,
+        revocation_key: &str,
+    ) -> anyhow::Result<Option<RankAndRevocation>> {
+        match self {
+            RankIndex::Redis(r) => r.rank_of_unless_revoked(scope, owner_id, revocation_key).await.map(Some),
+            RankIndex::Memory(_) => Ok(None),
+        }
+    }
+
     /// For a `best` board: the owner's entry and rank when the index already holds a record at
     /// least as good as a submission whose sort key starts with `prefix` (score and subscore), so
     /// the submission changes nothing. Sound even if the index lags the database: a `best`
@@ -301,6 +317,9 @@ fn window(at: usize, len: usize, limit: usize) -> (usize, usize) {
     (start, start + limit)
 }
 
+/// Whether a session's revocation mark is set, and the owner's rank (see `rank_of_unless_revoked`).
+pub type RankAndRevocation = (bool, Result<Option<Ranked>, NotReady>);
+
 /// The Redis index. Keys share a hash tag per board season, so the scripts also run on a cluster.
 #[derive(Clone)]
 pub struct RedisIndex {
@@ -487,6 +506,28 @@ impl RedisIndex {
             .await
             .context("Redis leaderboard rank")?;
         Self::ranked_reply(reply)
+    }
+
+    /// `EXISTS` of the revocation mark and the rank script, pipelined: one round trip. (Not one
+    /// script: the session's key lives in another hash slot than the board's keys.)
+    async fn rank_of_unless_revoked(&self, scope: Scope<'_>, owner_id: &str, revocation_key: &str) -> anyhow::Result<RankAndRevocation> {
+        let k = keys(&self.redis, scope);
+        let script = script(&RANK_OF_SCRIPT, RANK_OF);
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS").arg(self.redis.key(revocation_key));
+        pipe.cmd("EVALSHA").arg(script.get_hash()).arg(4).arg(&k.zset).arg(&k.owners).arg(&k.data).arg(&k.ready).arg(owner_id);
+        let mut conn = self.redis.connection();
+        let reply: redis::RedisResult<(bool, Vec<Value>)> = pipe.query_async(&mut conn).await;
+        let (revoked, reply) = match reply {
+            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // The server does not know the script yet (first use, restart, flush): load it
+                // and ask once more.
+                script.prepare_invoke().load_async(&mut conn).await.context("loading the rank script")?;
+                pipe.query_async(&mut conn).await.context("Redis leaderboard rank")?
+            }
+            other => other.context("Redis leaderboard rank")?,
+        };
+        Ok((revoked, Self::ranked_reply(reply)?))
     }
 
     async fn unless_better(&self, scope: Scope<'_>, owner_id: &str, prefix: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {

@@ -69,6 +69,13 @@ impl Authenticator {
 
     /// Verifies `token` and refuses it when its session has been revoked.
     pub async fn authenticate(&self, token: &str) -> Result<Player, ApiError> {
+        self.confirm(self.verify(token)?).await
+    }
+
+    /// Verifies `token`'s signature and expiry (no I/O). Its session's revocation is still to be
+    /// checked: `confirm`, or `Unconfirmed::confirm_with` after reading the revocation mark in a
+    /// round trip the caller makes anyway.
+    pub fn verify(&self, token: &str) -> Result<Unconfirmed, ApiError> {
         let now = now_secs();
         let claims = match self.verified.get(token) {
             Some(claims) if self.keys.still_valid(&claims, now) => claims,
@@ -81,15 +88,20 @@ impl Authenticator {
                 claims
             }
         };
+        Ok(Unconfirmed {
+            revocation_key: revoked_key(&claims.sid),
+            player: Player { account_id: claims.sub, session_id: claims.sid, name: claims.name },
+        })
+    }
+
+    /// Checks the cache for `unconfirmed`'s session's revocation mark.
+    pub async fn confirm(&self, unconfirmed: Unconfirmed) -> Result<Player, ApiError> {
         let revoked = self
             .cache
-            .exists(&revoked_key(&claims.sid))
+            .exists(&unconfirmed.revocation_key)
             .await
             .map_err(|err| ApiError::Unavailable(format!("cannot check the session: {err:#}")))?;
-        if revoked {
-            return Err(ApiError::Unauthenticated { code: "session_revoked", message: "this session has ended; sign in again".into() });
-        }
-        Ok(Player { account_id: claims.sub, session_id: claims.sid, name: claims.name })
+        unconfirmed.confirm_with(revoked)
     }
 
     /// Makes every access token of `session_id` fail from now on, on every instance that shares
@@ -171,6 +183,57 @@ where
         }
         Player::from_request_parts(parts, state).await.map(Caller::Player)
     }
+}
+
+/// A caller whose access token verified, but whose session may have been revoked since: no
+/// player until the revocation mark was read (`Authenticator::confirm`, or `confirm_with` when a
+/// handler read it itself, pipelined with its own cache call to save a round trip).
+#[derive(Debug)]
+pub struct Unconfirmed {
+    player: Player,
+    revocation_key: String,
+}
+
+impl Unconfirmed {
+    /// The token's account, for a handler's read pipelined with the revocation check. Whatever
+    /// it read must not be answered unless `confirm_with` then succeeds.
+    pub fn account_id(&self) -> &str {
+        &self.player.account_id
+    }
+
+    /// The cache key (without the deployment's prefix) whose presence means the session ended.
+    pub fn revocation_key(&self) -> &str {
+        &self.revocation_key
+    }
+
+    /// The player, unless `revoked`.
+    pub fn confirm_with(self, revoked: bool) -> Result<Player, ApiError> {
+        if revoked {
+            return Err(session_revoked());
+        }
+        Ok(self.player)
+    }
+}
+
+impl<S> FromRequestParts<S> for Unconfirmed
+where
+    Authenticator: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts).ok_or_else(|| ApiError::Unauthenticated {
+            code: "missing_token",
+            message: "send the access token as `Authorization: Bearer <token>`".into(),
+        })?;
+        Authenticator::from_ref(state).verify(token)
+    }
+}
+
+/// 401 `session_revoked`.
+pub fn session_revoked() -> ApiError {
+    ApiError::Unauthenticated { code: "session_revoked", message: "this session has ended; sign in again".into() }
 }
 
 fn revoked_key(session_id: &str) -> String {
