@@ -95,6 +95,27 @@ impl Board {
     }
 }
 
+/// Score submissions on a fresh board of this run: what `submit` and `submit-set` share, apart
+/// from the board's operator.
+#[derive(Debug)]
+pub struct Submissions {
+    url: String,
+    board: Board,
+}
+
+impl Submissions {
+    /// Creates the board (see [`Board::create`]) and the submission URL.
+    pub async fn create(setup: &Setup, scenario: &str, operator: &str) -> anyhow::Result<Self> {
+        let board = Board::create(setup, scenario, operator).await?;
+        Ok(Self { url: board.url(setup, "/scores"), board })
+    }
+
+    /// Submission `n`: [`score`] of `n`, as player `n` round-robin.
+    pub fn request(&self, client: &reqwest::Client, n: u64) -> reqwest::RequestBuilder {
+        client.post(&self.url).header(AUTHORIZATION, self.board.bearer(n).clone()).json(&ScoreSubmission { score: score(n) })
+    }
+}
+
 /// The score of submission `n`: pseudo-random in `0..MAX_SCORE`, the same `n` giving the same
 /// score in every run.
 ///

@@ -1,9 +1,8 @@
 //! `submit`: players posting scores, the write path of the leaderboard.
 
-use reqwest::header::AUTHORIZATION;
 use reqwest::{Client, RequestBuilder};
 
-use super::leaderboard::{Board, ScoreSubmission, score};
+use super::leaderboard::Submissions;
 use super::{Scenario, Setup};
 
 /// `POST /v1/leaderboards/{board}/scores` with a pseudo-random score in `0..1 000 000` as one of
@@ -11,22 +10,18 @@ use super::{Scenario, Setup};
 /// the server key. A score that cannot beat the player's record is answered from the rank index in
 /// Redis; one that may goes to the database (row lock, write, commit) and then the index.
 #[derive(Debug)]
-pub struct Submit {
-    url: String,
-    board: Board,
-}
+pub struct Submit(Submissions);
 
 impl Scenario for Submit {
     const NAME: &'static str = "submit";
     const ABOUT: &'static str = "POST /v1/leaderboards/{board}/scores, random scores, as --players guests (needs --admin-key)";
 
     async fn setup(setup: &Setup) -> anyhow::Result<Self> {
-        let board = Board::create(setup, Self::NAME, "best").await?;
-        Ok(Self { url: board.url(setup, "/scores"), board })
+        Submissions::create(setup, Self::NAME, "best").await.map(Self)
     }
 
     fn request(&self, client: &Client, n: u64) -> RequestBuilder {
-        client.post(&self.url).header(AUTHORIZATION, self.board.bearer(n).clone()).json(&ScoreSubmission { score: score(n) })
+        self.0.request(client, n)
     }
 }
 

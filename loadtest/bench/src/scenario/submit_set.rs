@@ -1,32 +1,27 @@
 //! `submit-set`: players posting scores to a `set` board, so that every submission is written to
 //! the database (the `submit` scenario's `best` board mostly keeps records unchanged).
 
-use reqwest::header::AUTHORIZATION;
 use reqwest::{Client, RequestBuilder};
 
-use super::leaderboard::{Board, ScoreSubmission, score};
+use super::leaderboard::Submissions;
 use super::{Scenario, Setup};
 
 /// `POST /v1/leaderboards/{board}/scores` with a pseudo-random score as one of `--players` guests,
 /// round-robin, on a `set` board of this run: every request is a database transaction (row lock,
 /// upsert, commit with fsync) and an index update in Redis.
 #[derive(Debug)]
-pub struct SubmitSet {
-    url: String,
-    board: Board,
-}
+pub struct SubmitSet(Submissions);
 
 impl Scenario for SubmitSet {
     const NAME: &'static str = "submit-set";
     const ABOUT: &'static str = "POST /v1/leaderboards/{board}/scores to a set board: every request writes (needs --admin-key)";
 
     async fn setup(setup: &Setup) -> anyhow::Result<Self> {
-        let board = Board::create(setup, Self::NAME, "set").await?;
-        Ok(Self { url: board.url(setup, "/scores"), board })
+        Submissions::create(setup, Self::NAME, "set").await.map(Self)
     }
 
     fn request(&self, client: &Client, n: u64) -> RequestBuilder {
-        client.post(&self.url).header(AUTHORIZATION, self.board.bearer(n).clone()).json(&ScoreSubmission { score: score(n) })
+        self.0.request(client, n)
     }
 }
 
