@@ -509,27 +509,16 @@ pub async fn my_record(State(state): State<LeaderboardState>, caller: Unconfirme
     // The hottest read: on Redis, the session's revocation check rides in the same round trip as
     // the rank, and nothing read is answered unless the session still stands.
     let ranked = if matches!(state.index, RankIndex::Redis(_)) {
-        let mut tries = 0;
-        loop {
+        let ranked = when_ready!(state, board, async {
             let found = state.index.rank_of_unless_revoked(scope, caller.account_id(), caller.revocation_key()).await?;
             let Some((revoked, ranked)) = found else { unreachable!("a Redis index answers") };
             if revoked {
                 return Err(platform::auth::session_revoked());
             }
-            match ranked {
-                Ok(ranked) => {
-                    caller.confirm_with(false)?;
-                    break ranked;
-                }
-                Err(NotReady) => {
-                    tries += 1;
-                    if tries > 200 {
-                        return Err(ApiError::Unavailable("the leaderboard index is being rebuilt; retry shortly".into()));
-                    }
-                    state.rebuild(&board).await?;
-                }
-            }
-        }
+            Ok::<_, ApiError>(ranked)
+        });
+        caller.confirm_with(false)?;
+        ranked
     } else {
         let player = state.auth.confirm(caller).await?;
         when_ready!(state, board, state.index.rank_of(scope, &player.account_id))

@@ -260,10 +260,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts).ok_or_else(|| ApiError::Unauthenticated {
-            code: "missing_token",
-            message: "send the access token as `Authorization: Bearer <token>`".into(),
-        })?;
-        Authenticator::from_ref(state).authenticate(token).await
+        let unconfirmed = Unconfirmed::from_request_parts(parts, state).await?;
+        Authenticator::from_ref(state).confirm(unconfirmed).await
     }
 }

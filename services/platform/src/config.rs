@@ -146,16 +146,6 @@ pub enum QueueConfig {
     InProcess,
 }
 
-impl QueueConfig {
-    /// The queue URL of `consumer`.
-    pub fn queue_url(&self, consumer: &str) -> Option<String> {
-        match self {
-            QueueConfig::Sqs { url_template, .. } => Some(url_template.replace("{consumer}", consumer)),
-            QueueConfig::InProcess => None,
-        }
-    }
-}
-
 /// Where the AWS SDK sends its calls and as which region; credentials come from the SDK's
 /// default chain (environment, ECS task role, ...).
 #[derive(Debug, Clone, Default)]
@@ -574,7 +564,12 @@ mod tests {
         let s3 = config(&[("BLOB_URL", "s3://game-assets/prod/")]).expect("s3");
         assert!(matches!(s3.blobs, BlobConfig::S3 { ref bucket, ref prefix } if bucket == "game-assets" && prefix == "prod/"));
         let sqs = config(&[("QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/1/gh-{consumer}")]).expect("sqs");
-        assert_eq!(sqs.queue.queue_url("chat").as_deref(), Some("https://sqs.eu-west-1.amazonaws.com/1/gh-chat"));
+        assert!(
+            matches!(sqs.queue, QueueConfig::Sqs { ref url_template, wait, visibility }
+                if url_template == "https://sqs.eu-west-1.amazonaws.com/1/gh-{consumer}" && wait.as_secs() == 20 && visibility.as_secs() == 60),
+            "{:?}",
+            sqs.queue
+        );
         assert!(config(&[("QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/1/gh")]).is_err(), "no {{consumer}}");
         assert!(config(&[("QUEUE_URL", "https://q/{consumer}"), ("QUEUE_WAIT_SECS", "21")]).is_err());
         assert!(config(&[("BLOB_URL", "gs://x")]).is_err());

@@ -334,7 +334,12 @@ pub async fn handle_once(db: &Database, subscription: &Subscription, event: &Eve
 #[derive(Clone, Debug)]
 pub struct Queues {
     client: aws_sdk_sqs::Client,
-    config: QueueConfig,
+    /// `QUEUE_URL`, with `{consumer}`.
+    url_template: String,
+    /// Long-poll wait of a receive.
+    wait: Duration,
+    /// How long a received message stays hidden.
+    visibility: Duration,
 }
 
 /// Messages received per call (SQS's maximum).
@@ -344,9 +349,14 @@ impl Queues {
     /// Connects to SQS as `queue` describes; `None` for the in-process transport.
     pub async fn connect(queue: &QueueConfig, aws: &AwsConfig) -> Option<Self> {
         match queue {
-            QueueConfig::Sqs { .. } => {
+            QueueConfig::Sqs { url_template, wait, visibility } => {
                 let sdk = crate::aws::sdk_config(aws).await;
-                Some(Queues { client: aws_sdk_sqs::Client::new(&sdk), config: queue.clone() })
+                Some(Queues {
+                    client: aws_sdk_sqs::Client::new(&sdk),
+                    url_template: url_template.clone(),
+                    wait: *wait,
+                    visibility: *visibility,
+                })
             }
             QueueConfig::InProcess => None,
         }
@@ -359,14 +369,7 @@ impl Queues {
 
     /// The queue URL of `consumer`.
     pub fn url(&self, consumer: &str) -> String {
-        self.config.queue_url(consumer).unwrap_or_default()
-    }
-
-    fn timings(&self) -> (Duration, Duration) {
-        match &self.config {
-            QueueConfig::Sqs { wait, visibility, .. } => (*wait, *visibility),
-            QueueConfig::InProcess => (Duration::ZERO, Duration::from_secs(60)),
-        }
+        self.url_template.replace("{consumer}", consumer)
     }
 
     /// Sends `event` to `consumer`'s queue, with the trace headers as message attributes.
@@ -462,7 +465,7 @@ impl QueueConsumer {
 
     /// One long poll: up to ten messages.
     async fn receive(&self) -> anyhow::Result<Vec<Received>> {
-        let (wait, visibility) = self.queues.timings();
+        let (wait, visibility) = (self.queues.wait, self.queues.visibility);
         let config = aws_sdk_sqs::config::Builder::default().timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .operation_attempt_timeout(wait + crate::aws::CALL_TIMEOUT)
@@ -556,7 +559,7 @@ impl QueueConsumer {
             },
         };
         if !handled {
-            let (_, visibility) = self.queues.timings();
+            let visibility = self.queues.visibility;
             let delay = (1u64 << message.receives.saturating_sub(1).min(12)).min(visibility.as_secs());
             let retried = self
                 .queues
@@ -577,7 +580,7 @@ impl QueueConsumer {
     /// Extends the visibility of the message `receipt` every half visibility timeout until aborted,
     /// so that slow work is not handed to another consumer meanwhile.
     fn keep_hidden(&self, receipt: &str) -> tokio::task::JoinHandle<()> {
-        let (_, visibility) = self.queues.timings();
+        let visibility = self.queues.visibility;
         let (client, url, receipt) = (self.queues.client.clone(), self.queues.url(self.consumer), receipt.to_owned());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(visibility / 2);

@@ -26,6 +26,13 @@ use crate::events::TraceHeaders;
 /// The X-Ray trace header, as HTTP and SQS's `AWSTraceHeader` carry it.
 pub const XRAY_HEADER: &str = "X-Amzn-Trace-Id";
 
+/// Set once spans are exported: until then the per-request and per-event trace work is skipped.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Where traces go.
 #[derive(Debug, Clone)]
 pub struct TraceExport {
@@ -92,6 +99,7 @@ pub fn init(format: LogFormat, traces: Option<&TraceExport>) -> Telemetry {
     };
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     Telemetry { provider }
 }
@@ -133,15 +141,18 @@ impl Extractor for MapExtractor<'_> {
 
 /// The propagation headers of the current span's trace (empty when tracing is off).
 pub fn current_trace_headers() -> TraceHeaders {
-    let context = tracing::Span::current().context();
     let mut headers = TraceHeaders::new();
+    if !exporting() {
+        return headers;
+    }
+    let context = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut MapInjector(&mut headers)));
     headers
 }
 
 /// Makes `span` a child of the remote trace in `headers`, when there is one.
 pub fn set_parent(span: &tracing::Span, headers: &TraceHeaders) {
-    if headers.is_empty() {
+    if headers.is_empty() || !exporting() {
         return;
     }
     let context = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MapExtractor(headers)));
@@ -151,6 +162,9 @@ pub fn set_parent(span: &tracing::Span, headers: &TraceHeaders) {
 /// Makes `span` a child of the trace an incoming request carries (`traceparent` or
 /// `X-Amzn-Trace-Id`, as the ALB adds).
 pub fn set_parent_from_http(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    if !exporting() {
+        return;
+    }
     let mut carried = TraceHeaders::new();
     for name in ["traceparent", "tracestate", XRAY_HEADER] {
         if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
@@ -163,6 +177,9 @@ pub fn set_parent_from_http(span: &tracing::Span, headers: &axum::http::HeaderMa
 /// Writes the span's trace id into its `trace_id` field, so that log lines carry it.
 pub fn record_trace_id(span: &tracing::Span) {
     use opentelemetry::trace::TraceContextExt;
+    if !exporting() {
+        return;
+    }
     let context = span.context();
     let trace_id = context.span().span_context().trace_id();
     if trace_id != opentelemetry::trace::TraceId::INVALID {

@@ -265,11 +265,10 @@ pub async fn complete_upload(
     headers: HeaderMap,
     Path(asset_id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
-    let asset = owned(&state, &player, &asset_id).await?;
-    if asset.state != AssetState::Pending || !store::complete(&state.db, &asset.id).await? {
+    let mut asset = owned(&state, &player, &asset_id).await?;
+    if asset.state != AssetState::Pending || !store::complete(&state.db, &mut asset).await? {
         return Err(ApiError::Conflict { code: "already_completed", message: "this upload was completed already".into() });
     }
-    let asset = store::get(&state.db, &asset_id).await?.ok_or_else(|| ApiError::NotFound("no such asset".into()))?;
     Ok((StatusCode::ACCEPTED, Json(view(&state, asset, &base_url(&state, &headers)).await?)))
 }
 

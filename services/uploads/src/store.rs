@@ -174,14 +174,15 @@ pub async fn list(db: &Database, owner: &str, before: Option<&str>, limit: i64) 
     rows.iter().map(asset).collect()
 }
 
-/// Moves `id` from pending to verifying and records `upload.completed` for the check, in one
-/// transaction. False when it was not pending (nothing written).
+/// Moves `asset` from pending to verifying and records `upload.completed` for the check, in one
+/// transaction, updating `asset` to match. False when it was not pending (nothing written).
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.complete", skip_all)]
-pub async fn complete(db: &Database, id: &str) -> anyhow::Result<bool> {
+pub async fn complete(db: &Database, asset: &mut Asset) -> anyhow::Result<bool> {
+    let now = now_millis();
     let mut tx = db.begin().await?;
     let moved = sqlx::query("UPDATE assets SET state = 'verifying', updated_at = $2 WHERE id = $1 AND state = 'pending'")
-        .bind(id)
-        .bind(now_millis())
+        .bind(&asset.id)
+        .bind(now)
         .execute(&mut *tx)
         .await
         .context("completing asset")?;
@@ -189,8 +190,10 @@ pub async fn complete(db: &Database, id: &str) -> anyhow::Result<bool> {
         tx.rollback().await.ok();
         return Ok(false);
     }
-    platform::outbox::record(&mut *tx, "upload.completed", &serde_json::json!({ "asset_id": id })).await?;
+    platform::outbox::record(&mut *tx, "upload.completed", &serde_json::json!({ "asset_id": asset.id })).await?;
     tx.commit().await.context("committing completion")?;
+    asset.state = State::Verifying;
+    asset.updated_at = now;
     Ok(true)
 }
 
