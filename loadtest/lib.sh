@@ -81,3 +81,5 @@ show_guildhall_logs() {
 
 # One field of a guildhall-bench JSON line.
 field() { python3 -c 'import json, sys; print(json.loads(sys.stdin.read())[sys.argv[1]])' "$1"; }
+# One process's CPU microseconds per request from a guildhall-bench JSON line, to one decimal.
+cpu_field() { python3 -c 'import json, sys; print("%.1f" % json.loads(sys.stdin.read())["cpu_us_per_request"][sys.argv[1]])' "$1"; }

@@ -44,34 +44,48 @@ source loadtest/lib.sh
 start_stack
 GUILDHALL_ADMIN_KEY="$ADMIN_KEY" start_guildhall main
 BASE=$GUILDHALL_BASE
+REDIS_PID=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
+[[ $REDIS_PID =~ ^[0-9]+$ ]] || { echo "run.sh: cannot read Redis's process id" >&2; exit 1; }
+
+# utime + stime of process $1 in clock ticks (100 per second), from /proc/$1/stat: fields 14 and
+# 15, counted after the command name's closing parenthesis (the name may hold spaces).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
 # Runs redis-benchmark --csv with the arguments against the Redis, echoes its result, and sets
 # REDIS_RPS_NOW, REDIS_P50_NOW and REDIS_P99_NOW. Its CSV is a header and one row:
 # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
 redis_bench() {
-  local row
+  local row ticks_before
+  ticks_before=$(cpu_ticks "$REDIS_PID")
   row=$(redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c "$CONCURRENCY" -n "$REDIS_REQUESTS" --csv "$@" | tail -n 1 | tr -d '"')
   IFS=, read -r _ REDIS_RPS_NOW _ _ REDIS_P50_NOW _ REDIS_P99_NOW _ <<<"$row"
   [[ $REDIS_RPS_NOW =~ ^[0-9.]+$ ]] || { echo "run.sh: unexpected redis-benchmark output: $row" >&2; exit 1; }
-  printf 'redis-benchmark %s: %.1f requests/s, p50 %s ms, p99 %s ms\n' "$*" "$REDIS_RPS_NOW" "$REDIS_P50_NOW" "$REDIS_P99_NOW"
+  # Redis's CPU per command in microseconds (10 ms ticks over the whole run of REDIS_REQUESTS).
+  REDIS_CPU_NOW=$(awk -v t="$(( $(cpu_ticks "$REDIS_PID") - ticks_before ))" -v n="$REDIS_REQUESTS" 'BEGIN { printf "%.1f", t * 10000 / n }')
+  printf 'redis-benchmark %s: %.1f requests/s, p50 %s ms, p99 %s ms, Redis CPU %s us/command\n' "$*" "$REDIS_RPS_NOW" \
+    "$REDIS_P50_NOW" "$REDIS_P99_NOW" "$REDIS_CPU_NOW"
 }
 percent() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", 100 * a / b }'; }
 # Whether decimal $1 < $2 (bash compares whole numbers only).
 less_than() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
 
-declare -A RPS P50 P99 ERRORS
+declare -A RPS P50 P99 ERRORS CPU_GUILDHALL CPU_REDIS CPU_TOOL
 RAN=()
 for scenario in ${SCENARIOS//,/ }; do
   echo
   echo "== guildhall-bench --scenario $scenario (concurrency $CONCURRENCY, $DURATION s after $WARMUP s warm-up, $PLAYERS players)"
   out=$(GUILDHALL_ADMIN_KEY="$ADMIN_KEY" target/release/guildhall-bench --base "$BASE" --scenario "$scenario" \
-    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --players "$PLAYERS")
+    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --players "$PLAYERS" \
+    --cpu "guildhall=$GUILDHALL_PID,redis=$REDIS_PID")
   echo "$out"
   json=$(grep '^{' <<<"$out" | tail -n 1)
   RPS[$scenario]=$(field requests_per_sec <<<"$json")
   P50[$scenario]=$(field p50_ms <<<"$json")
   P99[$scenario]=$(field p99_ms <<<"$json")
   ERRORS[$scenario]=$(field errors <<<"$json")
+  CPU_GUILDHALL[$scenario]=$(cpu_field guildhall <<<"$json")
+  CPU_REDIS[$scenario]=$(cpu_field redis <<<"$json")
+  CPU_TOOL[$scenario]=$(cpu_field guildhall-bench <<<"$json")
   RAN+=("$scenario")
 done
 
@@ -82,7 +96,7 @@ echo "== redis-benchmark -c $CONCURRENCY -n $REDIS_REQUESTS (same Redis, for com
 # score and the member both vary and most commands insert a new member, as a first score does.
 # (Plain `-t zadd` without -r re-adds one fixed member with score 0 every time: no insert at all.)
 redis_bench -r "$ZADD_KEYSPACE" ZADD bench:zadd __rand_int__ 'member:__rand_int__'
-ZADD_RPS=$REDIS_RPS_NOW ZADD_P50=$REDIS_P50_NOW ZADD_P99=$REDIS_P99_NOW
+ZADD_RPS=$REDIS_RPS_NOW ZADD_P50=$REDIS_P50_NOW ZADD_P99=$REDIS_P99_NOW ZADD_CPU=$REDIS_CPU_NOW
 ZADD_MEMBERS=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" zcard bench:zadd)
 echo "bench:zadd has $ZADD_MEMBERS members after $REDIS_REQUESTS ZADDs"
 [[ $ZADD_MEMBERS -gt $((REDIS_REQUESTS / 2)) ]] || { echo "run.sh: ZADD did not insert random members" >&2; exit 1; }
@@ -93,7 +107,7 @@ seq 0 $((BOARD_SIZE - 1)) | awk '{ printf "ZADD bench:board %d member:%012d\r\n"
   | redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --pipe >/dev/null
 [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" zcard bench:board) -eq $BOARD_SIZE ]] || { echo "run.sh: filling bench:board failed" >&2; exit 1; }
 redis_bench -r "$BOARD_SIZE" ZREVRANK bench:board 'member:__rand_int__'
-ZREVRANK_RPS=$REDIS_RPS_NOW ZREVRANK_P50=$REDIS_P50_NOW ZREVRANK_P99=$REDIS_P99_NOW
+ZREVRANK_RPS=$REDIS_RPS_NOW ZREVRANK_P50=$REDIS_P50_NOW ZREVRANK_P99=$REDIS_P99_NOW ZREVRANK_CPU=$REDIS_CPU_NOW
 declare -A REDIS_RPS=([ZADD]=$ZADD_RPS [ZREVRANK]=$ZREVRANK_RPS)
 
 echo
@@ -124,3 +138,11 @@ for scenario in "${RAN[@]}"; do
     echo "run.sh: warning: $scenario had ${ERRORS[$scenario]} errors; its figure is not a clean throughput" >&2
   fi
 done
+
+echo
+echo "== CPU per request in microseconds (user + system, over each measured window; 10 ms ticks)"
+printf '%-26s %10s %10s %16s\n' "" "guildhall" "redis" "guildhall-bench"
+for scenario in "${RAN[@]}"; do
+  printf '%-26s %10s %10s %16s\n' "guildhall $scenario" "${CPU_GUILDHALL[$scenario]}" "${CPU_REDIS[$scenario]}" "${CPU_TOOL[$scenario]}"
+done
+printf '%-26s %10s %10s %16s\n' "redis-benchmark ZADD" "-" "$ZADD_CPU" "-" "redis-benchmark ZREVRANK" "-" "$ZREVRANK_CPU" "-"

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use reqwest::{Client, RequestBuilder};
 use tokio::task::JoinSet;
 
+use crate::http1::{Connection, Target, Trouble};
 use crate::options::Options;
 use crate::report::{ERROR_SAMPLES, Report};
 use crate::scenario::{Scenario, Setup};
@@ -21,7 +21,7 @@ use crate::scenario::{Scenario, Setup};
 pub async fn drive<S: Scenario>(options: &Options, setup: Setup) -> anyhow::Result<Report> {
     eprintln!("{}: setting up {} players...", S::NAME, options.players);
     let setup_started = Instant::now();
-    let client = setup.client.clone();
+    let target = Target::resolve(&setup.base).await?;
     let scenario = Arc::new(S::setup(&setup).await.with_context(|| format!("setting up scenario {}", S::NAME))?);
     eprintln!(
         "{}: set up in {:.1} s; {} workers, {:.1} s warm-up, {:.1} s measured",
@@ -33,17 +33,31 @@ pub async fn drive<S: Scenario>(options: &Options, setup: Setup) -> anyhow::Resu
     );
 
     let measure_from = Instant::now() + options.warmup;
-    let window = Window { measure_from, stop_at: measure_from + options.duration, max_requests: options.max_requests };
+    let window =
+        Window { measure_from, stop_at: measure_from + options.duration, max_requests: options.max_requests, timeout: options.timeout };
     let sent = Arc::new(AtomicU64::new(0));
+    // CPU times at the window's start, read when it opens (and once now, so a wrong pid fails the
+    // run before it starts).
+    options.cpu.sample()?;
+    let watched = options.cpu.clone();
+    let cpu_at_start = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        watched.sample()
+    });
     let mut workers = JoinSet::new();
     for _ in 0..options.concurrency {
-        let (scenario, client, sent) = (scenario.clone(), client.clone(), sent.clone());
-        workers.spawn(async move { work(&*scenario, &client, &sent, window).await });
+        let (scenario, connection, sent) = (scenario.clone(), Connection::new(target.clone()), sent.clone());
+        workers.spawn(async move { work(&*scenario, connection, &sent, window).await });
     }
     let mut total = Tally::default();
     while let Some(tally) = workers.join_next().await {
         total.merge(tally.context("a worker panicked")?);
     }
+
+    let cpu_at_end = options.cpu.sample()?;
+    let cpu_at_start = cpu_at_start.await.context("the CPU sampler panicked")??;
+    let measured = total.latencies_ns.len() as u64;
+    let cpu_per_request = crate::cpu::per_request(&cpu_at_start, &cpu_at_end, measured);
 
     let elapsed = total.last_answer.map_or(options.duration, |last| last.saturating_duration_since(measure_from));
     let mut samples = total.samples;
@@ -56,7 +70,8 @@ pub async fn drive<S: Scenario>(options: &Options, setup: Setup) -> anyhow::Resu
         total.errors_by_kind,
         samples.into_iter().take(ERROR_SAMPLES).map(|(_, sample)| sample).collect(),
         sent.load(Ordering::Relaxed) >= options.max_requests,
-    ))
+    )
+    .with_cpu(cpu_per_request))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +79,7 @@ struct Window {
     measure_from: Instant,
     stop_at: Instant,
     max_requests: u64,
+    timeout: std::time::Duration,
 }
 
 /// One worker's record of its measured requests.
@@ -92,7 +108,7 @@ struct Failure {
     detail: String,
 }
 
-async fn work<S: Scenario>(scenario: &S, client: &Client, sent: &AtomicU64, window: Window) -> Tally {
+async fn work<S: Scenario>(scenario: &S, mut connection: Connection, sent: &AtomicU64, window: Window) -> Tally {
     let mut tally = Tally::default();
     // Bounded twice over: by the clock and by the shared request count.
     while Instant::now() < window.stop_at {
@@ -100,9 +116,9 @@ async fn work<S: Scenario>(scenario: &S, client: &Client, sent: &AtomicU64, wind
         if n >= window.max_requests {
             break;
         }
-        let request = scenario.request(client, n);
+        let request = scenario.request(n);
         let started = Instant::now();
-        let outcome = send(request).await;
+        let outcome = send(&mut connection, &request, window.timeout).await;
         let answered = Instant::now();
         if started < window.measure_from {
             continue;
@@ -120,31 +136,17 @@ async fn work<S: Scenario>(scenario: &S, client: &Client, sent: &AtomicU64, wind
 }
 
 /// Sends `request` and reads the whole body, so the time covers the complete response.
-async fn send(request: RequestBuilder) -> Result<(), Failure> {
-    let response = request.send().await.map_err(transport)?;
-    let status = response.status();
-    let body = response.bytes().await.map_err(transport)?;
-    if status.is_success() {
-        return Ok(());
+async fn send(connection: &mut Connection, request: &crate::http1::Request<'_>, timeout: std::time::Duration) -> Result<(), Failure> {
+    match connection.exchange(request, timeout).await {
+        Ok(Some(answer)) if (200..300).contains(&answer.status) => Ok(()),
+        Ok(Some(answer)) => {
+            let body: String = String::from_utf8_lossy(answer.body).chars().take(300).collect();
+            Err(Failure { kind: answer.status.to_string(), detail: format!("{}: {body}", answer.status) })
+        }
+        Ok(None) => Err(Failure { kind: "timeout".to_owned(), detail: format!("no answer within {} s", timeout.as_secs_f64()) }),
+        Err(trouble) => {
+            let kind = if matches!(trouble, Trouble::Connect(_)) { "connect" } else { "transport" };
+            Err(Failure { kind: kind.to_owned(), detail: trouble.to_string() })
+        }
     }
-    let body: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-    Err(Failure { kind: status.as_u16().to_string(), detail: format!("{status}: {body}") })
-}
-
-fn transport(err: reqwest::Error) -> Failure {
-    let kind = if err.is_timeout() {
-        "timeout"
-    } else if err.is_connect() {
-        "connect"
-    } else {
-        "transport"
-    };
-    let mut detail = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    Failure { kind: kind.to_owned(), detail }
 }

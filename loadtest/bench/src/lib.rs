@@ -11,7 +11,9 @@
 //! memory the servers hold per connection.
 
 pub mod chat;
+pub mod cpu;
 pub mod drive;
+pub mod http1;
 pub mod memory;
 pub mod options;
 pub mod report;
@@ -28,8 +30,8 @@ use scenario::Setup;
 /// Runs the scenario `options` name against the server and reports what was measured.
 pub async fn run(options: &Options) -> anyhow::Result<Summary> {
     let entry = scenario::find(&options.scenario).with_context(|| format!("unknown scenario {:?}", options.scenario))?;
-    // One client for the whole run: its pool keeps one connection per worker alive, so the load
-    // is requests, not TCP handshakes.
+    // The setup's client (the measured requests go over `http1`, one kept-alive connection per
+    // worker, so the load is requests, not TCP handshakes).
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
         .timeout(options.timeout)

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use guildhall_bench::options::{Command, Options, usage};
+use guildhall_bench::scenario::Threads;
 
 fn main() -> ExitCode {
     let options: Options = match Command::parse(std::env::args().skip(1), |name| std::env::var(name).ok()) {
@@ -16,11 +17,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(guildhall_bench::run(&options)));
+    let mut runtime = match guildhall_bench::scenario::find(&options.scenario).map(|entry| entry.threads) {
+        Some(Threads::PerCore) => tokio::runtime::Builder::new_multi_thread(),
+        // An unknown scenario is reported by `run`.
+        Some(Threads::One) | None => tokio::runtime::Builder::new_current_thread(),
+    };
+    let result =
+        runtime.enable_all().build().map_err(anyhow::Error::from).and_then(|runtime| runtime.block_on(guildhall_bench::run(&options)));
     match result.and_then(|report| Ok((report.json()?, report))) {
         Ok((json, report)) => {
             println!("{report}");

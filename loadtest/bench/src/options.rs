@@ -44,6 +44,9 @@ pub struct Options {
     /// Chat: the process id of each of `bases`' servers, in the same order, whose resident memory
     /// the run reads before the sockets open and once they have joined; empty for none.
     pub pids: Vec<u32>,
+    /// Processes whose CPU time per measured request the report gives (`--cpu NAME=PID,...`),
+    /// besides the tool's own.
+    pub cpu: crate::cpu::Watched,
     /// Chat: WebSocket clients, one guest player each.
     pub clients: usize,
     /// Chat: members per room.
@@ -91,6 +94,7 @@ impl Default for Options {
             admin_key: None,
             bases: Vec::new(),
             pids: Vec::new(),
+            cpu: crate::cpu::Watched::default(),
             clients: 5000,
             room_size: 50,
             rate: 0.2,
@@ -120,6 +124,8 @@ pub fn usage() -> String {
            --max-requests N    stop after this many requests, warm-up included (default {max_requests})\n  \
            --admin-key KEY     server key, for the scenarios that create a leaderboard\n                      \
                                (default: the environment variable {admin_key_env})\n  \
+           --cpu NAME=PID,...  report these processes' CPU time per measured request (Linux),\n                      \
+                               with the tool's own, e.g. guildhall=4242,redis=4250\n  \
            -h, --help          this text\n\
          \n\
          chat options (--concurrency bounds the sign-ins in flight; --max-requests the messages sent;\n\
@@ -180,6 +186,7 @@ impl Command {
                 "--admin-key" => options.admin_key = Some(AdminKey::new(value()?)),
                 "--bases" => options.bases = list(&value()?).map(|base| base.trim_end_matches('/').to_owned()).collect(),
                 "--pids" => options.pids = list(&value()?).map(|pid| number(&name, pid)).collect::<anyhow::Result<_>>()?,
+                "--cpu" => options.cpu = watched(&value()?)?,
                 "--clients" => options.clients = number(&name, &value()?)?,
                 "--room-size" => options.room_size = number(&name, &value()?)?,
                 "--rate" => options.rate = decimal(&name, &value()?)?,
@@ -231,6 +238,18 @@ impl Options {
         ensure!(self.rate.is_finite() && self.rate > 0.0 && self.rate <= 100.0, "--rate must be more than 0 and at most 100 messages/s");
         Ok(())
     }
+}
+
+/// `NAME=PID,NAME=PID`.
+fn watched(value: &str) -> anyhow::Result<crate::cpu::Watched> {
+    let processes = list(value)
+        .map(|item| {
+            let (name, pid) = item.split_once('=').with_context(|| format!("--cpu takes NAME=PID pairs, not {item:?}"))?;
+            ensure!(!name.is_empty() && name != crate::cpu::TOOL, "--cpu: {item:?} needs a name other than {}", crate::cpu::TOOL);
+            Ok((name.to_owned(), number("--cpu", pid)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(crate::cpu::Watched(processes))
 }
 
 fn number<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T> {
@@ -301,6 +320,15 @@ mod tests {
         assert!(parse(&["--admin-key", ""]).is_err());
         let Command::Run(options) = parse(&["--admin-key", "secret-key"]).expect("valid") else { panic!("expected a run") };
         assert!(!format!("{options:?}").contains("secret-key"), "Debug hides the key");
+    }
+
+    #[test]
+    fn cpu_processes_by_name() {
+        let Command::Run(options) = parse(&["--cpu", "guildhall=42, redis=7"]).expect("valid") else { panic!("expected a run") };
+        assert_eq!(options.cpu.0, [("guildhall".to_owned(), 42), ("redis".to_owned(), 7)]);
+        assert!(parse(&["--cpu", "42"]).is_err(), "a pid without a name");
+        assert!(parse(&["--cpu", "redis=x"]).is_err());
+        assert!(parse(&["--cpu", "guildhall-bench=1"]).is_err(), "the tool's own name is taken");
     }
 
     #[test]

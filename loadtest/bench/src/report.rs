@@ -38,6 +38,9 @@ pub struct Report {
     pub error_samples: Vec<String>,
     /// True when `--max-requests` ended the run before `--duration` did.
     pub hit_max_requests: bool,
+    /// Microseconds of CPU (user and system) per measured request, by process: the tool's own
+    /// (`guildhall-bench`) and those `--cpu` named, over the measured window.
+    pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
 impl Report {
@@ -65,7 +68,13 @@ impl Report {
             errors_by_kind,
             error_samples,
             hit_max_requests,
+            cpu_us_per_request: BTreeMap::new(),
         }
+    }
+
+    /// The report with the CPU each process spent per request.
+    pub fn with_cpu(self, cpu_us_per_request: BTreeMap<String, f64>) -> Self {
+        Self { cpu_us_per_request, ..self }
     }
 
     /// The report as one line of JSON.
@@ -169,6 +178,10 @@ impl fmt::Display for Report {
             writeln!(f, "  error       {sample}")?;
         }
         write!(f, "latency ms    {}", self.latency)?;
+        if !self.cpu_us_per_request.is_empty() {
+            let costs: Vec<String> = self.cpu_us_per_request.iter().map(|(name, us)| format!("{name} {us:.1}")).collect();
+            write!(f, "\ncpu us/req    {}", costs.join("  "))?;
+        }
         if self.hit_max_requests {
             write!(f, "\nnote          --max-requests ended the run before --duration")?;
         }

@@ -35,7 +35,7 @@ pub use report::{ChatReport, InstanceMemory};
 use crate::memory;
 use crate::options::Options;
 use crate::report::{ERROR_SAMPLES, Latency, Summary};
-use crate::scenario::{Entry, Running, Setup, sign_in_guests};
+use crate::scenario::{Entry, Running, Setup, Threads, sign_in_guests};
 use client::{Client, Outcome, Phase, Schedule, Shared, Tally};
 
 /// The scenario's entry in [`crate::scenario::SCENARIOS`].
@@ -43,6 +43,9 @@ pub const ENTRY: Entry = Entry {
     name: "chat",
     about: "--clients WebSockets in rooms over --bases, --rate messages/s each: delivery latency, memory per connection",
     run: run_entry,
+    // Thousands of sockets, each timing deliveries: one thread would queue them and add its own
+    // delay to the latencies.
+    threads: Threads::PerCore,
 };
 
 /// Sockets being opened (connect, auth, join) at once.

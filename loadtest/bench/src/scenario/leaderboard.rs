@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Serialize;
 
-use super::{Setup, bearers, expect_status, for_each_player, sign_in_guests};
+use super::{Method, Request, Setup, bearers, expect_status, for_each_player, sign_in_guests};
 
 /// Scores are drawn from `0..MAX_SCORE`.
 pub const MAX_SCORE: u64 = 1_000_000;
@@ -62,9 +62,14 @@ impl Board {
         Ok(Self { id, bearers })
     }
 
-    /// The full URL of `suffix` under this board, e.g. `/scores`.
+    /// The path of `suffix` under this board, e.g. `/scores`.
+    pub fn path(&self, suffix: &str) -> String {
+        format!("/v1/leaderboards/{}{suffix}", self.id)
+    }
+
+    /// The full URL of `suffix` under this board, for the setup's requests.
     pub fn url(&self, setup: &Setup, suffix: &str) -> String {
-        setup.url(&format!("/v1/leaderboards/{}{suffix}", self.id))
+        setup.url(&self.path(suffix))
     }
 
     /// Player `n`'s `Authorization` header (`n` taken round-robin over the players).
@@ -99,7 +104,7 @@ impl Board {
 /// from the board's operator.
 #[derive(Debug)]
 pub struct Submissions {
-    url: String,
+    path: String,
     board: Board,
 }
 
@@ -107,12 +112,13 @@ impl Submissions {
     /// Creates the board (see [`Board::create`]) and the submission URL.
     pub async fn create(setup: &Setup, scenario: &str, operator: &str) -> anyhow::Result<Self> {
         let board = Board::create(setup, scenario, operator).await?;
-        Ok(Self { url: board.url(setup, "/scores"), board })
+        Ok(Self { path: board.path("/scores"), board })
     }
 
     /// Submission `n`: [`score`] of `n`, as player `n` round-robin.
-    pub fn request(&self, client: &reqwest::Client, n: u64) -> reqwest::RequestBuilder {
-        client.post(&self.url).header(AUTHORIZATION, self.board.bearer(n).clone()).json(&ScoreSubmission { score: score(n) })
+    pub fn request(&self, n: u64) -> Request<'_> {
+        let json = serde_json::to_vec(&ScoreSubmission { score: score(n) }).expect("an integer serialises");
+        Request { method: Method::Post, path: &self.path, authorization: Some(self.board.bearer(n).as_bytes()), json: Some(json) }
     }
 }
 

@@ -1,15 +1,13 @@
 //! `me`: signed-in players reading their own account, the cheapest authenticated request.
 
-use reqwest::header::{AUTHORIZATION, HeaderValue};
-use reqwest::{Client, RequestBuilder};
+use reqwest::header::HeaderValue;
 
-use super::{Scenario, Setup, bearers, sign_in_guests};
+use super::{Method, Request, Scenario, Setup, bearers, sign_in_guests};
 
 /// `GET /v1/accounts/me` as one of `--players` guest players, taken round-robin: token
 /// verification, the session check in the cache and one account read from the database.
 #[derive(Debug)]
 pub struct Me {
-    url: String,
     bearers: Vec<HeaderValue>,
 }
 
@@ -18,11 +16,11 @@ impl Scenario for Me {
     const ABOUT: &'static str = "GET /v1/accounts/me as --players guests signed in at setup, round-robin";
 
     async fn setup(setup: &Setup) -> anyhow::Result<Self> {
-        Ok(Self { url: setup.url("/v1/accounts/me"), bearers: bearers(sign_in_guests(setup).await?)? })
+        Ok(Self { bearers: bearers(sign_in_guests(setup).await?)? })
     }
 
-    fn request(&self, client: &Client, n: u64) -> RequestBuilder {
+    fn request(&self, n: u64) -> Request<'_> {
         let bearer = &self.bearers[(n % self.bearers.len() as u64) as usize];
-        client.get(&self.url).header(AUTHORIZATION, bearer.clone())
+        Request { method: Method::Get, path: "/v1/accounts/me", authorization: Some(bearer.as_bytes()), json: None }
     }
 }

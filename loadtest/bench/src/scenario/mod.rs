@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
 use reqwest::header::HeaderValue;
-use reqwest::{Client, RequestBuilder, Response, StatusCode};
+use reqwest::{Client, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
@@ -31,6 +31,7 @@ pub use rank::Rank;
 pub use submit::Submit;
 pub use submit_set::SubmitSet;
 
+pub use crate::http1::{Method, Request};
 use crate::options::{ADMIN_KEY_ENV, AdminKey, Options};
 use crate::report::Summary;
 
@@ -49,14 +50,14 @@ pub trait Scenario: Sized + Send + Sync + 'static {
     fn setup(setup: &Setup) -> impl Future<Output = anyhow::Result<Self>> + Send;
 
     /// The `n`th request of the run (`n` counts from 0 across all workers, warm-up included).
-    /// The driver sends it, reads the whole body and times both.
-    fn request(&self, client: &Client, n: u64) -> RequestBuilder;
+    /// The driver sends it on its worker's connection, reads the whole body and times both.
+    fn request(&self, n: u64) -> Request<'_>;
 }
 
 /// What a scenario's setup step gets.
 #[derive(Debug, Clone)]
 pub struct Setup {
-    /// The client the run uses (one pool of connections for setup and load).
+    /// The client the setup steps use (the measured requests have their own connections).
     pub client: Client,
     /// The server's base URL, without a trailing slash.
     pub base: String,
@@ -76,7 +77,7 @@ impl Setup {
         format!("bench-{}-{n}", self.run_id)
     }
 
-    /// The full URL of `path` (which starts with `/`) on the server.
+    /// The full URL of `path` (which starts with `/`) on the server, for the setup's requests.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -101,13 +102,26 @@ pub struct Entry {
     /// Sets the scenario up and drives the load: [`crate::drive::drive`] for a [`Scenario`] type,
     /// [`crate::chat::run`] for chat.
     pub run: for<'a> fn(&'a Options, Setup) -> Running<'a>,
+    /// The threads the tool runs it on.
+    pub threads: Threads,
+}
+
+/// How many threads the tool's runtime has for a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// One, as `redis-benchmark` runs: a closed loop of request/response workers needs little CPU
+    /// per request, and on a small machine every core the tool keeps busy (and every wake-up
+    /// between its threads) is taken from the server it measures.
+    One,
+    /// One per core.
+    PerCore,
 }
 
 /// A scenario's run in progress, as [`Entry::run`] starts it.
 pub type Running<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Summary>> + 'a>>;
 
 const fn entry<S: Scenario>() -> Entry {
-    Entry { name: S::NAME, about: S::ABOUT, run: run::<S> }
+    Entry { name: S::NAME, about: S::ABOUT, run: run::<S>, threads: Threads::One }
 }
 
 fn run<S: Scenario>(options: &Options, setup: Setup) -> Running<'_> {

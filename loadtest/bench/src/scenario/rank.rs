@@ -1,17 +1,14 @@
 //! `rank`: players reading their own rank, the read path of the leaderboard.
 
-use reqwest::header::AUTHORIZATION;
-use reqwest::{Client, RequestBuilder};
-
 use super::leaderboard::Board;
-use super::{Scenario, Setup};
+use super::{Method, Request, Scenario, Setup};
 
 /// `GET /v1/leaderboards/{board}/records/me` as one of `--players` guests, round-robin, on a board
 /// of this run where setup had every player submit one score: the rank and record come from the
 /// rank index in Redis, the board's configuration from the database.
 #[derive(Debug)]
 pub struct Rank {
-    url: String,
+    path: String,
     board: Board,
 }
 
@@ -23,11 +20,11 @@ impl Scenario for Rank {
         let board = Board::create(setup, Self::NAME, "best").await?;
         eprintln!("{}: submitting one score per player...", Self::NAME);
         board.submit_one_each(setup).await?;
-        Ok(Self { url: board.url(setup, "/records/me"), board })
+        Ok(Self { path: board.path("/records/me"), board })
     }
 
-    fn request(&self, client: &Client, n: u64) -> RequestBuilder {
-        client.get(&self.url).header(AUTHORIZATION, self.board.bearer(n).clone())
+    fn request(&self, n: u64) -> Request<'_> {
+        Request { method: Method::Get, path: &self.path, authorization: Some(self.board.bearer(n).as_bytes()), json: None }
     }
 }
 

@@ -1,9 +1,7 @@
 //! `submit`: players posting scores, the write path of the leaderboard.
 
-use reqwest::{Client, RequestBuilder};
-
 use super::leaderboard::Submissions;
-use super::{Scenario, Setup};
+use super::{Request, Scenario, Setup};
 
 /// `POST /v1/leaderboards/{board}/scores` with a pseudo-random score in `0..1 000 000` as one of
 /// `--players` guests, round-robin, on a board of this run (`desc`, `best`) that setup creates with
@@ -20,8 +18,8 @@ impl Scenario for Submit {
         Submissions::create(setup, Self::NAME, "best").await.map(Self)
     }
 
-    fn request(&self, client: &Client, n: u64) -> RequestBuilder {
-        self.0.request(client, n)
+    fn request(&self, n: u64) -> Request<'_> {
+        self.0.request(n)
     }
 }
 

@@ -1,10 +1,8 @@
 //! `submit-set`: players posting scores to a `set` board, so that every submission is written to
 //! the database (the `submit` scenario's `best` board mostly keeps records unchanged).
 
-use reqwest::{Client, RequestBuilder};
-
 use super::leaderboard::Submissions;
-use super::{Scenario, Setup};
+use super::{Request, Scenario, Setup};
 
 /// `POST /v1/leaderboards/{board}/scores` with a pseudo-random score as one of `--players` guests,
 /// round-robin, on a `set` board of this run: every request is a database transaction (row lock,
@@ -20,8 +18,8 @@ impl Scenario for SubmitSet {
         Submissions::create(setup, Self::NAME, "set").await.map(Self)
     }
 
-    fn request(&self, client: &Client, n: u64) -> RequestBuilder {
-        self.0.request(client, n)
+    fn request(&self, n: u64) -> Request<'_> {
+        self.0.request(n)
     }
 }
 
