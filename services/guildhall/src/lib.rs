@@ -105,13 +105,13 @@ impl App {
                     }
                 }
                 Service::Leaderboard => {
-                    let state = leaderboard::LeaderboardState {
+                    let state = leaderboard::LeaderboardState::new(leaderboard::LeaderboardParts {
                         db: db.clone(),
                         index: leaderboard::index::RankIndex::for_cache(&cache),
                         auth: auth.clone(),
                         admin_key: admin_key.clone(),
                         boards: leaderboard::BoardCache::default(),
-                    };
+                    });
                     subscriptions.extend(leaderboard::subscriptions(state.clone()));
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));

@@ -196,6 +196,16 @@ fn board_not_found() -> ApiError {
 }
 
 /// The display data kept in the index beside each sort key.
+/// What the index keeps beside a record's key, as `entry_data` writes it: the owner's name and
+/// the metadata (read into a struct, not a `Value` map: this is on every rank read).
+#[derive(Debug, Default, Deserialize)]
+struct EntryData {
+    #[serde(default)]
+    n: String,
+    #[serde(default)]
+    m: Option<serde_json::Value>,
+}
+
 fn entry_data(name: &str, metadata: Option<&str>) -> String {
     let metadata = metadata.and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok());
     serde_json::json!({ "n": name, "m": metadata }).to_string()
@@ -255,14 +265,14 @@ impl LeaderboardState {
 
     fn record(&self, board: &Board, ranked: Ranked) -> Option<Record> {
         let (score, subscore, updated_at, owner) = board.decode_key(&ranked.key)?;
-        let data: serde_json::Value = serde_json::from_str(&ranked.data).unwrap_or_default();
+        let data: EntryData = serde_json::from_str(&ranked.data).unwrap_or_default();
         Some(Record {
             owner_id: owner.to_owned(),
-            name: data["n"].as_str().unwrap_or_default().to_owned(),
+            name: data.n,
             score,
             subscore,
             rank: ranked.rank,
-            metadata: Some(data["m"].clone()).filter(|m| !m.is_null()),
+            metadata: data.m.filter(|m| !m.is_null()),
             updated_at: platform::time::rfc3339(updated_at),
         })
     }

@@ -73,7 +73,7 @@ impl RankIndex {
     /// The index that goes with the cache backend.
     pub fn for_cache(cache: &Cache) -> Self {
         match cache.redis() {
-            Some(redis) => RankIndex::Redis(RedisIndex { redis: redis.clone() }),
+            Some(redis) => RankIndex::Redis(RedisIndex { redis: redis.clone(), keys: Arc::default() }),
             None => RankIndex::Memory(MemoryIndex::default()),
         }
     }
@@ -324,6 +324,32 @@ pub type RankAndRevocation = (bool, Result<Option<Ranked>, NotReady>);
 #[derive(Clone)]
 pub struct RedisIndex {
     redis: RedisCache,
+    keys: Arc<KeyCache>,
+}
+
+/// Each board's keys for its live season, built once rather than formatted on every call (they
+/// showed in profiles of the rank read).
+#[derive(Default)]
+struct KeyCache(Mutex<HashMap<String, (i64, Arc<Keys>)>>);
+
+/// Boards whose keys are kept; past it the cache starts over.
+const KEY_CACHE_BOARDS: usize = 10_000;
+
+impl KeyCache {
+    fn get(&self, redis: &RedisCache, scope: Scope<'_>) -> Arc<Keys> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((season, keys)) = map.get(scope.board)
+            && *season == scope.season
+        {
+            return keys.clone();
+        }
+        let made = Arc::new(keys(redis, scope));
+        if map.len() >= KEY_CACHE_BOARDS {
+            map.clear();
+        }
+        map.insert(scope.board.to_owned(), (scope.season, made.clone()));
+        made
+    }
 }
 
 struct Keys {
@@ -476,7 +502,7 @@ fn int(value: &Value) -> Option<i64> {
 
 impl RedisIndex {
     async fn upsert(&self, scope: Scope<'_>, entry: &Entry) -> anyhow::Result<Result<u64, NotReady>> {
-        let k = keys(&self.redis, scope);
+        let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
         let rank: i64 = script(&UPSERT_SCRIPT, UPSERT)
             .key(&k.zset)
@@ -494,7 +520,7 @@ impl RedisIndex {
     }
 
     async fn rank_of(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
-        let k = keys(&self.redis, scope);
+        let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
         let reply: Vec<Value> = script(&RANK_OF_SCRIPT, RANK_OF)
             .key(&k.zset)
@@ -511,7 +537,7 @@ impl RedisIndex {
     /// `EXISTS` of the revocation mark and the rank script, pipelined: one round trip. (Not one
     /// script: the session's key lives in another hash slot than the board's keys.)
     async fn rank_of_unless_revoked(&self, scope: Scope<'_>, owner_id: &str, revocation_key: &str) -> anyhow::Result<RankAndRevocation> {
-        let k = keys(&self.redis, scope);
+        let k = self.keys.get(&self.redis, scope);
         let script = script(&RANK_OF_SCRIPT, RANK_OF);
         let mut pipe = redis::pipe();
         pipe.cmd("EXISTS").arg(self.redis.key(revocation_key));
@@ -531,7 +557,7 @@ impl RedisIndex {
     }
 
     async fn unless_better(&self, scope: Scope<'_>, owner_id: &str, prefix: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
-        let k = keys(&self.redis, scope);
+        let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
         let reply: Vec<Value> = script(&UNLESS_BETTER_SCRIPT, UNLESS_BETTER)
             .key(&k.zset)
@@ -560,7 +586,7 @@ impl RedisIndex {
     }
 
     async fn run_page(&self, scope: Scope<'_>, mode: &str, from: &str, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
-        let k = keys(&self.redis, scope);
+        let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
         let reply: Vec<Value> = script(&PAGE_SCRIPT, PAGE)
             .key(&k.zset)
@@ -599,7 +625,7 @@ impl RedisIndex {
     }
 
     async fn remove(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<()> {
-        let k = keys(&self.redis, scope);
+        let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
         let _: i64 = script(&REMOVE_SCRIPT, REMOVE)
             .key(&k.zset)
@@ -613,7 +639,7 @@ impl RedisIndex {
     }
 
     async fn try_lock(&self, scope: Scope<'_>) -> anyhow::Result<RebuildLock> {
-        let k = keys(&self.redis, scope);
+        let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
         let answer: String = script(&LOCK_SCRIPT, LOCK)
             .key(&k.ready)
@@ -630,14 +656,14 @@ impl RedisIndex {
     }
 
     async fn unlock(&self, scope: Scope<'_>) -> anyhow::Result<()> {
-        let k = keys(&self.redis, scope);
+        let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
         let _: i64 = redis::cmd("DEL").arg(&k.lock).query_async(&mut conn).await.context("Redis rebuild unlock")?;
         Ok(())
     }
 
     async fn install(&self, scope: Scope<'_>, entries: Vec<Entry>) -> anyhow::Result<()> {
-        let k = keys(&self.redis, scope);
+        let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
         let _: () = redis::pipe()
             .cmd("DEL")
@@ -683,7 +709,7 @@ impl RedisIndex {
     }
 
     async fn drop_season(&self, scope: Scope<'_>) -> anyhow::Result<()> {
-        let k = keys(&self.redis, scope);
+        let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
         let _: i64 = redis::cmd("DEL")
             .arg(&k.zset)

@@ -17,9 +17,28 @@ use utoipa::OpenApi;
 
 use crate::index::RankIndex;
 
-/// Everything the leaderboard handlers need. Cheap to clone.
+/// Everything the leaderboard handlers need, behind one reference count: axum clones the state
+/// for every request. Its parts are reached through `Deref`.
 #[derive(Clone)]
-pub struct LeaderboardState {
+pub struct LeaderboardState(std::sync::Arc<LeaderboardParts>);
+
+impl LeaderboardState {
+    /// The state over `parts`.
+    pub fn new(parts: LeaderboardParts) -> Self {
+        Self(std::sync::Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for LeaderboardState {
+    type Target = LeaderboardParts;
+
+    fn deref(&self) -> &LeaderboardParts {
+        &self.0
+    }
+}
+
+/// What [`LeaderboardState`] holds.
+pub struct LeaderboardParts {
     /// Boards and records (the source of truth).
     pub db: Database,
     /// Ranks.

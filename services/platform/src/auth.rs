@@ -13,12 +13,16 @@ use crate::cache::Cache;
 use crate::error::ApiError;
 use crate::tokens::{TokenError, TokenKeys};
 
-/// Verifies access tokens and records revoked sessions. Cheap to clone.
+/// Verifies access tokens and records revoked sessions. Cheap to clone (one reference count:
+/// extractors take it from the state on every request).
 #[derive(Clone, Debug)]
-pub struct Authenticator {
+pub struct Authenticator(Arc<AuthInner>);
+
+#[derive(Debug)]
+struct AuthInner {
     keys: Arc<TokenKeys>,
     cache: Cache,
-    verified: Arc<VerifiedTokens>,
+    verified: VerifiedTokens,
 }
 
 /// Tokens whose signature already verified, with their claims: a player sends the same token for
@@ -59,12 +63,12 @@ pub struct Player {
 impl Authenticator {
     /// An authenticator over `keys`, recording revocations in `cache`.
     pub fn new(keys: Arc<TokenKeys>, cache: Cache) -> Self {
-        Self { keys, cache, verified: Arc::default() }
+        Self(Arc::new(AuthInner { keys, cache, verified: VerifiedTokens::default() }))
     }
 
     /// The token keys, for services that sign (accounts) or publish the JWKS.
     pub fn keys(&self) -> &Arc<TokenKeys> {
-        &self.keys
+        &self.0.keys
     }
 
     /// Verifies `token` and refuses it when its session has been revoked.
@@ -77,14 +81,14 @@ impl Authenticator {
     /// round trip the caller makes anyway.
     pub fn verify(&self, token: &str) -> Result<Unconfirmed, ApiError> {
         let now = now_secs();
-        let claims = match self.verified.get(token) {
-            Some(claims) if self.keys.still_valid(&claims, now) => claims,
+        let claims = match self.0.verified.get(token) {
+            Some(claims) if self.0.keys.still_valid(&claims, now) => claims,
             _ => {
-                let claims = self.keys.verify(token, now).map_err(|err| match err {
+                let claims = self.0.keys.verify(token, now).map_err(|err| match err {
                     TokenError::Expired => ApiError::Unauthenticated { code: "token_expired", message: err.to_string() },
                     other => ApiError::invalid_token(other.to_string()),
                 })?;
-                self.verified.put(token, &claims);
+                self.0.verified.put(token, &claims);
                 claims
             }
         };
@@ -97,6 +101,7 @@ impl Authenticator {
     /// Checks the cache for `unconfirmed`'s session's revocation mark.
     pub async fn confirm(&self, unconfirmed: Unconfirmed) -> Result<Player, ApiError> {
         let revoked = self
+            .0
             .cache
             .exists(&unconfirmed.revocation_key)
             .await
@@ -107,8 +112,8 @@ impl Authenticator {
     /// Makes every access token of `session_id` fail from now on, on every instance that shares
     /// the cache. The mark lives as long as the longest-lived token it must stop.
     pub async fn revoke_session(&self, session_id: &str) -> anyhow::Result<()> {
-        let ttl = self.keys.access_ttl() + Duration::from_secs(60);
-        self.cache.set_ex(&revoked_key(session_id), "1", ttl).await
+        let ttl = self.0.keys.access_ttl() + Duration::from_secs(60);
+        self.0.cache.set_ex(&revoked_key(session_id), "1", ttl).await
     }
 }
 

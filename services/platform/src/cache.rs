@@ -50,7 +50,7 @@ pub enum Cache {
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Cache::Redis(r) => write!(f, "Cache::Redis(prefix={:?})", r.prefix),
+            Cache::Redis(r) => write!(f, "Cache::Redis(prefix={:?})", r.0.prefix),
             Cache::Memory(_) => f.write_str("Cache::Memory"),
         }
     }
@@ -68,7 +68,7 @@ impl Cache {
                     .set_response_timeout(Some(REDIS_TIMEOUT))
                     .set_number_of_retries(2);
                 let conn = ConnectionManager::new_with_config(client.clone(), manager_config).await.context("connecting to Redis")?;
-                Ok(Cache::Redis(RedisCache { conn, client: std::sync::Arc::new(client), prefix: key_prefix.clone() }))
+                Ok(Cache::Redis(RedisCache(Arc::new(RedisInner { conn, client, prefix: key_prefix.clone() }))))
             }
         }
     }
@@ -78,7 +78,7 @@ impl Cache {
     pub async fn set_ex(&self, key: &str, value: &str, ttl: Duration) -> anyhow::Result<()> {
         match self {
             Cache::Redis(r) => {
-                let mut conn = r.conn.clone();
+                let mut conn = r.connection();
                 let _: () = redis::cmd("SET")
                     .arg(r.key(key))
                     .arg(value)
@@ -103,7 +103,7 @@ impl Cache {
     pub async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
         match self {
             Cache::Redis(r) => {
-                let mut conn = r.conn.clone();
+                let mut conn = r.connection();
                 redis::cmd("GET").arg(r.key(key)).query_async(&mut conn).await.context("Redis GET")
             }
             Cache::Memory(m) => Ok(m.with_key(key, |map| map.get(key).map(|e| e.value.clone()))),
@@ -121,7 +121,7 @@ impl Cache {
     pub async fn delete(&self, key: &str) -> anyhow::Result<()> {
         match self {
             Cache::Redis(r) => {
-                let mut conn = r.conn.clone();
+                let mut conn = r.connection();
                 let _: i64 = redis::cmd("DEL").arg(r.key(key)).query_async(&mut conn).await.context("Redis DEL")?;
                 Ok(())
             }
@@ -138,7 +138,7 @@ impl Cache {
     pub async fn hit(&self, key: &str, window: Duration) -> anyhow::Result<(u64, Duration)> {
         match self {
             Cache::Redis(r) => {
-                let mut conn = r.conn.clone();
+                let mut conn = r.connection();
                 let key = r.key(key);
                 // One round trip, atomic: the expiry is set only by the hit that created the key.
                 let (count, ttl): (u64, i64) = redis::pipe()
@@ -174,7 +174,7 @@ impl Cache {
     pub async fn take_token(&self, key: &str, capacity: u32, per_second: f64) -> anyhow::Result<Option<Duration>> {
         match self {
             Cache::Redis(r) => {
-                let mut conn = r.conn.clone();
+                let mut conn = r.connection();
                 let wait_ms: i64 = TAKE_TOKEN
                     .get_or_init(|| redis::Script::new(TAKE_TOKEN_LUA))
                     .key(r.key(key))
@@ -211,7 +211,7 @@ impl Cache {
     pub async fn ping(&self) -> anyhow::Result<()> {
         match self {
             Cache::Redis(r) => {
-                let mut conn = r.conn.clone();
+                let mut conn = r.connection();
                 let _: String = redis::cmd("PING").query_async(&mut conn).await.context("Redis PING")?;
                 Ok(())
             }
@@ -229,30 +229,36 @@ impl Cache {
     }
 }
 
-/// A multiplexed, auto-reconnecting Redis connection with a key prefix.
+/// A multiplexed, auto-reconnecting Redis connection with a key prefix. Cheap to clone (one
+/// reference count): states holding the cache are cloned per request.
 #[derive(Clone)]
-pub struct RedisCache {
+pub struct RedisCache(Arc<RedisInner>);
+
+struct RedisInner {
     conn: ConnectionManager,
-    // Behind an Arc: with its TLS settings the client is a few hundred bytes, and states holding
-    // the cache are cloned per request.
-    client: std::sync::Arc<redis::Client>,
+    client: redis::Client,
     prefix: String,
 }
 
 impl RedisCache {
     /// `key` with this deployment's prefix.
     pub fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        format!("{}{key}", self.0.prefix)
+    }
+
+    /// This deployment's key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.0.prefix
     }
 
     /// A handle on the shared connection.
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.0.conn.clone()
     }
 
     /// The client, to open dedicated connections (pub/sub).
     pub fn client(&self) -> &redis::Client {
-        &self.client
+        &self.0.client
     }
 }
 

@@ -9,7 +9,6 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
@@ -112,7 +111,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     }
 }
 
-async fn resolve_client_ip(trust_forwarded_for: bool, mut request: Request, next: Next) -> Response {
+/// The client's IP address of `request`: see [`ClientIp`].
+fn resolve_client_ip(trust_forwarded_for: bool, request: &Request) -> IpAddr {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     // Only the last hop is trusted: it is the one the ALB appended; anything before it came from
     // the client and may be forged.
@@ -122,9 +122,44 @@ async fn resolve_client_ip(trust_forwarded_for: bool, mut request: Request, next
             last_header.to_str().ok()?.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
         })
         .flatten();
-    let ip = forwarded.or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    request.extensions_mut().insert(ClientIp(ip));
-    next.run(request).await
+    forwarded.or(peer).unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// Puts the [`ClientIp`] into every request's extensions. A plain layer rather than
+/// `middleware::from_fn`, which clones the inner service and boxes a future per request.
+#[derive(Debug, Clone, Copy)]
+struct ClientIpLayer {
+    trust_forwarded_for: bool,
+}
+
+impl<S> tower::Layer<S> for ClientIpLayer {
+    type Service = ClientIpService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientIpService { inner, trust_forwarded_for: self.trust_forwarded_for }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ClientIpService<S> {
+    inner: S,
+    trust_forwarded_for: bool,
+}
+
+impl<S: tower::Service<Request>> tower::Service<Request> for ClientIpService<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let ip = resolve_client_ip(self.trust_forwarded_for, &request);
+        request.extensions_mut().insert(ClientIp(ip));
+        self.inner.call(request)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -132,8 +167,39 @@ struct UuidRequestId;
 
 impl MakeRequestId for UuidRequestId {
     fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).ok().map(RequestId::new)
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = request_uuid().hyphenated().encode_lower(&mut text);
+        HeaderValue::from_str(text).ok().map(RequestId::new)
     }
+}
+
+/// A UUIDv7 for a request id: the time in milliseconds and random bits from a generator per
+/// thread, seeded once from the operating system. `Uuid::now_v7` asks the operating system for
+/// every id, a system call per request; request ids need to be unique, not unpredictable.
+fn request_uuid() -> uuid::Uuid {
+    use std::cell::Cell;
+    thread_local! {
+        // Seeded from the random bits of one OS-random UUIDv7 (74 of its 128 bits are random).
+        static STATE: Cell<u64> = Cell::new({
+            let seed = uuid::Uuid::now_v7().as_u128();
+            (seed as u64) ^ ((seed >> 64) as u64).rotate_left(32)
+        });
+    }
+    // splitmix64 (Steele, Lea and Flood, 2014), twice: 128 bits, of which the UUID keeps 74.
+    let next = || {
+        STATE.with(|state| {
+            let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        })
+    };
+    let random = (u128::from(next()) << 64 | u128::from(next())).to_le_bytes();
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&random[..10]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
 }
 
 /// Settings of the common middleware stack.
@@ -155,7 +221,7 @@ pub fn with_common_layers(router: Router, settings: HttpSettings) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
-        .layer(middleware::from_fn(move |req, next| resolve_client_ip(trust, req, next)))
+        .layer(ClientIpLayer { trust_forwarded_for: trust })
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, settings.request_timeout))
         .layer(CatchPanicLayer::custom(|_panic| ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()))
         .layer(
@@ -203,7 +269,21 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown, gr
 
 #[cfg(test)]
 mod tests {
-    use super::field_of;
+    use super::{field_of, request_uuid};
+
+    #[test]
+    fn request_ids_are_distinct_v7_uuids() {
+        let ids: Vec<uuid::Uuid> = (0..10_000).map(|_| request_uuid()).collect();
+        assert!(ids.iter().all(|id| id.get_version_num() == 7 && id.get_variant() == uuid::Variant::RFC4122));
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+        let (secs, _) = ids[0].get_timestamp().expect("v7 has a timestamp").to_unix();
+        assert!(now.abs_diff(secs) < 5, "the id carries the time");
+        // Another thread has its own generator, seeded apart.
+        let other = std::thread::spawn(request_uuid).join().expect("thread");
+        assert!(!distinct.contains(&other));
+    }
 
     #[test]
     fn serde_messages_name_their_field() {
