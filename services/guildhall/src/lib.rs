@@ -111,6 +111,7 @@ impl App {
                         auth: auth.clone(),
                         admin_key: admin_key.clone(),
                         boards: leaderboard::BoardCache::default(),
+                        writer: leaderboard::writer::Writer::start(db.clone()),
                     });
                     subscriptions.extend(leaderboard::subscriptions(state.clone()));
                     if mode == Mode::Serve {

@@ -16,6 +16,7 @@ on_both_backends!(
     a_lost_index_is_rebuilt_with_identical_ranks,
     a_deleted_account_leaves_every_board,
     a_logged_out_session_reads_no_rank,
+    simultaneous_submissions_of_one_player_all_count,
 );
 
 async fn start(backend: Backend) -> TestApp {
@@ -411,4 +412,73 @@ async fn a_logged_out_session_reads_no_rank(backend: Backend) {
         let mine = app.get("/v1/leaderboards/after-logout/records/me", Some(&again)).await.expect(200).body;
         assert_eq!(mine["rank"], 1);
     }
+}
+
+/// Forty `+1`s of one player at once (and ten of another), on a board capped at 30: the writer commits them in
+/// batches, each applied on top of the one before, so the accepted ones read 1 to 30 exactly once,
+/// the ten over the cap are refused alone, and nothing else in their batch is lost.
+async fn simultaneous_submissions_of_one_player_all_count(backend: Backend) {
+    let app = start(backend).await;
+    let (_, ana) = guest(&app, "ana").await;
+    let (_, bob) = guest(&app, "bob").await;
+    create_board(&app, json!({"id": "clicks", "sort": "desc", "operator": "incr", "max_score": 30})).await;
+    let replies = futures_util::future::join_all((0..50).map(|n| {
+        // Bob's submissions ride in the same batches as Ana's.
+        let token = if n % 5 == 0 { &bob } else { &ana };
+        app.post("/v1/leaderboards/clicks/scores", Some(token), json!({"score": 1}))
+    }))
+    .await;
+    let (mut ana_scores, mut bob_scores, mut refused) = (Vec::new(), Vec::new(), 0);
+    for (n, reply) in replies.into_iter().enumerate() {
+        if reply.status == 400 {
+            assert_eq!(reply.expect_error(400, "invalid_request").body["error"]["field"], "score");
+            refused += 1;
+            continue;
+        }
+        let score = reply.expect(200).body["score"].as_i64().expect("score");
+        if n % 5 == 0 { bob_scores.push(score) } else { ana_scores.push(score) }
+    }
+    ana_scores.sort_unstable();
+    bob_scores.sort_unstable();
+    assert_eq!(ana_scores, (1..=30).collect::<Vec<_>>(), "every accepted +1 counted once, in turn");
+    assert_eq!(refused, 10, "Ana's ten over the cap");
+    assert_eq!(bob_scores, (1..=10).collect::<Vec<_>>());
+    let me = app.get("/v1/leaderboards/clicks/records/me", Some(&ana)).await.expect(200).body;
+    assert_eq!((me["score"].as_i64(), me["rank"].as_u64()), (Some(30), Some(1)));
+    let me = app.get("/v1/leaderboards/clicks/records/me", Some(&bob)).await.expect(200).body;
+    assert_eq!((me["score"].as_i64(), me["rank"].as_u64()), (Some(10), Some(2)));
+}
+
+/// Two processes on one PostgreSQL take the first submissions of the same new players at the same
+/// moment: each process's writer means to insert the record, one of them finds it inserted under
+/// it and runs its batch again on top of it, so no submission is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_lose_no_first_submission() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let (_env, a, b) = common::two_processes(|_| {}).await;
+    create_board(&a, json!({"id": "shared-clicks", "sort": "desc", "operator": "incr"})).await;
+    for round in 0..5 {
+        let owners: Vec<String> = (0..10).map(|p| format!("player-{round}-{p}")).collect();
+        let sends = owners.iter().flat_map(|owner| (0..6).map(move |k| (owner, k))).map(|(owner, k)| {
+            let api = if k % 2 == 0 { &*a } else { &*b };
+            api.post("/v1/leaderboards/shared-clicks/scores", Some(ADMIN_KEY), json!({"score": 1, "owner_id": owner, "owner_name": owner}))
+        });
+        let replies = futures_util::future::join_all(sends).await;
+        let mut scores: std::collections::BTreeMap<String, Vec<i64>> = std::collections::BTreeMap::new();
+        for reply in replies {
+            let body = reply.expect(200).body;
+            let owner = body["owner_id"].as_str().expect("owner").to_owned();
+            scores.entry(owner).or_default().push(body["score"].as_i64().expect("score"));
+        }
+        for owner in &owners {
+            let mut seen = scores.remove(owner).expect("answers for every owner");
+            seen.sort_unstable();
+            assert_eq!(seen, (1..=6).collect::<Vec<_>>(), "round {round}: {owner}'s six +1s each counted once");
+        }
+    }
+    let top = all_records(&b, "shared-clicks", ADMIN_KEY, 100).await;
+    assert_eq!(top.len(), 50);
+    assert!(top.iter().all(|r| r["score"] == 6), "{top:?}");
 }

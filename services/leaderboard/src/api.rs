@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::LeaderboardState;
-use crate::board::{Board, Operator, Outcome, Refusal, Sort, valid_board_id};
+use crate::board::{Board, Operator, Refusal, Sort, valid_board_id};
 use crate::index::{Entry, NotReady, RankIndex, Ranked, RebuildLock, Scope};
 use crate::store::{self, RecordRow};
+use crate::writer::Submission;
 
 /// The leaderboard routes.
 pub fn routes() -> Router<LeaderboardState> {
@@ -414,36 +415,14 @@ pub async fn submit_score(
         }
     }
 
-    // The database first: the record is durable before it is acknowledged or ranked.
-    let mut tx = state.db.begin().await?;
-    let current = store::load_record(&mut *tx, &board.id, board.season, &owner_id, Some(state.db.dialect())).await?;
-    let outcome =
-        board.apply(current.as_ref().map(|r| (r.score, r.subscore)), req.score, req.subscore).map_err(|refusal| match refusal {
-            Refusal::OutOfBounds => ApiError::invalid("score", "the score is outside this leaderboard's bounds"),
-            Refusal::Overflow => ApiError::invalid("score", "the resulting score does not fit in 64 bits"),
-        })?;
+    // The database first: the record is durable before it is acknowledged or ranked. The writer
+    // commits it together with whatever other submissions are waiting (group commit).
+    let submission = Submission { board: board.clone(), owner_id, owner_name, score: req.score, subscore: req.subscore, metadata };
+    let written = state.writer.submit(submission).await?.map_err(|refusal| match refusal {
+        Refusal::OutOfBounds => ApiError::invalid("score", "the score is outside this leaderboard's bounds"),
+        Refusal::Overflow => ApiError::invalid("score", "the resulting score does not fit in 64 bits"),
+    })?;
     let scope = Scope { board: &board.id, season: board.season };
-    let written = match (outcome, current) {
-        (Outcome::Keep, Some(current)) => {
-            drop(tx);
-            current
-        }
-        (Outcome::Write(score, subscore), current) => {
-            let row = RecordRow {
-                owner_id: owner_id.clone(),
-                owner_name,
-                score,
-                subscore,
-                metadata: metadata.or_else(|| current.as_ref().and_then(|c| c.metadata.clone())),
-                updated_at: now_millis(),
-                version: current.as_ref().map_or(1, |c| c.version + 1),
-            };
-            store::upsert_record(&mut *tx, &board.id, board.season, &row).await?;
-            tx.commit().await.map_err(anyhow::Error::from)?;
-            row
-        }
-        (Outcome::Keep, None) => return Err(ApiError::Internal(anyhow::anyhow!("kept a record that does not exist"))),
-    };
     let entry = entry(&board, &written);
     let rank = when_ready!(state, board, state.index.upsert(scope, &entry));
     Ok(Json(record_of(written, rank)))

@@ -8,6 +8,7 @@ pub mod index;
 pub mod schedule;
 pub mod seasons;
 pub mod store;
+pub mod writer;
 
 use axum::Router;
 use axum::extract::FromRef;
@@ -49,6 +50,8 @@ pub struct LeaderboardParts {
     pub admin_key: AdminKey,
     /// Recently read boards.
     pub boards: BoardCache,
+    /// Writes score submissions in group commits.
+    pub writer: writer::Writer,
 }
 
 /// Boards read in the last second, so that the hot paths (submit, rank) skip a database read.

@@ -91,44 +91,74 @@ fn record(row: &AnyRow) -> Result<RecordRow, sqlx::Error> {
 
 const RECORD_COLUMNS: &str = "owner_id, owner_name, score, subscore, metadata, updated_at, version";
 
-/// The owner's record. With `lock` (the pool's dialect), it is locked for the rest of the
-/// transaction on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already serialises writers).
-#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.load_record", skip_all)]
-pub async fn load_record<'e>(
-    db: impl Executor<'e, Database = Any>,
-    board: &str,
-    season: i64,
-    owner: &str,
-    lock: Option<Dialect>,
-) -> anyhow::Result<Option<RecordRow>> {
-    let lock = if lock == Some(Dialect::Postgres) { " FOR UPDATE" } else { "" };
-    let sql = format!("SELECT {RECORD_COLUMNS} FROM leaderboard_records WHERE board_id = $1 AND season = $2 AND owner_id = $3{lock}");
-    let row = sqlx::query(&sql).bind(board).bind(season).bind(owner).fetch_optional(db).await.context("loading record")?;
-    row.as_ref().map(record).transpose().context("decoding record")
+/// Placeholders `$from, $from+1, ...` for `count` values, comma-separated.
+fn placeholders(from: usize, count: usize) -> String {
+    (from..from + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
-/// Writes the owner's record.
-#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.upsert_record", skip_all)]
-pub async fn upsert_record<'e>(db: impl Executor<'e, Database = Any>, board: &str, season: i64, r: &RecordRow) -> anyhow::Result<()> {
-    sqlx::query(
+/// The records of `owners` (sorted, distinct) on a board's season. With `lock` (the pool's
+/// dialect) they are locked for the rest of the transaction on PostgreSQL, in owner order so that
+/// two batches cannot deadlock over them (SQLite's `BEGIN IMMEDIATE` already serialises writers).
+///
+/// The list is padded to a power of two with repeats of its last owner, so that a connection
+/// prepares one statement per power of two rather than one per batch length.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.load_records", skip_all, fields(owners = owners.len()))]
+pub async fn load_records(
+    tx: &mut sqlx::AnyConnection,
+    board: &str,
+    season: i64,
+    owners: &[&str],
+    lock: Option<Dialect>,
+) -> anyhow::Result<Vec<RecordRow>> {
+    let Some(last) = owners.last() else { return Ok(Vec::new()) };
+    let lock = if lock == Some(Dialect::Postgres) { " FOR UPDATE" } else { "" };
+    let size = owners.len().next_power_of_two();
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM leaderboard_records WHERE board_id = $1 AND season = $2 AND owner_id IN ({}) \
+         ORDER BY owner_id{lock}",
+        placeholders(3, size)
+    );
+    let mut query = sqlx::query(&sql).bind(board).bind(season);
+    for owner in owners.iter().chain(std::iter::repeat_n(last, size - owners.len())) {
+        query = query.bind(*owner);
+    }
+    let rows = query.fetch_all(&mut *tx).await.context("loading records")?;
+    rows.iter().map(|row| record(row).context("decoding record")).collect()
+}
+
+/// Writes `rows` (distinct owners, sorted) on a board's season in one statement and returns how
+/// many were written. A row is written when its owner has no record, or a record of a lower
+/// version: the caller holds the lock on the records it read, so a row it read is always
+/// overwritten, while a row it meant to insert, that another instance inserted meanwhile, is not
+/// (and the count tells the caller so).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.write_records", skip_all, fields(rows = rows.len()))]
+pub async fn write_records(tx: &mut sqlx::AnyConnection, board: &str, season: i64, rows: &[&RecordRow]) -> anyhow::Result<u64> {
+    const COLUMNS: usize = 9;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let values: Vec<String> = (0..rows.len()).map(|i| format!("({})", placeholders(1 + i * COLUMNS, COLUMNS))).collect();
+    let sql = format!(
         "INSERT INTO leaderboard_records (board_id, season, owner_id, owner_name, score, subscore, metadata, updated_at, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         ON CONFLICT (board_id, season, owner_id) DO UPDATE SET owner_name = excluded.owner_name, score = excluded.score, \
-         subscore = excluded.subscore, metadata = excluded.metadata, updated_at = excluded.updated_at, version = excluded.version",
-    )
-    .bind(board)
-    .bind(season)
-    .bind(&r.owner_id)
-    .bind(&r.owner_name)
-    .bind(r.score)
-    .bind(r.subscore)
-    .bind(&r.metadata)
-    .bind(r.updated_at)
-    .bind(r.version)
-    .execute(db)
-    .await
-    .context("writing record")?;
-    Ok(())
+         VALUES {} ON CONFLICT (board_id, season, owner_id) DO UPDATE SET owner_name = excluded.owner_name, \
+         score = excluded.score, subscore = excluded.subscore, metadata = excluded.metadata, updated_at = excluded.updated_at, \
+         version = excluded.version WHERE leaderboard_records.version < excluded.version",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for r in rows {
+        query = query
+            .bind(board)
+            .bind(season)
+            .bind(&r.owner_id)
+            .bind(&r.owner_name)
+            .bind(r.score)
+            .bind(r.subscore)
+            .bind(&r.metadata)
+            .bind(r.updated_at)
+            .bind(r.version);
+    }
+    Ok(query.execute(&mut *tx).await.context("writing records")?.rows_affected())
 }
 
 /// Every record of a board's season, read in pages by owner id (for rebuilding the index).
