@@ -46,6 +46,10 @@ GUILDHALL_ADMIN_KEY="$ADMIN_KEY" start_guildhall main
 BASE=$GUILDHALL_BASE
 REDIS_PID=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
 [[ $REDIS_PID =~ ^[0-9]+$ ]] || { echo "run.sh: cannot read Redis's process id" >&2; exit 1; }
+# The postmaster's pid (the first line of postmaster.pid); the tool adds its children, one per
+# connection.
+PG_PID=$(head -n 1 "$SERVERS_DIR/pg/postmaster.pid")
+[[ $PG_PID =~ ^[0-9]+$ ]] || { echo "run.sh: cannot read PostgreSQL's process id" >&2; exit 1; }
 
 # utime + stime of process $1 in clock ticks (100 per second), from /proc/$1/stat: fields 14 and
 # 15, counted after the command name's closing parenthesis (the name may hold spaces).
@@ -69,14 +73,14 @@ percent() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", 100 * a / b }'; }
 # Whether decimal $1 < $2 (bash compares whole numbers only).
 less_than() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
 
-declare -A RPS P50 P99 ERRORS CPU_GUILDHALL CPU_REDIS CPU_TOOL
+declare -A RPS P50 P99 ERRORS CPU_GUILDHALL CPU_POSTGRES CPU_REDIS CPU_TOOL
 RAN=()
 for scenario in ${SCENARIOS//,/ }; do
   echo
   echo "== guildhall-bench --scenario $scenario (concurrency $CONCURRENCY, $DURATION s after $WARMUP s warm-up, $PLAYERS players)"
   out=$(GUILDHALL_ADMIN_KEY="$ADMIN_KEY" target/release/guildhall-bench --base "$BASE" --scenario "$scenario" \
     --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --players "$PLAYERS" \
-    --cpu "guildhall=$GUILDHALL_PID,redis=$REDIS_PID")
+    --cpu "guildhall=$GUILDHALL_PID,postgres=$PG_PID+,redis=$REDIS_PID")
   echo "$out"
   json=$(grep '^{' <<<"$out" | tail -n 1)
   RPS[$scenario]=$(field requests_per_sec <<<"$json")
@@ -84,6 +88,7 @@ for scenario in ${SCENARIOS//,/ }; do
   P99[$scenario]=$(field p99_ms <<<"$json")
   ERRORS[$scenario]=$(field errors <<<"$json")
   CPU_GUILDHALL[$scenario]=$(cpu_field guildhall <<<"$json")
+  CPU_POSTGRES[$scenario]=$(cpu_field postgres <<<"$json")
   CPU_REDIS[$scenario]=$(cpu_field redis <<<"$json")
   CPU_TOOL[$scenario]=$(cpu_field guildhall-bench <<<"$json")
   RAN+=("$scenario")
@@ -141,8 +146,9 @@ done
 
 echo
 echo "== CPU per request in microseconds (user + system, over each measured window; 10 ms ticks)"
-printf '%-26s %10s %10s %16s\n' "" "guildhall" "redis" "guildhall-bench"
+printf '%-26s %10s %10s %10s %16s\n' "" "guildhall" "postgres" "redis" "guildhall-bench"
 for scenario in "${RAN[@]}"; do
-  printf '%-26s %10s %10s %16s\n' "guildhall $scenario" "${CPU_GUILDHALL[$scenario]}" "${CPU_REDIS[$scenario]}" "${CPU_TOOL[$scenario]}"
+  printf '%-26s %10s %10s %10s %16s\n' "guildhall $scenario" "${CPU_GUILDHALL[$scenario]}" "${CPU_POSTGRES[$scenario]}" \
+    "${CPU_REDIS[$scenario]}" "${CPU_TOOL[$scenario]}"
 done
-printf '%-26s %10s %10s %16s\n' "redis-benchmark ZADD" "-" "$ZADD_CPU" "-" "redis-benchmark ZREVRANK" "-" "$ZREVRANK_CPU" "-"
+printf '%-26s %10s %10s %10s %16s\n' "redis-benchmark ZADD" "-" "-" "$ZADD_CPU" "-" "redis-benchmark ZREVRANK" "-" "-" "$ZREVRANK_CPU" "-"

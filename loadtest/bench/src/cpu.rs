@@ -16,25 +16,49 @@ const TICKS_PER_SEC: u64 = 100;
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path} (is process {pid} running, on Linux?)"))?;
-    let ticks = stat_ticks(&stat).with_context(|| format!("unreadable {path}"))?;
-    Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SEC))
+    let (ticks, _) = stat_fields(&stat).with_context(|| format!("unreadable {path}"))?;
+    Ok(ticks_to_time(ticks))
 }
 
-/// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2)
-/// is in parentheses and may hold spaces and parentheses itself, so fields are counted from the
-/// last `)`.
-fn stat_ticks(stat: &str) -> Option<u64> {
+/// The CPU time of `pid` and of its children now running: PostgreSQL serves each connection in a
+/// process of its own, forked from the postmaster.
+pub fn cpu_time_with_children(pid: u32) -> anyhow::Result<Duration> {
+    let mut total = cpu_time(pid)?;
+    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(child) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        // A process may end between the listing and the read; it is skipped.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        if let Some((ticks, parent)) = stat_fields(&stat)
+            && parent == pid
+        {
+            total += ticks_to_time(ticks);
+        }
+    }
+    Ok(total)
+}
+
+fn ticks_to_time(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 1000 / TICKS_PER_SEC)
+}
+
+/// `utime + stime` (fields 14 and 15) and the parent's pid (field 4) of a `/proc/<pid>/stat`
+/// line. The command name (field 2) is in parentheses and may hold spaces and parentheses
+/// itself, so fields are counted from the last `)`.
+fn stat_fields(stat: &str) -> Option<(u64, u32)> {
     let (_, after_name) = stat.rsplit_once(')')?;
-    // After the name come field 3 (state) onwards: utime is the 12th of them, stime the 13th.
-    let mut fields = after_name.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    // After the name come field 3 (state) onwards: ppid is the 2nd of them, utime the 12th, stime
+    // the 13th.
+    let fields: Vec<&str> = after_name.split_whitespace().take(13).collect();
+    let parent: u32 = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime, parent))
 }
 
-/// Processes to account, by the name the report gives them.
+/// Processes to account, by the name the report gives them: (name, pid, with its children).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Watched(pub Vec<(String, u32)>);
+pub struct Watched(pub Vec<(String, u32, bool)>);
 
 /// The name the tool's own process is reported under.
 pub const TOOL: &str = "guildhall-bench";
@@ -43,8 +67,9 @@ impl Watched {
     /// Reads every watched process's CPU time, and the tool's own.
     pub fn sample(&self) -> anyhow::Result<BTreeMap<String, Duration>> {
         let mut times = BTreeMap::new();
-        for (name, pid) in &self.0 {
-            times.insert(name.clone(), cpu_time(*pid).with_context(|| format!("the CPU time of {name}"))?);
+        for (name, pid, children) in &self.0 {
+            let time = if *children { cpu_time_with_children(*pid) } else { cpu_time(*pid) };
+            times.insert(name.clone(), time.with_context(|| format!("the CPU time of {name}"))?);
         }
         times.insert(TOOL.to_owned(), cpu_time(std::process::id())?);
         Ok(times)
@@ -70,15 +95,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_utime_and_stime() {
-        let stat = "4242 (guild (hall) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 567 0 0 20 0 9 0 100 0 0";
-        assert_eq!(stat_ticks(stat), Some(1234 + 567));
-        assert_eq!(stat_ticks("4242 (short) S 1"), None);
+    fn reads_utime_stime_and_parent() {
+        let stat = "4242 (guild (hall) x) S 17 4242 4242 0 -1 4194560 900 0 0 0 1234 567 0 0 20 0 9 0 100 0 0";
+        assert_eq!(stat_fields(stat), Some((1234 + 567, 17)));
+        assert_eq!(stat_fields("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn children_count_with_their_parent() {
+        // A child that burns CPU until it is killed.
+        let mut child = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("sh runs");
+        std::thread::sleep(Duration::from_millis(300));
+        let me = std::process::id();
+        let alone = cpu_time(me).expect("own stat");
+        let with_children = cpu_time_with_children(me).expect("own stat and children");
+        child.kill().expect("kill");
+        let _ = child.wait();
+        assert!(with_children >= alone + Duration::from_millis(100), "{with_children:?} vs {alone:?}");
     }
 
     #[test]
     fn reads_this_process_and_divides_per_request() {
-        let watched = Watched(vec![("self".to_owned(), std::process::id())]);
+        let watched = Watched(vec![("self".to_owned(), std::process::id(), false)]);
         let before = watched.sample().expect("this process has a stat");
         // Some CPU to count: the sample has 10 ms resolution.
         let mut x = 0u64;

@@ -125,7 +125,8 @@ pub fn usage() -> String {
            --admin-key KEY     server key, for the scenarios that create a leaderboard\n                      \
                                (default: the environment variable {admin_key_env})\n  \
            --cpu NAME=PID,...  report these processes' CPU time per measured request (Linux),\n                      \
-                               with the tool's own, e.g. guildhall=4242,redis=4250\n  \
+                               with the tool's own, e.g. guildhall=4242,redis=4250; PID+ adds\n                      \
+                               the process's children (postgres=4200+)\n  \
            -h, --help          this text\n\
          \n\
          chat options (--concurrency bounds the sign-ins in flight; --max-requests the messages sent;\n\
@@ -246,7 +247,12 @@ fn watched(value: &str) -> anyhow::Result<crate::cpu::Watched> {
         .map(|item| {
             let (name, pid) = item.split_once('=').with_context(|| format!("--cpu takes NAME=PID pairs, not {item:?}"))?;
             ensure!(!name.is_empty() && name != crate::cpu::TOOL, "--cpu: {item:?} needs a name other than {}", crate::cpu::TOOL);
-            Ok((name.to_owned(), number("--cpu", pid)?))
+            // PID+: the process and its children (PostgreSQL's connections).
+            let (pid, children) = match pid.strip_suffix('+') {
+                Some(pid) => (pid, true),
+                None => (pid, false),
+            };
+            Ok((name.to_owned(), number("--cpu", pid)?, children))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(crate::cpu::Watched(processes))
@@ -324,8 +330,10 @@ mod tests {
 
     #[test]
     fn cpu_processes_by_name() {
-        let Command::Run(options) = parse(&["--cpu", "guildhall=42, redis=7"]).expect("valid") else { panic!("expected a run") };
-        assert_eq!(options.cpu.0, [("guildhall".to_owned(), 42), ("redis".to_owned(), 7)]);
+        let Command::Run(options) = parse(&["--cpu", "guildhall=42, redis=7,postgres=9+"]).expect("valid") else {
+            panic!("expected a run")
+        };
+        assert_eq!(options.cpu.0, [("guildhall".to_owned(), 42, false), ("redis".to_owned(), 7, false), ("postgres".to_owned(), 9, true)]);
         assert!(parse(&["--cpu", "42"]).is_err(), "a pid without a name");
         assert!(parse(&["--cpu", "redis=x"]).is_err());
         assert!(parse(&["--cpu", "guildhall-bench=1"]).is_err(), "the tool's own name is taken");
