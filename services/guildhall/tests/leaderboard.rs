@@ -459,7 +459,7 @@ async fn two_processes_lose_no_first_submission() {
     }
     let (_env, a, b) = common::two_processes(|_| {}).await;
     create_board(&a, json!({"id": "shared-clicks", "sort": "desc", "operator": "incr"})).await;
-    for round in 0..5 {
+    for round in 0..20 {
         let owners: Vec<String> = (0..10).map(|p| format!("player-{round}-{p}")).collect();
         let sends = owners.iter().flat_map(|owner| (0..6).map(move |k| (owner, k))).map(|(owner, k)| {
             let api = if k % 2 == 0 { &*a } else { &*b };
@@ -479,6 +479,6 @@ async fn two_processes_lose_no_first_submission() {
         }
     }
     let top = all_records(&b, "shared-clicks", ADMIN_KEY, 100).await;
-    assert_eq!(top.len(), 50);
+    assert_eq!(top.len(), 200);
     assert!(top.iter().all(|r| r["score"] == 6), "{top:?}");
 }

@@ -126,23 +126,40 @@ pub async fn load_records(
     rows.iter().map(|row| record(row).context("decoding record")).collect()
 }
 
+/// What [`write_records`] does with a row whose key already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Overwrite it: the caller read the record and holds its lock.
+    Update,
+    /// Leave it: the row was meant to be new, and the count written tells the caller it was not.
+    Nothing,
+}
+
 /// Writes `rows` (distinct owners, sorted) on a board's season in one statement and returns how
-/// many were written. A row is written when its owner has no record, or a record of a lower
-/// version: the caller holds the lock on the records it read, so a row it read is always
-/// overwritten, while a row it meant to insert, that another instance inserted meanwhile, is not
-/// (and the count tells the caller so).
+/// many were written.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.write_records", skip_all, fields(rows = rows.len()))]
-pub async fn write_records(tx: &mut sqlx::AnyConnection, board: &str, season: i64, rows: &[&RecordRow]) -> anyhow::Result<u64> {
+pub async fn write_records(
+    tx: &mut sqlx::AnyConnection,
+    board: &str,
+    season: i64,
+    rows: &[&RecordRow],
+    on_conflict: OnConflict,
+) -> anyhow::Result<u64> {
     const COLUMNS: usize = 9;
     if rows.is_empty() {
         return Ok(0);
     }
+    let conflict = match on_conflict {
+        OnConflict::Update => {
+            "DO UPDATE SET owner_name = excluded.owner_name, score = excluded.score, subscore = excluded.subscore, \
+             metadata = excluded.metadata, updated_at = excluded.updated_at, version = excluded.version"
+        }
+        OnConflict::Nothing => "DO NOTHING",
+    };
     let values: Vec<String> = (0..rows.len()).map(|i| format!("({})", placeholders(1 + i * COLUMNS, COLUMNS))).collect();
     let sql = format!(
         "INSERT INTO leaderboard_records (board_id, season, owner_id, owner_name, score, subscore, metadata, updated_at, version) \
-         VALUES {} ON CONFLICT (board_id, season, owner_id) DO UPDATE SET owner_name = excluded.owner_name, \
-         score = excluded.score, subscore = excluded.subscore, metadata = excluded.metadata, updated_at = excluded.updated_at, \
-         version = excluded.version WHERE leaderboard_records.version < excluded.version",
+         VALUES {} ON CONFLICT (board_id, season, owner_id) {conflict}",
         values.join(", ")
     );
     let mut query = sqlx::query(&sql);
