@@ -4,10 +4,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, two_processes};
+use common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, guest, two_processes};
 use serde_json::{Value, json};
 
-on_both_backends!(a_season_closes_on_schedule_and_is_archived, bad_schedules_are_refused);
+on_both_backends!(a_season_closes_on_schedule_and_is_archived, bad_schedules_are_refused, a_deleted_account_leaves_the_archives);
 
 async fn season_of(api: &Api, board: &str) -> i64 {
     api.get(&format!("/v1/leaderboards/{board}"), Some(ADMIN_KEY)).await.expect(200).body["season"]["number"].as_i64().expect("number")
@@ -130,4 +130,45 @@ async fn two_processes_close_each_season_once() {
     check_archive(&b, "shared").await;
     check_archive(&a, "shared").await;
     check_events(&env, "shared").await;
+}
+
+/// A deleted player's archived records go too, and the archive's count follows.
+async fn a_deleted_account_leaves_the_archives(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    })
+    .await;
+    let (gone, token) = guest(&app, "leaving").await;
+    app.post(
+        "/v1/admin/leaderboards",
+        Some(ADMIN_KEY),
+        json!({"id": "erased", "sort": "desc", "operator": "best", "reset": "*/4 * * * * *"}),
+    )
+    .await
+    .expect(201);
+    wait_for_season(&app, "erased", 2).await;
+    for owner in ["p00", gone.as_str(), "p01"] {
+        submit(&app, "erased", owner, 10).await;
+    }
+    wait_for_season(&app, "erased", 3).await;
+    let count = |seasons: &Value| {
+        seasons["seasons"].as_array().expect("seasons").iter().find(|s| s["number"] == 2).expect("season 2")["record_count"].clone()
+    };
+    let seasons = app.get("/v1/leaderboards/erased/seasons", Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!(count(&seasons), 3);
+
+    app.call(reqwest::Method::DELETE, "/v1/accounts/me", Some(&token), None).await.expect(204);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = app.pages("/v1/leaderboards/erased/seasons/2/records?limit=10", ADMIN_KEY, "records").await;
+        let owners: Vec<&str> = records.iter().map(|r| r["owner_id"].as_str().expect("owner")).collect();
+        if !owners.contains(&gone.as_str()) {
+            assert_eq!(owners, ["p00", "p01"], "the others stay, in rank order");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deleted player's archived record is still listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seasons = app.get("/v1/leaderboards/erased/seasons", Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!(count(&seasons), 2);
 }

@@ -160,7 +160,7 @@ impl LeaderboardState {
     /// Erases every record of `owner_id` (consumer of `account.deleted`), from the database and
     /// from the live indexes.
     pub async fn erase_player(&self, owner_id: &str) -> anyhow::Result<usize> {
-        let erased = store::erase_owner(self.db.pool(), owner_id).await?;
+        let erased = store::erase_owner(&self.db, owner_id).await?;
         for (board, season) in &erased {
             self.index.remove(Scope { board, season: *season }, owner_id).await?;
         }

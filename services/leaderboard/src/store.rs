@@ -397,11 +397,26 @@ pub async fn season<'e>(db: impl Executor<'e, Database = Any>, board: &str, seas
 /// Deletes every record of `owner` on every board and season (erasure); returns the (board,
 /// season) pairs that held one.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.erase_owner", skip_all)]
-pub async fn erase_owner<'e>(db: impl Executor<'e, Database = Any>, owner: &str) -> anyhow::Result<Vec<(String, i64)>> {
+pub async fn erase_owner(db: &platform::db::Database, owner: &str) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut tx = db.begin().await?;
     let rows = sqlx::query("DELETE FROM leaderboard_records WHERE owner_id = $1 RETURNING board_id, season")
         .bind(owner)
-        .fetch_all(db)
+        .fetch_all(&mut *tx)
         .await
         .context("erasing records")?;
-    rows.iter().map(|r| Ok((r.try_get("board_id")?, r.try_get("season")?))).collect()
+    let erased: Vec<(String, i64)> =
+        rows.iter().map(|r| Ok((r.try_get("board_id")?, r.try_get("season")?))).collect::<anyhow::Result<_>>()?;
+    // An archived season counts one record fewer (a live season has no row here yet). In the same
+    // transaction as the delete, so a second delivery of the event, which deletes nothing, takes
+    // nothing off either.
+    for (board, season) in &erased {
+        sqlx::query("UPDATE leaderboard_seasons SET record_count = record_count - 1 WHERE board_id = $1 AND season = $2")
+            .bind(board)
+            .bind(season)
+            .execute(&mut *tx)
+            .await
+            .context("updating an archive's record count")?;
+    }
+    tx.commit().await.context("committing an erasure")?;
+    Ok(erased)
 }
