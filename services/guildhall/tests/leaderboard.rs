@@ -17,6 +17,7 @@ on_both_backends!(
     a_deleted_account_leaves_every_board,
     a_logged_out_session_reads_no_rank,
     simultaneous_submissions_of_one_player_all_count,
+    a_retried_submission_counts_once,
 );
 
 async fn start(backend: Backend) -> TestApp {
@@ -481,4 +482,75 @@ async fn two_processes_lose_no_first_submission() {
     let top = all_records(&b, "shared-clicks", ADMIN_KEY, 100).await;
     assert_eq!(top.len(), 200);
     assert!(top.iter().all(|r| r["score"] == 6), "{top:?}");
+
+    // Copies of one retry (same Idempotency-Key) reaching both processes at once apply once,
+    // for a player without a record (odd rounds) and one with (even rounds).
+    for round in 0..10 {
+        let owner = format!("retrying-{round}");
+        let before = if round % 2 == 0 {
+            server_submit(&a, "shared-clicks", &owner, 1).await;
+            1
+        } else {
+            0
+        };
+        let sends = (0..6).map(|k| {
+            let api = if k % 2 == 0 { &*a } else { &*b };
+            let request = api
+                .client
+                .post(format!("{}/v1/leaderboards/shared-clicks/scores", api.base))
+                .bearer_auth(ADMIN_KEY)
+                .header("idempotency-key", "retry-1")
+                .json(&json!({"score": 1, "owner_id": owner, "owner_name": owner}));
+            async move { Api::reply(request.send().await.expect("sent")).await }
+        });
+        let answers: Vec<Value> =
+            futures_util::future::join_all(sends).await.into_iter().map(|r| r.expect(200).body["score"].clone()).collect();
+        assert_eq!(answers, vec![json!(before + 1); 6], "round {round}");
+    }
+}
+
+/// `POST .../scores` with `Idempotency-Key`.
+async fn submit_with_key(api: &Api, board: &str, token: &str, key: &str, score: i64) -> common::Reply {
+    let request = api
+        .client
+        .post(format!("{}/v1/leaderboards/{board}/scores", api.base))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(&json!({"score": score}));
+    Api::reply(request.send().await.expect("sent")).await
+}
+
+/// A retry with the same `Idempotency-Key` gets the first answer and is not applied again, even
+/// when both tries arrive at once; keys are the player's own and per board; bad keys are refused.
+async fn a_retried_submission_counts_once(backend: Backend) {
+    let app = start(backend).await;
+    let (_, ana) = guest(&app, "ana").await;
+    let (_, bob) = guest(&app, "bob").await;
+    create_board(&app, json!({"id": "kills", "sort": "desc", "operator": "incr"})).await;
+    create_board(&app, json!({"id": "deaths", "sort": "desc", "operator": "incr"})).await;
+    let score = |reply: common::Reply| reply.expect(200).body["score"].as_i64().expect("score");
+
+    assert_eq!(score(submit_with_key(&app, "kills", &ana, "match-1", 5).await), 5);
+    let again = submit_with_key(&app, "kills", &ana, "match-1", 5).await.expect(200).body;
+    assert_eq!((again["score"].as_i64(), again["rank"].as_u64()), (Some(5), Some(1)), "the first answer, applied once");
+    assert_eq!(score(submit_with_key(&app, "kills", &ana, "match-2", 3).await), 8, "a new key applies");
+    // The first answer stays the answer to its key, whatever came after.
+    assert_eq!(score(submit_with_key(&app, "kills", &ana, "match-1", 5).await), 5);
+    // Another player's key, and the same key on another board, are not the same submission.
+    assert_eq!(score(submit_with_key(&app, "kills", &bob, "match-1", 4).await), 4);
+    assert_eq!(score(submit_with_key(&app, "deaths", &ana, "match-1", 1).await), 1);
+
+    // Five copies of one retry at the same moment: one applies, all get its answer.
+    let copies = futures_util::future::join_all((0..5).map(|_| submit_with_key(&app, "kills", &ana, "match-3", 10))).await;
+    let answers: Vec<i64> = copies.into_iter().map(score).collect();
+    assert_eq!(answers, [18; 5]);
+    let me = app.get("/v1/leaderboards/kills/records/me", Some(&ana)).await.expect(200).body;
+    assert_eq!(me["score"], 18);
+
+    for bad in ["", "has space", &"k".repeat(65)] {
+        let reply = submit_with_key(&app, "kills", &ana, bad, 1).await.expect_error(400, "invalid_request");
+        assert_eq!(reply.body["error"]["field"], "Idempotency-Key");
+    }
+    let me = app.get("/v1/leaderboards/kills/records/me", Some(&ana)).await.expect(200).body;
+    assert_eq!(me["score"], 18, "refused submissions changed nothing");
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use base64::Engine;
@@ -358,15 +358,18 @@ pub async fn show_board(State(state): State<LeaderboardState>, _caller: Caller, 
 /// Submits a score: the player's own with their token, or anyone's with the server key (the only
 /// way onto an authoritative board). Answers the record after the operator applied, with its rank.
 #[utoipa::path(post, path = "/v1/leaderboards/{id}/scores", tag = "leaderboards", security(("bearer" = [])), request_body = SubmitScore,
-    params(("id" = String, Path, description = "Board id")),
+    params(("id" = String, Path, description = "Board id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 64 printable ASCII characters: a retry with the same key gets the first answer and is not applied again (kept a day)")),
     responses((status = 200, body = Record), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(board = id))]
 pub async fn submit_score(
     State(state): State<LeaderboardState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(req): Json<SubmitScore>,
 ) -> ApiResult<Json<Record>> {
+    let idempotency_key = idempotency_key(&headers)?;
     let board = state.current(state.board(&id).await?).await?;
     let (owner_id, owner_name) = match caller {
         Caller::Player(player) => {
@@ -417,7 +420,8 @@ pub async fn submit_score(
 
     // The database first: the record is durable before it is acknowledged or ranked. The writer
     // commits it together with whatever other submissions are waiting (group commit).
-    let submission = Submission { board: board.clone(), owner_id, owner_name, score: req.score, subscore: req.subscore, metadata };
+    let submission =
+        Submission { board: board.clone(), owner_id, owner_name, score: req.score, subscore: req.subscore, metadata, idempotency_key };
     let written = state.writer.submit(submission).await?.map_err(|refusal| match refusal {
         Refusal::OutOfBounds => ApiError::invalid("score", "the score is outside this leaderboard's bounds"),
         Refusal::Overflow => ApiError::invalid("score", "the resulting score does not fit in 64 bits"),
@@ -426,6 +430,23 @@ pub async fn submit_score(
     let entry = entry(&board, &written);
     let rank = when_ready!(state, board, state.index.upsert(scope, &entry));
     Ok(Json(record_of(written, rank)))
+}
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 64;
+
+/// The `Idempotency-Key` header, if sent: 1 to 64 printable ASCII characters without spaces
+/// (a UUID, say). A player reusing a key on a board's season gets the first answer again.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().ok().filter(|k| (1..=MAX_IDEMPOTENCY_KEY).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+    match key {
+        Some(key) => Ok(Some(key.to_owned())),
+        None => Err(ApiError::invalid(
+            "Idempotency-Key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces"),
+        )),
+    }
 }
 
 fn record_of(row: RecordRow, rank: u64) -> Record {

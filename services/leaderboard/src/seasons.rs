@@ -168,15 +168,30 @@ impl LeaderboardState {
     }
 }
 
+/// How often old idempotency keys are purged, and how long they are kept.
+const PURGE_KEYS_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+const KEEP_KEYS_MS: i64 = 24 * 3600 * 1000;
+
 /// Closes due seasons every second until shutdown. Every instance runs it; the database lets one
 /// close each season.
 pub async fn run_closer(state: LeaderboardState, shutdown: Shutdown) {
     let mut every = tokio::time::interval(CLOSE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut purged_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.stopped() => return,
             _ = every.tick() => {}
+        }
+        // Submissions' idempotency keys are kept a day; the purge runs hourly on every instance
+        // (deleting what another already deleted costs nothing).
+        if purged_at.is_none_or(|at| at.elapsed() >= PURGE_KEYS_EVERY) {
+            purged_at = Some(tokio::time::Instant::now());
+            match store::purge_submission_keys(state.db.pool(), now_millis() - KEEP_KEYS_MS).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged old submission keys"),
+                Err(err) => tracing::warn!(error = format!("{err:#}"), "purging submission keys failed"),
+            }
         }
         let due = match store::due_boards(state.db.pool(), now_millis()).await {
             Ok(due) => due,

@@ -178,6 +178,84 @@ pub async fn write_records(
     Ok(query.execute(&mut *tx).await.context("writing records")?.rows_affected())
 }
 
+/// The records that earlier submissions with these idempotency `keys` left on a board's season,
+/// as (owner, key, record). The list is padded like `load_records`'.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.load_submission_keys", skip_all, fields(keys = keys.len()))]
+pub async fn load_submission_keys(
+    tx: &mut sqlx::AnyConnection,
+    board: &str,
+    season: i64,
+    keys: &[&str],
+) -> anyhow::Result<Vec<(String, String, RecordRow)>> {
+    let Some(last) = keys.last() else { return Ok(Vec::new()) };
+    let size = keys.len().next_power_of_two();
+    let sql = format!(
+        "SELECT idempotency_key, {RECORD_COLUMNS} FROM leaderboard_submission_keys \
+         WHERE board_id = $1 AND season = $2 AND idempotency_key IN ({})",
+        placeholders(3, size)
+    );
+    let mut query = sqlx::query(&sql).bind(board).bind(season);
+    for key in keys.iter().chain(std::iter::repeat_n(last, size - keys.len())) {
+        query = query.bind(*key);
+    }
+    let rows = query.fetch_all(&mut *tx).await.context("loading submission keys")?;
+    rows.iter()
+        .map(|row| {
+            let record = record(row).context("decoding a submission key's record")?;
+            Ok((record.owner_id.clone(), row.try_get("idempotency_key")?, record))
+        })
+        .collect()
+}
+
+/// Records that the submissions with these idempotency keys left `record`s: (key, record). Returns
+/// how many were new (one that is not was recorded by another instance meanwhile).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.insert_submission_keys", skip_all, fields(keys = keys.len()))]
+pub async fn insert_submission_keys(
+    tx: &mut sqlx::AnyConnection,
+    board: &str,
+    season: i64,
+    keys: &[(&str, &RecordRow)],
+    now: i64,
+) -> anyhow::Result<u64> {
+    const COLUMNS: usize = 11;
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let values: Vec<String> = (0..keys.len()).map(|i| format!("({})", placeholders(1 + i * COLUMNS, COLUMNS))).collect();
+    let sql = format!(
+        "INSERT INTO leaderboard_submission_keys (board_id, season, owner_id, idempotency_key, owner_name, score, subscore, \
+         metadata, updated_at, version, created_at) VALUES {} ON CONFLICT DO NOTHING",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for (key, r) in keys {
+        query = query
+            .bind(board)
+            .bind(season)
+            .bind(&r.owner_id)
+            .bind(*key)
+            .bind(&r.owner_name)
+            .bind(r.score)
+            .bind(r.subscore)
+            .bind(&r.metadata)
+            .bind(r.updated_at)
+            .bind(r.version)
+            .bind(now);
+    }
+    Ok(query.execute(&mut *tx).await.context("recording submission keys")?.rows_affected())
+}
+
+/// Deletes idempotency keys recorded before `before` (Unix ms); returns how many.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.purge_submission_keys", skip_all)]
+pub async fn purge_submission_keys(db: &sqlx::AnyPool, before: i64) -> anyhow::Result<u64> {
+    let done = sqlx::query("DELETE FROM leaderboard_submission_keys WHERE created_at < $1")
+        .bind(before)
+        .execute(db)
+        .await
+        .context("purging submission keys")?;
+    Ok(done.rows_affected())
+}
+
 /// Every record of a board's season, read in pages by owner id (for rebuilding the index).
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.all_records", skip_all)]
 pub async fn all_records(db: &sqlx::AnyPool, board: &str, season: i64) -> anyhow::Result<Vec<RecordRow>> {
@@ -409,6 +487,11 @@ pub async fn erase_owner(db: &platform::db::Database, owner: &str) -> anyhow::Re
     // An archived season counts one record fewer (a live season has no row here yet). In the same
     // transaction as the delete, so a second delivery of the event, which deletes nothing, takes
     // nothing off either.
+    sqlx::query("DELETE FROM leaderboard_submission_keys WHERE owner_id = $1")
+        .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .context("erasing submission keys")?;
     for (board, season) in &erased {
         sqlx::query("UPDATE leaderboard_seasons SET record_count = record_count - 1 WHERE board_id = $1 AND season = $2")
             .bind(board)

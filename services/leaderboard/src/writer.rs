@@ -13,7 +13,9 @@
 //!    lock) and one for new ones (inserted only if still absent). When another instance inserted
 //!    one of them first, the transaction is rolled back and the batch tried again, now seeing (and
 //!    locking) that record;
-//! 4. commit, then answer each submission with its own result.
+//! 4. record the idempotency keys used for the first time, with the record each submission left
+//!    (a submission whose key its player already used is answered from there, not applied);
+//! 5. commit, then answer each submission with its own result.
 //!
 //! One player's submissions to one board always take the same lane, so within an instance they
 //! are applied in the order they arrived. A submission refused by the board's rules (bounds,
@@ -57,6 +59,9 @@ pub struct Submission {
     pub subscore: i64,
     /// JSON object text; `None` keeps the record's current metadata.
     pub metadata: Option<String>,
+    /// The client's `Idempotency-Key`: a submission whose key this player already used on this
+    /// board's season is answered with the record that first use left, and not applied again.
+    pub idempotency_key: Option<String>,
 }
 
 /// A submission's result: the record after its operator applied (unchanged when a `best`
@@ -129,7 +134,8 @@ async fn run_lane(db: Database, mut queue: mpsc::Receiver<Job>) {
 /// How one try of a batch ended.
 enum Attempt {
     Committed(Vec<Applied>),
-    /// Another instance inserted a record this batch meant to insert; nothing was written.
+    /// Another instance inserted a record or an idempotency key this batch meant to insert;
+    /// nothing was written.
     LostRace,
 }
 
@@ -186,17 +192,43 @@ async fn commit(db: &Database, batch: &[&Submission]) -> anyhow::Result<Attempt>
 
     let existed: BTreeSet<Key> = current.keys().cloned().collect();
 
+    // Idempotency keys the batch's players used before, with the records they left.
+    let mut keys: BTreeMap<(&str, i64), BTreeSet<&str>> = BTreeMap::new();
+    for s in batch {
+        if let Some(key) = &s.idempotency_key {
+            keys.entry((&s.board.id, s.board.season)).or_default().insert(key);
+        }
+    }
+    let mut used: HashMap<(Key, String), RecordRow> = HashMap::new();
+    for ((board, season), keys) in &keys {
+        let keys: Vec<&str> = keys.iter().copied().collect();
+        for (owner, key, row) in store::load_submission_keys(&mut tx, board, *season, &keys).await? {
+            used.insert(((board.to_string(), *season, owner), key), row);
+        }
+    }
+    let mut new_keys: Vec<(Key, &str)> = Vec::new();
+
     // 2. Each submission in arrival order.
     let mut applied = Vec::with_capacity(batch.len());
     let mut changed: BTreeSet<Key> = BTreeSet::new();
     for s in batch {
         let key = (s.board.id.clone(), s.board.season, s.owner_id.clone());
+        if let Some(idempotency_key) = &s.idempotency_key
+            && let Some(first) = used.get(&(key.clone(), idempotency_key.clone()))
+        {
+            applied.push(Ok(first.clone()));
+            continue;
+        }
         let record = current.get(&key);
         match s.board.apply(record.map(|r| (r.score, r.subscore)), s.score, s.subscore) {
             Err(refusal) => applied.push(Err(refusal)),
             Ok(Outcome::Keep) => {
-                let record = record.context("a submission kept a record that does not exist")?;
-                applied.push(Ok(record.clone()));
+                let record = record.context("a submission kept a record that does not exist")?.clone();
+                if let Some(idempotency_key) = &s.idempotency_key {
+                    used.insert((key.clone(), idempotency_key.clone()), record.clone());
+                    new_keys.push((key, idempotency_key));
+                }
+                applied.push(Ok(record));
             }
             Ok(Outcome::Write(score, subscore)) => {
                 let row = RecordRow {
@@ -209,6 +241,10 @@ async fn commit(db: &Database, batch: &[&Submission]) -> anyhow::Result<Attempt>
                     version: record.map_or(1, |r| r.version + 1),
                 };
                 applied.push(Ok(row.clone()));
+                if let Some(idempotency_key) = &s.idempotency_key {
+                    used.insert((key.clone(), idempotency_key.clone()), row.clone());
+                    new_keys.push((key.clone(), idempotency_key));
+                }
                 current.insert(key.clone(), row);
                 changed.insert(key);
             }
@@ -231,6 +267,24 @@ async fn commit(db: &Database, batch: &[&Submission]) -> anyhow::Result<Attempt>
         let inserted = store::write_records(&mut tx, board, *season, inserts, OnConflict::Nothing).await?;
         if inserted < inserts.len() as u64 {
             tx.rollback().await.context("rolling back a batch that lost a race")?;
+            return Ok(Attempt::LostRace);
+        }
+    }
+
+    // The keys used for the first time, with what their submissions left. One another instance
+    //    recorded meanwhile (the same retry sent to two instances) makes the batch run again and
+    //    answer from it.
+    let mut by_board: BTreeMap<(&str, i64), Vec<(&str, &RecordRow)>> = BTreeMap::new();
+    for (key, idempotency_key) in &new_keys {
+        let (board, season, _) = key;
+        let row = &used[&(key.clone(), (*idempotency_key).to_owned())];
+        by_board.entry((board.as_str(), *season)).or_default().push((idempotency_key, row));
+    }
+    let now = now_millis();
+    for ((board, season), keys) in &by_board {
+        let recorded = store::insert_submission_keys(&mut tx, board, *season, keys, now).await?;
+        if recorded < keys.len() as u64 {
+            tx.rollback().await.context("rolling back a batch that lost a race for a key")?;
             return Ok(Attempt::LostRace);
         }
     }

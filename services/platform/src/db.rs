@@ -42,6 +42,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "event_delivery", include_str!("../../../migrations/postgres/0003_event_delivery.sql")),
     (4, "chat", include_str!("../../../migrations/postgres/0004_chat.sql")),
     (5, "uploads", include_str!("../../../migrations/postgres/0005_uploads.sql")),
+    (6, "submission_keys", include_str!("../../../migrations/postgres/0006_submission_keys.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -49,6 +50,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "event_delivery", include_str!("../../../migrations/sqlite/0003_event_delivery.sql")),
     (4, "chat", include_str!("../../../migrations/sqlite/0004_chat.sql")),
     (5, "uploads", include_str!("../../../migrations/sqlite/0005_uploads.sql")),
+    (6, "submission_keys", include_str!("../../../migrations/sqlite/0006_submission_keys.sql")),
 ];
 
 /// How long a request waits for a pooled connection before failing.
