@@ -96,12 +96,19 @@ fn placeholders(from: usize, count: usize) -> String {
     (from..from + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
+/// An `IN` list of `values` (not empty) for placeholders from `$3`: the values padded to a power
+/// of two with repeats of the last, and their placeholders. A connection then prepares one
+/// statement per power of two rather than one per list length.
+fn padded_in_list<'a>(values: &[&'a str]) -> (Vec<&'a str>, String) {
+    let size = values.len().next_power_of_two();
+    let last = values.last().copied().unwrap_or_default();
+    let padded = values.iter().copied().chain(std::iter::repeat_n(last, size - values.len())).collect();
+    (padded, placeholders(3, size))
+}
+
 /// The records of `owners` (sorted, distinct) on a board's season. With `lock` (the pool's
 /// dialect) they are locked for the rest of the transaction on PostgreSQL, in owner order so that
 /// two batches cannot deadlock over them (SQLite's `BEGIN IMMEDIATE` already serialises writers).
-///
-/// The list is padded to a power of two with repeats of its last owner, so that a connection
-/// prepares one statement per power of two rather than one per batch length.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.load_records", skip_all, fields(owners = owners.len()))]
 pub async fn load_records(
     tx: &mut sqlx::AnyConnection,
@@ -110,17 +117,18 @@ pub async fn load_records(
     owners: &[&str],
     lock: Option<Dialect>,
 ) -> anyhow::Result<Vec<RecordRow>> {
-    let Some(last) = owners.last() else { return Ok(Vec::new()) };
+    if owners.is_empty() {
+        return Ok(Vec::new());
+    }
     let lock = if lock == Some(Dialect::Postgres) { " FOR UPDATE" } else { "" };
-    let size = owners.len().next_power_of_two();
+    let (owners, list) = padded_in_list(owners);
     let sql = format!(
-        "SELECT {RECORD_COLUMNS} FROM leaderboard_records WHERE board_id = $1 AND season = $2 AND owner_id IN ({}) \
-         ORDER BY owner_id{lock}",
-        placeholders(3, size)
+        "SELECT {RECORD_COLUMNS} FROM leaderboard_records WHERE board_id = $1 AND season = $2 AND owner_id IN ({list}) \
+         ORDER BY owner_id{lock}"
     );
     let mut query = sqlx::query(&sql).bind(board).bind(season);
-    for owner in owners.iter().chain(std::iter::repeat_n(last, size - owners.len())) {
-        query = query.bind(*owner);
+    for owner in owners {
+        query = query.bind(owner);
     }
     let rows = query.fetch_all(&mut *tx).await.context("loading records")?;
     rows.iter().map(|row| record(row).context("decoding record")).collect()
@@ -179,7 +187,7 @@ pub async fn write_records(
 }
 
 /// The records that earlier submissions with these idempotency `keys` left on a board's season,
-/// as (owner, key, record). The list is padded like `load_records`'.
+/// as (owner, key, record).
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.load_submission_keys", skip_all, fields(keys = keys.len()))]
 pub async fn load_submission_keys(
     tx: &mut sqlx::AnyConnection,
@@ -187,16 +195,17 @@ pub async fn load_submission_keys(
     season: i64,
     keys: &[&str],
 ) -> anyhow::Result<Vec<(String, String, RecordRow)>> {
-    let Some(last) = keys.last() else { return Ok(Vec::new()) };
-    let size = keys.len().next_power_of_two();
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (keys, list) = padded_in_list(keys);
     let sql = format!(
         "SELECT idempotency_key, {RECORD_COLUMNS} FROM leaderboard_submission_keys \
-         WHERE board_id = $1 AND season = $2 AND idempotency_key IN ({})",
-        placeholders(3, size)
+         WHERE board_id = $1 AND season = $2 AND idempotency_key IN ({list})"
     );
     let mut query = sqlx::query(&sql).bind(board).bind(season);
-    for key in keys.iter().chain(std::iter::repeat_n(last, size - keys.len())) {
-        query = query.bind(*key);
+    for key in keys {
+        query = query.bind(key);
     }
     let rows = query.fetch_all(&mut *tx).await.context("loading submission keys")?;
     rows.iter()
@@ -502,4 +511,16 @@ pub async fn erase_owner(db: &platform::db::Database, owner: &str) -> anyhow::Re
     }
     tx.commit().await.context("committing an erasure")?;
     Ok(erased)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded_in_list;
+
+    #[test]
+    fn in_lists_pad_to_a_power_of_two_with_the_last_value() {
+        assert_eq!(padded_in_list(&["a"]), (vec!["a"], "$3".to_owned()));
+        assert_eq!(padded_in_list(&["a", "b", "c"]), (vec!["a", "b", "c", "c"], "$3, $4, $5, $6".to_owned()));
+        assert_eq!(padded_in_list(&["a", "b", "c", "d"]).0, ["a", "b", "c", "d"]);
+    }
 }
