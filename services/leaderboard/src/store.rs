@@ -223,7 +223,7 @@ pub async fn insert_submission_keys(
     tx: &mut sqlx::AnyConnection,
     board: &str,
     season: i64,
-    keys: &[(&str, &RecordRow)],
+    keys: &[(&str, RecordRow)],
     now: i64,
 ) -> anyhow::Result<u64> {
     const COLUMNS: usize = 11;

@@ -161,6 +161,18 @@ fn is_transient(err: &anyhow::Error) -> bool {
         .any(|e| matches!(e.code().as_deref(), Some("40P01" | "40001")))
 }
 
+/// The distinct values `of` gives for the batch's submissions (those it gives one for), sorted,
+/// per board season.
+fn per_season<'a>(batch: &[&'a Submission], of: impl Fn(&'a Submission) -> Option<&'a str>) -> BTreeMap<(&'a str, i64), Vec<&'a str>> {
+    let mut sets: BTreeMap<(&str, i64), BTreeSet<&str>> = BTreeMap::new();
+    for s in batch {
+        if let Some(value) = of(s) {
+            sets.entry((&s.board.id, s.board.season)).or_default().insert(value);
+        }
+    }
+    sets.into_iter().map(|(season, values)| (season, values.into_iter().collect())).collect()
+}
+
 /// A record's identity: board, season, owner.
 type Key = (String, i64, String);
 
@@ -177,59 +189,38 @@ async fn commit(db: &Database, batch: &[&Submission]) -> anyhow::Result<Attempt>
     let mut tx = db.begin().await?;
     let lock = Some(db.dialect()).filter(|d| *d == Dialect::Postgres);
 
-    // 1. The records the batch touches, locked in (board, season, owner) order.
-    let mut owners: BTreeMap<(&str, i64), BTreeSet<&str>> = BTreeMap::new();
-    for s in batch {
-        owners.entry((&s.board.id, s.board.season)).or_default().insert(&s.owner_id);
-    }
+    // 1. The records the batch touches, locked in (board, season, owner) order, and the
+    //    idempotency keys its players used before, with the records they left.
     let mut current: HashMap<Key, RecordRow> = HashMap::new();
-    for ((board, season), owners) in &owners {
-        let owners: Vec<&str> = owners.iter().copied().collect();
-        for row in store::load_records(&mut tx, board, *season, &owners, lock).await? {
-            current.insert((board.to_string(), *season, row.owner_id.clone()), row);
+    for ((board, season), owners) in per_season(batch, |s| Some(&s.owner_id)) {
+        for row in store::load_records(&mut tx, board, season, &owners, lock).await? {
+            current.insert((board.to_owned(), season, row.owner_id.clone()), row);
         }
     }
-
     let existed: BTreeSet<Key> = current.keys().cloned().collect();
-
-    // Idempotency keys the batch's players used before, with the records they left.
-    let mut keys: BTreeMap<(&str, i64), BTreeSet<&str>> = BTreeMap::new();
-    for s in batch {
-        if let Some(key) = &s.idempotency_key {
-            keys.entry((&s.board.id, s.board.season)).or_default().insert(key);
-        }
-    }
     let mut used: HashMap<(Key, String), RecordRow> = HashMap::new();
-    for ((board, season), keys) in &keys {
-        let keys: Vec<&str> = keys.iter().copied().collect();
-        for (owner, key, row) in store::load_submission_keys(&mut tx, board, *season, &keys).await? {
-            used.insert(((board.to_string(), *season, owner), key), row);
+    for ((board, season), keys) in per_season(batch, |s| s.idempotency_key.as_deref()) {
+        for (owner, key, row) in store::load_submission_keys(&mut tx, board, season, &keys).await? {
+            used.insert(((board.to_owned(), season, owner), key), row);
         }
     }
-    let mut new_keys: Vec<(Key, &str)> = Vec::new();
 
     // 2. Each submission in arrival order.
     let mut applied = Vec::with_capacity(batch.len());
     let mut changed: BTreeSet<Key> = BTreeSet::new();
+    // Keys used for the first time, per board season, with the record their submission left.
+    let mut new_keys: BTreeMap<(&str, i64), Vec<(&str, RecordRow)>> = BTreeMap::new();
     for s in batch {
         let key = (s.board.id.clone(), s.board.season, s.owner_id.clone());
-        if let Some(idempotency_key) = &s.idempotency_key
-            && let Some(first) = used.get(&(key.clone(), idempotency_key.clone()))
-        {
+        let used_key = s.idempotency_key.as_ref().map(|k| (key.clone(), k.clone()));
+        if let Some(first) = used_key.as_ref().and_then(|k| used.get(k)) {
             applied.push(Ok(first.clone()));
             continue;
         }
         let record = current.get(&key);
-        match s.board.apply(record.map(|r| (r.score, r.subscore)), s.score, s.subscore) {
-            Err(refusal) => applied.push(Err(refusal)),
-            Ok(Outcome::Keep) => {
-                let record = record.context("a submission kept a record that does not exist")?.clone();
-                if let Some(idempotency_key) = &s.idempotency_key {
-                    used.insert((key.clone(), idempotency_key.clone()), record.clone());
-                    new_keys.push((key, idempotency_key));
-                }
-                applied.push(Ok(record));
-            }
+        let result = match s.board.apply(record.map(|r| (r.score, r.subscore)), s.score, s.subscore) {
+            Err(refusal) => Err(refusal),
+            Ok(Outcome::Keep) => Ok(record.context("a submission kept a record that does not exist")?.clone()),
             Ok(Outcome::Write(score, subscore)) => {
                 let row = RecordRow {
                     owner_id: s.owner_id.clone(),
@@ -240,15 +231,17 @@ async fn commit(db: &Database, batch: &[&Submission]) -> anyhow::Result<Attempt>
                     updated_at: now_millis(),
                     version: record.map_or(1, |r| r.version + 1),
                 };
-                applied.push(Ok(row.clone()));
-                if let Some(idempotency_key) = &s.idempotency_key {
-                    used.insert((key.clone(), idempotency_key.clone()), row.clone());
-                    new_keys.push((key.clone(), idempotency_key));
-                }
-                current.insert(key.clone(), row);
+                current.insert(key.clone(), row.clone());
                 changed.insert(key);
+                Ok(row)
             }
+        };
+        // A refused submission records no key.
+        if let (Some(used_key), Some(idempotency_key), Ok(row)) = (used_key, &s.idempotency_key, &result) {
+            used.insert(used_key, row.clone());
+            new_keys.entry((&s.board.id, s.board.season)).or_default().push((idempotency_key, row.clone()));
         }
+        applied.push(result);
     }
 
     // 3. The changed records, per board season: those this batch read (and holds the lock of)
@@ -271,17 +264,10 @@ async fn commit(db: &Database, batch: &[&Submission]) -> anyhow::Result<Attempt>
         }
     }
 
-    // The keys used for the first time, with what their submissions left. One another instance
-    //    recorded meanwhile (the same retry sent to two instances) makes the batch run again and
-    //    answer from it.
-    let mut by_board: BTreeMap<(&str, i64), Vec<(&str, &RecordRow)>> = BTreeMap::new();
-    for (key, idempotency_key) in &new_keys {
-        let (board, season, _) = key;
-        let row = &used[&(key.clone(), (*idempotency_key).to_owned())];
-        by_board.entry((board.as_str(), *season)).or_default().push((idempotency_key, row));
-    }
+    // 4. The keys used for the first time. One another instance recorded meanwhile (the same
+    //    retry sent to two instances) makes the batch run again and answer from it.
     let now = now_millis();
-    for ((board, season), keys) in &by_board {
+    for ((board, season), keys) in &new_keys {
         let recorded = store::insert_submission_keys(&mut tx, board, *season, keys, now).await?;
         if recorded < keys.len() as u64 {
             tx.rollback().await.context("rolling back a batch that lost a race for a key")?;
@@ -289,7 +275,7 @@ async fn commit(db: &Database, batch: &[&Submission]) -> anyhow::Result<Attempt>
         }
     }
 
-    // 4. Durable, then answered.
+    // 5. Durable, then answered.
     tx.commit().await.context("committing a batch of scores")?;
     Ok(Attempt::Committed(applied))
 }
