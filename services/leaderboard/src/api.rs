@@ -196,7 +196,6 @@ fn board_not_found() -> ApiError {
     ApiError::NotFound("no such leaderboard".into())
 }
 
-/// The display data kept in the index beside each sort key.
 /// What the index keeps beside a record's key, as `entry_data` writes it: the owner's name and
 /// the metadata (read into a struct, not a `Value` map: this is on every rank read).
 #[derive(Debug, Default, Deserialize)]
@@ -207,6 +206,7 @@ struct EntryData {
     m: Option<serde_json::Value>,
 }
 
+/// The display data kept in the index beside each sort key.
 fn entry_data(name: &str, metadata: Option<&str>) -> String {
     let metadata = metadata.and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok());
     serde_json::json!({ "n": name, "m": metadata }).to_string()

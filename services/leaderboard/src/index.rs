@@ -327,8 +327,9 @@ pub struct RedisIndex {
     keys: Arc<KeyCache>,
 }
 
-/// Each board's keys for its live season, built once rather than formatted on every call (they
-/// showed in profiles of the rank read).
+/// Each board's keys for the season last asked for (the live one, on the hot paths), built once
+/// rather than formatted on every call (they showed in profiles of the rank read). Asking for
+/// another season (erasure from an archive) replaces the entry; the next call builds it again.
 #[derive(Default)]
 struct KeyCache(Mutex<HashMap<String, (i64, Arc<Keys>)>>);
 
