@@ -7,7 +7,7 @@ import { check, sleep } from "k6";
 import { Counter, Rate, Trend } from "k6/metrics";
 import encoding from "k6/encoding";
 import exec from "k6/execution";
-import { WebSocket } from "k6/websockets";
+import { WebSocket } from "k6/experimental/websockets";
 import { clearInterval, clearTimeout, setInterval, setTimeout } from "k6/timers";
 import { BASE_URL, WS_URL, body, params, postJson, uploadUrl } from "./api.ts";
 
