@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced, not run: starts a throwaway PostgreSQL and Redis from this machine's binaries on free
 # loopback ports in a temporary folder, and stops and removes them when the sourcing shell exits.
 #
@@ -27,6 +28,7 @@ stop_servers() {
 
 start_servers() {
   local mode=${1:-fast}
+  # shellcheck disable=SC2012 # version-sorted folder names, no odd characters
   PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
   if [[ -z "$PG_BIN" || ! -x "$PG_BIN/initdb" ]]; then
     echo "servers.sh: PostgreSQL server binaries not found (apt-get install postgresql, or set PG_BIN)" >&2

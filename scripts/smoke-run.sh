@@ -9,6 +9,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 data=$(mktemp -d /tmp/guildhall-smoke.XXXXXX)
 log=$data/serve.log
 pid=
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
   if [[ -n $pid ]]; then kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   rm -rf "$data"

@@ -5,9 +5,10 @@
 //! instances can run it without delivering a row twice at once), hands each event to every
 //! consumer subscribed to its type, and marks it sent only when all of them succeeded: delivery is
 //! at least once. Each consumer's handled event ids are kept in `consumed_events`, so a
-//! redelivered event is skipped. An event that keeps failing is retried with exponential backoff
-//! and, after `MAX_ATTEMPTS`, parked as dead (`dead_at`), the in-process twin of a dead-letter
-//! queue.
+//! redelivered event is skipped. An event that keeps failing is retried with exponential backoff;
+//! in process, after `MAX_ATTEMPTS` it is parked as dead (`dead_at`), the in-process twin of a
+//! dead-letter queue. A send to SQS is retried until SQS takes it (at most 30 s apart), since it
+//! fails only while the queue is unreachable.
 //!
 //! Two transports carry events from the relay to the consumers:
 //! - in process (embedded default, monolith only): the relay calls the handlers itself;
@@ -88,8 +89,12 @@ impl std::fmt::Debug for Subscription {
 const BATCH: i64 = 100;
 /// How long a claim keeps other relays off a row; a relay that died releases it by expiry.
 const LEASE_MS: i64 = 30_000;
-/// After this many failed deliveries an event is parked as dead.
+/// After this many failed deliveries an event handled in process is parked as dead; one sent to
+/// SQS is not (see `Relay::record_failure`) but is reported as stuck.
 pub const MAX_ATTEMPTS: i64 = 8;
+/// The longest wait between two attempts to send an event to SQS: when the queue comes back, the
+/// backlog goes out within this long.
+const SQS_MAX_BACKOFF_MS: i64 = 30_000;
 /// Pause between rounds when the outbox is empty.
 const IDLE: Duration = Duration::from_millis(200);
 /// How long sent outbox rows and handled-event records are kept (SQS keeps a message at most
@@ -262,12 +267,20 @@ impl Relay {
         Ok(())
     }
 
+    /// Schedules the next attempt after a failed delivery, with exponential backoff (2 s, 4 s,
+    /// 8 s, ...). In process, a handler that keeps failing is a bug the event cannot get past, so
+    /// after `MAX_ATTEMPTS` the event is parked as dead. A send to SQS fails only while the queue
+    /// cannot be reached (an outage, a partition, a wrong policy): the event is not at fault, and
+    /// parking it would leave an erasure or an upload check half done for good. So it is retried
+    /// for as long as it takes, at most `SQS_MAX_BACKOFF_MS` apart, and an error is logged from
+    /// `MAX_ATTEMPTS` on, for the alarm on error logs to catch.
     async fn record_failure(&self, event: &Event, attempts: i64, error: &str) -> anyhow::Result<()> {
         let now = now_millis();
         let attempts = attempts + 1;
-        let dead = attempts >= MAX_ATTEMPTS;
-        // 1 s, 2 s, 4 s, ... capped at five minutes.
-        let backoff = 1000i64.saturating_mul(1 << attempts.min(20)).min(300_000);
+        let to_sqs = matches!(self.transport, Transport::Sqs(_));
+        let dead = !to_sqs && attempts >= MAX_ATTEMPTS;
+        let cap = if to_sqs { SQS_MAX_BACKOFF_MS } else { 300_000 };
+        let backoff = 1000i64.saturating_mul(1 << attempts.min(20)).min(cap);
         sqlx::query(
             "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4, dead_at = $5, claimed_until = NULL WHERE id = $1",
         )
@@ -281,6 +294,8 @@ impl Relay {
         .context("recording a failed delivery")?;
         if dead {
             tracing::error!(event_id = event.id, event_type = event.event_type, attempts, "event parked as dead after repeated failures");
+        } else if to_sqs && attempts >= MAX_ATTEMPTS {
+            tracing::error!(event_id = event.id, event_type = event.event_type, attempts, "event still not sent to SQS; retrying");
         }
         Ok(())
     }

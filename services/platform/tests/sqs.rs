@@ -13,7 +13,7 @@ use platform::shutdown::Shutdown;
 use platform::testing::{Backend, TestEnv};
 
 struct Fixture {
-    _env: TestEnv,
+    env: TestEnv,
     db: Database,
     queues: Queues,
 }
@@ -33,7 +33,7 @@ async fn fixture(vars: &[(&str, &str)]) -> Option<Fixture> {
     let db = Database::connect(&config.database).await.expect("db");
     db.migrate().await.expect("migrate");
     let queues = Queues::connect(&config.queue, &config.aws).await.expect("QUEUE_URL is set on real backends");
-    Some(Fixture { _env: env, db, queues })
+    Some(Fixture { env, db, queues })
 }
 
 /// A subscription of `consumer` to `account.deleted` counting its calls; it sleeps `work` and
@@ -129,6 +129,41 @@ async fn a_relay_killed_between_publishing_and_marking_delivers_again_and_consum
             .await
             .expect("count");
         assert_eq!(recorded, 1, "{consumer} recorded the event id");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_out_an_sqs_outage_and_are_never_parked() {
+    let Some(f) = fixture(&[]).await else { return };
+    // The same queues behind an endpoint that refuses connections: SQS unreachable.
+    let mut cut_off = f.env.clone();
+    cut_off.set("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    let config = cut_off.config().expect("config");
+    let unreachable = Queues::connect(&config.queue, &config.aws).await.expect("queues");
+    platform::outbox::record(f.db.pool(), "account.deleted", &serde_json::json!({ "account_id": "p9" })).await.expect("record");
+
+    let relay = Relay::sqs(f.db.clone(), unreachable);
+    let rounds = platform::events::MAX_ATTEMPTS + 3;
+    for _ in 0..rounds {
+        assert_eq!(relay.deliver_round().await.expect("round"), 1, "the event is still due, never parked");
+        let (next, dead): (Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT next_attempt_at, dead_at FROM outbox").fetch_one(f.db.pool()).await.expect("row");
+        assert!(dead.is_none(), "an event that could not reach SQS was parked as dead");
+        let wait = next.expect("a next attempt") - platform::db::now_millis();
+        assert!(wait <= 30_000, "retried at most 30 s apart, not {wait} ms");
+        // Due again at once, as if the backoff had passed.
+        sqlx::query("UPDATE outbox SET next_attempt_at = NULL").execute(f.db.pool()).await.expect("due now");
+    }
+    let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM outbox").fetch_one(f.db.pool()).await.expect("attempts");
+    assert_eq!(attempts, rounds);
+
+    // SQS answers again: the event goes out to every subscriber.
+    let relay = Relay::sqs(f.db.clone(), f.queues.clone());
+    assert_eq!(relay.deliver_round().await.expect("round"), 1);
+    let unsent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetch_one(f.db.pool()).await.expect("count");
+    assert_eq!(unsent, 0);
+    for consumer in platform::events::consumers_of("account.deleted") {
+        assert_eq!(queued(&f.queues, &f.queues.url(consumer)).await, 1, "{consumer}");
     }
 }
 
