@@ -1,6 +1,13 @@
-// accounts: sign-in traffic. New guests arrive at RATE per second; each reads its account, renames
-// itself, refreshes its tokens (the old refresh token stops working) and logs out. A share of the
-// arrivals (REGISTER_SHARE) registers a full account instead, which costs an Argon2id hash.
+// accounts: sign-in traffic. Players arrive at RATE per second, of three kinds:
+//   - new players who register a full account with an email and a password (REGISTER_SHARE,
+//     0.1: an Argon2id hash on the server);
+//   - returning account holders who sign in with that email and password (LOGIN_SHARE, 0.2:
+//     another hash), among the accounts this VU registered earlier, each at most
+//     LOGINS_PER_ACCOUNT times in 15 minutes (the server limits sign-ins per account); until the
+//     VU has such an account, the arrival registers one instead;
+//   - new guests (the rest).
+// Each then reads its account, renames itself, refreshes its tokens (the refresh token rotates:
+// the old one stops working) and logs out, so a returning account holder needs the password.
 //
 //   k6 run -e BASE_URL=http://localhost:8080 -e RATE=10 -e DURATION=2m loadtest/k6/accounts.ts
 //
@@ -11,7 +18,20 @@ import http from "k6/http";
 import { check } from "k6";
 import exec from "k6/execution";
 import type { Options } from "k6/options";
-import { BASE_URL, envDuration, envNumber, guest, newRunId, params, refresh, register } from "./lib/api.ts";
+import type { Session } from "./lib/api.ts";
+import {
+  BASE_URL,
+  envDuration,
+  envNumber,
+  guest,
+  login,
+  logout,
+  newRunId,
+  params,
+  refresh,
+  register,
+  returningAccount,
+} from "./lib/api.ts";
 
 const rate = envNumber("RATE", 5);
 
@@ -31,7 +51,9 @@ export const options: Options = {
     checks: ["rate>0.99"],
     "http_req_duration{endpoint:auth_guest}": ["p(95)<300", "p(99)<800"],
     "http_req_duration{endpoint:auth_register}": ["p(95)<800", "p(99)<1500"],
+    "http_req_duration{endpoint:auth_login}": ["p(95)<800", "p(99)<1500"],
     "http_req_duration{endpoint:auth_refresh}": ["p(95)<200", "p(99)<500"],
+    "http_req_duration{endpoint:auth_logout}": ["p(95)<200", "p(99)<500"],
     "http_req_duration{endpoint:me}": ["p(95)<100", "p(99)<250"],
     "http_req_duration{endpoint:me_update}": ["p(95)<150", "p(99)<400"],
   },
@@ -41,10 +63,23 @@ export function setup(): { runId: string } {
   return { runId: newRunId() };
 }
 
+/** The arriving player's session: a new registration, a password sign-in, or a new guest. */
+function arrive(runId: string, n: number): Session | null {
+  const roll = Math.random();
+  const registerShare = envNumber("REGISTER_SHARE", 0.1);
+  if (roll < registerShare + envNumber("LOGIN_SHARE", 0.2)) {
+    const account = roll >= registerShare ? returningAccount() : null;
+    return account !== null ? login(account) : (register(runId)?.session ?? null);
+  }
+  return guest(`k6-${runId}-device-${n}`);
+}
+
 export default function (data: { runId: string }): void {
   const n = exec.scenario.iterationInTest;
-  const share = envNumber("REGISTER_SHARE", 0.1);
-  let session = Math.random() < share ? register(data.runId, n) : guest(`k6-${data.runId}-device-${n}`);
+  let session = arrive(data.runId, n);
+  if (session === null) {
+    return;
+  }
 
   const me = http.get(`${BASE_URL}/v1/accounts/me`, params("me", "GET /v1/accounts/me", session.tokens.access_token));
   check(me, { "me: 200": (r) => r.status === 200 });
@@ -57,6 +92,7 @@ export default function (data: { runId: string }): void {
   check(renamed, { "rename: 200": (r) => r.status === 200 });
 
   session = refresh(session);
-  const out = http.post(`${BASE_URL}/v1/auth/logout`, null, params("auth_logout", "POST /v1/auth/logout", session.tokens.access_token));
-  check(out, { "logout: 204": (r) => r.status === 204 });
+  if (session !== null) {
+    logout(session);
+  }
 }

@@ -1,7 +1,9 @@
 // leaderboard: score submissions and rank reads on one board made for the run. Matches end at
-// RATE per second across the players (each VU is one guest player, signed in once); every match
-// submits a score and reads the player's rank, and every BROWSE_EVERY-th match also reads the
-// top 10 and the records around the player.
+// RATE per second across the players (each VU is one guest player, signed in once, its access
+// token refreshed before it expires); every match submits the player's score, which improves
+// with practice (so records keep being beaten and written, not only answered from the index), with
+// an Idempotency-Key that a retry reuses, then reads the player's rank; every BROWSE_EVERY-th
+// match also reads the top 10 and the records around the player.
 //
 //   k6 run -e BASE_URL=http://localhost:8080 -e GUILDHALL_ADMIN_KEY=... -e RATE=200 \
 //     -e DURATION=2m loadtest/k6/leaderboard.ts
@@ -40,10 +42,16 @@ export function setup(): { board: string } {
   return { board };
 }
 
+// Matches this VU's player has played: their scores improve from one to the next.
+let matches = 0;
+
 export default function (data: { board: string }): void {
-  const token = player(data.board).tokens.access_token;
-  playMatch(data.board, token);
+  const session = player(data.board);
+  if (session === null) {
+    return;
+  }
+  playMatch(data.board, session.tokens.access_token, session.who, matches++);
   if (exec.vu.iterationInScenario % envNumber("BROWSE_EVERY", 5) === 0) {
-    browseBoard(data.board, token);
+    browseBoard(data.board, session.tokens.access_token);
   }
 }

@@ -19,6 +19,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::SinkExt;
 use platform::ApiError;
 use platform::auth::Player;
 use platform::db::now_millis;
@@ -199,7 +200,13 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                             break;
                         }
                     }
-                    Message::Close(_) => break,
+                    Message::Close(_) => {
+                        // tungstenite only queues its answering close frame (RFC 6455 §5.5.1);
+                        // it goes out on the next read or flush. Flush it before dropping the
+                        // socket, or the client sees the connection end without one (1006).
+                        let _ = socket.flush().await;
+                        break;
+                    }
                     Message::Binary(_) => {
                         let reply = error_frame(&None, "invalid_request", "frames are JSON text");
                         if socket.send(Message::Text(reply.into())).await.is_err() {

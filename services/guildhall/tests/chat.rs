@@ -15,7 +15,18 @@ on_both_backends!(
     presence_reports_who_is_in_a_channel,
     reports_and_erasure,
     bad_frames_get_errors_and_the_connection_stays,
+    a_client_closing_gets_a_close_frame_back,
 );
+
+/// A client that closes its socket gets the server's close frame back (RFC 6455's closing
+/// handshake), not a dropped connection that it would report as an abnormal closure (1006).
+async fn a_client_closing_gets_a_close_frame_back(backend: Backend) {
+    let app = start(backend, 10).await;
+    let (_, token) = guest(&app, "closer").await;
+    let mut chat = Chat::connect(&app.base, &token).await;
+    chat.join("room:global").await;
+    assert_eq!(chat.close().await, Some(1000));
+}
 
 async fn start(backend: Backend, burst: u32) -> TestApp {
     TestApp::start_with(backend, |env| {

@@ -394,6 +394,23 @@ impl Chat {
         self.request(json!({"type": "send", "channel": channel, "body": body})).await
     }
 
+    /// Closes the socket as a client leaving does (close frame 1000), and returns the code of the
+    /// close frame the server answers with, or None when the connection ended without one (what
+    /// a client reports as 1006).
+    pub async fn close(mut self) -> Option<u16> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+        let frame = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+        self.socket.send(Message::Close(Some(frame))).await.expect("close sent");
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), self.socket.next()).await {
+            if let Message::Close(frame) = message {
+                return Some(frame.map_or(1005, |f| u16::from(f.code)));
+            }
+        }
+        None
+    }
+
     /// Whether anything arrives within `wait` (to show that nothing more does).
     pub async fn quiet_for(&mut self, wait: Duration) -> Option<Value> {
         use futures_util::StreamExt;
