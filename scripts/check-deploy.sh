@@ -97,6 +97,11 @@ EOF
 compose_config() {
   docker-compose -f docker-compose.yml config -q
   docker-compose -f docker-compose.yml --profile monolith config -q
+  # The override that swaps the unpullable images (scripts/stack-test.sh runs the stack with it),
+  # with placeholder image names.
+  local name
+  for name in GUILDHALL RUST RUNTIME POSTGRES REDIS NGINX PYTHON; do export "${name}_IMAGE=check/${name,,}:1"; done
+  docker-compose -f docker-compose.yml -f docker/compose.local.yml --profile monolith config -q
 }
 
 # The stack's own rules, on the configuration as compose resolves it: each Guildhall container
@@ -427,8 +432,8 @@ EOF
 }
 
 check "hadolint docker/Dockerfile, workspace members in it" dockerfile
-check "shellcheck (deploy, aws-init, check-deploy)" shellcheck ecs/deploy.sh docker/aws-init.sh scripts/check-deploy.sh
-check "docker-compose config (split stack, monolith profile)" compose_config
+check "shellcheck (deploy, aws-init, scripts)" shellcheck ecs/deploy.sh docker/aws-init.sh docker/local/postgres-entrypoint.sh scripts/*.sh loadtest/*.sh
+check "docker-compose config (split stack, monolith, local override)" compose_config
 check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint
 check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
