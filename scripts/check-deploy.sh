@@ -432,7 +432,7 @@ EOF
 }
 
 check "hadolint docker/Dockerfile, workspace members in it" dockerfile
-check "shellcheck (deploy, aws-init, scripts)" shellcheck ecs/deploy.sh docker/aws-init.sh docker/local/postgres-entrypoint.sh scripts/*.sh loadtest/*.sh
+check "shellcheck (deploy, aws-init, scripts)" shellcheck ecs/deploy.sh docker/aws-init.sh docker/local/postgres-entrypoint.sh scripts/*.sh loadtest/stack-bench.sh
 check "docker-compose config (split stack, monolith, local override)" compose_config
 check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint
