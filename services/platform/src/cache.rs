@@ -50,12 +50,11 @@ static TAKE_TOKEN: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new
 /// probed. Redis answers in well under a millisecond; no command here runs long.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The shared connection's settings: connecting and each answer bounded by `REDIS_TIMEOUT`.
+/// The shared connection's settings: connecting bounded by `REDIS_TIMEOUT`. Answers are bounded
+/// by `RedisCache::bounded` (which covers a wait for a reconnect too), so redis-rs sets no second
+/// timer per command.
 fn manager_config() -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(REDIS_TIMEOUT))
-        .set_response_timeout(Some(REDIS_TIMEOUT))
-        .set_number_of_retries(2)
+    ConnectionManagerConfig::new().set_connection_timeout(Some(REDIS_TIMEOUT)).set_response_timeout(None).set_number_of_retries(2)
 }
 
 /// A cache backend. Cheap to clone; clones share the backend.

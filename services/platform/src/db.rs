@@ -190,6 +190,8 @@ impl Pool {
             return Err(unreachable());
         }
         let result = tokio::select! {
+            // A wait that ends at once never starts the race's timer.
+            biased;
             result = wait => result,
             () = reachability.until_down(PROBE_AFTER) => Err(unreachable()),
         };
