@@ -104,33 +104,40 @@ impl Hub {
         };
         if first && let Some(bridge) = &self.inner.redis {
             let mut sink = bridge.sink.lock().await;
-            if let Some(sink) = sink.as_mut() {
-                sink.subscribe(Self::redis_channel(bridge, channel)).await?;
+            if let Some(sink) = sink.as_mut()
+                && let Err(err) = bridge.cache.bounded(sink.subscribe(Self::redis_channel(bridge, channel))).await
+            {
+                // Not subscribed: take the member out again, so that the next join subscribes.
+                self.remove_local(channel, connection);
+                return Err(anyhow::Error::new(err).context("subscribing to a chat channel"));
             }
         }
         Ok(())
     }
 
+    /// Takes a connection out of a channel's local members; true when it was the last.
+    fn remove_local(&self, channel: &str, connection: u64) -> bool {
+        let mut local = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
+        match local.get_mut(channel) {
+            Some(members) => {
+                members.remove(&connection);
+                let empty = members.is_empty();
+                if empty {
+                    local.remove(channel);
+                }
+                empty
+            }
+            None => false,
+        }
+    }
+
     /// Removes a connection from a channel; unsubscribes when it was the last here.
     pub async fn leave(&self, channel: &str, connection: u64) {
-        let last = {
-            let mut local = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
-            match local.get_mut(channel) {
-                Some(members) => {
-                    members.remove(&connection);
-                    let empty = members.is_empty();
-                    if empty {
-                        local.remove(channel);
-                    }
-                    empty
-                }
-                None => false,
-            }
-        };
+        let last = self.remove_local(channel, connection);
         if last && let Some(bridge) = &self.inner.redis {
             let mut sink = bridge.sink.lock().await;
             if let Some(sink) = sink.as_mut()
-                && let Err(err) = sink.unsubscribe(Self::redis_channel(bridge, channel)).await
+                && let Err(err) = bridge.cache.bounded(sink.unsubscribe(Self::redis_channel(bridge, channel))).await
             {
                 tracing::warn!(error = %err, channel, "unsubscribing failed");
             }
@@ -197,7 +204,7 @@ impl Hub {
         let Some(bridge) = &self.inner.redis else { return };
         let prefix_len = bridge.cache.key("chat:").len();
         while !shutdown.is_stopped() {
-            let pubsub = match bridge.cache.client().get_async_pubsub().await {
+            let pubsub = match bridge.cache.bounded(bridge.cache.client().get_async_pubsub()).await {
                 Ok(pubsub) => pubsub,
                 Err(err) => {
                     tracing::warn!(error = %err, "chat fan-out cannot reach Redis; retrying");
@@ -208,20 +215,35 @@ impl Hub {
                 }
             };
             let (mut sink, mut stream) = pubsub.split();
-            let channels = {
+            let resubscribed = {
                 // Collect and subscribe under the sink lock: a join that lands after the
                 // collection waits for the lock and then subscribes through the new sink.
                 let mut guard = bridge.sink.lock().await;
                 let channels: HashSet<String> = self.inner.local.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+                let mut resubscribed = Ok(channels.len());
                 for channel in &channels {
-                    if let Err(err) = sink.subscribe(Self::redis_channel(bridge, channel)).await {
-                        tracing::warn!(error = %err, "resubscribing failed");
+                    if let Err(err) = bridge.cache.bounded(sink.subscribe(Self::redis_channel(bridge, channel))).await {
+                        resubscribed = Err(err);
+                        break;
                     }
                 }
-                *guard = Some(sink);
-                channels
+                if resubscribed.is_ok() {
+                    *guard = Some(sink);
+                }
+                resubscribed
             };
-            tracing::info!(channels = channels.len(), "chat fan-out connected to Redis");
+            let channels = match resubscribed {
+                Ok(channels) => channels,
+                Err(err) => {
+                    // A channel left unsubscribed would miss every event: start over.
+                    tracing::warn!(error = %err, "chat fan-out could not resubscribe; reconnecting");
+                    tokio::select! {
+                        () = shutdown.stopped() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            tracing::info!(channels, "chat fan-out connected to Redis");
             loop {
                 tokio::select! {
                     () = shutdown.stopped() => return,

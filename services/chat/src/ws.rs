@@ -77,11 +77,11 @@ fn error_frame(id: &Option<serde_json::Value>, code: &str, message: &str) -> Str
     json!({"type": "error", "id": id, "code": code, "message": message}).to_string()
 }
 
+/// The error frame answering a client frame: the HTTP API's code and public message (a dependency
+/// that is down is `unavailable`; an internal error's detail is logged, never sent).
 fn api_error_frame(id: &Option<serde_json::Value>, err: &ApiError) -> String {
-    if let ApiError::Internal(inner) = err {
-        tracing::error!(error = format!("{inner:#}"), "chat frame failed");
-    }
-    let mut frame = json!({"type": "error", "id": id, "code": err.code(), "message": err.to_string()});
+    err.log();
+    let mut frame = json!({"type": "error", "id": id, "code": err.code(), "message": err.public_message()});
     if let ApiError::RateLimited { retry_after } = err {
         frame["retry_after_ms"] = json!(retry_after.as_millis() as u64);
     }

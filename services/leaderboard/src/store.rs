@@ -256,7 +256,7 @@ pub async fn insert_submission_keys(
 
 /// Deletes idempotency keys recorded before `before` (Unix ms); returns how many.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.purge_submission_keys", skip_all)]
-pub async fn purge_submission_keys(db: &sqlx::AnyPool, before: i64) -> anyhow::Result<u64> {
+pub async fn purge_submission_keys(db: &platform::db::Pool, before: i64) -> anyhow::Result<u64> {
     let done = sqlx::query("DELETE FROM leaderboard_submission_keys WHERE created_at < $1")
         .bind(before)
         .execute(db)
@@ -267,7 +267,7 @@ pub async fn purge_submission_keys(db: &sqlx::AnyPool, before: i64) -> anyhow::R
 
 /// Every record of a board's season, read in pages by owner id (for rebuilding the index).
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.all_records", skip_all)]
-pub async fn all_records(db: &sqlx::AnyPool, board: &str, season: i64) -> anyhow::Result<Vec<RecordRow>> {
+pub async fn all_records(db: &platform::db::Pool, board: &str, season: i64) -> anyhow::Result<Vec<RecordRow>> {
     const PAGE: i64 = 10_000;
     let sql = format!(
         "SELECT {RECORD_COLUMNS} FROM leaderboard_records WHERE board_id = $1 AND season = $2 AND owner_id > $3 ORDER BY owner_id LIMIT $4"

@@ -102,9 +102,27 @@ impl Writer {
         lane.send(Job { submission, reply }).await.map_err(|_| anyhow::anyhow!("the score writer has stopped"))?;
         match answer.await {
             Ok(Ok(applied)) => Ok(applied),
-            Ok(Err(err)) => Err(anyhow::anyhow!("{err:#}")),
+            Ok(Err(err)) => Err(anyhow::Error::new(BatchFailed(err))),
             Err(_) => Err(anyhow::anyhow!("the score writer stopped before answering")),
         }
+    }
+}
+
+/// The failure of a batch, as each of its submissions gets it: the batch's error, shared, with
+/// its cause chain intact, so that a database outage is still recognised as one (503).
+#[derive(Debug)]
+struct BatchFailed(Arc<anyhow::Error>);
+
+impl std::fmt::Display for BatchFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the batch of score submissions failed")
+    }
+}
+
+impl std::error::Error for BatchFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let err: &(dyn std::error::Error + Send + Sync + 'static) = self.0.as_ref().as_ref();
+        Some(err)
     }
 }
 

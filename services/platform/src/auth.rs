@@ -105,7 +105,7 @@ impl Authenticator {
             .cache
             .exists(&unconfirmed.revocation_key)
             .await
-            .map_err(|err| ApiError::Unavailable(format!("cannot check the session: {err:#}")))?;
+            .map_err(|err| ApiError::Internal(err.context("checking the session's revocation")))?;
         unconfirmed.confirm_with(revoked)
     }
 

@@ -1,15 +1,26 @@
 //! The cache port: short-lived shared state (session revocations, rate-limit counters).
 //! Redis in production, so that every instance sees the same state; process memory on embedded
 //! defaults, where there is one instance.
+//!
+//! Every Redis command goes through `RedisConnection`, which bounds it by `REDIS_TIMEOUT` and
+//! fails at once while Redis is known to be down (`crate::reachability`). That is needed beyond
+//! redis-rs's own timeouts: its `ConnectionManager` reconnects after a dropped connection, but
+//! keeps a connection whose commands time out (a paused or partitioned server), and a command
+//! waiting for a reconnect is bounded by no response timeout. A probe that gets through after a
+//! failure installs its fresh connection, so a wedged one is replaced without a restart.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use crate::config::CacheConfig;
+use crate::error::Dependency;
+use crate::reachability::{Probe, Reachability};
 
 /// KEYS: bucket. ARGV: capacity, tokens per second. Uses the server's clock (TIME), so instances
 /// with skewed clocks share one bucket correctly. Returns 0 when a token was taken, else the
@@ -35,8 +46,16 @@ return wait
 ";
 static TAKE_TOKEN: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 
-/// Redis operations that take longer fail instead of holding a request.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Redis operations that take longer fail (503) instead of holding a request, and have Redis
+/// probed. Redis answers in well under a millisecond; no command here runs long.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The shared connection's settings: connecting bounded by `REDIS_TIMEOUT`. Answers are bounded
+/// by `RedisCache::bounded` (which covers a wait for a reconnect too), so redis-rs sets no second
+/// timer per command.
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new().set_connection_timeout(Some(REDIS_TIMEOUT)).set_response_timeout(None).set_number_of_retries(2)
+}
 
 /// A cache backend. Cheap to clone; clones share the backend.
 #[derive(Clone)]
@@ -63,12 +82,10 @@ impl Cache {
             CacheConfig::Memory => Ok(Cache::Memory(MemoryCache::default())),
             CacheConfig::Redis { url, key_prefix } => {
                 let client = redis::Client::open(url.expose().as_str()).context("parsing REDIS_URL")?;
-                let manager_config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(REDIS_TIMEOUT))
-                    .set_response_timeout(Some(REDIS_TIMEOUT))
-                    .set_number_of_retries(2);
-                let conn = ConnectionManager::new_with_config(client.clone(), manager_config).await.context("connecting to Redis")?;
-                Ok(Cache::Redis(RedisCache(Arc::new(RedisInner { conn, client, prefix: key_prefix.clone() }))))
+                let conn = ConnectionManager::new_with_config(client.clone(), manager_config()).await.context("connecting to Redis")?;
+                let conn = Arc::new(RwLock::new(conn));
+                let reachability = Reachability::new(Dependency::Cache, redis_probe(client.clone(), conn.clone()));
+                Ok(Cache::Redis(RedisCache(Arc::new(RedisInner { conn, client, prefix: key_prefix.clone(), reachability }))))
             }
         }
     }
@@ -235,9 +252,11 @@ impl Cache {
 pub struct RedisCache(Arc<RedisInner>);
 
 struct RedisInner {
-    conn: ConnectionManager,
+    /// The shared connection; replaced by a probe that got through after a failure.
+    conn: Arc<RwLock<ConnectionManager>>,
     client: redis::Client,
     prefix: String,
+    reachability: Arc<Reachability>,
 }
 
 impl RedisCache {
@@ -251,15 +270,98 @@ impl RedisCache {
         &self.0.prefix
     }
 
-    /// A handle on the shared connection.
-    pub fn connection(&self) -> ConnectionManager {
-        self.0.conn.clone()
+    /// A handle on the shared connection, bounded and behind the breaker (`RedisConnection`).
+    pub fn connection(&self) -> RedisConnection {
+        let conn = self.0.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        RedisConnection { conn, redis: self.clone() }
     }
 
-    /// The client, to open dedicated connections (pub/sub).
+    /// The client, to open dedicated connections (pub/sub); run what waits on them through
+    /// `bounded`.
     pub fn client(&self) -> &redis::Client {
         &self.0.client
     }
+
+    /// Runs a Redis operation behind the breaker: an error at once while Redis is known to be
+    /// down; otherwise bounded by `REDIS_TIMEOUT`, a timeout or an I/O failure having Redis probed.
+    pub async fn bounded<T>(&self, operation: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
+        if self.0.reachability.is_down() {
+            return Err(io_error(
+                std::io::ErrorKind::NotConnected,
+                "Redis is unreachable (its last probe failed); failing at once until a probe gets through",
+            ));
+        }
+        let result = match tokio::time::timeout(REDIS_TIMEOUT, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(io_error(std::io::ErrorKind::TimedOut, "Redis did not answer in time")),
+        };
+        if let Err(err) = &result
+            && err.is_io_error()
+        {
+            self.0.reachability.suspect();
+        }
+        result
+    }
+}
+
+/// A handle on the shared Redis connection whose commands run through `RedisCache::bounded`.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct RedisConnection {
+    conn: ConnectionManager,
+    redis: RedisCache,
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(self.redis.bounded(self.conn.send_packed_command(cmd)))
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(self.redis.bounded(self.conn.send_packed_commands(pipeline, offset, count)))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+/// A Redis I/O error, which `is_unavailable` classifies as Redis being down.
+fn io_error(kind: std::io::ErrorKind, message: &'static str) -> RedisError {
+    RedisError::from(std::io::Error::new(kind, message))
+}
+
+/// Opens a fresh connection and pings it; when it answers, it replaces the shared connection,
+/// which may be wedged (commands timing out on a connection the server no longer serves).
+fn redis_probe(client: redis::Client, slot: Arc<RwLock<ConnectionManager>>) -> Probe {
+    Box::new(move || {
+        let (client, slot) = (client.clone(), slot.clone());
+        Box::pin(async move {
+            let mut fresh = ConnectionManager::new_with_config(client, manager_config()).await.context("connecting to Redis")?;
+            let _: String = redis::cmd("PING").query_async(&mut fresh).await.context("Redis PING")?;
+            *slot.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+            Ok(())
+        })
+    })
+}
+
+/// Whether `err` means Redis is down or cannot serve now rather than that the command is wrong:
+/// I/O errors (refused, reset, dropped, timed out, or failing at once while down), and the
+/// server loading its data set, in failover or read-only (`LOADING`, `MASTERDOWN`,
+/// `CLUSTERDOWN`, `TRYAGAIN`, `READONLY`). Answered 503.
+pub fn is_unavailable(err: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    err.is_io_error()
+        || matches!(
+            err.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ReadOnly
+            ) | ErrorKind::ClusterConnectionNotFound
+        )
 }
 
 /// The in-memory backend: a map of entries with deadlines, swept as it is used.

@@ -4,16 +4,29 @@
 //! to types both dialects share (TEXT ids, BIGINT Unix-millisecond times, TEXT JSON) and the
 //! queries use `$1` placeholders, which SQLite accepts too. Only the migrations differ, one
 //! folder per dialect under `migrations/`, embedded in the binary.
+//!
+//! Queries go through `Pool`, sqlx's pool behind a breaker (`crate::reachability`): while
+//! PostgreSQL is unreachable they fail at once, and a wait for a connection ends as soon as a
+//! probe finds it down, instead of each request waiting out the acquire timeout (sqlx keeps
+//! retrying a refused connect until then). Those failures are answered 503 `unavailable`
+//! (`is_unavailable`, `crate::error`).
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{Any, AnyPool, Executor, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, ConnectOptions, Connection, Describe, Either, Execute, Executor, Transaction};
 
 use crate::config::DatabaseConfig;
+use crate::error::Dependency;
+use crate::reachability::{Probe, Reachability};
 
 /// Which SQL dialect the pool speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +40,17 @@ pub enum Dialect {
 /// A pool of connections and the dialect behind it. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Database {
-    pool: AnyPool,
+    pool: Pool,
     dialect: Dialect,
+}
+
+/// sqlx's pool behind the database's breaker: the executor every query runs on
+/// (`Database::pool`). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pool: AnyPool,
+    /// PostgreSQL's breaker; `None` on SQLite, a local file that is never unreachable.
+    reachability: Option<Arc<Reachability>>,
 }
 
 /// A transaction on either dialect.
@@ -53,8 +75,12 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "submission_keys", include_str!("../../../migrations/sqlite/0006_submission_keys.sql")),
 ];
 
-/// How long a request waits for a pooled connection before failing.
+/// How long a request waits for a pooled connection before failing, when the database answers
+/// (all connections busy under load); while it does not, the breaker ends the wait sooner.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A wait for a connection longer than this probes PostgreSQL (at most one probe a
+/// `crate::reachability::PROBE_EVERY`), and ends once a probe finds it unreachable.
+const PROBE_AFTER: Duration = Duration::from_millis(250);
 /// PostgreSQL cancels any statement that runs longer (an external call's timeout).
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
 
@@ -71,7 +97,8 @@ impl Database {
                     .connect(&url)
                     .await
                     .context("connecting to PostgreSQL")?;
-                Ok(Database { pool, dialect: Dialect::Postgres })
+                let reachability = Reachability::new(Dependency::Database, postgres_probe(pool.connect_options()));
+                Ok(Database { pool: Pool { pool, reachability: Some(reachability) }, dialect: Dialect::Postgres })
             }
             DatabaseConfig::Sqlite { path } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -94,13 +121,13 @@ impl Database {
                     .connect(&url)
                     .await
                     .with_context(|| format!("opening SQLite database {}", path.display()))?;
-                Ok(Database { pool, dialect: Dialect::Sqlite })
+                Ok(Database { pool: Pool { pool, reachability: None }, dialect: Dialect::Sqlite })
             }
         }
     }
 
     /// The pool, for queries.
-    pub fn pool(&self) -> &AnyPool {
+    pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
@@ -114,8 +141,8 @@ impl Database {
     /// it upgrades a read lock.
     pub async fn begin(&self) -> anyhow::Result<Tx> {
         let tx = match self.dialect {
-            Dialect::Postgres => self.pool.begin().await,
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.guarded(self.pool.pool.begin()).await,
+            Dialect::Sqlite => self.pool.guarded(self.pool.pool.begin_with("BEGIN IMMEDIATE")).await,
         };
         tx.context("starting a transaction")
     }
@@ -132,7 +159,7 @@ impl Database {
             .map(|(version, name, sql)| Migration::new(*version, Cow::Borrowed(name), MigrationType::Simple, Cow::Borrowed(sql), false))
             .collect();
         let migrator = Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false };
-        migrator.run(&self.pool).await.context("applying migrations")
+        migrator.run(&self.pool.pool).await.context("applying migrations")
     }
 
     /// Answers whether the database takes a trivial query (readiness).
@@ -143,8 +170,156 @@ impl Database {
 
     /// Closes every connection (shutdown).
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.pool.pool.close().await;
     }
+}
+
+impl Pool {
+    /// A connection from the pool: at once an error while the database is known to be down, and
+    /// no longer than it takes a probe to find it down.
+    pub async fn acquire(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
+        self.guarded(self.pool.acquire()).await
+    }
+
+    /// Runs `wait` (for a connection) behind the breaker: fails at once while the database is
+    /// known to be down, stops waiting once a probe finds it down, and has it probed after a
+    /// failure that suggests an outage.
+    async fn guarded<T>(&self, wait: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+        let Some(reachability) = &self.reachability else { return wait.await };
+        if reachability.is_down() {
+            return Err(unreachable());
+        }
+        let result = tokio::select! {
+            // A wait that ends at once never starts the race's timer.
+            biased;
+            result = wait => result,
+            () = reachability.until_down(PROBE_AFTER) => Err(unreachable()),
+        };
+        if let Err(err) = &result {
+            self.observe(err);
+        }
+        result
+    }
+
+    /// Has the database probed when a query failed in a way that suggests it is down.
+    fn observe(&self, err: &sqlx::Error) {
+        if let Some(reachability) = &self.reachability
+            && is_unavailable(err)
+        {
+            reachability.suspect();
+        }
+    }
+}
+
+/// Queries on the pool acquire their connection through the breaker (`Pool::acquire`). Rows are
+/// collected before they are handed on, so that the connection is held inside one future: every
+/// caller here collects them anyway (`fetch_all`, `fetch_one`, `execute`); none streams a result
+/// set.
+impl<'p> Executor<'p> for &Pool {
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        let pool = self.clone();
+        let results = async move {
+            let mut conn = match pool.acquire().await {
+                Ok(conn) => conn,
+                Err(err) => return vec![Err(err)],
+            };
+            let results: Vec<_> = conn.fetch_many(query).collect().await;
+            if let Some(Err(err)) = results.last() {
+                pool.observe(err);
+            }
+            results
+        };
+        Box::pin(stream::once(results).flat_map(stream::iter))
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'p: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        let pool = self.clone();
+        Box::pin(async move {
+            let row = pool.acquire().await?.fetch_optional(query).await;
+            if let Err(err) = &row {
+                pool.observe(err);
+            }
+            row
+        })
+    }
+
+    fn prepare_with<'e, 'q: 'e>(self, sql: &'q str, parameters: &'e [AnyTypeInfo]) -> BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        let pool = self.clone();
+        Box::pin(async move { pool.acquire().await?.prepare_with(sql, parameters).await })
+    }
+
+    fn describe<'e, 'q: 'e>(self, sql: &'q str) -> BoxFuture<'e, Result<Describe<Any>, sqlx::Error>>
+    where
+        'p: 'e,
+    {
+        let pool = self.clone();
+        Box::pin(async move { pool.acquire().await?.describe(sql).await })
+    }
+}
+
+/// What a query fails with while the breaker is open: an I/O error, so that it is classified
+/// like the refused connection it stands for.
+fn unreachable() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "the database is unreachable (its last probe failed); failing at once until a probe gets through",
+    ))
+}
+
+/// Connects to PostgreSQL on the side. Down when the connection is refused, reset, times out or
+/// is turned away because the server is starting or stopping; a server that answers with
+/// another refusal (authentication, too many connections) is up, and the pool reports that
+/// refusal itself.
+fn postgres_probe(options: Arc<AnyConnectOptions>) -> Probe {
+    Box::new(move || {
+        let options = options.clone();
+        Box::pin(async move {
+            match options.connect().await {
+                Ok(conn) => {
+                    // Closing politely waits for the server; the probe's answer is already in.
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+                    });
+                    Ok(())
+                }
+                Err(err) if refuses_connections(&err) => Err(anyhow::Error::new(err).context("connecting to PostgreSQL")),
+                Err(_) => Ok(()),
+            }
+        })
+    })
+}
+
+/// Whether `err` shows PostgreSQL not taking connections: I/O and TLS failures (refused, reset,
+/// closed), connection exceptions (SQLSTATE class 08), and the server shutting down or starting
+/// up (57P01 `admin_shutdown`, 57P02 `crash_shutdown`, 57P03 `cannot_connect_now`).
+fn refuses_connections(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
+/// Whether `err` means the database is down or out of connections rather than that the query
+/// is wrong: `refuses_connections`, a pool that could not hand out a connection in time or is
+/// closed, SQLite's worker gone, and PostgreSQL's `too_many_connections` (53300). Answered 503.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    refuses_connections(err)
+        || matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed)
+        || err.as_database_error().and_then(|db| db.code()).is_some_and(|code| code == "53300")
 }
 
 /// Adds a server-side statement timeout to a PostgreSQL URL unless it sets `options` itself.
@@ -185,6 +360,65 @@ mod tests {
             "postgres://h/db?sslmode=require&options=-c%20statement_timeout%3D10000"
         );
         assert_eq!(with_statement_timeout("postgres://h/db?options=x"), "postgres://h/db?options=x");
+    }
+
+    /// A PostgreSQL error with SQLSTATE `code`, as the server reports it.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn outages_are_told_from_bad_queries() {
+        let io = |kind| sqlx::Error::Io(std::io::Error::from(kind));
+        let sqlstate = |code| sqlx::Error::Database(Box::new(Sqlstate(code)));
+        // Not taking connections: probes fail on these, and requests are answered 503.
+        for err in [
+            io(std::io::ErrorKind::ConnectionRefused),
+            io(std::io::ErrorKind::ConnectionReset),
+            sqlstate("57P01"),
+            sqlstate("57P02"),
+            sqlstate("57P03"),
+            sqlstate("08006"),
+            unreachable(),
+        ] {
+            assert!(refuses_connections(&err) && is_unavailable(&err), "{err}");
+        }
+        // Up but unable to serve now: 503, but a probe that meets them counts as answered.
+        for err in [sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed, sqlstate("53300")] {
+            assert!(!refuses_connections(&err) && is_unavailable(&err), "{err}");
+        }
+        // The query's own fault.
+        for err in [sqlx::Error::RowNotFound, sqlstate("23505"), sqlstate("42P01"), sqlstate("40P01"), sqlstate("28P01")] {
+            assert!(!is_unavailable(&err), "{err}");
+        }
     }
 
     #[test]

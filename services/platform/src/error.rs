@@ -2,7 +2,11 @@
 //! `{"error": {"code": "stable_snake_case", "message": "...", "field": "..."}}`.
 //!
 //! Client errors carry a stable machine-readable code; internal errors are logged with their
-//! whole context chain and answered with an opaque 500, so no detail of the backend leaks.
+//! whole context chain and answered with an opaque 500, so no detail of the backend leaks. An
+//! internal error caused by a dependency that is down (the database or Redis refusing, resetting
+//! or timing out, see `unavailable_dependency`) is answered 503 `unavailable` instead, with a
+//! generic message and `Retry-After: 1`, and logged as a warning: this one classification serves
+//! every handler, the WebSocket frames and the workers, so no call site maps those errors itself.
 
 use std::time::Duration;
 
@@ -73,12 +77,57 @@ pub enum ApiError {
         /// The request field at fault, when there is one.
         field: Option<String>,
     },
-    /// 503 `unavailable`: a dependency is down or the process is draining.
+    /// 503 `unavailable` with a message written for the client (never internal error text): the
+    /// service cannot answer now, e.g. while a leaderboard index is rebuilt.
     #[error("{0}")]
     Unavailable(String),
-    /// 500 `internal`: logged with context, answered opaquely.
+    /// 500 `internal`: logged with context, answered opaquely; 503 `unavailable` when its cause
+    /// chain shows a dependency that is down (`unavailable_dependency`).
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// A backend whose outage an error shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    /// PostgreSQL (or SQLite).
+    Database,
+    /// Redis.
+    Cache,
+}
+
+impl Dependency {
+    /// `database` or `cache`, as logs and readiness name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dependency::Database => "database",
+            Dependency::Cache => "cache",
+        }
+    }
+
+    /// What a client is told: which dependency, never why.
+    fn public_message(self) -> &'static str {
+        match self {
+            Dependency::Database => "the database is unavailable; retry shortly",
+            Dependency::Cache => "the cache is unavailable; retry shortly",
+        }
+    }
+}
+
+/// The dependency whose outage caused `err`, if its cause chain holds an error that means "down"
+/// rather than "wrong": connection refused, reset or timed out, a pool that could not connect,
+/// PostgreSQL starting up or shutting down, Redis not answering (`crate::db::is_unavailable`,
+/// `crate::cache::is_unavailable`).
+pub fn unavailable_dependency(err: &anyhow::Error) -> Option<Dependency> {
+    err.chain().find_map(|cause| {
+        if let Some(err) = cause.downcast_ref::<sqlx::Error>() {
+            return crate::db::is_unavailable(err).then_some(Dependency::Database);
+        }
+        if let Some(err) = cause.downcast_ref::<redis::RedisError>() {
+            return crate::cache::is_unavailable(err).then_some(Dependency::Cache);
+        }
+        None
+    })
 }
 
 impl ApiError {
@@ -97,8 +146,19 @@ impl ApiError {
         ApiError::Unauthenticated { code: "invalid_token", message: message.into() }
     }
 
+    /// The dependency that is down, when that is why this internal error happened.
+    pub fn unavailable_dependency(&self) -> Option<Dependency> {
+        match self {
+            ApiError::Internal(err) => unavailable_dependency(err),
+            _ => None,
+        }
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
+        if self.unavailable_dependency().is_some() {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
@@ -117,6 +177,9 @@ impl ApiError {
 
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
+        if self.unavailable_dependency().is_some() {
+            return "unavailable";
+        }
         match self {
             ApiError::InvalidRequest { .. } => "invalid_request",
             ApiError::Unauthenticated { code, .. } | ApiError::Conflict { code, .. } | ApiError::Client { code, .. } => code,
@@ -128,6 +191,32 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The message the client gets: the client error's own, or a generic one for internal
+    /// errors, which never carry their detail out.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(err) => match unavailable_dependency(err) {
+                Some(dependency) => dependency.public_message().to_owned(),
+                None => "internal error".to_owned(),
+            },
+            other => other.to_string(),
+        }
+    }
+
+    /// Logs what the client is not told: an internal error's whole context chain (as an error,
+    /// or as a warning when a dependency is down, which is no bug of ours), and 503s' reasons.
+    pub fn log(&self) {
+        match self {
+            ApiError::Internal(err) => match unavailable_dependency(err) {
+                // `{:#}` prints the whole context chain: "inserting account: pool timed out".
+                Some(dependency) => tracing::warn!(dependency = dependency.name(), error = format!("{err:#}"), "dependency unavailable"),
+                None => tracing::error!(error = format!("{err:#}"), "internal error"),
+            },
+            ApiError::Unavailable(reason) => tracing::warn!(reason, "unavailable"),
+            _ => {}
         }
     }
 }
@@ -153,19 +242,9 @@ pub struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log();
         let status = self.status();
-        let message = match &self {
-            ApiError::Internal(err) => {
-                // `{:#}` prints the whole context chain: "inserting account: pool timed out".
-                tracing::error!(error = format!("{err:#}"), "internal error");
-                "internal error".to_owned()
-            }
-            ApiError::Unavailable(reason) => {
-                tracing::warn!(reason, "unavailable");
-                self.to_string()
-            }
-            other => other.to_string(),
-        };
+        let message = self.public_message();
         let field = match &self {
             ApiError::InvalidRequest { field, .. } | ApiError::Client { field, .. } => field.clone(),
             _ => None,
@@ -177,6 +256,9 @@ impl IntoResponse for ApiError {
             if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
+        } else if self.unavailable_dependency().is_some() {
+            // The dependency is probed again within a second (crate::db, crate::cache).
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -184,3 +266,70 @@ impl IntoResponse for ApiError {
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    async fn body(err: ApiError) -> (StatusCode, Option<HeaderValue>, serde_json::Value) {
+        let response = err.into_response();
+        let status = response.status();
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        (status, retry_after, serde_json::from_slice(&bytes).expect("JSON"))
+    }
+
+    fn internal(cause: impl std::error::Error + Send + Sync + 'static) -> ApiError {
+        ApiError::Internal(anyhow::Error::new(cause).context("loading the account").context("handling a request"))
+    }
+
+    #[tokio::test]
+    async fn a_dependency_outage_deep_in_the_chain_is_a_generic_503() {
+        let outages: Vec<(ApiError, &str)> = vec![
+            (internal(sqlx::Error::Io(io::Error::new(io::ErrorKind::ConnectionReset, "Connection reset by peer"))), "database"),
+            (internal(sqlx::Error::PoolTimedOut), "database"),
+            (internal(sqlx::Error::PoolClosed), "database"),
+            (internal(redis::RedisError::from(io::Error::new(io::ErrorKind::TimedOut, "Redis did not answer in time"))), "cache"),
+            (internal(redis::RedisError::from(io::Error::new(io::ErrorKind::ConnectionRefused, "Connection refused"))), "cache"),
+        ];
+        for (err, dependency) in outages {
+            assert_eq!(err.unavailable_dependency().map(Dependency::name), Some(dependency), "{err:?}");
+            let (status, retry_after, body) = body(err).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(retry_after.as_ref().and_then(|v| v.to_str().ok()), Some("1"));
+            assert_eq!(body["error"]["code"], "unavailable");
+            let message = body["error"]["message"].as_str().expect("message");
+            assert_eq!(message, format!("the {dependency} is unavailable; retry shortly"));
+        }
+    }
+
+    #[tokio::test]
+    async fn other_internal_errors_stay_opaque_500s() {
+        for err in [
+            internal(sqlx::Error::RowNotFound),
+            internal(sqlx::Error::ColumnNotFound("email".into())),
+            internal(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "wrong type"))),
+            ApiError::Internal(anyhow::anyhow!("a bug")),
+        ] {
+            assert_eq!(err.unavailable_dependency(), None, "{err:?}");
+            let (status, retry_after, body) = body(err).await;
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(retry_after.is_none());
+            assert_eq!(body["error"]["code"], "internal");
+            assert_eq!(body["error"]["message"], "internal error");
+        }
+    }
+
+    #[test]
+    fn client_errors_keep_their_own_message() {
+        let err = ApiError::invalid("score", "score must be at most 10");
+        assert_eq!(
+            (err.status(), err.code(), err.public_message().as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request", "score must be at most 10")
+        );
+        let err = ApiError::Unavailable("the leaderboard index is being rebuilt; retry shortly".into());
+        assert_eq!((err.status(), err.code()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+    }
+}

@@ -97,6 +97,8 @@ pub const MAX_ATTEMPTS: i64 = 8;
 const SQS_MAX_BACKOFF_MS: i64 = 30_000;
 /// Pause between rounds when the outbox is empty.
 const IDLE: Duration = Duration::from_millis(200);
+/// The longest extra pause after failed rounds (0.4 s, 0.8 s, ... doubling up to this).
+const MAX_FAILURE_PAUSE: Duration = Duration::from_secs(5);
 /// How long sent outbox rows and handled-event records are kept (SQS keeps a message at most
 /// 14 days, so an older duplicate cannot arrive).
 const RETENTION_MS: i64 = 15 * 24 * 3600 * 1000;
@@ -131,11 +133,24 @@ impl Relay {
     /// Delivers until shutdown, then finishes the round in hand.
     pub async fn run(self, shutdown: Shutdown) {
         let mut last_purge = tokio::time::Instant::now();
+        let mut failures = 0u32;
         loop {
             let delivered = match self.deliver_round().await {
-                Ok(n) => n,
+                Ok(n) => {
+                    failures = 0;
+                    n
+                }
                 Err(err) => {
-                    tracing::warn!(error = format!("{err:#}"), "event relay round failed");
+                    // While the database is down a round fails at once (crate::db): wait longer
+                    // after each failure, so that an outage is neither a busy loop nor a flood
+                    // of warnings.
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = format!("{err:#}"), failures, "event relay round failed");
+                    let pause = (IDLE * 2u32.saturating_pow(failures.min(5))).min(MAX_FAILURE_PAUSE);
+                    tokio::select! {
+                        () = shutdown.stopped() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                     0
                 }
             };
@@ -162,7 +177,12 @@ impl Relay {
         for (event, attempts) in &events {
             match self.publish(event).await {
                 Ok(()) => self.mark_sent(event).await?,
-                Err(err) => self.record_failure(event, *attempts, &format!("{err:#}")).await?,
+                Err(err) => {
+                    // A dependency outage says nothing about the event: retry it, but do not
+                    // count the attempt towards parking it as dead.
+                    let counts = crate::error::unavailable_dependency(&err).is_none();
+                    self.record_failure(event, *attempts, &format!("{err:#}"), counts).await?
+                }
             }
         }
         Ok(events.len())
@@ -221,6 +241,10 @@ impl Relay {
 
     async fn publish_in_span(&self, event: &Event) -> anyhow::Result<()> {
         let mut failure = None;
+        // The first handler failure, kept whole while every failure is a dependency outage, so
+        // that the relay can tell an outage (not counted) from a failing event.
+        let mut outage: Option<anyhow::Error> = None;
+        let mut other_failure = false;
         match &self.transport {
             Transport::InProcess(subscriptions) => {
                 for subscription in subscriptions.iter().filter(|s| s.event_types.contains(&event.event_type.as_str())) {
@@ -233,6 +257,11 @@ impl Relay {
                             "event handler failed"
                         );
                         failure = Some(format!("{}: {err:#}", subscription.consumer));
+                        if crate::error::unavailable_dependency(&err).is_some() {
+                            outage.get_or_insert(err);
+                        } else {
+                            other_failure = true;
+                        }
                     }
                 }
             }
@@ -246,13 +275,15 @@ impl Relay {
                     if let Err(err) = queues.send(consumer, &traced).await {
                         tracing::warn!(consumer, event_id = event.id, error = format!("{err:#}"), "sending an event to SQS failed");
                         failure = Some(format!("{consumer}: {err:#}"));
+                        other_failure = true;
                     }
                 }
             }
         }
-        match failure {
-            None => Ok(()),
-            Some(error) => Err(anyhow::anyhow!(error)),
+        match (failure, outage) {
+            (None, _) => Ok(()),
+            (Some(_), Some(outage)) if !other_failure => Err(outage),
+            (Some(error), _) => Err(anyhow::anyhow!(error)),
         }
     }
 
@@ -269,14 +300,16 @@ impl Relay {
 
     /// Schedules the next attempt after a failed delivery, with exponential backoff (2 s, 4 s,
     /// 8 s, ...). In process, a handler that keeps failing is a bug the event cannot get past, so
-    /// after `MAX_ATTEMPTS` the event is parked as dead. A send to SQS fails only while the queue
+    /// after `MAX_ATTEMPTS` the event is parked as dead; but an attempt that failed because a
+    /// dependency was down (`counts` false: `crate::error::unavailable_dependency`) says nothing
+    /// about the event and is not counted. A send to SQS fails only while the queue
     /// cannot be reached (an outage, a partition, a wrong policy): the event is not at fault, and
     /// parking it would leave an erasure or an upload check half done for good. So it is retried
     /// for as long as it takes, at most `SQS_MAX_BACKOFF_MS` apart, and an error is logged from
     /// `MAX_ATTEMPTS` on, for the alarm on error logs to catch.
-    async fn record_failure(&self, event: &Event, attempts: i64, error: &str) -> anyhow::Result<()> {
+    async fn record_failure(&self, event: &Event, attempts: i64, error: &str, counts: bool) -> anyhow::Result<()> {
         let now = now_millis();
-        let attempts = attempts + 1;
+        let attempts = attempts + i64::from(counts);
         let to_sqs = matches!(self.transport, Transport::Sqs(_));
         let dead = !to_sqs && attempts >= MAX_ATTEMPTS;
         let cap = if to_sqs { SQS_MAX_BACKOFF_MS } else { 300_000 };

@@ -35,18 +35,19 @@ pub struct HealthState {
 pub struct Health {
     /// `ok`, `unavailable` or `draining`.
     pub status: &'static str,
-    /// Per-dependency result (`ok` or the failure), on readiness only.
+    /// Per-dependency result, on readiness only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<Check>,
 }
 
-/// One dependency's result.
+/// One dependency's result. The answer is public (the load balancer and anyone may ask), so it
+/// says only whether the check passed; why it failed is logged.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Check {
     /// `database` or `cache`.
     pub name: &'static str,
-    /// `ok`, or what failed.
-    pub status: String,
+    /// `ok`, `unavailable` (the check failed) or `timed out`.
+    pub status: &'static str,
 }
 
 /// The health routes.
@@ -68,16 +69,22 @@ pub async fn ready(State(state): State<HealthState>) -> impl IntoResponse {
     }
     let (db, cache) =
         tokio::join!(tokio::time::timeout(CHECK_TIMEOUT, state.db.ping()), tokio::time::timeout(CHECK_TIMEOUT, state.cache.ping()));
-    let outcome = |result: Result<anyhow::Result<()>, tokio::time::error::Elapsed>| match result {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(err)) => format!("{err:#}"),
-        Err(_) => "timed out".to_owned(),
+    let outcome = |name: &'static str, result: Result<anyhow::Result<()>, tokio::time::error::Elapsed>| {
+        let status = match result {
+            Ok(Ok(())) => "ok",
+            Ok(Err(err)) => {
+                tracing::warn!(dependency = name, error = format!("{err:#}"), "readiness check failed");
+                "unavailable"
+            }
+            Err(_) => {
+                tracing::warn!(dependency = name, timeout_ms = CHECK_TIMEOUT.as_millis() as u64, "readiness check timed out");
+                "timed out"
+            }
+        };
+        Check { name, status }
     };
-    let checks = vec![Check { name: "database", status: outcome(db) }, Check { name: "cache", status: outcome(cache) }];
+    let checks = vec![outcome("database", db), outcome("cache", cache)];
     let healthy = checks.iter().all(|c| c.status == "ok");
-    if !healthy {
-        tracing::warn!(?checks, "not ready");
-    }
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Health { status: if healthy { "ok" } else { "unavailable" }, checks }))
 }

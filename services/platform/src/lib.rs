@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod outbox;
 pub mod ratelimit;
+pub mod reachability;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

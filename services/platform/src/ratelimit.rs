@@ -26,7 +26,7 @@ impl Limit {
         let (count, left) = cache
             .hit(&format!("ratelimit:{key}"), self.window)
             .await
-            .map_err(|err| ApiError::Unavailable(format!("cannot count the rate limit: {err:#}")))?;
+            .map_err(|err| ApiError::Internal(err.context("counting the rate limit")))?;
         if count > u64::from(self.max) {
             return Err(ApiError::RateLimited { retry_after: left });
         }

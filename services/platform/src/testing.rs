@@ -7,12 +7,19 @@
 //! throwaway servers, and moto's server for S3 and SQS at `GUILDHALL_TEST_AWS_ENDPOINT`, where each
 //! test gets its own bucket and queues (with dead-letter queues). Without them the real-backend tests fail, saying how to run them, unless
 //! `GUILDHALL_SKIP_REAL_BACKENDS=1` is set explicitly.
+//!
+//! Tests of outages must not stop the servers other tests share: `ThrowawayPostgres` and
+//! `ThrowawayRedis` are servers of one test's own, on free loopback ports in a temporary folder,
+//! that it may stop, restart or pause (as `scripts/servers.sh` starts the shared ones).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::Connection;
+use tokio::process::{Child, Command};
 
 /// Which backend set a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +166,239 @@ pub async fn create_queue_with_dlq(sqs: &aws_sdk_sqs::Client, name: &str, max_re
         .await
         .context("creating a queue")?;
     Ok((queue.queue_url.context("no queue URL")?, dlq_url))
+}
+
+/// A free TCP port on the loopback interface (free when asked: the server binds it next).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(listener.local_addr().context("reading the port")?.port())
+}
+
+/// A fresh folder under the system's temporary folder, readable by every user (PostgreSQL runs
+/// as `postgres` when the tests run as root).
+fn fresh_dir(kind: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("guildhall-{kind}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).context("opening the folder to other users")?;
+    Ok(dir)
+}
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+}
+
+/// A command running `program` as the `postgres` user when this process is root (PostgreSQL
+/// refuses to run as root), else as this process's user.
+fn as_postgres(program: &Path) -> std::process::Command {
+    if is_root() {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+/// Runs `program` with `args` (`as_postgres`) and fails with its output unless it succeeds.
+async fn run_as_postgres(program: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let mut command = as_postgres(program);
+    command.args(args).stdin(Stdio::null());
+    let output = Command::from(command).output().await.with_context(|| format!("running {}", program.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{} {} failed: {}{}",
+        program.display(),
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// The folder of PostgreSQL's server binaries: `PG_BIN`, or the newest under
+/// `/usr/lib/postgresql/*/bin` (Debian's layout).
+fn postgres_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(bin) = std::env::var("PG_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: install PostgreSQL's server binaries (apt-get install postgresql) or set PG_BIN")?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.split('.').next()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin).context("no PostgreSQL server binaries under /usr/lib/postgresql")
+}
+
+/// A PostgreSQL server of one test's own (trust authentication, durability off), which the test
+/// may stop, start again and restart; stopped and removed when dropped.
+#[derive(Debug)]
+pub struct ThrowawayPostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl ThrowawayPostgres {
+    /// Creates a cluster in a fresh folder and starts it on a free port.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin = postgres_bin()?;
+        let dir = fresh_dir("postgres")?;
+        let server = ThrowawayPostgres { bin, dir, port: free_port()? };
+        for folder in [server.data(), server.dir.join("sock")] {
+            std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+            if is_root() {
+                let status = std::process::Command::new("chown").arg("postgres").arg(&folder).status().context("running chown")?;
+                anyhow::ensure!(status.success(), "chown postgres {} failed", folder.display());
+            }
+        }
+        let data = server.data().display().to_string();
+        run_as_postgres(&server.bin.join("initdb"), &["-D", &data, "-U", "guildhall", "--auth=trust", "-E", "UTF8", "--no-sync"]).await?;
+        server.start_again().await?;
+        Ok(server)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The URL of its `postgres` database, as user `guildhall`.
+    pub fn url(&self) -> String {
+        format!("postgres://guildhall@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server (again), on the same port, and waits until it takes connections.
+    pub async fn start_again(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            self.port,
+            self.dir.join("sock").display()
+        );
+        let (data, log) = (self.data().display().to_string(), self.log());
+        run_as_postgres(&self.bin.join("pg_ctl"), &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "start"]).await
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended, new connections refused) and waits
+    /// until it has.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let data = self.data().display().to_string();
+        run_as_postgres(&self.bin.join("pg_ctl"), &["-D", &data, "-m", "fast", "-w", "stop"]).await
+    }
+
+    /// `pg_ctl restart`: a fast shutdown and a start, as an operator does.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let (data, log) = (self.data().display().to_string(), self.log());
+        run_as_postgres(&self.bin.join("pg_ctl"), &["-D", &data, "-l", &log, "-m", "fast", "-w", "-t", "60", "restart"]).await
+    }
+
+    /// The server's log file: the server's output must not go to `pg_ctl`'s, which is read to
+    /// its end.
+    fn log(&self) -> String {
+        self.dir.join("sock/postgres.log").display().to_string()
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `redis-server` of one test's own, which the test may pause (SIGSTOP, as `docker pause`
+/// does), resume, stop and start again; killed and removed when dropped.
+#[derive(Debug)]
+pub struct ThrowawayRedis {
+    dir: PathBuf,
+    port: u16,
+    child: std::sync::Mutex<Option<Child>>,
+}
+
+impl ThrowawayRedis {
+    /// Starts `redis-server` on a free port.
+    pub async fn start() -> anyhow::Result<Self> {
+        let server = ThrowawayRedis { dir: fresh_dir("redis")?, port: free_port()?, child: std::sync::Mutex::new(None) };
+        server.start_again().await?;
+        Ok(server)
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again), on the same port, and waits until it answers PING.
+    pub async fn start_again(&self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        let client = redis::Client::open(self.url()).context("Redis URL")?;
+        for _ in 0..100 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("redis-server did not answer on port {}", self.port)
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid =
+            self.child.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(Child::id).context("redis-server is not running")?;
+        let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().context("running kill")?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    /// Kills the server (its data goes with it) and waits until it is gone.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = child {
+            child.kill().await.context("killing redis-server")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ThrowawayRedis {
+    fn drop(&mut self) {
+        // The child is killed (SIGKILL ends a stopped process too) when its handle drops.
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// `url` with its database name replaced by `database`.
