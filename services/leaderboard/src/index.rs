@@ -202,18 +202,6 @@ impl RankIndex {
         }
     }
 
-    /// Removes the owner's record from the index.
-    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.remove", skip_all)]
-    pub async fn remove(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<()> {
-        match self {
-            RankIndex::Redis(r) => r.remove(scope, owner_id).await,
-            RankIndex::Memory(m) => {
-                m.with(scope, |b| b.remove(owner_id));
-                Ok(())
-            }
-        }
-    }
-
     /// Takes the right to rebuild this board season, so that one instance does it, and only while
     /// the index is not ready: a rebuild that started after another finished would wipe the
     /// updates made since.
@@ -556,17 +544,6 @@ end
 return out
 ";
 
-/// KEYS: zset, owners, data. ARGV: owner.
-const REMOVE: &str = r"
-local current = redis.call('HGET', KEYS[2], ARGV[1])
-if current then
-  redis.call('ZREM', KEYS[1], string.sub(current, string.find(current, ':', 1, true) + 1))
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-end
-return 1
-";
-
 /// KEYS: ready, lock, owners. ARGV: owners. Returns {'ready', {state or false, ...}},
 /// {'rebuilding'} or {'unbuilt'}.
 const HELD: &str = r"
@@ -628,7 +605,6 @@ static UPSERT_SCRIPT: OnceLock<Script> = OnceLock::new();
 static RANK_OF_SCRIPT: OnceLock<Script> = OnceLock::new();
 static UNLESS_BETTER_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
-static REMOVE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static LOCK_SCRIPT: OnceLock<Script> = OnceLock::new();
 static HELD_SCRIPT: OnceLock<Script> = OnceLock::new();
 static CORRECT_SCRIPT: OnceLock<Script> = OnceLock::new();
@@ -774,20 +750,6 @@ impl RedisIndex {
 
     async fn around(&self, scope: Scope<'_>, owner_id: &str, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
         self.run_page(scope, "around", owner_id, limit).await
-    }
-
-    async fn remove(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<()> {
-        let k = self.keys.get(&self.redis, scope);
-        let mut conn = self.redis.connection();
-        let _: i64 = script(&REMOVE_SCRIPT, REMOVE)
-            .key(&k.zset)
-            .key(&k.owners)
-            .key(&k.data)
-            .arg(owner_id)
-            .invoke_async(&mut conn)
-            .await
-            .context("Redis leaderboard remove")?;
-        Ok(())
     }
 
     async fn held(&self, scope: Scope<'_>, owners: &[&str]) -> anyhow::Result<Found> {

@@ -20,6 +20,13 @@
 //!   it over, being newer;
 //! - a second repairer finds the entry already right, or changed (and looks again).
 //!
+//! An erasure ([`LeaderboardState::erase_player`]) deletes the records and writes its own check
+//! in one transaction, then corrects the index from that check at once. A retry after a failed
+//! index step finds no record left to delete but finds the check, and finishes. The check stays
+//! until it is due ([`ERASURE_RECHECK_MS`]), when a repairer looks once more: a submission that
+//! committed just before the erasure, and whose index update landed just after the erasure's,
+//! would otherwise put the player back.
+//!
 //! On embedded defaults the checks are the same (SQLite and the in-memory index): a crash loses
 //! the whole in-memory index, which is rebuilt from the records on first use, and any check left
 //! then finds the index unbuilt or already agreeing.
@@ -40,6 +47,9 @@ use crate::store::{self, Checked};
 /// the commit within milliseconds and Redis calls time out after 2 s, so a check found due is
 /// one whose writer died or failed (a repair of one that did not is harmless, only wasted).
 pub const CHECK_AFTER_MS: i64 = 3_000;
+/// How long after an erasure its check comes due for the last look (longer than an index update
+/// that began before the erasure can take).
+pub const ERASURE_RECHECK_MS: i64 = 10_000;
 /// How often each instance looks for due checks.
 const REPAIR_EVERY: Duration = Duration::from_secs(1);
 /// A claimed check comes due again after this unless its repair finished (the repairer died, or
@@ -47,6 +57,9 @@ const REPAIR_EVERY: Duration = Duration::from_secs(1);
 const CLAIM_MS: i64 = 3_000;
 /// Most checks claimed in one round.
 const CLAIM_BATCH: i64 = 100;
+/// Tries of an erasure's index step while the index changes under it, 100 ms apart.
+const ERASURE_TRIES: u32 = 20;
+
 impl LeaderboardState {
     /// Makes the index entries of `owners` (sorted, distinct) on a board's season agree with
     /// their records: each owner's entry becomes its record's, or goes when there is none, unless
@@ -96,6 +109,22 @@ impl LeaderboardState {
             self.boards.put(board);
         }
         Ok(board)
+    }
+
+    /// Erases every record of `owner_id` (consumer of `account.deleted`) from the database, and
+    /// their entries from the index, from the check the erasure wrote in its transaction: this
+    /// delivery's, or an earlier one's whose index step failed after it had deleted the records.
+    pub async fn erase_player(&self, owner_id: &str) -> anyhow::Result<usize> {
+        let erased = store::erase_owner(&self.db, owner_id, now_millis() + ERASURE_RECHECK_MS).await?;
+        if let Some(records) = store::index_check(self.db.pool(), &store::erasure_check_id(owner_id)).await? {
+            let mut tries = 1;
+            while !self.check(&records).await? {
+                anyhow::ensure!(tries < ERASURE_TRIES, "the rank index kept changing under an erasure");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(erased.len())
     }
 }
 

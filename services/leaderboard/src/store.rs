@@ -574,10 +574,18 @@ pub async fn finish_index_check(db: &sqlx::AnyPool, id: &str, claimed_until: i64
     Ok(())
 }
 
+/// The id of the index check an erasure of `owner` leaves: one per player, so that a retried
+/// erasure, which finds no record left to delete, still finds what must leave the index.
+pub fn erasure_check_id(owner: &str) -> String {
+    format!("erase:{owner}")
+}
+
 /// Deletes every record of `owner` on every board and season (erasure); returns the (board,
-/// season) pairs that held one.
+/// season) pairs that held one. In the same transaction, the erasure's index check (see
+/// [`erasure_check_id`]) names them, due at `check_at`, added to what an earlier erasure whose
+/// index step has not finished left there.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.erase_owner", skip_all)]
-pub async fn erase_owner(db: &platform::db::Database, owner: &str) -> anyhow::Result<Vec<(String, i64)>> {
+pub async fn erase_owner(db: &platform::db::Database, owner: &str, check_at: i64) -> anyhow::Result<Vec<(String, i64)>> {
     let mut tx = db.begin().await?;
     let rows = sqlx::query("DELETE FROM leaderboard_records WHERE owner_id = $1 RETURNING board_id, season")
         .bind(owner)
@@ -601,6 +609,16 @@ pub async fn erase_owner(db: &platform::db::Database, owner: &str) -> anyhow::Re
             .execute(&mut *tx)
             .await
             .context("updating an archive's record count")?;
+    }
+    if !erased.is_empty() {
+        let id = erasure_check_id(owner);
+        let mut records = index_check(&mut *tx, &id).await?.unwrap_or_default();
+        for (board, season) in &erased {
+            if !records.iter().any(|c| c.board == *board && c.season == *season) {
+                records.push(Checked { board: board.clone(), season: *season, owners: vec![owner.to_owned()] });
+            }
+        }
+        put_index_check(&mut *tx, &id, &records, check_at).await?;
     }
     tx.commit().await.context("committing an erasure")?;
     Ok(erased)
