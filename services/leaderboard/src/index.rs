@@ -879,7 +879,31 @@ impl RedisIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::window;
+    use super::{Correction, Entry, MemoryBoard, window};
+
+    fn entry(owner: &str, version: i64, key: &str) -> Entry {
+        Entry { owner_id: owner.into(), key: format!("{key}|{owner}"), version, data: "{}".into() }
+    }
+
+    #[test]
+    fn corrections_apply_only_over_the_entry_seen() {
+        let mut board = MemoryBoard { ready: true, ..MemoryBoard::default() };
+        board.put(&entry("a", 1, "5"));
+        board.put(&entry("b", 2, "3"));
+        let newer = entry("a", 2, "1");
+        // Still the entry the repair saw: it becomes the record's.
+        assert!(board.correct(&Correction { owner_id: "a", seen: Some("1:5|a"), target: Some(&newer) }));
+        assert_eq!(board.rank_of("a").map(|r| r.rank), Some(1));
+        // Changed since the repair saw it (a writer wrote another version): left for a later look.
+        assert!(!board.correct(&Correction { owner_id: "b", seen: Some("1:9|b"), target: None }));
+        assert!(board.owners.contains_key("b"));
+        // Already what the record says.
+        assert!(board.correct(&Correction { owner_id: "a", seen: None, target: Some(&newer) }));
+        // No record: the entry goes.
+        assert!(board.correct(&Correction { owner_id: "b", seen: Some("2:3|b"), target: None }));
+        assert_eq!(board.keys, ["1|a"]);
+        assert!(!board.owners.contains_key("b"));
+    }
 
     #[test]
     fn windows_stay_full_at_the_edges() {

@@ -158,7 +158,16 @@ pub async fn repair_round(state: &LeaderboardState) -> anyhow::Result<usize> {
             }
             // Due again when the claim runs out.
             Ok(false) => {}
-            Err(err) => tracing::warn!(check = id, error = format!("{err:#}"), "repairing rank index entries failed; retrying"),
+            Err(err) => {
+                tracing::warn!(
+                    check = id,
+                    error = format!("{err:#}"),
+                    "repairing rank index entries failed; leaving them to the next round"
+                );
+                // Due at once, for whichever instance comes next: this one may be the one that
+                // cannot reach the index.
+                store::release_index_check(state.db.pool(), id, until, now_millis()).await?;
+            }
         }
     }
     if !claimed.is_empty() {

@@ -574,6 +574,20 @@ pub async fn finish_index_check(db: &sqlx::AnyPool, id: &str, claimed_until: i64
     Ok(())
 }
 
+/// Hands a claimed index check back, due at `now`, unless it was written again since the claim:
+/// the claimer failed (it cannot reach the index, say), and another instance may do better.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.release_index_check", skip_all)]
+pub async fn release_index_check(db: &sqlx::AnyPool, id: &str, claimed_until: i64, now: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE leaderboard_index_checks SET check_at = $3 WHERE id = $1 AND check_at = $2")
+        .bind(id)
+        .bind(claimed_until)
+        .bind(now)
+        .execute(db)
+        .await
+        .context("releasing an index check")?;
+    Ok(())
+}
+
 /// The id of the index check an erasure of `owner` leaves: one per player, so that a retried
 /// erasure, which finds no record left to delete, still finds what must leave the index.
 pub fn erasure_check_id(owner: &str) -> String {
