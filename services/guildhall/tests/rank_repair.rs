@@ -1,8 +1,8 @@
 //! The rank index converges to the database, which is the source of truth: after a process is
 //! killed with submissions in flight, after an index update fails because the process lost Redis
 //! right after its commit, and after an erasure whose Redis step failed is retried. Real
-//! processes of the binary on PostgreSQL and Redis; one process reaches Redis through a proxy the
-//! test slows down or cuts.
+//! processes of the binary on PostgreSQL and Redis, one of them reaching Redis through a proxy the
+//! test slows down or cuts; and a process on embedded defaults killed and started again.
 
 mod common;
 
@@ -97,6 +97,40 @@ async fn agrees_within(within: Duration, api: &Api, db: &Database, board: &str, 
     }
 }
 
+/// Each player submits `+score`s to `board` in turn until `stop`, pausing a little between
+/// submissions so that the players' requests do not move in step, and stops early when the
+/// process is gone. `answered` adds up the increments acknowledged.
+fn submit_until_stopped(
+    api: &Api,
+    board: &str,
+    players: &[(String, String)],
+    stop: &Arc<AtomicBool>,
+    answered: &Arc<AtomicI64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    players
+        .iter()
+        .enumerate()
+        .map(|(i, (_, token))| {
+            let (api, token, stop, answered) = (api.clone(), token.clone(), stop.clone(), answered.clone());
+            let url = format!("{}/v1/leaderboards/{board}/scores", api.base);
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(((i as u64 * 37 + n * 53) % 90) + 10)).await;
+                    let score = (i as i64 * 7 + n as i64 * 13) % 50 + 1;
+                    match api.client.post(&url).bearer_auth(&token).json(&json!({"score": score})).send().await {
+                        Ok(reply) if reply.status().is_success() => drop(answered.fetch_add(score, Ordering::SeqCst)),
+                        Ok(_) => {}
+                        // The process is gone.
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 /// Process A takes a stream of submissions while its Redis traffic waits 200 ms in a proxy (and
 /// is lost if A dies meanwhile), so its index updates trail its commits; it is killed (SIGKILL)
 /// mid-stream, the moment the database holds a commit not yet answered. What A committed but
@@ -121,38 +155,9 @@ async fn ranks_agree_with_the_database_after_a_kill_during_submissions() {
     agreement(&b, &db, "crash", &players).await.expect("agreement before the crash");
 
     proxy.delay(Duration::from_millis(200));
-    // Each player submits in turn, pausing a little between submissions so that the players'
-    // requests do not move in step. `answered` adds up the increments acknowledged.
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicI64::new(16));
-    let senders: Vec<_> = players
-        .iter()
-        .enumerate()
-        .map(|(i, (_, token))| {
-            let (api, token, stop, answered) = (a.api.clone(), token.clone(), stop.clone(), answered.clone());
-            tokio::spawn(async move {
-                let mut n = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    n += 1;
-                    tokio::time::sleep(Duration::from_millis(((i as u64 * 37 + n * 53) % 90) + 10)).await;
-                    let score = (i as i64 * 7 + n as i64 * 13) % 50 + 1;
-                    let sent = api
-                        .client
-                        .post(format!("{}/v1/leaderboards/crash/scores", api.base))
-                        .bearer_auth(&token)
-                        .json(&json!({"score": score}))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(reply) if reply.status().is_success() => drop(answered.fetch_add(score, Ordering::SeqCst)),
-                        Ok(_) => {}
-                        // The process is gone.
-                        Err(_) => return,
-                    }
-                }
-            })
-        })
-        .collect();
+    let senders = submit_until_stopped(&a, "crash", &players, &stop, &answered);
     // After a second of traffic, A dies the moment the database holds a commit that has not been
     // answered yet: its index update is on its way at best.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -286,4 +291,35 @@ async fn a_retried_erasure_takes_the_player_out_of_the_ranking() {
     assert_eq!(listed["records"].as_array().expect("records").len(), 1);
     let mine = board.get("/v1/leaderboards/erased/records/me", Some(&staying_token)).await.expect(200).body;
     assert_eq!(mine["rank"], 1);
+}
+
+/// On embedded defaults (SQLite, the in-memory index) a process killed mid-stream loses its whole
+/// index with it; started again on the same data folder, it rebuilds the index from the database
+/// and reports ranks that agree with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_ranks_agree_with_the_database_after_a_kill_and_a_restart() {
+    let mut env = TestEnv::new(Backend::Embedded).await.expect("env");
+    env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    let mut process = Process::start(&env).await;
+    let db = database(&env).await;
+    process.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "crash", "sort": "desc", "operator": "incr"})).await.expect(201);
+    let mut players = Vec::new();
+    for i in 0..16 {
+        let player = guest(&process, &format!("crash-{i}")).await;
+        process.post("/v1/leaderboards/crash/scores", Some(&player.1), json!({"score": 1})).await.expect(200);
+        players.push(player);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicI64::new(16));
+    let senders = submit_until_stopped(&process, "crash", &players, &stop, &answered);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    process.child.start_kill().expect("SIGKILL");
+    process.child.wait().await.expect("the process exits");
+    stop.store(true, Ordering::SeqCst);
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    assert!(answered.load(Ordering::SeqCst) > 16, "submissions were answered before the kill");
+    let restarted = Process::start(&env).await;
+    agrees_within(Duration::from_secs(5), &restarted, &db, "crash", &players).await;
 }
