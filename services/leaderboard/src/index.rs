@@ -260,10 +260,10 @@ impl RankIndex {
     }
 
     /// Applies the corrections of a repair, each only if the owner's entry is still the one the
-    /// repair saw: an entry written meanwhile came from a newer read of the database than the
-    /// repair's, or from a writer whose own check will follow. Returns true when the index now
-    /// agrees with the records read (or is unbuilt), false when it must be checked again later
-    /// (an entry changed meanwhile, or a rebuild is under way).
+    /// repair saw before it read the record (see `crate::repair` for why that makes races
+    /// harmless). Returns true when the index now agrees with the records read (or is unbuilt),
+    /// false when it must be checked again later (an entry changed meanwhile, or a rebuild is
+    /// under way).
     #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.correct", skip_all)]
     pub async fn correct(&self, scope: Scope<'_>, corrections: &[Correction<'_>]) -> anyhow::Result<bool> {
         match self {

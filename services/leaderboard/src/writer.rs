@@ -209,7 +209,9 @@ async fn run_lane(db: Database, index: RankIndex, mut queue: mpsc::Receiver<Job>
             // Ranked in a task of its own: the lane goes on to its next batch meanwhile. The
             // callers may have gone (their requests timed out): the write stands, and so does
             // the index update.
-            Ok(committed) => drop(tokio::spawn(rank(index.clone(), jobs, committed, done_tx.clone()))),
+            Ok(committed) => {
+                tokio::spawn(rank(index.clone(), jobs, committed, done_tx.clone()));
+            }
             Err(err) => {
                 done.put_back(clear);
                 tracing::warn!(error = format!("{err:#}"), submissions = jobs.len(), "a batch of score submissions failed");
@@ -229,10 +231,7 @@ async fn run_lane(db: Database, index: RankIndex, mut queue: mpsc::Receiver<Job>
 }
 
 /// Deletes checks, 64 to a statement.
-async fn delete_checks<'c, E>(db: E, ids: &[String]) -> anyhow::Result<()>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Any> + Copy,
-{
+async fn delete_checks(db: &sqlx::AnyPool, ids: &[String]) -> anyhow::Result<()> {
     for chunk in ids.chunks(MAX_BATCH) {
         let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
         store::delete_index_checks(db, &chunk).await?;
