@@ -105,17 +105,19 @@ impl App {
                     }
                 }
                 Service::Leaderboard => {
+                    let index = leaderboard::index::RankIndex::for_cache(&cache);
                     let state = leaderboard::LeaderboardState::new(leaderboard::LeaderboardParts {
                         db: db.clone(),
-                        index: leaderboard::index::RankIndex::for_cache(&cache),
+                        index: index.clone(),
                         auth: auth.clone(),
                         admin_key: admin_key.clone(),
                         boards: leaderboard::BoardCache::default(),
-                        writer: leaderboard::writer::Writer::start(db.clone()),
+                        writer: leaderboard::writer::Writer::start(db.clone(), index),
                     });
                     subscriptions.extend(leaderboard::subscriptions(state.clone()));
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
+                        workers.push(tokio::spawn(leaderboard::repair::run_repairer(state.clone(), shutdown.clone())));
                         router = router.merge(leaderboard::router(state));
                     }
                 }

@@ -196,7 +196,7 @@ fn board_not_found() -> ApiError {
     ApiError::NotFound("no such leaderboard".into())
 }
 
-/// What the index keeps beside a record's key, as `entry_data` writes it: the owner's name and
+/// What the index keeps beside a record's key, as `Entry::of` writes it: the owner's name and
 /// the metadata (read into a struct, not a `Value` map: this is on every rank read).
 #[derive(Debug, Default, Deserialize)]
 struct EntryData {
@@ -204,12 +204,6 @@ struct EntryData {
     n: String,
     #[serde(default)]
     m: Option<serde_json::Value>,
-}
-
-/// The display data kept in the index beside each sort key.
-fn entry_data(name: &str, metadata: Option<&str>) -> String {
-    let metadata = metadata.and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok());
-    serde_json::json!({ "n": name, "m": metadata }).to_string()
 }
 
 impl LeaderboardState {
@@ -240,7 +234,7 @@ impl LeaderboardState {
         let started = std::time::Instant::now();
         let loaded = async {
             let rows = store::all_records(self.db.pool(), &board.id, board.season).await?;
-            let entries: Vec<Entry> = rows.iter().map(|r| entry(board, r)).collect();
+            let entries: Vec<Entry> = rows.iter().map(|r| Entry::of(board, r)).collect();
             let count = entries.len();
             self.index.install(scope, entries).await?;
             anyhow::Ok(count)
@@ -276,15 +270,6 @@ impl LeaderboardState {
             metadata: data.m.filter(|m| !m.is_null()),
             updated_at: platform::time::rfc3339(updated_at),
         })
-    }
-}
-
-fn entry(board: &Board, r: &RecordRow) -> Entry {
-    Entry {
-        owner_id: r.owner_id.clone(),
-        key: board.sort_key(r.score, r.subscore, r.updated_at, &r.owner_id),
-        version: r.version,
-        data: entry_data(&r.owner_name, r.metadata.as_deref()),
     }
 }
 
@@ -419,17 +404,24 @@ pub async fn submit_score(
     }
 
     // The database first: the record is durable before it is acknowledged or ranked. The writer
-    // commits it together with whatever other submissions are waiting (group commit).
+    // commits it together with whatever other submissions are waiting (group commit), then
+    // updates the index itself, so that a request that ends early does not leave it behind.
     let submission =
         Submission { board: board.clone(), owner_id, owner_name, score: req.score, subscore: req.subscore, metadata, idempotency_key };
     let written = state.writer.submit(submission).await?.map_err(|refusal| match refusal {
         Refusal::OutOfBounds => ApiError::invalid("score", "the score is outside this leaderboard's bounds"),
         Refusal::Overflow => ApiError::invalid("score", "the resulting score does not fit in 64 bits"),
     })?;
-    let scope = Scope { board: &board.id, season: board.season };
-    let entry = entry(&board, &written);
-    let rank = when_ready!(state, board, state.index.upsert(scope, &entry));
-    Ok(Json(record_of(written, rank)))
+    let rank = match written.rank {
+        Some(rank) => rank,
+        // The index was not ready (or did not answer) when the writer updated it: rank it here,
+        // rebuilding the index when needed.
+        None => {
+            let scope = Scope { board: &board.id, season: board.season };
+            when_ready!(state, board, state.index.upsert(scope, &Entry::of(&board, &written.record)))
+        }
+    };
+    Ok(Json(record_of(written.record, rank)))
 }
 
 /// Longest `Idempotency-Key` accepted.

@@ -3,7 +3,8 @@
 //! beside hashes of each owner's current key and display data) when Redis is configured; an
 //! in-memory sorted vector on embedded defaults. The database is the source of truth: an index
 //! that is empty or lost (restart, failover, FLUSHALL) is rebuilt from it on first use, and
-//! until then it answers `NotReady`.
+//! until then it answers `NotReady`; entries a writer may have left stale are corrected from it
+//! by `crate::repair` through [`RankIndex::held`] and [`RankIndex::correct`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,6 +12,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::Context;
 use platform::cache::{Cache, RedisCache};
 use redis::{Script, Value};
+
+use crate::board::Board;
+use crate::store::RecordRow;
 
 /// One record as the index holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +27,56 @@ pub struct Entry {
     pub version: i64,
     /// Display data: `{"n": name, "m": metadata}` as JSON text.
     pub data: String,
+}
+
+impl Entry {
+    /// The entry of `record` on `board`.
+    pub fn of(board: &Board, record: &RecordRow) -> Self {
+        Entry {
+            owner_id: record.owner_id.clone(),
+            key: board.sort_key(record.score, record.subscore, record.updated_at, &record.owner_id),
+            version: record.version,
+            data: entry_data(&record.owner_name, record.metadata.as_deref()),
+        }
+    }
+
+    /// What the index holds for the owner with this entry: `version:key` (as the Redis index's
+    /// owners hash stores it), compared by repairs.
+    pub fn state(&self) -> String {
+        format!("{}:{}", self.version, self.key)
+    }
+}
+
+/// The display data kept in the index beside each sort key: the owner's name and the metadata
+/// (`api::EntryData` reads it).
+fn entry_data(name: &str, metadata: Option<&str>) -> String {
+    let metadata = metadata.and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok());
+    serde_json::json!({ "n": name, "m": metadata }).to_string()
+}
+
+/// What a repair finds in a board season's index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// The index is ready; each owner asked about has this entry state ([`Entry::state`]), or
+    /// none.
+    Ready(Vec<Option<String>>),
+    /// Not built, and no rebuild under way: whoever builds it reads the records from now on, so
+    /// there is nothing to correct.
+    Unbuilt,
+    /// Being rebuilt from records read at some earlier moment: check again later.
+    Rebuilding,
+}
+
+/// One correction of a repair: the owner's entry becomes `target` (none: no entry) if the index
+/// still holds `seen` for that owner, the state a repair read before it read the record.
+#[derive(Debug, Clone, Copy)]
+pub struct Correction<'a> {
+    /// The owner.
+    pub owner_id: &'a str,
+    /// The state read before the record was read ([`Found::Ready`]).
+    pub seen: Option<&'a str>,
+    /// The entry of the record as read, or none when there is no record.
+    pub target: Option<&'a Entry>,
 }
 
 /// An entry with its 1-based rank.
@@ -148,18 +202,6 @@ impl RankIndex {
         }
     }
 
-    /// Removes the owner's record from the index.
-    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.remove", skip_all)]
-    pub async fn remove(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<()> {
-        match self {
-            RankIndex::Redis(r) => r.remove(scope, owner_id).await,
-            RankIndex::Memory(m) => {
-                m.with(scope, |b| b.remove(owner_id));
-                Ok(())
-            }
-        }
-    }
-
     /// Takes the right to rebuild this board season, so that one instance does it, and only while
     /// the index is not ready: a rebuild that started after another finished would wipe the
     /// updates made since.
@@ -201,6 +243,36 @@ impl RankIndex {
                 m.with(scope, |b| b.rebuilding = false);
                 Ok(())
             }
+        }
+    }
+
+    /// For a repair: the entry state of each of `owners` (see [`Found`]).
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.held", skip_all)]
+    pub async fn held(&self, scope: Scope<'_>, owners: &[&str]) -> anyhow::Result<Found> {
+        match self {
+            RankIndex::Redis(r) => r.held(scope, owners).await,
+            RankIndex::Memory(m) => Ok(m.with(scope, |b| match (b.ready, b.rebuilding) {
+                (true, _) => Found::Ready(owners.iter().map(|o| b.owners.get(*o).map(Entry::state)).collect()),
+                (false, true) => Found::Rebuilding,
+                (false, false) => Found::Unbuilt,
+            })),
+        }
+    }
+
+    /// Applies the corrections of a repair, each only if the owner's entry is still the one the
+    /// repair saw before it read the record (see `crate::repair` for why that makes races
+    /// harmless). Returns true when the index now agrees with the records read (or is unbuilt),
+    /// false when it must be checked again later (an entry changed meanwhile, or a rebuild is
+    /// under way).
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.correct", skip_all)]
+    pub async fn correct(&self, scope: Scope<'_>, corrections: &[Correction<'_>]) -> anyhow::Result<bool> {
+        match self {
+            RankIndex::Redis(r) => r.correct(scope, corrections).await,
+            RankIndex::Memory(m) => Ok(m.with(scope, |b| match (b.ready, b.rebuilding) {
+                // Every correction is tried, whether or not one before it applied.
+                (true, _) => corrections.iter().filter(|c| !b.correct(c)).count() == 0,
+                (false, rebuilding) => !rebuilding,
+            })),
         }
     }
 
@@ -259,16 +331,37 @@ impl MemoryBoard {
     fn upsert(&mut self, entry: &Entry) -> u64 {
         let newer = self.owners.get(&entry.owner_id).is_none_or(|current| entry.version > current.version);
         if newer {
-            if let Some(old) = self.owners.insert(entry.owner_id.clone(), entry.clone())
-                && let Ok(at) = self.position(&old.key)
-            {
-                self.keys.remove(at);
-            }
-            let at = self.position(&entry.key).unwrap_or_else(|at| at);
-            self.keys.insert(at, entry.key.clone());
+            self.put(entry);
         }
         let current = &self.owners[&entry.owner_id].key;
         self.position(current).map_or(0, |at| at as u64 + 1)
+    }
+
+    /// Makes `entry` the owner's, whatever it had.
+    fn put(&mut self, entry: &Entry) {
+        if let Some(old) = self.owners.insert(entry.owner_id.clone(), entry.clone())
+            && let Ok(at) = self.position(&old.key)
+        {
+            self.keys.remove(at);
+        }
+        let at = self.position(&entry.key).unwrap_or_else(|at| at);
+        self.keys.insert(at, entry.key.clone());
+    }
+
+    /// One correction (see `RankIndex::correct`); false when the entry changed since it was seen.
+    fn correct(&mut self, c: &Correction<'_>) -> bool {
+        let current = self.owners.get(c.owner_id).map(Entry::state);
+        if current == c.target.map(Entry::state) {
+            return true;
+        }
+        if current.as_deref() != c.seen {
+            return false;
+        }
+        match c.target {
+            Some(entry) => self.put(entry),
+            None => self.remove(c.owner_id),
+        }
+        true
     }
 
     fn rank_of(&self, owner_id: &str) -> Option<Ranked> {
@@ -451,15 +544,48 @@ end
 return out
 ";
 
-/// KEYS: zset, owners, data. ARGV: owner.
-const REMOVE: &str = r"
-local current = redis.call('HGET', KEYS[2], ARGV[1])
-if current then
-  redis.call('ZREM', KEYS[1], string.sub(current, string.find(current, ':', 1, true) + 1))
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
+/// KEYS: ready, lock, owners. ARGV: owners. Returns {'ready', {state or false, ...}},
+/// {'rebuilding'} or {'unbuilt'}.
+const HELD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {'rebuilding'} end
+  return {'unbuilt'}
 end
-return 1
+return {'ready', redis.call('HMGET', KEYS[3], unpack(ARGV))}
+";
+
+/// KEYS: zset, owners, data, ready, lock. ARGV: per correction, owner, the state seen ('' for
+/// none), the target state ('' for no entry) and the target's display data. Each applies only if
+/// the owner's state is still the one seen. Returns {'ready', corrections not applied},
+/// {'rebuilding'} or {'unbuilt'}.
+const CORRECT: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  if redis.call('EXISTS', KEYS[5]) == 1 then return {'rebuilding'} end
+  return {'unbuilt'}
+end
+local conflicts = 0
+for i = 1, #ARGV, 4 do
+  local owner, seen, target = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local current = redis.call('HGET', KEYS[2], owner) or ''
+  if current ~= target then
+    if current ~= seen then
+      conflicts = conflicts + 1
+    else
+      if current ~= '' then
+        redis.call('ZREM', KEYS[1], string.sub(current, string.find(current, ':', 1, true) + 1))
+      end
+      if target == '' then
+        redis.call('HDEL', KEYS[2], owner)
+        redis.call('HDEL', KEYS[3], owner)
+      else
+        redis.call('ZADD', KEYS[1], 0, string.sub(target, string.find(target, ':', 1, true) + 1))
+        redis.call('HSET', KEYS[2], owner, target)
+        redis.call('HSET', KEYS[3], owner, ARGV[i + 3])
+      end
+    end
+  end
+end
+return {'ready', conflicts}
 ";
 
 /// KEYS: ready, lock. ARGV: lock lifetime (ms). Returns 'ready', 'acquired' or 'busy'.
@@ -479,8 +605,9 @@ static UPSERT_SCRIPT: OnceLock<Script> = OnceLock::new();
 static RANK_OF_SCRIPT: OnceLock<Script> = OnceLock::new();
 static UNLESS_BETTER_SCRIPT: OnceLock<Script> = OnceLock::new();
 static PAGE_SCRIPT: OnceLock<Script> = OnceLock::new();
-static REMOVE_SCRIPT: OnceLock<Script> = OnceLock::new();
 static LOCK_SCRIPT: OnceLock<Script> = OnceLock::new();
+static HELD_SCRIPT: OnceLock<Script> = OnceLock::new();
+static CORRECT_SCRIPT: OnceLock<Script> = OnceLock::new();
 
 fn script(cell: &'static OnceLock<Script>, source: &str) -> &'static Script {
     cell.get_or_init(|| Script::new(source))
@@ -625,18 +752,44 @@ impl RedisIndex {
         self.run_page(scope, "around", owner_id, limit).await
     }
 
-    async fn remove(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<()> {
+    async fn held(&self, scope: Scope<'_>, owners: &[&str]) -> anyhow::Result<Found> {
+        if owners.is_empty() {
+            return Ok(Found::Ready(Vec::new()));
+        }
         let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
-        let _: i64 = script(&REMOVE_SCRIPT, REMOVE)
-            .key(&k.zset)
-            .key(&k.owners)
-            .key(&k.data)
-            .arg(owner_id)
-            .invoke_async(&mut conn)
-            .await
-            .context("Redis leaderboard remove")?;
-        Ok(())
+        let mut invocation = script(&HELD_SCRIPT, HELD).prepare_invoke();
+        invocation.key(&k.ready).key(&k.lock).key(&k.owners).arg(owners);
+        let reply: Vec<Value> = invocation.invoke_async(&mut conn).await.context("Redis leaderboard read for a repair")?;
+        match reply.as_slice() {
+            [status, Value::Array(states)] if text(status).as_deref() == Some("ready") => {
+                anyhow::ensure!(states.len() == owners.len(), "a repair read {} states for {} owners", states.len(), owners.len());
+                Ok(Found::Ready(states.iter().map(text).collect()))
+            }
+            [status] if text(status).as_deref() == Some("rebuilding") => Ok(Found::Rebuilding),
+            _ => Ok(Found::Unbuilt),
+        }
+    }
+
+    async fn correct(&self, scope: Scope<'_>, corrections: &[Correction<'_>]) -> anyhow::Result<bool> {
+        if corrections.is_empty() {
+            return Ok(true);
+        }
+        let k = self.keys.get(&self.redis, scope);
+        let mut conn = self.redis.connection();
+        let mut invocation = script(&CORRECT_SCRIPT, CORRECT).prepare_invoke();
+        invocation.key(&k.zset).key(&k.owners).key(&k.data).key(&k.ready).key(&k.lock);
+        for c in corrections {
+            let target = c.target.map(Entry::state).unwrap_or_default();
+            let data = c.target.map(|e| e.data.as_str()).unwrap_or_default();
+            invocation.arg(c.owner_id).arg(c.seen.unwrap_or_default()).arg(target).arg(data);
+        }
+        let reply: Vec<Value> = invocation.invoke_async(&mut conn).await.context("Redis leaderboard repair")?;
+        Ok(match reply.as_slice() {
+            [_, conflicts] => int(conflicts) == Some(0),
+            [status] => text(status).as_deref() == Some("unbuilt"),
+            _ => false,
+        })
     }
 
     async fn try_lock(&self, scope: Scope<'_>) -> anyhow::Result<RebuildLock> {
@@ -726,7 +879,31 @@ impl RedisIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::window;
+    use super::{Correction, Entry, MemoryBoard, window};
+
+    fn entry(owner: &str, version: i64, key: &str) -> Entry {
+        Entry { owner_id: owner.into(), key: format!("{key}|{owner}"), version, data: "{}".into() }
+    }
+
+    #[test]
+    fn corrections_apply_only_over_the_entry_seen() {
+        let mut board = MemoryBoard { ready: true, ..MemoryBoard::default() };
+        board.put(&entry("a", 1, "5"));
+        board.put(&entry("b", 2, "3"));
+        let newer = entry("a", 2, "1");
+        // Still the entry the repair saw: it becomes the record's.
+        assert!(board.correct(&Correction { owner_id: "a", seen: Some("1:5|a"), target: Some(&newer) }));
+        assert_eq!(board.rank_of("a").map(|r| r.rank), Some(1));
+        // Changed since the repair saw it (a writer wrote another version): left for a later look.
+        assert!(!board.correct(&Correction { owner_id: "b", seen: Some("1:9|b"), target: None }));
+        assert!(board.owners.contains_key("b"));
+        // Already what the record says.
+        assert!(board.correct(&Correction { owner_id: "a", seen: None, target: Some(&newer) }));
+        // No record: the entry goes.
+        assert!(board.correct(&Correction { owner_id: "b", seen: Some("2:3|b"), target: None }));
+        assert_eq!(board.keys, ["1|a"]);
+        assert!(!board.owners.contains_key("b"));
+    }
 
     #[test]
     fn windows_stay_full_at_the_edges() {

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod board;
 pub mod index;
+pub mod repair;
 pub mod schedule;
 pub mod seasons;
 pub mod store;

@@ -156,16 +156,6 @@ impl LeaderboardState {
         }
         Ok(board)
     }
-
-    /// Erases every record of `owner_id` (consumer of `account.deleted`), from the database and
-    /// from the live indexes.
-    pub async fn erase_player(&self, owner_id: &str) -> anyhow::Result<usize> {
-        let erased = store::erase_owner(&self.db, owner_id).await?;
-        for (board, season) in &erased {
-            self.index.remove(Scope { board, season: *season }, owner_id).await?;
-        }
-        Ok(erased.len())
-    }
 }
 
 /// How often old idempotency keys are purged, and how long they are kept.

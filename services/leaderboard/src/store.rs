@@ -96,14 +96,14 @@ fn placeholders(from: usize, count: usize) -> String {
     (from..from + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
-/// An `IN` list of `values` (not empty) for placeholders from `$3`: the values padded to a power
-/// of two with repeats of the last, and their placeholders. A connection then prepares one
+/// An `IN` list of `values` (not empty) for placeholders from `$from`: the values padded to a
+/// power of two with repeats of the last, and their placeholders. A connection then prepares one
 /// statement per power of two rather than one per list length.
-fn padded_in_list<'a>(values: &[&'a str]) -> (Vec<&'a str>, String) {
+fn padded_in_list<'a>(values: &[&'a str], from: usize) -> (Vec<&'a str>, String) {
     let size = values.len().next_power_of_two();
     let last = values.last().copied().unwrap_or_default();
     let padded = values.iter().copied().chain(std::iter::repeat_n(last, size - values.len())).collect();
-    (padded, placeholders(3, size))
+    (padded, placeholders(from, size))
 }
 
 /// The records of `owners` (sorted, distinct) on a board's season. With `lock` (the pool's
@@ -121,7 +121,7 @@ pub async fn load_records(
         return Ok(Vec::new());
     }
     let lock = if lock == Some(Dialect::Postgres) { " FOR UPDATE" } else { "" };
-    let (owners, list) = padded_in_list(owners);
+    let (owners, list) = padded_in_list(owners, 3);
     let sql = format!(
         "SELECT {RECORD_COLUMNS} FROM leaderboard_records WHERE board_id = $1 AND season = $2 AND owner_id IN ({list}) \
          ORDER BY owner_id{lock}"
@@ -198,7 +198,7 @@ pub async fn load_submission_keys(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let (keys, list) = padded_in_list(keys);
+    let (keys, list) = padded_in_list(keys, 3);
     let sql = format!(
         "SELECT idempotency_key, {RECORD_COLUMNS} FROM leaderboard_submission_keys \
          WHERE board_id = $1 AND season = $2 AND idempotency_key IN ({list})"
@@ -481,10 +481,125 @@ pub async fn season<'e>(db: impl Executor<'e, Database = Any>, board: &str, seas
     row.as_ref().map(season_row).transpose().context("decoding season")
 }
 
+/// Owners on one board season whose rank index entries are to be checked against their records
+/// (see `crate::repair`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checked {
+    /// Board id.
+    pub board: String,
+    /// Season number.
+    pub season: i64,
+    /// Sorted, distinct.
+    pub owners: Vec<String>,
+}
+
+fn checked(text: &str) -> anyhow::Result<Vec<Checked>> {
+    serde_json::from_str(text).context("decoding an index check")
+}
+
+/// Writes the index check `id` naming `records`, due at `check_at` (Unix ms), replacing one of
+/// that id.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.put_index_check", skip_all)]
+pub async fn put_index_check<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+    records: &[Checked],
+    check_at: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO leaderboard_index_checks (id, records, check_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (id) DO UPDATE SET records = excluded.records, check_at = excluded.check_at",
+    )
+    .bind(id)
+    .bind(serde_json::to_string(records).context("encoding an index check")?)
+    .bind(check_at)
+    .execute(db)
+    .await
+    .context("writing an index check")?;
+    Ok(())
+}
+
+/// The index check `id`, if it is still there.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.index_check", skip_all)]
+pub async fn index_check<'e>(db: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<Option<Vec<Checked>>> {
+    let text: Option<String> = sqlx::query_scalar("SELECT records FROM leaderboard_index_checks WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .context("reading an index check")?;
+    text.as_deref().map(checked).transpose()
+}
+
+/// Deletes the index checks `ids` (not empty): the index took what they name.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.delete_index_checks", skip_all, fields(ids = ids.len()))]
+pub async fn delete_index_checks<'e>(db: impl Executor<'e, Database = Any>, ids: &[&str]) -> anyhow::Result<()> {
+    let (ids, list) = padded_in_list(ids, 1);
+    let sql = format!("DELETE FROM leaderboard_index_checks WHERE id IN ({list})");
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(id);
+    }
+    query.execute(db).await.context("deleting index checks")?;
+    Ok(())
+}
+
+/// Claims up to `limit` index checks due at `now`, oldest first, by moving them on to `until`
+/// (so that other instances leave them alone until then); returns their ids and records.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.claim_index_checks", skip_all)]
+pub async fn claim_index_checks(db: &platform::db::Pool, now: i64, until: i64, limit: i64) -> anyhow::Result<Vec<(String, Vec<Checked>)>> {
+    let rows = sqlx::query(
+        "UPDATE leaderboard_index_checks SET check_at = $1 WHERE id IN (\
+           SELECT id FROM leaderboard_index_checks WHERE check_at <= $2 ORDER BY check_at LIMIT $3) \
+         AND check_at <= $2 RETURNING id, records",
+    )
+    .bind(until)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+    .context("claiming index checks")?;
+    rows.iter().map(|row| Ok((row.try_get("id")?, checked(&row.try_get::<String, _>("records")?)?))).collect()
+}
+
+/// Deletes a claimed index check, unless it was written again since the claim (its `check_at`
+/// is no longer `claimed_until`).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.finish_index_check", skip_all)]
+pub async fn finish_index_check(db: &platform::db::Pool, id: &str, claimed_until: i64) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM leaderboard_index_checks WHERE id = $1 AND check_at = $2")
+        .bind(id)
+        .bind(claimed_until)
+        .execute(db)
+        .await
+        .context("finishing an index check")?;
+    Ok(())
+}
+
+/// Hands a claimed index check back, due at `now`, unless it was written again since the claim:
+/// the claimer failed (it cannot reach the index, say), and another instance may do better.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.release_index_check", skip_all)]
+pub async fn release_index_check(db: &platform::db::Pool, id: &str, claimed_until: i64, now: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE leaderboard_index_checks SET check_at = $3 WHERE id = $1 AND check_at = $2")
+        .bind(id)
+        .bind(claimed_until)
+        .bind(now)
+        .execute(db)
+        .await
+        .context("releasing an index check")?;
+    Ok(())
+}
+
+/// The id of the index check an erasure of `owner` leaves: one per player, so that a retried
+/// erasure, which finds no record left to delete, still finds what must leave the index.
+pub fn erasure_check_id(owner: &str) -> String {
+    format!("erase:{owner}")
+}
+
 /// Deletes every record of `owner` on every board and season (erasure); returns the (board,
-/// season) pairs that held one.
+/// season) pairs that held one. In the same transaction, the erasure's index check (see
+/// [`erasure_check_id`]) names them, due at `check_at`, added to what an earlier erasure whose
+/// index step has not finished left there.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.erase_owner", skip_all)]
-pub async fn erase_owner(db: &platform::db::Database, owner: &str) -> anyhow::Result<Vec<(String, i64)>> {
+pub async fn erase_owner(db: &platform::db::Database, owner: &str, check_at: i64) -> anyhow::Result<Vec<(String, i64)>> {
     let mut tx = db.begin().await?;
     let rows = sqlx::query("DELETE FROM leaderboard_records WHERE owner_id = $1 RETURNING board_id, season")
         .bind(owner)
@@ -509,6 +624,16 @@ pub async fn erase_owner(db: &platform::db::Database, owner: &str) -> anyhow::Re
             .await
             .context("updating an archive's record count")?;
     }
+    if !erased.is_empty() {
+        let id = erasure_check_id(owner);
+        let mut records = index_check(&mut *tx, &id).await?.unwrap_or_default();
+        for (board, season) in &erased {
+            if !records.iter().any(|c| c.board == *board && c.season == *season) {
+                records.push(Checked { board: board.clone(), season: *season, owners: vec![owner.to_owned()] });
+            }
+        }
+        put_index_check(&mut *tx, &id, &records, check_at).await?;
+    }
     tx.commit().await.context("committing an erasure")?;
     Ok(erased)
 }
@@ -519,8 +644,9 @@ mod tests {
 
     #[test]
     fn in_lists_pad_to_a_power_of_two_with_the_last_value() {
-        assert_eq!(padded_in_list(&["a"]), (vec!["a"], "$3".to_owned()));
-        assert_eq!(padded_in_list(&["a", "b", "c"]), (vec!["a", "b", "c", "c"], "$3, $4, $5, $6".to_owned()));
-        assert_eq!(padded_in_list(&["a", "b", "c", "d"]).0, ["a", "b", "c", "d"]);
+        assert_eq!(padded_in_list(&["a"], 3), (vec!["a"], "$3".to_owned()));
+        assert_eq!(padded_in_list(&["a", "b", "c"], 3), (vec!["a", "b", "c", "c"], "$3, $4, $5, $6".to_owned()));
+        assert_eq!(padded_in_list(&["a", "b", "c", "d"], 1).0, ["a", "b", "c", "d"]);
+        assert_eq!(padded_in_list(&["a", "b"], 1).1, "$1, $2");
     }
 }

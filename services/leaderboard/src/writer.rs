@@ -15,7 +15,13 @@
 //!    locking) that record;
 //! 4. record the idempotency keys used for the first time, with the record each submission left
 //!    (a submission whose key its player already used is answered from there, not applied);
-//! 5. commit, then answer each submission with its own result.
+//! 5. write an index check naming the changed records (see `crate::repair`), and delete the
+//!    checks of earlier batches whose index updates are done;
+//! 6. commit, then, in a task of its own while the lane gathers the next batch, write each record
+//!    the batch left into the rank index and answer each submission with its own result and its
+//!    rank. Once every one of them is in the index, the batch's check is done: the lane deletes it
+//!    in a later transaction (or alone, once idle). A check that stays (the process died, the
+//!    index did not answer or was not ready) is taken up by the repair a few seconds later.
 //!
 //! One player's submissions to one board always take the same lane, so within an instance they
 //! are applied in the order they arrived. A submission refused by the board's rules (bounds,
@@ -24,13 +30,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use platform::db::{Database, Dialect, now_millis};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::board::{Board, Outcome, Refusal};
-use crate::store::{self, OnConflict, RecordRow};
+use crate::index::{Entry, NotReady, RankIndex, Scope};
+use crate::store::{self, Checked, OnConflict, RecordRow};
 
 /// Lanes, each committing its own batches: while one waits for its commit, the others gather and
 /// write theirs.
@@ -43,6 +51,15 @@ pub const MAX_BATCH: usize = 64;
 const QUEUE: usize = 1024;
 /// Tries of a batch that lost a race for a new record or a deadlock before its submissions fail.
 const TRIES: usize = 5;
+/// Done checks are deleted in the lane's next transaction once this many wait...
+const CLEAR_EVERY: usize = 16;
+/// ... or the oldest has waited this long (well before a repair would take it up)...
+const CLEAR_AFTER: Duration = Duration::from_secs(1);
+/// ... or alone, once the lane has had nothing to write for this long.
+const CLEAR_IDLE: Duration = Duration::from_millis(200);
+/// Done checks kept to delete at most; past it they are left to the repair (the database is
+/// failing anyway).
+const MAX_DONE: usize = 4096;
 
 /// One score submission, validated but not yet applied.
 #[derive(Debug, Clone)]
@@ -68,9 +85,22 @@ pub struct Submission {
 /// submission did not beat it), or why the board refused it.
 pub type Applied = Result<RecordRow, Refusal>;
 
+/// A submission's answer: its record and rank, or why the board refused it.
+pub type Answer = Result<Written, Refusal>;
+
+/// A submission's record, durable, and its rank.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The record after the submission's operator applied.
+    pub record: RecordRow,
+    /// The owner's rank once the index took the batch; `None` when the index was not ready or
+    /// did not answer (the record's check stays for the repair; the caller ranks it itself).
+    pub rank: Option<u64>,
+}
+
 struct Job {
     submission: Submission,
-    reply: oneshot::Sender<Result<Applied, Arc<anyhow::Error>>>,
+    reply: oneshot::Sender<Result<Answer, Arc<anyhow::Error>>>,
 }
 
 /// Sends submissions to the lanes. Cheap to clone; the lanes end once every clone is dropped and
@@ -81,20 +111,21 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the lanes over `db` (on the current Tokio runtime).
-    pub fn start(db: Database) -> Self {
+    /// Starts the lanes over `db`, ranking into `index` (on the current Tokio runtime).
+    pub fn start(db: Database, index: RankIndex) -> Self {
         let lanes: Vec<_> = (0..LANES)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(run_lane(db.clone(), rx));
+                tokio::spawn(run_lane(db.clone(), index.clone(), rx));
                 tx
             })
             .collect();
         Self { lanes: lanes.into() }
     }
 
-    /// Applies `submission` and makes it durable; answers once its transaction has committed.
-    pub async fn submit(&self, submission: Submission) -> anyhow::Result<Applied> {
+    /// Applies `submission`, makes it durable and ranks it; answers once its transaction has
+    /// committed and the index has taken it (or failed to).
+    pub async fn submit(&self, submission: Submission) -> anyhow::Result<Answer> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&submission.board.id, &submission.owner_id).hash(&mut hasher);
         let lane = &self.lanes[(hasher.finish() % self.lanes.len() as u64) as usize];
@@ -126,43 +157,168 @@ impl std::error::Error for BatchFailed {
     }
 }
 
-async fn run_lane(db: Database, mut queue: mpsc::Receiver<Job>) {
+
+/// The ids of checks whose batches the index took, waiting to be deleted.
+#[derive(Default)]
+struct Done {
+    ids: Vec<String>,
+    since: Option<Instant>,
+}
+
+impl Done {
+    fn push(&mut self, id: String) {
+        self.since.get_or_insert_with(Instant::now);
+        self.ids.push(id);
+    }
+
+    /// Whether the next transaction should delete them.
+    fn due(&self) -> bool {
+        self.ids.len() >= CLEAR_EVERY || self.since.is_some_and(|since| since.elapsed() >= CLEAR_AFTER)
+    }
+
+    fn take(&mut self) -> Vec<String> {
+        self.since = None;
+        std::mem::take(&mut self.ids)
+    }
+
+    /// Takes back ids whose deletion failed.
+    fn put_back(&mut self, ids: Vec<String>) {
+        for id in ids {
+            self.push(id);
+        }
+        if self.ids.len() > MAX_DONE {
+            self.take();
+        }
+    }
+}
+
+async fn run_lane(db: Database, index: RankIndex, mut queue: mpsc::Receiver<Job>) {
+    // The ranking tasks report here the checks of batches the index took.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut done = Done::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let submissions: Vec<&Submission> = batch.iter().map(|job| &job.submission).collect();
-        let result = commit_with_retries(&db, &submissions).await;
-        match result {
-            Ok(applied) => {
-                for (job, applied) in batch.drain(..).zip(applied) {
-                    // The caller may have gone (its request timed out); the write stands.
-                    let _ = job.reply.send(Ok(applied));
+    loop {
+        tokio::select! {
+            biased;
+            Some(id) = done_rx.recv() => {
+                done.push(id);
+                continue;
+            }
+            received = queue.recv_many(&mut batch, MAX_BATCH) => {
+                if received == 0 {
+                    break;
                 }
             }
+            () = tokio::time::sleep(CLEAR_IDLE), if !done.ids.is_empty() => {
+                let ids = done.take();
+                if let Err(err) = delete_checks(db.pool(), &ids).await {
+                    tracing::warn!(error = format!("{err:#}"), "deleting done index checks failed");
+                    done.put_back(ids);
+                }
+                continue;
+            }
+        }
+        while let Ok(id) = done_rx.try_recv() {
+            done.push(id);
+        }
+        let clear = if done.due() { done.take() } else { Vec::new() };
+        let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let submissions: Vec<&Submission> = jobs.iter().map(|job| &job.submission).collect();
+        match commit_with_retries(&db, &submissions, &clear).await {
+            // Ranked in a task of its own: the lane goes on to its next batch meanwhile. The
+            // callers may have gone (their requests timed out): the write stands, and so does
+            // the index update.
+            Ok(committed) => {
+                tokio::spawn(rank(index.clone(), jobs, committed, done_tx.clone()));
+            }
             Err(err) => {
-                tracing::warn!(error = format!("{err:#}"), submissions = batch.len(), "a batch of score submissions failed");
+                done.put_back(clear);
+                tracing::warn!(error = format!("{err:#}"), submissions = jobs.len(), "a batch of score submissions failed");
                 let err = Arc::new(err);
-                for job in batch.drain(..) {
+                for job in jobs {
                     let _ = job.reply.send(Err(err.clone()));
                 }
             }
         }
     }
+    let ids = done.take();
+    if !ids.is_empty()
+        && let Err(err) = delete_checks(db.pool(), &ids).await
+    {
+        tracing::warn!(error = format!("{err:#}"), "deleting done index checks failed; the repair will take them");
+    }
+}
+
+/// Deletes checks, 64 to a statement.
+async fn delete_checks(db: &platform::db::Pool, ids: &[String]) -> anyhow::Result<()> {
+    for chunk in ids.chunks(MAX_BATCH) {
+        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        store::delete_index_checks(db, &chunk).await?;
+    }
+    Ok(())
+}
+
+/// Writes the records a committed batch left into the index, answers its submissions with their
+/// ranks, and reports the batch's check done once the index took every record.
+async fn rank(index: RankIndex, jobs: Vec<Job>, committed: Committed, done: mpsc::UnboundedSender<String>) {
+    let index = &index;
+    let ranked = futures_util::future::join_all(committed.records.iter().map(|(board, record)| async move {
+        let scope = Scope { board: &board.id, season: board.season };
+        index.upsert(scope, &Entry::of(board, record)).await
+    }))
+    .await;
+    let mut failed = None;
+    let ranks: Vec<Option<u64>> = ranked
+        .into_iter()
+        .map(|result| match result {
+            Ok(Ok(rank)) => Some(rank),
+            Ok(Err(NotReady)) => None,
+            Err(err) => {
+                failed = Some(err);
+                None
+            }
+        })
+        .collect();
+    if let Some(err) = failed {
+        tracing::warn!(error = format!("{err:#}"), "updating the rank index after a commit failed; the repair will correct it");
+    }
+    if let Some(check) = committed.check
+        && ranks.iter().all(Option::is_some)
+    {
+        let _ = done.send(check);
+    }
+    for ((job, applied), at) in jobs.into_iter().zip(committed.applied).zip(committed.positions) {
+        let answer = applied.map(|record| Written { record, rank: at.and_then(|at| ranks[at]) });
+        let _ = job.reply.send(Ok(answer));
+    }
+}
+
+/// A committed batch.
+struct Committed {
+    /// Each submission's result, in order.
+    applied: Vec<Applied>,
+    /// The record of each owner the batch answered (as the batch left it), to index.
+    records: Vec<(Board, RecordRow)>,
+    /// For each submission, where its owner's record is in `records` (none when refused).
+    positions: Vec<Option<usize>>,
+    /// The index check written with the batch, when it changed records.
+    check: Option<String>,
 }
 
 /// How one try of a batch ended.
 enum Attempt {
-    Committed(Vec<Applied>),
+    Committed(Committed),
     /// Another instance inserted a record or an idempotency key this batch meant to insert;
     /// nothing was written.
     LostRace,
 }
 
-async fn commit_with_retries(db: &Database, batch: &[&Submission]) -> anyhow::Result<Vec<Applied>> {
+async fn commit_with_retries(db: &Database, batch: &[&Submission], clear: &[String]) -> anyhow::Result<Committed> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match commit(db, batch).await {
-            Ok(Attempt::Committed(applied)) => return Ok(applied),
+        match commit(db, batch, clear).await {
+            Ok(Attempt::Committed(committed)) => return Ok(committed),
             Ok(Attempt::LostRace) if tries < TRIES => {}
             Ok(Attempt::LostRace) => anyhow::bail!("kept losing the race for new records after {TRIES} tries"),
             Err(err) if tries < TRIES && is_transient(&err) => {}
@@ -203,7 +359,7 @@ struct Changes<'a> {
     inserts: Vec<&'a RecordRow>,
 }
 
-async fn commit(db: &Database, batch: &[&Submission]) -> anyhow::Result<Attempt> {
+async fn commit(db: &Database, batch: &[&Submission], clear: &[String]) -> anyhow::Result<Attempt> {
     let mut tx = db.begin().await?;
     let lock = Some(db.dialect()).filter(|d| *d == Dialect::Postgres);
 
@@ -293,7 +449,42 @@ async fn commit(db: &Database, batch: &[&Submission]) -> anyhow::Result<Attempt>
         }
     }
 
-    // 5. Durable, then answered.
+    // 5. The check of the changed records, so that their index entries are corrected should
+    //    this batch's index update not happen, and the checks of earlier batches whose did.
+    let mut checked: Vec<Checked> = Vec::new();
+    for (board, season, owner) in &changed {
+        match checked.last_mut() {
+            Some(c) if c.board == *board && c.season == *season => c.owners.push(owner.clone()),
+            _ => checked.push(Checked { board: board.clone(), season: *season, owners: vec![owner.clone()] }),
+        }
+    }
+    let check = if checked.is_empty() {
+        None
+    } else {
+        let id = uuid::Uuid::now_v7().to_string();
+        store::put_index_check(&mut *tx, &id, &checked, now + crate::repair::CHECK_AFTER_MS).await?;
+        Some(id)
+    };
+    for chunk in clear.chunks(MAX_BATCH) {
+        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        store::delete_index_checks(&mut *tx, &chunk).await?;
+    }
+
+    // 6. Durable, then ranked and answered.
     tx.commit().await.context("committing a batch of scores")?;
-    Ok(Attempt::Committed(applied))
+    let mut records = Vec::new();
+    let mut at: HashMap<Key, usize> = HashMap::new();
+    let positions = batch
+        .iter()
+        .zip(&applied)
+        .map(|(s, result)| {
+            let key = (s.board.id.clone(), s.board.season, s.owner_id.clone());
+            let record = current.get(&key).filter(|_| result.is_ok())?;
+            Some(*at.entry(key).or_insert_with(|| {
+                records.push((s.board.clone(), record.clone()));
+                records.len() - 1
+            }))
+        })
+        .collect();
+    Ok(Attempt::Committed(Committed { applied, records, positions, check }))
 }

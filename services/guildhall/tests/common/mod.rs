@@ -423,3 +423,103 @@ impl Chat {
         }
     }
 }
+
+/// A TCP proxy in front of the test Redis, for one process's `REDIS_URL`: a real network fault on
+/// that process's connection to Redis while other processes keep theirs. `cut` closes every
+/// connection through it and drops new ones until `restore`; `delay` holds the bytes going each
+/// way that long (latency, not a limit on throughput). Bytes still held when their sender closes
+/// the connection (it died) are dropped, as if it had died before sending them: the delay
+/// stretches the moments between a process deciding to write to Redis and the write leaving it.
+pub struct RedisProxy {
+    /// `redis://` URL of the proxy.
+    pub url: String,
+    state: Arc<ProxyState>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    down: std::sync::atomic::AtomicBool,
+    delay_ms: std::sync::atomic::AtomicU64,
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl RedisProxy {
+    /// A proxy on a free loopback port in front of `upstream` (`redis://host:port`).
+    pub async fn start(upstream: &str) -> Self {
+        let target = upstream.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
+        let url = format!("redis://{}", listener.local_addr().expect("proxy address"));
+        let state = Arc::new(ProxyState { down: Default::default(), delay_ms: Default::default(), cuts: tokio::sync::watch::channel(0).0 });
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if shared.down.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let mut cut = shared.cuts.subscribe();
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::select! {
+                        () = async { tokio::join!(forward(client_read, server_write, &state), forward(server_read, client_write, &state)); } => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        RedisProxy { url, state, accept }
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.state.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.state.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Holds the bytes going each way for `delay` from now on.
+    pub fn delay(&self, delay: Duration) {
+        self.state.delay_ms.store(delay.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for RedisProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Copies `from` to `to`, each chunk held for the proxy's delay after it arrived, until `from`
+/// closes (dropping what is still held) or `to` fails.
+async fn forward(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, state: &ProxyState) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (chunks, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buffer).await {
+            let delay = Duration::from_millis(state.delay_ms.load(std::sync::atomic::Ordering::SeqCst));
+            if chunks.send((tokio::time::Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((at, bytes)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = read => {}
+        () = write => {}
+    }
+}
