@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Guildhall test against real servers: starts a throwaway PostgreSQL and Redis from
 # this machine's binaries and moto's server (S3, SQS; from PyPI) on free loopback ports
-# (scripts/servers.sh), runs
+# (scripts/servers.sh), builds the image and the local third-party images for the container fault
+# tests when a Docker engine runs (scripts/build-image.sh), runs
 # `cargo test --workspace` (extra arguments are passed on), and stops and removes them after.
 # Ends with one line totalling every test binary's results.
 #
@@ -10,8 +11,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/servers.sh
-start_servers
+start_servers fast
 start_moto
+# The container fault tests (services/guildhall/tests/containers.rs) run the shipped image; where a
+# Docker engine answers, build it (cached: seconds when nothing changed) and tell them where it is.
+# Without an engine they say so and skip, unless GUILDHALL_REQUIRE_DOCKER=1 (CI) fails them.
+if docker info >/dev/null 2>&1; then
+  eval "$(scripts/build-image.sh)"
+  export GUILDHALL_TEST_IMAGE=$GUILDHALL_IMAGE GUILDHALL_TEST_LOCAL_IMAGES=$PWD/target/local-images.env
+else
+  echo "test.sh: no Docker engine answers; the container fault tests will skip"
+fi
 log="$SERVERS_DIR/cargo-test.log"
 set +e
 cargo test --workspace "$@" 2>&1 | tee "$log"

@@ -157,7 +157,6 @@ impl std::error::Error for BatchFailed {
     }
 }
 
-
 /// The ids of checks whose batches the index took, waiting to be deleted.
 #[derive(Default)]
 struct Done {
