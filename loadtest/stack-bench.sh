@@ -61,7 +61,7 @@ for container in $(compose ps -q chat); do
 done
 chat_bases=$(IFS=,; echo "${bases[*]}")
 chat_pids=$(IFS=,; echo "${pids[*]}")
-target/release/guildhall-bench --scenario chat --bases "$chat_bases" --pids "$chat_pids" --clients "$CLIENTS" \
+target/release/guildhall-bench --scenario chat --sign-in-base http://127.0.0.1:8080 --bases "$chat_bases" --pids "$chat_pids" --clients "$CLIENTS" \
   --room-size "$ROOM_SIZE" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" --concurrency "$CONCURRENCY" >&2
 
 echo

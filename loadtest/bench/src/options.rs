@@ -41,6 +41,9 @@ pub struct Options {
     /// Chat: the instances the clients connect to, taken in turn (client `i` to `bases[i % len]`);
     /// `[base]` unless `--bases` is given.
     pub bases: Vec<String>,
+    /// Chat: where the clients sign in, when not on the instance each connects to (`--sign-in-base`:
+    /// a proxy in front of split services, whose chat replicas serve no sign-in).
+    pub sign_in_base: Option<String>,
     /// Chat: the process id of each of `bases`' servers, in the same order, whose resident memory
     /// the run reads before the sockets open and once they have joined; empty for none.
     pub pids: Vec<u32>,
@@ -93,6 +96,7 @@ impl Default for Options {
             max_requests: 10_000_000,
             admin_key: None,
             bases: Vec::new(),
+            sign_in_base: None,
             pids: Vec::new(),
             cpu: crate::cpu::Watched::default(),
             clients: 5000,
@@ -135,6 +139,7 @@ pub fn usage() -> String {
            --bases URL,URL     instances the clients connect to in turn (default: --base)\n  \
            --room-size K       members per room, spread over the instances (default {room_size})\n  \
            --rate R            messages per second each client sends (default {rate})\n  \
+           --sign-in-base URL  where the clients sign in (default: the instance each connects to)\n  \
            --pids PID,PID      the instances' process ids, as --bases: report their memory per connection\n\
          \n\
          scenarios:\n",
@@ -177,6 +182,7 @@ impl Command {
             };
             match name.as_str() {
                 "--base" => options.base = value()?.trim_end_matches('/').to_owned(),
+                "--sign-in-base" => options.sign_in_base = Some(value()?.trim_end_matches('/').to_owned()),
                 "--scenario" => options.scenario = value()?,
                 "--concurrency" => options.concurrency = number(&name, &value()?)?,
                 "--duration" => options.duration = seconds(&name, &value()?)?,

@@ -238,13 +238,15 @@ pub async fn run(options: &Options, setup: Setup) -> anyhow::Result<ChatReport> 
 }
 
 /// Signs in one guest per client, each on the instance it will connect to, and returns their
-/// access tokens in client order. Consumes the setup, so the HTTP connections close afterwards.
+/// access tokens in client order; with `--sign-in-base` (a proxy in front of split services,
+/// whose chat replicas serve no sign-in), every guest signs in there instead. Consumes the setup,
+/// so the HTTP connections close afterwards.
 async fn sign_in(options: &Options, setup: Setup, layout: Layout) -> anyhow::Result<Vec<String>> {
     let mut per_instance = Vec::with_capacity(layout.instances);
     for (instance, base) in options.bases.iter().enumerate() {
         // A run id per instance keeps the device ids (`bench-<run id>-<n>`) apart.
         let on_instance = Setup {
-            base: base.clone(),
+            base: options.sign_in_base.clone().unwrap_or_else(|| base.clone()),
             players: layout.clients_on(instance),
             run_id: format!("{}-{instance}", setup.run_id),
             ..setup.clone()
