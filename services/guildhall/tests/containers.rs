@@ -15,7 +15,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Api, Chat, guest};
+use common::{ADMIN_KEY, Api, Chat, guest, until_ok};
 use serde_json::json;
 use sqlx::Connection;
 use testcontainers::core::{ContainerPort, IntoContainerPort, Mount, WaitFor};
@@ -259,23 +259,6 @@ where
     (slowest, unavailable)
 }
 
-/// Waits until `probe` answers `status`.
-async fn until_status<F, Fut>(status: u16, within: Duration, probe: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = common::Reply>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let reply = probe().await;
-        if reply.status == status {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still {} {} after {within:?}", reply.status, reply.body);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// The board's records as the database holds them: owner → score.
 async fn database_scores(db: &mut sqlx::PgConnection, board: &str) -> BTreeMap<String, i64> {
     use sqlx::Row;
@@ -412,7 +395,7 @@ async fn redis_paused_answers_503_fast_and_recovers_without_restart() {
     assert_eq!(ready.status, 503, "{}", ready.body);
     stack.redis.unpause().await.expect("unpause redis");
 
-    until_status(200, Duration::from_secs(15), rank).await;
+    until_ok(&app.api, &path, Some(&token), Duration::from_secs(15)).await;
     app.api.post(&format!("/v1/leaderboards/{board}/scores"), Some(&token), json!({"score": 20})).await.expect(200);
     assert_eq!(app.api.get("/health/ready", None).await.status, 200);
 }
@@ -436,7 +419,7 @@ async fn postgres_stopped_answers_503_and_recovers_without_restart() {
     assert_eq!((signup.status, signup.code()), (503, "unavailable"), "{}", signup.body);
     stack.postgres.start().await.expect("start postgres");
 
-    until_status(200, Duration::from_secs(30), me).await;
+    until_ok(&app.api, "/v1/accounts/me", Some(&token), Duration::from_secs(30)).await;
     guest(&app.api, "after-pg").await;
     assert_eq!(app.api.get("/health/ready", None).await.status, 200);
 }

@@ -8,21 +8,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, Backend, Chat, Reply, TestApp, guest};
+use common::{Api, Backend, Chat, HANG, Reply, TestApp, guest, timed_get, until_ok};
 use platform::testing::{ThrowawayPostgres, ThrowawayRedis};
 use serde_json::json;
 
-/// Longer than any answer may take while a dependency is down: a hang detector, not a
-/// performance figure (the breakers answer in well under a second once they know).
-const HANG: Duration = Duration::from_secs(3);
-
-/// GETs `path` and fails if the answer took `HANG` or longer.
-async fn timed_get(api: &Api, path: &str, token: Option<&str>) -> Reply {
-    let started = Instant::now();
-    let reply = api.get(path, token).await;
-    assert!(started.elapsed() < HANG, "GET {path} took {:?} (status {})", started.elapsed(), reply.status);
-    reply
-}
+/// How long a dependency that came back may take to be used again.
+const RECOVERY: Duration = Duration::from_secs(15);
 
 /// Asserts the generic 503 of `dependency` being down: no internal error text.
 #[track_caller]
@@ -47,20 +38,6 @@ async fn assert_not_ready(api: &Api, down: &str) {
         } else {
             assert_eq!(status, "ok", "{}", ready.body);
         }
-    }
-}
-
-/// Waits (up to 15 s) until `path` answers 200, as it must once the dependency is back.
-async fn until_ok(api: &Api, path: &str, token: Option<&str>) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let reply = timed_get(api, path, token).await;
-        if reply.status == 200 {
-            return;
-        }
-        assert_eq!(reply.code(), "unavailable", "only 503s while recovering: {}", reply.body);
-        assert!(Instant::now() < deadline, "{path} still answers {} after the dependency came back: {}", reply.status, reply.body);
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -89,8 +66,8 @@ async fn postgres_stopped_is_a_fast_503_and_the_same_server_recovers() {
     assert_not_ready(&app, "database").await;
 
     postgres.start_again().await.expect("PostgreSQL starts again");
-    until_ok(&app, "/v1/accounts/me", Some(&token)).await;
-    until_ok(&app, "/health/ready", None).await;
+    until_ok(&app, "/v1/accounts/me", Some(&token), RECOVERY).await;
+    until_ok(&app, "/health/ready", None, RECOVERY).await;
     app.post("/v1/auth/guest", None, json!({"device_id": "device-pg-outage-new"})).await.expect(201);
 }
 
@@ -125,7 +102,7 @@ async fn postgres_restart_under_requests_answers_only_200_or_503() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     postgres.restart().await.expect("pg_ctl restart");
-    until_ok(&app, "/v1/accounts/me", Some(&token)).await;
+    until_ok(&app, "/v1/accounts/me", Some(&token), RECOVERY).await;
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut answered = 0;
     for client in clients {
@@ -154,14 +131,14 @@ async fn redis_paused_or_restarted_is_a_fast_503_and_the_same_server_recovers() 
     }
     assert_not_ready(&app, "cache").await;
     redis.resume().expect("SIGCONT");
-    until_ok(&app, "/v1/accounts/me", Some(&token)).await;
-    until_ok(&app, "/health/ready", None).await;
+    until_ok(&app, "/v1/accounts/me", Some(&token), RECOVERY).await;
+    until_ok(&app, "/health/ready", None, RECOVERY).await;
 
     // Killed and started again on the same port (empty: the session is not revoked).
     redis.stop().await.expect("Redis stops");
     assert_unavailable(timed_get(&app, "/v1/accounts/me", Some(&token)).await, "cache");
     redis.start_again().await.expect("Redis starts again");
-    until_ok(&app, "/v1/accounts/me", Some(&token)).await;
+    until_ok(&app, "/v1/accounts/me", Some(&token), RECOVERY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

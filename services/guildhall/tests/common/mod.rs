@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use platform::db::Database;
 pub use platform::testing::{Backend, TestEnv};
@@ -521,5 +521,32 @@ async fn forward(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::t
     tokio::select! {
         () = read => {}
         () = write => {}
+    }
+}
+
+/// Longer than any answer may take while a dependency is down: a hang detector, not a
+/// performance figure (the breakers answer in well under a second once they know).
+pub const HANG: Duration = Duration::from_secs(3);
+
+/// GETs `path` and fails if the answer took `HANG` or longer.
+pub async fn timed_get(api: &Api, path: &str, token: Option<&str>) -> Reply {
+    let started = Instant::now();
+    let reply = api.get(path, token).await;
+    assert!(started.elapsed() < HANG, "GET {path} took {:?} (status {})", started.elapsed(), reply.status);
+    reply
+}
+
+/// Waits up to `within` until `path` answers 200, as it must once a dependency that was down is
+/// back; meanwhile only 503 `unavailable` may come, each within `HANG`.
+pub async fn until_ok(api: &Api, path: &str, token: Option<&str>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let reply = timed_get(api, path, token).await;
+        if reply.status == 200 {
+            return;
+        }
+        assert_eq!(reply.code(), "unavailable", "only 503s while recovering: {}", reply.body);
+        assert!(Instant::now() < deadline, "{path} still answers {} after the dependency came back: {}", reply.status, reply.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
