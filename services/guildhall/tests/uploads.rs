@@ -371,6 +371,90 @@ async fn a_worker_process_delivers_events_for_api_only_processes() {
     assert!(worker.terminate().await.success());
 }
 
+/// Runs `guildhall events <args>` with `env`'s variables; its standard output, parsed as JSON.
+async fn events_command(env: &TestEnv, args: &[&str]) -> Value {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_guildhall"))
+        .arg("events")
+        .args(args)
+        .env_clear()
+        .envs(&env.vars)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "error")
+        .current_dir(&env.dir)
+        .output()
+        .await
+        .expect("guildhall runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "guildhall events {args:?} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .or_else(|_| serde_json::from_str(&stdout))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// A retried `account.deleted` finishes what a failed attempt left undone. The worker's uploads
+/// step fails (its bucket does not exist: a real S3 error, not an outage), so that message ends
+/// in the uploads dead-letter queue while leaderboard and chat finish their part;
+/// `guildhall events dead` lists it, `guildhall events redrive --all` sends it back, and a worker
+/// on the right bucket completes the erasure: bytes, rows and usage gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_step_that_failed_into_the_dead_letter_queue_is_finished_by_a_redrive() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    env.set("RUN_EVENT_WORKERS", "false");
+    env.set("QUEUE_WAIT_SECS", "1");
+    let api = Process::start(&env).await;
+    let (gone, token) = guest(&api, "leaving").await;
+    let ticket = start_upload(&api, &token, "avatar", "image/png", 300).await;
+    assert_eq!(put(&api, &ticket, png(300)).await, 200);
+    let key = format!("avatar/{}", ticket["asset_id"].as_str().expect("id"));
+    assert!(stored(&env, &key).await);
+    api.call(Method::DELETE, "/v1/accounts/me", Some(&token), None).await.expect(204);
+
+    let mut wrong_bucket = env.clone();
+    wrong_bucket.set("BLOB_URL", "s3://no-such-bucket-for-guildhall");
+    let mut failing = Process::start_as(&wrong_bucket, "worker").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let listed = events_command(&env, &["dead"]).await;
+        let queues = listed["dead_letter_queues"].as_array().expect("queues").clone();
+        let uploads = queues.iter().find(|q| q["consumer"] == "uploads").expect("uploads listed").clone();
+        if uploads["approximate_count"] == 1 {
+            break listed;
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered: {listed}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(failing.terminate().await.success());
+    for queue in listed["dead_letter_queues"].as_array().expect("queues") {
+        let expected = if queue["consumer"] == "uploads" { 1 } else { 0 };
+        assert_eq!(queue["approximate_count"], expected, "{listed}");
+    }
+    assert_eq!(listed["outbox"]["dead"], 0, "the relay sent it: {listed}");
+    let db = platform::db::Database::connect(&env.config().expect("config").database).await.expect("db");
+    let count = |sql: &'static str| {
+        let (db, gone) = (db.clone(), gone.clone());
+        async move { sqlx::query_scalar::<_, i64>(sql).bind(gone).fetch_one(db.pool()).await.expect("count") }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM assets WHERE owner_id = $1").await, 1, "the failed step left the asset");
+    assert!(stored(&env, &key).await, "and its bytes");
+
+    // The stopped worker's last long poll (1 s) must have ended: SQS would hand it the message.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let redriven = events_command(&env, &["redrive", "--all"]).await;
+    assert_eq!(redriven["dead_letter_queues"]["uploads"], 1, "{redriven}");
+    let mut worker = Process::start_as(&env, "worker").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count("SELECT COUNT(*) FROM assets WHERE owner_id = $1").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the re-driven erasure did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count("SELECT COUNT(*) FROM asset_usage WHERE owner_id = $1").await, 0);
+    assert!(!stored(&env, &key).await, "the bytes are deleted");
+    assert!(worker.terminate().await.success());
+}
+
 /// With a CDN in front of the bucket, ready assets are downloaded through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_assets_download_through_the_cdn_when_one_is_configured() {

@@ -177,7 +177,7 @@ impl S3Blobs {
         match self.client.head_object().bucket(&self.bucket).key(self.key(key)).send().await {
             Ok(out) => Ok(Some(ObjectInfo { size: u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0) })),
             Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-            Err(err) => Err(anyhow::Error::new(err).context("S3 HeadObject")),
+            Err(err) => Err(s3_error(err, "S3 HeadObject")),
         }
     }
 
@@ -193,15 +193,35 @@ impl S3Blobs {
             .range(format!("bytes=0-{}", n - 1))
             .send()
             .await
-            .context("S3 GetObject")?;
-        let bytes = out.body.collect().await.context("reading an S3 object")?.into_bytes();
+            .map_err(|err| s3_error(err, "S3 GetObject"))?;
+        let bytes = out.body.collect().await.map_err(|err| unreachable_storage("reading an S3 object", &err))?.into_bytes();
         Ok(bytes[..bytes.len().min(n)].to_vec())
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
-        self.client.delete_object().bucket(&self.bucket).key(self.key(key)).send().await.context("S3 DeleteObject")?;
+        self.client.delete_object().bucket(&self.bucket).key(self.key(key)).send().await.map_err(|err| s3_error(err, "S3 DeleteObject"))?;
         Ok(())
     }
+}
+
+/// An S3 call's error, marked as an outage (`crate::error::Unreachable`: a 503 on request paths,
+/// retried without counting by event consumers) when S3 did not answer or answered with a 5xx
+/// (`SlowDown`, `InternalError`); any other stays a plain error.
+fn s3_error<E>(err: aws_sdk_s3::error::SdkError<E>, what: &'static str) -> anyhow::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use aws_sdk_s3::error::SdkError;
+    let down = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
+        _ => false,
+    };
+    if down { unreachable_storage(what, &aws_sdk_s3::error::DisplayErrorContext(&err)) } else { anyhow::Error::new(err).context(what) }
+}
+
+fn unreachable_storage(what: &str, err: &dyn std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(crate::error::Unreachable { dependency: crate::error::Dependency::Storage, detail: format!("{what}: {err}") })
 }
 
 /// Files under a folder, with URLs signed by HMAC-SHA256.

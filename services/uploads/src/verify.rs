@@ -44,6 +44,44 @@ pub async fn check(state: &UploadsState, asset_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `check_overdue` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Overdue {
+    /// Checked now (ready or rejected).
+    pub checked: usize,
+    /// Given up on: rejected as `check_failed`, their room in the quota given back.
+    pub released: usize,
+    /// Still failing; tried again next round.
+    pub failing: usize,
+}
+
+/// Runs the check of assets verifying for longer than `after`, whose `upload.completed` failed
+/// or died: the check is idempotent, so running it beside a late event is harmless. One still
+/// failing after `release_after` for a reason other than an outage is rejected as `check_failed`
+/// (its bytes deleted), so that it does not hold the player's quota for good.
+pub async fn check_overdue(state: &UploadsState, after: Duration, release_after: Duration) -> anyhow::Result<Overdue> {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let mut done = Overdue::default();
+    for asset in store::overdue(&state.db, ms(after), 100).await? {
+        let Err(err) = check(state, &asset.id).await else {
+            done.checked += 1;
+            continue;
+        };
+        let outage = platform::error::unavailable_dependency(&err).is_some();
+        if outage || platform::db::now_millis() - asset.updated_at < ms(release_after) {
+            tracing::warn!(asset_id = asset.id, error = format!("{err:#}"), "overdue upload check failed");
+            done.failing += 1;
+            continue;
+        }
+        tracing::error!(asset_id = asset.id, error = format!("{err:#}"), "upload check keeps failing; asset rejected as check_failed");
+        state.blobs.delete(&asset.object_key).await?;
+        if store::mark_rejected(&state.db, &asset, "check_failed: the upload could not be checked").await? {
+            done.released += 1;
+        }
+    }
+    Ok(done)
+}
+
 /// Deletes `asset`'s bytes, then its row. False when the row was already gone.
 pub async fn remove(state: &UploadsState, asset: &Asset) -> anyhow::Result<bool> {
     state.blobs.delete(&asset.object_key).await?;
