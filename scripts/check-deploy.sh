@@ -548,10 +548,20 @@ service_revisions() {
     --query 'services[].[serviceName,taskDefinition]' --output text | sed 's#\t.*task-definition/#\t#' | sort
 }
 
+# The latest revision of each family, one "family<TAB>revision" line each.
+latest_revisions() {
+  local family
+  for family in accounts leaderboard uploads chat worker migrate; do
+    printf '%s\t%s\n' "$family" "$(aws ecs describe-task-definition --task-definition "rehearsal-$family" \
+      --query taskDefinition.revision --output text)"
+  done
+}
+
 # Starts moto's server on a free loopback port, runs the compose stack's aws-init script against
 # it, then deploys to it with ecs/deploy.sh reading a stand-in stack's outputs as ecs/README.md
-# describes (register only; create the services; update them to a new image), asserting with the
-# AWS CLI after each step which revision of its task definition every service runs.
+# describes (register only; create the services; update them to a new image; a release whose
+# migration fails), asserting with the AWS CLI after each step which revision of its task
+# definition every service runs and which revisions exist.
 rehearsal() {
   local port moto expected
   port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -622,6 +632,20 @@ for family in ("accounts", "leaderboard", "uploads", "chat", "worker", "migrate"
     pool = {e["name"]: e["value"] for e in app["environment"]}["DATABASE_MAX_CONNECTIONS"]
     assert pool == pools[family], (family, pool)
 EOF
+  # A release whose migration fails (moto cannot start the migrate task in a subnet and security
+  # group that do not exist) registers the migrate revision it ran and nothing else: no service
+  # revision a stack update could pick up, no service touched.
+  latest_revisions >"$logs/before.tsv"
+  if IMAGE=registry.example/guildhall:broken PRIVATE_SUBNETS=subnet-00000000000000000 \
+    WORKER_SECURITY_GROUP=sg-00000000000000000 ecs/deploy.sh 2>"$logs/broken.log"; then
+    echo "a release whose migration failed succeeded"
+    exit 1
+  fi
+  grep "no service revision was registered" "$logs/broken.log" || { cat "$logs/broken.log"; exit 1; }
+  expected=$(awk -F'\t' -v OFS='\t' '$1 == "migrate" { $2 = $2 + 1 } 1' "$logs/before.tsv")
+  [[ "$(latest_revisions)" == "$expected" ]] || { echo "after a failed migration:"; latest_revisions; exit 1; }
+  expected=$(printf '%s\trehearsal-%s:3\n' accounts accounts chat chat leaderboard leaderboard uploads uploads worker worker)
+  [[ "$(service_revisions)" == "$expected" ]] || { echo "after a failed migration:"; service_revisions; exit 1; }
   # Without --create, a missing service is an error, and so is a missing cluster.
   aws ecs create-cluster --cluster-name empty >/dev/null
   if IMAGE=registry.example/guildhall:third CLUSTER=empty ecs/deploy.sh --no-migrate --services chat 2>"$logs/missing.log"; then
@@ -634,7 +658,7 @@ EOF
     exit 1
   fi
   grep -q "cluster nowhere does not exist" "$logs/missing.log"
-  echo "services created, then updated to their new revisions"
+  echo "services created, then updated to their new revisions; a failed migration registered no service revision"
 }
 
 check "hadolint docker/Dockerfile, workspace members in it" dockerfile
