@@ -449,14 +449,19 @@ if problems:
 EOF
 }
 
-# Every alarm notifies AlarmTopicArn when one is given; the dead-event alarm counts the exact line
-# the relay logs, in the log group of every task definition that runs the relay.
+# Every alarm notifies AlarmTopicArn when one is given; the event alarms count the exact lines the
+# relay logs, in the log group of every task definition that runs the relay.
 stack_alarms() {
   python - <<'EOF'
 import glob, json, sys
 from cfn import template, of_type
 
-MESSAGE = "event parked as dead after repeated failures"
+# The relay's log lines that count events in trouble (platform/src/events/relay.rs).
+MESSAGES = [
+    "event parked as dead after repeated failures",
+    "events are parked as dead; list them with guildhall events dead",
+    "event still not sent to SQS; retrying",
+]
 problems = []
 stack = template()
 resources = stack["Resources"]
@@ -468,27 +473,31 @@ for name, alarm in alarms.items():
     for actions in ("AlarmActions", "OKActions"):
         if alarm["Properties"].get(actions) != topic:
             problems.append(f"{name}: {actions} must notify AlarmTopicArn when it is given")
-if not any(f'"{MESSAGE}"' in open(path).read() for path in glob.glob("services/**/*.rs", recursive=True)):
-    problems.append(f"no Rust source logs {MESSAGE!r} any more: align DeadEventsMetricFilter")
-filters = {}
+sources = [open(path).read() for path in glob.glob("services/**/*.rs", recursive=True)]
+filters = {}  # (log group, message) -> metric
+for message in MESSAGES:
+    if not any(f'"{message}"' in source for source in sources):
+        problems.append(f"no Rust source logs {message!r} any more: align the metric filters")
 for name, f in of_type(resources, "AWS::Logs::MetricFilter").items():
     props = f["Properties"]
-    if f'$.message = "{MESSAGE}"' in props["FilterPattern"]:
-        group = resources[props["LogGroupName"]["Ref"]]["Properties"]["LogGroupName"]["Fn::Sub"]
-        filters[group.replace("${AWS::StackName}", "${STACK_NAME}")] = props["MetricTransformations"][0]
+    for message in MESSAGES:
+        if f'$.message = "{message}"' in props["FilterPattern"]:
+            group = resources[props["LogGroupName"]["Ref"]]["Properties"]["LogGroupName"]["Fn::Sub"]
+            filters[(group.replace("${AWS::StackName}", "${STACK_NAME}"), message)] = props["MetricTransformations"][0]
 for path in sorted(glob.glob("ecs/task-definitions/*.json")):
     for c in json.load(open(path))["containerDefinitions"]:
         env = {e["name"]: e["value"] for e in c.get("environment", [])}
         relay = c.get("command") == ["worker"] or (c.get("command") == ["serve"] and env.get("RUN_EVENT_WORKERS") != "false")
         group = c["logConfiguration"]["options"]["awslogs-group"]
-        if relay and group not in filters:
-            problems.append(f"{path}: runs the outbox relay, but no metric filter watches {group} for parked events")
-for group, metric in filters.items():
+        for message in MESSAGES:
+            if relay and (group, message) not in filters:
+                problems.append(f"{path}: runs the outbox relay, but no metric filter watches {group} for {message!r}")
+for (group, message), metric in filters.items():
     watched = [a for a in alarms.values() if a["Properties"]["MetricName"] == metric["MetricName"]
                and a["Properties"]["Namespace"] == metric["MetricNamespace"]]
     if not watched:
-        problems.append(f"no alarm on {metric['MetricName']} (parked events in {group})")
-    print(f"{group}: parked events counted as {metric['MetricName']}, alarmed")
+        problems.append(f"no alarm on {metric['MetricName']} ({message!r} in {group})")
+    print(f"{group}: {message!r} counted as {metric['MetricName']}, alarmed")
 print(f"{len(alarms)} alarms notify AlarmTopicArn")
 if problems:
     sys.exit("\n".join(problems))
@@ -690,12 +699,16 @@ EOF
   [[ $(aws s3api get-bucket-versioning --bucket guildhall-assets --query Status --output text) == Enabled ]]
   aws sqs get-queue-attributes --queue-url "$AWS_ENDPOINT_URL/123456789012/guildhall-uploads" \
     --attribute-names VisibilityTimeout RedrivePolicy --query Attributes --output json >"$logs/queue.json"
+  # The same queue settings as the stack's (compose rehearses what AWS runs).
   python - "$logs/queue.json" <<'EOF'
 import json, sys
+from cfn import template
 attributes = json.load(open(sys.argv[1]))
 redrive = json.loads(attributes["RedrivePolicy"])
-assert attributes["VisibilityTimeout"] == "60", attributes
-assert int(redrive["maxReceiveCount"]) == 5 and redrive["deadLetterTargetArn"].endswith(":guildhall-uploads-dlq"), redrive
+stack = template()["Resources"]["UploadsQueue"]["Properties"]
+assert attributes["VisibilityTimeout"] == str(stack["VisibilityTimeout"]), (attributes, stack)
+assert int(redrive["maxReceiveCount"]) == stack["RedrivePolicy"]["maxReceiveCount"], (redrive, stack)
+assert redrive["deadLetterTargetArn"].endswith(":guildhall-uploads-dlq"), redrive
 EOF
 
   echo "== ecs/deploy.sh against moto"

@@ -132,7 +132,7 @@ impl Dependency {
         match self {
             Dependency::Database => "the database is unavailable; retry shortly",
             Dependency::Cache => "the cache is unavailable; retry shortly",
-            Dependency::Storage => "file storage is unavailable; retry shortly",
+            Dependency::Storage => "the file storage is unavailable; retry shortly",
         }
     }
 }

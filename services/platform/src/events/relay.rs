@@ -95,7 +95,7 @@ impl Relay {
                 }
                 match super::dead::count(&self.db).await {
                     Ok(0) => {}
-                    Ok(dead) => tracing::error!(dead, "events are parked as dead; list them with `guildhall events dead`"),
+                    Ok(dead) => tracing::error!(dead, "events are parked as dead; list them with guildhall events dead"),
                     Err(err) => tracing::warn!(error = format!("{err:#}"), "counting dead events failed"),
                 }
             }
