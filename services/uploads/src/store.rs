@@ -59,6 +59,24 @@ pub struct Asset {
     pub upload_expires_at: i64,
 }
 
+/// Where uploads land: the prefix of every key an upload URL is signed for. Nothing under it is
+/// served (the CDN's bucket policy denies it) and the bucket's lifecycle removes what is left
+/// there after a day.
+pub const UPLOAD_PREFIX: &str = "incoming/";
+
+impl Asset {
+    /// The key its upload URL writes (`incoming/avatar/<id>`); `object_key` is where the checked
+    /// bytes are published (`avatar/<id>`), a key no upload URL is signed for.
+    pub fn upload_key(&self) -> String {
+        upload_key(&self.object_key)
+    }
+}
+
+/// The upload key of the asset published at `object_key`.
+pub fn upload_key(object_key: &str) -> String {
+    format!("{UPLOAD_PREFIX}{object_key}")
+}
+
 const COLUMNS: &str =
     "id, owner_id, purpose, content_type, size_bytes, object_key, state, reject_reason, created_at, updated_at, upload_expires_at";
 
