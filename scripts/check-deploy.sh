@@ -548,7 +548,9 @@ EOF
   for _ in $(seq 50); do [[ -s $logs/stub.port ]] && break; sleep 0.1; done
   port=$(<"$logs/stub.port")
   export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_REGION=eu-west-1
-  export AWS_ACCESS_KEY_ID=stub AWS_SECRET_ACCESS_KEY=stub WAIT_POLL_SECS=0 WAIT_TIMEOUT_SECS=4
+  # A generous timeout, so that a slow AWS CLI on a busy machine (one call can take seconds) does not
+  # turn a verdict into a timeout; only the stuck rollout runs into its short one.
+  export AWS_ACCESS_KEY_ID=stub AWS_SECRET_ACCESS_KEY=stub WAIT_POLL_SECS=0 WAIT_TIMEOUT_SECS=60
   unset AWS_PROFILE AWS_SESSION_TOKEN
 
   # Runs deploy.sh's await_rollouts on cluster $1 for accounts and chat, both expected on
@@ -580,7 +582,7 @@ EOF
   # Rolled back by the circuit breaker, stable again on revision 6: the deployment failed.
   expect rolled-back fail "deploy: ECS rolled chat back to guildhall-chat:6: the deployment of guildhall-chat:7 failed (ECS deployment circuit breaker: tasks failed to start.)"
   # Still IN_PROGRESS when WAIT_TIMEOUT_SECS runs out: a timeout, naming what it waited for.
-  expect stuck fail "deploy: chat in_progress, 3 of 6 new tasks running, 2 deployments"
+  WAIT_TIMEOUT_SECS=4 expect stuck fail "deploy: chat in_progress, 3 of 6 new tasks running, 2 deployments"
   grep -qF "timed out after 4 s" "$logs/stuck.log"
   # IN_PROGRESS twice, then COMPLETED: waits, then done.
   expect slow pass "waiting: chat in_progress"
