@@ -225,7 +225,6 @@ dummy_deploy_env() {
   local arn=arn:aws
   export IMAGE=123456789012.dkr.ecr.eu-west-1.amazonaws.com/guildhall:check AWS_REGION=eu-west-1
   export ACCOUNT_ID=123456789012 STACK_NAME=guildhall
-  export EXECUTION_ROLE_ARN=$arn:iam::123456789012:role/guildhall-execution
   export DATABASE_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-database-url-AbCdEf
   export REDIS_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-redis-url-AbCdEf
   export ADMIN_KEY_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-admin-key-AbCdEf
@@ -238,6 +237,9 @@ dummy_deploy_env() {
   local service
   for service in ACCOUNTS LEADERBOARD UPLOADS CHAT WORKER; do
     export "${service}_TASK_ROLE_ARN=$arn:iam::123456789012:role/guildhall-${service,,}-task"
+  done
+  for service in ACCOUNTS LEADERBOARD UPLOADS CHAT WORKER MIGRATE; do
+    export "${service}_EXECUTION_ROLE_ARN=$arn:iam::123456789012:role/guildhall-${service,,}-execution"
   done
 }
 
@@ -265,6 +267,8 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
         continue
     if task.get("requiresCompatibilities") != ["FARGATE"] or task.get("networkMode") != "awsvpc":
         problems.append(f"{name}: not Fargate with awsvpc")
+    if task.get("executionRoleArn") != os.environ[f"{name.upper()}_EXECUTION_ROLE_ARN"]:
+        problems.append(f"{name}: executionRoleArn must be its own execution role (${{EXECUTION_ROLE_ARN}} <- {name.upper()}_EXECUTION_ROLE_ARN)")
     containers = {c["name"]: c for c in task["containerDefinitions"]}
     app = containers.get("guildhall")
     if app is None:
@@ -315,7 +319,7 @@ class Loader(yaml.SafeLoader):
 Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
 outputs = set(yaml.load(open("ecs/cloudformation/guildhall.yaml"), Loader=Loader)["Outputs"])
 camel = lambda name: "".join(part.capitalize() for part in name.split("_"))
-deploy_time = {"IMAGE", "AWS_REGION", "ACCOUNT_ID", "STACK_NAME", "TASK_ROLE_ARN"}
+deploy_time = {"IMAGE", "AWS_REGION", "ACCOUNT_ID", "STACK_NAME", "TASK_ROLE_ARN", "EXECUTION_ROLE_ARN"}
 used = set()
 for path in glob.glob("ecs/task-definitions/*.json"):
     used |= set(re.findall(r"\$\{([A-Z_]+)\}", open(path).read()))
@@ -326,12 +330,82 @@ for service in ("accounts", "leaderboard", "uploads", "chat", "worker"):
     for output in (f"{service.capitalize()}TaskRoleArn",) + ((f"{service.capitalize()}TargetGroupArn",) if service in api else ()):
         if output not in outputs:
             problems.append(f"the stack has no output {output}")
-for output in ("PrivateSubnets", "ServiceSecurityGroup", "WorkerSecurityGroup"):
+for output in ("PrivateSubnets", "ServiceSecurityGroup", "WorkerSecurityGroup") + tuple(
+        f"{family.capitalize()}ExecutionRoleArn" for family in ("accounts", "leaderboard", "uploads", "chat", "worker", "migrate")):
     if output not in outputs:
         problems.append(f"the stack has no output {output}")
 if problems:
     sys.exit("\n".join(problems))
 print(f"validated {len(glob.glob(os.path.join(sys.argv[1], '*.json')))} task definitions")
+EOF
+}
+
+# Each task definition's execution role may read exactly the secrets and parameters its containers
+# inject, and nothing else: its role is the resource behind the output that fills its
+# ${EXECUTION_ROLE_ARN}, and every GetSecretValue and GetParameters grant of that role must be one of
+# the outputs its `secrets` name (the same expression), and each of those granted. So the signing
+# key's grant goes with TOKEN_SIGNING_KEY, which only accounts' task definition may name.
+execution_roles() {
+  python - <<'EOF'
+import glob, json, os, re, sys
+from cfn import template, camel
+
+READS = {"secretsmanager:GetSecretValue", "ssm:GetParameters"}
+problems = []
+stack = template()
+resources, outputs = stack["Resources"], stack["Outputs"]
+roles_seen = {}
+for path in sorted(glob.glob("ecs/task-definitions/*.json")):
+    family = os.path.basename(path)[:-5]
+    task = json.load(open(path))
+    if task.get("executionRoleArn") != "${EXECUTION_ROLE_ARN}":
+        problems.append(f"{family}: executionRoleArn must be the placeholder ${{EXECUTION_ROLE_ARN}}")
+        continue
+    output = outputs.get(f"{family.capitalize()}ExecutionRoleArn", {}).get("Value", {})
+    role_name = (output.get("Fn::GetAtt") or [None])[0]
+    role = resources.get(role_name)
+    if role is None or role["Type"] != "AWS::IAM::Role":
+        problems.append(f"{family}: the output {family.capitalize()}ExecutionRoleArn must be the Arn of an IAM role")
+        continue
+    if role_name in roles_seen:
+        problems.append(f"{family}: shares its execution role {role_name} with {roles_seen[role_name]}")
+    roles_seen[role_name] = family
+    # What the task definition injects: each secret's valueFrom placeholder, as its output's value.
+    injected = {}
+    for container in task["containerDefinitions"]:
+        for secret in container.get("secrets", []):
+            placeholder = re.fullmatch(r"\$\{([A-Z_]+)\}", secret["valueFrom"])
+            if not placeholder or camel(placeholder.group(1)) not in outputs:
+                problems.append(f"{family}/{container['name']}: {secret['name']} must come from a stack output")
+                continue
+            value = outputs[camel(placeholder.group(1))]["Value"]
+            injected[json.dumps(value, sort_keys=True)] = secret["name"]
+    # What the role may read: every resource of an Allow statement with a read of secrets or
+    # parameters; a wildcard action is refused outright (it would include them).
+    granted = set()
+    for policy in role["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            if statement["Effect"] != "Allow":
+                continue
+            if any("*" in action for action in actions):
+                problems.append(f"{role_name}: a wildcard action ({actions}) could read secrets")
+            if not READS.intersection(actions):
+                continue
+            listed = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            granted |= {json.dumps(resource, sort_keys=True) for resource in listed}
+    for extra in sorted(granted - set(injected)):
+        problems.append(f"{role_name} ({family}) may read {extra}, which its task definition does not inject")
+    for value, secret in sorted(injected.items()):
+        if value not in granted:
+            problems.append(f"{role_name} ({family}) cannot read {secret} ({value})")
+    print(f"{family}: {role_name} reads {', '.join(sorted(injected.values())) or 'nothing'}")
+signing = sorted(role for role, family in roles_seen.items() if family != "accounts"
+                 and '{"Ref": "TokenSigningKeySecretArn"}' in json.dumps(resources[role]["Properties"].get("Policies", []), sort_keys=True))
+if signing:
+    problems.append(f"only accounts' execution role may read the signing key, not {signing}")
+if problems:
+    sys.exit("\n".join(problems))
 EOF
 }
 
@@ -618,7 +692,12 @@ Resources:
   LeaderboardTargetGroup: {Type: AWS::ElasticLoadBalancingV2::TargetGroup, Properties: {VpcId: !Ref Vpc, TargetType: ip, Protocol: HTTP, Port: 8080}}
   UploadsTargetGroup: {Type: AWS::ElasticLoadBalancingV2::TargetGroup, Properties: {VpcId: !Ref Vpc, TargetType: ip, Protocol: HTTP, Port: 8080}}
   ChatTargetGroup: {Type: AWS::ElasticLoadBalancingV2::TargetGroup, Properties: {VpcId: !Ref Vpc, TargetType: ip, Protocol: HTTP, Port: 8080}}
-  ExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  AccountsExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  LeaderboardExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  UploadsExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  ChatExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  WorkerExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  MigrateExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
   AccountsTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
   LeaderboardTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
   UploadsTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
@@ -629,7 +708,12 @@ Resources:
   Cluster: {Type: AWS::ECS::Cluster, Properties: {ClusterName: !Ref AWS::StackName}}
 Outputs:
   ClusterName: {Value: !Ref Cluster}
-  ExecutionRoleArn: {Value: !GetAtt ExecutionRole.Arn}
+  AccountsExecutionRoleArn: {Value: !GetAtt AccountsExecutionRole.Arn}
+  LeaderboardExecutionRoleArn: {Value: !GetAtt LeaderboardExecutionRole.Arn}
+  UploadsExecutionRoleArn: {Value: !GetAtt UploadsExecutionRole.Arn}
+  ChatExecutionRoleArn: {Value: !GetAtt ChatExecutionRole.Arn}
+  WorkerExecutionRoleArn: {Value: !GetAtt WorkerExecutionRole.Arn}
+  MigrateExecutionRoleArn: {Value: !GetAtt MigrateExecutionRole.Arn}
   AccountsTaskRoleArn: {Value: !GetAtt AccountsTaskRole.Arn}
   LeaderboardTaskRoleArn: {Value: !GetAtt LeaderboardTaskRole.Arn}
   UploadsTaskRoleArn: {Value: !GetAtt UploadsTaskRole.Arn}
@@ -719,7 +803,9 @@ EOF
   dummy_deploy_env
   # What the real stack would give but moto cannot make: the secrets' and parameters' ARNs come
   # from the environment here; everything else from the stand-in stack's outputs.
-  unset ACCOUNT_ID EXECUTION_ROLE_ARN ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET
+  unset ACCOUNT_ID ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET
+  unset ACCOUNTS_EXECUTION_ROLE_ARN LEADERBOARD_EXECUTION_ROLE_ARN UPLOADS_EXECUTION_ROLE_ARN
+  unset CHAT_EXECUTION_ROLE_ARN WORKER_EXECUTION_ROLE_ARN MIGRATE_EXECUTION_ROLE_ARN
   unset API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL
   unset ACCOUNTS_TASK_ROLE_ARN LEADERBOARD_TASK_ROLE_ARN UPLOADS_TASK_ROLE_ARN CHAT_TASK_ROLE_ARN WORKER_TASK_ROLE_ARN
   export STACK_NAME=rehearsal
@@ -742,9 +828,13 @@ EOF
   python - <<'EOF'
 import os, boto3
 ecs = boto3.client("ecs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+stack = boto3.client("cloudformation", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).describe_stacks(StackName="rehearsal")
+outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Stacks"][0]["Outputs"]}
 pools = {"accounts": "6", "leaderboard": "6", "uploads": "6", "chat": "4", "worker": "10", "migrate": "2"}
 for family in ("accounts", "leaderboard", "uploads", "chat", "worker", "migrate"):
     task = ecs.describe_task_definition(taskDefinition=f"rehearsal-{family}:3")["taskDefinition"]
+    # Each task definition runs with its own execution role, from its own output.
+    assert task["executionRoleArn"] == outputs[f"{family.capitalize()}ExecutionRoleArn"], (family, task["executionRoleArn"])
     app = next(c for c in task["containerDefinitions"] if c["name"] == "guildhall")
     assert app["image"] == "registry.example/guildhall:second", (family, app["image"])
     pool = {e["name"]: e["value"] for e in app["environment"]}["DATABASE_MAX_CONNECTIONS"]
@@ -786,6 +876,7 @@ check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint
 check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
 check "task definitions vs botocore's ECS model and the stack" task_definitions
+check "execution roles read exactly their task definition's secrets" execution_roles
 check "ALB health checks and drain timing vs task definitions" stack_health
 check "database connections at peak within Aurora's limit" database_connections
 check "alarms notify AlarmTopicArn; parked events alarmed" stack_alarms
