@@ -340,6 +340,99 @@ print(f"validated {len(glob.glob(os.path.join(sys.argv[1], '*.json')))} task def
 EOF
 }
 
+# The public edge: HTTPS only (a required certificate; port 80 answers nothing but a redirect, and
+# every route hangs off the HTTPS listener); a regional WAF web ACL on the ALB with a per-IP rate
+# rule whose limit is a parameter; the ALB's access logs on, in a bucket of the stack that is
+# encrypted (SSE-S3, all ALB delivery supports), closed to the public, expiring its objects after a
+# parameter's days, and whose policy lets Elastic Load Balancing put objects under the logs'
+# prefix for this account only (ElbLogDelivery names who that is, per region).
+stack_edge() {
+  python - <<'EOF'
+import re, sys
+from cfn import template, of_type
+
+problems = []
+stack = template()
+resources, parameters = stack["Resources"], stack["Parameters"]
+ref = lambda value: value.get("Ref") if isinstance(value, dict) else None
+
+certificate = parameters.get("CertificateArn", {})
+if "Default" in certificate:
+    problems.append("CertificateArn must be required (no default): there is no HTTP-only mode")
+listeners = of_type(resources, "AWS::ElasticLoadBalancingV2::Listener")
+https = [name for name, l in listeners.items() if l["Properties"]["Protocol"] == "HTTPS"]
+for name, listener in listeners.items():
+    props = listener["Properties"]
+    if "Condition" in listener:
+        problems.append(f"{name}: must not be conditional")
+    if props["Protocol"] == "HTTP":
+        actions = props["DefaultActions"]
+        if len(actions) != 1 or actions[0].get("Type") != "redirect" or actions[0]["RedirectConfig"].get("Protocol") != "HTTPS":
+            problems.append(f"{name}: plain HTTP may only redirect to HTTPS")
+    elif props["Certificates"] != [{"CertificateArn": {"Ref": "CertificateArn"}}]:
+        problems.append(f"{name}: must serve the CertificateArn certificate")
+for name, rule in of_type(resources, "AWS::ElasticLoadBalancingV2::ListenerRule").items():
+    if ref(rule["Properties"]["ListenerArn"]) not in https:
+        problems.append(f"{name}: routes must hang off the HTTPS listener")
+
+balancers = of_type(resources, "AWS::ElasticLoadBalancingV2::LoadBalancer")
+associations = of_type(resources, "AWS::WAFv2::WebACLAssociation")
+for balancer in balancers:
+    acls = [a["Properties"]["WebACLArn"]["Fn::GetAtt"][0] for a in associations.values() if ref(a["Properties"]["ResourceArn"]) == balancer]
+    if len(acls) != 1:
+        problems.append(f"{balancer}: must have one WAF web ACL")
+        continue
+    acl = resources[acls[0]]["Properties"]
+    if acl["Scope"] != "REGIONAL":
+        problems.append(f"{acls[0]}: an ALB's web ACL is REGIONAL")
+    rates = [r for r in acl["Rules"] if "RateBasedStatement" in r["Statement"]]
+    if not any(r["Statement"]["RateBasedStatement"]["AggregateKeyType"] == "IP"
+               and "ScopeDownStatement" not in r["Statement"]["RateBasedStatement"] for r in rates):
+        problems.append(f"{acls[0]}: needs a rate rule per client IP over every request")
+    for rule in rates:
+        limit = ref(rule["Statement"]["RateBasedStatement"]["Limit"])
+        if limit not in parameters or "Default" not in parameters[limit]:
+            problems.append(f"{acls[0]}/{rule['Name']}: its limit must be a parameter with a default")
+        elif "Block" not in rule.get("Action", {}):
+            problems.append(f"{acls[0]}/{rule['Name']}: must block")
+    print(f"{balancer}: WAF {acls[0]}, rules " + ", ".join(
+        f"{r['Name']} ({'count' if 'Count' in r.get('OverrideAction', {}) else 'block'})" for r in acl["Rules"]))
+
+    attributes = {a["Key"]: a["Value"] for a in balancers[balancer]["Properties"]["LoadBalancerAttributes"]}
+    bucket_name = ref(attributes.get("access_logs.s3.bucket"))
+    if attributes.get("access_logs.s3.enabled") != "true" or bucket_name not in resources:
+        problems.append(f"{balancer}: access logs must go to a bucket of the stack")
+        continue
+    if balancers[balancer].get("DependsOn") is None:
+        problems.append(f"{balancer}: must depend on its log bucket's policy (ELB tests the write when logging starts)")
+    bucket = resources[bucket_name]["Properties"]
+    encryption = bucket.get("BucketEncryption", {}).get("ServerSideEncryptionConfiguration", [{}])[0]
+    if encryption.get("ServerSideEncryptionByDefault", {}).get("SSEAlgorithm") != "AES256":
+        problems.append(f"{bucket_name}: ALB logs need SSE-S3 (AES256)")
+    if not all(bucket.get("PublicAccessBlockConfiguration", {}).get(k) for k in
+               ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")):
+        problems.append(f"{bucket_name}: public access must be blocked")
+    expiry = [ref(r.get("ExpirationInDays")) for r in bucket.get("LifecycleConfiguration", {}).get("Rules", [])]
+    if not any(e in parameters for e in expiry):
+        problems.append(f"{bucket_name}: its logs must expire after a parameter's days")
+    prefix = attributes.get("access_logs.s3.prefix", "")
+    policies = [p["Properties"]["PolicyDocument"] for p in of_type(resources, "AWS::S3::BucketPolicy").values()
+                if ref(p["Properties"]["Bucket"]) == bucket_name]
+    writes = [s for p in policies for s in p["Statement"] if s["Effect"] == "Allow" and s["Action"] == "s3:PutObject"]
+    wanted = {"Fn::Sub": f"${{{bucket_name}.Arn}}/{prefix + '/' if prefix else ''}AWSLogs/${{AWS::AccountId}}/*"}
+    if len(writes) != 1 or writes[0]["Resource"] != wanted:
+        problems.append(f"{bucket_name}: its policy must let ELB put objects under {wanted['Fn::Sub']} and nowhere else")
+    elif "Fn::If" not in writes[0]["Principal"] or writes[0]["Principal"]["Fn::If"][1] != {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}:
+        problems.append(f"{bucket_name}: ELB's principal is the log delivery service or the region's ELB account (ElbLogDelivery)")
+    print(f"{balancer}: access logs to {bucket_name}/{prefix}, expiring after {expiry[0]} days")
+for region, row in stack.get("Mappings", {}).get("ElbLogDelivery", {}).items():
+    if not re.fullmatch(r"[0-9]{12}|service", row["Account"]):
+        problems.append(f"ElbLogDelivery {region}: an ELB account id or 'service', not {row['Account']}")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
 # Each task definition's execution role may read exactly the secrets and parameters its containers
 # inject, and nothing else: its role is the resource behind the output that fills its
 # ${EXECUTION_ROLE_ARN}, and every GetSecretValue and GetParameters grant of that role must be one of
@@ -876,6 +969,7 @@ check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint
 check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
 check "task definitions vs botocore's ECS model and the stack" task_definitions
+check "edge: HTTPS only, WAF rate rule per IP, ALB access logs" stack_edge
 check "execution roles read exactly their task definition's secrets" execution_roles
 check "ALB health checks and drain timing vs task definitions" stack_health
 check "database connections at peak within Aurora's limit" database_connections
