@@ -340,6 +340,67 @@ print(f"validated {len(glob.glob(os.path.join(sys.argv[1], '*.json')))} task def
 EOF
 }
 
+# The ADOT sidecar can die without taking its task with it: not essential, a hard memory limit of
+# its own (the same in every task definition, since they share one configuration), and the app
+# container depending on it only to START (a HEALTHY condition would keep the app from starting
+# whenever the collector is unhealthy). Its configuration, and compose's, put memory_limiter
+# first in every pipeline, with its hard limit at most 80 % of the container's memory and a
+# spike allowance below that.
+collector_memory() {
+  python - <<'EOF'
+import glob, json, os, re, sys
+import yaml
+from cfn import template
+
+problems = []
+def limiter(config, memory, where):
+    processors = config.get("processors", {})
+    limits = processors.get("memory_limiter")
+    if not limits:
+        problems.append(f"{where}: no memory_limiter processor")
+        return
+    for name, pipeline in config["service"]["pipelines"].items():
+        if pipeline.get("processors", [None])[0] != "memory_limiter":
+            problems.append(f"{where}: memory_limiter must come first in the {name} pipeline")
+    limit, spike = limits.get("limit_mib", 0), limits.get("spike_limit_mib", 0)
+    if not memory / 2 <= limit <= memory * 0.8:
+        problems.append(f"{where}: limit_mib {limit} must be 50-80 % of the container's {memory} MiB")
+    if not 0 < spike < limit:
+        problems.append(f"{where}: spike_limit_mib {spike} must be positive and below limit_mib")
+    print(f"{where}: memory_limiter {limit} MiB (soft {limit - spike}) of {memory} MiB")
+
+memories = set()
+for path in sorted(glob.glob("ecs/task-definitions/*.json")):
+    family = os.path.basename(path)[:-5]
+    containers = {c["name"]: c for c in json.load(open(path))["containerDefinitions"]}
+    sidecar = containers.get("aws-otel-collector")
+    if sidecar is None:
+        continue
+    if sidecar.get("essential", True):
+        problems.append(f"{family}: the ADOT sidecar must not be essential (its death would stop the task)")
+    if not sidecar.get("memory"):
+        problems.append(f"{family}: the ADOT sidecar needs a hard memory limit (memory)")
+    memories.add(sidecar.get("memory"))
+    for dependency in containers["guildhall"].get("dependsOn", []):
+        if dependency["containerName"] == "aws-otel-collector" and dependency["condition"] != "START":
+            problems.append(f"{family}: guildhall may depend on the sidecar only to START, not {dependency['condition']}")
+if len(memories) != 1:
+    problems.append(f"the sidecars share one configuration, so one memory limit, not {sorted(memories, key=str)}")
+else:
+    adot = template()["Resources"]["AdotConfigParameter"]["Properties"]["Value"]
+    limiter(yaml.safe_load(adot), memories.pop(), "AdotConfigParameter")
+
+compose = yaml.safe_load(open("docker-compose.yml"))["services"]["otel-collector"]
+size = re.fullmatch(r"(\d+)m", str(compose.get("mem_limit", "")))
+if not size:
+    problems.append("compose's otel-collector needs mem_limit in MiB (e.g. 320m)")
+else:
+    limiter(yaml.safe_load(open("docker/otel-collector.yaml")), int(size.group(1)), "docker/otel-collector.yaml")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
 # The public edge: HTTPS only (a required certificate; port 80 answers nothing but a redirect, and
 # every route hangs off the HTTPS listener); a regional WAF web ACL on the ALB with a per-IP rate
 # rule whose limit is a parameter; the ALB's access logs on, in a bucket of the stack that is
@@ -971,6 +1032,7 @@ check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
 check "task definitions vs botocore's ECS model and the stack" task_definitions
 check "edge: HTTPS only, WAF rate rule per IP, ALB access logs" stack_edge
 check "execution roles read exactly their task definition's secrets" execution_roles
+check "ADOT sidecar not essential, memory_limiter within its memory" collector_memory
 check "ALB health checks and drain timing vs task definitions" stack_health
 check "database connections at peak within Aurora's limit" database_connections
 check "alarms notify AlarmTopicArn; parked events alarmed" stack_alarms
