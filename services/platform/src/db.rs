@@ -66,6 +66,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "uploads", include_str!("../../../migrations/postgres/0005_uploads.sql")),
     (6, "submission_keys", include_str!("../../../migrations/postgres/0006_submission_keys.sql")),
     (7, "index_checks", include_str!("../../../migrations/postgres/0007_index_checks.sql")),
+    (8, "assets_by_state", include_str!("../../../migrations/postgres/0008_assets_by_state.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -75,6 +76,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "uploads", include_str!("../../../migrations/sqlite/0005_uploads.sql")),
     (6, "submission_keys", include_str!("../../../migrations/sqlite/0006_submission_keys.sql")),
     (7, "index_checks", include_str!("../../../migrations/sqlite/0007_index_checks.sql")),
+    (8, "assets_by_state", include_str!("../../../migrations/sqlite/0008_assets_by_state.sql")),
 ];
 
 /// How long a request waits for a pooled connection before failing, when the database answers
@@ -427,6 +429,20 @@ mod tests {
     fn migrations_match_between_dialects() {
         let versions = |list: &[(i64, &str, &str)]| list.iter().map(|(v, n, _)| (*v, n.to_string())).collect::<Vec<_>>();
         assert_eq!(versions(POSTGRES_MIGRATIONS), versions(SQLITE_MIGRATIONS));
+    }
+
+    #[test]
+    fn every_migration_file_is_listed() {
+        for (dialect, list) in [("postgres", POSTGRES_MIGRATIONS), ("sqlite", SQLITE_MIGRATIONS)] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations").join(dialect);
+            let mut files: Vec<String> = std::fs::read_dir(&dir)
+                .expect("migrations folder")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            files.sort();
+            let listed: Vec<String> = list.iter().map(|(v, name, _)| format!("{v:04}_{name}.sql")).collect();
+            assert_eq!(files, listed, "{dialect}: a migration file not in the list never runs");
+        }
     }
 
     #[tokio::test]
