@@ -16,7 +16,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::ChatState;
 use crate::channel::Channel;
-use crate::store::{self, MessageRow};
+use crate::hub::Notice;
+use crate::store::{self, MessageRow, SanctionRecord};
 
 /// Most members a group may have.
 pub const MAX_GROUP_MEMBERS: i64 = 500;
@@ -32,7 +33,10 @@ pub fn routes() -> Router<ChatState> {
         .route("/v1/chat/channels/{id}/messages", get(history))
         .route("/v1/chat/channels/{id}/presence", get(presence))
         .route("/v1/chat/channels/{id}/sanctions", post(moderate))
+        .route("/v1/chat/channels/{id}/sanctions/{account_id}/{kind}", delete(lift))
+        .route("/v1/chat/me/sanctions", get(my_sanctions))
         .route("/v1/admin/chat/sanctions", post(admin_sanction))
+        .route("/v1/admin/chat/sanctions/{account_id}/{kind}", delete(admin_lift))
         .route("/v1/chat/messages/{id}/report", post(report))
 }
 
@@ -241,7 +245,12 @@ pub async fn remove_member(
     if !allowed {
         return Err(ApiError::Forbidden("you may not remove this member".into()));
     }
-    store::remove_member(state.db.pool(), &id, &account).await?;
+    if store::remove_member(state.db.pool(), &id, &account).await? {
+        // Their sockets leave the group's channel now, on every instance, instead of hearing it
+        // until they next try to send.
+        let notice = Notice::LeaveChannel { account_id: account, channel: format!("group:{id}"), reason: "removed".into() };
+        state.hub.notify(&notice).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -354,11 +363,127 @@ fn check_sanction(req: &Sanction) -> ApiResult<Option<i64>> {
     }
 }
 
+/// Who issues and lifts sanctions, from the lowest authority to the highest. A sanction may be
+/// replaced or lifted only by its issuer or by a higher authority (or by anyone allowed to
+/// sanction there, once it has expired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Authority {
+    /// A group's moderator, in their group.
+    Moderator,
+    /// A group's owner, in their group.
+    Owner,
+    /// The server key (game servers and operators), anywhere.
+    Server,
+}
+
+impl Authority {
+    /// As stored and shown: `moderator`, `owner`, `server`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Authority::Moderator => "moderator",
+            Authority::Owner => "owner",
+            Authority::Server => "server",
+        }
+    }
+
+    /// From its stored form; anything unknown counts as the lowest.
+    pub fn parse(stored: &str) -> Self {
+        match stored {
+            "server" => Authority::Server,
+            "owner" => Authority::Owner,
+            _ => Authority::Moderator,
+        }
+    }
+}
+
+/// 403 `sanction_outranked`.
+fn outranked() -> ApiError {
+    ApiError::Client {
+        status: StatusCode::FORBIDDEN,
+        code: "sanction_outranked",
+        message:
+            "a sanction of this kind is in force from an issuer you do not outrank; only they or a higher authority may change or lift it"
+                .into(),
+        field: None,
+    }
+}
+
+/// The caller's authority over `channel` and the issuer id recorded for them: the server key
+/// anywhere; a player only as owner or moderator of the group that is the channel.
+async fn authority_over(state: &ChatState, caller: &Caller, channel: &Channel) -> ApiResult<(Authority, String)> {
+    match caller {
+        Caller::Server => Ok((Authority::Server, "server".to_owned())),
+        Caller::Player(player) => {
+            let Channel::Group(group) = channel else {
+                return Err(ApiError::Forbidden("rooms and direct messages are moderated with the server key".into()));
+            };
+            match store::role(state.db.pool(), group, &player.account_id).await?.as_deref() {
+                Some("owner") => Ok((Authority::Owner, player.account_id.clone())),
+                Some("moderator") => Ok((Authority::Moderator, player.account_id.clone())),
+                _ => Err(ApiError::Forbidden("only the group's owner and moderators moderate it".into())),
+            }
+        }
+    }
+}
+
+/// Records a sanction with the issuer's authority (403 `sanction_outranked` when it would replace
+/// one the issuer does not outrank), then has a ban take effect on open sockets at once.
+async fn record_sanction(state: &ChatState, req: &Sanction, scope: &str, authority: Authority, by: &str) -> ApiResult<()> {
+    let until = check_sanction(req)?;
+    let row = store::SanctionRow {
+        account_id: &req.account_id,
+        scope,
+        kind: &req.kind,
+        until,
+        reason: req.reason.as_deref(),
+        by,
+        authority: authority.as_str(),
+    };
+    if !store::sanction(state.db.pool(), &row, now_millis()).await? {
+        return Err(outranked());
+    }
+    tracing::info!(account_id = req.account_id, scope, kind = req.kind, by, authority = authority.as_str(), "chat sanction");
+    if req.kind == "ban" {
+        let notice = match scope {
+            "global" => Notice::BannedEverywhere { account_id: req.account_id.clone() },
+            channel => Notice::LeaveChannel { account_id: req.account_id.clone(), channel: channel.to_owned(), reason: "banned".into() },
+        };
+        state.hub.notify(&notice).await?;
+    }
+    Ok(())
+}
+
+fn check_kind(kind: &str) -> ApiResult<()> {
+    if !matches!(kind, "mute" | "ban") {
+        return Err(ApiError::invalid("kind", "kind must be mute or ban"));
+    }
+    Ok(())
+}
+
+/// Lifts the sanction of `kind` on `account` in `scope`, if the caller's authority allows.
+async fn lift_sanction(state: &ChatState, account: &str, scope: &str, kind: &str, authority: Authority, by: &str) -> ApiResult<StatusCode> {
+    check_kind(kind)?;
+    let existing =
+        store::sanction_of(state.db.pool(), account, scope, kind).await?.ok_or_else(|| ApiError::NotFound("no such sanction".into()))?;
+    let in_force = existing.until.is_none_or(|until| until > now_millis());
+    if in_force && existing.created_by != by && Authority::parse(&existing.authority) >= authority {
+        return Err(outranked());
+    }
+    if !store::lift_sanction(state.db.pool(), account, scope, kind, &existing).await? {
+        return Err(ApiError::Conflict { code: "sanction_changed", message: "the sanction changed meanwhile; look again".into() });
+    }
+    tracing::info!(account_id = account, scope, kind, by, authority = authority.as_str(), "chat sanction lifted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Mutes or bans a player in a channel: a group's owner or moderators in their group, the server
-/// key anywhere.
+/// key anywhere. A sanction of the same kind already in force there is replaced only by its
+/// issuer or a higher authority (server key, then owner, then moderators): 403
+/// `sanction_outranked` otherwise. A ban takes the player's open sockets out of the channel.
 #[utoipa::path(post, path = "/v1/chat/channels/{id}/sanctions", tag = "chat", security(("bearer" = [])), request_body = Sanction,
     params(("id" = String, Path, description = "Channel id")),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody),
+        (status = 403, description = "forbidden, or sanction_outranked", body = ErrorBody)))]
 pub async fn moderate(
     State(state): State<ChatState>,
     caller: Caller,
@@ -366,54 +491,165 @@ pub async fn moderate(
     Json(req): Json<Sanction>,
 ) -> ApiResult<StatusCode> {
     let channel = Channel::parse(&id)?;
-    let until = check_sanction(&req)?;
+    check_sanction(&req)?;
     if req.scope.is_some() {
         return Err(ApiError::invalid("scope", "the channel is in the path; scope is for the admin API"));
     }
-    let by = match &caller {
-        Caller::Server => "server".to_owned(),
-        Caller::Player(player) => {
-            let Channel::Group(group) = &channel else {
-                return Err(ApiError::Forbidden("rooms and direct messages are moderated with the server key".into()));
-            };
-            let role = store::role(state.db.pool(), group, &player.account_id).await?;
-            if !matches!(role.as_deref(), Some("owner" | "moderator")) {
-                return Err(ApiError::Forbidden("only the group's owner and moderators moderate it".into()));
-            }
-            if matches!(store::role(state.db.pool(), group, &req.account_id).await?.as_deref(), Some("owner")) {
-                return Err(ApiError::Forbidden("the owner cannot be sanctioned".into()));
-            }
-            player.account_id.clone()
-        }
-    };
-    let scope = channel.id();
-    let row =
-        store::SanctionRow { account_id: &req.account_id, scope: &scope, kind: &req.kind, until, reason: req.reason.as_deref(), by: &by };
-    store::sanction(state.db.pool(), &row, now_millis()).await?;
-    tracing::info!(account_id = req.account_id, channel = channel.id(), kind = req.kind, by, "chat sanction");
+    let (authority, by) = authority_over(&state, &caller, &channel).await?;
+    if let Channel::Group(group) = &channel
+        && matches!(store::role(state.db.pool(), group, &req.account_id).await?.as_deref(), Some("owner"))
+    {
+        return Err(ApiError::Forbidden("the owner cannot be sanctioned".into()));
+    }
+    record_sanction(&state, &req, &channel.id(), authority, &by).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Mutes or bans a player everywhere (`scope: "global"`) or in one channel (server key).
+/// Lifts a mute or ban in a channel: its issuer, or a higher authority (a group's owner over its
+/// moderators' sanctions, the server key over all); anyone who may sanction there once it has
+/// expired.
+#[utoipa::path(delete, path = "/v1/chat/channels/{id}/sanctions/{account_id}/{kind}", tag = "chat", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Channel id"), ("account_id" = String, Path, description = "Sanctioned player"),
+        ("kind" = String, Path, description = "`mute` or `ban`")),
+    responses((status = 204), (status = 400, body = ErrorBody),
+        (status = 403, description = "forbidden, or sanction_outranked", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "sanction_changed: replaced while being lifted", body = ErrorBody)))]
+pub async fn lift(
+    State(state): State<ChatState>,
+    caller: Caller,
+    Path((id, account, kind)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let channel = Channel::parse(&id)?;
+    let (authority, by) = authority_over(&state, &caller, &channel).await?;
+    lift_sanction(&state, &account, &channel.id(), &kind, authority, &by).await
+}
+
+/// Mutes or bans a player everywhere (`scope: "global"`) or in one channel (server key). A
+/// global ban closes the player's open sockets (close code 4003).
 #[utoipa::path(post, path = "/v1/admin/chat/sanctions", tag = "chat", security(("bearer" = [])), request_body = Sanction,
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn admin_sanction(State(state): State<ChatState>, _admin: Admin, Json(req): Json<Sanction>) -> ApiResult<StatusCode> {
-    let until = check_sanction(&req)?;
-    let scope = match req.scope.as_deref() {
-        None | Some("global") => "global".to_owned(),
-        Some(channel) => Channel::parse(channel).map_err(|_| ApiError::invalid("scope", "scope must be global or a channel id"))?.id(),
-    };
-    let row = store::SanctionRow {
-        account_id: &req.account_id,
-        scope: &scope,
-        kind: &req.kind,
-        until,
-        reason: req.reason.as_deref(),
-        by: "server",
-    };
-    store::sanction(state.db.pool(), &row, now_millis()).await?;
-    tracing::info!(account_id = req.account_id, scope, kind = req.kind, "chat sanction (admin)");
+    check_sanction(&req)?;
+    let scope = admin_scope(req.scope.as_deref())?;
+    record_sanction(&state, &req, &scope, Authority::Server, "server").await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn admin_scope(scope: Option<&str>) -> ApiResult<String> {
+    match scope {
+        None | Some("global") => Ok("global".to_owned()),
+        Some(channel) => Ok(Channel::parse(channel).map_err(|_| ApiError::invalid("scope", "scope must be global or a channel id"))?.id()),
+    }
+}
+
+/// `?scope=` of the admin lift.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ScopeQuery {
+    /// `global` (default) or a channel id.
+    pub scope: Option<String>,
+}
+
+/// Lifts a mute or ban, everywhere or in one channel (server key, which outranks every issuer).
+#[utoipa::path(delete, path = "/v1/admin/chat/sanctions/{account_id}/{kind}", tag = "chat", security(("bearer" = [])),
+    params(("account_id" = String, Path, description = "Sanctioned player"), ("kind" = String, Path, description = "`mute` or `ban`"),
+        ScopeQuery),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "sanction_changed: replaced while being lifted", body = ErrorBody)))]
+pub async fn admin_lift(
+    State(state): State<ChatState>,
+    _admin: Admin,
+    Path((account, kind)): Path<(String, String)>,
+    Query(query): Query<ScopeQuery>,
+) -> ApiResult<StatusCode> {
+    let scope = admin_scope(query.scope.as_deref())?;
+    lift_sanction(&state, &account, &scope, &kind, Authority::Server, "server").await
+}
+
+/// A sanction on the caller, as they see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SanctionView {
+    /// `global` or a channel id.
+    pub scope: String,
+    /// `mute` or `ban`.
+    pub kind: String,
+    /// RFC 3339; absent for good.
+    pub until: Option<String>,
+    /// Whether it still applies (false once `until` has passed).
+    pub in_force: bool,
+    /// Why, if the issuer said.
+    pub reason: Option<String>,
+    /// `server`, `owner` or `moderator`: the authority that issued it. Not the moderator's
+    /// account, which a sanctioned player has no need of and could retaliate against.
+    pub issued_by: String,
+    /// RFC 3339.
+    pub issued_at: String,
+}
+
+impl SanctionView {
+    fn new(record: SanctionRecord, now: i64) -> Self {
+        SanctionView {
+            in_force: record.until.is_none_or(|until| until > now),
+            until: record.until.map(platform::time::rfc3339),
+            scope: record.scope,
+            kind: record.kind,
+            reason: record.reason,
+            issued_by: Authority::parse(&record.authority).as_str().to_owned(),
+            issued_at: platform::time::rfc3339(record.created_at),
+        }
+    }
+}
+
+/// Paging of the caller's sanctions.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SanctionsQuery {
+    /// 1 to 100, default 50.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of the caller's sanctions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SanctionPage {
+    /// By scope, then kind.
+    pub sanctions: Vec<SanctionView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The cursor after a sanction: its scope and kind (neither holds a newline), base64url.
+fn sanction_cursor(record: &SanctionRecord) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}\n{}", record.scope, record.kind))
+}
+
+fn parse_sanction_cursor(cursor: &str) -> ApiResult<(String, String)> {
+    use base64::Engine;
+    let bad = || ApiError::invalid("cursor", "cursor must be a next_cursor of this list");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (scope, kind) = text.split_once('\n').ok_or_else(bad)?;
+    Ok((scope.to_owned(), kind.to_owned()))
+}
+
+/// The caller's own mutes and bans, in force or expired, everywhere and per channel.
+#[utoipa::path(get, path = "/v1/chat/me/sanctions", tag = "chat", security(("bearer" = [])), params(SanctionsQuery),
+    responses((status = 200, body = SanctionPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn my_sanctions(
+    State(state): State<ChatState>,
+    player: Player,
+    Query(query): Query<SanctionsQuery>,
+) -> ApiResult<Json<SanctionPage>> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit", "limit must be between 1 and 100"));
+    }
+    let after = query.cursor.as_deref().map(parse_sanction_cursor).transpose()?;
+    let rows =
+        store::sanctions_of(state.db.pool(), &player.account_id, after.as_ref().map(|(s, k)| (s.as_str(), k.as_str())), limit).await?;
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(sanction_cursor)).flatten();
+    let now = now_millis();
+    Ok(Json(SanctionPage { sanctions: rows.into_iter().map(|r| SanctionView::new(r, now)).collect(), next_cursor }))
 }
 
 /// `POST /v1/chat/messages/{id}/report`.

@@ -9,6 +9,11 @@
 //! event, local members' included, goes through Redis, so all instances see one order per channel.
 //! On embedded defaults the hub delivers in process.
 //!
+//! The hub also knows every authenticated connection of this instance by account and session, so
+//! that a `Notice` (a session revoked, a ban, a removal from a group) published on any instance
+//! reaches the connections it concerns on all of them: through one Redis channel every instance
+//! subscribes to, plus the accounts service's revocation channel (`platform::auth`).
+//!
 //! Each connection has a bounded queue. A client that does not read fast enough fills it and is
 //! disconnected instead of growing an unbounded buffer.
 
@@ -39,6 +44,59 @@ pub struct Member {
     pub kick: CancellationToken,
 }
 
+/// What a connection is told to do by a notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Close the socket with this code and reason (see `ws` for the codes).
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason: a stable code.
+        reason: &'static str,
+    },
+    /// Leave `channel` and tell the client why.
+    Leave {
+        /// Channel id.
+        channel: String,
+        /// `banned` or `removed`.
+        reason: String,
+    },
+}
+
+/// Something that ends an account's or a session's right to (part of) chat, announced to every
+/// instance.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "notice", rename_all = "snake_case")]
+pub enum Notice {
+    /// The session ended (logout, refresh-token reuse, account deletion).
+    SessionEnded {
+        /// Session id.
+        session_id: String,
+    },
+    /// The account was banned from chat everywhere.
+    BannedEverywhere {
+        /// Account id.
+        account_id: String,
+    },
+    /// The account may no longer use a channel.
+    LeaveChannel {
+        /// Account id.
+        account_id: String,
+        /// Channel id.
+        channel: String,
+        /// `banned` or `removed`.
+        reason: String,
+    },
+}
+
+/// An authenticated connection of this instance, as notices find it.
+struct Connected {
+    account_id: String,
+    session_id: String,
+    control: mpsc::Sender<Control>,
+    kick: CancellationToken,
+}
+
 /// The fan-out hub of this instance. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
@@ -50,8 +108,13 @@ struct Inner {
     instance: String,
     next_connection: AtomicU64,
     local: Mutex<HashMap<String, HashMap<u64, Member>>>,
+    connected: Mutex<HashMap<u64, Connected>>,
     redis: Option<Bridge>,
 }
+
+/// The Redis channel (under the prefix) that carries notices between instances. Not a chat
+/// channel id (those have a kind before a colon), so it cannot collide with one.
+const NOTICES: &str = "chat-notices";
 
 struct Bridge {
     cache: RedisCache,
@@ -75,6 +138,7 @@ impl Hub {
                 instance: uuid::Uuid::now_v7().simple().to_string(),
                 next_connection: AtomicU64::new(1),
                 local: Mutex::new(HashMap::new()),
+                connected: Mutex::new(HashMap::new()),
                 redis: redis.map(|cache| Bridge { cache, sink: tokio::sync::Mutex::new(None) }),
             }),
         }
@@ -92,6 +156,81 @@ impl Hub {
 
     fn redis_channel(bridge: &Bridge, channel: &str) -> String {
         bridge.cache.key(&format!("chat:{channel}"))
+    }
+
+    /// Records an authenticated connection, so that notices about its account or session reach
+    /// it through `control` (or, when that queue is full, by cancelling `kick`); false, recording
+    /// nothing, when its account already has `cap` connections here. Counted and recorded under
+    /// one lock, so that simultaneous connections cannot all pass the cap.
+    pub fn connect(
+        &self,
+        connection: u64,
+        player: &platform::auth::Player,
+        control: mpsc::Sender<Control>,
+        kick: CancellationToken,
+        cap: usize,
+    ) -> bool {
+        let mut connected = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if connected.values().filter(|c| c.account_id == player.account_id).count() >= cap {
+            return false;
+        }
+        let entry = Connected { account_id: player.account_id.clone(), session_id: player.session_id.clone(), control, kick };
+        connected.insert(connection, entry);
+        true
+    }
+
+    /// A connection re-authenticated with a token of another session of the same account.
+    pub fn change_session(&self, connection: u64, session_id: &str) {
+        if let Some(entry) = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&connection) {
+            entry.session_id = session_id.to_owned();
+        }
+    }
+
+    /// Forgets a connection that closed.
+    pub fn disconnect(&self, connection: u64) {
+        self.inner.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&connection);
+    }
+
+    /// Announces `notice` to every instance (this one included).
+    pub async fn notify(&self, notice: &Notice) -> anyhow::Result<()> {
+        match &self.inner.redis {
+            Some(bridge) => {
+                let mut conn = bridge.cache.connection();
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(bridge.cache.key(NOTICES))
+                    .arg(serde_json::to_string(notice)?)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(anyhow::Error::new)
+                    .map_err(|err| err.context("publishing a chat notice"))?;
+            }
+            None => self.apply(notice),
+        }
+        Ok(())
+    }
+
+    /// Tells the connections of this instance that `notice` concerns what to do.
+    pub fn apply(&self, notice: &Notice) {
+        let connected = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in connected.values() {
+            let control = match notice {
+                Notice::SessionEnded { session_id } if *session_id == entry.session_id => {
+                    Control::Close { code: crate::ws::CLOSE_SESSION_ENDED, reason: "session_revoked" }
+                }
+                Notice::BannedEverywhere { account_id } if *account_id == entry.account_id => {
+                    Control::Close { code: crate::ws::CLOSE_BANNED, reason: "banned" }
+                }
+                Notice::LeaveChannel { account_id, channel, reason } if *account_id == entry.account_id => {
+                    Control::Leave { channel: channel.clone(), reason: reason.clone() }
+                }
+                _ => continue,
+            };
+            if entry.control.try_send(control).is_err() {
+                // A connection that has not taken its last notices is not keeping up: close it
+                // rather than let it keep what a notice meant to take away.
+                entry.kick.cancel();
+            }
+        }
     }
 
     /// Adds a connection to a channel; subscribes this instance when it is the first.
@@ -203,6 +342,8 @@ impl Hub {
     pub async fn run(self, shutdown: Shutdown) {
         let Some(bridge) = &self.inner.redis else { return };
         let prefix_len = bridge.cache.key("chat:").len();
+        let notices = bridge.cache.key(NOTICES);
+        let revocations = bridge.cache.key(platform::auth::REVOCATION_CHANNEL);
         while !shutdown.is_stopped() {
             let pubsub = match bridge.cache.bounded(bridge.cache.client().get_async_pubsub()).await {
                 Ok(pubsub) => pubsub,
@@ -221,7 +362,18 @@ impl Hub {
                 let mut guard = bridge.sink.lock().await;
                 let channels: HashSet<String> = self.inner.local.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
                 let mut resubscribed = Ok(channels.len());
+                // Notices and revocations always, whether or not anyone here is in a channel: a
+                // socket outside every channel still has a session that can end.
+                for always in [&notices, &revocations] {
+                    if let Err(err) = bridge.cache.bounded(sink.subscribe(always)).await {
+                        resubscribed = Err(err);
+                        break;
+                    }
+                }
                 for channel in &channels {
+                    if resubscribed.is_err() {
+                        break;
+                    }
                     if let Err(err) = bridge.cache.bounded(sink.subscribe(Self::redis_channel(bridge, channel))).await {
                         resubscribed = Err(err);
                         break;
@@ -250,8 +402,19 @@ impl Hub {
                     message = stream.next() => {
                         let Some(message) = message else { break };
                         let channel_name = message.get_channel_name();
-                        let Some(channel) = channel_name.get(prefix_len..) else { continue };
                         let Ok(payload) = message.get_payload::<String>() else { continue };
+                        if channel_name == revocations {
+                            self.apply(&Notice::SessionEnded { session_id: payload });
+                            continue;
+                        }
+                        if channel_name == notices {
+                            match serde_json::from_str::<Notice>(&payload) {
+                                Ok(notice) => self.apply(&notice),
+                                Err(err) => tracing::warn!(error = %err, "undecodable chat notice"),
+                            }
+                            continue;
+                        }
+                        let Some(channel) = channel_name.get(prefix_len..) else { continue };
                         match serde_json::from_str::<Envelope>(&payload) {
                             Ok(envelope) => self.deliver(channel, Arc::from(envelope.e.get()), &envelope.o),
                             Err(err) => tracing::warn!(error = %err, "undecodable chat envelope"),

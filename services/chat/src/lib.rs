@@ -2,6 +2,7 @@
 //! across any number of stateless instances through Redis.
 
 pub mod api;
+pub mod caps;
 pub mod channel;
 pub mod hub;
 pub mod presence;
@@ -46,6 +47,10 @@ pub struct ChatState {
     pub admin_key: AdminKey,
     /// Per-player send limit.
     pub send_limit: SendLimit,
+    /// Socket caps per account and per IP.
+    pub socket_limits: caps::SocketLimits,
+    /// Open sockets by client IP.
+    pub sockets_by_ip: caps::SocketsByIp,
     /// Sockets close with going-away when it stops.
     pub shutdown: Shutdown,
     /// Open sockets, so that shutdown waits for their close frames to go out.
@@ -54,22 +59,68 @@ pub struct ChatState {
 
 impl ChatState {
     /// Chat over `cache`: Redis fan-out and presence when it is Redis, in process otherwise.
-    pub fn new(db: Database, cache: Cache, auth: Authenticator, admin_key: AdminKey, send_limit: SendLimit, shutdown: Shutdown) -> Self {
+    pub fn new(
+        db: Database,
+        cache: Cache,
+        auth: Authenticator,
+        admin_key: AdminKey,
+        send_limit: SendLimit,
+        socket_limits: caps::SocketLimits,
+        shutdown: Shutdown,
+    ) -> Self {
         let hub = Hub::new(cache.redis().cloned());
         let presence = match cache.redis() {
             Some(redis) => Presence::Redis(redis.clone(), hub.clone()),
             None => Presence::Memory(hub.clone()),
         };
-        ChatState { db, cache, hub, presence, auth, admin_key, send_limit, shutdown, sockets: Default::default() }
+        ChatState {
+            db,
+            cache,
+            hub,
+            presence,
+            auth,
+            admin_key,
+            send_limit,
+            socket_limits,
+            sockets_by_ip: Default::default(),
+            shutdown,
+            sockets: Default::default(),
+        }
     }
 
     /// Background work: the Redis fan-out and the presence refresh, until shutdown; then waits
     /// (up to 5 s) for every socket to have sent its going-away close.
     pub async fn run(self) {
-        tokio::join!(self.hub.clone().run(self.shutdown.clone()), self.presence.clone().run(self.shutdown.clone()));
+        tokio::join!(
+            self.hub.clone().run(self.shutdown.clone()),
+            self.presence.clone().run(self.shutdown.clone()),
+            self.relay_local_revocations()
+        );
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         while self.sockets.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// On embedded defaults, hands the sessions revoked in this process to the hub (with Redis
+    /// the hub hears every instance's revocations on their channel instead).
+    async fn relay_local_revocations(&self) {
+        if self.cache.redis().is_some() {
+            return;
+        }
+        let mut revocations = self.auth.revocations();
+        loop {
+            tokio::select! {
+                () = self.shutdown.stopped() => return,
+                revoked = revocations.recv() => match revoked {
+                    Ok(session_id) => self.hub.apply(&hub::Notice::SessionEnded { session_id }),
+                    // Missed some: each socket's periodic check of its session catches them.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "chat fell behind on revoked sessions");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
         }
     }
 
@@ -118,11 +169,12 @@ pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
 #[openapi(
     paths(
         ws::socket, api::create_group, api::show_group, api::add_member, api::remove_member, api::history, api::presence,
-        api::moderate, api::admin_sanction, api::report
+        api::moderate, api::lift, api::my_sanctions, api::admin_sanction, api::admin_lift, api::report
     ),
     components(schemas(
         api::MessageView, api::CreateGroup, api::GroupView, api::MemberView, api::AddMember, api::HistoryPage,
-        api::PresenceView, api::PresentPlayer, api::Sanction, api::Report, platform::error::ErrorBody
+        api::PresenceView, api::PresentPlayer, api::Sanction, api::SanctionView, api::SanctionPage, api::Report,
+        platform::error::ErrorBody
     )),
     tags((name = "chat", description = "Channels, history, moderation"))
 )]

@@ -200,15 +200,24 @@ pub struct SanctionRow<'a> {
     pub reason: Option<&'a str>,
     /// Who decided (an account id, or `server`).
     pub by: &'a str,
+    /// With what authority: `server`, `owner` or `moderator` (see `Authority`).
+    pub authority: &'a str,
 }
 
-/// Records a mute or ban (replacing one of the same kind and scope).
+/// Records a mute or ban, replacing one of the same kind and scope only when that one is no
+/// longer in force, was issued by the same issuer, or by a lower authority: false, changing
+/// nothing, otherwise. One statement, so that two moderators acting at once cannot slip a
+/// weaker sanction past the check.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.sanction", skip_all)]
-pub async fn sanction<'e>(db: impl Executor<'e, Database = Any>, s: &SanctionRow<'_>, now: i64) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO chat_sanctions (account_id, scope, kind, until, reason, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+pub async fn sanction<'e>(db: impl Executor<'e, Database = Any>, s: &SanctionRow<'_>, now: i64) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO chat_sanctions (account_id, scope, kind, until, reason, created_by, created_at, authority) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (account_id, scope, kind) DO UPDATE SET until = excluded.until, reason = excluded.reason, \
-         created_by = excluded.created_by, created_at = excluded.created_at",
+         created_by = excluded.created_by, created_at = excluded.created_at, authority = excluded.authority \
+         WHERE chat_sanctions.until <= excluded.created_at OR chat_sanctions.created_by = excluded.created_by \
+         OR (CASE chat_sanctions.authority WHEN 'server' THEN 3 WHEN 'owner' THEN 2 ELSE 1 END) \
+          < (CASE excluded.authority WHEN 'server' THEN 3 WHEN 'owner' THEN 2 ELSE 1 END)",
     )
     .bind(s.account_id)
     .bind(s.scope)
@@ -217,10 +226,111 @@ pub async fn sanction<'e>(db: impl Executor<'e, Database = Any>, s: &SanctionRow
     .bind(s.reason)
     .bind(s.by)
     .bind(now)
+    .bind(s.authority)
     .execute(db)
     .await
     .context("recording sanction")?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
+}
+
+/// A recorded sanction, in force or expired.
+#[derive(Debug, Clone)]
+pub struct SanctionRecord {
+    /// `global` or a channel id.
+    pub scope: String,
+    /// `mute` or `ban`.
+    pub kind: String,
+    /// Unix ms; `None` for good.
+    pub until: Option<i64>,
+    /// Why.
+    pub reason: Option<String>,
+    /// Who decided (an account id, or `server`).
+    pub created_by: String,
+    /// `server`, `owner` or `moderator`.
+    pub authority: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+fn sanction_record(row: &AnyRow) -> Result<SanctionRecord, sqlx::Error> {
+    Ok(SanctionRecord {
+        scope: row.try_get("scope")?,
+        kind: row.try_get("kind")?,
+        until: row.try_get("until")?,
+        reason: row.try_get("reason")?,
+        created_by: row.try_get("created_by")?,
+        authority: row.try_get("authority")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// The sanction of `kind` on `account` in `scope`, if one is recorded.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.sanction_of", skip_all)]
+pub async fn sanction_of<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account: &str,
+    scope: &str,
+    kind: &str,
+) -> anyhow::Result<Option<SanctionRecord>> {
+    let row = sqlx::query(
+        "SELECT scope, kind, until, reason, created_by, authority, created_at FROM chat_sanctions \
+         WHERE account_id = $1 AND scope = $2 AND kind = $3",
+    )
+    .bind(account)
+    .bind(scope)
+    .bind(kind)
+    .fetch_optional(db)
+    .await
+    .context("loading sanction")?;
+    row.as_ref().map(sanction_record).transpose().context("decoding sanction")
+}
+
+/// Deletes the sanction of `kind` on `account` in `scope` if it is still the one issued by
+/// `created_by` at `created_at` (the one the caller was allowed to lift); false otherwise.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.lift_sanction", skip_all)]
+pub async fn lift_sanction<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account: &str,
+    scope: &str,
+    kind: &str,
+    seen: &SanctionRecord,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "DELETE FROM chat_sanctions WHERE account_id = $1 AND scope = $2 AND kind = $3 AND created_by = $4 AND created_at = $5",
+    )
+    .bind(account)
+    .bind(scope)
+    .bind(kind)
+    .bind(&seen.created_by)
+    .bind(seen.created_at)
+    .execute(db)
+    .await
+    .context("lifting sanction")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Up to `limit` of `account`'s sanctions, in force or expired, by scope and kind, after the
+/// (scope, kind) `after`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.sanctions_of", skip_all)]
+pub async fn sanctions_of<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account: &str,
+    after: Option<(&str, &str)>,
+    limit: i64,
+) -> anyhow::Result<Vec<SanctionRecord>> {
+    let (after_scope, after_kind) = after.unzip();
+    let rows = sqlx::query(
+        "SELECT scope, kind, until, reason, created_by, authority, created_at FROM chat_sanctions \
+         WHERE account_id = $1 AND ($2 IS NULL OR scope > $2 OR (scope = $2 AND kind > $3)) ORDER BY scope, kind LIMIT $4",
+    )
+    .bind(account)
+    .bind(after_scope)
+    .bind(after_kind)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+    .context("listing sanctions")?;
+    rows.iter().map(|r| sanction_record(r).context("decoding sanction")).collect()
 }
 
 /// The kinds of sanction in force on `account` in `channel` (or everywhere).

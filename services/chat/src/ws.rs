@@ -6,10 +6,19 @@
 //! token leaked. Browsers cannot set headers on a WebSocket, hence the first frame.
 //!
 //! Frames are JSON with a client-chosen `id` echoed in the `ack` or `error` that answers them:
-//! `join`, `leave`, `send` (`body`), `typing`; the server pushes `message`, `presence` and
-//! `typing` events. The server pings every 20 s and closes a connection silent for 60 s (the
-//! ALB's idle timeout is longer), closes a client too slow to read its queue (1008), and sends
-//! every socket a going-away close (1001) on shutdown so clients reconnect elsewhere.
+//! `join`, `leave`, `send` (`body`), `typing`, and `auth` again with a fresh token of the same
+//! account, which keeps the socket past the first token's expiry; the server pushes `message`,
+//! `presence`, `typing` and `removed` events. The server pings every 20 s and closes a connection
+//! silent for 60 s (the ALB's idle timeout is longer), closes a client too slow to read its queue
+//! (1008), and sends every socket a going-away close (1001) on shutdown so clients reconnect
+//! elsewhere.
+//!
+//! A socket lives no longer than the right that opened it: it closes when its token expires
+//! without a new `auth` (4001), when its session ends (logout, refresh-token reuse, account
+//! deletion: 4002) or its account is banned from chat (4003), on every instance at once through
+//! the hub's notices; a ban from a channel or removal from a group takes it out of that channel
+//! with a `removed` event. The codes are in the 4000-4999 range RFC 6455 §7.4.2 leaves to
+//! applications; each close's reason is a stable snake_case code.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,12 +26,13 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::SinkExt;
 use platform::ApiError;
 use platform::auth::Player;
 use platform::db::now_millis;
+use platform::http::ClientIp;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -30,11 +40,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ChatState;
 use crate::channel::Channel;
-use crate::hub::{Member, QUEUE};
+use crate::hub::{Control, Member, QUEUE};
 use crate::store::{self, MessageRow};
 
-/// Largest frame a client may send.
+/// Largest frame, and message, a client may send. Checked against a frame's header before any of
+/// its payload is buffered: a larger one closes the socket with 1009.
 pub const MAX_FRAME: usize = 16 * 1024;
+/// Close code: the access token expired; refresh it and reconnect (or send `auth` before expiry).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// Close code: the session ended (logout, refresh-token reuse, account deletion); sign in again.
+pub const CLOSE_SESSION_ENDED: u16 = 4002;
+/// Close code: the account is banned from chat.
+pub const CLOSE_BANNED: u16 = 4003;
+/// Close code: the account has `CHAT_MAX_SOCKETS_PER_ACCOUNT` sockets open on this instance.
+pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
+/// Close code (RFC 6455): a frame or message larger than `MAX_FRAME`.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Notices a connection may have waiting before it counts as not keeping up.
+const CONTROL_QUEUE: usize = 16;
 /// Initial read buffer of a socket.
 const READ_BUFFER: usize = 4096;
 /// Largest message body, in bytes.
@@ -45,9 +68,24 @@ const AUTH_WITHIN: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(20);
 const SILENT_FOR: Duration = Duration::from_secs(60);
 
-/// Upgrades to a chat WebSocket.
-#[utoipa::path(get, path = "/v1/chat/ws", tag = "chat", responses((status = 101, description = "WebSocket; see the chat protocol in README.md")))]
-pub async fn socket(State(state): State<ChatState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+/// Upgrades to a chat WebSocket: 429 `too_many_connections` when the client's IP already holds
+/// `CHAT_MAX_SOCKETS_PER_IP` sockets on this instance.
+#[utoipa::path(get, path = "/v1/chat/ws", tag = "chat", responses(
+    (status = 101, description = "WebSocket; see the chat protocol in README.md"),
+    (status = 429, description = "too_many_connections: this address has too many chat sockets open", body = platform::error::ErrorBody)))]
+pub async fn socket(
+    State(state): State<ChatState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let cap = state.socket_limits.per_ip;
+    let slot = state.sockets_by_ip.take(ip, cap).ok_or_else(|| ApiError::Client {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "too_many_connections",
+        message: format!("at most {cap} chat sockets per address; close one first"),
+        field: None,
+    })?;
     let header_token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -55,8 +93,14 @@ pub async fn socket(State(state): State<ChatState>, headers: HeaderMap, upgrade:
         .map(str::to_owned);
     // A 4 KiB read buffer instead of the library's 128 KiB, which it zero-fills up front: that
     // default made a connection cost ~140 KiB of server memory (measured with loadtest/chat.sh);
-    // chat frames are small and the buffer still grows for a large one.
-    upgrade.read_buffer_size(READ_BUFFER).max_message_size(MAX_FRAME).on_upgrade(move |socket| connection(state, socket, header_token))
+    // chat frames are small and the buffer still grows for a large one. The frame limit is what
+    // bounds that growth: tungstenite checks a frame's declared length against it before it
+    // reserves room for the payload, whereas the message limit alone is checked only once a
+    // whole frame is in (its default frame limit, 16 MiB, let a header alone reserve that much).
+    Ok(upgrade.read_buffer_size(READ_BUFFER).max_frame_size(MAX_FRAME).max_message_size(MAX_FRAME).on_upgrade(move |socket| async move {
+        let _slot = slot;
+        connection(state, socket, header_token).await;
+    }))
 }
 
 #[derive(Deserialize)]
@@ -92,37 +136,71 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await;
 }
 
-/// Waits for the auth frame (unless the upgrade carried a token) and verifies it.
-async fn authenticate(state: &ChatState, socket: &mut WebSocket, header_token: Option<String>) -> Option<Player> {
-    if let Some(token) = header_token {
-        return state.auth.authenticate(&token).await.ok();
+/// How a socket ends that cannot go on: a close code and its reason.
+type Refusal = (u16, &'static str);
+
+const AUTHENTICATION_REQUIRED: Refusal = (1008, "authentication required");
+
+/// The close that answers a failed read, if any: 1009 for a frame over `MAX_FRAME`; none for a
+/// connection that broke (nothing would read a close frame).
+fn read_failure(err: axum::Error) -> Option<Refusal> {
+    match err.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Some((CLOSE_TOO_BIG, "message_too_big")),
+        _ => None,
     }
-    let first = tokio::time::timeout(AUTH_WITHIN, socket.recv()).await.ok()??.ok()?;
-    let Message::Text(text) = first else { return None };
-    let incoming: Incoming = serde_json::from_str(&text).ok()?;
+}
+
+/// Verifies `token`: its player and when it expires (Unix seconds).
+async fn verify_token(state: &ChatState, token: &str) -> Result<(Player, i64), ApiError> {
+    let unconfirmed = state.auth.verify(token)?;
+    let expires_at = unconfirmed.expires_at();
+    Ok((state.auth.confirm(unconfirmed).await?, expires_at))
+}
+
+/// Waits for the auth frame (unless the upgrade carried a token) and verifies it.
+async fn authenticate(state: &ChatState, socket: &mut WebSocket, header_token: Option<String>) -> Result<(Player, i64), Option<Refusal>> {
+    if let Some(token) = header_token {
+        return verify_token(state, &token).await.map_err(|_| Some(AUTHENTICATION_REQUIRED));
+    }
+    let first = match tokio::time::timeout(AUTH_WITHIN, socket.recv()).await {
+        Ok(Some(Ok(first))) => first,
+        Ok(Some(Err(err))) => return Err(read_failure(err)),
+        Ok(None) => return Err(None),
+        Err(_) => return Err(Some(AUTHENTICATION_REQUIRED)),
+    };
+    let Message::Text(text) = first else { return Err(Some(AUTHENTICATION_REQUIRED)) };
+    let Ok(incoming) = serde_json::from_str::<Incoming>(&text) else { return Err(Some(AUTHENTICATION_REQUIRED)) };
     if incoming.kind != "auth" {
         let _ = socket
             .send(Message::Text(error_frame(&incoming.id, "unauthenticated", "send {\"type\":\"auth\",\"token\":...} first").into()))
             .await;
-        return None;
+        return Err(Some(AUTHENTICATION_REQUIRED));
     }
-    match state.auth.authenticate(incoming.token.as_deref().unwrap_or_default()).await {
-        Ok(player) => {
+    match verify_token(state, incoming.token.as_deref().unwrap_or_default()).await {
+        Ok((player, expires_at)) => {
             let ack = json!({"type": "ack", "id": incoming.id, "account_id": player.account_id});
-            socket.send(Message::Text(ack.to_string().into())).await.ok()?;
-            Some(player)
+            socket.send(Message::Text(ack.to_string().into())).await.map_err(|_| None)?;
+            Ok((player, expires_at))
         }
         Err(err) => {
             let _ = socket.send(Message::Text(api_error_frame(&incoming.id, &err).into())).await;
-            None
+            Err(Some(AUTHENTICATION_REQUIRED))
         }
     }
+}
+
+/// The instant a token expiring at `expires_at` (Unix seconds) stops being valid.
+fn expiry(expires_at: i64) -> tokio::time::Instant {
+    let left = expires_at.saturating_mul(1000).saturating_sub(now_millis()).max(0);
+    tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
 }
 
 /// One connected player.
 struct Session {
     state: ChatState,
     player: Player,
+    /// When the current token expires, Unix seconds.
+    expires_at: i64,
     connection: u64,
     joined: HashSet<String>,
     tx: mpsc::Sender<Arc<str>>,
@@ -145,27 +223,43 @@ impl Drop for Open {
     }
 }
 
+/// Keeps a connection known to the hub's notices for as long as it lives.
+struct Registered(crate::hub::Hub, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.disconnect(self.1);
+    }
+}
+
 async fn connection(state: ChatState, mut socket: WebSocket, header_token: Option<String>) {
     let _open = Open::new(&state.sockets);
-    let Some(player) = authenticate(&state, &mut socket, header_token).await else {
-        close(&mut socket, 1008, "authentication required").await;
-        return;
+    let (player, expires_at) = match authenticate(&state, &mut socket, header_token).await {
+        Ok(authenticated) => authenticated,
+        Err(refusal) => {
+            if let Some((code, reason)) = refusal {
+                close(&mut socket, code, reason).await;
+            }
+            return;
+        }
     };
     let (tx, mut rx) = mpsc::channel::<Arc<str>>(QUEUE);
-    let mut session = Session {
-        connection: state.hub.connection_id(),
-        state: state.clone(),
-        player,
-        joined: HashSet::new(),
-        tx,
-        kick: CancellationToken::new(),
-    };
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
+    let connection = state.hub.connection_id();
+    let kick = CancellationToken::new();
+    if !state.hub.connect(connection, &player, control_tx, kick.clone(), state.socket_limits.per_account) {
+        close(&mut socket, CLOSE_TOO_MANY_SOCKETS, "too_many_connections").await;
+        return;
+    }
+    let _registered = Registered(state.hub.clone(), connection);
+    let mut session = Session { connection, state: state.clone(), player, expires_at, joined: HashSet::new(), tx, kick: kick.clone() };
     tracing::debug!(account_id = session.player.account_id, connection = session.connection, "chat connected");
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
     let mut last_heard = Instant::now();
     let shutdown = state.shutdown.clone();
-    let kick = session.kick.clone();
+    let token_expiry = tokio::time::sleep_until(expiry(session.expires_at));
+    tokio::pin!(token_expiry);
     loop {
         tokio::select! {
             () = shutdown.stopped() => {
@@ -176,6 +270,25 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                 close(&mut socket, 1008, "too slow to read").await;
                 break;
             }
+            () = &mut token_expiry => {
+                close(&mut socket, CLOSE_TOKEN_EXPIRED, "token_expired").await;
+                break;
+            }
+            Some(control) = control_rx.recv() => match control {
+                Control::Close { code, reason } => {
+                    close(&mut socket, code, reason).await;
+                    break;
+                }
+                Control::Leave { channel, reason } => {
+                    if session.joined.contains(&channel) {
+                        session.leave_channel(&channel).await;
+                        let event = json!({"type": "removed", "channel": channel, "reason": reason});
+                        if socket.send(Message::Text(event.to_string().into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            },
             Some(frame) = rx.recv() => {
                 if socket.send(Message::Text(Utf8Bytes::from(frame.as_ref()))).await.is_err() {
                     break;
@@ -186,16 +299,35 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                     close(&mut socket, 1001, "idle").await;
                     break;
                 }
+                // The notices end a session's sockets at once; this check is for one whose
+                // notice was lost (pub/sub delivers at most once, and not while the fan-out is
+                // reconnecting). A cache that cannot answer keeps the socket: an outage must not
+                // disconnect everyone.
+                if let Ok(true) = state.auth.is_revoked(&session.player.session_id).await {
+                    close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
+                    break;
+                }
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
             }
             incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else { break };
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => {
+                        if let Some((code, reason)) = read_failure(err) {
+                            close(&mut socket, code, reason).await;
+                        }
+                        break;
+                    }
+                    None => break,
+                };
                 last_heard = Instant::now();
                 match message {
                     Message::Text(text) => {
                         let reply = session.handle(&text).await;
+                        // A re-authentication moves the expiry.
+                        token_expiry.as_mut().reset(expiry(session.expires_at));
                         if socket.send(Message::Text(reply.into())).await.is_err() {
                             break;
                         }
@@ -235,7 +367,7 @@ impl Session {
             "leave" => self.leave(&incoming).await,
             "send" => self.send(&incoming).await,
             "typing" => self.typing(&incoming).await,
-            "auth" => Err(ApiError::invalid("type", "already authenticated")),
+            "auth" => self.reauthenticate(&incoming).await,
             other => Err(ApiError::invalid("type", format!("unknown frame type {other:?}"))),
         };
         match result {
@@ -264,29 +396,50 @@ impl Session {
 
     async fn join(&mut self, incoming: &Incoming) -> Result<serde_json::Value, ApiError> {
         let (channel, id) = Self::channel(incoming)?;
-        if !self.joined.contains(&id) {
-            if self.joined.len() >= MAX_JOINS {
-                return Err(ApiError::invalid("channel", format!("a connection may be in {MAX_JOINS} channels at most")));
-            }
-            // Each join fans a presence event out: joins get a bucket too, five times the sends'.
-            self.take_token("join", 5).await?;
-            self.state.authorize(&self.player.account_id, &channel, false).await?;
-            let member = Member {
-                account_id: self.player.account_id.clone(),
-                name: self.player.name.clone(),
-                tx: self.tx.clone(),
-                kick: self.kick.clone(),
-            };
-            self.state.hub.join(&id, self.connection, member).await?;
-            self.joined.insert(id.clone());
-            self.state.presence.enter(&id, self.connection, &self.player.account_id, &self.player.name).await?;
-            let event =
-                json!({"type": "presence", "channel": id, "joined": {"account_id": self.player.account_id, "name": self.player.name}});
-            self.state.hub.publish(&id, &event.to_string(), Some(self.connection)).await?;
+        let rejoin = self.joined.contains(&id);
+        if !rejoin && self.joined.len() >= MAX_JOINS {
+            return Err(ApiError::invalid("channel", format!("a connection may be in {MAX_JOINS} channels at most")));
         }
+        // Each join fans a presence event out: joins get a bucket too, five times the sends'. A
+        // re-join spends a token as well, or it would be a free way to make the server work.
+        self.take_token("join", 5).await?;
+        if rejoin {
+            // Nothing changes, so nothing is read: the presence list costs a read of the whole
+            // channel's set in Redis, and `GET .../presence` is there for a client that wants it.
+            return Ok(json!({"channel": id, "already_joined": true}));
+        }
+        self.state.authorize(&self.player.account_id, &channel, false).await?;
+        let member = Member {
+            account_id: self.player.account_id.clone(),
+            name: self.player.name.clone(),
+            tx: self.tx.clone(),
+            kick: self.kick.clone(),
+        };
+        self.state.hub.join(&id, self.connection, member).await?;
+        self.joined.insert(id.clone());
+        self.state.presence.enter(&id, self.connection, &self.player.account_id, &self.player.name).await?;
+        let event = json!({"type": "presence", "channel": id, "joined": {"account_id": self.player.account_id, "name": self.player.name}});
+        self.state.hub.publish(&id, &event.to_string(), Some(self.connection)).await?;
         let (count, players) = self.state.presence.list(&id, 100).await?;
         let players: Vec<_> = players.into_iter().map(|(account_id, name)| json!({"account_id": account_id, "name": name})).collect();
         Ok(json!({"channel": id, "presence": {"count": count, "players": players}}))
+    }
+
+    /// `auth` on an open socket: a fresh token of the same account (another session of it, too)
+    /// replaces the first, so the socket outlives the first token's expiry. The name shown stays
+    /// the one the socket opened with, as its presence entries carry it.
+    async fn reauthenticate(&mut self, incoming: &Incoming) -> Result<serde_json::Value, ApiError> {
+        let token = incoming.token.as_deref().ok_or_else(|| ApiError::invalid("token", "token is required"))?;
+        let (player, expires_at) = verify_token(&self.state, token).await?;
+        if player.account_id != self.player.account_id {
+            return Err(ApiError::Forbidden("that token is another account's; open another socket for it".into()));
+        }
+        if player.session_id != self.player.session_id {
+            self.state.hub.change_session(self.connection, &player.session_id);
+            self.player.session_id = player.session_id;
+        }
+        self.expires_at = expires_at;
+        Ok(json!({"account_id": self.player.account_id}))
     }
 
     async fn leave(&mut self, incoming: &Incoming) -> Result<serde_json::Value, ApiError> {

@@ -138,7 +138,12 @@ impl App {
                 }
                 Service::Chat => {
                     let limit = chat::SendLimit { burst: config.chat_send_burst, per_second: config.chat_send_per_second };
-                    let state = chat::ChatState::new(db.clone(), cache.clone(), auth.clone(), admin_key.clone(), limit, shutdown.clone());
+                    let sockets = chat::caps::SocketLimits {
+                        per_account: config.chat_max_sockets_per_account as usize,
+                        per_ip: config.chat_max_sockets_per_ip as usize,
+                    };
+                    let state =
+                        chat::ChatState::new(db.clone(), cache.clone(), auth.clone(), admin_key.clone(), limit, sockets, shutdown.clone());
                     subscriptions.extend(chat::subscriptions(state.clone()));
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(state.clone().run()));

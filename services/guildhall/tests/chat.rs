@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Api, Backend, Chat, TestApp, guest, two_processes};
+use common::{ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, guest, guest_session, two_processes};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -16,7 +16,18 @@ on_both_backends!(
     reports_and_erasure,
     bad_frames_get_errors_and_the_connection_stays,
     a_client_closing_gets_a_close_frame_back,
+    a_session_that_ends_closes_its_sockets,
+    bans_and_group_removals_reach_open_sockets,
+    a_socket_closes_when_its_token_expires_unless_renewed,
+    oversized_frames_close_the_socket_before_they_are_buffered,
+    sockets_are_capped_per_account_and_per_address,
+    rejoins_are_rate_limited_and_read_no_presence,
+    sanctions_respect_their_issuers_and_can_be_lifted,
+    players_page_through_their_own_sanctions,
 );
+
+/// How long a session's end, a ban or a removal may take to reach an open socket.
+const PROMPTLY: Duration = Duration::from_secs(2);
 
 /// A client that closes its socket gets the server's close frame back (RFC 6455's closing
 /// handshake), not a dropped connection that it would report as an abnormal closure (1006).
@@ -167,6 +178,8 @@ async fn sends_are_rate_limited_and_muted_players_cannot_send(backend: Backend) 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(bob.send("room:other", "elsewhere is fine").await["type"], "ack");
     app.post("/v1/admin/chat/sanctions", Some(ADMIN_KEY), json!({"account_id": bob_id, "kind": "ban"})).await.expect(204);
+    assert_eq!(bob.closed_within(PROMPTLY).await, Some(4003), "a ban everywhere closes the socket");
+    let mut bob = Chat::connect(&app.base, &bob_token).await;
     let banned = bob.request(json!({"type": "join", "channel": "room:third"})).await;
     assert_eq!(banned["code"], "forbidden");
     app.post("/v1/admin/chat/sanctions", Some(&bob_token), json!({"account_id": bob_id, "kind": "ban"}))
@@ -337,4 +350,329 @@ async fn two_processes_share_channels_and_presence() {
     ana.join("room:global").await;
     assert_eq!(ana.send("room:global", "back").await["type"], "ack");
     assert_eq!(bob.next_of("message").await["message"]["body"], "back");
+}
+
+/// Logout, a reused refresh token and account deletion each end a session: its sockets close
+/// with 4002 at once, whatever they are doing; another session's socket stays open.
+async fn a_session_that_ends_closes_its_sockets(backend: Backend) {
+    let app = start(backend, 100).await;
+    // Logout.
+    let (_, ana_token, _) = guest_session(&app, "ana").await;
+    let (_, ana_other, _) = guest_session(&app, "ana").await;
+    let mut in_a_room = Chat::connect(&app.base, &ana_token).await;
+    in_a_room.join("room:global").await;
+    let mut in_no_room = Chat::connect(&app.base, &ana_token).await;
+    let mut other_session = Chat::connect(&app.base, &ana_other).await;
+    app.post("/v1/auth/logout", Some(&ana_token), json!({})).await.expect(204);
+    assert_eq!(in_a_room.closed_within(PROMPTLY).await, Some(4002), "logout closes a socket in a channel");
+    assert_eq!(in_no_room.closed_within(PROMPTLY).await, Some(4002), "logout closes a socket in no channel");
+    assert_eq!(other_session.request(json!({"type": "join", "channel": "room:global"})).await["type"], "ack", "other sessions stay");
+
+    // A refresh token used twice ends its session (the accounts service's reuse detection).
+    let (_, bob_token, bob_refresh) = guest_session(&app, "bob").await;
+    let mut bob = Chat::connect(&app.base, &bob_token).await;
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": bob_refresh})).await.expect(200);
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": bob_refresh})).await.expect_error(401, "token_reused");
+    assert_eq!(bob.closed_within(PROMPTLY).await, Some(4002), "refresh-token reuse closes the session's sockets");
+
+    // Account deletion ends every session of the account.
+    let (_, carol_token, _) = guest_session(&app, "carol").await;
+    let (_, carol_other, _) = guest_session(&app, "carol").await;
+    let mut carol = Chat::connect(&app.base, &carol_other).await;
+    carol.join("room:global").await;
+    app.call(reqwest::Method::DELETE, "/v1/accounts/me", Some(&carol_token), None).await.expect(204);
+    assert_eq!(carol.closed_within(PROMPTLY).await, Some(4002), "deleting the account closes its other sessions' sockets");
+    drop(other_session);
+}
+
+/// A global ban closes the player's sockets (4003); a channel ban and a removal from a group take
+/// them out of that channel with a `removed` event, and nothing more of it reaches them.
+async fn bans_and_group_removals_reach_open_sockets(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (ana_id, ana_token) = guest(&app, "ana").await;
+    let (bob_id, bob_token) = guest(&app, "bob").await;
+    let group = app.post("/v1/chat/groups", Some(&ana_token), json!({"name": "Raid"})).await.expect(201).body;
+    let group_id = group["id"].as_str().expect("id").to_owned();
+    let channel = group["channel"].as_str().expect("channel").to_owned();
+    app.post(&format!("/v1/chat/groups/{group_id}/members"), Some(&ana_token), json!({"account_id": bob_id})).await.expect(200);
+    let mut ana = Chat::connect(&app.base, &ana_token).await;
+    let mut bob = Chat::connect(&app.base, &bob_token).await;
+    for joined in [&channel, "room:global", "room:lfg-eu"] {
+        ana.join(joined).await;
+        bob.join(joined).await;
+    }
+
+    // Removal from the group.
+    app.call(reqwest::Method::DELETE, &format!("/v1/chat/groups/{group_id}/members/{bob_id}"), Some(&ana_token), None).await.expect(204);
+    let removed = tokio::time::timeout(PROMPTLY, bob.next_of("removed")).await.expect("removed promptly");
+    assert_eq!((removed["channel"].as_str(), removed["reason"].as_str()), (Some(channel.as_str()), Some("removed")));
+    assert_eq!(ana.send(&channel, "after bob left").await["type"], "ack");
+    assert_eq!(bob.send(&channel, "still here?").await["code"], "forbidden", "no longer joined");
+
+    // A ban from one channel.
+    app.post("/v1/chat/channels/room:lfg-eu/sanctions", Some(ADMIN_KEY), json!({"account_id": bob_id, "kind": "ban"})).await.expect(204);
+    let removed = tokio::time::timeout(PROMPTLY, bob.next_of("removed")).await.expect("removed promptly");
+    assert_eq!((removed["channel"].as_str(), removed["reason"].as_str()), (Some("room:lfg-eu"), Some("banned")));
+    assert_eq!(ana.send("room:lfg-eu", "bob is gone").await["type"], "ack");
+    assert_eq!(ana.send("room:global", "but here").await["type"], "ack");
+    let next = bob.next_of("message").await;
+    assert_eq!((next["channel"].as_str(), next["message"]["body"].as_str()), (Some("room:global"), Some("but here")), "{next}");
+
+    // A ban everywhere.
+    app.post("/v1/admin/chat/sanctions", Some(ADMIN_KEY), json!({"account_id": bob_id, "kind": "ban"})).await.expect(204);
+    assert_eq!(bob.closed_within(PROMPTLY).await, Some(4003));
+    // A mute takes nothing away from what a socket hears.
+    app.post("/v1/admin/chat/sanctions", Some(ADMIN_KEY), json!({"account_id": ana_id, "kind": "mute", "minutes": 1})).await.expect(204);
+    assert!(ana.closed_within(Duration::from_millis(500)).await.is_none(), "a mute closed the socket");
+}
+
+/// A socket lives as long as its access token: it closes with 4001 at expiry, unless the client
+/// sent `auth` with a fresh token of the same account first.
+async fn a_socket_closes_when_its_token_expires_unless_renewed(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("ACCESS_TOKEN_TTL_SECS", "4");
+    })
+    .await;
+    let (_, token, refresh) = guest_session(&app, "ana").await;
+    let (_, other_account, _) = guest_session(&app, "bob").await;
+    let mut lapsing = Chat::connect(&app.base, &token).await;
+    let mut renewed = Chat::connect(&app.base, &token).await;
+    // Tokens expire on whole seconds: wait for the fresh one to outlive the first by some.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fresh = app.post("/v1/auth/refresh", None, json!({"refresh_token": refresh})).await.expect(200).body;
+    let fresh = fresh["access_token"].as_str().expect("access token");
+    let refused = renewed.request(json!({"type": "auth", "token": other_account})).await;
+    assert_eq!(refused["code"], "forbidden", "another account's token cannot take a socket over: {refused}");
+    let renewal = renewed.request(json!({"type": "auth", "token": fresh})).await;
+    assert_eq!(renewal["type"], "ack", "{renewal}");
+    assert_eq!(lapsing.closed_within(Duration::from_secs(6)).await, Some(4001), "the socket outlived its token");
+    assert_eq!(renewed.join("room:global").await["type"], "ack", "the renewed socket is still open");
+}
+
+/// A frame header announcing 16 MiB closes the socket with 1009 at once, before and after
+/// authentication, rather than having the server reserve the memory and wait for the bytes;
+/// the server stays healthy for everyone else.
+async fn oversized_frames_close_the_socket_before_they_are_buffered(backend: Backend) {
+    // One account opens all the authenticated sockets at once.
+    let app = TestApp::start_with(backend, |env| {
+        env.set("CHAT_MAX_SOCKETS_PER_ACCOUNT", "25");
+    })
+    .await;
+    let (_, token) = guest(&app, "ana").await;
+    for authenticated in [false, true] {
+        let mut sockets = Vec::new();
+        for _ in 0..20 {
+            let mut socket = RawSocket::connect(&app.base).await;
+            if authenticated {
+                socket.send_text(&json!({"type": "auth", "id": 1, "token": token}).to_string()).await;
+            }
+            socket.send_header_of(16 << 20).await;
+            sockets.push(socket);
+        }
+        for socket in &mut sockets {
+            assert_eq!(socket.close_code_within(PROMPTLY).await, Some(1009), "authenticated: {authenticated}");
+        }
+    }
+    app.get("/health/live", None).await.expect(200);
+    let mut ana = Chat::connect(&app.base, &token).await;
+    assert_eq!(ana.join("room:global").await["type"], "ack");
+    // The largest frame allowed still gets through to the usual checks.
+    let big = ana.send("room:global", &"x".repeat(12 * 1024)).await;
+    assert_eq!(big["code"], "invalid_request", "{big}");
+}
+
+/// One account holds `CHAT_MAX_SOCKETS_PER_ACCOUNT` sockets on an instance (the next closes with
+/// 4029); one address holds `CHAT_MAX_SOCKETS_PER_IP`, authenticated or not (the next upgrade is
+/// answered 429 `too_many_connections`). Closing a socket frees its place.
+async fn sockets_are_capped_per_account_and_per_address(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("CHAT_MAX_SOCKETS_PER_ACCOUNT", "2").set("CHAT_MAX_SOCKETS_PER_IP", "4");
+    })
+    .await;
+    let (_, ana_token) = guest(&app, "ana").await;
+    let (_, bob_token) = guest(&app, "bob").await;
+    let first = Chat::connect(&app.base, &ana_token).await;
+    let _second = Chat::connect(&app.base, &ana_token).await;
+    let url = format!("{}/v1/chat/ws", app.base.replacen("http://", "ws://", 1));
+    let mut third = RawSocket::connect(&app.base).await;
+    third.send_text(&json!({"type": "auth", "id": 1, "token": ana_token}).to_string()).await;
+    assert_eq!(third.close_code_within(PROMPTLY).await, Some(4029), "a third socket of one account");
+    drop(third);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two of Ana's and one unauthenticated: four sockets from 127.0.0.1 with Bob's.
+    let _bob = Chat::connect(&app.base, &bob_token).await;
+    let _idle = RawSocket::connect(&app.base).await;
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429);
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or_default()).expect("JSON error");
+            assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+        }
+        other => panic!("a fifth socket from one address was not refused: {:?}", other.map(|_| ())),
+    }
+    assert_eq!(first.close().await, Some(1000));
+    let mut again = None;
+    for _ in 0..20 {
+        // The server counts the closed socket out once its task has ended.
+        if let Ok((socket, _)) = tokio_tungstenite::connect_async(&url).await {
+            again = Some(socket);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "a closed socket did not free its place");
+}
+
+/// Joining a channel already joined is acknowledged without a presence read, and spends a join
+/// token like any join, so repeating it runs into the join limit.
+async fn rejoins_are_rate_limited_and_read_no_presence(backend: Backend) {
+    // Burst 1: joins have a bucket of 5, refilled at 5 a second.
+    let app = start(backend, 1).await;
+    let (_, token) = guest(&app, "ana").await;
+    let mut ana = Chat::connect(&app.base, &token).await;
+    assert!(ana.join("room:global").await["presence"].is_object(), "a first join reports presence");
+    let mut limited = None;
+    for _ in 0..10 {
+        let reply = ana.request(json!({"type": "join", "channel": "room:global"})).await;
+        if reply["type"] == "error" {
+            limited = Some(reply);
+            break;
+        }
+        assert_eq!(reply["already_joined"], true, "{reply}");
+        assert!(reply.get("presence").is_none(), "a re-join read the presence: {reply}");
+    }
+    let limited = limited.expect("re-joins were never limited");
+    assert_eq!(limited["code"], "rate_limited", "{limited}");
+    assert!(ana.send("room:global", "still joined").await["type"] == "ack");
+}
+
+/// The server key outranks a group's owner, who outranks its moderators: a sanction is replaced
+/// or lifted only by its issuer or a higher authority (403 `sanction_outranked`), and who issued
+/// it is recorded.
+async fn sanctions_respect_their_issuers_and_can_be_lifted(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (_, ana_token) = guest(&app, "ana").await;
+    let (bob_id, bob_token) = guest(&app, "bob").await;
+    let (carol_id, carol_token) = guest(&app, "carol").await;
+    let (dave_id, dave_token) = guest(&app, "dave").await;
+    let group = app.post("/v1/chat/groups", Some(&ana_token), json!({"name": "Guild"})).await.expect(201).body;
+    let group_id = group["id"].as_str().expect("id").to_owned();
+    let channel = group["channel"].as_str().expect("channel").to_owned();
+    for (account, role) in [(&bob_id, "moderator"), (&dave_id, "moderator"), (&carol_id, "member")] {
+        app.post(&format!("/v1/chat/groups/{group_id}/members"), Some(&ana_token), json!({"account_id": account, "role": role}))
+            .await
+            .expect(200);
+    }
+    let sanctions = format!("/v1/chat/channels/{channel}/sanctions");
+    let ban = format!("{sanctions}/{carol_id}/ban");
+    let mute = format!("{sanctions}/{carol_id}/mute");
+    let delete = |path: String, token: String| {
+        let app = &app;
+        async move { app.call(reqwest::Method::DELETE, &path, Some(&token), None).await }
+    };
+
+    // The server bans Carol for good; neither a moderator nor the owner can shorten or lift it.
+    app.post(&sanctions, Some(ADMIN_KEY), json!({"account_id": carol_id, "kind": "ban", "reason": "cheating"})).await.expect(204);
+    for token in [&bob_token, &ana_token] {
+        app.post(&sanctions, Some(token), json!({"account_id": carol_id, "kind": "ban", "minutes": 1}))
+            .await
+            .expect_error(403, "sanction_outranked");
+        delete(ban.clone(), token.clone()).await.expect_error(403, "sanction_outranked");
+    }
+    let mine = app.get("/v1/chat/me/sanctions", Some(&carol_token)).await.expect(200).body;
+    assert_eq!(mine["sanctions"].as_array().map(Vec::len), Some(1), "{mine}");
+    let recorded = &mine["sanctions"][0];
+    assert_eq!(
+        (recorded["scope"].as_str(), recorded["kind"].as_str(), recorded["issued_by"].as_str(), recorded["in_force"].as_bool()),
+        (Some(channel.as_str()), Some("ban"), Some("server"), Some(true))
+    );
+    assert!(recorded["until"].is_null() && recorded["reason"] == "cheating", "{recorded}");
+    delete(ban.clone(), ADMIN_KEY.to_owned()).await.expect(204);
+    delete(ban.clone(), ADMIN_KEY.to_owned()).await.expect_error(404, "not_found");
+    let mut carol = Chat::connect(&app.base, &carol_token).await;
+    carol.join(&channel).await;
+
+    // A moderator's mute: another moderator may not touch it, the owner may, the issuer may.
+    app.post(&sanctions, Some(&bob_token), json!({"account_id": carol_id, "kind": "mute", "minutes": 60})).await.expect(204);
+    app.post(&sanctions, Some(&dave_token), json!({"account_id": carol_id, "kind": "mute", "minutes": 1}))
+        .await
+        .expect_error(403, "sanction_outranked");
+    delete(mute.clone(), dave_token.clone()).await.expect_error(403, "sanction_outranked");
+    assert_eq!(carol.send(&channel, "hello?").await["code"], "forbidden", "muted");
+    app.post(&sanctions, Some(&bob_token), json!({"account_id": carol_id, "kind": "mute", "minutes": 5})).await.expect(204);
+    delete(mute.clone(), bob_token.clone()).await.expect(204);
+    assert_eq!(carol.send(&channel, "free again").await["type"], "ack");
+    app.post(&sanctions, Some(&bob_token), json!({"account_id": carol_id, "kind": "mute", "minutes": 60})).await.expect(204);
+    app.post(&sanctions, Some(&ana_token), json!({"account_id": carol_id, "kind": "mute", "minutes": 120})).await.expect(204);
+    let mine = app.get("/v1/chat/me/sanctions", Some(&carol_token)).await.expect(200).body;
+    assert_eq!(mine["sanctions"][0]["issued_by"], "owner", "the owner's replaced the moderator's: {mine}");
+    delete(mute.clone(), bob_token.clone()).await.expect_error(403, "sanction_outranked");
+    delete(mute.clone(), ana_token.clone()).await.expect(204);
+
+    // A member cannot sanction or lift; bad input is a 400.
+    app.post(&sanctions, Some(&carol_token), json!({"account_id": bob_id, "kind": "mute"})).await.expect_error(403, "forbidden");
+    delete(format!("{sanctions}/{bob_id}/mute"), carol_token.clone()).await.expect_error(403, "forbidden");
+    delete(format!("{sanctions}/{carol_id}/exile"), ana_token.clone()).await.expect_error(400, "invalid_request");
+    delete(format!("/v1/admin/chat/sanctions/{carol_id}/ban?scope=nowhere"), ADMIN_KEY.to_owned())
+        .await
+        .expect_error(400, "invalid_request");
+    delete(format!("/v1/admin/chat/sanctions/{carol_id}/ban"), bob_token.clone()).await.expect_error(401, "invalid_token");
+}
+
+/// A player sees their own sanctions, everywhere and per channel, page by page; nobody else's.
+async fn players_page_through_their_own_sanctions(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (carol_id, carol_token) = guest(&app, "carol").await;
+    let (_, bob_token) = guest(&app, "bob").await;
+    for (scope, kind) in [("global", "mute"), ("room:a", "ban"), ("room:b", "mute"), ("room:b", "ban"), ("room:c", "ban")] {
+        app.post("/v1/admin/chat/sanctions", Some(ADMIN_KEY), json!({"account_id": carol_id, "kind": kind, "scope": scope, "minutes": 10}))
+            .await
+            .expect(204);
+    }
+    let all = app.pages("/v1/chat/me/sanctions?limit=2", &carol_token, "sanctions").await;
+    let listed: Vec<(&str, &str)> = all.iter().map(|s| (s["scope"].as_str().expect("scope"), s["kind"].as_str().expect("kind"))).collect();
+    assert_eq!(listed, [("global", "mute"), ("room:a", "ban"), ("room:b", "ban"), ("room:b", "mute"), ("room:c", "ban")]);
+    assert!(all.iter().all(|s| s["in_force"] == true && s["until"].is_string()));
+    let none = app.get("/v1/chat/me/sanctions", Some(&bob_token)).await.expect(200).body;
+    assert_eq!(none["sanctions"].as_array().map(Vec::len), Some(0));
+    assert!(none["next_cursor"].is_null());
+    app.get("/v1/chat/me/sanctions?limit=0", Some(&carol_token)).await.expect_error(400, "invalid_request");
+    app.get("/v1/chat/me/sanctions?cursor=x!", Some(&carol_token)).await.expect_error(400, "invalid_request");
+    app.get("/v1/chat/me/sanctions", None).await.expect_error(401, "missing_token");
+}
+
+/// Across two processes: a logout on one closes the session's socket on the other; a ban and a
+/// removal from a group made through one reach the sockets on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_end_sessions_and_apply_bans_everywhere() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let (_env, a, b) = two_processes(|env| {
+        env.set("CHAT_SEND_BURST", "100");
+    })
+    .await;
+    let (_, ana_token) = guest(&a, "ana").await;
+    let (bob_id, bob_token) = guest(&b, "bob").await;
+    let (_, carol_token) = guest(&a, "carol").await;
+    let group = a.post("/v1/chat/groups", Some(&ana_token), json!({"name": "Guild"})).await.expect(201).body;
+    let group_id = group["id"].as_str().expect("id").to_owned();
+    let channel = group["channel"].as_str().expect("channel").to_owned();
+    a.post(&format!("/v1/chat/groups/{group_id}/members"), Some(&ana_token), json!({"account_id": bob_id})).await.expect(200);
+
+    // Bob's socket is on B; everything is done through A.
+    let mut bob = Chat::connect(&b.base, &bob_token).await;
+    bob.join(&channel).await;
+    bob.join("room:global").await;
+    a.call(reqwest::Method::DELETE, &format!("/v1/chat/groups/{group_id}/members/{bob_id}"), Some(&ana_token), None).await.expect(204);
+    let removed = tokio::time::timeout(PROMPTLY, bob.next_of("removed")).await.expect("removed promptly");
+    assert_eq!(removed["channel"], channel.as_str());
+    a.post("/v1/admin/chat/sanctions", Some(ADMIN_KEY), json!({"account_id": bob_id, "kind": "ban"})).await.expect(204);
+    assert_eq!(bob.closed_within(PROMPTLY).await, Some(4003));
+
+    // Carol's socket is on B too; she logs out through A.
+    let mut carol = Chat::connect(&b.base, &carol_token).await;
+    carol.join("room:global").await;
+    a.post("/v1/auth/logout", Some(&carol_token), json!({})).await.expect(204);
+    assert_eq!(carol.closed_within(PROMPTLY).await, Some(4002));
 }

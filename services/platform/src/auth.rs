@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -23,7 +25,14 @@ struct AuthInner {
     keys: Arc<TokenKeys>,
     cache: Cache,
     verified: VerifiedTokens,
+    /// Revocations announced in this process, for a cache that cannot publish (memory).
+    revoked_here: tokio::sync::broadcast::Sender<String>,
 }
+
+/// The Redis pub/sub channel (under the deployment's key prefix) on which `revoke_session`
+/// announces each ended session's id, so that long-lived connections (chat sockets) on every
+/// instance end with it at once instead of at their next check.
+pub const REVOCATION_CHANNEL: &str = "session:revoked";
 
 /// Tokens whose signature already verified, with their claims: a player sends the same token for
 /// up to 15 minutes, and an Ed25519 verification costs tens of microseconds of CPU on every
@@ -63,7 +72,10 @@ pub struct Player {
 impl Authenticator {
     /// An authenticator over `keys`, recording revocations in `cache`.
     pub fn new(keys: Arc<TokenKeys>, cache: Cache) -> Self {
-        Self(Arc::new(AuthInner { keys, cache, verified: VerifiedTokens::default() }))
+        // Announcements are small and handled at once; a listener that lags this far behind
+        // is told so by the channel and falls back to its periodic check.
+        let (revoked_here, _) = tokio::sync::broadcast::channel(1024);
+        Self(Arc::new(AuthInner { keys, cache, verified: VerifiedTokens::default(), revoked_here }))
     }
 
     /// The token keys, for services that sign (accounts) or publish the JWKS.
@@ -94,6 +106,7 @@ impl Authenticator {
         };
         Ok(Unconfirmed {
             revocation_key: revoked_key(&claims.sid),
+            expires_at: claims.exp,
             player: Player { account_id: claims.sub, session_id: claims.sid, name: claims.name },
         })
     }
@@ -111,9 +124,40 @@ impl Authenticator {
 
     /// Makes every access token of `session_id` fail from now on, on every instance that shares
     /// the cache. The mark lives as long as the longest-lived token it must stop.
+    /// Then announces it (`REVOCATION_CHANNEL` on Redis, `revocations` in process), so that
+    /// open sockets of the session close within moments rather than at their next check.
     pub async fn revoke_session(&self, session_id: &str) -> anyhow::Result<()> {
         let ttl = self.0.keys.access_ttl() + Duration::from_secs(60);
-        self.0.cache.set_ex(&revoked_key(session_id), "1", ttl).await
+        self.0.cache.set_ex(&revoked_key(session_id), "1", ttl).await?;
+        match self.0.cache.redis() {
+            Some(redis) => {
+                let mut conn = redis.connection();
+                let published: redis::RedisResult<i64> =
+                    redis::cmd("PUBLISH").arg(redis.key(REVOCATION_CHANNEL)).arg(session_id).query_async(&mut conn).await;
+                // The mark is what enforces the revocation; the announcement only hurries it.
+                // Listeners re-check the marks of their sessions periodically, so a lost one
+                // delays a socket's close, it does not cancel it.
+                if let Err(err) = published {
+                    tracing::warn!(error = %err, "announcing a revoked session failed; sockets close at their next check");
+                }
+            }
+            None => {
+                // No receiver (no chat here) is not an error.
+                let _ = self.0.revoked_here.send(session_id.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// The session ids revoked in this process from now on, when the cache is in memory (with
+    /// Redis, subscribe to `REVOCATION_CHANNEL` instead: revocations come from every instance).
+    pub fn revocations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.0.revoked_here.subscribe()
+    }
+
+    /// Whether `session_id` has been revoked: the periodic re-check of a long-lived connection.
+    pub async fn is_revoked(&self, session_id: &str) -> anyhow::Result<bool> {
+        self.0.cache.exists(&revoked_key(session_id)).await.context("checking the session's revocation")
     }
 }
 
@@ -197,6 +241,7 @@ where
 pub struct Unconfirmed {
     player: Player,
     revocation_key: String,
+    expires_at: i64,
 }
 
 impl Unconfirmed {
@@ -209,6 +254,11 @@ impl Unconfirmed {
     /// The cache key (without the deployment's prefix) whose presence means the session ended.
     pub fn revocation_key(&self) -> &str {
         &self.revocation_key
+    }
+
+    /// When the token expires, Unix seconds (a socket authenticated with it closes then).
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at
     }
 
     /// The player, unless `revoked`.

@@ -243,6 +243,12 @@ pub struct Config {
     pub chat_send_burst: u32,
     /// See `chat_send_burst`.
     pub chat_send_per_second: f64,
+    /// `CHAT_MAX_SOCKETS_PER_ACCOUNT`: authenticated chat sockets one account may hold open on an
+    /// instance (default 5: a few devices or tabs).
+    pub chat_max_sockets_per_account: u32,
+    /// `CHAT_MAX_SOCKETS_PER_IP`: chat sockets one client IP may hold open on an instance,
+    /// authenticated or not (default 100: players behind one NAT share an address).
+    pub chat_max_sockets_per_ip: u32,
     /// `BLOB_URL`.
     pub blobs: BlobConfig,
     /// `QUEUE_URL` and its tuning.
@@ -478,6 +484,8 @@ impl Config {
             traces,
             chat_send_burst: limit("CHAT_SEND_BURST", 10)?,
             chat_send_per_second: f64::from(limit("CHAT_SEND_PER_SECOND", 2)?),
+            chat_max_sockets_per_account: limit("CHAT_MAX_SOCKETS_PER_ACCOUNT", 5)?,
+            chat_max_sockets_per_ip: limit("CHAT_MAX_SOCKETS_PER_IP", 100)?,
         };
         config.check_deployment()?;
         Ok(config)

@@ -67,6 +67,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "submission_keys", include_str!("../../../migrations/postgres/0006_submission_keys.sql")),
     (7, "index_checks", include_str!("../../../migrations/postgres/0007_index_checks.sql")),
     (8, "assets_by_state", include_str!("../../../migrations/postgres/0008_assets_by_state.sql")),
+    (9, "sanction_authority", include_str!("../../../migrations/postgres/0009_sanction_authority.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -77,6 +78,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "submission_keys", include_str!("../../../migrations/sqlite/0006_submission_keys.sql")),
     (7, "index_checks", include_str!("../../../migrations/sqlite/0007_index_checks.sql")),
     (8, "assets_by_state", include_str!("../../../migrations/sqlite/0008_assets_by_state.sql")),
+    (9, "sanction_authority", include_str!("../../../migrations/sqlite/0009_sanction_authority.sql")),
 ];
 
 /// How long a request waits for a pooled connection before failing, when the database answers

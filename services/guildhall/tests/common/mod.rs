@@ -51,6 +51,17 @@ pub async fn guest(api: &Api, device: &str) -> (String, String) {
     (me.body["id"].as_str().expect("id").to_owned(), token)
 }
 
+/// A guest's whole token pair: (account id, access token, refresh token). Each call signs the
+/// device in again: a new session of the same account.
+pub async fn guest_session(api: &Api, device: &str) -> (String, String, String) {
+    let pair = api.post("/v1/auth/guest", None, json!({"device_id": format!("device-{device}")})).await;
+    assert!(pair.status == 201 || pair.status == 200, "guest sign-in: {} {}", pair.status, pair.body);
+    let access = pair.body["access_token"].as_str().expect("token").to_owned();
+    let refresh = pair.body["refresh_token"].as_str().expect("refresh token").to_owned();
+    let me = api.get("/v1/accounts/me", Some(&access)).await.expect(200);
+    (me.body["id"].as_str().expect("id").to_owned(), access, refresh)
+}
+
 /// Two processes of the real binary on one fresh PostgreSQL database and Redis prefix, with the
 /// server key set and `adjust` applied to their environment.
 pub async fn two_processes(adjust: impl FnOnce(&mut TestEnv)) -> (TestEnv, Process, Process) {
@@ -411,6 +422,23 @@ impl Chat {
         None
     }
 
+    /// Reads until the server closes the socket, at most `within`, keeping the events that come
+    /// first; the close code, or None when it did not close in time.
+    pub async fn closed_within(&mut self, within: Duration) -> Option<u16> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + within;
+        while self.closed.is_none() {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => self.events.push_back(serde_json::from_str(&text).expect("JSON frame")),
+                Ok(Some(Ok(Message::Close(frame)))) => self.closed = Some(frame.map_or(1005, |f| u16::from(f.code))),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) | Err(_) => break,
+            }
+        }
+        self.closed
+    }
+
     /// Whether anything arrives within `wait` (to show that nothing more does).
     pub async fn quiet_for(&mut self, wait: Duration) -> Option<Value> {
         use futures_util::StreamExt;
@@ -421,6 +449,89 @@ impl Chat {
             Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => Some(serde_json::from_str(&text).expect("JSON")),
             _ => None,
         }
+    }
+}
+
+/// A WebSocket spoken byte by byte over TCP, for what a well-behaved client library will not
+/// send (a frame header announcing more than the server accepts).
+pub struct RawSocket {
+    stream: tokio::net::TcpStream,
+}
+
+impl RawSocket {
+    /// Opens `GET /v1/chat/ws` on `base` and completes the upgrade.
+    pub async fn connect(base: &str) -> RawSocket {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let host = base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(host).await.expect("connects");
+        let request = format!(
+            "GET /v1/chat/ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("upgrade sent");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(stream.read(&mut byte).await.expect("upgrade answer"), 1, "closed during the upgrade: {head:?}");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "not upgraded: {}", String::from_utf8_lossy(&head));
+        RawSocket { stream }
+    }
+
+    /// Sends a masked text frame (mask key zero, so the payload goes as is).
+    pub async fn send_text(&mut self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = vec![0x81];
+        match text.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(text.as_bytes());
+        self.stream.write_all(&frame).await.expect("frame sent");
+    }
+
+    /// Sends only the header of a binary frame announcing `len` bytes, and none of them.
+    pub async fn send_header_of(&mut self, len: u64) {
+        use tokio::io::AsyncWriteExt;
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&len.to_be_bytes());
+        header.extend_from_slice(&[0, 0, 0, 0]);
+        self.stream.write_all(&header).await.expect("header sent");
+    }
+
+    /// Reads server frames until a close frame (its code) or `within` passes (None).
+    pub async fn close_code_within(&mut self, within: Duration) -> Option<u16> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            loop {
+                let mut head = [0u8; 2];
+                self.stream.read_exact(&mut head).await.ok()?;
+                let len = match head[1] & 0x7f {
+                    126 => {
+                        let mut n = [0u8; 2];
+                        self.stream.read_exact(&mut n).await.ok()?;
+                        u64::from(u16::from_be_bytes(n))
+                    }
+                    127 => {
+                        let mut n = [0u8; 8];
+                        self.stream.read_exact(&mut n).await.ok()?;
+                        u64::from_be_bytes(n)
+                    }
+                    n => u64::from(n),
+                };
+                let mut payload = vec![0u8; usize::try_from(len).ok()?];
+                self.stream.read_exact(&mut payload).await.ok()?;
+                if head[0] & 0x0f == 0x8 {
+                    return Some(payload.get(..2).map_or(1005, |code| u16::from_be_bytes([code[0], code[1]])));
+                }
+            }
+        };
+        tokio::time::timeout(within, read).await.ok().flatten()
     }
 }
 
