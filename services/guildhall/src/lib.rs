@@ -98,6 +98,7 @@ impl App {
                         passwords: accounts::Passwords::new()?,
                         limits: (&config.auth_rate_limits).into(),
                         refresh_ttl: config.tokens.refresh_ttl,
+                        refresh_reuse_grace: config.refresh_reuse_grace,
                     };
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));

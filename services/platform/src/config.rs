@@ -194,8 +194,17 @@ pub struct TokenConfig {
 pub struct AuthRateLimits {
     /// Register, login and guest attempts per client IP per minute.
     pub per_ip_per_minute: u32,
-    /// Login attempts per account (normalised email) per 15 minutes.
-    pub per_account_per_15_minutes: u32,
+    /// Failed logins to one account from one address before each further attempt from that
+    /// address waits (1 s, doubling with each failure, up to 15 minutes).
+    pub login_failures_per_account_and_ip: u32,
+    /// Failed logins to one account from all addresses in 15 minutes before only the addresses
+    /// that signed in to it before may try, until those 15 minutes end.
+    pub login_failures_per_account_per_15_minutes: u32,
+    /// `email_taken` answers (register, guest upgrade) per client IP per hour: each tells that an
+    /// email has an account, so they are few.
+    pub email_taken_per_ip_per_hour: u32,
+    /// Refresh attempts per client IP per minute.
+    pub refresh_per_ip_per_minute: u32,
 }
 
 /// Output format of the log lines on stdout.
@@ -224,6 +233,10 @@ pub struct Config {
     pub tokens: TokenConfig,
     /// Limits on login and sign-up.
     pub auth_rate_limits: AuthRateLimits,
+    /// `REFRESH_REUSE_GRACE_SECS`: for this long after a refresh token was exchanged, presenting
+    /// it again (a retry after a lost response) returns the same new pair instead of ending the
+    /// session as reuse. 0 turns the grace off.
+    pub refresh_reuse_grace: Duration,
     /// `TRUST_FORWARDED_FOR`: take the client IP from the last `X-Forwarded-For` hop, as set by
     /// the ALB. Only safe behind a proxy that overwrites or appends that header.
     pub trust_forwarded_for: bool,
@@ -361,10 +374,24 @@ impl Config {
             let value = parse(key, default)?;
             u32::try_from(value).ok().filter(|v| *v > 0).with_context(|| format!("{key} must be between 1 and {}", u32::MAX))
         };
+        if get("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES").is_some() {
+            // Its meaning changed (it let anyone lock any account out): refuse it rather than
+            // silently ignore a limit an operator believes is in force.
+            bail!(
+                "RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES is gone: set RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_AND_IP and RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_PER_15_MINUTES instead (README, Configuration)"
+            );
+        }
         let auth_rate_limits = AuthRateLimits {
             per_ip_per_minute: limit("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE", 30)?,
-            per_account_per_15_minutes: limit("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES", 10)?,
+            login_failures_per_account_and_ip: limit("RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_AND_IP", 5)?,
+            login_failures_per_account_per_15_minutes: limit("RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_PER_15_MINUTES", 100)?,
+            email_taken_per_ip_per_hour: limit("RATE_LIMIT_EMAIL_TAKEN_PER_IP_PER_HOUR", 5)?,
+            refresh_per_ip_per_minute: limit("RATE_LIMIT_REFRESH_PER_IP_PER_MINUTE", 120)?,
         };
+        let refresh_reuse_grace = parse("REFRESH_REUSE_GRACE_SECS", 20)?;
+        if refresh_reuse_grace > 60 {
+            bail!("REFRESH_REUSE_GRACE_SECS must be between 0 and 60: a longer grace gives a stolen refresh token longer to go unnoticed");
+        }
 
         let log_format = match get("LOG_FORMAT").as_deref() {
             None | Some("json") => LogFormat::Json,
@@ -454,6 +481,7 @@ impl Config {
             services,
             tokens,
             auth_rate_limits,
+            refresh_reuse_grace: Duration::from_secs(refresh_reuse_grace),
             trust_forwarded_for: flag("TRUST_FORWARDED_FOR", false)?,
             request_timeout: Duration::from_secs(parse("REQUEST_TIMEOUT_SECS", 30)?.max(1)),
             shutdown_drain: Duration::from_secs(parse("SHUTDOWN_DRAIN_SECS", 0)?),
@@ -590,5 +618,8 @@ mod tests {
         let err = config(&[("ACCESS_TOKEN_TTL_SECS", "soon")]).expect_err("not a number");
         assert!(err.to_string().contains("ACCESS_TOKEN_TTL_SECS"));
         assert!(config(&[("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE", "0")]).is_err());
+        assert!(config(&[("REFRESH_REUSE_GRACE_SECS", "61")]).is_err());
+        let err = config(&[("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES", "10")]).expect_err("replaced variable");
+        assert!(err.to_string().contains("RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_AND_IP"), "{err}");
     }
 }

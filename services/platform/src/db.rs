@@ -66,6 +66,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "uploads", include_str!("../../../migrations/postgres/0005_uploads.sql")),
     (6, "submission_keys", include_str!("../../../migrations/postgres/0006_submission_keys.sql")),
     (7, "index_checks", include_str!("../../../migrations/postgres/0007_index_checks.sql")),
+    (9, "refresh_grace", include_str!("../../../migrations/postgres/0009_refresh_grace.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -75,6 +76,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "uploads", include_str!("../../../migrations/sqlite/0005_uploads.sql")),
     (6, "submission_keys", include_str!("../../../migrations/sqlite/0006_submission_keys.sql")),
     (7, "index_checks", include_str!("../../../migrations/sqlite/0007_index_checks.sql")),
+    (9, "refresh_grace", include_str!("../../../migrations/sqlite/0009_refresh_grace.sql")),
 ];
 
 /// How long a request waits for a pooled connection before failing, when the database answers
