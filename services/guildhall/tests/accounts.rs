@@ -551,3 +551,157 @@ async fn ended_sessions_are_purged(backend: Backend) {
     drop(conn);
     app.get("/v1/accounts/me", Some(&live_access)).await.expect(200);
 }
+
+/// CORS (`CORS_ALLOWED_ORIGINS`): a browser page on a listed origin may call the API; any other
+/// origin gets no CORS headers, so the browser keeps the answer from it. The layer wraps the
+/// whole router, the same on either backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_only_the_listed_origins() {
+    let game = "https://play.example.com";
+    let app = TestApp::start_with(Backend::Embedded, |env| {
+        env.set("CORS_ALLOWED_ORIGINS", format!("{game}, http://localhost:5173"));
+    })
+    .await;
+    let preflight = |origin: &'static str, path: &'static str| {
+        app.client
+            .request(Method::OPTIONS, format!("{}{path}", app.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type, idempotency-key")
+            .send()
+    };
+    let allowed = common::Api::reply(preflight(game, "/v1/auth/login").await.expect("sent")).await.expect(200);
+    assert_eq!(allowed.headers["access-control-allow-origin"], game);
+    let headers = allowed.headers["access-control-allow-headers"].to_str().expect("ascii").to_ascii_lowercase();
+    for header in ["authorization", "content-type", "idempotency-key"] {
+        assert!(headers.contains(header), "{header} not allowed: {headers}");
+    }
+    assert!(allowed.headers["access-control-allow-methods"].to_str().expect("ascii").contains("POST"));
+    assert!(allowed.headers.contains_key("access-control-max-age"));
+    // Every route, including ones with path parameters and ones needing a token.
+    let allowed = common::Api::reply(preflight(game, "/v1/accounts/some-id").await.expect("sent")).await.expect(200);
+    assert_eq!(allowed.headers["access-control-allow-origin"], game);
+
+    let refused = common::Api::reply(preflight("https://evil.example.com", "/v1/auth/login").await.expect("sent")).await;
+    assert!(!refused.headers.contains_key("access-control-allow-origin"), "{:?}", refused.headers);
+    let near = common::Api::reply(preflight("https://play.example.com.evil.com", "/v1/auth/login").await.expect("sent")).await;
+    assert!(!near.headers.contains_key("access-control-allow-origin"), "{:?}", near.headers);
+
+    // Real requests carry the header, errors included, so the page can read them.
+    let live = app.client.get(format!("{}/health/live", app.base)).header("origin", game).send().await.expect("sent");
+    let live = common::Api::reply(live).await.expect(200);
+    assert_eq!(live.headers["access-control-allow-origin"], game);
+    assert!(live.headers["vary"].to_str().expect("ascii").to_ascii_lowercase().contains("origin"));
+    let me = app.client.get(format!("{}/v1/accounts/me", app.base)).header("origin", game).send().await.expect("sent");
+    let me = common::Api::reply(me).await.expect_error(401, "missing_token");
+    assert_eq!(me.headers["access-control-allow-origin"], game);
+    let exposed = me.headers["access-control-expose-headers"].to_str().expect("ascii").to_ascii_lowercase();
+    assert!(exposed.contains("retry-after") && exposed.contains("x-request-id"), "{exposed}");
+    let other = app.client.get(format!("{}/health/live", app.base)).header("origin", "https://evil.example.com").send().await;
+    let other = common::Api::reply(other.expect("sent")).await.expect(200);
+    assert!(!other.headers.contains_key("access-control-allow-origin"));
+
+    // Without the variable there are no CORS headers at all.
+    let plain = TestApp::start(Backend::Embedded).await;
+    let reply = plain
+        .client
+        .request(Method::OPTIONS, format!("{}/v1/auth/login", plain.base))
+        .header("origin", game)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("sent");
+    let reply = common::Api::reply(reply).await;
+    assert!(reply.headers.keys().all(|name| !name.as_str().starts_with("access-control-")), "{:?}", reply.headers);
+}
+
+/// Reads from `stream` until the server closes it (or resets it), or `within` passes; true when
+/// it closed.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Slowloris: a client that sends its headers a byte at a time, or connects and sends nothing, is
+/// cut off once `HTTP_HEADER_READ_TIMEOUT_SECS` has passed, while normal requests are served and
+/// a keep-alive connection may stay idle longer than that between requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_are_cut_off() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start_with(Backend::Embedded, |env| {
+        env.set("HTTP_HEADER_READ_TIMEOUT_SECS", "1");
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+
+    let mut trickler = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    let started = Instant::now();
+    let head = b"GET /health/live HTTP/1.1\r\nHost: guildhall\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut_off = false;
+    for byte in head {
+        if trickler.write_all(&[*byte]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        if closed_within(&mut trickler, Duration::from_millis(100)).await {
+            cut_off = true;
+            break;
+        }
+        // A normal request meanwhile is answered at once.
+        if started.elapsed() < Duration::from_millis(300) {
+            app.get("/health/live", None).await.expect(200);
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(cut_off, "the trickled request was still open after {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2500), "cut off after {elapsed:?}, the timeout is 1 s");
+    assert!(elapsed >= Duration::from_millis(900), "cut off early, after {elapsed:?}");
+
+    // A connection that says nothing is cut off too.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    assert!(closed_within(&mut silent, Duration::from_millis(2500)).await, "a silent connection stayed open");
+
+    // A keep-alive connection idle for longer than the head timeout still serves its next request.
+    let mut keep = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    let request = b"GET /health/live HTTP/1.1\r\nHost: guildhall\r\n\r\n";
+    let mut answer = vec![0u8; 4096];
+    for round in 0..2 {
+        keep.write_all(request).await.expect("request sent");
+        let n = tokio::time::timeout(Duration::from_secs(5), keep.read(&mut answer)).await.expect("answered").expect("read");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "round {round}: {}", String::from_utf8_lossy(&answer[..n]));
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(1600)).await;
+        }
+    }
+}
+
+/// `HTTP_MAX_CONNECTIONS`: past the cap a new connection is not served until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped() {
+    use std::time::Duration;
+    let app = TestApp::start_with(Backend::Embedded, |env| {
+        env.set("HTTP_MAX_CONNECTIONS", "2").set("HTTP_HEADER_READ_TIMEOUT_SECS", "30");
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let first = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    let _second = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    // The kernel completes the handshake (the backlog), but nothing is served.
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().expect("client");
+    let waiting = client.get(format!("{}/health/live", app.base)).send().await;
+    assert!(waiting.is_err_and(|err| err.is_timeout()), "served past the cap");
+    drop(first);
+    let served = tokio::time::timeout(Duration::from_secs(5), app.client.get(format!("{}/health/live", app.base)).send()).await;
+    assert_eq!(served.expect("served once a connection closed").expect("answer").status(), 200);
+}

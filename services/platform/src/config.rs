@@ -242,6 +242,13 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// `REQUEST_TIMEOUT_SECS`: an HTTP request that takes longer gets 503.
     pub request_timeout: Duration,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECS`: a request's line and headers must arrive within this
+    /// (from the connection's opening, or from the first byte of a later request on it).
+    pub header_read_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT_SECS`: how long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: connections served at once (WebSockets included).
+    pub max_connections: usize,
     /// `SHUTDOWN_DRAIN_SECS`: on SIGTERM, how long readiness fails before the listener closes,
     /// so that the load balancer stops routing here first.
     pub shutdown_drain: Duration,
@@ -280,6 +287,10 @@ pub struct Config {
     /// `GUILDHALL_ADMIN_KEY`: the server key of game servers and operators for `/v1/admin/...`
     /// and authoritative submissions. Without it those are refused.
     pub admin_key: Option<Secret<String>>,
+    /// `CORS_ALLOWED_ORIGINS`: the browser origins (`scheme://host[:port]`, compared exactly)
+    /// allowed to call the API from another origin, e.g. a WebGL build of a game. Empty: no CORS
+    /// headers at all, so browsers refuse cross-origin calls.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Config {
@@ -473,6 +484,11 @@ impl Config {
             }),
         });
 
+        let cors_allowed_origins = match get("CORS_ALLOWED_ORIGINS") {
+            None => Vec::new(),
+            Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(cors_origin).collect::<anyhow::Result<_>>()?,
+        };
+
         let config = Config {
             listen_addr,
             data_dir,
@@ -484,6 +500,11 @@ impl Config {
             refresh_reuse_grace: Duration::from_secs(refresh_reuse_grace),
             trust_forwarded_for: flag("TRUST_FORWARDED_FOR", false)?,
             request_timeout: Duration::from_secs(parse("REQUEST_TIMEOUT_SECS", 30)?.max(1)),
+            header_read_timeout: Duration::from_secs(parse("HTTP_HEADER_READ_TIMEOUT_SECS", 10)?.clamp(1, 300)),
+            // Above the ALB's idle timeout (350 s in ecs/cloudformation), so that the ALB closes an
+            // idle connection first, never sending a request on one this side is closing.
+            idle_timeout: Duration::from_secs(parse("HTTP_IDLE_TIMEOUT_SECS", 400)?.clamp(1, 86_400)),
+            max_connections: usize::try_from(limit("HTTP_MAX_CONNECTIONS", 10_000)?).context("HTTP_MAX_CONNECTIONS is too large")?,
             shutdown_drain: Duration::from_secs(parse("SHUTDOWN_DRAIN_SECS", 0)?),
             shutdown_grace: Duration::from_secs(parse("SHUTDOWN_GRACE_SECS", 20)?),
             log_format,
@@ -504,6 +525,7 @@ impl Config {
             traces,
             chat_send_burst: limit("CHAT_SEND_BURST", 10)?,
             chat_send_per_second: f64::from(limit("CHAT_SEND_PER_SECOND", 2)?),
+            cors_allowed_origins,
         };
         config.check_deployment()?;
         Ok(config)
@@ -537,6 +559,35 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// One origin of `CORS_ALLOWED_ORIGINS`, checked to be what a browser sends in `Origin` (RFC 6454:
+/// scheme, host and optional port, lower case, nothing after), since the comparison is exact and
+/// a trailing slash or a path would never match.
+fn cors_origin(origin: &str) -> anyhow::Result<String> {
+    let problem = |why: &str| anyhow::anyhow!("CORS_ALLOWED_ORIGINS: {origin:?} {why}; give origins such as https://play.example.com");
+    if origin == "*" || origin == "null" {
+        return Err(problem("is not allowed: list exact origins"));
+    }
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| problem("must start with https:// or http://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ', '*']) {
+        return Err(problem("must be scheme://host[:port] with no path, query, user or wildcard"));
+    }
+    if origin.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii_graphic()) {
+        return Err(problem("must be lower case ASCII, as browsers send it"));
+    }
+    // An IPv6 host is bracketed ("[::1]:8080"), so its port follows the closing bracket.
+    let after_host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map(|(_, after)| after).ok_or_else(|| problem("has an unclosed [ in its host"))?,
+        None => rest.find(':').map_or("", |colon| &rest[colon..]),
+    };
+    if !after_host.is_empty() && after_host.strip_prefix(':').and_then(|port| port.parse::<u16>().ok()).is_none() {
+        return Err(problem("has a port that is not a number"));
+    }
+    Ok(origin.to_owned())
 }
 
 #[cfg(test)]
@@ -611,6 +662,27 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("PRIVATE"), "{printed}");
+    }
+
+    #[test]
+    fn cors_origins_are_exact_and_checked() {
+        assert!(config(&[]).expect("defaults").cors_allowed_origins.is_empty(), "no CORS unless configured");
+        let ok = config(&[("CORS_ALLOWED_ORIGINS", "https://play.example.com, http://localhost:5173,")]).expect("valid");
+        assert_eq!(ok.cors_allowed_origins, ["https://play.example.com", "http://localhost:5173"]);
+        for bad in [
+            "*",
+            "null",
+            "play.example.com",
+            "https://play.example.com/",
+            "https://x.com/game",
+            "https://X.com",
+            "ftp://x.com",
+            "https://x.com:port",
+            "https://[::1",
+        ] {
+            let err = config(&[("CORS_ALLOWED_ORIGINS", bad)]).expect_err(bad);
+            assert!(err.to_string().contains("CORS_ALLOWED_ORIGINS"), "{err}");
+        }
     }
 
     #[test]
