@@ -41,18 +41,28 @@ fn conflict(err: anyhow::Error) -> ApiError {
     }
 }
 
+impl AccountsState {
+    /// The answer to a unique violation for `ip`, counting it when it tells that an email has an
+    /// account (see `email_answers_allowed`).
+    async fn conflict_for(&self, err: anyhow::Error, ip: ClientIp) -> ApiError {
+        let err = conflict(err);
+        if matches!(err, ApiError::Conflict { code: "email_taken", .. })
+            && let Err(counting) = self.email_taken_answered(ip).await
+        {
+            return counting;
+        }
+        err
+    }
+}
+
 fn invalid_credentials() -> ApiError {
     ApiError::Unauthenticated { code: "invalid_credentials", message: "wrong email or password".into() }
 }
 
-impl AccountsState {
-    /// Counts one sign-in attempt from `ip` (register, login, guest share the budget).
-    async fn limit_ip(&self, ip: ClientIp) -> ApiResult<()> {
-        self.limits.per_ip.hit(&self.cache, &format!("auth:ip:{}", ip.0)).await
-    }
-}
-
-/// Creates an account with email and password and signs it in.
+/// Creates an account with email and password and signs it in. An answer that the email has an
+/// account (409 `email_taken`) comes at most `RATE_LIMIT_EMAIL_TAKEN_PER_IP_PER_HOUR` times an
+/// hour to one address; then every register and upgrade from it is refused (429) until the hour
+/// ends, so that nobody can test many emails for accounts.
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = Registered), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
@@ -61,13 +71,16 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
     let username = validate::username(&req.username)?;
     validate::password("password", &req.password)?;
     state.limit_ip(ip).await?;
+    state.email_answers_allowed(ip).await?;
 
     let password_hash = state.passwords.hash(req.password).await?;
     let id = uuid::Uuid::now_v7().to_string();
     let now = now_millis();
     let mut tx = state.db.begin().await?;
     let new = NewAccount { id: &id, username: &username, email: Some(&email), password_hash: Some(&password_hash), device_key: None, now };
-    store::insert_account(&mut *tx, &new).await.map_err(conflict)?;
+    if let Err(err) = store::insert_account(&mut *tx, &new).await {
+        return Err(state.conflict_for(err, ip).await);
+    }
     let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("account vanished after insert"))?;
     let minted = state.open_session(&mut tx, &account).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
@@ -76,7 +89,7 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
 }
 
 /// Signs in with email and password. Unknown email and wrong password answer alike, in the same
-/// time.
+/// time. Failed logins are throttled by account and address together (see `limits`).
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenPair), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
@@ -86,15 +99,18 @@ pub async fn login(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
         return Err(ApiError::invalid("password", "password must be given"));
     }
     state.limit_ip(ip).await?;
-    state.limits.per_account.hit(&state.cache, &format!("login:account:{email}")).await?;
+    state.login_allowed(&email, ip).await?;
 
     let account = store::account_by_email(state.db.pool(), &email).await?;
     let stored = account.as_ref().and_then(|a| a.password_hash.clone());
-    if !state.passwords.verify(req.password, stored).await? {
+    // `verify` spends the same time with no stored hash, and says no then.
+    let matched = state.passwords.verify(req.password, stored).await?;
+    let Some(account) = account.filter(|_| matched) else {
+        state.login_failed(&email, ip).await?;
         tracing::info!("login refused");
         return Err(invalid_credentials());
-    }
-    let account = account.ok_or_else(invalid_credentials)?;
+    };
+    state.login_succeeded(&email, ip).await?;
     let mut tx = state.db.begin().await?;
     let minted = state.open_session(&mut tx, &account).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
@@ -147,12 +163,14 @@ fn guest_username() -> anyhow::Result<String> {
     Ok(format!("guest_{}", bytes.iter().map(|b| ALPHABET[usize::from(b % 32)] as char).collect::<String>()))
 }
 
-/// Exchanges a refresh token for a new pair. Presenting a used refresh token again ends the
-/// whole session (401 `token_reused`).
+/// Exchanges a refresh token for a new pair. Presenting the same token again within
+/// `REFRESH_REUSE_GRACE_SECS` (a retry after a lost answer) returns the same pair; later, it ends
+/// the whole session (401 `token_reused`). Limited per client IP.
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = TokenPair), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = TokenPair), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
-pub async fn refresh(State(state): State<AccountsState>, Json(req): Json<RefreshRequest>) -> ApiResult<Json<TokenPair>> {
+pub async fn refresh(State(state): State<AccountsState>, ip: ClientIp, Json(req): Json<RefreshRequest>) -> ApiResult<Json<TokenPair>> {
+    state.limits.refresh_per_ip.hit(&state.cache, &format!("refresh:ip:{}", ip.0)).await?;
     Ok(Json(state.refresh(&req.refresh_token).await?))
 }
 
@@ -220,31 +238,41 @@ pub async fn delete_me(State(state): State<AccountsState>, player: Player) -> Ap
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Gives a guest account an email and password (and optionally a chosen username).
+/// Gives a guest account an email and password (and optionally a chosen username). The device id
+/// stops signing in to the account (a later guest sign-in from it makes a new guest), and every
+/// other session of the account ends, since any of them may have been opened with the device id
+/// alone; the caller's session goes on. `email_taken` answers count as for register.
 #[utoipa::path(post, path = "/v1/accounts/me/credentials", tag = "accounts", security(("bearer" = [])), request_body = CredentialsRequest,
-    responses((status = 200, body = Account), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Account), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(account_id = player.account_id))]
 pub async fn attach_credentials(
     State(state): State<AccountsState>,
     player: Player,
+    ip: ClientIp,
     Json(req): Json<CredentialsRequest>,
 ) -> ApiResult<Json<Account>> {
     let email = validate::email(&req.email)?;
     validate::password("password", &req.password)?;
     let username = req.username.as_deref().map(validate::username).transpose()?;
     let account = own_account(&state, &player).await?;
+    let already = || ApiError::Conflict { code: "credentials_exist", message: "this account already has an email and password".into() };
     if account.email.is_some() {
-        return Err(ApiError::Conflict { code: "credentials_exist", message: "this account already has an email and password".into() });
+        return Err(already());
     }
+    state.email_answers_allowed(ip).await?;
     let password_hash = state.passwords.hash(req.password).await?;
-    let updated = store::attach_credentials(state.db.pool(), &player.account_id, &email, &password_hash, username.as_deref(), now_millis())
-        .await
-        .map_err(conflict)?
-        .ok_or_else(|| ApiError::Conflict {
-            code: "credentials_exist",
-            message: "this account already has an email and password".into(),
-        })?;
-    tracing::info!("guest credentials attached");
+    let now = now_millis();
+    let mut tx = state.db.begin().await?;
+    let updated = match store::attach_credentials(&mut *tx, &player.account_id, &email, &password_hash, username.as_deref(), now).await {
+        Ok(updated) => updated.ok_or_else(already)?,
+        Err(err) => return Err(state.conflict_for(err, ip).await),
+    };
+    let ended = store::revoke_other_sessions(&mut tx, &player.account_id, &player.session_id, now, "guest_upgraded").await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    for session_id in &ended {
+        state.auth.revoke_session(session_id).await?;
+    }
+    tracing::info!(sessions_ended = ended.len(), "guest credentials attached; device sign-in retired");
     Ok(Json(updated.into()))
 }
 

@@ -2,6 +2,7 @@
 //! rotating refresh tokens, profiles, and erasure.
 
 pub mod api;
+pub mod limits;
 pub mod model;
 pub mod password;
 pub mod sessions;
@@ -14,31 +15,12 @@ use axum::Router;
 use axum::extract::FromRef;
 use platform::auth::Authenticator;
 use platform::cache::Cache;
-use platform::config::AuthRateLimits;
 use platform::db::{Database, now_millis};
-use platform::ratelimit::Limit;
 use platform::shutdown::Shutdown;
 use utoipa::OpenApi;
 
+pub use limits::Limits;
 pub use password::Passwords;
-
-/// The rate limits of the sign-in endpoints.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Register, login and guest attempts per client IP.
-    pub per_ip: Limit,
-    /// Login attempts per account.
-    pub per_account: Limit,
-}
-
-impl From<&AuthRateLimits> for Limits {
-    fn from(config: &AuthRateLimits) -> Self {
-        Limits {
-            per_ip: Limit::new(config.per_ip_per_minute, Duration::from_secs(60)),
-            per_account: Limit::new(config.per_account_per_15_minutes, Duration::from_secs(15 * 60)),
-        }
-    }
-}
 
 /// Everything the accounts handlers need. Cheap to clone.
 #[derive(Clone)]
@@ -55,6 +37,8 @@ pub struct AccountsState {
     pub limits: Limits,
     /// Lifetime of refresh tokens and idle sessions.
     pub refresh_ttl: Duration,
+    /// How long after its exchange a refresh token presented again gets the same new pair.
+    pub refresh_reuse_grace: Duration,
 }
 
 impl FromRef<AccountsState> for Authenticator {

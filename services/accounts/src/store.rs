@@ -112,8 +112,9 @@ pub async fn account_by_device<'e>(db: impl Executor<'e, Database = Any>, device
     account_where(db, "device_key", device_key).await
 }
 
-/// Gives a guest account an email, password and optionally a new username. `None` when the
-/// account already has credentials (or is gone).
+/// Gives a guest account an email, password and optionally a new username, and retires its
+/// device key (the device id alone no longer signs in to an account with a password). `None`
+/// when the account already has credentials (or is gone).
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.attach_credentials", skip_all)]
 pub async fn attach_credentials<'e>(
     db: impl Executor<'e, Database = Any>,
@@ -124,7 +125,7 @@ pub async fn attach_credentials<'e>(
     now: i64,
 ) -> anyhow::Result<Option<AccountRow>> {
     let sql = format!(
-        "UPDATE accounts SET email = $2, password_hash = $3, \
+        "UPDATE accounts SET email = $2, password_hash = $3, device_key = NULL, \
          username = COALESCE($4, username), username_key = COALESCE($5, username_key), updated_at = $6 \
          WHERE id = $1 AND email IS NULL RETURNING {ACCOUNT_COLUMNS}"
     );
@@ -256,6 +257,8 @@ pub struct RefreshRow {
     pub name: String,
     /// Set once the token has been exchanged.
     pub used_at: Option<i64>,
+    /// Set with `used_at`: what the successor was derived from (see `sessions`).
+    pub successor_salt: Option<String>,
     /// Unix ms.
     pub expires_at: i64,
     /// Set when the session ended.
@@ -266,7 +269,7 @@ pub struct RefreshRow {
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.refresh_token", skip_all)]
 pub async fn refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str) -> anyhow::Result<Option<RefreshRow>> {
     let row = sqlx::query(
-        "SELECT r.session_id, s.account_id, COALESCE(a.display_name, a.username) AS name, r.used_at, r.expires_at, s.revoked_at \
+        "SELECT r.session_id, s.account_id, COALESCE(a.display_name, a.username) AS name, r.used_at, r.successor_salt, r.expires_at, s.revoked_at \
          FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN accounts a ON a.id = s.account_id \
          WHERE r.token_hash = $1",
     )
@@ -280,17 +283,25 @@ pub async fn refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str
         account_id: row.try_get("account_id")?,
         name: row.try_get("name")?,
         used_at: row.try_get("used_at")?,
+        successor_salt: row.try_get("successor_salt")?,
         expires_at: row.try_get("expires_at")?,
         session_revoked_at: row.try_get("revoked_at")?,
     }))
 }
 
-/// Marks a refresh token used; false when another request used it first.
+/// Marks a refresh token used, keeping the salt of its successor; false when another request
+/// used it first.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.use_refresh_token", skip_all)]
-pub async fn use_refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str, now: i64) -> anyhow::Result<bool> {
-    let done = sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL")
+pub async fn use_refresh_token<'e>(
+    db: impl Executor<'e, Database = Any>,
+    hash: &str,
+    now: i64,
+    successor_salt: &str,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query("UPDATE refresh_tokens SET used_at = $2, successor_salt = $3 WHERE token_hash = $1 AND used_at IS NULL")
         .bind(hash)
         .bind(now)
+        .bind(successor_salt)
         .execute(db)
         .await
         .context("marking refresh token used")?;
@@ -321,6 +332,29 @@ pub async fn revoke_session<'e>(db: impl Executor<'e, Database = Any>, id: &str,
         .await
         .context("revoking session")?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Ends every live session of `account_id` but `keep`, returning the ids of those it ended.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.revoke_other_sessions", skip_all)]
+pub async fn revoke_other_sessions(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+    keep: &str,
+    now: i64,
+    reason: &str,
+) -> anyhow::Result<Vec<String>> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+         WHERE account_id = $1 AND id <> $2 AND revoked_at IS NULL AND expires_at > $3 RETURNING id",
+    )
+    .bind(account_id)
+    .bind(keep)
+    .bind(now)
+    .bind(reason)
+    .fetch_all(conn)
+    .await
+    .context("ending the account's other sessions")?;
+    Ok(ids)
 }
 
 /// Deletes sessions (and their refresh tokens) that expired or were revoked before `before`,

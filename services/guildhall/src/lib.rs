@@ -98,6 +98,7 @@ impl App {
                         passwords: accounts::Passwords::new()?,
                         limits: (&config.auth_rate_limits).into(),
                         refresh_ttl: config.tokens.refresh_ttl,
+                        refresh_reuse_grace: config.refresh_reuse_grace,
                     };
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));
@@ -181,7 +182,11 @@ impl App {
         }
         let doc = Arc::new(openapi(&config.services));
         router = router.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }));
-        let settings = HttpSettings { request_timeout: config.request_timeout, trust_forwarded_for: config.trust_forwarded_for };
+        let settings = HttpSettings {
+            request_timeout: config.request_timeout,
+            trust_forwarded_for: config.trust_forwarded_for,
+            cors_allowed_origins: config.cors_allowed_origins.clone(),
+        };
         let router = http::with_common_layers(router, settings);
         Ok(App { router, db, shutdown, config, workers })
     }
@@ -206,7 +211,12 @@ impl App {
             events = if matches!(self.config.queue, platform::config::QueueConfig::Sqs { .. }) { "sqs" } else { "in-process" },
             "listening"
         );
-        let result = http::serve(listener, self.router, self.shutdown.clone(), self.config.shutdown_grace).await;
+        let limits = http::ServerLimits {
+            header_read_timeout: self.config.header_read_timeout,
+            idle_timeout: self.config.idle_timeout,
+            max_connections: self.config.max_connections,
+        };
+        let result = http::serve(listener, self.router, self.shutdown.clone(), self.config.shutdown_grace, limits).await;
         self.shutdown.trigger();
         for worker in self.workers {
             let _ = worker.await;

@@ -13,8 +13,13 @@ on_both_backends!(
     invalid_input_is_refused_with_the_field,
     usernames_and_emails_are_unique_regardless_of_case,
     wrong_password_and_unknown_email_answer_alike,
-    sign_in_is_rate_limited_per_ip_and_per_account,
+    sign_in_is_rate_limited_per_ip,
+    one_address_cannot_lock_an_account_out,
+    register_tells_few_addresses_that_an_email_has_an_account,
+    refresh_is_rate_limited_per_ip,
+    refresh_retried_within_the_grace_gets_the_same_pair,
     guests_sign_in_by_device_and_can_attach_credentials,
+    upgrading_a_guest_retires_its_device_sign_in,
     profiles_update_and_public_profiles_hide_the_email,
     deleting_an_account_leaves_no_row_and_records_the_event,
     tokens_are_refused_without_a_valid_signature,
@@ -47,7 +52,10 @@ async fn full_token_lifecycle(backend: Backend) {
 }
 
 async fn refresh_token_reuse_revokes_the_session(backend: Backend) {
-    let app = TestApp::start(backend).await;
+    let app = TestApp::start_with(backend, |env| {
+        env.set("REFRESH_REUSE_GRACE_SECS", "1");
+    })
+    .await;
     let ana = app.register("ana").await;
     let (other_access, _) = app.login(&ana).await;
 
@@ -55,7 +63,9 @@ async fn refresh_token_reuse_revokes_the_session(backend: Backend) {
     let rotated_access = first.body["access_token"].as_str().expect("access").to_owned();
     let rotated_refresh = first.body["refresh_token"].as_str().expect("refresh").to_owned();
 
-    // An attacker (or a replay) presents the old token again: the whole session ends.
+    // An attacker (or a replay) presents the old token again after the grace: the whole session
+    // ends.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     app.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect_error(401, "token_reused");
     app.get("/v1/accounts/me", Some(&rotated_access)).await.expect_error(401, "session_revoked");
     app.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "session_revoked");
@@ -143,31 +153,145 @@ async fn wrong_password_and_unknown_email_answer_alike(backend: Backend) {
     assert_eq!(wrong.body, unknown.body);
 }
 
-async fn sign_in_is_rate_limited_per_ip_and_per_account(backend: Backend) {
+/// A request from `ip` (through the ALB, which appends the peer to `X-Forwarded-For`).
+async fn post_from(app: &TestApp, ip: &str, path: &str, token: Option<&str>, body: serde_json::Value) -> common::Reply {
+    let mut request = app.client.post(format!("{}{path}", app.base)).header("x-forwarded-for", format!("198.51.100.1, {ip}")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    common::Api::reply(request.send().await.expect("sent")).await
+}
+
+/// The `Retry-After` of a 429, in seconds.
+#[track_caller]
+fn retry_after(reply: &common::Reply) -> u64 {
+    reply.headers["retry-after"].to_str().expect("ascii").parse().expect("seconds")
+}
+
+async fn sign_in_is_rate_limited_per_ip(backend: Backend) {
     let app = TestApp::start_with(backend, |env| {
-        env.set("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE", "3")
-            .set("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES", "2")
-            .set("TRUST_FORWARDED_FOR", "true");
+        env.set("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE", "3").set("TRUST_FORWARDED_FOR", "true");
     })
     .await;
-    let from = |ip: &'static str, body: serde_json::Value| {
-        app.client.post(format!("{}/v1/auth/login", app.base)).header("x-forwarded-for", format!("198.51.100.1, {ip}")).json(&body).send()
-    };
     let wrong = |email: &str| json!({"email": email, "password": "wrong password"});
     // Per IP: three attempts, then 429 with Retry-After, whatever the account.
     for i in 0..3 {
-        common::Api::reply(from("203.0.113.1", wrong(&format!("p{i}@example.com"))).await.expect("sent")).await.expect(401);
+        post_from(&app, "203.0.113.1", "/v1/auth/login", None, wrong(&format!("p{i}@example.com"))).await.expect(401);
     }
-    let limited =
-        common::Api::reply(from("203.0.113.1", wrong("p9@example.com")).await.expect("sent")).await.expect_error(429, "rate_limited");
-    let retry_after: u64 = limited.headers["retry-after"].to_str().expect("ascii").parse().expect("seconds");
-    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
-    // Another address is not limited by the first one's budget...
-    common::Api::reply(from("203.0.113.2", wrong("victim@example.com")).await.expect("sent")).await.expect(401);
-    common::Api::reply(from("203.0.113.3", wrong("victim@example.com")).await.expect("sent")).await.expect(401);
-    // ...but one account attacked from many addresses is.
-    let limited = common::Api::reply(from("203.0.113.4", wrong("VICTIM@example.com")).await.expect("sent")).await;
-    limited.expect_error(429, "rate_limited");
+    let limited = post_from(&app, "203.0.113.1", "/v1/auth/login", None, wrong("p9@example.com")).await.expect_error(429, "rate_limited");
+    assert!((1..=60).contains(&retry_after(&limited)), "Retry-After {}", retry_after(&limited));
+    // Another address is not limited by the first one's budget.
+    post_from(&app, "203.0.113.2", "/v1/auth/login", None, wrong("p9@example.com")).await.expect(401);
+}
+
+async fn one_address_cannot_lock_an_account_out(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_AND_IP", "2")
+            .set("RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_PER_15_MINUTES", "6")
+            .set("TRUST_FORWARDED_FOR", "true");
+    })
+    .await;
+    let victim = app.register("victim").await;
+    let wrong = json!({"email": "VICTIM@example.com", "password": "wrong password"});
+    let right = json!({"email": victim.email, "password": victim.password});
+    let attacker = "203.0.113.66";
+    let home = "203.0.113.9";
+    post_from(&app, home, "/v1/auth/login", None, right.clone()).await.expect(200);
+
+    // The attacker's address: two failures are free, then each attempt waits, twice as long
+    // after each further failure; its waiting says nothing about the password.
+    post_from(&app, attacker, "/v1/auth/login", None, wrong.clone()).await.expect_error(401, "invalid_credentials");
+    post_from(&app, attacker, "/v1/auth/login", None, wrong.clone()).await.expect_error(401, "invalid_credentials");
+    let waiting = post_from(&app, attacker, "/v1/auth/login", None, right.clone()).await.expect_error(429, "rate_limited");
+    assert_eq!(retry_after(&waiting), 1);
+    // Meanwhile the owner signs in from anywhere else.
+    post_from(&app, home, "/v1/auth/login", None, right.clone()).await.expect(200);
+    post_from(&app, "203.0.113.10", "/v1/auth/login", None, right.clone()).await.expect(200);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    post_from(&app, attacker, "/v1/auth/login", None, wrong.clone()).await.expect_error(401, "invalid_credentials");
+    let waiting = post_from(&app, attacker, "/v1/auth/login", None, wrong.clone()).await.expect_error(429, "rate_limited");
+    assert_eq!(retry_after(&waiting), 2, "the wait doubles");
+
+    // Guessing spread over many addresses (3 failures so far, 6 allowed): the account closes to
+    // addresses that never signed in to it, but not to those that did.
+    for i in 0..3 {
+        post_from(&app, &format!("192.0.2.{i}"), "/v1/auth/login", None, wrong.clone()).await.expect_error(401, "invalid_credentials");
+    }
+    let closed = post_from(&app, "192.0.2.200", "/v1/auth/login", None, right.clone()).await.expect_error(429, "rate_limited");
+    assert!((1..=900).contains(&retry_after(&closed)), "Retry-After {}", retry_after(&closed));
+    post_from(&app, home, "/v1/auth/login", None, right.clone()).await.expect(200);
+    post_from(&app, "203.0.113.10", "/v1/auth/login", None, right).await.expect(200);
+    // Other accounts are not affected.
+    let bob = app.register("bob").await;
+    post_from(&app, "192.0.2.200", "/v1/auth/login", None, json!({"email": bob.email, "password": bob.password})).await.expect(200);
+}
+
+async fn register_tells_few_addresses_that_an_email_has_an_account(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("RATE_LIMIT_EMAIL_TAKEN_PER_IP_PER_HOUR", "2").set("TRUST_FORWARDED_FOR", "true");
+    })
+    .await;
+    app.register("ana").await;
+    let probe = |email: &str, username: &str| json!({"email": email, "password": "long enough", "username": username});
+    let prober = "203.0.113.5";
+    post_from(&app, prober, "/v1/auth/register", None, probe("ana@example.com", "probe1")).await.expect_error(409, "email_taken");
+    post_from(&app, prober, "/v1/auth/register", None, probe("ana@example.com", "probe2")).await.expect_error(409, "email_taken");
+    // Its answers spent: whether the email has an account or not, the address gets 429.
+    let refused = post_from(&app, prober, "/v1/auth/register", None, probe("ana@example.com", "probe3")).await;
+    refused.expect_error(429, "rate_limited");
+    let refused = post_from(&app, prober, "/v1/auth/register", None, probe("nobody@example.com", "probe4")).await;
+    assert!(retry_after(&refused.expect_error(429, "rate_limited")) > 60);
+    // A guest upgrade from that address is the same question, refused alike.
+    let guest = post_from(&app, prober, "/v1/auth/guest", None, json!({"device_id": "device-probe-0001"})).await.expect(201);
+    let access = guest.body["access_token"].as_str().expect("access");
+    let upgrade = json!({"email": "ana@example.com", "password": "long enough"});
+    post_from(&app, prober, "/v1/accounts/me/credentials", Some(access), upgrade.clone()).await.expect_error(429, "rate_limited");
+    // Other addresses still get their answers.
+    post_from(&app, "203.0.113.6", "/v1/accounts/me/credentials", Some(access), upgrade).await.expect_error(409, "email_taken");
+    post_from(&app, "203.0.113.6", "/v1/auth/register", None, probe("nobody@example.com", "probe4")).await.expect(201);
+}
+
+async fn refresh_is_rate_limited_per_ip(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("RATE_LIMIT_REFRESH_PER_IP_PER_MINUTE", "2").set("TRUST_FORWARDED_FOR", "true");
+    })
+    .await;
+    let ana = app.register("ana").await;
+    let first = post_from(&app, "203.0.113.1", "/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect(200);
+    let refresh = first.body["refresh_token"].as_str().expect("refresh").to_owned();
+    post_from(&app, "203.0.113.1", "/v1/auth/refresh", None, json!({"refresh_token": "ghr_unknown"})).await.expect(401);
+    let limited = post_from(&app, "203.0.113.1", "/v1/auth/refresh", None, json!({"refresh_token": refresh})).await;
+    assert!((1..=60).contains(&retry_after(&limited.expect_error(429, "rate_limited"))));
+    // The refused attempt did not spend the token: from another address it still works.
+    post_from(&app, "203.0.113.2", "/v1/auth/refresh", None, json!({"refresh_token": refresh})).await.expect(200);
+}
+
+async fn refresh_retried_within_the_grace_gets_the_same_pair(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ana = app.register("ana").await;
+    // The answer to the first refresh was lost; the client sends the same request again.
+    let first = app.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect(200);
+    let retried = app.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect(200);
+    assert_eq!(retried.body["refresh_token"], first.body["refresh_token"]);
+    assert_eq!(retried.body["access_token"], first.body["access_token"]);
+    assert!(retried.body["expires_in"].as_u64().expect("expires_in") <= 900);
+    let access = retried.body["access_token"].as_str().expect("access");
+    let refresh = retried.body["refresh_token"].as_str().expect("refresh");
+    // The session lives on, and the new refresh token rotates in turn.
+    app.get("/v1/accounts/me", Some(access)).await.expect(200);
+    app.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
+    let next = app.post("/v1/auth/refresh", None, json!({"refresh_token": refresh})).await.expect(200);
+    assert_ne!(next.body["refresh_token"], first.body["refresh_token"]);
+    // Retries sent at once are answered alike too.
+    let next_refresh = next.body["refresh_token"].as_str().expect("refresh").to_owned();
+    let body = json!({"refresh_token": next_refresh});
+    let (a, b) = tokio::join!(app.post("/v1/auth/refresh", None, body.clone()), app.post("/v1/auth/refresh", None, body));
+    if a.status == 200 && b.status == 200 {
+        assert_eq!(a.body["refresh_token"], b.body["refresh_token"]);
+    } else {
+        // SQLite refuses the second of two concurrent writers rather than queueing it.
+        assert_eq!(backend, Backend::Embedded, "{} {} / {} {}", a.status, a.body, b.status, b.body);
+    }
 }
 
 async fn guests_sign_in_by_device_and_can_attach_credentials(backend: Backend) {
@@ -194,6 +318,31 @@ async fn guests_sign_in_by_device_and_can_attach_credentials(backend: Backend) {
     let login = app.post("/v1/auth/login", None, json!({"email": "g@example.com", "password": "guest password"})).await.expect(200);
     let me_login = app.get("/v1/accounts/me", Some(login.body["access_token"].as_str().expect("access"))).await.expect(200);
     assert_eq!(me_login.body["id"], me.body["id"]);
+}
+
+async fn upgrading_a_guest_retires_its_device_sign_in(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let device = json!({"device_id": "device-0002-shared"});
+    let first = app.post("/v1/auth/guest", None, device.clone()).await.expect(201);
+    let access = first.body["access_token"].as_str().expect("access").to_owned();
+    // Someone else who knows the device id signed in too.
+    let other = app.post("/v1/auth/guest", None, device.clone()).await.expect(200);
+    let other_access = other.body["access_token"].as_str().expect("access").to_owned();
+    let other_refresh = other.body["refresh_token"].as_str().expect("refresh").to_owned();
+    let id = app.get("/v1/accounts/me", Some(&access)).await.expect(200).body["id"].clone();
+
+    let creds = json!({"email": "owner@example.com", "password": "a real password"});
+    app.post("/v1/accounts/me/credentials", Some(&access), creds).await.expect(200);
+    // The upgrading session goes on; every other one ended, refresh included.
+    app.get("/v1/accounts/me", Some(&access)).await.expect(200);
+    app.get("/v1/accounts/me", Some(&other_access)).await.expect_error(401, "session_revoked");
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": other_refresh})).await.expect_error(401, "session_revoked");
+    // The device id alone no longer reaches the account: it makes a new guest.
+    let again = app.post("/v1/auth/guest", None, device).await.expect(201);
+    let me = app.get("/v1/accounts/me", Some(again.body["access_token"].as_str().expect("access"))).await.expect(200);
+    assert_ne!(me.body["id"], id);
+    assert_eq!(me.body["guest"], true);
+    app.post("/v1/auth/login", None, json!({"email": "owner@example.com", "password": "a real password"})).await.expect(200);
 }
 
 async fn profiles_update_and_public_profiles_hide_the_email(backend: Backend) {
@@ -322,7 +471,9 @@ async fn two_processes_honour_each_others_logout() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let env = TestEnv::new(Backend::Real).await.expect("env");
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    // Reuse is presented at once below: no grace.
+    env.set("REFRESH_REUSE_GRACE_SECS", "0");
     let a = Process::start(&env).await;
     let b = Process::start(&env).await;
     let ana = a.register("ana").await;
@@ -399,4 +550,158 @@ async fn ended_sessions_are_purged(backend: Backend) {
     assert_eq!((sessions, tokens), (1, 1));
     drop(conn);
     app.get("/v1/accounts/me", Some(&live_access)).await.expect(200);
+}
+
+/// CORS (`CORS_ALLOWED_ORIGINS`): a browser page on a listed origin may call the API; any other
+/// origin gets no CORS headers, so the browser keeps the answer from it. The layer wraps the
+/// whole router, the same on either backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_only_the_listed_origins() {
+    let game = "https://play.example.com";
+    let app = TestApp::start_with(Backend::Embedded, |env| {
+        env.set("CORS_ALLOWED_ORIGINS", format!("{game}, http://localhost:5173"));
+    })
+    .await;
+    let preflight = |origin: &'static str, path: &'static str| {
+        app.client
+            .request(Method::OPTIONS, format!("{}{path}", app.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type, idempotency-key")
+            .send()
+    };
+    let allowed = common::Api::reply(preflight(game, "/v1/auth/login").await.expect("sent")).await.expect(200);
+    assert_eq!(allowed.headers["access-control-allow-origin"], game);
+    let headers = allowed.headers["access-control-allow-headers"].to_str().expect("ascii").to_ascii_lowercase();
+    for header in ["authorization", "content-type", "idempotency-key"] {
+        assert!(headers.contains(header), "{header} not allowed: {headers}");
+    }
+    assert!(allowed.headers["access-control-allow-methods"].to_str().expect("ascii").contains("POST"));
+    assert!(allowed.headers.contains_key("access-control-max-age"));
+    // Every route, including ones with path parameters and ones needing a token.
+    let allowed = common::Api::reply(preflight(game, "/v1/accounts/some-id").await.expect("sent")).await.expect(200);
+    assert_eq!(allowed.headers["access-control-allow-origin"], game);
+
+    let refused = common::Api::reply(preflight("https://evil.example.com", "/v1/auth/login").await.expect("sent")).await;
+    assert!(!refused.headers.contains_key("access-control-allow-origin"), "{:?}", refused.headers);
+    let near = common::Api::reply(preflight("https://play.example.com.evil.com", "/v1/auth/login").await.expect("sent")).await;
+    assert!(!near.headers.contains_key("access-control-allow-origin"), "{:?}", near.headers);
+
+    // Real requests carry the header, errors included, so the page can read them.
+    let live = app.client.get(format!("{}/health/live", app.base)).header("origin", game).send().await.expect("sent");
+    let live = common::Api::reply(live).await.expect(200);
+    assert_eq!(live.headers["access-control-allow-origin"], game);
+    assert!(live.headers["vary"].to_str().expect("ascii").to_ascii_lowercase().contains("origin"));
+    let me = app.client.get(format!("{}/v1/accounts/me", app.base)).header("origin", game).send().await.expect("sent");
+    let me = common::Api::reply(me).await.expect_error(401, "missing_token");
+    assert_eq!(me.headers["access-control-allow-origin"], game);
+    let exposed = me.headers["access-control-expose-headers"].to_str().expect("ascii").to_ascii_lowercase();
+    assert!(exposed.contains("retry-after") && exposed.contains("x-request-id"), "{exposed}");
+    let other = app.client.get(format!("{}/health/live", app.base)).header("origin", "https://evil.example.com").send().await;
+    let other = common::Api::reply(other.expect("sent")).await.expect(200);
+    assert!(!other.headers.contains_key("access-control-allow-origin"));
+
+    // Without the variable there are no CORS headers at all.
+    let plain = TestApp::start(Backend::Embedded).await;
+    let reply = plain
+        .client
+        .request(Method::OPTIONS, format!("{}/v1/auth/login", plain.base))
+        .header("origin", game)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("sent");
+    let reply = common::Api::reply(reply).await;
+    assert!(reply.headers.keys().all(|name| !name.as_str().starts_with("access-control-")), "{:?}", reply.headers);
+}
+
+/// Reads from `stream` until the server closes it (or resets it), or `within` passes; true when
+/// it closed.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Slowloris: a client that sends its headers a byte at a time, or connects and sends nothing, is
+/// cut off once `HTTP_HEADER_READ_TIMEOUT_SECS` has passed, while normal requests are served and
+/// a keep-alive connection may stay idle longer than that between requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_are_cut_off() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start_with(Backend::Embedded, |env| {
+        env.set("HTTP_HEADER_READ_TIMEOUT_SECS", "1");
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+
+    let mut trickler = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    let started = Instant::now();
+    let head = b"GET /health/live HTTP/1.1\r\nHost: guildhall\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut_off = false;
+    for byte in head {
+        if trickler.write_all(&[*byte]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        if closed_within(&mut trickler, Duration::from_millis(100)).await {
+            cut_off = true;
+            break;
+        }
+        // A normal request meanwhile is answered at once.
+        if started.elapsed() < Duration::from_millis(300) {
+            app.get("/health/live", None).await.expect(200);
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(cut_off, "the trickled request was still open after {elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2500), "cut off after {elapsed:?}, the timeout is 1 s");
+    assert!(elapsed >= Duration::from_millis(900), "cut off early, after {elapsed:?}");
+
+    // A connection that says nothing is cut off too.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    assert!(closed_within(&mut silent, Duration::from_millis(2500)).await, "a silent connection stayed open");
+
+    // A keep-alive connection idle for longer than the head timeout still serves its next request.
+    let mut keep = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    let request = b"GET /health/live HTTP/1.1\r\nHost: guildhall\r\n\r\n";
+    let mut answer = vec![0u8; 4096];
+    for round in 0..2 {
+        keep.write_all(request).await.expect("request sent");
+        let n = tokio::time::timeout(Duration::from_secs(5), keep.read(&mut answer)).await.expect("answered").expect("read");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "round {round}: {}", String::from_utf8_lossy(&answer[..n]));
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(1600)).await;
+        }
+    }
+}
+
+/// `HTTP_MAX_CONNECTIONS`: past the cap a new connection is not served until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped() {
+    use std::time::Duration;
+    let app = TestApp::start_with(Backend::Embedded, |env| {
+        env.set("HTTP_MAX_CONNECTIONS", "2").set("HTTP_HEADER_READ_TIMEOUT_SECS", "30");
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let first = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    let _second = tokio::net::TcpStream::connect(&addr).await.expect("connects");
+    // The kernel completes the handshake (the backlog), but nothing is served.
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(1500)).build().expect("client");
+    let waiting = client.get(format!("{}/health/live", app.base)).send().await;
+    assert!(waiting.is_err_and(|err| err.is_timeout()), "served past the cap");
+    drop(first);
+    let served = tokio::time::timeout(Duration::from_secs(5), app.client.get(format!("{}/health/live", app.base)).send()).await;
+    assert_eq!(served.expect("served once a connection closed").expect("answer").status(), 200);
 }

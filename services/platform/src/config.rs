@@ -194,8 +194,17 @@ pub struct TokenConfig {
 pub struct AuthRateLimits {
     /// Register, login and guest attempts per client IP per minute.
     pub per_ip_per_minute: u32,
-    /// Login attempts per account (normalised email) per 15 minutes.
-    pub per_account_per_15_minutes: u32,
+    /// Failed logins to one account from one address before each further attempt from that
+    /// address waits (1 s, doubling with each failure, up to 15 minutes).
+    pub login_failures_per_account_and_ip: u32,
+    /// Failed logins to one account from all addresses in 15 minutes before only the addresses
+    /// that signed in to it before may try, until those 15 minutes end.
+    pub login_failures_per_account_per_15_minutes: u32,
+    /// `email_taken` answers (register, guest upgrade) per client IP per hour: each tells that an
+    /// email has an account, so they are few.
+    pub email_taken_per_ip_per_hour: u32,
+    /// Refresh attempts per client IP per minute.
+    pub refresh_per_ip_per_minute: u32,
 }
 
 /// Output format of the log lines on stdout.
@@ -224,11 +233,22 @@ pub struct Config {
     pub tokens: TokenConfig,
     /// Limits on login and sign-up.
     pub auth_rate_limits: AuthRateLimits,
+    /// `REFRESH_REUSE_GRACE_SECS`: for this long after a refresh token was exchanged, presenting
+    /// it again (a retry after a lost response) returns the same new pair instead of ending the
+    /// session as reuse. 0 turns the grace off.
+    pub refresh_reuse_grace: Duration,
     /// `TRUST_FORWARDED_FOR`: take the client IP from the last `X-Forwarded-For` hop, as set by
     /// the ALB. Only safe behind a proxy that overwrites or appends that header.
     pub trust_forwarded_for: bool,
     /// `REQUEST_TIMEOUT_SECS`: an HTTP request that takes longer gets 503.
     pub request_timeout: Duration,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECS`: a request's line and headers must arrive within this
+    /// (from the connection's opening, or from the first byte of a later request on it).
+    pub header_read_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT_SECS`: how long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: connections served at once (WebSockets included).
+    pub max_connections: usize,
     /// `SHUTDOWN_DRAIN_SECS`: on SIGTERM, how long readiness fails before the listener closes,
     /// so that the load balancer stops routing here first.
     pub shutdown_drain: Duration,
@@ -273,6 +293,10 @@ pub struct Config {
     /// `GUILDHALL_ADMIN_KEY`: the server key of game servers and operators for `/v1/admin/...`
     /// and authoritative submissions. Without it those are refused.
     pub admin_key: Option<Secret<String>>,
+    /// `CORS_ALLOWED_ORIGINS`: the browser origins (`scheme://host[:port]`, compared exactly)
+    /// allowed to call the API from another origin, e.g. a WebGL build of a game. Empty: no CORS
+    /// headers at all, so browsers refuse cross-origin calls.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Config {
@@ -367,10 +391,24 @@ impl Config {
             let value = parse(key, default)?;
             u32::try_from(value).ok().filter(|v| *v > 0).with_context(|| format!("{key} must be between 1 and {}", u32::MAX))
         };
+        if get("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES").is_some() {
+            // Its meaning changed (it let anyone lock any account out): refuse it rather than
+            // silently ignore a limit an operator believes is in force.
+            bail!(
+                "RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES is gone: set RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_AND_IP and RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_PER_15_MINUTES instead (README, Configuration)"
+            );
+        }
         let auth_rate_limits = AuthRateLimits {
             per_ip_per_minute: limit("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE", 30)?,
-            per_account_per_15_minutes: limit("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES", 10)?,
+            login_failures_per_account_and_ip: limit("RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_AND_IP", 5)?,
+            login_failures_per_account_per_15_minutes: limit("RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_PER_15_MINUTES", 100)?,
+            email_taken_per_ip_per_hour: limit("RATE_LIMIT_EMAIL_TAKEN_PER_IP_PER_HOUR", 5)?,
+            refresh_per_ip_per_minute: limit("RATE_LIMIT_REFRESH_PER_IP_PER_MINUTE", 120)?,
         };
+        let refresh_reuse_grace = parse("REFRESH_REUSE_GRACE_SECS", 20)?;
+        if refresh_reuse_grace > 60 {
+            bail!("REFRESH_REUSE_GRACE_SECS must be between 0 and 60: a longer grace gives a stolen refresh token longer to go unnoticed");
+        }
 
         let log_format = match get("LOG_FORMAT").as_deref() {
             None | Some("json") => LogFormat::Json,
@@ -454,6 +492,11 @@ impl Config {
             }),
         });
 
+        let cors_allowed_origins = match get("CORS_ALLOWED_ORIGINS") {
+            None => Vec::new(),
+            Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(cors_origin).collect::<anyhow::Result<_>>()?,
+        };
+
         let config = Config {
             listen_addr,
             data_dir,
@@ -462,8 +505,14 @@ impl Config {
             services,
             tokens,
             auth_rate_limits,
+            refresh_reuse_grace: Duration::from_secs(refresh_reuse_grace),
             trust_forwarded_for: flag("TRUST_FORWARDED_FOR", false)?,
             request_timeout: Duration::from_secs(parse("REQUEST_TIMEOUT_SECS", 30)?.max(1)),
+            header_read_timeout: Duration::from_secs(parse("HTTP_HEADER_READ_TIMEOUT_SECS", 10)?.clamp(1, 300)),
+            // Above the ALB's idle timeout (350 s in ecs/cloudformation), so that the ALB closes an
+            // idle connection first, never sending a request on one this side is closing.
+            idle_timeout: Duration::from_secs(parse("HTTP_IDLE_TIMEOUT_SECS", 400)?.clamp(1, 86_400)),
+            max_connections: usize::try_from(limit("HTTP_MAX_CONNECTIONS", 10_000)?).context("HTTP_MAX_CONNECTIONS is too large")?,
             shutdown_drain: Duration::from_secs(parse("SHUTDOWN_DRAIN_SECS", 0)?),
             shutdown_grace: Duration::from_secs(parse("SHUTDOWN_GRACE_SECS", 20)?),
             log_format,
@@ -486,6 +535,7 @@ impl Config {
             chat_send_per_second: f64::from(limit("CHAT_SEND_PER_SECOND", 2)?),
             chat_max_sockets_per_account: limit("CHAT_MAX_SOCKETS_PER_ACCOUNT", 5)?,
             chat_max_sockets_per_ip: limit("CHAT_MAX_SOCKETS_PER_IP", 100)?,
+            cors_allowed_origins,
         };
         config.check_deployment()?;
         Ok(config)
@@ -519,6 +569,35 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// One origin of `CORS_ALLOWED_ORIGINS`, checked to be what a browser sends in `Origin` (RFC 6454:
+/// scheme, host and optional port, lower case, nothing after), since the comparison is exact and
+/// a trailing slash or a path would never match.
+fn cors_origin(origin: &str) -> anyhow::Result<String> {
+    let problem = |why: &str| anyhow::anyhow!("CORS_ALLOWED_ORIGINS: {origin:?} {why}; give origins such as https://play.example.com");
+    if origin == "*" || origin == "null" {
+        return Err(problem("is not allowed: list exact origins"));
+    }
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| problem("must start with https:// or http://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ', '*']) {
+        return Err(problem("must be scheme://host[:port] with no path, query, user or wildcard"));
+    }
+    if origin.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii_graphic()) {
+        return Err(problem("must be lower case ASCII, as browsers send it"));
+    }
+    // An IPv6 host is bracketed ("[::1]:8080"), so its port follows the closing bracket.
+    let after_host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map(|(_, after)| after).ok_or_else(|| problem("has an unclosed [ in its host"))?,
+        None => rest.find(':').map_or("", |colon| &rest[colon..]),
+    };
+    if !after_host.is_empty() && after_host.strip_prefix(':').and_then(|port| port.parse::<u16>().ok()).is_none() {
+        return Err(problem("has a port that is not a number"));
+    }
+    Ok(origin.to_owned())
 }
 
 #[cfg(test)]
@@ -596,9 +675,33 @@ mod tests {
     }
 
     #[test]
+    fn cors_origins_are_exact_and_checked() {
+        assert!(config(&[]).expect("defaults").cors_allowed_origins.is_empty(), "no CORS unless configured");
+        let ok = config(&[("CORS_ALLOWED_ORIGINS", "https://play.example.com, http://localhost:5173,")]).expect("valid");
+        assert_eq!(ok.cors_allowed_origins, ["https://play.example.com", "http://localhost:5173"]);
+        for bad in [
+            "*",
+            "null",
+            "play.example.com",
+            "https://play.example.com/",
+            "https://x.com/game",
+            "https://X.com",
+            "ftp://x.com",
+            "https://x.com:port",
+            "https://[::1",
+        ] {
+            let err = config(&[("CORS_ALLOWED_ORIGINS", bad)]).expect_err(bad);
+            assert!(err.to_string().contains("CORS_ALLOWED_ORIGINS"), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_numbers_are_refused_with_the_variable_name() {
         let err = config(&[("ACCESS_TOKEN_TTL_SECS", "soon")]).expect_err("not a number");
         assert!(err.to_string().contains("ACCESS_TOKEN_TTL_SECS"));
         assert!(config(&[("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE", "0")]).is_err());
+        assert!(config(&[("REFRESH_REUSE_GRACE_SECS", "61")]).is_err());
+        let err = config(&[("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES", "10")]).expect_err("replaced variable");
+        assert!(err.to_string().contains("RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_AND_IP"), "{err}");
     }
 }

@@ -2,6 +2,10 @@
 //! format, the client IP, the common middleware stack and the server loop with graceful shutdown.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
@@ -11,8 +15,11 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::Service;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -203,27 +210,59 @@ fn request_uuid() -> uuid::Uuid {
 }
 
 /// Settings of the common middleware stack.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpSettings {
     /// A request that takes longer is answered 408 and dropped.
     pub request_timeout: Duration,
     /// Take the client IP from `X-Forwarded-For`.
     pub trust_forwarded_for: bool,
+    /// Browser origins allowed to call the API (`CORS_ALLOWED_ORIGINS`); empty for none.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// How long a browser may cache a preflight answer: ten minutes, the most Chromium honours.
+const CORS_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// The CORS layer for `origins`, or none when the list is empty: then no response carries CORS
+/// headers and browsers keep other origins out (the same-origin default).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    use axum::http::{Method, header};
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()).collect();
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")])
+            // A browser game reads these: when to retry after a 429 or 503, and the id to quote
+            // in a bug report.
+            .expose_headers([header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
+            .max_age(CORS_MAX_AGE),
+    )
 }
 
 /// Wraps the service routers with what every request gets: JSON 404/405 answers, a body limit, a
-/// timeout, a request id (`x-request-id`, kept when the ALB or a client sent one), a span named
-/// by the matched route, panic capture and the client IP.
+/// timeout, CORS when origins are configured (answering preflights of every route, and adding its
+/// headers to errors too, so a browser can read them), a request id (`x-request-id`, kept when
+/// the ALB or a client sent one), a span named by the matched route, panic capture and the client
+/// IP.
 pub fn with_common_layers(router: Router, settings: HttpSettings) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let trust = settings.trust_forwarded_for;
-    router
+    let router = router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
         .layer(ClientIpLayer { trust_forwarded_for: trust })
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, settings.request_timeout))
-        .layer(CatchPanicLayer::custom(|_panic| ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()))
+        .layer(CatchPanicLayer::custom(|_panic| ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()));
+    let router = match cors(&settings.cors_allowed_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
@@ -251,21 +290,216 @@ pub fn with_common_layers(router: Router, settings: HttpSettings) -> Router {
         .layer(SetRequestIdLayer::new(request_id, UuidRequestId))
 }
 
+/// Limits of the HTTP server on its connections, before any request reaches the router.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// A request's head (request line and headers) must arrive within this, counted from the
+    /// connection's opening for its first request and from the first byte for later ones, so a
+    /// client that trickles its headers (slowloris) is cut off.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection may wait this long for its next request.
+    pub idle_timeout: Duration,
+    /// Connections open at once (WebSockets included); at the cap, new ones wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
+}
+
 /// Serves `router` on `listener` until `shutdown` stops, then lets in-flight requests finish for
 /// up to `grace` before returning.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown, grace: Duration) -> anyhow::Result<()> {
-    let stop = shutdown.clone();
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { stop.stopped().await });
-    let server = std::pin::pin!(server.into_future());
+///
+/// The loop is ours rather than `axum::serve`, which builds hyper's connections without a timer,
+/// so hyper's header-read timeout never runs there, and accepts without bound. HTTP/1 only, as
+/// before (the ALB speaks HTTP/1.1 to targets); upgrades (chat's WebSockets) are served.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown, grace: Duration, limits: ServerLimits) -> anyhow::Result<()> {
+    let max = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    let slots = Arc::new(Semaphore::new(max as usize));
+    let mut warned_full_at: Option<std::time::Instant> = None;
+    loop {
+        // A slot first, so that at the cap connections queue in the kernel's backlog instead of
+        // being accepted and left unserved.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.map_err(|_| anyhow::anyhow!("connection slots closed"))?,
+            () = shutdown.stopped() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    accept_failed(err).await;
+                    continue;
+                }
+            },
+            () = shutdown.stopped() => break,
+        };
+        if slots.available_permits() == 0 && warned_full_at.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+            warned_full_at = Some(std::time::Instant::now());
+            tracing::warn!(max_connections = max, "connection cap reached; new connections wait");
+        }
+        tokio::spawn(serve_connection(stream, peer, router.clone(), shutdown.clone(), limits, slot));
+    }
+    drop(listener);
+    // Every connection holds a slot until it ends: all slots back means all connections closed.
     tokio::select! {
-        result = server => result.map_err(anyhow::Error::from),
-        () = async { shutdown.stopped().await; tokio::time::sleep(grace).await } => {
+        _ = slots.acquire_many(max) => Ok(()),
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the grace period; closing them");
             Ok(())
         }
     }
 }
+
+/// What to do when `accept` fails: a connection that died in the backlog is nothing; running out
+/// of file descriptors or memory is logged, and accepting pauses a moment rather than spinning.
+async fn accept_failed(err: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(err.kind(), ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused) {
+        return;
+    }
+    tracing::error!(error = %err, "accepting a connection failed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Serves one connection until it closes, or, once `shutdown` stops, until its request in flight
+/// is answered; `_slot` returns to the cap when it ends.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    shutdown: Shutdown,
+    limits: ServerLimits,
+    _slot: OwnedSemaphorePermit,
+) {
+    let reads = Arc::new(AtomicU64::new(0));
+    let io = hyper_util::rt::TokioIo::new(CountedReads { inner: stream, reads: reads.clone() });
+    let service = hyper::service::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+        // Where `ClientIp` finds the peer, as `into_make_service_with_connect_info` puts it.
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let mut router = router.clone();
+        async move { router.call(request.map(axum::body::Body::new)).await }
+    });
+    let timer = HeadTimer { reads, header_read: limits.header_read_timeout, idle: limits.idle_timeout };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(timer).header_read_timeout(limits.header_read_timeout);
+    let connection = builder.serve_connection(io, service).with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.stopped() => {
+            // Finish the request in flight, then close; an idle connection closes at once.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        // Timeouts, resets and malformed requests: the client's doing, not worth a warning.
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
+}
+
+/// A connection's socket, counting the reads that brought bytes, for its `HeadTimer`.
+struct CountedReads {
+    inner: TcpStream,
+    reads: Arc<AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for CountedReads {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedReads {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The timer of one HTTP/1 connection. hyper's server asks its timer for one thing: the deadline
+/// of the next request head, set when it starts waiting for one, which makes a keep-alive
+/// connection's idle wait part of the head's time (hyper/hyper#3185). Behind the ALB that would
+/// close idle connections long before the ALB's idle timeout (350 s), and a request the ALB sends
+/// on a connection as it closes is a 502 (AWS advises targets to outlast the ALB). So: for the
+/// first request the head must arrive within `header_read` of the connection opening (a client
+/// that connects and says nothing is cut off too); for a later one the wait is `idle` until a byte
+/// arrives and `header_read` from then.
+#[derive(Clone)]
+struct HeadTimer {
+    reads: Arc<AtomicU64>,
+    header_read: Duration,
+    idle: Duration,
+}
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(std::time::Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, _deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let now = tokio::time::Instant::now();
+        let reads_at_start = self.reads.load(Ordering::Relaxed);
+        let fresh = reads_at_start == 0;
+        let first_deadline = now + if fresh { self.header_read } else { self.idle };
+        Box::pin(HeadSleep {
+            reads: self.reads.clone(),
+            reads_at_start,
+            header_read: self.header_read,
+            head_started: fresh,
+            sleep: Box::pin(tokio::time::sleep_until(first_deadline)),
+        })
+    }
+}
+
+/// The deadline of one request head (see `HeadTimer`).
+struct HeadSleep {
+    reads: Arc<AtomicU64>,
+    reads_at_start: u64,
+    header_read: Duration,
+    /// Whether the head's own deadline is set (else the idle one is).
+    head_started: bool,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl std::future::Future for HeadSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        // hyper polls this each time it has read and still lacks a whole head, so the first
+        // poll after bytes arrived is about when the head began.
+        if !self.head_started && self.reads.load(Ordering::Relaxed) != self.reads_at_start {
+            self.head_started = true;
+            let deadline = tokio::time::Instant::now() + self.header_read;
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HeadSleep {}
 
 #[cfg(test)]
 mod tests {

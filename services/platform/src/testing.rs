@@ -76,7 +76,7 @@ impl TestEnv {
         vars.insert("SHUTDOWN_GRACE_SECS".to_owned(), "2".to_owned());
         // Many sign-ups from one address: tests that exercise the limits set their own.
         vars.insert("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE".to_owned(), "100000".to_owned());
-        vars.insert("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES".to_owned(), "1000".to_owned());
+        vars.insert("RATE_LIMIT_REFRESH_PER_IP_PER_MINUTE".to_owned(), "100000".to_owned());
         if backend == Backend::Real {
             let server = required("GUILDHALL_TEST_POSTGRES_URL")?;
             let redis = required("GUILDHALL_TEST_REDIS_URL")?;
