@@ -13,7 +13,7 @@
 //                       needs none: it sets BLOB_PUBLIC_ENDPOINT_URL=http://localhost:5000)
 //   RUN_ID              names this run's board, rooms and players (default: the start time)
 //   LOGINS_PER_ACCOUNT  password sign-ins one account makes in 15 minutes at most (default 8,
-//                       under the server's RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES of 10)
+//                       as players do; the server throttles failed logins only)
 
 import http from "k6/http";
 import type { Params, RefinedResponse, ResponseType } from "k6/http";

@@ -240,7 +240,7 @@ pub struct Config {
     /// `TRUST_FORWARDED_FOR`: take the client IP from the last `X-Forwarded-For` hop, as set by
     /// the ALB. Only safe behind a proxy that overwrites or appends that header.
     pub trust_forwarded_for: bool,
-    /// `REQUEST_TIMEOUT_SECS`: an HTTP request that takes longer gets 503.
+    /// `REQUEST_TIMEOUT_SECS`: an HTTP request that takes longer gets 408.
     pub request_timeout: Duration,
     /// `HTTP_HEADER_READ_TIMEOUT_SECS`: a request's line and headers must arrive within this
     /// (from the connection's opening, or from the first byte of a later request on it).
