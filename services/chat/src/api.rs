@@ -97,7 +97,8 @@ impl ChatState {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
-    /// 1 to 64 characters.
+    /// 1 to 64 characters, without control characters; trimmed.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$")]
     pub name: String,
 }
 
@@ -125,6 +126,23 @@ pub struct MemberView {
     pub account_id: String,
     /// `owner`, `moderator` or `member`.
     pub role: String,
+}
+
+/// The channel in a path, for the OpenAPI document: the shape `Channel::parse` accepts, but for
+/// the order of a `dm`'s ids, which a pattern cannot say.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ChannelPath {
+    /// `room:<name>`, `group:<id>` or `dm:<account>:<account>` (the two ids in ascending order).
+    #[param(
+        pattern = r"^(room:[a-z0-9_-]{1,32}|group:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|dm:[A-Za-z0-9-]{1,64}:[A-Za-z0-9-]{1,64})$"
+    )]
+    pub id: String,
+}
+
+/// Account ids as requests name them: UUIDs, or any 1 to 64 letters, digits and dashes.
+fn valid_account_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn group_id(id: &str) -> ApiResult<String> {
@@ -178,9 +196,11 @@ pub async fn show_group(State(state): State<ChatState>, player: Player, Path(id)
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
     /// Account to add (or whose role to change).
+    #[schema(pattern = "^[A-Za-z0-9-]{1,64}$")]
     pub account_id: String,
     /// `member` (default) or `moderator` (owner only).
     #[serde(default)]
+    #[schema(pattern = "^(member|moderator)$")]
     pub role: Option<String>,
 }
 
@@ -201,7 +221,7 @@ pub async fn add_member(
     if !matches!(role, "member" | "moderator") {
         return Err(ApiError::invalid("role", "role must be member or moderator"));
     }
-    if req.account_id.is_empty() || req.account_id.len() > 64 {
+    if !valid_account_id(&req.account_id) {
         return Err(ApiError::invalid("account_id", "account_id must be an account id"));
     }
     let mine = store::role(state.db.pool(), &id, &player.account_id).await?;
@@ -246,10 +266,12 @@ pub async fn remove_member(
 
 /// Paging of history.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// A message id: only older messages. Absent: the newest.
     pub before: Option<String>,
     /// 1 to 100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
@@ -264,7 +286,7 @@ pub struct HistoryPage {
 
 /// A channel's stored messages, newest first, for those who may use the channel.
 #[utoipa::path(get, path = "/v1/chat/channels/{id}/messages", tag = "chat", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Channel id"), HistoryQuery),
+    params(ChannelPath, HistoryQuery),
     responses((status = 200, body = HistoryPage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn history(
     State(state): State<ChatState>,
@@ -308,8 +330,8 @@ pub struct PresentPlayer {
 
 /// The players in a channel now, across instances.
 #[utoipa::path(get, path = "/v1/chat/channels/{id}/presence", tag = "chat", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Channel id")),
-    responses((status = 200, body = PresenceView), (status = 403, body = ErrorBody)))]
+    params(ChannelPath),
+    responses((status = 200, body = PresenceView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn presence(State(state): State<ChatState>, player: Player, Path(id): Path<String>) -> ApiResult<Json<PresenceView>> {
     let channel = Channel::parse(&id)?;
     state.authorize(&player.account_id, &channel, false).await?;
@@ -322,17 +344,24 @@ pub async fn presence(State(state): State<ChatState>, player: Player, Path(id): 
 #[serde(deny_unknown_fields)]
 pub struct Sanction {
     /// Who.
+    #[schema(pattern = "^[A-Za-z0-9-]{1,64}$")]
     pub account_id: String,
     /// `mute` (cannot send) or `ban` (cannot join, read or send).
+    #[schema(pattern = "^(mute|ban)$")]
     pub kind: String,
-    /// How long; absent for good.
+    /// How long, 1 to 525600 (a year); absent for good.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 525_600)]
     pub minutes: Option<i64>,
-    /// Why, for the record.
+    /// Why, for the record; 500 characters at most.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
     /// Admin API only: `global` or a channel id.
     #[serde(default)]
+    #[schema(
+        pattern = r"^(global|room:[a-z0-9_-]{1,32}|group:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|dm:[A-Za-z0-9-]{1,64}:[A-Za-z0-9-]{1,64})$"
+    )]
     pub scope: Option<String>,
 }
 
@@ -340,7 +369,7 @@ fn check_sanction(req: &Sanction) -> ApiResult<Option<i64>> {
     if !matches!(req.kind.as_str(), "mute" | "ban") {
         return Err(ApiError::invalid("kind", "kind must be mute or ban"));
     }
-    if req.account_id.is_empty() || req.account_id.len() > 64 {
+    if !valid_account_id(&req.account_id) {
         return Err(ApiError::invalid("account_id", "account_id must be an account id"));
     }
     if req.reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
@@ -356,7 +385,7 @@ fn check_sanction(req: &Sanction) -> ApiResult<Option<i64>> {
 /// Mutes or bans a player in a channel: a group's owner or moderators in their group, the server
 /// key anywhere.
 #[utoipa::path(post, path = "/v1/chat/channels/{id}/sanctions", tag = "chat", security(("bearer" = [])), request_body = Sanction,
-    params(("id" = String, Path, description = "Channel id")),
+    params(ChannelPath),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn moderate(
     State(state): State<ChatState>,
@@ -419,7 +448,8 @@ pub async fn admin_sanction(State(state): State<ChatState>, _admin: Admin, Json(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
-    /// Why, 1 to 500 characters.
+    /// Why, 1 to 500 characters, not only spaces (it is trimmed).
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub reason: String,
 }
 

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use futures_util::SinkExt;
 use platform::ApiError;
 use platform::auth::Player;
 use platform::db::now_millis;
+use platform::error::ErrorBody;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -46,8 +47,22 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const SILENT_FOR: Duration = Duration::from_secs(60);
 
 /// Upgrades to a chat WebSocket.
-#[utoipa::path(get, path = "/v1/chat/ws", tag = "chat", responses((status = 101, description = "WebSocket; see the chat protocol in README.md")))]
-pub async fn socket(State(state): State<ChatState>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+#[utoipa::path(get, path = "/v1/chat/ws", tag = "chat",
+    description = "A WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`); the player authenticates in the first frame, or with `Authorization: Bearer` on the upgrade. See the chat protocol in README.md.",
+    responses((status = 101, description = "Switched to the WebSocket protocol"), (status = 400, body = ErrorBody, description = "`invalid_request`: not a WebSocket upgrade request")))]
+pub async fn socket(
+    State(state): State<ChatState>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    // axum's own refusal is plain text; the API's errors are JSON.
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            let message = format!("open the chat with a WebSocket upgrade: {}", rejection.body_text());
+            return ApiError::InvalidRequest { field: None, message }.into_response();
+        }
+    };
     let header_token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

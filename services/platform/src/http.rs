@@ -24,6 +24,10 @@ use crate::shutdown::Shutdown;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
 /// A JSON body, parsed with errors in Guildhall's format (400 with the field, 413, 415).
+///
+/// Every request body of the API is a JSON object; anything else is refused 400. serde's derived
+/// structs would also take an array of the fields in order (`[null, null]` as an update of two
+/// fields), which no client means and the OpenAPI document does not allow.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -35,11 +39,34 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`".into()));
+        }
+        let body = match axum::body::Bytes::from_request(req, state).await {
+            Ok(body) => body,
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(ApiError::PayloadTooLarge),
+            Err(rejection) => return Err(ApiError::InvalidRequest { field: None, message: rejection.body_text() }),
+        };
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::InvalidRequest { field: None, message: "the body must be a JSON object".into() });
+        }
+        match axum::Json::<T>::from_bytes(&body) {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// `application/json` or a `+json` type, as axum's own `Json` accepts.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind == "application" && (subtype == "json" || subtype.ends_with("+json"))
 }
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
