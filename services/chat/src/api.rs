@@ -339,7 +339,34 @@ pub async fn presence(State(state): State<ChatState>, player: Player, Path(id): 
     Ok(Json(PresenceView { count, players: players.into_iter().map(|(account_id, name)| PresentPlayer { account_id, name }).collect() }))
 }
 
-/// A mute or ban.
+/// A mute or ban in the channel the path names (`POST /v1/chat/channels/{id}/sanctions`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSanction {
+    /// Who.
+    #[schema(pattern = "^[A-Za-z0-9-]{1,64}$")]
+    pub account_id: String,
+    /// `mute` (cannot send) or `ban` (cannot join, read or send).
+    #[schema(pattern = "^(mute|ban)$")]
+    pub kind: String,
+    /// How long, 1 to 525600 (a year); absent for good.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 525_600)]
+    pub minutes: Option<i64>,
+    /// Why, for the record; 500 characters at most.
+    #[serde(default)]
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+impl From<ChannelSanction> for Sanction {
+    fn from(s: ChannelSanction) -> Self {
+        Sanction { account_id: s.account_id, kind: s.kind, minutes: s.minutes, reason: s.reason, scope: None }
+    }
+}
+
+/// A mute or ban with the server key (`POST /v1/admin/chat/sanctions`), everywhere or in one
+/// channel.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sanction {
@@ -384,20 +411,19 @@ fn check_sanction(req: &Sanction) -> ApiResult<Option<i64>> {
 
 /// Mutes or bans a player in a channel: a group's owner or moderators in their group, the server
 /// key anywhere.
-#[utoipa::path(post, path = "/v1/chat/channels/{id}/sanctions", tag = "chat", security(("bearer" = [])), request_body = Sanction,
+#[utoipa::path(post, path = "/v1/chat/channels/{id}/sanctions", tag = "chat", security(("bearer" = [])), request_body = ChannelSanction,
     params(ChannelPath),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn moderate(
     State(state): State<ChatState>,
     caller: Caller,
     Path(id): Path<String>,
-    Json(req): Json<Sanction>,
+    Json(req): Json<ChannelSanction>,
 ) -> ApiResult<StatusCode> {
     let channel = Channel::parse(&id)?;
+    // The channel is in the path; a `scope` in the body is refused as an unknown field.
+    let req = Sanction::from(req);
     let until = check_sanction(&req)?;
-    if req.scope.is_some() {
-        return Err(ApiError::invalid("scope", "the channel is in the path; scope is for the admin API"));
-    }
     let by = match &caller {
         Caller::Server => "server".to_owned(),
         Caller::Player(player) => {

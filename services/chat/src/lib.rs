@@ -120,7 +120,7 @@ pub fn subscriptions(state: ChatState) -> Vec<platform::events::Subscription> {
     ),
     components(schemas(
         api::MessageView, api::CreateGroup, api::GroupView, api::MemberView, api::AddMember, api::HistoryPage,
-        api::PresenceView, api::PresentPlayer, api::Sanction, api::Report, platform::error::ErrorBody
+        api::PresenceView, api::PresentPlayer, api::ChannelSanction, api::Sanction, api::Report, platform::error::ErrorBody
     )),
     tags((name = "chat", description = "Channels, history, moderation"))
 )]
