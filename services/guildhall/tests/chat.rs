@@ -250,6 +250,8 @@ async fn reports_and_erasure(backend: Backend) {
 
 async fn bad_frames_get_errors_and_the_connection_stays(backend: Backend) {
     let app = start(backend, 100).await;
+    // A plain request to the socket's route is refused in the API's error format.
+    app.get("/v1/chat/ws", None).await.expect_error(400, "invalid_request");
     let (_, token) = guest(&app, "ana").await;
     let mut ana = Chat::connect(&app.base, &token).await;
     for (frame, code) in [

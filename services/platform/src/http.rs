@@ -296,7 +296,37 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown, gr
 
 #[cfg(test)]
 mod tests {
-    use super::{field_of, request_uuid};
+    use super::{Json, field_of, request_uuid};
+
+    /// What the `Json` extractor answers to a body: status and error code ("" for success).
+    async fn answer(content_type: &str, body: &'static str) -> (u16, String) {
+        use tower::ServiceExt as _;
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)] // read by serde only
+        struct Update {
+            name: Option<String>,
+            locale: Option<String>,
+        }
+        let app = axum::Router::new().route("/", axum::routing::post(|Json(_): Json<Update>| async { "ok" }));
+        let request =
+            axum::http::Request::post("/").header("content-type", content_type).body(axum::body::Body::from(body)).expect("request");
+        let response = app.oneshot(request).await.expect("response");
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        let code = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        (status, code.unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn a_json_body_must_be_an_object_sent_as_json() {
+        assert_eq!(answer("application/json", r#" {"name": "ana"}"#).await, (200, String::new()));
+        assert_eq!(answer("application/json; charset=utf-8", "{}").await, (200, String::new()));
+        // serde would read an array as the struct's fields in order.
+        assert_eq!(answer("application/json", "[null, null]").await, (400, "invalid_request".into()));
+        assert_eq!(answer("application/json", "null").await, (400, "invalid_request".into()));
+        assert_eq!(answer("application/json", r#"{"name": 5}"#).await, (400, "invalid_request".into()));
+        assert_eq!(answer("text/plain", "{}").await, (415, "unsupported_media_type".into()));
+    }
 
     #[test]
     fn request_ids_are_distinct_v7_uuids() {
