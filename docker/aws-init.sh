@@ -3,7 +3,7 @@
 # ecs/cloudformation/guildhall.yaml creates them on AWS: the assets bucket (versioned, with CORS for
 # browser PUTs to presigned URLs) and, per consuming service, a queue `guildhall-<consumer>` with
 # its dead-letter queue `guildhall-<consumer>-dlq` (visibility timeout 60 s, long polling, redrive
-# after 5 receives). Runs once per `docker compose up` in the aws-cli container; idempotent, so a
+# after 20 receives, as on AWS). Runs once per `docker compose up` in the aws-cli container; idempotent, so a
 # re-run against the same emulator only re-applies the attributes. scripts/check-deploy.sh runs it
 # against a moto server too.
 #
@@ -35,7 +35,7 @@ for consumer in "${consumers[@]}"; do
   aws sqs set-queue-attributes --queue-url "$dlq_url" --attributes MessageRetentionPeriod=1209600
   dlq_arn=$(aws sqs get-queue-attributes --queue-url "$dlq_url" --attribute-names QueueArn --query Attributes.QueueArn)
   queue_url=$(aws sqs create-queue --queue-name "$prefix-$consumer" --query QueueUrl)
-  redrive="{\\\"deadLetterTargetArn\\\":\\\"$dlq_arn\\\",\\\"maxReceiveCount\\\":\\\"5\\\"}"
+  redrive="{\\\"deadLetterTargetArn\\\":\\\"$dlq_arn\\\",\\\"maxReceiveCount\\\":\\\"20\\\"}"
   aws sqs set-queue-attributes --queue-url "$queue_url" --attributes \
     "{\"VisibilityTimeout\":\"60\",\"ReceiveMessageWaitTimeSeconds\":\"20\",\"MessageRetentionPeriod\":\"345600\",\"RedrivePolicy\":\"$redrive\"}"
   echo "aws-init: queue $queue_url -> $dlq_url"

@@ -2,7 +2,9 @@
 # Checks the deployment artifacts with real validators: the Dockerfile (hadolint),
 # docker-compose.yml (docker-compose config and the stack's own rules), the CloudFormation template
 # (cfn-lint), the ECS task definitions (botocore's model of RegisterTaskDefinition, as ecs/deploy.sh
-# fills them), a rehearsal of ecs/deploy.sh and of the compose stack's aws-init step against moto's
+# fills them), the stack's own rules (health checks and drain timing, database connections within
+# Aurora's limit, alarms), ecs/deploy.sh's judgement of a rollout on recorded DescribeServices
+# answers, a rehearsal of ecs/deploy.sh and of the compose stack's aws-init step against moto's
 # server, and the k6 scripts (loaded by the real k6, which resolves every import and module).
 #
 # Installs what it needs when missing (Debian packages with apt-get; Python tools, k6 among them,
@@ -45,6 +47,40 @@ say "tools ready in $((SECONDS - started)) s"
 export PATH="$PWD/$venv/bin:$PATH"
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+
+# The CloudFormation template as the stack checks read it: short-form intrinsic functions in their
+# long form ({"Ref": ...}, {"Fn::FindInMap": [...]}), so the checks can follow references.
+cat >"$logs/cfn.py" <<'EOF'
+import yaml
+
+class Loader(yaml.SafeLoader):
+    pass
+
+def _intrinsic(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {"Fn::" + suffix: value}
+
+Loader.add_multi_constructor("!", _intrinsic)
+
+def template(path="ecs/cloudformation/guildhall.yaml"):
+    return yaml.load(open(path), Loader=Loader)
+
+def of_type(resources, kind):
+    return {name: r for name, r in resources.items() if r["Type"] == kind}
+
+def camel(name):
+    return "".join(part.capitalize() for part in name.split("_"))
+EOF
+export PYTHONPATH=$logs
 
 passed=0
 failed=0
@@ -198,6 +234,7 @@ dummy_deploy_env() {
   export ADOT_CONFIG_PARAMETER_ARN=$arn:ssm:eu-west-1:123456789012:parameter/guildhall/adot-config
   export ASSETS_BUCKET=guildhall-assets CDN_BASE_URL=https://d111111abcdef8.cloudfront.net
   export PUBLIC_URL=https://api.example.com
+  export API_DATABASE_POOL=6 CHAT_DATABASE_POOL=4 WORKER_DATABASE_POOL=10
   local service
   for service in ACCOUNTS LEADERBOARD UPLOADS CHAT WORKER; do
     export "${service}_TASK_ROLE_ARN=$arn:iam::123456789012:role/guildhall-${service,,}-task"
@@ -242,6 +279,8 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
             problems.append(f"{name}/{c['name']}: not logging with awslogs")
     if "DATABASE_URL" not in secrets or "DATABASE_URL" in env:
         problems.append(f"{name}: DATABASE_URL must come from a secret")
+    if not env.get("DATABASE_MAX_CONNECTIONS", "").isdigit():
+        problems.append(f"{name}: DATABASE_MAX_CONNECTIONS must be set (the stack sizes it)")
     if name == "migrate":
         if app.get("command") != ["migrate"]:
             problems.append("migrate: command must be migrate")
@@ -296,6 +335,272 @@ print(f"validated {len(glob.glob(os.path.join(sys.argv[1], '*.json')))} task def
 EOF
 }
 
+# The ALB's health checks and the timing of a task's stop, against the task definitions: the
+# target groups check the liveness the containers check (`guildhall healthcheck` asks
+# /health/live), never readiness (it pings Aurora and Redis, whose failover would fail every
+# task at once); the deregistration delay outlasts drain + grace, so the ALB cuts no connection a
+# task still serves; chat's going-away closes are all sent (at drain, within the 5 s ChatState::run
+# waits for them) at least 10 s before the delay ends; stopTimeout covers drain + grace.
+stack_health() {
+  python - <<'EOF'
+import json, re, sys
+from cfn import template, of_type
+
+CLOSE_SECS = 5   # services/chat/src/lib.rs: ChatState::run waits this long for the closes to go out
+MARGIN_SECS = 10
+problems = []
+resources = template()["Resources"]
+healthcheck = open("services/guildhall/src/lib.rs").read()
+if "GET /health/live HTTP/1.0" not in healthcheck:
+    problems.append("`guildhall healthcheck` no longer asks /health/live: align the target groups' HealthCheckPath")
+groups = of_type(resources, "AWS::ElasticLoadBalancingV2::TargetGroup")
+for name, group in groups.items():
+    if group["Properties"].get("HealthCheckPath") != "/health/live":
+        problems.append(f"{name}: the ALB must check /health/live, as the containers do")
+for name, service in of_type(resources, "AWS::ECS::Service").items():
+    props = service["Properties"]
+    for balancer in props.get("LoadBalancers", []):
+        group = groups[balancer["TargetGroupArn"]["Ref"]]["Properties"]
+        attributes = {a["Key"]: a["Value"] for a in group.get("TargetGroupAttributes", [])}
+        delay = int(attributes.get("deregistration_delay.timeout_seconds", 300))
+        task = json.load(open(f"ecs/task-definitions/{props['ServiceName']}.json"))
+        app = next(c for c in task["containerDefinitions"] if c["name"] == "guildhall")
+        env = {e["name"]: e["value"] for e in app["environment"]}
+        drain, grace = int(env.get("SHUTDOWN_DRAIN_SECS", 0)), int(env.get("SHUTDOWN_GRACE_SECS", 20))
+        where = f"{props['ServiceName']} (deregistration delay {delay} s, drain {drain} s, grace {grace} s)"
+        if "healthcheck" not in " ".join(app.get("healthCheck", {}).get("command", [])):
+            problems.append(f"{where}: the container must check `guildhall healthcheck`")
+        if delay < drain + grace:
+            problems.append(f"{where}: the ALB would cut requests the task still serves")
+        if props["ServiceName"] == "chat" and drain + CLOSE_SECS + MARGIN_SECS > delay:
+            problems.append(f"{where}: the going-away closes must go out {MARGIN_SECS} s before the ALB cuts the sockets")
+        if app.get("stopTimeout", 30) < drain + grace:
+            problems.append(f"{where}: stopTimeout {app.get('stopTimeout', 30)} s is shorter than drain + grace")
+        print(f"{where}, stopTimeout {app.get('stopTimeout', 30)} s")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
+# Every task's database pool (plus its one probe connection), with every service at its most tasks
+# (the MaxValue of the parameter its autoscaling maximum refers to) and doubled by MaximumPercent
+# during a deployment, plus the migrate task and the reserve, must fit in max_connections of each
+# instance class the stack accepts; a maximum without a ceiling fails, since it could grow past.
+database_connections() {
+  python - <<'EOF'
+import json, math, re, sys
+from cfn import template, of_type, camel
+
+problems = []
+stack = template()
+resources, parameters, outputs = stack["Resources"], stack["Parameters"], stack["Outputs"]
+table = stack["Mappings"]["DatabaseConnections"]
+deploy = open("ecs/deploy.sh").read()
+create_percent = max(int(p) for p in re.findall(r"maximumPercent=(\d+)", deploy))
+
+def pool(task_name):
+    """The task's DATABASE_MAX_CONNECTIONS as a function of the instance class."""
+    task = json.load(open(f"ecs/task-definitions/{task_name}.json"))
+    app = next(c for c in task["containerDefinitions"] if c["name"] == "guildhall")
+    value = {e["name"]: e["value"] for e in app["environment"]}.get("DATABASE_MAX_CONNECTIONS", "16")
+    placeholder = re.fullmatch(r"\$\{([A-Z_]+)\}", value)
+    if not placeholder:
+        return lambda row: int(value)
+    found = outputs.get(camel(placeholder.group(1)), {}).get("Value", {}).get("Fn::FindInMap")
+    if not found or found[0] != "DatabaseConnections" or found[1] != {"Ref": "DatabaseInstanceClass"}:
+        problems.append(f"{task_name}: ${{{placeholder.group(1)}}} must be an output found in DatabaseConnections by DatabaseInstanceClass")
+        return lambda row: 0
+    return lambda row: int(row[found[2]])
+
+scaling = {}
+for target in of_type(resources, "AWS::ApplicationAutoScaling::ScalableTarget").values():
+    props = target["Properties"]
+    service = re.search(r"\$\{(\w+)\.Name\}", props["ResourceId"]["Fn::Sub"]).group(1)
+    ceiling = props["MaxCapacity"]
+    if isinstance(ceiling, dict):
+        ceiling = parameters[ceiling["Ref"]].get("MaxValue")
+    scaling[service] = ceiling
+kinds = []
+for name, service in of_type(resources, "AWS::ECS::Service").items():
+    props = service["Properties"]
+    percent = max(int(props.get("DeploymentConfiguration", {}).get("MaximumPercent", 200)), create_percent)
+    most = scaling.get(name)
+    if most is None:
+        problems.append(f"{name}: its most tasks has no ceiling (a MaxValue on its MaxCapacity parameter)")
+        continue
+    kinds.append((props["ServiceName"], math.ceil(int(most) * percent / 100), pool(props["ServiceName"])))
+migrate = pool("migrate")
+classes = parameters["DatabaseInstanceClass"].get("AllowedValues")
+if not classes:
+    problems.append("DatabaseInstanceClass must list its AllowedValues, each a row of DatabaseConnections")
+for instance_class in classes or []:
+    row = table.get(instance_class)
+    if row is None:
+        problems.append(f"{instance_class}: allowed but not in DatabaseConnections")
+        continue
+    used = sum(tasks * (pool(row) + 1) for _, tasks, pool in kinds) + migrate(row) + 1 + int(row["Reserved"])
+    limit = int(row["MaxConnections"])
+    detail = " + ".join(f"{service} {tasks} x {pool(row) + 1}" for service, tasks, pool in kinds)
+    print(f"{instance_class}: {detail} + migrate {migrate(row) + 1} + reserved {row['Reserved']} = {used} of {limit}")
+    if used > limit:
+        problems.append(f"{instance_class}: up to {used} connections, over max_connections {limit}")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
+# Every alarm notifies AlarmTopicArn when one is given; the event alarms count the exact lines the
+# relay logs, in the log group of every task definition that runs the relay.
+stack_alarms() {
+  python - <<'EOF'
+import glob, json, sys
+from cfn import template, of_type
+
+# The relay's log lines that count events in trouble (platform/src/events/relay.rs).
+MESSAGES = [
+    "event parked as dead after repeated failures",
+    "events are parked as dead; list them with guildhall events dead",
+    "event still not sent to SQS; retrying",
+]
+problems = []
+stack = template()
+resources = stack["Resources"]
+topic = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+if stack["Parameters"].get("AlarmTopicArn", {}).get("Default") != "":
+    problems.append("AlarmTopicArn must be optional (default empty)")
+alarms = of_type(resources, "AWS::CloudWatch::Alarm")
+for name, alarm in alarms.items():
+    for actions in ("AlarmActions", "OKActions"):
+        if alarm["Properties"].get(actions) != topic:
+            problems.append(f"{name}: {actions} must notify AlarmTopicArn when it is given")
+sources = [open(path).read() for path in glob.glob("services/**/*.rs", recursive=True)]
+filters = {}  # (log group, message) -> metric
+for message in MESSAGES:
+    if not any(f'"{message}"' in source for source in sources):
+        problems.append(f"no Rust source logs {message!r} any more: align the metric filters")
+for name, f in of_type(resources, "AWS::Logs::MetricFilter").items():
+    props = f["Properties"]
+    for message in MESSAGES:
+        if f'$.message = "{message}"' in props["FilterPattern"]:
+            group = resources[props["LogGroupName"]["Ref"]]["Properties"]["LogGroupName"]["Fn::Sub"]
+            filters[(group.replace("${AWS::StackName}", "${STACK_NAME}"), message)] = props["MetricTransformations"][0]
+for path in sorted(glob.glob("ecs/task-definitions/*.json")):
+    for c in json.load(open(path))["containerDefinitions"]:
+        env = {e["name"]: e["value"] for e in c.get("environment", [])}
+        relay = c.get("command") == ["worker"] or (c.get("command") == ["serve"] and env.get("RUN_EVENT_WORKERS") != "false")
+        group = c["logConfiguration"]["options"]["awslogs-group"]
+        for message in MESSAGES:
+            if relay and (group, message) not in filters:
+                problems.append(f"{path}: runs the outbox relay, but no metric filter watches {group} for {message!r}")
+for (group, message), metric in filters.items():
+    watched = [a for a in alarms.values() if a["Properties"]["MetricName"] == metric["MetricName"]
+               and a["Properties"]["Namespace"] == metric["MetricNamespace"]]
+    if not watched:
+        problems.append(f"no alarm on {metric['MetricName']} ({message!r} in {group})")
+    print(f"{group}: {message!r} counted as {metric['MetricName']}, alarmed")
+print(f"{len(alarms)} alarms notify AlarmTopicArn")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
+# ecs/deploy.sh's --wait judges each rollout from DescribeServices, answered here by a stub of the
+# ECS API replaying recorded answers (ecs/testdata/describe-services/, one sequence per cluster
+# name), through the real AWS CLI and its --query. moto cannot play these: its deployments never
+# fail, roll back, or follow update-service.
+rollout_decisions() {
+  local port stub fixtures=ecs/testdata/describe-services
+  python - "$fixtures" >"$logs/stub.port" 2>"$logs/stub.log" <<'EOF' &
+import http.server, json, os, sys
+folder = sys.argv[1]
+# Each cluster name plays its answers in order, repeating the last.
+plays = {
+    "completed": ["completed.json"],
+    "rolled-back": ["in-progress.json", "rolled-back.json"],
+    "stuck": ["in-progress.json"],
+    "slow": ["in-progress.json", "in-progress.json", "completed.json"],
+}
+asked = {}
+class Ecs(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.headers["X-Amz-Target"].endswith(".DescribeServices"), self.headers["X-Amz-Target"]
+        play = plays[request["cluster"]]
+        turn = asked.get(request["cluster"], 0)
+        asked[request["cluster"]] = turn + 1
+        answer = json.load(open(os.path.join(folder, play[min(turn, len(play) - 1)])))
+        answer["services"] = [s for s in answer["services"] if s["serviceName"] in request["services"]]
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Ecs)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+EOF
+  stub=$!
+  # shellcheck disable=SC2064 # the PID is fixed now
+  trap "kill $stub 2>/dev/null; wait $stub 2>/dev/null || true" EXIT
+  for _ in $(seq 50); do [[ -s $logs/stub.port ]] && break; sleep 0.1; done
+  port=$(<"$logs/stub.port")
+  export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_REGION=eu-west-1
+  export AWS_ACCESS_KEY_ID=stub AWS_SECRET_ACCESS_KEY=stub WAIT_POLL_SECS=0 WAIT_TIMEOUT_SECS=4
+  unset AWS_PROFILE AWS_SESSION_TOKEN
+
+  # Runs deploy.sh's await_rollouts on cluster $1 for accounts and chat, both expected on
+  # revision 7; its messages go to $logs/<cluster>.log.
+  judge() {
+    # shellcheck disable=SC2034 # CLUSTER and revisions are read by deploy.sh's functions
+    (
+      # shellcheck source=/dev/null # deploy.sh is checked on its own
+      source ecs/deploy.sh
+      CLUSTER=$1
+      declare -gA revisions=(
+        [accounts]=arn:aws:ecs:eu-west-1:123456789012:task-definition/guildhall-accounts:7
+        [chat]=arn:aws:ecs:eu-west-1:123456789012:task-definition/guildhall-chat:7)
+      await_rollouts accounts chat
+    ) 2>"$logs/$1.log"
+  }
+  expect() { # cluster, pass or fail, and a line its messages must hold (if any)
+    local outcome=pass
+    judge "$1" || outcome=fail
+    if [[ $outcome != "$2" ]] || { [[ -n ${3:-} ]] && ! grep -qF "$3" "$logs/$1.log"; }; then
+      echo "cluster $1: expected $2${3:+ with \"$3\"}, got $outcome:"
+      cat "$logs/$1.log"
+      exit 1
+    fi
+    echo "$1: $2${3:+: $(grep -F "$3" "$logs/$1.log" | head -n 1)}"
+  }
+  # COMPLETED on the new revision, nothing left of the old one: done.
+  expect completed pass
+  # Rolled back by the circuit breaker, stable again on revision 6: the deployment failed.
+  expect rolled-back fail "deploy: ECS rolled chat back to guildhall-chat:6: the deployment of guildhall-chat:7 failed (ECS deployment circuit breaker: tasks failed to start.)"
+  # Still IN_PROGRESS when WAIT_TIMEOUT_SECS runs out: a timeout, naming what it waited for.
+  expect stuck fail "deploy: chat in_progress, 3 of 6 new tasks running, 2 deployments"
+  grep -qF "timed out after 4 s" "$logs/stuck.log"
+  # IN_PROGRESS twice, then COMPLETED: waits, then done.
+  expect slow pass "waiting: chat in_progress"
+  # The verdict itself, on a deployment that failed without a rollback (circuit breaker with
+  # rollback off): the service still runs the new revision, but FAILED.
+  (
+    # shellcheck source=/dev/null # deploy.sh is checked on its own
+    source ecs/deploy.sh
+    verdict=$(rollout_verdict td/guildhall-chat:7 "$(printf 'chat\ttd/guildhall-chat:7\tFAILED\ttasks failed to start.\t0\t6\t1\ttd/guildhall-chat:7\ttasks failed to start.')")
+    [[ $verdict == "fail: the deployment of guildhall-chat:7 to chat failed (tasks failed to start.)" ]] || { echo "$verdict"; exit 1; }
+    echo "FAILED without rollback: $verdict"
+    # And on a service whose PRIMARY deployment is some other revision, with no FAILED one left
+    # to explain it (ECS drops a failed deployment from the list once its tasks are gone).
+    verdict=$(rollout_verdict td/guildhall-chat:7 "$(printf 'chat\ttd/guildhall-chat:6\tCOMPLETED\t-\t6\t6\t1\t-\t-')")
+    [[ $verdict == "fail: chat runs guildhall-chat:6, not guildhall-chat:7: ECS rolled it back or another deployment replaced it (see the service's events)" ]] ||
+      { echo "$verdict"; exit 1; }
+    echo "another revision: $verdict"
+  )
+}
+
 # A stand-in for the real stack on moto (which cannot emulate Aurora, ElastiCache or CloudFront):
 # the network, target groups, roles and cluster ecs/deploy.sh reads, under the real outputs' names.
 rehearsal_template() {
@@ -337,6 +642,9 @@ Outputs:
   LeaderboardTargetGroupArn: {Value: !Ref LeaderboardTargetGroup}
   UploadsTargetGroupArn: {Value: !Ref UploadsTargetGroup}
   ChatTargetGroupArn: {Value: !Ref ChatTargetGroup}
+  ApiDatabasePool: {Value: "6"}
+  ChatDatabasePool: {Value: "4"}
+  WorkerDatabasePool: {Value: "10"}
 EOF
 }
 
@@ -346,14 +654,26 @@ service_revisions() {
     --query 'services[].[serviceName,taskDefinition]' --output text | sed 's#\t.*task-definition/#\t#' | sort
 }
 
+# The latest revision of each family, one "family<TAB>revision" line each.
+latest_revisions() {
+  local family
+  for family in accounts leaderboard uploads chat worker migrate; do
+    printf '%s\t%s\n' "$family" "$(aws ecs describe-task-definition --task-definition "rehearsal-$family" \
+      --query taskDefinition.revision --output text)"
+  done
+}
+
 # Starts moto's server on a free loopback port, runs the compose stack's aws-init script against
 # it, then deploys to it with ecs/deploy.sh reading a stand-in stack's outputs as ecs/README.md
-# describes (register only; create the services; update them to a new image), asserting with the
-# AWS CLI after each step which revision of its task definition every service runs.
+# describes (register only; create the services and wait for their rollouts; update them to a new
+# image; a release whose migration fails), asserting with the AWS CLI after each step which
+# revision of its task definition every service runs and which revisions exist.
 rehearsal() {
   local port moto expected
   port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  moto_server -H 127.0.0.1 -p "$port" >"$logs/moto.log" 2>&1 &
+  # Services report two running tasks, so that a created service (desired count 2) completes its
+  # rollout as on AWS; moto's deployments never leave the revision a service was created with.
+  MOTO_ECS_SERVICE_RUNNING=2 moto_server -H 127.0.0.1 -p "$port" >"$logs/moto.log" 2>&1 &
   moto=$!
   # shellcheck disable=SC2064 # the PID is fixed now
   trap "kill $moto 2>/dev/null; wait $moto 2>/dev/null || true" EXIT
@@ -379,12 +699,16 @@ EOF
   [[ $(aws s3api get-bucket-versioning --bucket guildhall-assets --query Status --output text) == Enabled ]]
   aws sqs get-queue-attributes --queue-url "$AWS_ENDPOINT_URL/123456789012/guildhall-uploads" \
     --attribute-names VisibilityTimeout RedrivePolicy --query Attributes --output json >"$logs/queue.json"
+  # The same queue settings as the stack's (compose rehearses what AWS runs).
   python - "$logs/queue.json" <<'EOF'
 import json, sys
+from cfn import template
 attributes = json.load(open(sys.argv[1]))
 redrive = json.loads(attributes["RedrivePolicy"])
-assert attributes["VisibilityTimeout"] == "60", attributes
-assert int(redrive["maxReceiveCount"]) == 5 and redrive["deadLetterTargetArn"].endswith(":guildhall-uploads-dlq"), redrive
+stack = template()["Resources"]["UploadsQueue"]["Properties"]
+assert attributes["VisibilityTimeout"] == str(stack["VisibilityTimeout"]), (attributes, stack)
+assert int(redrive["maxReceiveCount"]) == stack["RedrivePolicy"]["maxReceiveCount"], (redrive, stack)
+assert redrive["deadLetterTargetArn"].endswith(":guildhall-uploads-dlq"), redrive
 EOF
 
   echo "== ecs/deploy.sh against moto"
@@ -394,14 +718,19 @@ EOF
   # What the real stack would give but moto cannot make: the secrets' and parameters' ARNs come
   # from the environment here; everything else from the stand-in stack's outputs.
   unset ACCOUNT_ID EXECUTION_ROLE_ARN ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET
+  unset API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL
   unset ACCOUNTS_TASK_ROLE_ARN LEADERBOARD_TASK_ROLE_ARN UPLOADS_TASK_ROLE_ARN CHAT_TASK_ROLE_ARN WORKER_TASK_ROLE_ARN
   export STACK_NAME=rehearsal
 
   # The first deployment registers before any service exists (the stack's first pass) ...
   IMAGE=registry.example/guildhall:first ecs/deploy.sh --no-services --no-migrate
   [[ -z "$(service_revisions)" ]] || { echo "--no-services touched a service"; exit 1; }
-  # ... then the services are created (here by --create; on AWS by the stack's second pass) ...
-  IMAGE=registry.example/guildhall:first ecs/deploy.sh --create --no-migrate
+  # ... then the services are created (here by --create; on AWS by the stack's second pass), and
+  # --wait sees each rollout completed on the revision just registered ...
+  IMAGE=registry.example/guildhall:first ecs/deploy.sh --create --no-migrate --wait 2>"$logs/create.log" ||
+    { cat "$logs/create.log"; exit 1; }
+  grep -E "rollouts|done:" "$logs/create.log"
+  grep -q "done: registry.example/guildhall:first" "$logs/create.log"
   expected=$(printf '%s\trehearsal-%s:2\n' accounts accounts chat chat leaderboard leaderboard uploads uploads worker worker)
   [[ "$(service_revisions)" == "$expected" ]] || { echo "after --create:"; service_revisions; exit 1; }
   # ... and every release updates them.
@@ -411,11 +740,28 @@ EOF
   python - <<'EOF'
 import os, boto3
 ecs = boto3.client("ecs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+pools = {"accounts": "6", "leaderboard": "6", "uploads": "6", "chat": "4", "worker": "10", "migrate": "2"}
 for family in ("accounts", "leaderboard", "uploads", "chat", "worker", "migrate"):
     task = ecs.describe_task_definition(taskDefinition=f"rehearsal-{family}:3")["taskDefinition"]
-    image = next(c["image"] for c in task["containerDefinitions"] if c["name"] == "guildhall")
-    assert image == "registry.example/guildhall:second", (family, image)
+    app = next(c for c in task["containerDefinitions"] if c["name"] == "guildhall")
+    assert app["image"] == "registry.example/guildhall:second", (family, app["image"])
+    pool = {e["name"]: e["value"] for e in app["environment"]}["DATABASE_MAX_CONNECTIONS"]
+    assert pool == pools[family], (family, pool)
 EOF
+  # A release whose migration fails (moto cannot start the migrate task in a subnet and security
+  # group that do not exist) registers the migrate revision it ran and nothing else: no service
+  # revision a stack update could pick up, no service touched.
+  latest_revisions >"$logs/before.tsv"
+  if IMAGE=registry.example/guildhall:broken PRIVATE_SUBNETS=subnet-00000000000000000 \
+    WORKER_SECURITY_GROUP=sg-00000000000000000 ecs/deploy.sh 2>"$logs/broken.log"; then
+    echo "a release whose migration failed succeeded"
+    exit 1
+  fi
+  grep "no service revision was registered" "$logs/broken.log" || { cat "$logs/broken.log"; exit 1; }
+  expected=$(awk -F'\t' -v OFS='\t' '$1 == "migrate" { $2 = $2 + 1 } 1' "$logs/before.tsv")
+  [[ "$(latest_revisions)" == "$expected" ]] || { echo "after a failed migration:"; latest_revisions; exit 1; }
+  expected=$(printf '%s\trehearsal-%s:3\n' accounts accounts chat chat leaderboard leaderboard uploads uploads worker worker)
+  [[ "$(service_revisions)" == "$expected" ]] || { echo "after a failed migration:"; service_revisions; exit 1; }
   # Without --create, a missing service is an error, and so is a missing cluster.
   aws ecs create-cluster --cluster-name empty >/dev/null
   if IMAGE=registry.example/guildhall:third CLUSTER=empty ecs/deploy.sh --no-migrate --services chat 2>"$logs/missing.log"; then
@@ -428,7 +774,7 @@ EOF
     exit 1
   fi
   grep -q "cluster nowhere does not exist" "$logs/missing.log"
-  echo "services created, then updated to their new revisions"
+  echo "services created (rollouts completed), updated to their new revisions; a failed migration registered no service revision"
 }
 
 check "hadolint docker/Dockerfile, workspace members in it" dockerfile
@@ -438,7 +784,11 @@ check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint
 check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
 check "task definitions vs botocore's ECS model and the stack" task_definitions
-check "rehearsal on moto (aws-init, deploy.sh create + update)" rehearsal
+check "ALB health checks and drain timing vs task definitions" stack_health
+check "database connections at peak within Aurora's limit" database_connections
+check "alarms notify AlarmTopicArn; parked events alarmed" stack_alarms
+check "deploy.sh --wait on recorded rollouts (stub ECS API)" rollout_decisions
+check "rehearsal on moto (aws-init, deploy.sh create + wait + update)" rehearsal
 check "k6 loads every script (k6 inspect)" k6_scripts
 
 say "$passed passed, $failed failed in $((SECONDS - started)) s"

@@ -105,7 +105,11 @@ mod tests {
     fn children_count_with_their_parent() {
         // A child that burns CPU until it is killed.
         let mut child = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("sh runs");
-        std::thread::sleep(Duration::from_millis(300));
+        // Until it has used 100 ms of CPU, however busy the machine is (up to a minute).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while cpu_time(child.id()).map_or(true, |used| used < Duration::from_millis(100)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let me = std::process::id();
         let alone = cpu_time(me).expect("own stat");
         let with_children = cpu_time_with_children(me).expect("own stat and children");

@@ -8,6 +8,7 @@ use axum::routing::{get, post};
 use platform::auth::Player;
 use platform::db::{now_millis, unique_violation};
 use platform::error::ErrorBody;
+use platform::events::AccountDeleted;
 use platform::http::{ClientIp, Json};
 use platform::{ApiError, ApiResult};
 use sha2::{Digest, Sha256};
@@ -209,8 +210,8 @@ pub async fn delete_me(State(state): State<AccountsState>, player: Player) -> Ap
     let sessions = store::delete_account(&mut tx, &player.account_id, now)
         .await?
         .ok_or_else(|| ApiError::Unauthenticated { code: "session_revoked", message: "this account no longer exists".into() })?;
-    let event = serde_json::json!({ "account_id": player.account_id, "deleted_at": platform::time::rfc3339(now) });
-    platform::outbox::record(&mut *tx, "account.deleted", &event).await?;
+    let event = AccountDeleted { account_id: player.account_id.clone(), deleted_at: platform::time::rfc3339(now) };
+    platform::events::record(&mut *tx, &event).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     for session_id in sessions.iter().chain(std::iter::once(&player.session_id)) {
         state.auth.revoke_session(session_id).await?;

@@ -8,6 +8,7 @@ use axum::routing::{delete, get, post};
 use platform::auth::{Admin, Caller, Player};
 use platform::db::now_millis;
 use platform::error::ErrorBody;
+use platform::events::MessageReported;
 use platform::http::{Json, Query};
 use platform::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
@@ -500,15 +501,15 @@ pub async fn report(
     let message = store::message_by_id(state.db.pool(), &id).await?.ok_or_else(not_found)?;
     // Only someone who can read the channel can report from it.
     state.authorize(&player.account_id, &Channel::parse(&message.channel_id)?, false).await?;
-    let event = serde_json::json!({
-        "message_id": message.id,
-        "channel": message.channel_id,
-        "sender_id": message.sender_id,
-        "body": message.body,
-        "reported_by": player.account_id,
-        "reason": reason,
-        "reported_at": platform::time::rfc3339(now_millis()),
-    });
-    platform::outbox::record(state.db.pool(), "chat.message_reported", &event).await?;
+    let event = MessageReported {
+        message_id: message.id,
+        channel: message.channel_id,
+        sender_id: message.sender_id,
+        body: message.body,
+        reported_by: player.account_id,
+        reason: reason.to_owned(),
+        reported_at: platform::time::rfc3339(now_millis()),
+    };
+    platform::events::record(state.db.pool(), &event).await?;
     Ok(StatusCode::ACCEPTED)
 }

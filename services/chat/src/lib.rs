@@ -13,6 +13,7 @@ use axum::extract::FromRef;
 use platform::auth::{AdminKey, Authenticator};
 use platform::cache::Cache;
 use platform::db::Database;
+use platform::events::{AccountDeleted, Subscription};
 use platform::shutdown::Shutdown;
 use utoipa::OpenApi;
 
@@ -72,10 +73,13 @@ impl ChatState {
         }
     }
 
-    /// Anonymises a deleted player's messages and removes them from groups.
+    /// Anonymises a deleted player's messages and removes them from groups, in one transaction:
+    /// an attempt that fails leaves nothing half done, and the event's retry does it all.
     pub async fn erase_player(&self, account_id: &str) -> anyhow::Result<u64> {
-        let anonymised = store::anonymise_sender(self.db.pool(), account_id).await?;
-        store::leave_all_groups(self.db.pool(), account_id).await?;
+        let mut tx = self.db.begin().await?;
+        let anonymised = store::anonymise_sender(&mut *tx, account_id).await?;
+        store::leave_all_groups(&mut *tx, account_id).await?;
+        tx.commit().await?;
         Ok(anonymised)
     }
 }
@@ -98,17 +102,15 @@ pub fn router(state: ChatState) -> Router {
 }
 
 /// What chat consumes: `account.deleted` anonymises that player's messages.
-pub fn subscriptions(state: ChatState) -> Vec<platform::events::Subscription> {
-    let erase = platform::events::handler(move |event| {
+pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
+    vec![Subscription::on("chat", move |event: AccountDeleted| {
         let state = state.clone();
         async move {
-            let account_id = event.payload["account_id"].as_str().ok_or_else(|| anyhow::anyhow!("account.deleted without account_id"))?;
-            let messages = state.erase_player(account_id).await?;
-            tracing::info!(account_id, messages, "anonymised a deleted player's messages");
+            let messages = state.erase_player(&event.account_id).await?;
+            tracing::info!(account_id = event.account_id, messages, "anonymised a deleted player's messages");
             Ok(())
         }
-    });
-    vec![platform::events::Subscription { consumer: "chat", event_types: &["account.deleted"], handler: erase }]
+    })]
 }
 
 /// The OpenAPI description of the chat API.

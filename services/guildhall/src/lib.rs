@@ -125,6 +125,7 @@ impl App {
         if mode == Mode::Worker || config.run_event_workers {
             match Queues::connect(&config.queue, &config.aws).await {
                 Some(queues) => {
+                    platform::events::check_routes(&subscriptions)?;
                     // The relay sends every service's events (several relays share the outbox
                     // through leases); the consumers read the queues of the services here.
                     workers.push(tokio::spawn(Relay::sqs(db.clone(), queues.clone()).run(shutdown.clone())));
@@ -211,6 +212,63 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     db.close().await;
     tracing::info!(database = describe_database(&config.database), "migrations applied");
     Ok(())
+}
+
+/// How many dead outbox rows `guildhall events dead` lists by default.
+const DEAD_LIST_DEFAULT: i64 = 100;
+/// The most dead-letter messages one `guildhall events redrive` moves per queue.
+const REDRIVE_MAX: u64 = 100_000;
+
+/// `guildhall events dead [--limit N]` lists dead events (outbox rows parked by the relay and,
+/// with SQS, each consumer's dead-letter queue) as one JSON document; `guildhall events redrive
+/// (--all | EVENT_ID...)` makes them due again. Run it where the services run (an ECS one-off task
+/// in production), once the cause of the failures is fixed.
+pub async fn events(config: &Config, args: &[String]) -> anyhow::Result<()> {
+    let db = Database::connect(&config.database).await?;
+    let queues = Queues::connect(&config.queue, &config.aws).await;
+    let result = match args.first().map(String::as_str) {
+        Some("dead") => {
+            let limit = match args.get(1..).unwrap_or_default() {
+                [] => DEAD_LIST_DEFAULT,
+                [flag, n] if flag == "--limit" => {
+                    n.parse().ok().filter(|n| (1..=10_000).contains(n)).context("--limit takes 1 to 10000")?
+                }
+                other => anyhow::bail!("unexpected arguments {other:?}; usage: guildhall events dead [--limit N]"),
+            };
+            let mut queue_reports = Vec::new();
+            if let Some(queues) = &queues {
+                for consumer in platform::events::consumers() {
+                    queue_reports.push(platform::events::dead::dead_letters(queues, consumer).await?);
+                }
+            }
+            let report = serde_json::json!({
+                "outbox": { "dead": platform::events::dead::count(&db).await?, "events": platform::events::dead::list(&db, limit).await? },
+                "dead_letter_queues": queue_reports,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Some("redrive") => {
+            let ids: Vec<String> = match args.get(1..).unwrap_or_default() {
+                [all] if all == "--all" => Vec::new(),
+                [] => anyhow::bail!("name the events to re-drive, or --all; usage: guildhall events redrive (--all | EVENT_ID...)"),
+                ids => ids.to_vec(),
+            };
+            let outbox = platform::events::dead::redrive(&db, &ids).await?;
+            let mut moved = serde_json::Map::new();
+            if let Some(queues) = &queues {
+                for consumer in platform::events::consumers() {
+                    let n = platform::events::dead::redrive_dead_letters(queues, consumer, &ids, REDRIVE_MAX).await?;
+                    moved.insert(consumer.to_owned(), n.into());
+                }
+            }
+            println!("{}", serde_json::json!({ "outbox": outbox, "dead_letter_queues": moved }));
+            Ok(())
+        }
+        _ => Err(anyhow::anyhow!("usage: guildhall events dead [--limit N] | guildhall events redrive (--all | EVENT_ID...)")),
+    };
+    db.close().await;
+    result
 }
 
 /// Asks this machine's own server for `/health/live` and fails unless it answers 200: the

@@ -1,4 +1,5 @@
-//! A dependency that is down (PostgreSQL stopped or restarting, Redis paused or restarted) gets
+//! A dependency that is down (PostgreSQL stopped or restarting, Redis paused or restarted, S3 not
+//! answering) gets
 //! requests a fast 503 `unavailable` with a generic message, never a 500 or a hang; readiness
 //! says which dependency failed without internal text; and the same server answers 200 again
 //! once the dependency is back, without a restart. Each test runs a PostgreSQL or Redis of its
@@ -175,4 +176,32 @@ async fn chat_frames_while_redis_is_paused_get_unavailable_and_the_socket_carrie
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(chat.closed, None, "the socket stayed open through the outage");
+}
+
+/// S3 not answering: the one request path that calls it (deleting an asset: the bytes go first)
+/// is a fast 503 naming the file storage, and the asset is left whole for the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_unreachable_is_a_503_and_leaves_the_asset_whole() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    // Nothing listens on port 9 (discard): every S3 (and SQS) call is refused.
+    let app = TestApp::start_with(Backend::Real, |env| {
+        env.set("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    })
+    .await;
+    let (_, token) = guest(&app, "s3-outage").await;
+    let ticket = app
+        .post("/v1/uploads", Some(&token), json!({"purpose": "avatar", "content_type": "image/png", "size_bytes": 100}))
+        .await
+        .expect(201)
+        .body;
+    let id = ticket["asset_id"].as_str().expect("asset id");
+    let started = Instant::now();
+    assert_unavailable(app.call(reqwest::Method::DELETE, &format!("/v1/assets/{id}"), Some(&token), None).await, "file storage");
+    // The AWS SDK retries a refused connection twice, with up to 1 s and 2 s of backoff; the
+    // bound is its call timeout, well under the request timeout.
+    assert!(started.elapsed() < platform::aws::CALL_TIMEOUT, "answered in {:?}", started.elapsed());
+    let kept = app.get(&format!("/v1/assets/{id}"), Some(&token)).await.expect(200).body;
+    assert_eq!(kept["state"], "pending", "{kept}");
 }

@@ -297,7 +297,43 @@ async fn account_deletion_erases_assets_and_leaderboard_records(backend: Backend
     assert_eq!(still["state"], "ready");
 }
 
+/// An upload URL writes once, under a key that is never served, and only while its asset is
+/// pending: a second PUT, a PUT after completion, and (locally) a PUT after deletion are refused,
+/// and the checked bytes are published where no upload URL is signed for.
+async fn an_upload_url_writes_once_and_never_the_published_object(backend: Backend) {
+    let app = start(backend).await;
+    let (_, token) = guest(&app, "uploader").await;
+    let ticket = start_upload(&app, &token, "avatar", "image/png", 400).await;
+    let id = ticket["asset_id"].as_str().expect("id").to_owned();
+    let url = ticket["upload"]["url"].as_str().expect("url");
+    assert!(url.contains(&format!("/incoming/avatar/{id}")), "{url}");
+    assert_eq!(ticket["upload"]["headers"]["if-none-match"], "*", "{ticket}");
+    assert_eq!(put(&app, &ticket, png(400)).await, 200);
+    assert_eq!(put(&app, &ticket, jpeg(400)).await, 412, "a second PUT of the same URL");
+
+    app.post(&format!("/v1/uploads/{id}/complete"), Some(&token), json!({})).await.expect(202);
+    let ready = settled(&app, &token, &id, &["ready", "rejected"]).await;
+    assert_eq!(ready["state"], "ready", "{ready}");
+    assert!(stored(&app.env, &format!("avatar/{id}")).await, "published");
+    let after = put(&app, &ticket, jpeg(400)).await;
+    assert!(matches!(after, 409 | 412), "a PUT after completion: {after}");
+    let served = app.client.get(ready["download_url"].as_str().expect("url")).send().await.expect("download");
+    assert_eq!(served.bytes().await.expect("body").as_ref(), png(400).as_slice(), "the checked bytes, not the later PUT's");
+
+    app.call(Method::DELETE, &format!("/v1/assets/{id}"), Some(&token), None).await.expect(204);
+    assert!(!stored(&app.env, &format!("avatar/{id}")).await && !stored(&app.env, &format!("incoming/avatar/{id}")).await);
+    let late = put(&app, &ticket, png(400)).await;
+    if backend == Backend::Embedded {
+        assert_eq!(late, 409, "the local store takes no upload for a deleted asset");
+    }
+    // On S3 the still-valid URL may create an object under incoming/ again: no row tracks it, the
+    // CDN's bucket policy denies that prefix, and the bucket's lifecycle removes it within a day.
+    app.get(&format!("/v1/assets/{id}"), Some(&token)).await.expect_error(404, "not_found");
+    assert!(!stored(&app.env, &format!("avatar/{id}")).await, "nothing published again");
+}
+
 on_both_backends!(
+    an_upload_url_writes_once_and_never_the_published_object,
     an_avatar_goes_from_upload_to_ready_and_downloads,
     a_mislabelled_file_is_rejected_and_deleted,
     an_oversize_upload_never_becomes_ready,
@@ -368,6 +404,91 @@ async fn a_worker_process_delivers_events_for_api_only_processes() {
     worker.get("/v1/assets", Some(&token)).await.expect_error(404, "not_found");
     let ready = settled(&api, &token, id, &["ready", "rejected"]).await;
     assert_eq!(ready["state"], "ready", "{ready}");
+    assert!(worker.terminate().await.success());
+}
+
+/// Runs `guildhall events <args>` with `env`'s variables; its standard output, parsed as JSON.
+async fn events_command(env: &TestEnv, args: &[&str]) -> Value {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_guildhall"))
+        .arg("events")
+        .args(args)
+        .env_clear()
+        .envs(&env.vars)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "error")
+        .current_dir(&env.dir)
+        .output()
+        .await
+        .expect("guildhall runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "guildhall events {args:?} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .or_else(|_| serde_json::from_str(&stdout))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// A retried `account.deleted` finishes what a failed attempt left undone. The worker's uploads
+/// step fails (its bucket does not exist: a real S3 error, not an outage), so that message ends
+/// in the uploads dead-letter queue while leaderboard and chat finish their part;
+/// `guildhall events dead` lists it, `guildhall events redrive --all` sends it back, and a worker
+/// on the right bucket completes the erasure: bytes, rows and usage gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_step_that_failed_into_the_dead_letter_queue_is_finished_by_a_redrive() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    env.set("RUN_EVENT_WORKERS", "false");
+    env.set("QUEUE_WAIT_SECS", "1");
+    let api = Process::start(&env).await;
+    let (gone, token) = guest(&api, "leaving").await;
+    let ticket = start_upload(&api, &token, "avatar", "image/png", 300).await;
+    assert_eq!(put(&api, &ticket, png(300)).await, 200);
+    // Pending: its bytes are where the upload URL put them.
+    let key = format!("incoming/avatar/{}", ticket["asset_id"].as_str().expect("id"));
+    assert!(stored(&env, &key).await);
+    api.call(Method::DELETE, "/v1/accounts/me", Some(&token), None).await.expect(204);
+
+    let mut wrong_bucket = env.clone();
+    wrong_bucket.set("BLOB_URL", "s3://no-such-bucket-for-guildhall");
+    let mut failing = Process::start_as(&wrong_bucket, "worker").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let listed = events_command(&env, &["dead"]).await;
+        let queues = listed["dead_letter_queues"].as_array().expect("queues").clone();
+        let uploads = queues.iter().find(|q| q["consumer"] == "uploads").expect("uploads listed").clone();
+        if uploads["approximate_count"] == 1 {
+            break listed;
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered: {listed}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(failing.terminate().await.success());
+    for queue in listed["dead_letter_queues"].as_array().expect("queues") {
+        let expected = if queue["consumer"] == "uploads" { 1 } else { 0 };
+        assert_eq!(queue["approximate_count"], expected, "{listed}");
+    }
+    assert_eq!(listed["outbox"]["dead"], 0, "the relay sent it: {listed}");
+    let db = platform::db::Database::connect(&env.config().expect("config").database).await.expect("db");
+    let count = |sql: &'static str| {
+        let (db, gone) = (db.clone(), gone.clone());
+        async move { sqlx::query_scalar::<_, i64>(sql).bind(gone).fetch_one(db.pool()).await.expect("count") }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM assets WHERE owner_id = $1").await, 1, "the failed step left the asset");
+    assert!(stored(&env, &key).await, "and its bytes");
+
+    // The stopped worker's last long poll (1 s) must have ended: SQS would hand it the message.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let redriven = events_command(&env, &["redrive", "--all"]).await;
+    assert_eq!(redriven["dead_letter_queues"]["uploads"], 1, "{redriven}");
+    let mut worker = Process::start_as(&env, "worker").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count("SELECT COUNT(*) FROM assets WHERE owner_id = $1").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the re-driven erasure did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count("SELECT COUNT(*) FROM asset_usage WHERE owner_id = $1").await, 0);
+    assert!(!stored(&env, &key).await, "the bytes are deleted");
     assert!(worker.terminate().await.success());
 }
 

@@ -15,6 +15,7 @@ use axum::Router;
 use axum::extract::FromRef;
 use platform::auth::{AdminKey, Authenticator};
 use platform::db::Database;
+use platform::events::{AccountDeleted, Subscription};
 use utoipa::OpenApi;
 
 use crate::index::RankIndex;
@@ -93,17 +94,15 @@ impl FromRef<LeaderboardState> for AdminKey {
 }
 
 /// What the leaderboard consumes: `account.deleted` erases that player's records everywhere.
-pub fn subscriptions(state: LeaderboardState) -> Vec<platform::events::Subscription> {
-    let erase = platform::events::handler(move |event| {
+pub fn subscriptions(state: LeaderboardState) -> Vec<Subscription> {
+    vec![Subscription::on("leaderboard", move |event: AccountDeleted| {
         let state = state.clone();
         async move {
-            let account_id = event.payload["account_id"].as_str().ok_or_else(|| anyhow::anyhow!("account.deleted without account_id"))?;
-            let erased = state.erase_player(account_id).await?;
-            tracing::info!(account_id, records = erased, "erased a deleted player's records");
+            let erased = state.erase_player(&event.account_id).await?;
+            tracing::info!(account_id = event.account_id, records = erased, "erased a deleted player's records");
             Ok(())
         }
-    });
-    vec![platform::events::Subscription { consumer: "leaderboard", event_types: &["account.deleted"], handler: erase }]
+    })]
 }
 
 /// The leaderboard router.

@@ -13,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use platform::auth::Caller;
 use platform::db::now_millis;
 use platform::error::ErrorBody;
+use platform::events::{SeasonClosed, SeasonPlacing};
 use platform::http::{Json, Query};
 use platform::shutdown::Shutdown;
 use platform::{ApiError, ApiResult};
@@ -119,24 +120,20 @@ impl LeaderboardState {
         if !store::advance_season(&mut *tx, &board.id, board.season, ends_at, next_end).await? {
             return Ok(None);
         }
-        let top: Vec<serde_json::Value> = top
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                serde_json::json!({
-                    "rank": i + 1, "owner_id": r.owner_id, "name": r.owner_name, "score": r.score, "subscore": r.subscore,
-                })
-            })
+        let top = top
+            .into_iter()
+            .zip(1..)
+            .map(|(r, rank)| SeasonPlacing { rank, owner_id: r.owner_id, name: r.owner_name, score: r.score, subscore: r.subscore })
             .collect();
-        let event = serde_json::json!({
-            "board_id": board.id,
-            "season": board.season,
-            "started_at": platform::time::rfc3339(board.season_started_at),
-            "ended_at": platform::time::rfc3339(ends_at),
-            "record_count": record_count,
-            "top": top,
-        });
-        platform::outbox::record(&mut *tx, "leaderboard.season_closed", &event).await?;
+        let event = SeasonClosed {
+            board_id: board.id.clone(),
+            season: board.season,
+            started_at: platform::time::rfc3339(board.season_started_at),
+            ended_at: platform::time::rfc3339(ends_at),
+            record_count,
+            top,
+        };
+        platform::events::record(&mut *tx, &event).await?;
         tx.commit().await?;
         tracing::info!(board = board.id, season = board.season, records = record_count, "season closed");
         // The archive is served from the database; the live index of the old season can go.

@@ -72,7 +72,10 @@ impl Blobs {
     }
 
     /// A URL to upload `key` with one `PUT` of exactly `size` bytes of `content_type`, valid for
-    /// `ttl`. `base_url` is this deployment's public URL (local files only).
+    /// `ttl`, that creates the object but never replaces one: on S3 an `If-None-Match: *`
+    /// conditional write signed into the URL (S3 answers 412 when the key holds an object); the
+    /// local store refuses the same (`LocalBlobs::store_new`). `base_url` is this deployment's
+    /// public URL (local files only).
     pub async fn presign_put(
         &self,
         key: &str,
@@ -119,6 +122,19 @@ impl Blobs {
         }
     }
 
+    /// Makes the object at `from` (an upload that passed its check) available at `to`, a key no
+    /// upload URL is signed for, with `content_type` and a short public cache lifetime
+    /// (`PUBLISHED_CACHE_CONTROL`). On S3 a server-side copy: the upload stays where it was, so
+    /// that its URL, still valid for a while, cannot create it again (the bucket's lifecycle
+    /// removes uploads a day later). Locally the file moves: the local store refuses any upload
+    /// to an asset that is no longer pending.
+    pub async fn publish(&self, from: &str, to: &str, content_type: &str) -> anyhow::Result<()> {
+        match self {
+            Blobs::S3(s3) => s3.copy(from, to, content_type).await,
+            Blobs::Local(local) => local.rename(from, to).await,
+        }
+    }
+
     /// The object key as the outside sees it (with the configured prefix), for CDN URLs.
     pub fn public_key(&self, key: &str) -> String {
         match self {
@@ -151,6 +167,7 @@ impl S3Blobs {
             .key(self.key(key))
             .content_type(content_type)
             .content_length(length)
+            .if_none_match("*")
             .presigned(PresigningConfig::expires_in(ttl).context("presigning lifetime")?)
             .await
             .context("presigning an S3 upload")?;
@@ -158,6 +175,7 @@ impl S3Blobs {
         // Signed in, so the client must send them as they are.
         headers.insert("content-type".into(), content_type.to_owned());
         headers.insert("content-length".into(), size.to_string());
+        headers.insert("if-none-match".into(), "*".into());
         Ok(PresignedUpload { url: presigned.uri().to_owned(), headers })
     }
 
@@ -177,7 +195,7 @@ impl S3Blobs {
         match self.client.head_object().bucket(&self.bucket).key(self.key(key)).send().await {
             Ok(out) => Ok(Some(ObjectInfo { size: u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0) })),
             Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-            Err(err) => Err(anyhow::Error::new(err).context("S3 HeadObject")),
+            Err(err) => Err(s3_error(err, "S3 HeadObject")),
         }
     }
 
@@ -193,15 +211,57 @@ impl S3Blobs {
             .range(format!("bytes=0-{}", n - 1))
             .send()
             .await
-            .context("S3 GetObject")?;
-        let bytes = out.body.collect().await.context("reading an S3 object")?.into_bytes();
+            .map_err(|err| s3_error(err, "S3 GetObject"))?;
+        let bytes = out.body.collect().await.map_err(|err| unreachable_storage("reading an S3 object", &err))?.into_bytes();
         Ok(bytes[..bytes.len().min(n)].to_vec())
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
-        self.client.delete_object().bucket(&self.bucket).key(self.key(key)).send().await.context("S3 DeleteObject")?;
+        self.client.delete_object().bucket(&self.bucket).key(self.key(key)).send().await.map_err(|err| s3_error(err, "S3 DeleteObject"))?;
         Ok(())
     }
+
+    async fn copy(&self, from: &str, to: &str, content_type: &str) -> anyhow::Result<()> {
+        // Keys are made of lowercase letters, digits, '-' and '/' (uploads), nothing to escape.
+        let source = format!("{}/{}", self.bucket, self.key(from));
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(self.key(to))
+            .copy_source(source)
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .content_type(content_type)
+            .cache_control(PUBLISHED_CACHE_CONTROL)
+            .send()
+            .await
+            .map_err(|err| s3_error(err, "S3 CopyObject"))?;
+        Ok(())
+    }
+}
+
+/// How long a CDN or browser may keep a published object: a deleted or taken-down asset stops
+/// being served within this long, without a CDN invalidation per deletion (which CloudFront
+/// charges for and rate-limits); the CDN revalidates with S3 after it, cheaply.
+pub const PUBLISHED_CACHE_CONTROL: &str = "public, max-age=300";
+
+/// An S3 call's error, marked as an outage (`crate::error::Unreachable`: a 503 on request paths,
+/// retried without counting by event consumers) when S3 did not answer or answered with a 5xx
+/// (`SlowDown`, `InternalError`); any other stays a plain error.
+fn s3_error<E>(err: aws_sdk_s3::error::SdkError<E>, what: &'static str) -> anyhow::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    use aws_sdk_s3::error::SdkError;
+    let down = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
+        _ => false,
+    };
+    if down { unreachable_storage(what, &aws_sdk_s3::error::DisplayErrorContext(&err)) } else { anyhow::Error::new(err).context(what) }
+}
+
+fn unreachable_storage(what: &str, err: &dyn std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(crate::error::Unreachable { dependency: crate::error::Dependency::Storage, detail: format!("{what}: {err}") })
 }
 
 /// Files under a folder, with URLs signed by HMAC-SHA256.
@@ -268,7 +328,13 @@ impl LocalBlobs {
         let (size_text, expires_text) = (size.to_string(), expires.to_string());
         let signature = self.sign(&["PUT", key, content_type, &size_text, &expires_text]);
         let url = format!("{base_url}{LOCAL_BLOB_ROUTE}/{key}?expires={expires}&size={size}&signature={signature}");
-        let headers = BTreeMap::from([("content-type".to_owned(), content_type.to_owned()), ("content-length".to_owned(), size_text)]);
+        // `if-none-match` as S3's URLs carry it, so that clients send the same headers to both;
+        // the local store refuses a second upload regardless (`store_new`).
+        let headers = BTreeMap::from([
+            ("content-type".to_owned(), content_type.to_owned()),
+            ("content-length".to_owned(), size_text),
+            ("if-none-match".to_owned(), "*".to_owned()),
+        ]);
         PresignedUpload { url, headers }
     }
 
@@ -305,6 +371,34 @@ impl LocalBlobs {
         let valid = !key.is_empty()
             && key.split('/').all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
         valid.then(|| self.dir.join(key))
+    }
+
+    /// Moves the file of `from` to `to` (publishing an upload).
+    async fn rename(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        let (from, to) = (self.path(from).context("malformed blob key")?, self.path(to).context("malformed blob key")?);
+        if let Some(dir) = to.parent() {
+            tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
+        }
+        match tokio::fs::rename(&from, &to).await {
+            Ok(()) => Ok(()),
+            // Moved by an earlier attempt that failed after it.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && tokio::fs::try_exists(&to).await.unwrap_or(false) => Ok(()),
+            Err(err) => Err(err).with_context(|| format!("moving {} to {}", from.display(), to.display())),
+        }
+    }
+
+    /// Puts the finished upload `staging` at `key` unless an object is there already: false then
+    /// (the staging file is removed either way). A hard link fails when its target exists, so of
+    /// two uploads racing for one key exactly one wins.
+    pub async fn store_new(&self, staging: &std::path::Path, key: &str) -> anyhow::Result<bool> {
+        let path = self.path(key).context("malformed blob key")?;
+        let linked = tokio::fs::hard_link(staging, &path).await;
+        let _ = tokio::fs::remove_file(staging).await;
+        match linked {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(err) => Err(err).with_context(|| format!("storing {}", path.display())),
+        }
     }
 
     /// Where an upload of `key` is written before it is renamed into place, so that a reader never

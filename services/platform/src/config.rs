@@ -432,7 +432,9 @@ impl Config {
         let upload_limits = UploadLimits {
             quota_count: limit("UPLOAD_QUOTA_COUNT", 100)?,
             quota_bytes: parse("UPLOAD_QUOTA_BYTES", 500 * 1024 * 1024)?.max(1),
-            upload_url_ttl: Duration::from_secs(parse("UPLOAD_URL_TTL_SECS", 900)?.clamp(60, 7 * 24 * 3600)),
+            // At most 12 hours: the bucket's lifecycle removes uploads a day after they land, and
+            // a URL must expire before that, or it could create its object again.
+            upload_url_ttl: Duration::from_secs(parse("UPLOAD_URL_TTL_SECS", 900)?.clamp(60, 12 * 3600)),
             download_url_ttl: Duration::from_secs(parse("DOWNLOAD_URL_TTL_SECS", 3600)?.clamp(60, 7 * 24 * 3600)),
         };
 

@@ -94,7 +94,28 @@ pub enum Dependency {
     Database,
     /// Redis.
     Cache,
+    /// S3 (or the local files).
+    Storage,
 }
+
+/// An error that means `Dependency` did not answer (refused, timed out, or answered that it is
+/// unavailable), for clients whose errors `unavailable_dependency` cannot classify by type: the
+/// AWS SDK's are generic over each operation.
+#[derive(Debug)]
+pub struct Unreachable {
+    /// Which one.
+    pub dependency: Dependency,
+    /// What failed, for the logs.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} unreachable: {}", self.dependency.name(), self.detail)
+    }
+}
+
+impl std::error::Error for Unreachable {}
 
 impl Dependency {
     /// `database` or `cache`, as logs and readiness name it.
@@ -102,6 +123,7 @@ impl Dependency {
         match self {
             Dependency::Database => "database",
             Dependency::Cache => "cache",
+            Dependency::Storage => "storage",
         }
     }
 
@@ -110,6 +132,7 @@ impl Dependency {
         match self {
             Dependency::Database => "the database is unavailable; retry shortly",
             Dependency::Cache => "the cache is unavailable; retry shortly",
+            Dependency::Storage => "the file storage is unavailable; retry shortly",
         }
     }
 }
@@ -117,7 +140,7 @@ impl Dependency {
 /// The dependency whose outage caused `err`, if its cause chain holds an error that means "down"
 /// rather than "wrong": connection refused, reset or timed out, a pool that could not connect,
 /// PostgreSQL starting up or shutting down, Redis not answering (`crate::db::is_unavailable`,
-/// `crate::cache::is_unavailable`).
+/// `crate::cache::is_unavailable`), S3 not answering (`Unreachable`, from `crate::blobs`).
 pub fn unavailable_dependency(err: &anyhow::Error) -> Option<Dependency> {
     err.chain().find_map(|cause| {
         if let Some(err) = cause.downcast_ref::<sqlx::Error>() {
@@ -126,7 +149,7 @@ pub fn unavailable_dependency(err: &anyhow::Error) -> Option<Dependency> {
         if let Some(err) = cause.downcast_ref::<redis::RedisError>() {
             return crate::cache::is_unavailable(err).then_some(Dependency::Cache);
         }
-        None
+        cause.downcast_ref::<Unreachable>().map(|u| u.dependency)
     })
 }
 

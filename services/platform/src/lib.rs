@@ -11,7 +11,6 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod http;
-pub mod outbox;
 pub mod ratelimit;
 pub mod reachability;
 pub mod shutdown;

@@ -130,9 +130,7 @@ pub async fn create_aws_resources(endpoint: &str, name: &str) -> anyhow::Result<
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
     s3.create_bucket().bucket(name).send().await.context("creating the test bucket")?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let mut consumers: Vec<&str> = crate::events::ROUTES.iter().flat_map(|(_, c)| c.iter().copied()).collect();
-    consumers.sort_unstable();
-    consumers.dedup();
+    let consumers = crate::events::consumers();
     let mut template = None;
     for consumer in consumers {
         let (queue_url, _) = create_queue_with_dlq(&sqs, &format!("{name}-{consumer}"), TEST_MAX_RECEIVES).await?;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use platform::db::Database;
-use platform::events::{Event, QueueConsumer, Queues, Relay, Subscription, TraceHeaders, handler};
+use platform::error::{Dependency, Unreachable};
+use platform::events::{AccountDeleted, Event, EventType, QueueConsumer, Queues, Relay, Subscription, TraceHeaders, dead};
 use platform::shutdown::Shutdown;
 use platform::testing::{Backend, TestEnv};
 
@@ -39,18 +40,18 @@ async fn fixture(vars: &[(&str, &str)]) -> Option<Fixture> {
 /// A subscription of `consumer` to `account.deleted` counting its calls; it sleeps `work` and
 /// fails when `fail` says so.
 fn counting(consumer: &'static str, calls: Arc<AtomicUsize>, work: Duration, fail: bool) -> Subscription {
-    Subscription {
-        consumer,
-        event_types: &["account.deleted"],
-        handler: handler(move |_event: Event| {
-            let calls = calls.clone();
-            async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(work).await;
-                if fail { anyhow::bail!("this consumer cannot handle it") } else { Ok(()) }
-            }
-        }),
-    }
+    Subscription::on(consumer, move |_event: AccountDeleted| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(work).await;
+            if fail { anyhow::bail!("this consumer cannot handle it") } else { Ok(()) }
+        }
+    })
+}
+
+fn deleted(account_id: &str) -> AccountDeleted {
+    AccountDeleted { account_id: account_id.into(), deleted_at: "2026-11-29T00:00:00Z".into() }
 }
 
 /// Visible plus in-flight messages of a queue.
@@ -89,7 +90,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_between_publishing_and_marking_delivers_again_and_consumers_handle_once() {
     let Some(f) = fixture(&[]).await else { return };
-    platform::outbox::record(f.db.pool(), "account.deleted", &serde_json::json!({ "account_id": "p1" })).await.expect("record");
+    platform::events::record(f.db.pool(), &deleted("p1")).await.expect("record");
     let relay = Relay::sqs(f.db.clone(), f.queues.clone());
 
     // The first relay publishes, then dies before marking the row sent.
@@ -103,14 +104,14 @@ async fn a_relay_killed_between_publishing_and_marking_delivers_again_and_consum
     assert_eq!(unsent, 0, "marked sent after the second publish");
 
     // Every subscriber's queue got both copies.
-    for consumer in platform::events::consumers_of("account.deleted") {
+    for consumer in platform::events::consumers_of(AccountDeleted::NAME) {
         assert_eq!(queued(&f.queues, &f.queues.url(consumer)).await, 2, "{consumer}");
     }
 
     // Each consumer handles the event once and deletes both copies.
     let shutdown = Shutdown::new();
     let mut counters = Vec::new();
-    for consumer in platform::events::consumers_of("account.deleted") {
+    for consumer in platform::events::consumers_of(AccountDeleted::NAME) {
         let calls = Arc::new(AtomicUsize::new(0));
         counters.push((consumer, calls.clone()));
         let subscription = counting(consumer, calls, Duration::ZERO, false);
@@ -140,7 +141,7 @@ async fn events_wait_out_an_sqs_outage_and_are_never_parked() {
     cut_off.set("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
     let config = cut_off.config().expect("config");
     let unreachable = Queues::connect(&config.queue, &config.aws).await.expect("queues");
-    platform::outbox::record(f.db.pool(), "account.deleted", &serde_json::json!({ "account_id": "p9" })).await.expect("record");
+    platform::events::record(f.db.pool(), &deleted("p9")).await.expect("record");
 
     let relay = Relay::sqs(f.db.clone(), unreachable);
     let rounds = platform::events::MAX_ATTEMPTS + 3;
@@ -162,7 +163,7 @@ async fn events_wait_out_an_sqs_outage_and_are_never_parked() {
     assert_eq!(relay.deliver_round().await.expect("round"), 1);
     let unsent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetch_one(f.db.pool()).await.expect("count");
     assert_eq!(unsent, 0);
-    for consumer in platform::events::consumers_of("account.deleted") {
+    for consumer in platform::events::consumers_of(AccountDeleted::NAME) {
         assert_eq!(queued(&f.queues, &f.queues.url(consumer)).await, 1, "{consumer}");
     }
 }
@@ -175,8 +176,8 @@ async fn poison_messages_land_in_the_dead_letter_queue() {
     f.queues.client().send_message().queue_url(&url).message_body("this is not an event").send().await.expect("send");
     let event = Event {
         id: uuid::Uuid::now_v7().to_string(),
-        event_type: "account.deleted".into(),
-        payload: serde_json::json!({}),
+        event_type: AccountDeleted::NAME.into(),
+        payload: serde_json::to_value(deleted("p2")).expect("json"),
         trace: TraceHeaders::new(),
     };
     f.queues.send("chat", &event).await.expect("send");
@@ -192,6 +193,54 @@ async fn poison_messages_land_in_the_dead_letter_queue() {
     assert_eq!(calls.load(Ordering::SeqCst), platform::testing::TEST_MAX_RECEIVES as usize, "tried once per receive");
     let handled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumed_events").fetch_one(f.db.pool()).await.expect("count");
     assert_eq!(handled, 0, "a failed event is not recorded as handled");
+
+    // Listed, then the event re-driven by id once its consumer is fixed: it alone goes back, and
+    // is handled; the unreadable message stays in the dead-letter queue. First the stopped
+    // consumer's last long poll (1 s) must have ended: SQS would hand it a message sent meanwhile.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let listed = dead::dead_letters(&f.queues, "chat").await.expect("listed");
+    assert_eq!((listed.queue_url.as_str(), listed.approximate_count), (dlq.as_str(), 2));
+    assert!(listed.sample.iter().any(|m| m.event_id.as_deref() == Some(event.id.as_str())), "{listed:?}");
+    assert_eq!(dead::redrive_dead_letters(&f.queues, "chat", std::slice::from_ref(&event.id), 100).await.expect("redrive"), 1);
+    assert_eq!((queued(&f.queues, &url).await, queued(&f.queues, &dlq).await), (1, 1));
+    let fixed = Arc::new(AtomicUsize::new(0));
+    let shutdown = Shutdown::new();
+    let consumer = QueueConsumer::new(f.db.clone(), f.queues.clone(), "chat", vec![counting("chat", fixed.clone(), Duration::ZERO, false)]);
+    tokio::spawn(consumer.run(shutdown.clone()));
+    assert!(eventually(20, || async { queued(&f.queues, &url).await == 0 }).await, "handled: {} calls", fixed.load(Ordering::SeqCst));
+    shutdown.trigger();
+    assert_eq!(fixed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_whose_dependency_is_down_keeps_its_message_and_spends_no_receives() {
+    let Some(f) = fixture(&[]).await else { return };
+    platform::events::record(f.db.pool(), &deleted("p5")).await.expect("record");
+    assert_eq!(Relay::sqs(f.db.clone(), f.queues.clone()).deliver_round().await.expect("round"), 1);
+    // Storage is down for the first TEST_MAX_RECEIVES runs of the handler: given back each time,
+    // the message would have used up its receives and landed in the dead-letter queue.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let flaky = Subscription::on("chat", move |_: AccountDeleted| {
+        let run = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if run < platform::testing::TEST_MAX_RECEIVES as usize {
+                Err(Unreachable { dependency: Dependency::Storage, detail: "connection refused".into() }.into())
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let shutdown = Shutdown::new();
+    tokio::spawn(QueueConsumer::new(f.db.clone(), f.queues.clone(), "chat", vec![flaky]).run(shutdown.clone()));
+    let url = f.queues.url("chat");
+    assert!(eventually(30, || async { queued(&f.queues, &url).await == 0 }).await, "handled");
+    shutdown.trigger();
+    assert_eq!(calls.load(Ordering::SeqCst), platform::testing::TEST_MAX_RECEIVES as usize + 1);
+    assert_eq!(queued(&f.queues, &format!("{url}-dlq")).await, 0, "nothing dead");
+    let handled: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM consumed_events WHERE consumer = 'chat'").fetch_one(f.db.pool()).await.expect("count");
+    assert_eq!(handled, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,8 +249,8 @@ async fn slow_work_keeps_its_message_hidden() {
     let Some(f) = fixture(&[("QUEUE_VISIBILITY_SECS", "2")]).await else { return };
     let event = Event {
         id: uuid::Uuid::now_v7().to_string(),
-        event_type: "account.deleted".into(),
-        payload: serde_json::json!({}),
+        event_type: AccountDeleted::NAME.into(),
+        payload: serde_json::to_value(deleted("p2")).expect("json"),
         trace: TraceHeaders::new(),
     };
     f.queues.send("uploads", &event).await.expect("send");
@@ -224,8 +273,12 @@ async fn trace_headers_travel_as_message_attributes() {
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
     let trace = TraceHeaders::from([("traceparent".to_owned(), traceparent.to_owned()), ("X-Amzn-Trace-Id".to_owned(), xray.to_owned())]);
-    let event =
-        Event { id: uuid::Uuid::now_v7().to_string(), event_type: "account.deleted".into(), payload: serde_json::json!({"n": 1}), trace };
+    let event = Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        event_type: AccountDeleted::NAME.into(),
+        payload: serde_json::to_value(deleted("p3")).expect("json"),
+        trace,
+    };
     f.queues.send("leaderboard", &event).await.expect("send");
     let received = f
         .queues
@@ -251,6 +304,6 @@ async fn trace_headers_travel_as_message_attributes() {
     let body: serde_json::Value = serde_json::from_str(message.body.as_deref().expect("body")).expect("JSON body");
     assert_eq!(
         (body["id"].as_str(), body["type"].as_str(), &body["payload"]),
-        (Some(event.id.as_str()), Some("account.deleted"), &serde_json::json!({"n": 1}))
+        (Some(event.id.as_str()), Some("account.deleted"), &serde_json::to_value(deleted("p3")).expect("json"))
     );
 }

@@ -230,7 +230,7 @@ pub async fn create_upload(
         upload_expires_at: now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2),
     };
     // Signed before anything is written, so that a failing signer leaves no row behind.
-    let target = state.blobs.presign_put(&object_key, &content_type, body.size_bytes, ttl, &base_url(&state, &headers)).await?;
+    let target = state.blobs.presign_put(&asset.upload_key(), &content_type, body.size_bytes, ttl, &base_url(&state, &headers)).await?;
     let quota =
         Quota { max_count: i64::from(state.limits.quota_count), max_bytes: i64::try_from(state.limits.quota_bytes).unwrap_or(i64::MAX) };
     if !store::create(&state.db, &asset, quota).await? {

@@ -18,6 +18,7 @@ use platform::auth::Authenticator;
 use platform::blobs::Blobs;
 use platform::config::UploadLimits;
 use platform::db::Database;
+use platform::events::{AccountDeleted, Subscription, UploadCompleted};
 use platform::shutdown::Shutdown;
 use utoipa::OpenApi;
 
@@ -46,27 +47,21 @@ impl FromRef<UploadsState> for Authenticator {
 
 /// What uploads consumes: its own `upload.completed` (the check) and `account.deleted` (erasing
 /// that player's files).
-pub fn subscriptions(state: UploadsState) -> Vec<platform::events::Subscription> {
+pub fn subscriptions(state: UploadsState) -> Vec<Subscription> {
     let checker = state.clone();
-    let check = platform::events::handler(move |event| {
-        let state = checker.clone();
-        async move {
-            let id = event.payload["asset_id"].as_str().ok_or_else(|| anyhow::anyhow!("upload.completed without asset_id"))?;
-            verify::check(&state, id).await
-        }
-    });
-    let erase = platform::events::handler(move |event| {
-        let state = state.clone();
-        async move {
-            let account_id = event.payload["account_id"].as_str().ok_or_else(|| anyhow::anyhow!("account.deleted without account_id"))?;
-            let erased = verify::erase_owner(&state, account_id).await?;
-            tracing::info!(account_id, assets = erased, "erased a deleted player's assets");
-            Ok(())
-        }
-    });
     vec![
-        platform::events::Subscription { consumer: "uploads", event_types: &["upload.completed"], handler: check },
-        platform::events::Subscription { consumer: "uploads", event_types: &["account.deleted"], handler: erase },
+        Subscription::on("uploads", move |event: UploadCompleted| {
+            let state = checker.clone();
+            async move { verify::check(&state, &event.asset_id).await }
+        }),
+        Subscription::on("uploads", move |event: AccountDeleted| {
+            let state = state.clone();
+            async move {
+                let erased = verify::erase_owner(&state, &event.account_id).await?;
+                tracing::info!(account_id = event.account_id, assets = erased, "erased a deleted player's assets");
+                Ok(())
+            }
+        }),
     ]
 }
 
@@ -75,12 +70,27 @@ const PENDING_GRACE: Duration = Duration::from_secs(3600);
 /// How long a rejected asset stays visible (with its reason) before it is purged.
 const KEEP_REJECTED: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Background work: purges abandoned and long-rejected assets every minute until shutdown.
+/// How long an asset may stay verifying before the workers run its check themselves: the event
+/// normally does it within seconds, and retries it for hours (platform::events).
+const CHECK_OVERDUE: Duration = Duration::from_secs(10 * 60);
+/// How long an overdue check may keep failing (other than for an outage) before the asset is
+/// rejected as `check_failed` and its quota given back.
+const RELEASE_UNCHECKED: Duration = Duration::from_secs(24 * 3600);
+
+/// Background work, every minute until shutdown: runs overdue checks, and purges abandoned and
+/// long-rejected assets.
 pub async fn run_workers(state: UploadsState, shutdown: Shutdown) {
     loop {
         tokio::select! {
             () = shutdown.stopped() => return,
             () = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        match verify::check_overdue(&state, CHECK_OVERDUE, RELEASE_UNCHECKED).await {
+            Ok(done) if done == verify::Overdue::default() => {}
+            Ok(done) => {
+                tracing::info!(checked = done.checked, released = done.released, failing = done.failing, "ran overdue upload checks")
+            }
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "running overdue upload checks failed"),
         }
         match verify::purge_stale(&state, PENDING_GRACE, KEEP_REJECTED).await {
             Ok(0) => {}

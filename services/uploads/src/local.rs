@@ -67,23 +67,34 @@ async fn upload(
         Some(Ok(length)) if length == grant.size => {}
         Some(_) => return Err(refused(UrlRefusal::BadSignature)),
     }
+    // A URL uploads once, and only while its asset waits for it: not after completion, nor
+    // after deletion, however long the URL stays valid.
+    let asset = match key.strip_prefix(store::UPLOAD_PREFIX) {
+        Some(object_key) => store::by_object_key(&state.db, object_key).await?,
+        None => None,
+    };
+    if !asset.is_some_and(|a| a.state == AssetState::Pending) {
+        return Err(ApiError::Conflict { code: "upload_closed", message: "this asset takes no upload any more".into() });
+    }
     let (Some(path), Some(staging)) = (blobs.path(&key), blobs.staging_path(&key)) else {
         return Err(ApiError::NotFound("no such object".into()));
     };
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await.map_err(anyhow::Error::from)?;
     }
-    let written = write_body(request.into_body(), &staging, grant.size).await;
-    match written {
-        Ok(()) => {
-            tokio::fs::rename(&staging, &path).await.map_err(anyhow::Error::from)?;
-            Ok(StatusCode::OK)
-        }
-        Err(err) => {
-            let _ = tokio::fs::remove_file(&staging).await;
-            Err(err)
-        }
+    if let Err(err) = write_body(request.into_body(), &staging, grant.size).await {
+        let _ = tokio::fs::remove_file(&staging).await;
+        return Err(err);
     }
+    if !blobs.store_new(&staging, &key).await? {
+        return Err(already_uploaded());
+    }
+    Ok(StatusCode::OK)
+}
+
+/// 412, as S3 answers a second `PUT` of a URL signed with `If-None-Match: *`.
+fn already_uploaded() -> ApiError {
+    ApiError::client(StatusCode::PRECONDITION_FAILED, "already_uploaded", "this upload URL was used already")
 }
 
 /// Streams `body` into `path`, refusing more than `size` bytes or fewer.

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use platform::db::{Database, now_millis};
+use platform::events::UploadCompleted;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -56,6 +57,24 @@ pub struct Asset {
     pub created_at: i64,
     pub updated_at: i64,
     pub upload_expires_at: i64,
+}
+
+/// Where uploads land: the prefix of every key an upload URL is signed for. Nothing under it is
+/// served (the CDN's bucket policy denies it) and the bucket's lifecycle removes what is left
+/// there after a day.
+pub const UPLOAD_PREFIX: &str = "incoming/";
+
+impl Asset {
+    /// The key its upload URL writes (`incoming/avatar/<id>`); `object_key` is where the checked
+    /// bytes are published (`avatar/<id>`), a key no upload URL is signed for.
+    pub fn upload_key(&self) -> String {
+        upload_key(&self.object_key)
+    }
+}
+
+/// The upload key of the asset published at `object_key`.
+pub fn upload_key(object_key: &str) -> String {
+    format!("{UPLOAD_PREFIX}{object_key}")
 }
 
 const COLUMNS: &str =
@@ -190,7 +209,7 @@ pub async fn complete(db: &Database, asset: &mut Asset) -> anyhow::Result<bool> 
         tx.rollback().await.ok();
         return Ok(false);
     }
-    platform::outbox::record(&mut *tx, "upload.completed", &serde_json::json!({ "asset_id": asset.id })).await?;
+    platform::events::record(&mut *tx, &UploadCompleted { asset_id: asset.id.clone() }).await?;
     tx.commit().await.context("committing completion")?;
     asset.state = State::Verifying;
     asset.updated_at = now;
@@ -276,6 +295,20 @@ pub async fn stale(db: &Database, grace_ms: i64, keep_rejected_ms: i64, limit: i
     .fetch_all(db.pool())
     .await
     .context("finding stale assets")?;
+    rows.iter().map(asset).collect()
+}
+
+/// Assets still verifying, moved there more than `older_than_ms` ago, oldest first: their check
+/// is overdue (its event failed, or died).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.overdue", skip_all)]
+pub async fn overdue(db: &Database, older_than_ms: i64, limit: i64) -> anyhow::Result<Vec<Asset>> {
+    let rows =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM assets WHERE state = 'verifying' AND updated_at < $1 ORDER BY updated_at LIMIT $2"))
+            .bind(now_millis() - older_than_ms)
+            .bind(limit)
+            .fetch_all(db.pool())
+            .await
+            .context("finding overdue checks")?;
     rows.iter().map(asset).collect()
 }
 

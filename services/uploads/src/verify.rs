@@ -7,9 +7,10 @@ use crate::UploadsState;
 use crate::kinds::{SNIFF_BYTES, sniff_matches};
 use crate::store::{self, Asset, State};
 
-/// Checks the stored object of a verifying asset: it exists, has the declared size, and its
-/// first bytes match the declared type. Ready when all hold; otherwise rejected, with the object
-/// deleted.
+/// Checks the uploaded object of a verifying asset: it exists, has the declared size, and its
+/// first bytes match the declared type. When all hold, the bytes are published at the asset's
+/// `object_key`, where no upload URL can write, and the asset is ready; otherwise it is
+/// rejected, with the object deleted.
 pub async fn check(state: &UploadsState, asset_id: &str) -> anyhow::Result<()> {
     let Some(asset) = store::get(&state.db, asset_id).await? else {
         tracing::info!(asset_id, "completed asset is gone; nothing to check");
@@ -19,24 +20,34 @@ pub async fn check(state: &UploadsState, asset_id: &str) -> anyhow::Result<()> {
         tracing::info!(asset_id, state = asset.state.as_str(), "asset already checked");
         return Ok(());
     }
-    let verdict = match state.blobs.head(&asset.object_key).await? {
+    // An earlier attempt may have published the bytes (and moved them, on local files) and
+    // failed before marking the asset ready: check what was published then.
+    let upload = asset.upload_key();
+    let source = match state.blobs.head(&upload).await? {
+        Some(info) => Some((upload.as_str(), info)),
+        None => state.blobs.head(&asset.object_key).await?.map(|info| (asset.object_key.as_str(), info)),
+    };
+    let verdict = match source {
         None => Err("object_missing: nothing was uploaded"),
-        Some(info) if i64::try_from(info.size).ok() != Some(asset.size_bytes) => {
+        Some((_, info)) if i64::try_from(info.size).ok() != Some(asset.size_bytes) => {
             Err("size_mismatch: the stored size differs from the declared size")
         }
-        Some(_) => {
-            let head = state.blobs.read_prefix(&asset.object_key, SNIFF_BYTES).await?;
-            if sniff_matches(&asset.content_type, &head) { Ok(()) } else { Err("content_mismatch: the file is not of its declared type") }
+        Some((key, _)) => {
+            let head = state.blobs.read_prefix(key, SNIFF_BYTES).await?;
+            if sniff_matches(&asset.content_type, &head) { Ok(key) } else { Err("content_mismatch: the file is not of its declared type") }
         }
     };
     match verdict {
-        Ok(()) => {
+        Ok(key) => {
+            if key == upload {
+                state.blobs.publish(&upload, &asset.object_key, &asset.content_type).await?;
+            }
             store::mark_ready(&state.db, &asset.id).await?;
             tracing::info!(asset_id, purpose = asset.purpose, size = asset.size_bytes, "asset ready");
         }
         Err(reason) => {
             // The bytes go first: a rejected asset never keeps what failed the check.
-            state.blobs.delete(&asset.object_key).await?;
+            delete_bytes(state, &asset).await?;
             store::mark_rejected(&state.db, &asset, reason).await?;
             tracing::info!(asset_id, reason, "asset rejected");
         }
@@ -44,9 +55,53 @@ pub async fn check(state: &UploadsState, asset_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deletes every copy of `asset`'s bytes: the upload and the published object.
+async fn delete_bytes(state: &UploadsState, asset: &Asset) -> anyhow::Result<()> {
+    state.blobs.delete(&asset.upload_key()).await?;
+    state.blobs.delete(&asset.object_key).await
+}
+
+/// What `check_overdue` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Overdue {
+    /// Checked now (ready or rejected).
+    pub checked: usize,
+    /// Given up on: rejected as `check_failed`, their room in the quota given back.
+    pub released: usize,
+    /// Still failing; tried again next round.
+    pub failing: usize,
+}
+
+/// Runs the check of assets verifying for longer than `after`, whose `upload.completed` failed
+/// or died: the check is idempotent, so running it beside a late event is harmless. One still
+/// failing after `release_after` for a reason other than an outage is rejected as `check_failed`
+/// (its bytes deleted), so that it does not hold the player's quota for good.
+pub async fn check_overdue(state: &UploadsState, after: Duration, release_after: Duration) -> anyhow::Result<Overdue> {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let mut done = Overdue::default();
+    for asset in store::overdue(&state.db, ms(after), 100).await? {
+        let Err(err) = check(state, &asset.id).await else {
+            done.checked += 1;
+            continue;
+        };
+        let outage = platform::error::unavailable_dependency(&err).is_some();
+        if outage || platform::db::now_millis() - asset.updated_at < ms(release_after) {
+            tracing::warn!(asset_id = asset.id, error = format!("{err:#}"), "overdue upload check failed");
+            done.failing += 1;
+            continue;
+        }
+        tracing::error!(asset_id = asset.id, error = format!("{err:#}"), "upload check keeps failing; asset rejected as check_failed");
+        delete_bytes(state, &asset).await?;
+        if store::mark_rejected(&state.db, &asset, "check_failed: the upload could not be checked").await? {
+            done.released += 1;
+        }
+    }
+    Ok(done)
+}
+
 /// Deletes `asset`'s bytes, then its row. False when the row was already gone.
 pub async fn remove(state: &UploadsState, asset: &Asset) -> anyhow::Result<bool> {
-    state.blobs.delete(&asset.object_key).await?;
+    delete_bytes(state, asset).await?;
     store::delete(&state.db, asset).await
 }
 

@@ -1,0 +1,94 @@
+//! Every event the services exchange, each a struct with its wire name. They live here, in the
+//! crate every service depends on, because a producer and its consumers are different crates;
+//! a field added or renamed changes both sides at once. Times are RFC 3339 strings, as the API
+//! writes them, so that an event read by a person or another language needs no conversion.
+
+use serde::{Deserialize, Serialize};
+
+use super::EventType;
+
+/// A player erased their account (accounts). Every service erases what it holds of them:
+/// records and the rank index (leaderboard), files (uploads), messages and memberships (chat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDeleted {
+    /// The erased account.
+    pub account_id: String,
+    /// When it was erased.
+    pub deleted_at: String,
+}
+
+impl EventType for AccountDeleted {
+    const NAME: &'static str = "account.deleted";
+}
+
+/// A player said an upload finished (uploads); uploads checks the stored object off the
+/// request path and marks the asset ready or rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadCompleted {
+    /// The asset to check.
+    pub asset_id: String,
+}
+
+impl EventType for UploadCompleted {
+    const NAME: &'static str = "upload.completed";
+}
+
+/// A player reported a chat message to moderators (chat). The message as it was then is
+/// included, since its sender may edit or erase it later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageReported {
+    /// The reported message.
+    pub message_id: String,
+    /// Its channel.
+    pub channel: String,
+    /// Who sent it; `None` once the sender erased their account.
+    pub sender_id: Option<String>,
+    /// Its text when reported.
+    pub body: String,
+    /// Who reported it.
+    pub reported_by: String,
+    /// Why, in the reporter's words.
+    pub reason: String,
+    /// When.
+    pub reported_at: String,
+}
+
+impl EventType for MessageReported {
+    const NAME: &'static str = "chat.message_reported";
+}
+
+/// A board's season ended (leaderboard), with its final standings' top, for rewards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeasonClosed {
+    /// The board.
+    pub board_id: String,
+    /// The number of the season that ended.
+    pub season: i64,
+    /// When it started.
+    pub started_at: String,
+    /// When it ended.
+    pub ended_at: String,
+    /// How many records it held.
+    pub record_count: i64,
+    /// Its best records, best first.
+    pub top: Vec<SeasonPlacing>,
+}
+
+impl EventType for SeasonClosed {
+    const NAME: &'static str = "leaderboard.season_closed";
+}
+
+/// One record of a closed season's standings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeasonPlacing {
+    /// 1 for the best.
+    pub rank: u64,
+    /// The player.
+    pub owner_id: String,
+    /// Their display name then.
+    pub name: String,
+    /// Score.
+    pub score: i64,
+    /// Subscore.
+    pub subscore: i64,
+}
