@@ -11,8 +11,8 @@
 //!   415 `unsupported_media_type`;
 //! - a bearer token or the server key (`platform::auth`'s extractors, named by the operation's
 //!   `security`): 401;
-//! - a backend behind it (every operation but the JWKS and liveness): 503 `unavailable` with
-//!   `Retry-After` (`platform::error`);
+//! - a backend behind it (every operation but the JWKS and the health checks, which document
+//!   their own): 503 `unavailable` with `Retry-After` (`platform::error`);
 //! - every operation: 408 after `REQUEST_TIMEOUT_SECS` (`platform::http`, no body) and 500
 //!   `internal`.
 //!
@@ -86,7 +86,7 @@ fn shared_responses() -> Vec<(&'static str, Response)> {
         .description(Some("Seconds to wait before retrying"))
         .build();
     let mut unavailable = error(
-        "`unavailable`: a dependency (the database, Redis) is down, or a leaderboard index is being rebuilt; retry after `Retry-After` seconds",
+        "`unavailable`: a dependency (the database, Redis, the file storage) is down, or a leaderboard index is being rebuilt; retry after `Retry-After` seconds",
     );
     unavailable.headers.insert("Retry-After".into(), RefOr::T(retry_after));
     vec![

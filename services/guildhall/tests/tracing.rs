@@ -227,21 +227,27 @@ async fn the_load_balancers_header_is_sampled_through_to_the_consumer() {
         .await
         .expect("sent");
     assert_eq!(response.status().as_u16(), 204);
+    // Both spans, and every span between them (exported in batches, so not all at once).
     let spans = spans_until(&seen, |spans| {
-        spans.iter().any(|s| s.name == "DELETE /v1/accounts/me") && spans.iter().any(|s| s.name == "leaderboard consume account.deleted")
+        let find = |name: &str| spans.iter().find(|s| s.name == name);
+        let (Some(request), Some(consumed)) = (find("DELETE /v1/accounts/me"), find("leaderboard consume account.deleted")) else {
+            return false;
+        };
+        let mut ancestor = consumed.parent_span_id.as_str();
+        while ancestor != request.span_id {
+            match spans.iter().find(|s| s.span_id == ancestor) {
+                Some(parent) => ancestor = &parent.parent_span_id,
+                None => return false,
+            }
+        }
+        true
     })
     .await;
     let request = spans.iter().find(|s| s.name == "DELETE /v1/accounts/me").expect("the request's span");
     let consumed = spans.iter().find(|s| s.name == "leaderboard consume account.deleted").expect("the consumer's span");
     assert_eq!(request.trace_id, trace_id, "the request is in the ALB's trace: {spans:?}");
     assert!(request.parent_span_id.is_empty(), "the ALB sends no segment, so the request is the trace's root: {request:?}");
-    assert_eq!(consumed.trace_id, trace_id, "the consumer is in it too: {spans:?}");
-    let mut ancestor = consumed.parent_span_id.clone();
-    while ancestor != request.span_id {
-        let parent =
-            spans.iter().find(|s| s.span_id == ancestor).unwrap_or_else(|| panic!("{ancestor} is not under the request: {spans:?}"));
-        ancestor = parent.parent_span_id.clone();
-    }
+    assert_eq!(consumed.trace_id, trace_id, "the consumer is in it too, under the request: {spans:?}");
     // Nothing of the declined trace: neither its request nor its erasure, which finished before
     // this request was sent (spans are exported every 100 ms).
     assert!(!spans.iter().any(|s| s.trace_id == declined_trace), "{spans:?}");
