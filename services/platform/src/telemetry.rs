@@ -9,9 +9,10 @@
 //!
 //! Sampling follows `OTEL_TRACES_SAMPLER` (default `parentbased_always_on`), with one addition for
 //! the ALB: it starts a trace for every request but sends `X-Amzn-Trace-Id: Root=...` with neither
-//! `Parent` (it records no segment) nor `Sampled` (it leaves the decision to its target). Read as
-//! the OpenTelemetry SDK reads it, that is no parent and "not sampled", so a parent-based sampler
-//! dropped every request that came through the ALB. Here a header without a decision (`Sampled`
+//! `Parent` (it records no segment) nor `Sampled` (it leaves the decision to its target). Passed
+//! to the SDK as opentelemetry-aws parses it (no valid parent, flags without "sampled"), no such
+//! request exported anything (issue 12 measured 20; the ALB-header test in
+//! `tests/tracing.rs` failed the same way). Here a header without a decision (`Sampled`
 //! missing or `?`) is decided as a new trace would be, by the configured ratio, and a header
 //! without `Parent` makes the request the root of the trace the ALB named, under its trace id (the
 //! one the ALB writes into its access log). An explicit `Sampled=0` or `Sampled=1` is followed.
