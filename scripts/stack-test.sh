@@ -87,6 +87,15 @@ for container in $(compose ps -q chat); do
   say "chat replica ${container:0:12}: $sockets socket sessions logged"
   if ((sockets == 0)); then say "FAIL a chat replica served no socket"; failed=$((failed + 1)); fi
 done
+# The OpenAPI document through the proxy (which sends it to accounts) is the whole API's.
+documented='import json, sys; paths = json.load(sys.stdin)["paths"]
+sys.exit(not all(p in paths for p in ("/v1/auth/refresh", "/v1/leaderboards/{id}/records", "/v1/assets/{asset_id}", "/v1/chat/ws")))'
+if curl -fsS http://127.0.0.1:8080/openapi.json | python3 -c "$documented"; then
+  say "ok   /openapi.json through the proxy documents every service"
+else
+  say "FAIL /openapi.json through the proxy lacks a service's paths"
+  failed=$((failed + 1))
+fi
 # The uploads went through moto's S3 endpoint: the bucket holds objects.
 objects=$(compose exec -T moto python3 -c "import boto3; s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:5000', region_name='eu-west-1', aws_access_key_id='x', aws_secret_access_key='x'); print(s3.list_objects_v2(Bucket='guildhall-assets').get('KeyCount', 0))" | tr -d '\r')
 say "S3 bucket guildhall-assets: $objects objects"

@@ -10,10 +10,16 @@ use crate::store::AccountRow;
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Any case; stored trimmed and lower-cased.
+    #[schema(
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]{1,64}@[^@.\s\x00-\x1f\x7f-\x9f]{1,63}(\.[^@.\s\x00-\x1f\x7f-\x9f]{1,63})+$",
+        max_length = 254
+    )]
     pub email: String,
     /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     /// 3 to 24 of `[A-Za-z0-9_]`, unique regardless of case.
+    #[schema(pattern = r"^[A-Za-z0-9_]{3,24}$")]
     pub username: String,
 }
 
@@ -22,8 +28,13 @@ pub struct RegisterRequest {
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// The account's email.
+    #[schema(
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]{1,64}@[^@.\s\x00-\x1f\x7f-\x9f]{1,63}(\.[^@.\s\x00-\x1f\x7f-\x9f]{1,63})+$",
+        max_length = 254
+    )]
     pub email: String,
     /// The account's password.
+    #[schema(min_length = 1, max_length = 256)]
     pub password: String,
 }
 
@@ -31,7 +42,9 @@ pub struct LoginRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestRequest {
-    /// A stable id of the device (8 to 128 printable characters); stored only hashed.
+    /// A stable id of the device (8 to 128 printable ASCII characters, no spaces); stored only
+    /// hashed.
+    #[schema(pattern = r"^[!-~]{8,128}$")]
     pub device_id: String,
 }
 
@@ -48,11 +61,17 @@ pub struct RefreshRequest {
 #[serde(deny_unknown_fields)]
 pub struct CredentialsRequest {
     /// Email to sign in with from now on.
+    #[schema(
+        pattern = r"^[^@\s\x00-\x1f\x7f-\x9f]{1,64}@[^@.\s\x00-\x1f\x7f-\x9f]{1,63}(\.[^@.\s\x00-\x1f\x7f-\x9f]{1,63})+$",
+        max_length = 254
+    )]
     pub email: String,
-    /// Password to sign in with from now on.
+    /// Password to sign in with from now on, 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     /// Replaces the generated guest username when given.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_]{3,24}$")]
     pub username: Option<String>,
 }
 
@@ -60,17 +79,19 @@ pub struct CredentialsRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdate {
-    /// 1 to 32 characters, shown instead of the username.
+    /// 1 to 32 characters, shown instead of the username; no control characters, and no space
+    /// at either end (it is trimmed).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 32,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$")]
     pub display_name: Option<Option<String>>,
     /// Id of an uploaded asset to use as avatar.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub avatar_asset_id: Option<Option<String>>,
     /// BCP 47 language tag, e.g. `pt-BR`.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$")]
     pub locale: Option<Option<String>>,
 }
 

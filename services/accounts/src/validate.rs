@@ -11,16 +11,18 @@ pub fn password(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Emails are trimmed and lower-cased; the shape is checked, not the mailbox.
+/// Emails are trimmed and lower-cased; the shape is checked, not the mailbox. Lengths are in
+/// characters, as the OpenAPI document's `pattern` and `maxLength` count them.
 pub fn email(value: &str) -> Result<String, ApiError> {
     let email = value.trim().to_lowercase();
     let bad = || ApiError::invalid("email", "email must look like name@example.com");
-    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    let chars = |s: &str| s.chars().count();
+    if chars(&email) > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad());
     }
     let (local, domain) = email.split_once('@').ok_or_else(bad)?;
-    let domain_ok = domain.contains('.') && !domain.contains('@') && domain.split('.').all(|label| !label.is_empty() && label.len() <= 63);
-    if local.is_empty() || local.len() > 64 || !domain_ok {
+    let domain_ok = domain.contains('.') && !domain.contains('@') && domain.split('.').all(|label| !label.is_empty() && chars(label) <= 63);
+    if local.is_empty() || chars(local) > 64 || !domain_ok {
         return Err(bad());
     }
     Ok(email)

@@ -102,7 +102,8 @@ impl ChatState {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
-    /// 1 to 64 characters.
+    /// 1 to 64 characters, without control characters; trimmed.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$")]
     pub name: String,
 }
 
@@ -130,6 +131,23 @@ pub struct MemberView {
     pub account_id: String,
     /// `owner`, `moderator` or `member`.
     pub role: String,
+}
+
+/// The channel in a path, for the OpenAPI document: the shape `Channel::parse` accepts, but for
+/// the order of a `dm`'s ids, which a pattern cannot say.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ChannelPath {
+    /// `room:<name>`, `group:<id>` or `dm:<account>:<account>` (the two ids in ascending order).
+    #[param(
+        pattern = r"^(room:[a-z0-9_-]{1,32}|group:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|dm:[A-Za-z0-9-]{1,64}:[A-Za-z0-9-]{1,64})$"
+    )]
+    pub id: String,
+}
+
+/// Account ids as requests name them: UUIDs, or any 1 to 64 letters, digits and dashes.
+fn valid_account_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn group_id(id: &str) -> ApiResult<String> {
@@ -183,9 +201,11 @@ pub async fn show_group(State(state): State<ChatState>, player: Player, Path(id)
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
     /// Account to add (or whose role to change).
+    #[schema(pattern = "^[A-Za-z0-9-]{1,64}$")]
     pub account_id: String,
     /// `member` (default) or `moderator` (owner only).
     #[serde(default)]
+    #[schema(pattern = "^(member|moderator)$")]
     pub role: Option<String>,
 }
 
@@ -206,7 +226,7 @@ pub async fn add_member(
     if !matches!(role, "member" | "moderator") {
         return Err(ApiError::invalid("role", "role must be member or moderator"));
     }
-    if req.account_id.is_empty() || req.account_id.len() > 64 {
+    if !valid_account_id(&req.account_id) {
         return Err(ApiError::invalid("account_id", "account_id must be an account id"));
     }
     let mine = store::role(state.db.pool(), &id, &player.account_id).await?;
@@ -256,10 +276,12 @@ pub async fn remove_member(
 
 /// Paging of history.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// A message id: only older messages. Absent: the newest.
     pub before: Option<String>,
     /// 1 to 100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
@@ -274,7 +296,7 @@ pub struct HistoryPage {
 
 /// A channel's stored messages, newest first, for those who may use the channel.
 #[utoipa::path(get, path = "/v1/chat/channels/{id}/messages", tag = "chat", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Channel id"), HistoryQuery),
+    params(ChannelPath, HistoryQuery),
     responses((status = 200, body = HistoryPage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn history(
     State(state): State<ChatState>,
@@ -318,8 +340,8 @@ pub struct PresentPlayer {
 
 /// The players in a channel now, across instances.
 #[utoipa::path(get, path = "/v1/chat/channels/{id}/presence", tag = "chat", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Channel id")),
-    responses((status = 200, body = PresenceView), (status = 403, body = ErrorBody)))]
+    params(ChannelPath),
+    responses((status = 200, body = PresenceView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn presence(State(state): State<ChatState>, player: Player, Path(id): Path<String>) -> ApiResult<Json<PresenceView>> {
     let channel = Channel::parse(&id)?;
     state.authorize(&player.account_id, &channel, false).await?;
@@ -327,22 +349,56 @@ pub async fn presence(State(state): State<ChatState>, player: Player, Path(id): 
     Ok(Json(PresenceView { count, players: players.into_iter().map(|(account_id, name)| PresentPlayer { account_id, name }).collect() }))
 }
 
-/// A mute or ban.
+/// A mute or ban in the channel the path names (`POST /v1/chat/channels/{id}/sanctions`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSanction {
+    /// Who.
+    #[schema(pattern = "^[A-Za-z0-9-]{1,64}$")]
+    pub account_id: String,
+    /// `mute` (cannot send) or `ban` (cannot join, read or send).
+    #[schema(pattern = "^(mute|ban)$")]
+    pub kind: String,
+    /// How long, 1 to 525600 (a year); absent for good.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 525_600)]
+    pub minutes: Option<i64>,
+    /// Why, for the record; 500 characters at most.
+    #[serde(default)]
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+impl From<ChannelSanction> for Sanction {
+    fn from(s: ChannelSanction) -> Self {
+        Sanction { account_id: s.account_id, kind: s.kind, minutes: s.minutes, reason: s.reason, scope: None }
+    }
+}
+
+/// A mute or ban with the server key (`POST /v1/admin/chat/sanctions`), everywhere or in one
+/// channel.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sanction {
     /// Who.
+    #[schema(pattern = "^[A-Za-z0-9-]{1,64}$")]
     pub account_id: String,
     /// `mute` (cannot send) or `ban` (cannot join, read or send).
+    #[schema(pattern = "^(mute|ban)$")]
     pub kind: String,
-    /// How long; absent for good.
+    /// How long, 1 to 525600 (a year); absent for good.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 525_600)]
     pub minutes: Option<i64>,
-    /// Why, for the record.
+    /// Why, for the record; 500 characters at most.
     #[serde(default)]
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
     /// Admin API only: `global` or a channel id.
     #[serde(default)]
+    #[schema(
+        pattern = r"^(global|room:[a-z0-9_-]{1,32}|group:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|dm:[A-Za-z0-9-]{1,64}:[A-Za-z0-9-]{1,64})$"
+    )]
     pub scope: Option<String>,
 }
 
@@ -350,7 +406,7 @@ fn check_sanction(req: &Sanction) -> ApiResult<Option<i64>> {
     if !matches!(req.kind.as_str(), "mute" | "ban") {
         return Err(ApiError::invalid("kind", "kind must be mute or ban"));
     }
-    if req.account_id.is_empty() || req.account_id.len() > 64 {
+    if !valid_account_id(&req.account_id) {
         return Err(ApiError::invalid("account_id", "account_id must be an account id"));
     }
     if req.reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
@@ -480,21 +536,20 @@ async fn lift_sanction(state: &ChatState, account: &str, scope: &str, kind: &str
 /// key anywhere. A sanction of the same kind already in force there is replaced only by its
 /// issuer or a higher authority (server key, then owner, then moderators): 403
 /// `sanction_outranked` otherwise. A ban takes the player's open sockets out of the channel.
-#[utoipa::path(post, path = "/v1/chat/channels/{id}/sanctions", tag = "chat", security(("bearer" = [])), request_body = Sanction,
-    params(("id" = String, Path, description = "Channel id")),
+#[utoipa::path(post, path = "/v1/chat/channels/{id}/sanctions", tag = "chat", security(("bearer" = [])), request_body = ChannelSanction,
+    params(ChannelPath),
     responses((status = 204), (status = 400, body = ErrorBody),
         (status = 403, description = "forbidden, or sanction_outranked", body = ErrorBody)))]
 pub async fn moderate(
     State(state): State<ChatState>,
     caller: Caller,
     Path(id): Path<String>,
-    Json(req): Json<Sanction>,
+    Json(req): Json<ChannelSanction>,
 ) -> ApiResult<StatusCode> {
     let channel = Channel::parse(&id)?;
+    // The channel is in the path; a `scope` in the body is refused as an unknown field.
+    let req = Sanction::from(req);
     check_sanction(&req)?;
-    if req.scope.is_some() {
-        return Err(ApiError::invalid("scope", "the channel is in the path; scope is for the admin API"));
-    }
     let (authority, by) = authority_over(&state, &caller, &channel).await?;
     if let Channel::Group(group) = &channel
         && matches!(store::role(state.db.pool(), group, &req.account_id).await?.as_deref(), Some("owner"))
@@ -656,7 +711,8 @@ pub async fn my_sanctions(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
-    /// Why, 1 to 500 characters.
+    /// Why, 1 to 500 characters, not only spaces (it is trimmed).
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub reason: String,
 }
 

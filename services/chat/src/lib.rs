@@ -173,8 +173,8 @@ pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
     ),
     components(schemas(
         api::MessageView, api::CreateGroup, api::GroupView, api::MemberView, api::AddMember, api::HistoryPage,
-        api::PresenceView, api::PresentPlayer, api::Sanction, api::SanctionView, api::SanctionPage, api::Report,
-        platform::error::ErrorBody
+        api::PresenceView, api::PresentPlayer, api::ChannelSanction, api::Sanction, api::SanctionView, api::SanctionPage,
+        api::Report, platform::error::ErrorBody
     )),
     tags((name = "chat", description = "Channels, history, moderation"))
 )]

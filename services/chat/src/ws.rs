@@ -32,6 +32,7 @@ use futures_util::SinkExt;
 use platform::ApiError;
 use platform::auth::Player;
 use platform::db::now_millis;
+use platform::error::ErrorBody;
 use platform::http::ClientIp;
 use serde::Deserialize;
 use serde_json::json;
@@ -68,17 +69,25 @@ const AUTH_WITHIN: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(20);
 const SILENT_FOR: Duration = Duration::from_secs(60);
 
-/// Upgrades to a chat WebSocket: 429 `too_many_connections` when the client's IP already holds
-/// `CHAT_MAX_SOCKETS_PER_IP` sockets on this instance.
-#[utoipa::path(get, path = "/v1/chat/ws", tag = "chat", responses(
-    (status = 101, description = "WebSocket; see the chat protocol in README.md"),
-    (status = 429, description = "too_many_connections: this address has too many chat sockets open", body = platform::error::ErrorBody)))]
+/// Upgrades to a chat WebSocket: 400 `invalid_request` for a request that is not an upgrade, 429
+/// `too_many_connections` when the client's IP already holds `CHAT_MAX_SOCKETS_PER_IP` sockets on
+/// this instance.
+#[utoipa::path(get, path = "/v1/chat/ws", tag = "chat",
+    description = "A WebSocket upgrade (`Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`); the player authenticates in the first frame, or with `Authorization: Bearer` on the upgrade. See the chat protocol in README.md.",
+    responses((status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 400, body = ErrorBody, description = "`invalid_request`: not a WebSocket upgrade request"),
+        (status = 429, body = ErrorBody, description = "`too_many_connections`: this address has too many chat sockets open")))]
 pub async fn socket(
     State(state): State<ChatState>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // axum's own refusal is plain text; the API's errors are JSON.
+    let upgrade = upgrade.map_err(|rejection| ApiError::InvalidRequest {
+        field: None,
+        message: format!("open the chat with a WebSocket upgrade: {}", rejection.body_text()),
+    })?;
     let cap = state.socket_limits.per_ip;
     let slot = state.sockets_by_ip.take(ip, cap).ok_or_else(|| ApiError::Client {
         status: StatusCode::TOO_MANY_REQUESTS,

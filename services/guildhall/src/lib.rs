@@ -19,8 +19,10 @@ use platform::shutdown::Shutdown;
 use platform::tokens::TokenKeys;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+mod openapi;
+
+pub use openapi::document as openapi;
 
 /// A built Guildhall: its router, its backends and its background work, ready to serve.
 pub struct App {
@@ -29,33 +31,6 @@ pub struct App {
     shutdown: Shutdown,
     config: Config,
     workers: Vec<JoinHandle<()>>,
-}
-
-/// The health endpoints in the OpenAPI document.
-#[derive(OpenApi)]
-#[openapi(paths(platform::health::live, platform::health::ready), components(schemas(platform::health::Health, platform::health::Check)))]
-struct HealthDoc;
-
-/// The OpenAPI document of the services this process runs.
-pub fn openapi(services: &[Service]) -> utoipa::openapi::OpenApi {
-    let mut doc = HealthDoc::openapi();
-    doc.info.title = "Guildhall".into();
-    doc.info.version = env!("CARGO_PKG_VERSION").into();
-    doc.info.description = Some("Game backend: accounts, leaderboards, uploads, chat.".into());
-    for service in services {
-        match service {
-            Service::Accounts => doc.merge(accounts::ApiDoc::openapi()),
-            Service::Leaderboard => doc.merge(leaderboard::ApiDoc::openapi()),
-            Service::Uploads => doc.merge(uploads::ApiDoc::openapi()),
-            Service::Chat => doc.merge(chat::ApiDoc::openapi()),
-        }
-    }
-    let components = doc.components.get_or_insert_with(Default::default);
-    components.add_security_scheme(
-        "bearer",
-        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
-    );
-    doc
 }
 
 /// What a process does: serve the API (and, unless `RUN_EVENT_WORKERS=false`, deliver events),
@@ -180,7 +155,8 @@ impl App {
                 }
             }
         }
-        let doc = Arc::new(openapi(&config.services));
+        // The whole API's document, whichever services run here (see `openapi`).
+        let doc = Arc::new(openapi());
         router = router.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }));
         let settings = HttpSettings {
             request_timeout: config.request_timeout,

@@ -42,6 +42,9 @@ async fn a_client_closing_gets_a_close_frame_back(backend: Backend) {
 async fn start(backend: Backend, burst: u32) -> TestApp {
     TestApp::start_with(backend, |env| {
         env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY).set("CHAT_SEND_BURST", burst.to_string()).set("CHAT_SEND_PER_SECOND", "1");
+        // A refresh token presented twice ends its session at once (no retry grace), as the
+        // session tests need.
+        env.set("REFRESH_REUSE_GRACE_SECS", "0");
     })
     .await
 }
@@ -263,6 +266,8 @@ async fn reports_and_erasure(backend: Backend) {
 
 async fn bad_frames_get_errors_and_the_connection_stays(backend: Backend) {
     let app = start(backend, 100).await;
+    // A plain request to the socket's route is refused in the API's error format.
+    app.get("/v1/chat/ws", None).await.expect_error(400, "invalid_request");
     let (_, token) = guest(&app, "ana").await;
     let mut ana = Chat::connect(&app.base, &token).await;
     for (frame, code) in [

@@ -1,7 +1,8 @@
 //! One trace from an HTTP request through the outbox and SQS to another service's consumer,
 //! exported over OTLP to a receiver on loopback: accounts (one process) deletes an account,
 //! leaderboard (another process) erases the records, and both spans share the trace the request
-//! came in with.
+//! came in with. The load balancer's own header, which carries no sampling decision, is sampled;
+//! an explicit `Sampled=0` is not.
 
 mod common;
 
@@ -10,9 +11,10 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::routing::post;
-use common::{Backend, Process, TestEnv, guest};
+use common::{ADMIN_KEY, Backend, Process, TestEnv, guest};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use serde_json::json;
 
 /// A span as the receiver saw it.
 #[derive(Debug, Clone)]
@@ -143,6 +145,114 @@ async fn one_trace_runs_from_the_request_through_the_queue_to_the_consumer() {
     let handler = spans.iter().find(|s| s.name == "delete_me" && s.parent_span_id == request.span_id).expect("the handler's span");
     assert!(child_of("db accounts.delete_account", handler), "{spans:?}");
     assert!(child_of("db leaderboard.erase_owner", &consumed), "{spans:?}");
+    assert!(accounts.terminate().await.success());
+    assert!(leaderboard.terminate().await.success());
+}
+
+/// The receiver's spans, once `done` holds for them (30 s at most).
+async fn spans_until(seen: &Arc<Mutex<Vec<Seen>>>, done: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        {
+            let spans = seen.lock().expect("lock");
+            if done(&spans) {
+                return spans.clone();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "spans seen: {:?}", seen.lock().expect("lock"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The ALB starts a trace for every request and says so in `X-Amzn-Trace-Id: Root=...`, with no
+/// `Parent` (it sends no segment of its own) and no `Sampled` (it leaves the decision to the
+/// target). That request is sampled, keeps the ALB's trace id (the one in its access log), and the
+/// event it records is consumed in the same trace. A caller's explicit `Sampled=0` is honoured
+/// through to the consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_balancers_header_is_sampled_through_to_the_consumer() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let (endpoint, seen) = receiver().await;
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    env.set("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+    env.set("OTEL_BSP_SCHEDULE_DELAY", "100");
+    env.set("QUEUE_WAIT_SECS", "1");
+    env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    let mut accounts_env = env.clone();
+    accounts_env.set("SERVICES", "accounts");
+    let mut leaderboard_env = env.clone();
+    leaderboard_env.set("SERVICES", "leaderboard");
+    let mut accounts = Process::start(&accounts_env).await;
+    let mut leaderboard = Process::start(&leaderboard_env).await;
+    leaderboard
+        .post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "traced", "sort": "desc", "operator": "best"}))
+        .await
+        .expect(201);
+
+    // First a caller that decided against sampling: its deletion and erasure export nothing.
+    let declined_trace = "5759e9880123456789abcdef01234567";
+    let (declined, token) = guest(&accounts, "declined").await;
+    leaderboard.post("/v1/leaderboards/traced/scores", Some(&token), json!({"score": 1})).await.expect(200);
+    let response = accounts
+        .client
+        .delete(format!("{}/v1/accounts/me", accounts.base))
+        .bearer_auth(&token)
+        .header("X-Amzn-Trace-Id", "Root=1-5759e988-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=0")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 204);
+    // Erased: the leaderboard consumed the event.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = leaderboard.get(&format!("/v1/leaderboards/traced/records?owner_ids={declined}"), Some(ADMIN_KEY)).await.expect(200);
+        if listed.body["records"].as_array().expect("records").is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the declined player's record was never erased");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Then a request as the ALB forwards it, byte for byte.
+    let (_, token) = guest(&accounts, "balanced").await;
+    let trace_id = "5759e988bd862e3fe1be46a994272793";
+    let response = accounts
+        .client
+        .delete(format!("{}/v1/accounts/me", accounts.base))
+        .bearer_auth(&token)
+        .header("X-Amzn-Trace-Id", "Root=1-5759e988-bd862e3fe1be46a994272793")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 204);
+    // Both spans, and every span between them (exported in batches, so not all at once).
+    let spans = spans_until(&seen, |spans| {
+        let find = |name: &str| spans.iter().find(|s| s.name == name);
+        let (Some(request), Some(consumed)) = (find("DELETE /v1/accounts/me"), find("leaderboard consume account.deleted")) else {
+            return false;
+        };
+        let mut ancestor = consumed.parent_span_id.as_str();
+        while ancestor != request.span_id {
+            match spans.iter().find(|s| s.span_id == ancestor) {
+                Some(parent) => ancestor = &parent.parent_span_id,
+                None => return false,
+            }
+        }
+        true
+    })
+    .await;
+    let request = spans.iter().find(|s| s.name == "DELETE /v1/accounts/me").expect("the request's span");
+    let consumed = spans.iter().find(|s| s.name == "leaderboard consume account.deleted").expect("the consumer's span");
+    assert_eq!(request.trace_id, trace_id, "the request is in the ALB's trace: {spans:?}");
+    assert!(request.parent_span_id.is_empty(), "the ALB sends no segment, so the request is the trace's root: {request:?}");
+    assert_eq!(consumed.trace_id, trace_id, "the consumer is in it too, under the request: {spans:?}");
+    // Nothing of the declined trace: neither its request nor its erasure, which finished before
+    // this request was sent (spans are exported every 100 ms).
+    assert!(!spans.iter().any(|s| s.trace_id == declined_trace), "{spans:?}");
+    assert_eq!(spans.iter().filter(|s| s.name == "DELETE /v1/accounts/me").count(), 1, "{spans:?}");
+    assert_eq!(spans.iter().filter(|s| s.name == "leaderboard consume account.deleted").count(), 1, "{spans:?}");
     assert!(accounts.terminate().await.success());
     assert!(leaderboard.terminate().await.success());
 }

@@ -44,6 +44,7 @@ const MAX_OWNER_IDS: usize = 100;
 #[serde(deny_unknown_fields)]
 pub struct CreateBoard {
     /// 1 to 64 of `[a-z0-9_-]`.
+    #[schema(pattern = r"^[a-z0-9_-]{1,64}$")]
     pub id: String,
     /// `desc` (higher wins) or `asc` (lower wins).
     pub sort: Sort,
@@ -168,8 +169,10 @@ pub struct RecordPage {
 
 /// Query of `GET /v1/leaderboards/{id}/records`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -179,8 +182,10 @@ pub struct ListQuery {
 
 /// Query of `GET /v1/leaderboards/{id}/around/me`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AroundQuery {
     /// 1 to 100, default 10.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
 }
 
@@ -344,7 +349,7 @@ pub async fn show_board(State(state): State<LeaderboardState>, _caller: Caller, 
 /// way onto an authoritative board). Answers the record after the operator applied, with its rank.
 #[utoipa::path(post, path = "/v1/leaderboards/{id}/scores", tag = "leaderboards", security(("bearer" = [])), request_body = SubmitScore,
     params(("id" = String, Path, description = "Board id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 64 printable ASCII characters: a retry with the same key gets the first answer and is not applied again (kept a day)")),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,64}$", description = "1 to 64 printable ASCII characters without spaces: a retry with the same key gets the first answer and is not applied again (kept a day)")),
     responses((status = 200, body = Record), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(board = id))]
 pub async fn submit_score(

@@ -285,7 +285,8 @@ pub struct Config {
     pub blob_signing_key: Option<Secret<String>>,
     /// Upload quotas and URL lifetimes.
     pub upload_limits: UploadLimits,
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_SERVICE_NAME`: where traces go; none, none.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` and
+    /// `OTEL_TRACES_SAMPLER_ARG`: where traces go and which; none when no endpoint is set.
     pub traces: Option<crate::telemetry::TraceExport>,
     /// `RUN_EVENT_WORKERS`: `serve` also runs the outbox relay and the queue consumers of its
     /// services (default true; `guildhall worker` runs only them).
@@ -481,8 +482,11 @@ impl Config {
             download_url_ttl: Duration::from_secs(parse("DOWNLOAD_URL_TTL_SECS", 3600)?.clamp(60, 7 * 24 * 3600)),
         };
 
+        // Checked even when traces are off, so a typo shows before the day they are turned on.
+        let sampling = trace_sampling(get("OTEL_TRACES_SAMPLER").as_deref(), get("OTEL_TRACES_SAMPLER_ARG").as_deref())?;
         let traces = base_url("OTEL_EXPORTER_OTLP_ENDPOINT")?.map(|endpoint| crate::telemetry::TraceExport {
             endpoint,
+            sampling,
             service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| {
                 if services.len() == Service::ALL.len() {
                     "guildhall".to_owned()
@@ -600,6 +604,41 @@ fn cors_origin(origin: &str) -> anyhow::Result<String> {
     Ok(origin.to_owned())
 }
 
+/// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, by the names and defaults of the
+/// OpenTelemetry specification's SDK environment variables. The samplers that need a remote
+/// service (`jaeger_remote`, `xray`) are not offered: X-Ray's sampling rules would need the X-Ray
+/// API on every task.
+fn trace_sampling(name: Option<&str>, arg: Option<&str>) -> anyhow::Result<crate::telemetry::Sampling> {
+    let ratio = || -> anyhow::Result<f64> {
+        match arg {
+            None => Ok(1.0),
+            Some(value) => value
+                .parse::<f64>()
+                .ok()
+                .filter(|ratio| (0.0..=1.0).contains(ratio))
+                .with_context(|| format!("OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1, got {value:?}")),
+        }
+    };
+    let name = name.unwrap_or("parentbased_always_on");
+    let (parent_based, ratio) = match name {
+        "always_on" => (false, 1.0),
+        "always_off" => (false, 0.0),
+        "traceidratio" => (false, ratio()?),
+        "parentbased_always_on" => (true, 1.0),
+        "parentbased_always_off" => (true, 0.0),
+        "parentbased_traceidratio" => (true, ratio()?),
+        other => bail!(
+            "OTEL_TRACES_SAMPLER must be always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio, got {other:?}"
+        ),
+    };
+    // The specification ignores the argument of the other samplers; a ratio set beside one of
+    // them is more likely a mistake than a wish.
+    if arg.is_some() && !name.ends_with("traceidratio") {
+        bail!("OTEL_TRACES_SAMPLER_ARG is the ratio of traceidratio and parentbased_traceidratio, not of {name}");
+    }
+    Ok(crate::telemetry::Sampling { parent_based, ratio })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -703,5 +742,37 @@ mod tests {
         assert!(config(&[("REFRESH_REUSE_GRACE_SECS", "61")]).is_err());
         let err = config(&[("RATE_LIMIT_LOGIN_PER_ACCOUNT_PER_15_MINUTES", "10")]).expect_err("replaced variable");
         assert!(err.to_string().contains("RATE_LIMIT_LOGIN_FAILURES_PER_ACCOUNT_AND_IP"), "{err}");
+    }
+
+    #[test]
+    fn traces_are_sampled_as_the_opentelemetry_variables_say() {
+        use crate::telemetry::Sampling;
+        let sampling = |vars: &[(&str, &str)]| {
+            let mut vars = vars.to_vec();
+            vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"));
+            config(&vars).map(|c| c.traces.expect("traces on").sampling)
+        };
+        assert_eq!(sampling(&[]).expect("default"), Sampling { parent_based: true, ratio: 1.0 });
+        assert_eq!(
+            sampling(&[("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")]).expect("ratio"),
+            Sampling { parent_based: true, ratio: 0.25 }
+        );
+        assert_eq!(sampling(&[("OTEL_TRACES_SAMPLER", "traceidratio")]).expect("ratio"), Sampling { parent_based: false, ratio: 1.0 });
+        assert_eq!(sampling(&[("OTEL_TRACES_SAMPLER", "always_off")]).expect("off"), Sampling { parent_based: false, ratio: 0.0 });
+        assert_eq!(
+            sampling(&[("OTEL_TRACES_SAMPLER", "parentbased_always_off")]).expect("off"),
+            Sampling { parent_based: true, ratio: 0.0 }
+        );
+        for bad in [
+            vec![("OTEL_TRACES_SAMPLER", "xray")],
+            vec![("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "1.5")],
+            vec![("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "NaN")],
+            vec![("OTEL_TRACES_SAMPLER_ARG", "0.1")],
+        ] {
+            let err = sampling(&bad).expect_err("refused");
+            assert!(err.to_string().contains("OTEL_TRACES_SAMPLER"), "{err}");
+        }
+        // Refused even while traces are off.
+        assert!(config(&[("OTEL_TRACES_SAMPLER", "sometimes")]).is_err());
     }
 }

@@ -31,6 +31,10 @@ use crate::shutdown::Shutdown;
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
 /// A JSON body, parsed with errors in Guildhall's format (400 with the field, 413, 415).
+///
+/// Every request body of the API is a JSON object; anything else is refused 400. serde's derived
+/// structs would also take an array of the fields in order (`[null, null]` as an update of two
+/// fields), which no client means and the OpenAPI document does not allow.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -42,11 +46,34 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`".into()));
+        }
+        let body = match axum::body::Bytes::from_request(req, state).await {
+            Ok(body) => body,
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(ApiError::PayloadTooLarge),
+            Err(rejection) => return Err(ApiError::InvalidRequest { field: None, message: rejection.body_text() }),
+        };
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::InvalidRequest { field: None, message: "the body must be a JSON object".into() });
+        }
+        match axum::Json::<T>::from_bytes(&body) {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// `application/json` or a `+json` type, as axum's own `Json` accepts.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind == "application" && (subtype == "json" || subtype.ends_with("+json"))
 }
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
@@ -503,7 +530,37 @@ impl hyper::rt::Sleep for HeadSleep {}
 
 #[cfg(test)]
 mod tests {
-    use super::{field_of, request_uuid};
+    use super::{Json, field_of, request_uuid};
+
+    /// What the `Json` extractor answers to a body: status and error code ("" for success).
+    async fn answer(content_type: &str, body: &'static str) -> (u16, String) {
+        use tower::ServiceExt as _;
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)] // read by serde only
+        struct Update {
+            name: Option<String>,
+            locale: Option<String>,
+        }
+        let app = axum::Router::new().route("/", axum::routing::post(|Json(_): Json<Update>| async { "ok" }));
+        let request =
+            axum::http::Request::post("/").header("content-type", content_type).body(axum::body::Body::from(body)).expect("request");
+        let response = app.oneshot(request).await.expect("response");
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        let code = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        (status, code.unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn a_json_body_must_be_an_object_sent_as_json() {
+        assert_eq!(answer("application/json", r#" {"name": "ana"}"#).await, (200, String::new()));
+        assert_eq!(answer("application/json; charset=utf-8", "{}").await, (200, String::new()));
+        // serde would read an array as the struct's fields in order.
+        assert_eq!(answer("application/json", "[null, null]").await, (400, "invalid_request".into()));
+        assert_eq!(answer("application/json", "null").await, (400, "invalid_request".into()));
+        assert_eq!(answer("application/json", r#"{"name": 5}"#).await, (400, "invalid_request".into()));
+        assert_eq!(answer("text/plain", "{}").await, (415, "unsupported_media_type".into()));
+    }
 
     #[test]
     fn request_ids_are_distinct_v7_uuids() {

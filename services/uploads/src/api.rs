@@ -35,10 +35,13 @@ pub fn routes() -> Router<UploadsState> {
 pub struct CreateUpload {
     /// `avatar` (PNG, JPEG, WebP; 2 MiB), `screenshot` (PNG, JPEG, WebP; 10 MiB), `replay`
     /// (octet-stream, gzip; 64 MiB) or `ugc` (JSON, zip, octet-stream, PNG, JPEG; 32 MiB).
+    #[schema(pattern = "^(avatar|screenshot|replay|ugc)$")]
     pub purpose: String,
     /// MIME type of the file, one the purpose allows.
+    #[schema(pattern = "^(image/png|image/jpeg|image/webp|application/octet-stream|application/gzip|application/json|application/zip)$")]
     pub content_type: String,
-    /// Exact size of the file in bytes.
+    /// Exact size of the file in bytes, at most the purpose's limit.
+    #[schema(minimum = 1, maximum = 67_108_864)]
     pub size_bytes: u64,
 }
 
@@ -103,13 +106,16 @@ pub struct AssetPage {
 
 /// Query of `GET /v1/assets`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `me` (the default) or your own account id.
     pub owner: Option<String>,
     /// 1-100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
 }
 
