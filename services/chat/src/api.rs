@@ -565,7 +565,7 @@ pub async fn moderate(
 /// expired.
 #[utoipa::path(delete, path = "/v1/chat/channels/{id}/sanctions/{account_id}/{kind}", tag = "chat", security(("bearer" = [])),
     params(("id" = String, Path, description = "Channel id"), ("account_id" = String, Path, description = "Sanctioned player"),
-        ("kind" = String, Path, description = "`mute` or `ban`")),
+        ("kind" = String, Path, description = "`mute` or `ban`", pattern = "^(mute|ban)$")),
     responses((status = 204), (status = 400, body = ErrorBody),
         (status = 403, description = "forbidden, or sanction_outranked", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "sanction_changed: replaced while being lifted", body = ErrorBody)))]
@@ -599,14 +599,18 @@ fn admin_scope(scope: Option<&str>) -> ApiResult<String> {
 
 /// `?scope=` of the admin lift.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ScopeQuery {
     /// `global` (default) or a channel id.
+    #[param(
+        pattern = r"^(global|room:[a-z0-9_-]{1,32}|group:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|dm:[A-Za-z0-9-]{1,64}:[A-Za-z0-9-]{1,64})$"
+    )]
     pub scope: Option<String>,
 }
 
 /// Lifts a mute or ban, everywhere or in one channel (server key, which outranks every issuer).
 #[utoipa::path(delete, path = "/v1/admin/chat/sanctions/{account_id}/{kind}", tag = "chat", security(("bearer" = [])),
-    params(("account_id" = String, Path, description = "Sanctioned player"), ("kind" = String, Path, description = "`mute` or `ban`"),
+    params(("account_id" = String, Path, description = "Sanctioned player"), ("kind" = String, Path, description = "`mute` or `ban`", pattern = "^(mute|ban)$"),
         ScopeQuery),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "sanction_changed: replaced while being lifted", body = ErrorBody)))]
@@ -656,8 +660,10 @@ impl SanctionView {
 
 /// Paging of the caller's sanctions.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SanctionsQuery {
     /// 1 to 100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
