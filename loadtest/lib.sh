@@ -48,6 +48,7 @@ start_guildhall() {
   DATA_DIR="$SERVERS_DIR/guildhall-data" \
   RUST_LOG=warn \
   RATE_LIMIT_AUTH_PER_IP_PER_MINUTE=100000000 \
+  RATE_LIMIT_REFRESH_PER_IP_PER_MINUTE=100000000 \
   CHAT_MAX_SOCKETS_PER_IP=100000000 \
     target/release/guildhall serve >"$log" 2>&1 &
   GUILDHALL_PID=$!

@@ -29,7 +29,7 @@ cargo build --release -p guildhall-bench
 compose() { docker-compose -p "$project" -f docker-compose.yml -f docker/compose.local.yml --profile monolith "$@"; }
 trap 'compose down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
 compose down -v --remove-orphans >/dev/null 2>&1 || true
-RATE_LIMIT_AUTH_PER_IP_PER_MINUTE=100000000 CHAT_MAX_SOCKETS_PER_IP=100000000 LOG_FORMAT=json RUST_LOG=warn \
+RATE_LIMIT_AUTH_PER_IP_PER_MINUTE=100000000 RATE_LIMIT_REFRESH_PER_IP_PER_MINUTE=100000000 CHAT_MAX_SOCKETS_PER_IP=100000000 LOG_FORMAT=json RUST_LOG=warn \
   compose up -d --no-build --scale chat=2 >/dev/null 2>&1
 for base in http://127.0.0.1:8080 http://127.0.0.1:8081; do
   for _ in $(seq 120); do curl -fsS "$base/health/ready" >/dev/null 2>&1 && break; sleep 1; done

@@ -50,7 +50,7 @@ compose down -v --remove-orphans >/dev/null 2>&1 || true
 say "starting the split stack (chat x2)"
 t0=$SECONDS
 # Every k6 virtual player signs in and connects from the proxy's one address.
-RUST_LOG=info,chat::ws=debug RATE_LIMIT_AUTH_PER_IP_PER_MINUTE=1000000 CHAT_MAX_SOCKETS_PER_IP=1000000 compose up -d --no-build --scale chat=2 2>&1 | grep -v '^Creating\|^Starting' || true
+RUST_LOG=info,chat::ws=debug RATE_LIMIT_AUTH_PER_IP_PER_MINUTE=1000000 RATE_LIMIT_REFRESH_PER_IP_PER_MINUTE=1000000 CHAT_MAX_SOCKETS_PER_IP=1000000 compose up -d --no-build --scale chat=2 2>&1 | grep -v '^Creating\|^Starting' || true
 for _ in $(seq 120); do
   curl -fsS http://127.0.0.1:8080/health/ready >/dev/null 2>&1 && break
   sleep 1
