@@ -11,7 +11,7 @@ use platform::auth::{AdminKey, Authenticator};
 use platform::blobs::Blobs;
 use platform::cache::Cache;
 use platform::config::{CacheConfig, Config, DatabaseConfig, Service};
-use platform::db::Database;
+use platform::db::{Database, Databases, Role};
 use platform::events::{QueueConsumer, Queues, Relay};
 use platform::health::{self, HealthState};
 use platform::http::{self, HttpSettings};
@@ -27,7 +27,7 @@ pub use openapi::document as openapi;
 /// A built Guildhall: its router, its backends and its background work, ready to serve.
 pub struct App {
     router: Router,
-    db: Database,
+    dbs: Databases,
     shutdown: Shutdown,
     config: Config,
     workers: Vec<JoinHandle<()>>,
@@ -51,46 +51,47 @@ impl App {
 
     /// Like `build`, for `mode`.
     pub async fn build_as(config: Config, shutdown: Shutdown, mode: Mode) -> anyhow::Result<Self> {
-        let db = Database::connect(&config.database).await?;
+        let main = Database::connect(&config.database).await?;
         if config.run_migrations {
-            db.migrate().await?;
+            main.migrate().await?;
         }
+        // After the migrations, which make the roles (DATABASE_SERVICE_ROLES).
+        let dbs = Databases::connect(&config.database, main).await?;
         let cache = Cache::connect(&config.cache).await?;
         let keys = Arc::new(TokenKeys::load(&config.tokens, &config.data_dir)?);
         let auth = Authenticator::new(keys, cache.clone());
         let admin_key = AdminKey::new(config.admin_key.clone());
+        let events_here = mode == Mode::Worker || config.run_event_workers;
+        // The consumers run as the worker's role, as in a `guildhall worker` process: where the
+        // roles have pools of their own, a consuming service gets a second state over the
+        // worker's pool for its subscriptions.
+        let worker_db = dbs.of(Role::Worker).clone();
+        let consumers_apart = dbs.has_role_pools();
+        let parts = Parts { config: &config, cache: &cache, auth: &auth, admin_key: &admin_key, shutdown: &shutdown };
 
-        let mut router = health::router(HealthState { db: db.clone(), cache: cache.clone(), shutdown: shutdown.clone() });
+        let mut router = health::router(HealthState { db: dbs.main().clone(), cache: cache.clone(), shutdown: shutdown.clone() });
         let mut workers = Vec::new();
         let mut subscriptions = Vec::new();
         for service in &config.services {
+            // A worker process serves no API: its states exist for the consumers alone.
+            let db = if mode == Mode::Worker { worker_db.clone() } else { dbs.of(Role::of(*service)).clone() };
             match service {
                 Service::Accounts => {
-                    let state = accounts::AccountsState {
-                        db: db.clone(),
-                        cache: cache.clone(),
-                        auth: auth.clone(),
-                        passwords: accounts::Passwords::new()?,
-                        limits: (&config.auth_rate_limits).into(),
-                        refresh_ttl: config.tokens.refresh_ttl,
-                        refresh_reuse_grace: config.refresh_reuse_grace,
-                    };
+                    let state = parts.accounts(db)?;
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));
                         router = router.merge(accounts::router(state));
                     }
                 }
                 Service::Leaderboard => {
+                    // One index for both states: on embedded defaults it is this process's memory.
                     let index = leaderboard::index::RankIndex::for_cache(&cache);
-                    let state = leaderboard::LeaderboardState::new(leaderboard::LeaderboardParts {
-                        db: db.clone(),
-                        index: index.clone(),
-                        auth: auth.clone(),
-                        admin_key: admin_key.clone(),
-                        boards: leaderboard::BoardCache::default(),
-                        writer: leaderboard::writer::Writer::start(db.clone(), index),
-                    });
-                    subscriptions.extend(leaderboard::subscriptions(state.clone()));
+                    let state = parts.leaderboard(db, &index);
+                    if events_here {
+                        let consuming =
+                            if consumers_apart && mode == Mode::Serve { parts.leaderboard(worker_db.clone(), &index) } else { state.clone() };
+                        subscriptions.extend(leaderboard::subscriptions(consuming));
+                    }
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
                         workers.push(tokio::spawn(leaderboard::repair::run_repairer(state.clone(), shutdown.clone())));
@@ -98,29 +99,26 @@ impl App {
                     }
                 }
                 Service::Uploads => {
-                    let state = uploads::UploadsState {
-                        db: db.clone(),
-                        blobs: Blobs::connect(&config).await?,
-                        auth: auth.clone(),
-                        limits: config.upload_limits.clone(),
-                        public_url: config.public_url.as_deref().map(Into::into),
-                        cdn_base_url: config.cdn_base_url.as_deref().map(Into::into),
-                    };
-                    subscriptions.extend(uploads::subscriptions(state.clone()));
+                    let state = parts.uploads(db).await?;
+                    if events_here {
+                        let consuming = if consumers_apart && mode == Mode::Serve {
+                            uploads::UploadsState { db: worker_db.clone(), ..state.clone() }
+                        } else {
+                            state.clone()
+                        };
+                        subscriptions.extend(uploads::subscriptions(consuming));
+                    }
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(uploads::run_workers(state.clone(), shutdown.clone())));
                         router = router.merge(uploads::router(state));
                     }
                 }
                 Service::Chat => {
-                    let limit = chat::SendLimit { burst: config.chat_send_burst, per_second: config.chat_send_per_second };
-                    let sockets = chat::caps::SocketLimits {
-                        per_account: config.chat_max_sockets_per_account as usize,
-                        per_ip: config.chat_max_sockets_per_ip as usize,
-                    };
-                    let state =
-                        chat::ChatState::new(db.clone(), cache.clone(), auth.clone(), admin_key.clone(), limit, sockets, shutdown.clone());
-                    subscriptions.extend(chat::subscriptions(state.clone()));
+                    let state = parts.chat(db);
+                    if events_here {
+                        let consuming = if consumers_apart && mode == Mode::Serve { parts.chat(worker_db.clone()) } else { state.clone() };
+                        subscriptions.extend(chat::subscriptions(consuming));
+                    }
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(state.clone().run()));
                         router = router.merge(chat::router(state));
@@ -128,14 +126,14 @@ impl App {
                 }
             }
         }
-        if mode == Mode::Worker || config.run_event_workers {
+        if events_here {
             match Queues::connect(&config.queue, &config.aws).await {
                 Some(queues) => {
                     platform::events::check_routes(&subscriptions)?;
                     // The relay sends every service's events (several relays share the outbox
                     // through leases); the consumers read the queues of the services here.
-                    workers.push(tokio::spawn(Relay::sqs(db.clone(), queues.clone()).run(shutdown.clone())));
-                    for consumer in QueueConsumer::for_each_consumer(&db, &queues, &subscriptions) {
+                    workers.push(tokio::spawn(Relay::sqs(worker_db.clone(), queues.clone()).run(shutdown.clone())));
+                    for consumer in QueueConsumer::for_each_consumer(&worker_db, &queues, &subscriptions) {
                         tracing::info!(
                             consumer = consumer.consumer(),
                             queue = queues.url(consumer.consumer()),
@@ -146,7 +144,7 @@ impl App {
                 }
                 None if config.is_monolith() => {
                     // Every consumer is in this process: deliver the outbox to them directly.
-                    workers.push(tokio::spawn(Relay::new(db.clone(), subscriptions).run(shutdown.clone())));
+                    workers.push(tokio::spawn(Relay::new(worker_db.clone(), subscriptions).run(shutdown.clone())));
                 }
                 None => {
                     tracing::warn!(
@@ -164,7 +162,7 @@ impl App {
             cors_allowed_origins: config.cors_allowed_origins.clone(),
         };
         let router = http::with_common_layers(router, settings);
-        Ok(App { router, db, shutdown, config, workers })
+        Ok(App { router, dbs, shutdown, config, workers })
     }
 
     /// The router, for tests that drive it without a socket.
@@ -197,9 +195,63 @@ impl App {
         for worker in self.workers {
             let _ = worker.await;
         }
-        self.db.close().await;
+        self.dbs.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// What every service's state is built from besides its database.
+struct Parts<'a> {
+    config: &'a Config,
+    cache: &'a Cache,
+    auth: &'a Authenticator,
+    admin_key: &'a AdminKey,
+    shutdown: &'a Shutdown,
+}
+
+impl Parts<'_> {
+    fn accounts(&self, db: Database) -> anyhow::Result<accounts::AccountsState> {
+        Ok(accounts::AccountsState {
+            db,
+            cache: self.cache.clone(),
+            auth: self.auth.clone(),
+            passwords: accounts::Passwords::new()?,
+            limits: (&self.config.auth_rate_limits).into(),
+            refresh_ttl: self.config.tokens.refresh_ttl,
+            refresh_reuse_grace: self.config.refresh_reuse_grace,
+        })
+    }
+
+    fn leaderboard(&self, db: Database, index: &leaderboard::index::RankIndex) -> leaderboard::LeaderboardState {
+        leaderboard::LeaderboardState::new(leaderboard::LeaderboardParts {
+            db: db.clone(),
+            index: index.clone(),
+            auth: self.auth.clone(),
+            admin_key: self.admin_key.clone(),
+            boards: leaderboard::BoardCache::default(),
+            writer: leaderboard::writer::Writer::start(db, index.clone()),
+        })
+    }
+
+    async fn uploads(&self, db: Database) -> anyhow::Result<uploads::UploadsState> {
+        Ok(uploads::UploadsState {
+            db,
+            blobs: Blobs::connect(self.config).await?,
+            auth: self.auth.clone(),
+            limits: self.config.upload_limits.clone(),
+            public_url: self.config.public_url.as_deref().map(Into::into),
+            cdn_base_url: self.config.cdn_base_url.as_deref().map(Into::into),
+        })
+    }
+
+    fn chat(&self, db: Database) -> chat::ChatState {
+        let limit = chat::SendLimit { burst: self.config.chat_send_burst, per_second: self.config.chat_send_per_second };
+        let sockets = chat::caps::SocketLimits {
+            per_account: self.config.chat_max_sockets_per_account as usize,
+            per_ip: self.config.chat_max_sockets_per_ip as usize,
+        };
+        chat::ChatState::new(db, self.cache.clone(), self.auth.clone(), self.admin_key.clone(), limit, sockets, self.shutdown.clone())
     }
 }
 
@@ -239,7 +291,8 @@ const REDRIVE_MAX: u64 = 100_000;
 /// (--all | EVENT_ID...)` makes them due again. Run it where the services run (an ECS one-off task
 /// in production), once the cause of the failures is fixed.
 pub async fn events(config: &Config, args: &[String]) -> anyhow::Result<()> {
-    let db = Database::connect(&config.database).await?;
+    // The relay's work, so the relay's role.
+    let db = Database::connect_for(&config.database, Role::Worker).await?;
     let queues = Queues::connect(&config.queue, &config.aws).await;
     let result = match args.first().map(String::as_str) {
         Some("dead") => {

@@ -12,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod ratelimit;
+pub mod rds;
 pub mod reachability;
 pub mod shutdown;
 pub mod telemetry;

@@ -86,6 +86,10 @@ impl TestEnv {
             sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await.context("creating the test database")?;
             admin.close().await.ok();
             vars.insert("DATABASE_URL".to_owned(), with_database(&server, &database));
+            // Each service queries as its own role, the relay and consumers as the worker's, as
+            // on ECS: a grant missing from the migrations fails the test that needs it. The
+            // URL's user (the server's owner) only migrates, and answers `TestApp::database`.
+            vars.insert("DATABASE_SERVICE_ROLES".to_owned(), "true".to_owned());
             vars.insert("REDIS_URL".to_owned(), redis);
             vars.insert("REDIS_KEY_PREFIX".to_owned(), format!("test:{id}:"));
             let endpoint = required("GUILDHALL_TEST_AWS_ENDPOINT")?;
