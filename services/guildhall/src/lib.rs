@@ -69,7 +69,13 @@ impl App {
         let consumers_apart = dbs.has_role_pools();
         let parts = Parts { config: &config, cache: &cache, auth: &auth, admin_key: &admin_key, shutdown: &shutdown };
 
-        let mut router = health::router(HealthState { db: dbs.main().clone(), cache: cache.clone(), shutdown: shutdown.clone() });
+        // Readiness asks the pool that serves: with pools per role, the first service's (the
+        // worker's in a worker), whose breaker the requests share.
+        let ready_db = match (mode, config.services.first()) {
+            (Mode::Serve, Some(service)) => dbs.of(Role::of(*service)).clone(),
+            _ => worker_db.clone(),
+        };
+        let mut router = health::router(HealthState { db: ready_db, cache: cache.clone(), shutdown: shutdown.clone() });
         let mut workers = Vec::new();
         let mut subscriptions = Vec::new();
         for service in &config.services {

@@ -232,10 +232,18 @@ impl TestApp {
         TestApp { api: Api::new(base), env, shutdown }
     }
 
-    /// The test's database, for checks the API cannot make (no row left behind).
+    /// The test's database, for checks the API cannot make (no row left behind), as the user
+    /// that owns every table.
     pub async fn database(&self) -> Database {
         let config = self.env.config().expect("config");
         Database::connect(&config.database).await.expect("database")
+    }
+
+    /// The test's database as `role` sees it (on PostgreSQL), for calling a service's store
+    /// directly with only that service's grants.
+    pub async fn database_as(&self, role: platform::db::Role) -> Database {
+        let config = self.env.config().expect("config");
+        Database::connect_for(&config.database, role).await.expect("database")
     }
 
     pub fn stop(&self) {
