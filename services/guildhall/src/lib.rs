@@ -94,8 +94,11 @@ impl App {
                     let index = leaderboard::index::RankIndex::for_cache(&cache);
                     let state = parts.leaderboard(db, &index);
                     if events_here {
-                        let consuming =
-                            if consumers_apart && mode == Mode::Serve { parts.leaderboard(worker_db.clone(), &index) } else { state.clone() };
+                        let consuming = if consumers_apart && mode == Mode::Serve {
+                            parts.leaderboard(worker_db.clone(), &index)
+                        } else {
+                            state.clone()
+                        };
                         subscriptions.extend(leaderboard::subscriptions(consuming));
                     }
                     if mode == Mode::Serve {

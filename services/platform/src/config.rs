@@ -359,7 +359,12 @@ impl Config {
         let database = match get("DATABASE_URL") {
             None => DatabaseConfig::Sqlite { path: data_dir.join("guildhall.db") },
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => DatabaseConfig::Postgres {
-                auth: database_auth(&url, get("DATABASE_PASSWORD"), flag("DATABASE_IAM_AUTH", false)?, get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")))?,
+                auth: database_auth(
+                    &url,
+                    get("DATABASE_PASSWORD"),
+                    flag("DATABASE_IAM_AUTH", false)?,
+                    get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
+                )?,
                 url: Secret::new(url),
                 max_connections: u32::try_from(parse("DATABASE_MAX_CONNECTIONS", 16)?).context("DATABASE_MAX_CONNECTIONS is too large")?,
                 service_roles: flag("DATABASE_SERVICE_ROLES", false)?,
@@ -621,7 +626,8 @@ fn database_auth(url: &str, password: Option<String>, iam: bool, region: Option<
                     "DATABASE_IAM_AUTH=true needs sslmode=verify-full (and sslrootcert, the RDS CA bundle) in DATABASE_URL: a token is a password for 15 minutes"
                 );
             }
-            let region = region.context("DATABASE_IAM_AUTH=true needs AWS_REGION, the database's region, which its tokens are signed for")?;
+            let region =
+                region.context("DATABASE_IAM_AUTH=true needs AWS_REGION, the database's region, which its tokens are signed for")?;
             Ok(DatabaseAuth::Iam { region })
         }
         (None, false) => Ok(DatabaseAuth::Url),
@@ -768,10 +774,12 @@ mod tests {
 
     #[test]
     fn database_authentication_is_one_of_url_password_or_iam() {
-        let auth = |vars: &[(&str, &str)]| config(vars).map(|c| match c.database {
-            DatabaseConfig::Postgres { auth, service_roles, .. } => (auth, service_roles),
-            DatabaseConfig::Sqlite { .. } => panic!("not PostgreSQL"),
-        });
+        let auth = |vars: &[(&str, &str)]| {
+            config(vars).map(|c| match c.database {
+                DatabaseConfig::Postgres { auth, service_roles, .. } => (auth, service_roles),
+                DatabaseConfig::Sqlite { .. } => panic!("not PostgreSQL"),
+            })
+        };
         assert_eq!(auth(&[("DATABASE_URL", "postgres://u:p@db/g")]).expect("url"), (DatabaseAuth::Url, false));
         assert_eq!(
             auth(&[("DATABASE_URL", "postgres://guildhall@db/g"), ("DATABASE_PASSWORD", "s3cret"), ("DATABASE_SERVICE_ROLES", "true")])
@@ -787,8 +795,14 @@ mod tests {
             (vec![("DATABASE_URL", "postgres://u:p@db/g"), ("DATABASE_PASSWORD", "x")], "DATABASE_PASSWORD"),
             (vec![("DATABASE_URL", iam), ("DATABASE_PASSWORD", "x"), ("DATABASE_IAM_AUTH", "true"), ("AWS_REGION", "r")], "exclude"),
             (vec![("DATABASE_URL", iam), ("DATABASE_IAM_AUTH", "true")], "AWS_REGION"),
-            (vec![("DATABASE_URL", "postgres://u@db/g?sslmode=require"), ("DATABASE_IAM_AUTH", "true"), ("AWS_REGION", "r")], "verify-full"),
-            (vec![("DATABASE_URL", "postgres://u:p@db/g?sslmode=verify-full"), ("DATABASE_IAM_AUTH", "true"), ("AWS_REGION", "r")], "without a password"),
+            (
+                vec![("DATABASE_URL", "postgres://u@db/g?sslmode=require"), ("DATABASE_IAM_AUTH", "true"), ("AWS_REGION", "r")],
+                "verify-full",
+            ),
+            (
+                vec![("DATABASE_URL", "postgres://u:p@db/g?sslmode=verify-full"), ("DATABASE_IAM_AUTH", "true"), ("AWS_REGION", "r")],
+                "without a password",
+            ),
         ] {
             let err = auth(&bad).expect_err(why);
             assert!(err.to_string().contains(why), "{err}");

@@ -208,7 +208,10 @@ impl Database {
                     let address = postgres_options(url, user)?.database_url;
                     let host = address.host_str().context("DATABASE_IAM_AUTH=true: DATABASE_URL must name the database's host")?;
                     let login = address.username();
-                    anyhow::ensure!(!login.is_empty() && !login.contains('%'), "DATABASE_IAM_AUTH=true: DATABASE_URL must name a plain user");
+                    anyhow::ensure!(
+                        !login.is_empty() && !login.contains('%'),
+                        "DATABASE_IAM_AUTH=true: DATABASE_URL must name a plain user"
+                    );
                     let signer = crate::rds::TokenSigner::from_environment(region, host, address.port().unwrap_or(5432), login).await?;
                     let passwords: PasswordSource = Arc::new(move || {
                         let signer = signer.clone();
@@ -509,7 +512,8 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
 /// The connect options of a PostgreSQL `url` (with the statement timeout), as `user` when given.
 fn postgres_options(url: &Secret<String>, user: Option<&str>) -> anyhow::Result<AnyConnectOptions> {
     // The error would quote the URL, password and all.
-    let mut options: AnyConnectOptions = with_statement_timeout(url.expose()).parse().map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid URL"))?;
+    let mut options: AnyConnectOptions =
+        with_statement_timeout(url.expose()).parse().map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid URL"))?;
     if let Some(user) = user {
         options.database_url.set_username(user).map_err(|()| anyhow::anyhow!("DATABASE_URL cannot name a user"))?;
     }
@@ -519,7 +523,10 @@ fn postgres_options(url: &Secret<String>, user: Option<&str>) -> anyhow::Result<
 /// Sets the password of `options`, percent-encoded whole: the URL keeps a `%` as it is, and the
 /// driver decodes what it reads, so an IAM token (full of `%2F`) must be encoded once more.
 fn set_password(options: &mut AnyConnectOptions, password: &str) -> anyhow::Result<()> {
-    options.database_url.set_password(Some(&crate::rds::encode(password))).map_err(|()| anyhow::anyhow!("DATABASE_URL cannot take a password"))
+    options
+        .database_url
+        .set_password(Some(&crate::rds::encode(password)))
+        .map_err(|()| anyhow::anyhow!("DATABASE_URL cannot take a password"))
 }
 
 /// Hands `pool` a fresh password from `passwords` every `every`, for the connections it opens
@@ -543,7 +550,10 @@ async fn renew_passwords(pool: AnyPool, mut options: AnyConnectOptions, password
                 tracing::debug!("database password renewed");
             }
             Err(err) => {
-                tracing::warn!(error = format!("{err:#}"), "renewing the database password failed; new connections use the last one until it expires");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "renewing the database password failed; new connections use the last one until it expires"
+                );
                 wait = PASSWORD_RETRY_EVERY.min(every);
             }
         }

@@ -38,9 +38,8 @@ impl TokenSigner {
     pub async fn from_environment(region: &str, host: &str, port: u16, user: &str) -> anyhow::Result<Self> {
         let aws = crate::config::AwsConfig { region: Some(region.to_owned()), ..Default::default() };
         let sdk = crate::aws::sdk_config(&aws).await;
-        let credentials = sdk
-            .credentials_provider()
-            .context("no AWS credentials provider for IAM database authentication (on ECS, the task role)")?;
+        let credentials =
+            sdk.credentials_provider().context("no AWS credentials provider for IAM database authentication (on ECS, the task role)")?;
         Ok(TokenSigner { credentials, region: region.to_owned(), host: host.to_owned(), port, user: user.to_owned() })
     }
 
@@ -70,7 +69,8 @@ pub fn auth_token(credentials: &Credentials, region: &str, host: &str, port: u16
         .build()
         .context("signing parameters of a database token")?
         .into();
-    let request = SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[])).context("the database token's request")?;
+    let request =
+        SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[])).context("the database token's request")?;
     let (instructions, _signature) = sign(request, &params).context("signing a database token")?.into_parts();
     // The signature last, as AWS's SDKs write it (the signer puts the session token after it;
     // the order does not matter to RDS, which sorts the query to check it).
@@ -124,8 +124,8 @@ mod tests {
         let host = "guildhall.cluster-abc123.eu-west-1.rds.amazonaws.com";
         let token = auth_token(&credentials(None), "eu-west-1", host, 5432, "guildhall_chat", fixed_time()).expect("token");
         assert_eq!(token, EXPECTED_WITHOUT_SESSION);
-        let token =
-            auth_token(&credentials(Some("FQoGZXIvYXdzEXAMPLE/+=")), "eu-west-1", host, 5432, "guildhall_chat", fixed_time()).expect("token");
+        let token = auth_token(&credentials(Some("FQoGZXIvYXdzEXAMPLE/+=")), "eu-west-1", host, 5432, "guildhall_chat", fixed_time())
+            .expect("token");
         assert_eq!(token, EXPECTED_WITH_SESSION);
     }
 

@@ -53,9 +53,25 @@ fn openssl(args: &[&str], dir: &Path) {
 fn certificate_authority(dir: &Folder, name: &str) -> PathBuf {
     openssl(
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.pem"), "-subj", &format!("/CN={name}"),
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ],
         &dir.0,
     );
@@ -66,8 +82,19 @@ fn certificate_authority(dir: &Folder, name: &str) -> PathBuf {
 fn server_certificate(dir: &Folder, ca: &str, host: &str) -> (PathBuf, PathBuf) {
     openssl(
         &[
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "server.key",
-            "-out", "server.csr", "-subj", &format!("/CN={host}"),
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            &format!("/CN={host}"),
         ],
         &dir.0,
     );
@@ -77,8 +104,21 @@ fn server_certificate(dir: &Folder, ca: &str, host: &str) -> (PathBuf, PathBuf) 
     std::fs::write(dir.path("server.ext"), extensions).expect("extensions file");
     openssl(
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial",
-            "-days", "1", "-out", "server.pem", "-extfile", "server.ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            "server.pem",
+            "-extfile",
+            "server.ext",
         ],
         &dir.0,
     );
@@ -109,7 +149,8 @@ async fn verify_full_trusts_only_the_named_server_of_the_given_authority() {
     let ca = certificate_authority(&dir, "test-ca");
     let stranger = certificate_authority(&dir, "stranger-ca");
     let (cert, key) = server_certificate(&dir, "test-ca", "localhost");
-    let server = ThrowawayPostgres::start_with(PostgresSetup { tls: Some((cert, key)), passwords: false }).await.expect("postgres with TLS");
+    let server =
+        ThrowawayPostgres::start_with(PostgresSetup { tls: Some((cert, key)), passwords: false }).await.expect("postgres with TLS");
     let port = server.port();
     let url = |host: &str, mode: &str, root: &Path| {
         postgres(format!("postgres://guildhall@{host}:{port}/postgres?sslmode={mode}&sslrootcert={}", root.display()))
@@ -160,7 +201,8 @@ async fn a_pool_keeps_connecting_as_its_password_changes() {
         })
     };
     let config = postgres(format!("postgres://renewed@127.0.0.1:{}/postgres", server.port()));
-    let renewing = Database::connect_with_passwords(&config, None, source(&current, &made), Duration::from_millis(20)).await.expect("renewing");
+    let renewing =
+        Database::connect_with_passwords(&config, None, source(&current, &made), Duration::from_millis(20)).await.expect("renewing");
     let never = Arc::new(AtomicUsize::new(0));
     let stale = Database::connect_with_passwords(&config, None, source(&current, &never), Duration::from_secs(3600)).await.expect("stale");
 
@@ -299,10 +341,12 @@ async fn roles_are_made_once_and_hold_only_their_own_tables() {
     }
     // While its own work goes through.
     let mut chat = sqlx::PgConnection::connect(&url(Role::Chat.name(), "one")).await.expect("chat logs in");
-    sqlx::query("INSERT INTO chat_messages (id, channel_id, sender_id, sender_name, body, created_at) VALUES ('m', 'room:x', 'a', 'ana', 'hi', 0)")
-        .execute(&mut chat)
-        .await
-        .expect("chat writes a message");
+    sqlx::query(
+        "INSERT INTO chat_messages (id, channel_id, sender_id, sender_name, body, created_at) VALUES ('m', 'room:x', 'a', 'ana', 'hi', 0)",
+    )
+    .execute(&mut chat)
+    .await
+    .expect("chat writes a message");
     sqlx::query("INSERT INTO outbox (id, event_type, payload, created_at) VALUES ('e', 't', '{}', 0)")
         .execute(&mut chat)
         .await
