@@ -73,6 +73,19 @@ pub async fn two_processes(adjust: impl FnOnce(&mut TestEnv)) -> (TestEnv, Proce
     (env, a, b)
 }
 
+/// `env` as one ECS task of `role` sees it: `DATABASE_URL` names the role as its user (an ECS
+/// task's own URL; here trusted, there an IAM token), no pool per role, no migrations (ECS's
+/// migrate task, as the owner, made the schema and the roles).
+pub fn as_role(env: &TestEnv, role: platform::db::Role) -> TestEnv {
+    let mut env = env.clone();
+    let url = env.vars["DATABASE_URL"].clone();
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (_owner, address) = rest.split_once('@').expect("a URL with a user");
+    env.set("DATABASE_URL", format!("{scheme}://{}@{address}", role.name()));
+    env.set("DATABASE_SERVICE_ROLES", "false").set("RUN_MIGRATIONS", "false");
+    env
+}
+
 /// A response: status, headers and the JSON body (Null when empty).
 #[derive(Debug)]
 pub struct Reply {
