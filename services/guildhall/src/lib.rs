@@ -20,6 +20,7 @@ use platform::tokens::TokenKeys;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+mod console;
 mod openapi;
 
 pub use openapi::document as openapi;
@@ -158,6 +159,9 @@ impl App {
         // The whole API's document, whichever services run here (see `openapi`).
         let doc = Arc::new(openapi());
         router = router.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }));
+        if mode == Mode::Serve {
+            router = router.merge(console::router());
+        }
         let settings = HttpSettings {
             request_timeout: config.request_timeout,
             trust_forwarded_for: config.trust_forwarded_for,

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod browser;
+
 /// Runs each named `async fn name(backend: Backend)` once per backend set, as
 /// `embedded::name` and `real::name`.
 #[macro_export]
