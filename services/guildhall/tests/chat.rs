@@ -837,9 +837,9 @@ async fn reports_are_filed_and_resolved_and_messages_deleted(backend: Backend) {
         .await
         .expect_error(404, "not_found");
     let open = app.pages("/v1/admin/chat/reports?limit=10", ADMIN_KEY, "reports").await;
-    assert_eq!(ids(&open), [ruder.clone()]);
+    assert_eq!(ids(&open), [ruder.as_str()]);
     let closed = app.pages("/v1/admin/chat/reports?status=resolved&limit=10", ADMIN_KEY, "reports").await;
-    assert_eq!(ids(&closed), [rude.clone()]);
+    assert_eq!(ids(&closed), [rude.as_str()]);
 
     // A report after the resolution opens a new case.
     let (_, dave_token) = guest(&app, "dave").await;
