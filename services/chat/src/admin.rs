@@ -124,18 +124,23 @@ impl ChatState {
     pub async fn file_report(&self, event_id: &str, event: MessageReported) -> anyhow::Result<bool> {
         let reported_at = platform::time::parse_rfc3339(&event.reported_at)
             .ok_or_else(|| anyhow::anyhow!("chat.message_reported {event_id} has an unreadable reported_at"))?;
-        let sender_name = match (event.sender_name, &event.sender_id) {
-            (Some(name), _) => name,
-            (None, None) => "deleted player".to_owned(),
-            // Events recorded before they carried the name: the message's, while it is there.
-            (None, Some(_)) => {
-                store::message_by_id(self.db.pool(), &event.message_id).await?.map_or_else(|| "unknown".to_owned(), |m| m.sender_name)
-            }
+        // The message now, while it is there: a sender erased since the report (whose erasure
+        // ran before this filing, and so could not anonymise it) shows in it as anonymised.
+        let stored = match &event.sender_id {
+            Some(_) => store::message_by_id(self.db.pool(), &event.message_id).await?,
+            None => None,
+        };
+        let (sender_id, sender_name) = match (event.sender_id, event.sender_name, stored) {
+            (None, _, _) => (None, "deleted player".to_owned()),
+            (Some(_), _, Some(now)) if now.sender_id.is_none() => (None, now.sender_name),
+            (Some(id), Some(name), _) => (Some(id), name),
+            // Events recorded before they carried the name.
+            (Some(id), None, now) => (Some(id), now.map_or_else(|| "unknown".to_owned(), |m| m.sender_name)),
         };
         let report = NewReport {
             message_id: event.message_id,
             channel_id: event.channel,
-            sender_id: event.sender_id,
+            sender_id,
             sender_name,
             body: event.body,
             sent_at: event.sent_at.as_deref().and_then(platform::time::parse_rfc3339),

@@ -251,6 +251,8 @@ async fn reports_and_erasure(backend: Backend) {
     assert_eq!(event["message_id"], message_id.as_str());
     assert_eq!(event["sender_id"], bob_id.as_str());
 
+    assert_eq!(filed_case(&app, &message_id, 1).await["message"]["sender_id"], bob_id.as_str());
+
     // Bob deletes his account: his messages stay, without him.
     drop(bob);
     app.call(reqwest::Method::DELETE, "/v1/accounts/me", Some(&bob_token), None).await.expect(204);
@@ -266,7 +268,8 @@ async fn reports_and_erasure(backend: Backend) {
         assert!(std::time::Instant::now() < deadline, "messages were not anonymised: {message}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The report of his message keeps the text, without him.
+    // The report of his message keeps the text, without him (anonymised in the same
+    // transaction as the messages); Ana's report stays hers.
     let case = &filed_case(&app, &message_id, 1).await;
     assert_eq!(
         (case["message"]["sender_id"].clone(), case["message"]["sender_name"].as_str()),
@@ -274,6 +277,20 @@ async fn reports_and_erasure(backend: Backend) {
         "{case}"
     );
     assert_eq!(case["message"]["body"], "something rude");
+    let reporters = &case["reporters"];
+    assert!(reporters.as_array().is_some_and(|r| r.len() == 1 && r[0]["account_id"].is_string()), "{reporters}");
+
+    // Ana deletes hers: her report stays, without her.
+    app.call(reqwest::Method::DELETE, "/v1/accounts/me", Some(&ana_token), None).await.expect(204);
+    loop {
+        let case = filed_case(&app, &message_id, 1).await;
+        if case["reporters"][0]["account_id"].is_null() {
+            assert_eq!(case["reporters"][0]["reason"], "rude");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reporter was not anonymised: {case}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn bad_frames_get_errors_and_the_connection_stays(backend: Backend) {
