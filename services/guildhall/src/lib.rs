@@ -57,7 +57,7 @@ impl App {
         }
         let cache = Cache::connect(&config.cache).await?;
         let keys = Arc::new(TokenKeys::load(&config.tokens, &config.data_dir)?);
-        let auth = Authenticator::new(keys, cache.clone());
+        let auth = Authenticator::new(keys, cache.clone(), db.clone());
         let admin_key = AdminKey::new(config.admin_key.clone());
 
         let mut router = health::router(HealthState { db: db.clone(), cache: cache.clone(), shutdown: shutdown.clone() });
