@@ -65,7 +65,7 @@ pub enum TokenError {
     #[error("malformed token")]
     Malformed,
     /// Signed by a key this service does not accept: one retired by a rotation, or never ours.
-    #[error("token signed by a key no longer accepted (the signing key was rotated); refresh the access token")]
+    #[error("token signed by a key this server does not accept (retired by a key rotation, or not ours); refresh the access token")]
     UnknownKey,
     /// Signature does not verify.
     #[error("bad token signature")]
