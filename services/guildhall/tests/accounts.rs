@@ -590,7 +590,7 @@ async fn a_key_rotation_needs_no_downtime_and_logs_nobody_out() {
     verifier.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
     // A player who does nothing during the whole rotation, but holds a refresh token.
     let (_, _, idle_refresh) = common::guest_session(&signer, "idle").await;
-    assert_eq!(published_kids(&signer).await, [a.clone()]);
+    assert_eq!(published_kids(&signer).await, vec![a.clone()]);
 
     // 1. B is published to every instance (a deployment of them all); A still signs. B may not
     //    sign anywhere before this: a signer whose bundle lacks its key does not start.
@@ -631,7 +631,7 @@ async fn a_key_rotation_needs_no_downtime_and_logs_nobody_out() {
     let signer_retired = instance(Some(&b_private), &[&b_public]).await;
     let verifier_retired = instance(None, &[&b_public]).await;
     drop((signer_b, verifier_ab));
-    assert_eq!(published_kids(&signer_retired).await, [b.clone()]);
+    assert_eq!(published_kids(&signer_retired).await, vec![b.clone()]);
     for api in [&signer_retired, &verifier_retired] {
         api.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "unknown_signing_key");
         api.get("/v1/accounts/me", Some(&from_old_signer)).await.expect_error(401, "unknown_signing_key");
