@@ -48,9 +48,21 @@ async fn flushall_then_ranks_are_identical_on_every_process() {
     assert_eq!(record["rank"], 1);
 }
 
-/// Logs `gone` out, and checks on `api` that its access token is refused everywhere a token is
-/// checked (an accounts route, the leaderboard's pipelined check, a chat socket) while `kept`'s
-/// still works.
+/// Two players with a record on the board `flush`; the first logs out. Their access tokens:
+/// (logged out, still signed in).
+async fn one_logged_out(api: &common::Api) -> (String, String) {
+    api.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "flush", "sort": "desc", "operator": "best"})).await.expect(201);
+    let (_, gone, _) = guest_session(api, "gone").await;
+    let (_, kept, _) = guest_session(api, "kept").await;
+    for token in [&gone, &kept] {
+        api.post("/v1/leaderboards/flush/scores", Some(token), json!({"score": 10})).await.expect(200);
+    }
+    api.call(Method::POST, "/v1/auth/logout", Some(&gone), None).await.expect(204);
+    (gone, kept)
+}
+
+/// Checks on `api` that `gone`'s access token is refused everywhere a token is checked (an
+/// accounts route, the leaderboard's pipelined check, a chat socket) while `kept`'s still works.
 async fn refused_everywhere(api: &common::Api, gone: &str, kept: &str) {
     api.get("/v1/accounts/me", Some(gone)).await.expect_error(401, "session_revoked");
     api.get("/v1/leaderboards/flush/records/me", Some(gone)).await.expect_error(401, "session_revoked");
@@ -73,13 +85,7 @@ async fn a_logout_survives_flushall() {
     let mut env = TestEnv::new(Backend::Real).await.expect("env");
     env.set("REDIS_URL", redis.url()).set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
     let (a, b) = (TestApp::start_on(env.clone()).await, TestApp::start_on(env.clone()).await);
-    a.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "flush", "sort": "desc", "operator": "best"})).await.expect(201);
-    let (_, gone, _) = guest_session(&a, "gone").await;
-    let (_, kept, _) = guest_session(&a, "kept").await;
-    for token in [&gone, &kept] {
-        a.post("/v1/leaderboards/flush/scores", Some(token), json!({"score": 10})).await.expect(200);
-    }
-    a.call(Method::POST, "/v1/auth/logout", Some(&gone), None).await.expect(204);
+    let (gone, kept) = one_logged_out(&a).await;
     refused_everywhere(&b, &gone, &kept).await;
 
     let client = redis::Client::open(redis.url()).expect("client");
@@ -117,13 +123,7 @@ async fn a_logout_survives_a_restart_on_embedded_defaults() {
     let mut env = TestEnv::new(Backend::Embedded).await.expect("env");
     env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
     let first = TestApp::start_on(env.clone()).await;
-    first.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "flush", "sort": "desc", "operator": "best"})).await.expect(201);
-    let (_, gone, _) = guest_session(&first, "gone").await;
-    let (_, kept, _) = guest_session(&first, "kept").await;
-    for token in [&gone, &kept] {
-        first.post("/v1/leaderboards/flush/scores", Some(token), json!({"score": 10})).await.expect(200);
-    }
-    first.call(Method::POST, "/v1/auth/logout", Some(&gone), None).await.expect(204);
+    let (gone, kept) = one_logged_out(&first).await;
     refused_everywhere(&first, &gone, &kept).await;
     first.stop();
     drop(first);
