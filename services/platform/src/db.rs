@@ -123,7 +123,9 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "assets_by_state", include_str!("../../../migrations/postgres/0008_assets_by_state.sql")),
     (9, "sanction_authority", include_str!("../../../migrations/postgres/0009_sanction_authority.sql")),
     (10, "refresh_grace", include_str!("../../../migrations/postgres/0010_refresh_grace.sql")),
+    (11, "session_revocations", include_str!("../../../migrations/postgres/0011_session_revocations.sql")),
     (12, "service_roles", include_str!("../../../migrations/postgres/0012_service_roles.sql")),
+    (14, "chat_reports", include_str!("../../../migrations/postgres/0014_chat_reports.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -136,7 +138,9 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "assets_by_state", include_str!("../../../migrations/sqlite/0008_assets_by_state.sql")),
     (9, "sanction_authority", include_str!("../../../migrations/sqlite/0009_sanction_authority.sql")),
     (10, "refresh_grace", include_str!("../../../migrations/sqlite/0010_refresh_grace.sql")),
+    (11, "session_revocations", include_str!("../../../migrations/sqlite/0011_session_revocations.sql")),
     (12, "service_roles", include_str!("../../../migrations/sqlite/0012_service_roles.sql")),
+    (14, "chat_reports", include_str!("../../../migrations/sqlite/0014_chat_reports.sql")),
 ];
 
 /// How long a request waits for a pooled connection before failing, when the database answers

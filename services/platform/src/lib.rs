@@ -14,6 +14,7 @@ pub mod http;
 pub mod ratelimit;
 pub mod rds;
 pub mod reachability;
+pub mod revocations;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

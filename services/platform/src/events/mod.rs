@@ -68,8 +68,11 @@ pub type TraceHeaders = std::collections::BTreeMap<String, String>;
 
 /// Who consumes each event type, for the SQS transport, where the relay cannot see the
 /// subscriptions of services running elsewhere. Event types missing here have no consumer.
-pub const ROUTES: &[(&str, &[&str])] =
-    &[(AccountDeleted::NAME, &["leaderboard", "uploads", "chat"]), (UploadCompleted::NAME, &["uploads"])];
+pub const ROUTES: &[(&str, &[&str])] = &[
+    (AccountDeleted::NAME, &["leaderboard", "uploads", "chat"]),
+    (UploadCompleted::NAME, &["uploads"]),
+    (MessageReported::NAME, &["chat"]),
+];
 
 /// The consumers of `event_type` (see `ROUTES`).
 pub fn consumers_of(event_type: &str) -> &'static [&'static str] {

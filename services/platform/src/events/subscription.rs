@@ -39,13 +39,25 @@ impl Subscription {
         F: Fn(E) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
+        Self::on_with_id(consumer, move |_, payload: E| handle(payload))
+    }
+
+    /// Like `on`, with the event's id (its outbox id, the same on every delivery) passed to
+    /// `handle` with the payload: for a handler that stores something per event and keys it by
+    /// the id, so that two copies handled at once (two instances) still store it once.
+    pub fn on_with_id<E, F, Fut>(consumer: &'static str, handle: F) -> Self
+    where
+        E: EventType,
+        F: Fn(String, E) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let handle = Arc::new(handle);
         let handler: Handler = Arc::new(move |event: Event| {
             let handle = handle.clone();
             Box::pin(async move {
                 let payload = serde_json::from_value::<E>(event.payload)
                     .with_context(|| format!("{} {} has an unreadable payload", E::NAME, event.id))?;
-                handle(payload).await
+                handle(event.id, payload).await
             })
         });
         Subscription { consumer, event_type: E::NAME, handler }
