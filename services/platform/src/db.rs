@@ -143,6 +143,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "chat_reports", include_str!("../../../migrations/sqlite/0014_chat_reports.sql")),
 ];
 
+/// What each database role may do to each table (`Role`), applied whole after every run of the
+/// migrations: the grants cannot live in the migration that makes a table, when that one runs
+/// before the roles exist, nor in the one that makes the roles, when the table comes later.
+const POSTGRES_GRANTS: &str = include_str!("../../../migrations/postgres-grants.sql");
+/// The advisory lock (of this database) under which the grants are applied: two instances
+/// granting at once could meet on a catalog row ("tuple concurrently updated").
+const GRANTS_LOCK: i64 = 0x6775_696c_6467_7261; // "guildgra"
+
 /// How long a request waits for a pooled connection before failing, when the database answers
 /// (all connections busy under load); while it does not, the breaker ends the wait sooner.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -295,7 +303,14 @@ impl Database {
             .map(|(version, name, sql)| Migration::new(*version, Cow::Borrowed(name), MigrationType::Simple, Cow::Borrowed(sql), false))
             .collect();
         let migrator = Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false };
-        migrator.run(&self.pool.pool).await.context("applying migrations")
+        migrator.run(&self.pool.pool).await.context("applying migrations")?;
+        if self.dialect == Dialect::Postgres {
+            let mut tx = self.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GRANTS_LOCK).execute(&mut *tx).await.context("locking the grants")?;
+            tx.execute(POSTGRES_GRANTS).await.context("granting the database roles their privileges")?;
+            tx.commit().await.context("committing the grants")?;
+        }
+        Ok(())
     }
 
     /// Answers whether the database takes a trivial query (readiness).
