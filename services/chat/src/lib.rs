@@ -169,7 +169,7 @@ pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
 #[openapi(
     paths(
         ws::socket, api::create_group, api::show_group, api::add_member, api::remove_member, api::history, api::presence,
-        api::moderate, api::lift, api::my_sanctions, api::admin_sanction, api::admin_lift, api::report
+        api::moderate, api::lift, api::my_sanctions, api::account_sanctions, api::admin_sanction, api::admin_lift, api::report
     ),
     components(schemas(
         api::MessageView, api::CreateGroup, api::GroupView, api::MemberView, api::AddMember, api::HistoryPage,
