@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, guest, guest_session, two_processes};
+use common::{ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, guest, guest_session, server_key, two_processes};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -24,6 +24,7 @@ on_both_backends!(
     rejoins_are_rate_limited_and_read_no_presence,
     sanctions_respect_their_issuers_and_can_be_lifted,
     players_page_through_their_own_sanctions,
+    server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_sanctions,
 );
 
 /// How long a session's end, a ban or a removal may take to reach an open socket.
@@ -680,4 +681,31 @@ async fn two_processes_end_sessions_and_apply_bans_everywhere() {
     carol.join("room:global").await;
     a.post("/v1/auth/logout", Some(&carol_token), json!({})).await.expect(204);
     assert_eq!(carol.closed_within(PROMPTLY).await, Some(4002));
+}
+
+/// Moderating with a server key takes its `chat` scope (the admin routes and a channel's, where
+/// the key has the server's authority); the account view's chat part takes `accounts`.
+async fn server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_sanctions(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (carol, _) = guest(&app, "carol").await;
+    let (_, moderator) = server_key(&app, "chat moderator", &["chat"]).await;
+    let (_, support) = server_key(&app, "support", &["accounts"]).await;
+    let global = json!({"account_id": carol, "kind": "mute", "minutes": 10});
+    app.post("/v1/admin/chat/sanctions", Some(&support), global.clone()).await.expect_error(403, "insufficient_scope");
+    app.post("/v1/admin/chat/sanctions", Some(&moderator), global).await.expect(204);
+    let in_room = json!({"account_id": carol, "kind": "ban"});
+    app.post("/v1/chat/channels/room:lobby/sanctions", Some(&support), in_room.clone()).await.expect_error(403, "insufficient_scope");
+    app.post("/v1/chat/channels/room:lobby/sanctions", Some(&moderator), in_room).await.expect(204);
+    app.call(reqwest::Method::DELETE, &format!("/v1/admin/chat/sanctions/{carol}/mute"), Some(&support), None)
+        .await
+        .expect_error(403, "insufficient_scope");
+
+    let path = format!("/v1/admin/accounts/{carol}/sanctions");
+    app.get(&path, Some(&moderator)).await.expect_error(403, "insufficient_scope");
+    let listed = app.pages(&format!("{path}?limit=1"), &support, "sanctions").await;
+    let shown: Vec<(&str, &str)> =
+        listed.iter().map(|s| (s["scope"].as_str().expect("scope"), s["kind"].as_str().expect("kind"))).collect();
+    assert_eq!(shown, [("global", "mute"), ("room:lobby", "ban")]);
+    assert!(listed.iter().all(|s| s["issued_by"] == "server" && s["in_force"] == true));
+    app.call(reqwest::Method::DELETE, &format!("/v1/admin/chat/sanctions/{carol}/mute"), Some(&moderator), None).await.expect(204);
 }
