@@ -735,6 +735,7 @@ async fn named_keys_have_scopes_and_revoked_keys_stop_working(backend: Backend) 
         json!({"name": " ", "scopes": ["chat"]}),
         json!({"name": "x".repeat(65), "scopes": ["chat"]}),
         json!({"name": "x", "scopes": ["chat"], "key": "mine"}),
+        json!({"name": "x", "scopes": vec!["chat"; 9]}),
     ] {
         app.post("/v1/admin/keys", Some(ADMIN_KEY), body).await.expect_error(400, "invalid_request");
     }

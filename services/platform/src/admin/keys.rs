@@ -523,8 +523,8 @@ pub async fn create_key(State(state): State<AdminState>, admin: Admin, Json(req)
     admin.require(Scope::Admin)?;
     let name = key_name(&req.name)?;
     let scopes: Scopes = req.scopes.iter().copied().collect();
-    if scopes.is_empty() {
-        return Err(ApiError::invalid("scopes", "scopes must name at least one scope"));
+    if scopes.is_empty() || req.scopes.len() > Scope::ALL.len() {
+        return Err(ApiError::invalid("scopes", "scopes must name 1 to 8 scopes"));
     }
     if !admin.scopes().covers(scopes) {
         return Err(insufficient_scope("a key may grant only scopes it holds itself".into()));
