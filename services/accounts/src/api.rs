@@ -112,8 +112,11 @@ pub async fn login(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
         return Err(invalid_credentials());
     };
     state.login_succeeded(&email, ip).await?;
-    state.refuse_banned(state.db.pool(), &account.id).await?;
     let mut tx = state.db.begin().await?;
+    // In the session's transaction, so a ban and this sign-in can cross only within its few
+    // milliseconds; a session that crossed one is refused at its first refresh, which checks the
+    // ban too.
+    state.refuse_banned(&mut *tx, &account.id).await?;
     let minted = state.open_session(&mut tx, &account).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(account_id = account.id, "signed in");
