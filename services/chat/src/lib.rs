@@ -180,7 +180,7 @@ pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
 #[openapi(
     paths(
         ws::socket, api::create_group, api::show_group, api::add_member, api::remove_member, api::history, api::presence,
-        api::moderate, api::lift, api::my_sanctions, api::admin_sanction, api::admin_lift, api::report,
+        api::moderate, api::lift, api::my_sanctions, api::account_sanctions, api::admin_sanction, api::admin_lift, api::report,
         admin::list_reports, admin::show_report, admin::list_reporters, admin::resolve_report, admin::list_sanctions,
         admin::delete_message, admin::delete_sender_messages, admin::channel_history
     ),

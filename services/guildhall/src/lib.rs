@@ -61,7 +61,7 @@ impl App {
         let cache = Cache::connect(&config.cache).await?;
         let keys = Arc::new(TokenKeys::load(&config.tokens, &config.data_dir)?);
         let auth = Authenticator::new(keys, cache.clone(), db.clone());
-        let admin_key = AdminKey::new(config.admin_key.clone());
+        let admin_key = AdminKey::new(config.admin_key.clone(), Some(db.clone()));
 
         let mut router = health::router(HealthState { db: db.clone(), cache: cache.clone(), shutdown: shutdown.clone() });
         let mut workers = Vec::new();
@@ -73,6 +73,7 @@ impl App {
                         db: db.clone(),
                         cache: cache.clone(),
                         auth: auth.clone(),
+                        admin_key: admin_key.clone(),
                         passwords: accounts::Passwords::new()?,
                         limits: (&config.auth_rate_limits).into(),
                         refresh_ttl: config.tokens.refresh_ttl,
@@ -81,6 +82,10 @@ impl App {
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));
                         router = router.merge(accounts::router(state));
+                        // The server keys and the audit log belong to no service; the ALB sends
+                        // their routes to accounts.
+                        let admin = platform::admin::AdminState { db: db.clone(), keys: admin_key.clone() };
+                        router = router.merge(platform::admin::router(admin));
                     }
                 }
                 Service::Leaderboard => {
@@ -105,6 +110,7 @@ impl App {
                         db: db.clone(),
                         blobs: Blobs::connect(&config).await?,
                         auth: auth.clone(),
+                        admin_key: admin_key.clone(),
                         limits: config.upload_limits.clone(),
                         public_url: config.public_url.as_deref().map(Into::into),
                         cdn_base_url: config.cdn_base_url.as_deref().map(Into::into),

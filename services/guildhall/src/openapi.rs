@@ -42,7 +42,10 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.info.description = Some("Game backend: accounts, leaderboards, uploads, chat.".into());
     for service in Service::ALL {
         match service {
-            Service::Accounts => doc.merge(accounts::ApiDoc::openapi()),
+            Service::Accounts => {
+                doc.merge(accounts::ApiDoc::openapi());
+                doc.merge(platform::admin::ApiDoc::openapi());
+            }
             Service::Leaderboard => doc.merge(leaderboard::ApiDoc::openapi()),
             Service::Uploads => doc.merge(uploads::ApiDoc::openapi()),
             Service::Chat => doc.merge(chat::ApiDoc::openapi()),

@@ -70,6 +70,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "sanction_authority", include_str!("../../../migrations/postgres/0009_sanction_authority.sql")),
     (10, "refresh_grace", include_str!("../../../migrations/postgres/0010_refresh_grace.sql")),
     (11, "session_revocations", include_str!("../../../migrations/postgres/0011_session_revocations.sql")),
+    (13, "admin", include_str!("../../../migrations/postgres/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/postgres/0014_chat_reports.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -84,6 +85,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "sanction_authority", include_str!("../../../migrations/sqlite/0009_sanction_authority.sql")),
     (10, "refresh_grace", include_str!("../../../migrations/sqlite/0010_refresh_grace.sql")),
     (11, "session_revocations", include_str!("../../../migrations/sqlite/0011_session_revocations.sql")),
+    (13, "admin", include_str!("../../../migrations/sqlite/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/sqlite/0014_chat_reports.sql")),
 ];
 

@@ -109,6 +109,13 @@ fn field_of(message: &str) -> Option<String> {
     (!path.contains(' ')).then(|| path.to_owned())
 }
 
+/// For a field of an update body that may be absent (keep), `null` (clear) or a value (set):
+/// `#[serde(default, deserialize_with = "platform::http::present")]` on an `Option<Option<T>>`
+/// makes a field sent as `null` `Some(None)`, and one not sent stays `None` (by `default`).
+pub fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
 /// Query parameters, parsed with errors in Guildhall's format.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);

@@ -1,6 +1,8 @@
 //! What every Guildhall service stands on: configuration, logging, the error type, tokens,
 //! database and cache ports, health, rate limits and shutdown.
 
+pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod blobs;

@@ -64,6 +64,17 @@ pub async fn guest_session(api: &Api, device: &str) -> (String, String, String) 
     (me.body["id"].as_str().expect("id").to_owned(), access, refresh)
 }
 
+/// A named server key with `scopes`, made with the bootstrap key: (key id, key).
+pub async fn server_key(api: &Api, name: &str, scopes: &[&str]) -> (String, String) {
+    let made = api.post("/v1/admin/keys", Some(ADMIN_KEY), json!({"name": name, "scopes": scopes})).await.expect(201).body;
+    (made["id"].as_str().expect("key id").to_owned(), made["key"].as_str().expect("key").to_owned())
+}
+
+/// The audit log's entries matching `filter` (`action=accounts.ban&key=…`, or empty), newest first.
+pub async fn audit(api: &Api, filter: &str) -> Vec<Value> {
+    api.pages(&format!("/v1/admin/audit?limit=100&{filter}"), ADMIN_KEY, "entries").await
+}
+
 /// Two processes of the real binary on one fresh PostgreSQL database and Redis prefix, with the
 /// server key set and `adjust` applied to their environment.
 pub async fn two_processes(adjust: impl FnOnce(&mut TestEnv)) -> (TestEnv, Process, Process) {
@@ -197,6 +208,14 @@ impl Api {
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
         self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call(Method::DELETE, path, token, None).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(Method::PATCH, path, token, Some(body)).await
     }
 
     /// Every item of a paginated list: follows `next_cursor` from `path` (which has a query
