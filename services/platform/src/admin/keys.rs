@@ -562,6 +562,25 @@ pub async fn list(State(state): State<AdminState>, admin: Admin, Query(query): Q
     Ok(Json(KeyPage { keys: rows.into_iter().map(KeyView::from).collect(), next_cursor }))
 }
 
+/// The key a request is signed with, as the server knows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyIdentity {
+    /// `bootstrap`, or the named key's id.
+    pub id: String,
+    /// Its name (`bootstrap` for `GUILDHALL_ADMIN_KEY`).
+    pub name: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+}
+
+/// Which key this is and what it may do, for any valid key whatever its scopes: how a client
+/// (the console's sign-in) checks a key and learns which pages to offer.
+#[utoipa::path(get, path = "/v1/admin/keys/me", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = KeyIdentity), (status = 401, body = ErrorBody)))]
+pub async fn me(admin: Admin) -> Json<KeyIdentity> {
+    Json(KeyIdentity { id: admin.key_id().to_owned(), name: admin.key_name().to_owned(), scopes: admin.scopes().to_vec() })
+}
+
 /// Revokes a named key: it stops working at once on this instance and within 5 seconds on every
 /// other. The bootstrap key is configuration: change `GUILDHALL_ADMIN_KEY` to replace it.
 #[utoipa::path(delete, path = "/v1/admin/keys/{id}", tag = "admin", security(("bearer" = [])),

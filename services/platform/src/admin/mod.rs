@@ -38,6 +38,7 @@ impl FromRef<AdminState> for AdminKey {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/v1/admin/keys", post(keys::create_key).get(keys::list))
+        .route("/v1/admin/keys/me", get(keys::me))
         .route("/v1/admin/keys/{id}", delete(keys::revoke))
         .route("/v1/admin/audit", get(crate::audit::list))
         .with_state(state)
@@ -46,9 +47,9 @@ pub fn router(state: AdminState) -> Router {
 /// The OpenAPI description of the key and audit routes.
 #[derive(OpenApi)]
 #[openapi(
-    paths(keys::create_key, keys::list, keys::revoke, crate::audit::list),
+    paths(keys::create_key, keys::list, keys::me, keys::revoke, crate::audit::list),
     components(schemas(
-        keys::Scope, keys::CreateKey, keys::KeyView, keys::CreatedKey, keys::KeyPage, crate::audit::AuditEntry, crate::audit::AuditPage,
+        keys::Scope, keys::CreateKey, keys::KeyView, keys::KeyIdentity, keys::CreatedKey, keys::KeyPage, crate::audit::AuditEntry, crate::audit::AuditPage,
         crate::error::ErrorBody
     )),
     tags((name = "admin", description = "Server keys and the audit log (operators)"))
