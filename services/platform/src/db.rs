@@ -69,6 +69,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "assets_by_state", include_str!("../../../migrations/postgres/0008_assets_by_state.sql")),
     (9, "sanction_authority", include_str!("../../../migrations/postgres/0009_sanction_authority.sql")),
     (10, "refresh_grace", include_str!("../../../migrations/postgres/0010_refresh_grace.sql")),
+    (15, "webhooks", include_str!("../../../migrations/postgres/0015_webhooks.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -81,6 +82,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "assets_by_state", include_str!("../../../migrations/sqlite/0008_assets_by_state.sql")),
     (9, "sanction_authority", include_str!("../../../migrations/sqlite/0009_sanction_authority.sql")),
     (10, "refresh_grace", include_str!("../../../migrations/sqlite/0010_refresh_grace.sql")),
+    (15, "webhooks", include_str!("../../../migrations/sqlite/0015_webhooks.sql")),
 ];
 
 /// How long a request waits for a pooled connection before failing, when the database answers

@@ -39,13 +39,25 @@ impl Subscription {
         F: Fn(E) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
+        Self::on_with_id(consumer, move |_id: String, event: E| handle(event))
+    }
+
+    /// Like `on`, for a handler that also needs the event's id (the outbox id, the same on every
+    /// copy of the event): one that passes the event on, e.g. to webhooks, whose receivers
+    /// recognise duplicates by it.
+    pub fn on_with_id<E, F, Fut>(consumer: &'static str, handle: F) -> Self
+    where
+        E: EventType,
+        F: Fn(String, E) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let handle = Arc::new(handle);
         let handler: Handler = Arc::new(move |event: Event| {
             let handle = handle.clone();
             Box::pin(async move {
                 let payload = serde_json::from_value::<E>(event.payload)
                     .with_context(|| format!("{} {} has an unreadable payload", E::NAME, event.id))?;
-                handle(payload).await
+                handle(event.id, payload).await
             })
         });
         Subscription { consumer, event_type: E::NAME, handler }
