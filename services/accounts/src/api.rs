@@ -82,7 +82,8 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
         return Err(state.conflict_for(err, ip).await);
     }
     let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("account vanished after insert"))?;
-    let created = AccountCreated { account_id: id.clone(), username: username.clone(), guest: false, created_at: platform::time::rfc3339(now) };
+    let created =
+        AccountCreated { account_id: id.clone(), username: username.clone(), guest: false, created_at: platform::time::rfc3339(now) };
     platform::events::record(&mut *tx, &created).await?;
     let minted = state.open_session(&mut tx, &account).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;

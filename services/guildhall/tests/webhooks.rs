@@ -126,7 +126,10 @@ fn assert_signed(hit: &Hit) {
     let now = i64::try_from(platform::time::now_unix()).expect("now");
     let checked = signature::verify(SECRET, &hit.signature, &hit.event_id, &hit.raw, now, REPLAY_WINDOW_SECS);
     assert_eq!(checked, Ok(()), "signature {} of {}", hit.signature, hit.body);
-    assert_eq!(signature::verify("not-the-secret-0123456789abcdef", &hit.signature, &hit.event_id, &hit.raw, now, 300), Err(signature::Refused::Mismatch));
+    assert_eq!(
+        signature::verify("not-the-secret-0123456789abcdef", &hit.signature, &hit.event_id, &hit.raw, now, 300),
+        Err(signature::Refused::Mismatch)
+    );
     assert_eq!(hit.body["id"], hit.event_id.as_str());
     assert_eq!(hit.body["type"], hit.event.as_str());
     assert!(hit.body["created_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{}", hit.body);
@@ -146,7 +149,8 @@ async fn start(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
 
 /// Registers a webhook to `url` for `events`; returns its id.
 async fn register(api: &Api, url: &str, events: Value) -> String {
-    let created = api.post("/v1/admin/webhooks", Some(ADMIN_KEY), json!({"url": url, "events": events, "secret": SECRET})).await.expect(201);
+    let created =
+        api.post("/v1/admin/webhooks", Some(ADMIN_KEY), json!({"url": url, "events": events, "secret": SECRET})).await.expect(201);
     assert!(!created.body.to_string().contains(SECRET), "the secret is never answered: {}", created.body);
     created.body["id"].as_str().expect("id").to_owned()
 }
@@ -239,8 +243,12 @@ async fn a_failing_receiver_is_parked_listed_and_redelivered(backend: Backend) {
 
     // Unknown deliveries and webhooks, bad states and cursors.
     let unknown = uuid::Uuid::now_v7();
-    app.post(&format!("/v1/admin/webhooks/{webhook}/deliveries/{unknown}/redeliver"), Some(ADMIN_KEY), json!({})).await.expect_error(404, "not_found");
-    app.post(&format!("/v1/admin/webhooks/{unknown}/deliveries/{id}/redeliver"), Some(ADMIN_KEY), json!({})).await.expect_error(404, "not_found");
+    app.post(&format!("/v1/admin/webhooks/{webhook}/deliveries/{unknown}/redeliver"), Some(ADMIN_KEY), json!({}))
+        .await
+        .expect_error(404, "not_found");
+    app.post(&format!("/v1/admin/webhooks/{unknown}/deliveries/{id}/redeliver"), Some(ADMIN_KEY), json!({}))
+        .await
+        .expect_error(404, "not_found");
     app.get(&format!("/v1/admin/webhooks/{unknown}/deliveries"), Some(ADMIN_KEY)).await.expect_error(404, "not_found");
     app.get(&format!("/v1/admin/webhooks/{webhook}/deliveries?state=lost"), Some(ADMIN_KEY)).await.expect_error(400, "invalid_request");
     app.get(&format!("/v1/admin/webhooks/{webhook}/deliveries?cursor=x"), Some(ADMIN_KEY)).await.expect_error(400, "invalid_request");
@@ -336,10 +344,16 @@ async fn every_offered_event_reaches_a_webhook(backend: Backend) {
     assert!(hit.body["data"]["reason"].as_str().is_some_and(|r| r.starts_with("content_mismatch")), "{}", hit.body);
 
     // A season's close, with its top.
-    app.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "hooked", "sort": "desc", "operator": "best", "reset": "*/2 * * * * *"}))
+    app.post(
+        "/v1/admin/leaderboards",
+        Some(ADMIN_KEY),
+        json!({"id": "hooked", "sort": "desc", "operator": "best", "reset": "*/2 * * * * *"}),
+    )
+    .await
+    .expect(201);
+    app.post("/v1/leaderboards/hooked/scores", Some(ADMIN_KEY), json!({"score": 42, "owner_id": ana, "owner_name": "ana"}))
         .await
-        .expect(201);
-    app.post("/v1/leaderboards/hooked/scores", Some(ADMIN_KEY), json!({"score": 42, "owner_id": ana, "owner_name": "ana"})).await.expect(200);
+        .expect(200);
     let closed = receiver.wait_for_event("leaderboard.season_closed", |body| body["data"]["top"][0]["owner_id"] == ana.as_str()).await;
     assert_eq!((closed.body["data"]["board_id"].as_str(), closed.body["data"]["top"][0]["score"].as_i64()), (Some("hooked"), Some(42)));
 
@@ -372,7 +386,13 @@ async fn webhooks_are_validated_and_never_show_their_secret(backend: Backend) {
         let reply = create(body(url)).await.expect_error(400, "invalid_request");
         assert_eq!(reply.body["error"]["field"], "url", "{url}");
     }
-    for url in ["https://127.0.0.1/x", "https://localhost:8443/x", "https://169.254.169.254/latest/meta-data/", "https://[::1]/", "https://10.0.0.7/"] {
+    for url in [
+        "https://127.0.0.1/x",
+        "https://localhost:8443/x",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::1]/",
+        "https://10.0.0.7/",
+    ] {
         let reply = create(body(url)).await.expect_error(400, "url_not_allowed");
         assert_eq!(reply.body["error"]["field"], "url", "{url}");
     }
@@ -411,7 +431,9 @@ async fn webhooks_are_validated_and_never_show_their_secret(backend: Backend) {
         assert!(!reply.to_string().contains(SECRET), "{reply}");
     }
     app.call(reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{}", ids[0]), Some(ADMIN_KEY), None).await.expect(204);
-    app.call(reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{}", ids[0]), Some(ADMIN_KEY), None).await.expect_error(404, "not_found");
+    app.call(reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{}", ids[0]), Some(ADMIN_KEY), None)
+        .await
+        .expect_error(404, "not_found");
     app.get(&format!("/v1/admin/webhooks/{}", ids[0]), Some(ADMIN_KEY)).await.expect_error(404, "not_found");
     assert_eq!(app.pages("/v1/admin/webhooks?limit=2", ADMIN_KEY, "webhooks").await.len(), 2);
 }

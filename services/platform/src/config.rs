@@ -767,7 +767,9 @@ mod tests {
             .webhooks;
         assert!(set.allow_local_targets);
         assert_eq!((set.retry_first.as_secs(), set.max_attempts), (1, 2));
-        for (key, bad) in [("WEBHOOK_TIMEOUT_SECS", "0"), ("WEBHOOK_TIMEOUT_SECS", "61"), ("WEBHOOK_MAX_ATTEMPTS", "0"), ("WEBHOOK_CONCURRENCY", "1000")] {
+        for (key, bad) in
+            [("WEBHOOK_TIMEOUT_SECS", "0"), ("WEBHOOK_TIMEOUT_SECS", "61"), ("WEBHOOK_MAX_ATTEMPTS", "0"), ("WEBHOOK_CONCURRENCY", "1000")]
+        {
             let err = config(&[(key, bad)]).expect_err(bad);
             assert!(err.to_string().contains(key), "{err}");
         }

@@ -340,7 +340,11 @@ fn url_refused(refusal: Refusal) -> ApiError {
     responses((status = 201, body = WebhookView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "`too_many_webhooks`: 100 exist")))]
 #[tracing::instrument(skip_all)]
-pub async fn create_webhook(State(state): State<WebhooksState>, _admin: Admin, Json(req): Json<CreateWebhook>) -> ApiResult<impl IntoResponse> {
+pub async fn create_webhook(
+    State(state): State<WebhooksState>,
+    _admin: Admin,
+    Json(req): Json<CreateWebhook>,
+) -> ApiResult<impl IntoResponse> {
     let policy = state.policy();
     let url = policy.parse(&req.url).map_err(url_refused)?;
     let events = check_events(&req.events)?;
@@ -349,19 +353,15 @@ pub async fn create_webhook(State(state): State<WebhooksState>, _admin: Admin, J
     let host = url.host_str().unwrap_or_default().to_owned();
     policy.resolve(&host).await.map_err(url_refused)?;
     if store::count(&state.db).await? >= MAX_WEBHOOKS {
-        return Err(ApiError::Conflict { code: "too_many_webhooks", message: format!("at most {MAX_WEBHOOKS} webhooks; delete one first") });
+        return Err(ApiError::Conflict {
+            code: "too_many_webhooks",
+            message: format!("at most {MAX_WEBHOOKS} webhooks; delete one first"),
+        });
     }
     let id = uuid::Uuid::now_v7().to_string();
     let secret = Secret::new(req.secret);
     let created_at = now_millis();
-    let new = NewWebhook {
-        id: &id,
-        url: url.as_str(),
-        events: &events,
-        secret: &secret,
-        description: description.as_deref(),
-        created_at,
-    };
+    let new = NewWebhook { id: &id, url: url.as_str(), events: &events, secret: &secret, description: description.as_deref(), created_at };
     store::insert(&state.db, &new).await?;
     tracing::info!(webhook_id = id, host, events = events.join(","), "webhook registered");
     let row = WebhookRow { id, url: url.to_string(), events, description, created_at };
@@ -371,7 +371,11 @@ pub async fn create_webhook(State(state): State<WebhooksState>, _admin: Admin, J
 /// Lists webhooks, newest first (server key).
 #[utoipa::path(get, path = "/v1/admin/webhooks", tag = "webhooks", security(("bearer" = [])), params(ListQuery),
     responses((status = 200, body = WebhookPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn list_webhooks(State(state): State<WebhooksState>, _admin: Admin, Query(query): Query<ListQuery>) -> ApiResult<Json<WebhookPage>> {
+pub async fn list_webhooks(
+    State(state): State<WebhooksState>,
+    _admin: Admin,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<WebhookPage>> {
     let limit = limit(query.limit)?;
     let rows = store::list(&state.db, cursor(query.cursor.as_deref())?, limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|w| w.id.clone())).flatten();

@@ -235,7 +235,11 @@ async fn deliver(state: &WebhooksState, claimed: &Claimed) {
         // Its webhook was deleted meanwhile, and its deliveries with it.
         Ok(None) => return,
         Err(err) => {
-            tracing::warn!(delivery_id = claimed.id, error = format!("{err:#}"), "loading a webhook delivery failed; retried after its lease");
+            tracing::warn!(
+                delivery_id = claimed.id,
+                error = format!("{err:#}"),
+                "loading a webhook delivery failed; retried after its lease"
+            );
             return;
         }
     };
@@ -248,16 +252,32 @@ async fn deliver(state: &WebhooksState, claimed: &Claimed) {
         Err((status, error)) => {
             let retry_at = retry_at(now_millis(), attempt, &state.settings);
             if retry_at.is_some() {
-                tracing::info!(webhook_id = claimed.webhook_id, event_id = claimed.event_id, attempt, error, "webhook delivery failed; retrying");
+                tracing::info!(
+                    webhook_id = claimed.webhook_id,
+                    event_id = claimed.event_id,
+                    attempt,
+                    error,
+                    "webhook delivery failed; retrying"
+                );
             } else {
                 // A receiver's outage, not Guildhall's: listed by the admin API for a redelivery.
-                tracing::warn!(webhook_id = claimed.webhook_id, event_id = claimed.event_id, attempt, error, "webhook delivery parked as failed");
+                tracing::warn!(
+                    webhook_id = claimed.webhook_id,
+                    event_id = claimed.event_id,
+                    attempt,
+                    error,
+                    "webhook delivery parked as failed"
+                );
             }
             Outcome::Failed { status, error, retry_at }
         }
     };
     if let Err(err) = store::record(&state.db, claimed, &outcome).await {
-        tracing::warn!(delivery_id = claimed.id, error = format!("{err:#}"), "recording a webhook attempt failed; it is made again after its lease");
+        tracing::warn!(
+            delivery_id = claimed.id,
+            error = format!("{err:#}"),
+            "recording a webhook attempt failed; it is made again after its lease"
+        );
     }
 }
 

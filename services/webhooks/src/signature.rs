@@ -83,7 +83,7 @@ pub fn verify(secret: &str, header: &str, event_id: &str, body: &[u8], now: i64,
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
@@ -114,7 +114,8 @@ mod tests {
     /// against this one (README, Webhooks).
     #[test]
     fn the_documented_example_holds() {
-        let header = header_value("example-secret-of-24-chars", 1_767_225_600, "0190f5a2-0000-7000-8000-000000000000", br#"{"hello":"world"}"#);
+        let header =
+            header_value("example-secret-of-24-chars", 1_767_225_600, "0190f5a2-0000-7000-8000-000000000000", br#"{"hello":"world"}"#);
         assert_eq!(header, format!("t=1767225600,v1={}", EXAMPLE_V1));
     }
 

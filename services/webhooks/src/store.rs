@@ -5,8 +5,8 @@
 use anyhow::Context;
 use platform::config::Secret;
 use platform::db::{Database, now_millis};
-use sqlx::any::AnyRow;
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 /// A registered receiver, without its secret.
 #[derive(Debug, Clone)]
@@ -334,7 +334,13 @@ fn delivery_row(row: &AnyRow) -> Result<DeliveryRow, sqlx::Error> {
 
 /// Up to `limit` of `webhook`'s deliveries (in `state`, or all), newest first, older than
 /// `before`.
-pub async fn deliveries(db: &Database, webhook: &str, state: Option<&str>, before: Option<&str>, limit: i64) -> anyhow::Result<Vec<DeliveryRow>> {
+pub async fn deliveries(
+    db: &Database,
+    webhook: &str,
+    state: Option<&str>,
+    before: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<DeliveryRow>> {
     let rows = sqlx::query(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = $1 AND ($2 IS NULL OR state = $2) \
          AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"

@@ -264,12 +264,25 @@ mod tests {
 
     #[test]
     fn private_and_metadata_addresses_are_refused() {
-        for local in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "::1", "fd12::1", "::ffff:10.0.0.1", "64:ff9b::a00:1"] {
+        for local in
+            ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "::1", "fd12::1", "::ffff:10.0.0.1", "64:ff9b::a00:1"]
+        {
             let address: IpAddr = local.parse().expect(local);
             assert!(STRICT.check_address(local, address).is_err(), "{local}");
             assert!(LOCAL.check_address(local, address).is_ok(), "{local} with local targets");
         }
-        for never in ["169.254.169.254", "169.254.170.2", "fd00:ec2::254", "fe80::1", "0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "::ffff:169.254.169.254", "2002:a9fe:a9fe::1"] {
+        for never in [
+            "169.254.169.254",
+            "169.254.170.2",
+            "fd00:ec2::254",
+            "fe80::1",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::ffff:169.254.169.254",
+            "2002:a9fe:a9fe::1",
+        ] {
             let address: IpAddr = never.parse().expect(never);
             assert!(LOCAL.check_address(never, address).is_err(), "{never} even with local targets");
         }
