@@ -30,16 +30,9 @@ fi
 # GUILDHALL_BINARY=target/debug/guildhall runs a debug build instead, while working on the API.
 binary=${GUILDHALL_BINARY:-target/release/guildhall}
 [[ -x $binary ]] || cargo build --release
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-data=$(mktemp -d /tmp/guildhall-conformance.XXXXXX)
-log=$data/serve.log
-pid=
-# shellcheck disable=SC2317 # called by the trap
-cleanup() {
-  if [[ -n $pid ]]; then kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$data"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/local-server.sh
+source scripts/local-server.sh
+local_server_prepare conformance
 
 # Embedded defaults, plus a server key (so the admin API is on) and a sign-in limit that the
 # fuzzer, one client address sending hundreds of sign-ins a minute, does not reach: its 429 is
@@ -48,17 +41,7 @@ admin_key=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 LISTEN_ADDR=127.0.0.1:$port DATA_DIR=$data/data GUILDHALL_ADMIN_KEY=$admin_key RATE_LIMIT_AUTH_PER_IP_PER_MINUTE=1000000 \
   "$binary" serve >"$log" 2>&1 &
 pid=$!
-url=http://127.0.0.1:$port
-for _ in $(seq 120); do
-  curl -fsS "$url/health/ready" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.5
-done
-if ! curl -fsS "$url/health/ready" >/dev/null 2>&1; then
-  say "the server did not become ready; its output:"
-  tail -n 40 "$log" >&2
-  exit 1
-fi
+local_server_wait_ready || exit 1
 
 say "schemathesis against $binary on $url"
 set +e

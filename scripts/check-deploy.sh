@@ -165,7 +165,8 @@ from cryptography.hazmat.primitives import serialization
 
 services = yaml.safe_load(open(sys.argv[1]))["services"]
 problems = []
-signing = verify = None
+signing = None
+bundles = {}
 def seconds(text):
     text = str(text)
     return int(text[:-1]) * (60 if text.endswith("m") else 1) if text[-1] in "sm" else int(text)
@@ -195,11 +196,21 @@ for name, service in services.items():
     if command == ["worker"] and "SERVICES" in env:
         problems.append("worker: runs every consumer, so SERVICES must stay unset")
     signing = env.get("TOKEN_SIGNING_KEY", signing)
-    verify = env.get("TOKEN_VERIFY_KEY", verify)
+    if "TOKEN_VERIFY_KEY" in env:
+        problems.append(f"{name}: TOKEN_VERIFY_KEY is the old single-key name; use TOKEN_VERIFY_KEYS")
+    if "TOKEN_SIGNING_KEY" not in env and "TOKEN_VERIFY_KEYS" not in env:
+        problems.append(f"{name}: neither TOKEN_SIGNING_KEY nor TOKEN_VERIFY_KEYS: it would make a key of its own")
+    if "TOKEN_VERIFY_KEYS" in env:
+        bundles[name] = env["TOKEN_VERIFY_KEYS"]
 private = serialization.load_pem_private_key(signing.encode(), password=None)
 derived = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-if derived.decode().strip() != verify.strip():
-    problems.append("TOKEN_VERIFY_KEY is not the public key of TOKEN_SIGNING_KEY")
+# Every bundle of verify keys must hold the signing key's public key (the services refuse tokens
+# of a key they were not given; accounts refuses to start with a key its bundle lacks).
+for name, bundle in bundles.items():
+    blocks = ["-----BEGIN PUBLIC KEY-----" + block.split("-----END PUBLIC KEY-----")[0] + "-----END PUBLIC KEY-----"
+              for block in bundle.split("-----BEGIN PUBLIC KEY-----")[1:]]
+    if derived.decode().strip() not in [block.strip() for block in blocks]:
+        problems.append(f"{name}: TOKEN_VERIFY_KEYS does not hold the public key of TOKEN_SIGNING_KEY")
 if problems:
     sys.exit("\n".join(problems))
 EOF

@@ -235,10 +235,13 @@ pub async fn delete_me(State(state): State<AccountsState>, player: Player) -> Ap
         .ok_or_else(|| ApiError::Unauthenticated { code: "session_revoked", message: "this account no longer exists".into() })?;
     let event = AccountDeleted { account_id: player.account_id.clone(), deleted_at: platform::time::rfc3339(now) };
     platform::events::record(&mut *tx, &event).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
-    for session_id in sessions.iter().chain(std::iter::once(&player.session_id)) {
-        state.auth.revoke_session(session_id).await?;
+    let mut ended = sessions;
+    if !ended.contains(&player.session_id) {
+        ended.push(player.session_id.clone());
     }
+    let revoked = state.auth.revoke_sessions(&mut tx, ended).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    revoked.announce().await;
     tracing::info!("account deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -273,11 +276,11 @@ pub async fn attach_credentials(
         Err(err) => return Err(state.conflict_for(err, ip).await),
     };
     let ended = store::revoke_other_sessions(&mut tx, &player.account_id, &player.session_id, now, "guest_upgraded").await?;
+    let sessions_ended = ended.len();
+    let revoked = state.auth.revoke_sessions(&mut tx, ended).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
-    for session_id in &ended {
-        state.auth.revoke_session(session_id).await?;
-    }
-    tracing::info!(sessions_ended = ended.len(), "guest credentials attached; device sign-in retired");
+    revoked.announce().await;
+    tracing::info!(sessions_ended, "guest credentials attached; device sign-in retired");
     Ok(Json(updated.into()))
 }
 
@@ -295,7 +298,8 @@ pub async fn profile(State(state): State<AccountsState>, _player: Player, Path(i
     Ok(Json(account.into()))
 }
 
-/// The public key that verifies access tokens, as a JSON Web Key Set.
+/// Every public key that verifies access tokens, as a JSON Web Key Set: the signing key's first,
+/// then the previous and next keys of a rotation.
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, description = "JWKS")))]
 pub async fn jwks(State(state): State<AccountsState>) -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "public, max-age=300")], Json(state.auth.keys().jwks()))

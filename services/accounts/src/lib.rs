@@ -65,6 +65,13 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
             () = shutdown.stopped() => return,
             _ = every.tick() => {}
         }
+        // Revocations whose sessions' access tokens have all expired: the verifiers' fallback
+        // table stays as small as one token lifetime of logouts.
+        match platform::revocations::prune(state.db.pool(), now_millis()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "pruned expired session revocations"),
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "pruning session revocations failed"),
+        }
         let before = now_millis() - KEEP_ENDED_FOR_MS;
         loop {
             let purged = async {

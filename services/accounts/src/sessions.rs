@@ -137,8 +137,9 @@ impl AccountsState {
         }
         // Someone holds a copy of a token already exchanged: end the session for both.
         store::revoke_session(&mut *tx, &row.session_id, now, "refresh_token_reused").await?;
+        let revoked = self.auth.revoke_sessions(&mut tx, vec![row.session_id.clone()]).await?;
         tx.commit().await.map_err(anyhow::Error::from)?;
-        self.auth.revoke_session(&row.session_id).await?;
+        revoked.announce().await;
         tracing::warn!(session_id = row.session_id, account_id = row.account_id, "refresh token reused; session revoked");
         Err(ApiError::Unauthenticated {
             code: "token_reused",
@@ -146,11 +147,14 @@ impl AccountsState {
         })
     }
 
-    /// Ends a session everywhere: in the database (no more refreshes) and in the cache (its
-    /// access tokens fail on every instance).
+    /// Ends a session everywhere: in the database (no more refreshes, and its revocation kept
+    /// for the verifiers) and in the cache (its access tokens fail on every instance).
     pub(crate) async fn end_session(&self, session_id: &str, reason: &str) -> Result<(), ApiError> {
-        store::revoke_session(self.db.pool(), session_id, now_millis(), reason).await?;
-        self.auth.revoke_session(session_id).await?;
+        let mut tx = self.db.begin().await?;
+        store::revoke_session(&mut *tx, session_id, now_millis(), reason).await?;
+        let revoked = self.auth.revoke_sessions(&mut tx, vec![session_id.to_owned()]).await?;
+        tx.commit().await.map_err(anyhow::Error::from)?;
+        revoked.announce().await;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
-use platform::auth::{Admin, Caller, Player};
+use platform::auth::{Caller, Player};
 use platform::db::now_millis;
 use platform::error::ErrorBody;
 use platform::events::{MessageReported, SanctionIssued};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::ChatState;
+use crate::admin::{AdminAction, ChatAdmin, audit};
 use crate::channel::Channel;
 use crate::hub::Notice;
 use crate::store::{self, MessageRow, SanctionRecord};
@@ -35,9 +36,8 @@ pub fn routes() -> Router<ChatState> {
         .route("/v1/chat/channels/{id}/sanctions", post(moderate))
         .route("/v1/chat/channels/{id}/sanctions/{account_id}/{kind}", delete(lift))
         .route("/v1/chat/me/sanctions", get(my_sanctions))
-        .route("/v1/admin/chat/sanctions", post(admin_sanction))
-        .route("/v1/admin/chat/sanctions/{account_id}/{kind}", delete(admin_lift))
         .route("/v1/chat/messages/{id}/report", post(report))
+        .merge(crate::admin::routes())
 }
 
 /// A stored message as clients see it.
@@ -146,7 +146,7 @@ pub struct ChannelPath {
 }
 
 /// Account ids as requests name them: UUIDs, or any 1 to 64 letters, digits and dashes.
-fn valid_account_id(id: &str) -> bool {
+pub(crate) fn valid_account_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
@@ -306,6 +306,11 @@ pub async fn history(
 ) -> ApiResult<Json<HistoryPage>> {
     let channel = Channel::parse(&id)?;
     state.authorize(&player.account_id, &channel, false).await?;
+    Ok(Json(history_page(&state, &channel, &query).await?))
+}
+
+/// A page of `channel`'s history, for whoever was allowed to read it.
+pub(crate) async fn history_page(state: &ChatState, channel: &Channel, query: &HistoryQuery) -> ApiResult<HistoryPage> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit", "limit must be between 1 and 100"));
@@ -317,7 +322,7 @@ pub async fn history(
     }
     let rows = store::history(state.db.pool(), &channel.id(), query.before.as_deref(), limit).await?;
     let next_before = (rows.len() as i64 == limit).then(|| rows.last().map(|m| m.id.clone())).flatten();
-    Ok(Json(HistoryPage { messages: rows.into_iter().map(MessageView::from).collect(), next_before }))
+    Ok(HistoryPage { messages: rows.into_iter().map(MessageView::from).collect(), next_before })
 }
 
 /// Who is in a channel now.
@@ -596,16 +601,18 @@ pub async fn lift(
 
 /// Mutes or bans a player everywhere (`scope: "global"`) or in one channel (server key). A
 /// global ban closes the player's open sockets (close code 4003).
-#[utoipa::path(post, path = "/v1/admin/chat/sanctions", tag = "chat", security(("bearer" = [])), request_body = Sanction,
+#[utoipa::path(post, path = "/v1/admin/chat/sanctions", tag = "chat admin", security(("bearer" = [])), request_body = Sanction,
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-pub async fn admin_sanction(State(state): State<ChatState>, _admin: Admin, Json(req): Json<Sanction>) -> ApiResult<StatusCode> {
+pub async fn admin_sanction(State(state): State<ChatState>, admin: ChatAdmin, Json(req): Json<Sanction>) -> ApiResult<StatusCode> {
     check_sanction(&req)?;
     let scope = admin_scope(req.scope.as_deref())?;
-    record_sanction(&state, &req, &scope, Authority::Server, "server").await?;
+    record_sanction(&state, &req, &scope, Authority::Server, crate::admin::issuer(&admin)).await?;
+    audit(&admin, &AdminAction::IssueSanction { account_id: &req.account_id, kind: &req.kind, scope: &scope });
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn admin_scope(scope: Option<&str>) -> ApiResult<String> {
+/// `global`, or the channel a scope names.
+pub(crate) fn admin_scope(scope: Option<&str>) -> ApiResult<String> {
     match scope {
         None | Some("global") => Ok("global".to_owned()),
         Some(channel) => Ok(Channel::parse(channel).map_err(|_| ApiError::invalid("scope", "scope must be global or a channel id"))?.id()),
@@ -624,19 +631,21 @@ pub struct ScopeQuery {
 }
 
 /// Lifts a mute or ban, everywhere or in one channel (server key, which outranks every issuer).
-#[utoipa::path(delete, path = "/v1/admin/chat/sanctions/{account_id}/{kind}", tag = "chat", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/admin/chat/sanctions/{account_id}/{kind}", tag = "chat admin", security(("bearer" = [])),
     params(("account_id" = String, Path, description = "Sanctioned player"), ("kind" = String, Path, description = "`mute` or `ban`", pattern = "^(mute|ban)$"),
         ScopeQuery),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "sanction_changed: replaced while being lifted", body = ErrorBody)))]
 pub async fn admin_lift(
     State(state): State<ChatState>,
-    _admin: Admin,
+    admin: ChatAdmin,
     Path((account, kind)): Path<(String, String)>,
     Query(query): Query<ScopeQuery>,
 ) -> ApiResult<StatusCode> {
     let scope = admin_scope(query.scope.as_deref())?;
-    lift_sanction(&state, &account, &scope, &kind, Authority::Server, "server").await
+    let lifted = lift_sanction(&state, &account, &scope, &kind, Authority::Server, crate::admin::issuer(&admin)).await?;
+    audit(&admin, &AdminAction::LiftSanction { account_id: &account, kind: &kind, scope: &scope });
+    Ok(lifted)
 }
 
 /// A sanction on the caller, as they see it.
@@ -660,7 +669,8 @@ pub struct SanctionView {
 }
 
 impl SanctionView {
-    fn new(record: SanctionRecord, now: i64) -> Self {
+    /// The view of `record` at `now`.
+    pub fn new(record: SanctionRecord, now: i64) -> Self {
         SanctionView {
             in_force: record.until.is_none_or(|until| until > now),
             until: record.until.map(platform::time::rfc3339),
@@ -737,10 +747,21 @@ pub struct Report {
     pub reason: String,
 }
 
-/// Reports a message to moderators: records `chat.message_reported`.
+/// Reports each player may file, per `REPORT_WINDOW`: enough for any honest use, too few to
+/// bury the moderators' queue.
+pub const REPORTS_PER_WINDOW: u32 = 10;
+/// The window of `REPORTS_PER_WINDOW`.
+pub const REPORT_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Reports a message to moderators: records `chat.message_reported`, which chat's consumer files
+/// in the reports queue (`GET /v1/admin/chat/reports`) with a copy of the message as it is now.
+/// Each player reports a message once (409 `already_reported`), and files at most 10 reports
+/// in 10 minutes (429 `rate_limited`).
 #[utoipa::path(post, path = "/v1/chat/messages/{id}/report", tag = "chat", security(("bearer" = [])), request_body = Report,
     params(("id" = String, Path, description = "Message id")),
-    responses((status = 202), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 202), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "already_reported: the caller reported this message before", body = ErrorBody),
+        (status = 429, description = "rate_limited: too many reports; `Retry-After` says when to retry", body = ErrorBody)))]
 pub async fn report(
     State(state): State<ChatState>,
     player: Player,
@@ -752,21 +773,33 @@ pub async fn report(
         return Err(ApiError::invalid("reason", "reason must be 1 to 500 characters"));
     }
     let not_found = || ApiError::NotFound("no such message".into());
-    if uuid::Uuid::try_parse(&id).is_err() {
-        return Err(not_found());
-    }
+    let id = uuid::Uuid::try_parse(&id).map_err(|_| not_found())?.hyphenated().to_string();
+    // Counted before the database is read, to shield it as the send limit does.
+    platform::ratelimit::Limit::new(REPORTS_PER_WINDOW, REPORT_WINDOW)
+        .hit(&state.cache, &format!("chat:report:{}", player.account_id))
+        .await?;
     let message = store::message_by_id(state.db.pool(), &id).await?.ok_or_else(not_found)?;
     // Only someone who can read the channel can report from it.
     state.authorize(&player.account_id, &Channel::parse(&message.channel_id)?, false).await?;
+    let now = now_millis();
     let event = MessageReported {
         message_id: message.id,
         channel: message.channel_id,
         sender_id: message.sender_id,
+        sender_name: Some(message.sender_name),
+        sent_at: Some(platform::time::rfc3339(message.created_at)),
         body: message.body,
         reported_by: player.account_id,
         reason: reason.to_owned(),
-        reported_at: platform::time::rfc3339(now_millis()),
+        reported_at: platform::time::rfc3339(now),
     };
-    platform::events::record(state.db.pool(), &event).await?;
+    // The mark and the event together: a second report is refused here and now, not dropped
+    // later by the consumer after a 202.
+    let mut tx = state.db.begin().await?;
+    if !store::mark_reporter(&mut *tx, &event.message_id, &event.reported_by, now).await? {
+        return Err(ApiError::Conflict { code: "already_reported", message: "you reported this message already".into() });
+    }
+    platform::events::record(&mut *tx, &event).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
     Ok(StatusCode::ACCEPTED)
 }

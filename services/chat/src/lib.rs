@@ -1,6 +1,7 @@
 //! Guildhall chat: rooms, groups and direct messages over WebSocket, stored durably, fanned out
 //! across any number of stateless instances through Redis.
 
+pub mod admin;
 pub mod api;
 pub mod caps;
 pub mod channel;
@@ -14,7 +15,7 @@ use axum::extract::FromRef;
 use platform::auth::{AdminKey, Authenticator};
 use platform::cache::Cache;
 use platform::db::Database;
-use platform::events::{AccountDeleted, Subscription};
+use platform::events::{AccountDeleted, MessageReported, Subscription};
 use platform::shutdown::Shutdown;
 use utoipa::OpenApi;
 
@@ -124,12 +125,14 @@ impl ChatState {
         }
     }
 
-    /// Anonymises a deleted player's messages and removes them from groups, in one transaction:
+    /// Anonymises a deleted player's messages and reports (as sender and as reporter) and removes
+    /// them from groups, in one transaction:
     /// an attempt that fails leaves nothing half done, and the event's retry does it all.
     pub async fn erase_player(&self, account_id: &str) -> anyhow::Result<u64> {
         let mut tx = self.db.begin().await?;
         let anonymised = store::anonymise_sender(&mut *tx, account_id).await?;
         store::leave_all_groups(&mut *tx, account_id).await?;
+        store::anonymise_reports(&mut tx, account_id).await?;
         tx.commit().await?;
         Ok(anonymised)
     }
@@ -152,16 +155,24 @@ pub fn router(state: ChatState) -> Router {
     api::routes().with_state(state)
 }
 
-/// What chat consumes: `account.deleted` anonymises that player's messages.
+/// What chat consumes: `account.deleted` anonymises that player's messages;
+/// `chat.message_reported` files the report in the moderators' queue.
 pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
-    vec![Subscription::on("chat", move |event: AccountDeleted| {
-        let state = state.clone();
-        async move {
-            let messages = state.erase_player(&event.account_id).await?;
-            tracing::info!(account_id = event.account_id, messages, "anonymised a deleted player's messages");
-            Ok(())
-        }
-    })]
+    let reports = state.clone();
+    vec![
+        Subscription::on("chat", move |event: AccountDeleted| {
+            let state = state.clone();
+            async move {
+                let messages = state.erase_player(&event.account_id).await?;
+                tracing::info!(account_id = event.account_id, messages, "anonymised a deleted player's messages");
+                Ok(())
+            }
+        }),
+        Subscription::on_with_id("chat", move |event_id, event: MessageReported| {
+            let state = reports.clone();
+            async move { state.file_report(&event_id, event).await.map(drop) }
+        }),
+    ]
 }
 
 /// The OpenAPI description of the chat API.
@@ -169,13 +180,18 @@ pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
 #[openapi(
     paths(
         ws::socket, api::create_group, api::show_group, api::add_member, api::remove_member, api::history, api::presence,
-        api::moderate, api::lift, api::my_sanctions, api::admin_sanction, api::admin_lift, api::report
+        api::moderate, api::lift, api::my_sanctions, api::admin_sanction, api::admin_lift, api::report,
+        admin::list_reports, admin::show_report, admin::list_reporters, admin::resolve_report, admin::list_sanctions,
+        admin::delete_message, admin::delete_sender_messages, admin::channel_history
     ),
     components(schemas(
         api::MessageView, api::CreateGroup, api::GroupView, api::MemberView, api::AddMember, api::HistoryPage,
         api::PresenceView, api::PresentPlayer, api::ChannelSanction, api::Sanction, api::SanctionView, api::SanctionPage,
-        api::Report, platform::error::ErrorBody
+        api::Report, admin::ReportCase, admin::ReportedMessage, admin::Reporter, admin::Resolution, admin::ReportCasePage,
+        admin::ReporterPage, admin::Resolve, admin::AdminSanctionView, admin::AdminSanctionPage, admin::DeletedMessages,
+        platform::error::ErrorBody
     )),
-    tags((name = "chat", description = "Channels, history, moderation"))
+    tags((name = "chat", description = "Channels, history, moderation"),
+        (name = "chat admin", description = "Operators' chat moderation with the server key: reports, sanctions, messages, any channel"))
 )]
 pub struct ApiDoc;

@@ -346,3 +346,470 @@ pub async fn sanctions<'e>(db: impl Executor<'e, Database = Any>, account: &str,
     .await
     .context("loading sanctions")
 }
+
+/// Deletes a message; its channel when there was one. Players' marks of having reported it go
+/// with it (a deleted message cannot be reported again anyway); its reports keep their copy.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.delete_message", skip_all)]
+pub async fn delete_message(conn: &mut sqlx::AnyConnection, id: &str) -> anyhow::Result<Option<String>> {
+    let channel: Option<String> = sqlx::query_scalar("DELETE FROM chat_messages WHERE id = $1 RETURNING channel_id")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("deleting a message")?;
+    if channel.is_some() {
+        sqlx::query("DELETE FROM chat_message_reporters WHERE message_id = $1")
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .context("forgetting a deleted message's reporters")?;
+    }
+    Ok(channel)
+}
+
+/// Deletes every message `sender` sent in `channel`, and the marks of their having been
+/// reported; how many messages went.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.delete_sender_messages", skip_all)]
+pub async fn delete_sender_messages(conn: &mut sqlx::AnyConnection, channel: &str, sender: &str) -> anyhow::Result<u64> {
+    sqlx::query(
+        "DELETE FROM chat_message_reporters WHERE message_id IN \
+         (SELECT id FROM chat_messages WHERE sender_id = $1 AND channel_id = $2)",
+    )
+    .bind(sender)
+    .bind(channel)
+    .execute(&mut *conn)
+    .await
+    .context("forgetting deleted messages' reporters")?;
+    let done = sqlx::query("DELETE FROM chat_messages WHERE sender_id = $1 AND channel_id = $2")
+        .bind(sender)
+        .bind(channel)
+        .execute(&mut *conn)
+        .await
+        .context("deleting a sender's messages")?;
+    Ok(done.rows_affected())
+}
+
+/// Marks that `account` reported `message`; false, marking nothing, when they already had.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.mark_reporter", skip_all)]
+pub async fn mark_reporter<'e>(db: impl Executor<'e, Database = Any>, message: &str, account: &str, now: i64) -> anyhow::Result<bool> {
+    let done =
+        sqlx::query("INSERT INTO chat_message_reporters (message_id, account_id, reported_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(message)
+            .bind(account)
+            .bind(now)
+            .execute(db)
+            .await
+            .context("marking a reporter")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One player's report of a message, as the consumer files it.
+#[derive(Debug, Clone)]
+pub struct NewReport {
+    /// The reported message.
+    pub message_id: String,
+    /// Its channel.
+    pub channel_id: String,
+    /// Its sender, `None` once erased.
+    pub sender_id: Option<String>,
+    /// The sender's name as shown.
+    pub sender_name: String,
+    /// The text when reported.
+    pub body: String,
+    /// When it was sent, Unix ms, if known.
+    pub sent_at: Option<i64>,
+    /// The reporter.
+    pub reported_by: String,
+    /// Their reason.
+    pub reason: String,
+    /// When they reported it, Unix ms.
+    pub reported_at: i64,
+}
+
+/// A new case's id: a UUIDv7 of the time of its report (not of its filing, which may come later
+/// and in another order: an SQS batch is handled in parallel), so newest-first is by report time.
+fn case_id(reported_at: i64) -> String {
+    let millis = u64::try_from(reported_at).unwrap_or(0);
+    let at = uuid::Timestamp::from_unix(uuid::NoContext, millis / 1000, (millis % 1000) as u32 * 1_000_000);
+    uuid::Uuid::new_v7(at).to_string()
+}
+
+/// Files the report carried by event `event_id` into the open case of its message (opening one
+/// when there is none), inside the caller's transaction. False when it was filed already (the
+/// same event, or the same reporter through another one): the caller must then roll back, as the
+/// case's count was raised before the report's row turned out to exist.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.file_report", skip_all)]
+pub async fn file_report(conn: &mut sqlx::AnyConnection, event_id: &str, report: &NewReport) -> anyhow::Result<bool> {
+    // Concurrent reports of one message meet on the open case's row (the partial unique index);
+    // the first report's copy of the message stays.
+    let case: String = sqlx::query_scalar(
+        "INSERT INTO chat_reports (id, message_id, channel_id, sender_id, sender_name, body, sent_at, status, report_count, \
+         first_reported_at, last_reported_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', 1, $8, $8) \
+         ON CONFLICT (message_id) WHERE status = 'open' DO UPDATE SET report_count = chat_reports.report_count + 1, \
+         first_reported_at = CASE WHEN excluded.first_reported_at < chat_reports.first_reported_at \
+           THEN excluded.first_reported_at ELSE chat_reports.first_reported_at END, \
+         last_reported_at = CASE WHEN excluded.last_reported_at > chat_reports.last_reported_at \
+           THEN excluded.last_reported_at ELSE chat_reports.last_reported_at END \
+         RETURNING id",
+    )
+    .bind(case_id(report.reported_at))
+    .bind(&report.message_id)
+    .bind(&report.channel_id)
+    .bind(&report.sender_id)
+    .bind(&report.sender_name)
+    .bind(&report.body)
+    .bind(report.sent_at)
+    .bind(report.reported_at)
+    .fetch_one(&mut *conn)
+    .await
+    .context("opening or joining a report case")?;
+    let filed = sqlx::query(
+        "INSERT INTO chat_report_entries (event_id, report_id, message_id, reported_by, reason, reported_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(&case)
+    .bind(&report.message_id)
+    .bind(&report.reported_by)
+    .bind(&report.reason)
+    .bind(report.reported_at)
+    .execute(&mut *conn)
+    .await
+    .context("filing a report")?;
+    Ok(filed.rows_affected() == 1)
+}
+
+/// A report case: one message, the reports of it, and what was done.
+#[derive(Debug, Clone)]
+pub struct ReportCaseRow {
+    /// UUIDv7.
+    pub id: String,
+    /// The reported message.
+    pub message_id: String,
+    /// Its channel.
+    pub channel_id: String,
+    /// Its sender; `None` once erased.
+    pub sender_id: Option<String>,
+    /// The sender's name.
+    pub sender_name: String,
+    /// The text when first reported.
+    pub body: String,
+    /// Unix ms, if known.
+    pub sent_at: Option<i64>,
+    /// `open` or `resolved`.
+    pub status: String,
+    /// Reports in the case.
+    pub report_count: i64,
+    /// Unix ms.
+    pub first_reported_at: i64,
+    /// Unix ms.
+    pub last_reported_at: i64,
+    /// Whether the message is still stored.
+    pub message_present: bool,
+    /// What was done.
+    pub resolution: Option<String>,
+    /// The moderator's note.
+    pub resolution_note: Option<String>,
+    /// Who resolved it.
+    pub resolved_by: Option<String>,
+    /// Unix ms.
+    pub resolved_at: Option<i64>,
+}
+
+const CASE_COLUMNS: &str = "id, message_id, channel_id, sender_id, sender_name, body, sent_at, status, report_count, \
+     first_reported_at, last_reported_at, resolution, resolution_note, resolved_by, resolved_at, \
+     (SELECT COUNT(*) FROM chat_messages m WHERE m.id = chat_reports.message_id) AS message_present";
+
+fn report_case(row: &AnyRow) -> Result<ReportCaseRow, sqlx::Error> {
+    Ok(ReportCaseRow {
+        id: row.try_get("id")?,
+        message_id: row.try_get("message_id")?,
+        channel_id: row.try_get("channel_id")?,
+        sender_id: row.try_get("sender_id")?,
+        sender_name: row.try_get("sender_name")?,
+        body: row.try_get("body")?,
+        sent_at: row.try_get("sent_at")?,
+        status: row.try_get("status")?,
+        report_count: row.try_get("report_count")?,
+        first_reported_at: row.try_get("first_reported_at")?,
+        last_reported_at: row.try_get("last_reported_at")?,
+        message_present: row.try_get::<i64, _>("message_present")? > 0,
+        resolution: row.try_get("resolution")?,
+        resolution_note: row.try_get("resolution_note")?,
+        resolved_by: row.try_get("resolved_by")?,
+        resolved_at: row.try_get("resolved_at")?,
+    })
+}
+
+/// Where a page of report cases starts: after this case, in the list's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaseCursor {
+    /// Newest first: cases opened before this one.
+    Newest {
+        /// The last case of the previous page.
+        id: String,
+    },
+    /// Most reported first: cases with fewer reports, or as many and opened before.
+    MostReported {
+        /// Its report count when the previous page was read.
+        count: i64,
+        /// The last case of the previous page.
+        id: String,
+    },
+}
+
+/// Up to `limit` cases in `status` (`open`, `resolved`), newest first or (with `most_reported`)
+/// most reported first, after `after`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.report_cases", skip_all)]
+pub async fn report_cases<'e>(
+    db: impl Executor<'e, Database = Any>,
+    status: &str,
+    most_reported: bool,
+    after: Option<&CaseCursor>,
+    limit: i64,
+) -> anyhow::Result<Vec<ReportCaseRow>> {
+    let rows = if most_reported {
+        let (count, id) = match after {
+            Some(CaseCursor::MostReported { count, id }) => (Some(*count), Some(id.as_str())),
+            _ => (None, None),
+        };
+        sqlx::query(&format!(
+            "SELECT {CASE_COLUMNS} FROM chat_reports WHERE status = $1 \
+             AND ($2 IS NULL OR report_count < $2 OR (report_count = $2 AND id < $3)) \
+             ORDER BY report_count DESC, id DESC LIMIT $4"
+        ))
+        .bind(status)
+        .bind(count)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+    } else {
+        let id = match after {
+            Some(CaseCursor::Newest { id }) => Some(id.as_str()),
+            _ => None,
+        };
+        sqlx::query(&format!(
+            "SELECT {CASE_COLUMNS} FROM chat_reports WHERE status = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(status)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+    }
+    .context("listing report cases")?;
+    rows.iter().map(|r| report_case(r).context("decoding a report case")).collect()
+}
+
+/// One report case.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.report_case", skip_all)]
+pub async fn report_case_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) -> anyhow::Result<Option<ReportCaseRow>> {
+    let row = sqlx::query(&format!("SELECT {CASE_COLUMNS} FROM chat_reports WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .context("loading a report case")?;
+    row.as_ref().map(report_case).transpose().context("decoding a report case")
+}
+
+/// One player's report in a case.
+#[derive(Debug, Clone)]
+pub struct ReportEntryRow {
+    /// The case.
+    pub report_id: String,
+    /// The event that carried it: the cursor of a case's reports.
+    pub event_id: String,
+    /// The reporter; `None` once erased.
+    pub reported_by: Option<String>,
+    /// Their reason.
+    pub reason: String,
+    /// Unix ms.
+    pub reported_at: i64,
+}
+
+fn report_entry(row: &AnyRow) -> Result<ReportEntryRow, sqlx::Error> {
+    Ok(ReportEntryRow {
+        report_id: row.try_get("report_id")?,
+        event_id: row.try_get("event_id")?,
+        reported_by: row.try_get("reported_by")?,
+        reason: row.try_get("reason")?,
+        reported_at: row.try_get("reported_at")?,
+    })
+}
+
+/// The `per_case` latest reports of each of `cases`, latest first, in one query.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.latest_reports", skip_all)]
+pub async fn latest_reports<'e>(
+    db: impl Executor<'e, Database = Any>,
+    cases: &[&str],
+    per_case: i64,
+) -> anyhow::Result<Vec<ReportEntryRow>> {
+    if cases.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Only the placeholders are formatted in; the ids are bound.
+    let placeholders: Vec<String> = (2..cases.len() + 2).map(|n| format!("${n}")).collect();
+    let sql = format!(
+        "SELECT report_id, event_id, reported_by, reason, reported_at FROM (\
+           SELECT report_id, event_id, reported_by, reason, reported_at, \
+             ROW_NUMBER() OVER (PARTITION BY report_id ORDER BY reported_at DESC, event_id DESC) AS n \
+           FROM chat_report_entries WHERE report_id IN ({})) ranked \
+         WHERE n <= $1 ORDER BY report_id, n",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(&sql).bind(per_case);
+    for case in cases {
+        query = query.bind(*case);
+    }
+    let rows = query.fetch_all(db).await.context("loading the latest reports")?;
+    rows.iter().map(|r| report_entry(r).context("decoding a report")).collect()
+}
+
+/// Up to `limit` reports of a case, latest first, before the report `before` (its
+/// (reported_at, event_id)).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.case_reports", skip_all)]
+pub async fn case_reports<'e>(
+    db: impl Executor<'e, Database = Any>,
+    case: &str,
+    before: Option<(i64, &str)>,
+    limit: i64,
+) -> anyhow::Result<Vec<ReportEntryRow>> {
+    let (at, event) = before.unzip();
+    let rows = sqlx::query(
+        "SELECT report_id, event_id, reported_by, reason, reported_at FROM chat_report_entries \
+         WHERE report_id = $1 AND ($2 IS NULL OR reported_at < $2 OR (reported_at = $2 AND event_id < $3)) \
+         ORDER BY reported_at DESC, event_id DESC LIMIT $4",
+    )
+    .bind(case)
+    .bind(at)
+    .bind(event)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+    .context("listing a case's reports")?;
+    rows.iter().map(|r| report_entry(r).context("decoding a report")).collect()
+}
+
+/// Resolves an open case; false when it is not open (resolved already, or no such case).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.resolve_report", skip_all)]
+pub async fn resolve_report<'e>(
+    db: impl Executor<'e, Database = Any>,
+    id: &str,
+    action: &str,
+    note: Option<&str>,
+    by: &str,
+    now: i64,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE chat_reports SET status = 'resolved', resolution = $2, resolution_note = $3, resolved_by = $4, resolved_at = $5 \
+         WHERE id = $1 AND status = 'open'",
+    )
+    .bind(id)
+    .bind(action)
+    .bind(note)
+    .bind(by)
+    .bind(now)
+    .execute(db)
+    .await
+    .context("resolving a report case")?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Erasure of an account from the reports: as a sender its name goes (the reported text stays,
+/// as in the history), as a reporter its id; its marks of having reported go too.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.anonymise_reports", skip_all)]
+pub async fn anonymise_reports(conn: &mut sqlx::AnyConnection, account_id: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE chat_reports SET sender_id = NULL, sender_name = 'deleted player' WHERE sender_id = $1")
+        .bind(account_id)
+        .execute(&mut *conn)
+        .await
+        .context("anonymising reported senders")?;
+    sqlx::query("UPDATE chat_report_entries SET reported_by = NULL WHERE reported_by = $1")
+        .bind(account_id)
+        .execute(&mut *conn)
+        .await
+        .context("anonymising reporters")?;
+    sqlx::query("DELETE FROM chat_message_reporters WHERE account_id = $1")
+        .bind(account_id)
+        .execute(&mut *conn)
+        .await
+        .context("forgetting a reporter's marks")?;
+    Ok(())
+}
+
+/// A recorded sanction with its player, for the admin list.
+#[derive(Debug, Clone)]
+pub struct AccountSanction {
+    /// The sanctioned player.
+    pub account_id: String,
+    /// The sanction.
+    pub record: SanctionRecord,
+}
+
+/// What the admin list of sanctions keeps; `None` keeps all.
+#[derive(Debug, Default, Clone)]
+pub struct SanctionFilter<'a> {
+    /// One player's.
+    pub account_id: Option<&'a str>,
+    /// `global` or one channel's.
+    pub scope: Option<&'a str>,
+    /// `mute` or `ban`.
+    pub kind: Option<&'a str>,
+    /// `Some(true)`: in force at `now`; `Some(false)`: expired.
+    pub in_force: Option<bool>,
+}
+
+/// Where a page of the admin list of sanctions starts: after this one, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SanctionCursor {
+    /// Unix ms it was issued.
+    pub created_at: i64,
+    /// The player.
+    pub account_id: String,
+    /// Its scope.
+    pub scope: String,
+    /// Its kind.
+    pub kind: String,
+}
+
+/// Up to `limit` sanctions matching `filter`, newest first, after `after`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.all_sanctions", skip_all)]
+pub async fn all_sanctions<'e>(
+    db: impl Executor<'e, Database = Any>,
+    filter: &SanctionFilter<'_>,
+    after: Option<&SanctionCursor>,
+    now: i64,
+    limit: i64,
+) -> anyhow::Result<Vec<AccountSanction>> {
+    // 0: any; 1: in force; 2: expired.
+    let state: i64 = match filter.in_force {
+        None => 0,
+        Some(true) => 1,
+        Some(false) => 2,
+    };
+    let rows = sqlx::query(
+        "SELECT account_id, scope, kind, until, reason, created_by, authority, created_at FROM chat_sanctions \
+         WHERE ($1 IS NULL OR account_id = $1) AND ($2 IS NULL OR scope = $2) AND ($3 IS NULL OR kind = $3) \
+         AND ($4 = 0 OR ($4 = 1 AND (until IS NULL OR until > $5)) OR ($4 = 2 AND until <= $5)) \
+         AND ($6 IS NULL OR created_at < $6 OR (created_at = $6 AND (account_id < $7 OR (account_id = $7 \
+           AND (scope < $8 OR (scope = $8 AND kind < $9)))))) \
+         ORDER BY created_at DESC, account_id DESC, scope DESC, kind DESC LIMIT $10",
+    )
+    .bind(filter.account_id)
+    .bind(filter.scope)
+    .bind(filter.kind)
+    .bind(state)
+    .bind(now)
+    .bind(after.map(|c| c.created_at))
+    .bind(after.map(|c| c.account_id.as_str()))
+    .bind(after.map(|c| c.scope.as_str()))
+    .bind(after.map(|c| c.kind.as_str()))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+    .context("listing sanctions")?;
+    rows.iter()
+        .map(|r| Ok(AccountSanction { account_id: r.try_get("account_id")?, record: sanction_record(r)? }))
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding a sanction")
+}

@@ -8,7 +8,8 @@
 //! Frames are JSON with a client-chosen `id` echoed in the `ack` or `error` that answers them:
 //! `join`, `leave`, `send` (`body`), `typing`, and `auth` again with a fresh token of the same
 //! account, which keeps the socket past the first token's expiry; the server pushes `message`,
-//! `presence`, `typing` and `removed` events. The server pings every 20 s and closes a connection
+//! `presence`, `typing`, `removed` and `message_deleted` (an operator deleted a message, or all of
+//! one sender's messages in the channel: `message_id` or `sender_id`) events. The server pings every 20 s and closes a connection
 //! silent for 60 s (the ALB's idle timeout is longer), closes a client too slow to read its queue
 //! (1008), and sends every socket a going-away close (1001) on shutdown so clients reconnect
 //! elsewhere.

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::io::Read as _;
+
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
@@ -20,6 +22,7 @@ use platform::tokens::TokenKeys;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+mod console;
 mod openapi;
 
 pub use openapi::document as openapi;
@@ -57,7 +60,7 @@ impl App {
         }
         let cache = Cache::connect(&config.cache).await?;
         let keys = Arc::new(TokenKeys::load(&config.tokens, &config.data_dir)?);
-        let auth = Authenticator::new(keys, cache.clone());
+        let auth = Authenticator::new(keys, cache.clone(), db.clone());
         let admin_key = AdminKey::new(config.admin_key.clone());
 
         let mut router = health::router(HealthState { db: db.clone(), cache: cache.clone(), shutdown: shutdown.clone() });
@@ -170,6 +173,9 @@ impl App {
         // The whole API's document, whichever services run here (see `openapi`).
         let doc = Arc::new(openapi());
         router = router.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }));
+        if mode == Mode::Serve {
+            router = router.merge(console::router());
+        }
         let settings = HttpSettings {
             request_timeout: config.request_timeout,
             trust_forwarded_for: config.trust_forwarded_for,
@@ -296,6 +302,78 @@ pub async fn events(config: &Config, args: &[String]) -> anyhow::Result<()> {
     };
     db.close().await;
     result
+}
+
+/// `guildhall keys ...`: the token key set (README, "Rotating the signing key").
+/// - `generate`: a new Ed25519 private key (PKCS#8 PEM) on stdout, its kid on stderr;
+/// - `public`: the public key (SPKI PEM) of the private key on stdin, its kid on stderr;
+/// - `show`: the key set this configuration gives `serve`, as JSON: the signing kid, every kid
+///   that verifies, the JWKS and the PEM bundle (`TOKEN_VERIFY_KEYS`'s form);
+/// - `rotate`, `retire KID`: on embedded defaults, a new key signs from the next start while the
+///   current one keeps verifying; then the old one stops verifying.
+pub fn keys(config: &Config, args: &[String]) -> anyhow::Result<()> {
+    use platform::tokens::{KeySource, manage};
+    let embedded_only = |command: &str| -> anyhow::Result<()> {
+        let tokens = &config.tokens;
+        anyhow::ensure!(
+            tokens.signing_key.is_none() && tokens.verify_keys.is_none() && tokens.verify_key.is_none(),
+            "`keys {command}` changes the key files under DATA_DIR; this configuration takes its keys from TOKEN_SIGNING_KEY and \
+             TOKEN_VERIFY_KEYS: rotate them there (README: Rotating the signing key)"
+        );
+        Ok(())
+    };
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["generate"] => {
+            let (pem, kid) = manage::generate()?;
+            print!("{pem}");
+            eprintln!("kid {kid}");
+            Ok(())
+        }
+        ["public"] => {
+            let mut pem = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().take(64 * 1024), &mut pem).context("reading the private key from stdin")?;
+            let (public, kid) = manage::public_of(&pem).context("reading the private key from stdin")?;
+            print!("{public}");
+            eprintln!("kid {kid}");
+            Ok(())
+        }
+        ["show"] => {
+            let report = match TokenKeys::load_existing(&config.tokens, &config.data_dir)? {
+                Some((keys, source)) => serde_json::json!({
+                    "source": match source {
+                        KeySource::Environment => "environment",
+                        KeySource::DataDir => "data_dir",
+                    },
+                    "signing_kid": keys.signing_kid(),
+                    "verifying_kids": keys.kids(),
+                    "jwks": keys.jwks(),
+                    "public_keys_pem": keys.public_pems(),
+                }),
+                None => serde_json::json!({ "source": "data_dir", "signing_kid": null, "verifying_kids": [],
+                    "note": "no key yet: `guildhall serve` makes one in DATA_DIR" }),
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        ["rotate"] => {
+            embedded_only("rotate")?;
+            let (old, new) = manage::rotate(&config.data_dir)?;
+            println!("{}", serde_json::json!({ "signing_kid": new, "still_verifying": old }));
+            eprintln!(
+                "restart guildhall to sign with {new}; after ACCESS_TOKEN_TTL_SECS ({} s) more, run `guildhall keys retire {old}` and restart",
+                config.tokens.access_ttl.as_secs()
+            );
+            Ok(())
+        }
+        ["retire", kid] => {
+            embedded_only("retire")?;
+            manage::retire(&config.data_dir, kid)?;
+            println!("{}", serde_json::json!({ "retired": kid }));
+            eprintln!("restart guildhall: tokens signed by {kid} are refused from then on (401 unknown_signing_key)");
+            Ok(())
+        }
+        _ => Err(anyhow::anyhow!("usage: guildhall keys (generate | public | show | rotate | retire KID)")),
+    }
 }
 
 /// Asks this machine's own server for `/health/live` and fails unless it answers 200: the

@@ -9,12 +9,16 @@ use platform::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: guildhall [serve|worker|migrate|events|healthcheck|openapi|version]\n\
+const USAGE: &str = "usage: guildhall [serve|worker|migrate|events|keys|healthcheck|openapi|version]\n\
   serve    run the services (SERVICES picks a subset; default all)\n\
   worker   deliver events only: the outbox relay and the queue consumers of SERVICES\n\
   migrate  apply database migrations and exit\n\
   events dead [--limit N]  list dead events (parked outbox rows, dead-letter queues) as JSON\n\
   events redrive (--all | EVENT_ID...)  make dead events due again\n\
+  keys generate  print a new token signing key (PEM; its kid on stderr)\n\
+  keys public    print the public key of the private key on stdin\n\
+  keys show      print the token key set this configuration uses (kids, JWKS, public PEM bundle)\n\
+  keys rotate | keys retire KID  embedded defaults: a new key in DATA_DIR signs, the old verifies; then retire it\n\
   healthcheck  exit 0 if the server on LISTEN_ADDR answers /health/live (container health check)\n\
   openapi  print the OpenAPI document and exit\n\
   version  print the version";
@@ -35,6 +39,7 @@ async fn main() -> std::process::ExitCode {
         "worker" => guildhall::run_worker(config).await,
         "migrate" => guildhall::migrate(&config).await,
         "events" => guildhall::events(&config, &std::env::args().skip(2).collect::<Vec<_>>()).await,
+        "keys" => guildhall::keys(&config, &std::env::args().skip(2).collect::<Vec<_>>()),
         "healthcheck" => guildhall::healthcheck(&config).await,
         "openapi" => serde_json::to_string_pretty(&guildhall::openapi()).map(|doc| println!("{doc}")).map_err(anyhow::Error::from),
         "version" | "--version" | "-V" => {

@@ -435,10 +435,10 @@ async fn tokens_are_refused_without_a_valid_signature(backend: Backend) {
     parts[2] = parts[2].chars().rev().collect();
     app.get("/v1/accounts/me", Some(&parts.join("."))).await.expect_error(401, "invalid_token");
     app.get("/v1/accounts/me", Some("garbage")).await.expect_error(401, "invalid_token");
-    // A token from another deployment's key.
+    // A token from another deployment's key: a key this one does not accept.
     let other = TestApp::start(backend).await;
     let stranger = other.register("stranger").await;
-    app.get("/v1/accounts/me", Some(&stranger.access)).await.expect_error(401, "invalid_token");
+    app.get("/v1/accounts/me", Some(&stranger.access)).await.expect_error(401, "unknown_signing_key");
 }
 
 async fn health_jwks_and_openapi(backend: Backend) {
@@ -554,8 +554,149 @@ async fn ended_sessions_are_purged(backend: Backend) {
     let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(&mut *conn).await.expect("count");
     let tokens: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens").fetch_one(&mut *conn).await.expect("count");
     assert_eq!((sessions, tokens), (1, 1));
+    // The logout's revocation is kept for the verifiers until the session's last access token
+    // has expired (15 minutes and a margin), then pruned.
+    assert_eq!(platform::revocations::prune(&mut *conn, now).await.expect("prune"), 0);
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM session_revocations").fetch_one(&mut *conn).await.expect("count");
+    assert_eq!(kept, 1);
+    assert_eq!(platform::revocations::prune(&mut *conn, now + (15 * 60 + 61) * 1000).await.expect("prune"), 1);
     drop(conn);
     app.get("/v1/accounts/me", Some(&live_access)).await.expect(200);
+}
+
+/// The signing key rotated as README's "Rotating the signing key" says, on instances sharing
+/// PostgreSQL and Redis as ECS tasks do: the next key is published to every instance, then signs,
+/// then the previous key retires. Tokens of either key work everywhere until the retirement; then
+/// the previous key's are refused with a code of their own; refresh tokens keep every session
+/// alive throughout, so nobody is logged out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_needs_no_downtime_and_logs_nobody_out() {
+    use common::{chat_refusal, kid_of, published_kids};
+    use platform::tokens::manage;
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let base = TestEnv::new(Backend::Real).await.expect("env");
+    let ((a_private, a), (b_private, b)) = (manage::generate().expect("key A"), manage::generate().expect("key B"));
+    let (a_public, b_public) = (manage::public_of(&a_private).expect("A").0, manage::public_of(&b_private).expect("B").0);
+    let instance = |signing: Option<&str>, verify: &[&str]| {
+        let mut env = base.clone();
+        if let Some(key) = signing {
+            env.set("TOKEN_SIGNING_KEY", key);
+        }
+        env.set("TOKEN_VERIFY_KEYS", verify.concat());
+        TestApp::start_on(env)
+    };
+
+    // Before: accounts signs with A; chat and the rest verify with A.
+    let signer = instance(Some(&a_private), &[&a_public]).await;
+    let verifier = instance(None, &[&a_public]).await;
+    let ana = signer.register("ana").await;
+    assert_eq!(kid_of(&ana.access), a);
+    verifier.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
+    // A player who does nothing during the whole rotation, but holds a refresh token.
+    let (_, _, idle_refresh) = common::guest_session(&signer, "idle").await;
+    assert_eq!(published_kids(&signer).await, vec![a.clone()]);
+
+    // 1. B is published to every instance (a deployment of them all); A still signs. B may not
+    //    sign anywhere before this: a signer whose bundle lacks its key does not start.
+    let mut early = base.clone();
+    early.set("TOKEN_SIGNING_KEY", &b_private).set("TOKEN_VERIFY_KEYS", &a_public);
+    let refused = guildhall::App::build(early.config().expect("config"), platform::shutdown::Shutdown::new()).await.err().expect("refused");
+    assert!(format!("{refused:#}").contains("does not include the public key of TOKEN_SIGNING_KEY"), "{refused:#}");
+    let signer_ab = instance(Some(&a_private), &[&a_public, &b_public]).await;
+    let verifier_ab = instance(None, &[&a_public, &b_public]).await;
+    drop((signer, verifier));
+    assert_eq!(published_kids(&signer_ab).await, [a.clone(), b.clone()]);
+
+    // 2. B signs (accounts redeployed with the new secret), A still verifies. During the
+    //    deployment old and new signers run side by side: both keys' tokens work on every instance.
+    let signer_b = instance(Some(&b_private), &[&a_public, &b_public]).await;
+    let (b_access, b_refresh) = signer_b.login(&ana).await;
+    assert_eq!(kid_of(&b_access), b);
+    let (from_old_signer, _) = signer_ab.login(&ana).await;
+    assert_eq!(kid_of(&from_old_signer), a);
+    for api in [&signer_ab, &verifier_ab, &signer_b] {
+        for token in [&ana.access, &b_access, &from_old_signer] {
+            api.get("/v1/accounts/me", Some(token)).await.expect(200);
+        }
+    }
+    for token in [&ana.access, &b_access] {
+        common::Chat::connect(&verifier_ab.base, token).await.close().await;
+    }
+    // A session from A's time refreshes into a token of B.
+    let refreshed = signer_b.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect(200);
+    let refreshed_access = refreshed.body["access_token"].as_str().expect("access").to_owned();
+    let refreshed_refresh = refreshed.body["refresh_token"].as_str().expect("refresh").to_owned();
+    assert_eq!(kid_of(&refreshed_access), b);
+    assert_eq!(published_kids(&signer_b).await, [b.clone(), a.clone()]);
+    drop(signer_ab);
+
+    // 3. Once A's last token has expired (ACCESS_TOKEN_TTL_SECS after step 2), A retires: every
+    //    instance is deployed with B alone. A token of A is refused with a code that says so.
+    let signer_retired = instance(Some(&b_private), &[&b_public]).await;
+    let verifier_retired = instance(None, &[&b_public]).await;
+    drop((signer_b, verifier_ab));
+    assert_eq!(published_kids(&signer_retired).await, vec![b.clone()]);
+    for api in [&signer_retired, &verifier_retired] {
+        api.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "unknown_signing_key");
+        api.get("/v1/accounts/me", Some(&from_old_signer)).await.expect_error(401, "unknown_signing_key");
+        api.get("/v1/accounts/me", Some(&b_access)).await.expect(200);
+        api.get("/v1/accounts/me", Some(&refreshed_access)).await.expect(200);
+    }
+    assert_eq!(chat_refusal(&verifier_retired.base, &ana.access).await, ("unknown_signing_key".to_owned(), Some(1008)));
+    // Nobody was logged out: every refresh token still works, the idle player's from before
+    // the rotation too, and gives tokens of B.
+    for refresh in [&b_refresh, &refreshed_refresh, &idle_refresh] {
+        let pair = signer_retired.post("/v1/auth/refresh", None, json!({"refresh_token": refresh})).await.expect(200);
+        let access = pair.body["access_token"].as_str().expect("access");
+        assert_eq!(kid_of(access), b);
+        verifier_retired.get("/v1/accounts/me", Some(access)).await.expect(200);
+    }
+}
+
+/// The same on embedded defaults, with the binary's own commands: `guildhall keys rotate` makes a
+/// new key in DATA_DIR that signs from the next start while the old one verifies; `guildhall keys
+/// retire` then drops the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_and_retire_on_embedded_defaults() {
+    use common::{kid_of, published_kids};
+    let env = TestEnv::new(Backend::Embedded).await.expect("env");
+    let keys = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_guildhall"))
+            .arg("keys")
+            .args(args)
+            .env_clear()
+            .envs(&env.vars)
+            .output()
+            .expect("guildhall keys runs");
+        assert!(output.status.success(), "keys {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("JSON")
+    };
+    let mut first = Process::start(&env).await;
+    let ana = first.register("ana").await;
+    let old = kid_of(&ana.access);
+    assert_eq!(keys(&["show"])["signing_kid"], old.as_str());
+
+    let rotated = keys(&["rotate"]);
+    assert_eq!(rotated["still_verifying"], old.as_str());
+    let new = rotated["signing_kid"].as_str().expect("new kid").to_owned();
+    assert_eq!(keys(&["show"])["verifying_kids"], json!([new, old]));
+    first.terminate().await;
+    let mut second = Process::start(&env).await;
+    second.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
+    let (access, _) = second.login(&ana).await;
+    assert_eq!(kid_of(&access), new);
+    assert_eq!(published_kids(&second).await, [new.clone(), old.clone()]);
+
+    keys(&["retire", &old]);
+    second.terminate().await;
+    let third = Process::start(&env).await;
+    third.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "unknown_signing_key");
+    third.get("/v1/accounts/me", Some(&access)).await.expect(200);
+    let pair = third.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect(200);
+    assert_eq!(kid_of(pair.body["access_token"].as_str().expect("access")), new);
+    assert_eq!(published_kids(&third).await, [new]);
 }
 
 /// CORS (`CORS_ALLOWED_ORIGINS`): a browser page on a listed origin may call the API; any other

@@ -24,6 +24,10 @@ on_both_backends!(
     rejoins_are_rate_limited_and_read_no_presence,
     sanctions_respect_their_issuers_and_can_be_lifted,
     players_page_through_their_own_sanctions,
+    reports_are_filed_and_resolved_and_messages_deleted,
+    reports_are_rate_limited_and_once_per_message,
+    operators_list_filter_and_lift_sanctions,
+    operators_read_any_channel_and_purge_a_sender,
 );
 
 /// How long a session's end, a ban or a removal may take to reach an open socket.
@@ -247,6 +251,8 @@ async fn reports_and_erasure(backend: Backend) {
     assert_eq!(event["message_id"], message_id.as_str());
     assert_eq!(event["sender_id"], bob_id.as_str());
 
+    assert_eq!(filed_case(&app, &message_id, 1).await["message"]["sender_id"], bob_id.as_str());
+
     // Bob deletes his account: his messages stay, without him.
     drop(bob);
     app.call(reqwest::Method::DELETE, "/v1/accounts/me", Some(&bob_token), None).await.expect(204);
@@ -260,6 +266,29 @@ async fn reports_and_erasure(backend: Backend) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "messages were not anonymised: {message}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The report of his message keeps the text, without him (anonymised in the same
+    // transaction as the messages); Ana's report stays hers.
+    let case = &filed_case(&app, &message_id, 1).await;
+    assert_eq!(
+        (case["message"]["sender_id"].clone(), case["message"]["sender_name"].as_str()),
+        (Value::Null, Some("deleted player")),
+        "{case}"
+    );
+    assert_eq!(case["message"]["body"], "something rude");
+    let reporters = &case["reporters"];
+    assert!(reporters.as_array().is_some_and(|r| r.len() == 1 && r[0]["account_id"].is_string()), "{reporters}");
+
+    // Ana deletes hers: her report stays, without her.
+    app.call(reqwest::Method::DELETE, "/v1/accounts/me", Some(&ana_token), None).await.expect(204);
+    loop {
+        let case = filed_case(&app, &message_id, 1).await;
+        if case["reporters"][0]["account_id"].is_null() {
+            assert_eq!(case["reporters"][0]["reason"], "rude");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reporter was not anonymised: {case}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -680,4 +709,343 @@ async fn two_processes_end_sessions_and_apply_bans_everywhere() {
     carol.join("room:global").await;
     a.post("/v1/auth/logout", Some(&carol_token), json!({})).await.expect(204);
     assert_eq!(carol.closed_within(PROMPTLY).await, Some(4002));
+}
+
+/// The open case of `message_id` in the reports queue once it holds `count` reports (the
+/// consumer files them moments after the report).
+async fn filed_case(app: &Api, message_id: &str, count: i64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let cases = app.pages("/v1/admin/chat/reports?status=open&limit=100", ADMIN_KEY, "reports").await;
+        let case = cases.into_iter().find(|c| c["message"]["id"] == message_id);
+        if let Some(case) = case.filter(|c| c["report_count"] == count) {
+            return case;
+        }
+        assert!(std::time::Instant::now() < deadline, "no case of {message_id} with {count} reports was filed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reports of one message become one case with its reporters, filed once however often the event
+/// is delivered; an operator deletes the message (connected members are told, history loses it)
+/// and resolves the case.
+async fn reports_are_filed_and_resolved_and_messages_deleted(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (ana_id, ana_token) = guest(&app, "ana").await;
+    let (bob_id, bob_token) = guest(&app, "bob").await;
+    let (carol_id, carol_token) = guest(&app, "carol").await;
+    let channel = "room:tavern";
+    let mut ana = Chat::connect(&app.base, &ana_token).await;
+    let mut bob = Chat::connect(&app.base, &bob_token).await;
+    ana.join(channel).await;
+    bob.join(channel).await;
+    let sent = bob.send(channel, "something rude").await;
+    let rude = sent["message"]["id"].as_str().expect("id").to_owned();
+    let ruder = bob.send(channel, "something ruder").await["message"]["id"].as_str().expect("id").to_owned();
+    let report = |id: &str| format!("/v1/chat/messages/{id}/report");
+
+    app.post(&report(&rude), Some(&ana_token), json!({"reason": "  rude  "})).await.expect(202);
+    app.post(&report(&rude), Some(&ana_token), json!({"reason": "still rude"})).await.expect_error(409, "already_reported");
+    app.post(&report(&rude), Some(&carol_token), json!({"reason": "insulting"})).await.expect(202);
+    app.post(&report(&ruder), Some(&ana_token), json!({"reason": "worse"})).await.expect(202);
+
+    // One case per message, with the message as it was reported and both reporters.
+    let case = filed_case(&app, &rude, 2).await;
+    filed_case(&app, &ruder, 1).await;
+    assert_eq!(case["status"], "open");
+    assert_eq!(case["message"]["body"], "something rude");
+    assert_eq!(case["message"]["channel"], channel);
+    assert_eq!(case["message"]["sender_id"], bob_id.as_str());
+    assert_eq!(case["message"]["sender_name"], sent["message"]["sender_name"]);
+    assert_eq!(case["message"]["sent_at"], sent["message"]["sent_at"]);
+    assert!(case["message"]["sent_at"].is_string() && case["message_deleted"] == false, "{case}");
+    let reporters: Vec<(&str, &str)> = case["reporters"]
+        .as_array()
+        .expect("reporters")
+        .iter()
+        .map(|r| (r["account_id"].as_str().expect("id"), r["reason"].as_str().expect("reason")))
+        .collect();
+    assert_eq!(reporters, [(carol_id.as_str(), "insulting"), (ana_id.as_str(), "rude")], "latest first");
+    let case_id = case["id"].as_str().expect("case id").to_owned();
+
+    // Newest first, or most reported first, a page at a time.
+    let ids = |cases: &[Value]| cases.iter().map(|c| c["message"]["id"].as_str().expect("id").to_owned()).collect::<Vec<_>>();
+    let newest = app.pages("/v1/admin/chat/reports?limit=1", ADMIN_KEY, "reports").await;
+    assert_eq!(ids(&newest), [ruder.clone(), rude.clone()]);
+    let most = app.pages("/v1/admin/chat/reports?order=most_reported&limit=1", ADMIN_KEY, "reports").await;
+    assert_eq!(ids(&most), [rude.clone(), ruder.clone()]);
+    let reporters = app.pages(&format!("/v1/admin/chat/reports/{case_id}/reporters?limit=1"), ADMIN_KEY, "reporters").await;
+    assert_eq!(reporters.len(), 2);
+
+    // The event delivered again (its consumption forgotten and the outbox row due again) files
+    // nothing twice.
+    let db = app.database().await;
+    let event_id: String = sqlx::query_scalar("SELECT id FROM outbox WHERE event_type = 'chat.message_reported' ORDER BY id LIMIT 1")
+        .fetch_one(db.pool())
+        .await
+        .expect("the first report's event");
+    let consumed = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM consumed_events WHERE consumer = 'chat' AND event_id = $1")
+            .bind(&event_id)
+            .fetch_one(db.pool())
+            .await
+            .expect("consumed events")
+    };
+    while consumed().await == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("DELETE FROM consumed_events WHERE consumer = 'chat' AND event_id = $1")
+        .bind(&event_id)
+        .execute(db.pool())
+        .await
+        .expect("forget");
+    sqlx::query("UPDATE outbox SET sent_at = NULL, next_attempt_at = NULL, claimed_until = NULL WHERE id = $1")
+        .bind(&event_id)
+        .execute(db.pool())
+        .await
+        .expect("due again");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while consumed().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the event was not delivered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = app.get(&format!("/v1/admin/chat/reports/{case_id}"), Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!(again["report_count"], 2, "{again}");
+    assert_eq!(again["reporters"].as_array().map(Vec::len), Some(2));
+
+    // The operator deletes the message: Bob and Ana, connected, are told; history loses it.
+    let delete = |path: String| {
+        let app = &app;
+        async move { app.call(reqwest::Method::DELETE, &path, Some(ADMIN_KEY), None).await }
+    };
+    delete(format!("/v1/admin/chat/messages/{rude}")).await.expect(204);
+    for socket in [&mut ana, &mut bob] {
+        let deleted = socket.next_of("message_deleted").await;
+        assert_eq!((deleted["channel"].as_str(), deleted["message_id"].as_str()), (Some(channel), Some(rude.as_str())), "{deleted}");
+    }
+    let history = app.get(&format!("/v1/chat/channels/{channel}/messages"), Some(&ana_token)).await.expect(200).body;
+    let left: Vec<&str> = history["messages"].as_array().expect("messages").iter().map(|m| m["id"].as_str().expect("id")).collect();
+    assert_eq!(left, [ruder.as_str()]);
+    delete(format!("/v1/admin/chat/messages/{rude}")).await.expect_error(404, "not_found");
+    delete(format!("/v1/admin/chat/messages/{rude}")).await.expect_error(404, "not_found");
+    app.call(reqwest::Method::DELETE, &format!("/v1/admin/chat/messages/{ruder}"), Some(&ana_token), None)
+        .await
+        .expect_error(401, "invalid_token");
+    app.post(&report(&rude), Some(&bob_token), json!({"reason": "gone"})).await.expect_error(404, "not_found");
+
+    // The case keeps its copy, shows the message gone, and is resolved once.
+    let resolve = format!("/v1/admin/chat/reports/{case_id}/resolve");
+    app.post(&resolve, Some(ADMIN_KEY), json!({"action": "banished"})).await.expect_error(400, "invalid_request");
+    app.post(&resolve, Some(ADMIN_KEY), json!({"action": "dismissed", "extra": 1})).await.expect_error(400, "invalid_request");
+    let resolved = app.post(&resolve, Some(ADMIN_KEY), json!({"action": "message_deleted", "note": "insult"})).await.expect(200).body;
+    assert_eq!(resolved["status"], "resolved");
+    assert_eq!(resolved["message_deleted"], true);
+    assert_eq!(resolved["message"]["body"], "something rude");
+    assert_eq!(
+        (
+            resolved["resolution"]["action"].as_str(),
+            resolved["resolution"]["note"].as_str(),
+            resolved["resolution"]["resolved_by"].as_str()
+        ),
+        (Some("message_deleted"), Some("insult"), Some("server"))
+    );
+    app.post(&resolve, Some(ADMIN_KEY), json!({"action": "dismissed"})).await.expect_error(409, "already_resolved");
+    app.post(&format!("/v1/admin/chat/reports/{}/resolve", uuid::Uuid::now_v7()), Some(ADMIN_KEY), json!({"action": "dismissed"}))
+        .await
+        .expect_error(404, "not_found");
+    let open = app.pages("/v1/admin/chat/reports?limit=10", ADMIN_KEY, "reports").await;
+    assert_eq!(ids(&open), [ruder.as_str()]);
+    let closed = app.pages("/v1/admin/chat/reports?status=resolved&limit=10", ADMIN_KEY, "reports").await;
+    assert_eq!(ids(&closed), [rude.as_str()]);
+
+    // A report after the resolution opens a new case.
+    let (_, dave_token) = guest(&app, "dave").await;
+    app.post(&report(&ruder), Some(&dave_token), json!({"reason": "me too"})).await.expect(202);
+    filed_case(&app, &ruder, 2).await;
+
+    // Bad queries are 400s; players are not operators.
+    for query in ["status=closed", "order=oldest", "limit=0", "limit=101", "cursor=x!", "order=most_reported&cursor=bg"] {
+        app.get(&format!("/v1/admin/chat/reports?{query}"), Some(ADMIN_KEY)).await.expect_error(400, "invalid_request");
+    }
+    app.get("/v1/admin/chat/reports", Some(&ana_token)).await.expect_error(401, "invalid_token");
+    app.get("/v1/admin/chat/reports/not-a-case", Some(ADMIN_KEY)).await.expect_error(404, "not_found");
+}
+
+/// A player reports a message once, and files a bounded number of reports.
+async fn reports_are_rate_limited_and_once_per_message(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (_, ana_token) = guest(&app, "ana").await;
+    let (_, bob_token) = guest(&app, "bob").await;
+    let mut bob = Chat::connect(&app.base, &bob_token).await;
+    bob.join("room:global").await;
+    let mut ids = Vec::new();
+    for i in 0..=chat::api::REPORTS_PER_WINDOW {
+        ids.push(bob.send("room:global", &format!("spam {i}")).await["message"]["id"].as_str().expect("id").to_owned());
+    }
+    let (last, allowed) = ids.split_last().expect("messages");
+    for id in allowed {
+        app.post(&format!("/v1/chat/messages/{id}/report"), Some(&ana_token), json!({"reason": "spam"})).await.expect(202);
+    }
+    let refused = app.post(&format!("/v1/chat/messages/{last}/report"), Some(&ana_token), json!({"reason": "spam"})).await;
+    let refused = refused.expect_error(429, "rate_limited");
+    assert!(refused.headers.get("retry-after").is_some());
+    // Bob's own limit is his: he may still report.
+    let (_, carol_token) = guest(&app, "carol").await;
+    let mut carol = Chat::connect(&app.base, &carol_token).await;
+    carol.join("room:global").await;
+    let hers = carol.send("room:global", "hello").await["message"]["id"].as_str().expect("id").to_owned();
+    app.post(&format!("/v1/chat/messages/{hers}/report"), Some(&bob_token), json!({"reason": "spam"})).await.expect(202);
+    app.post(&format!("/v1/chat/messages/{hers}/report"), Some(&bob_token), json!({"reason": "spam"}))
+        .await
+        .expect_error(409, "already_reported");
+    app.post("/v1/chat/messages/not-an-id/report", Some(&bob_token), json!({"reason": "x"})).await.expect_error(404, "not_found");
+}
+
+/// Operators list every sanction, filtered and page by page, see who issued each, and lift them.
+async fn operators_list_filter_and_lift_sanctions(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (ana_id, ana_token) = guest(&app, "ana").await;
+    let (bob_id, _) = guest(&app, "bob").await;
+    let (carol_id, carol_token) = guest(&app, "carol").await;
+    let group = app.post("/v1/chat/groups", Some(&ana_token), json!({"name": "Guild"})).await.expect(201).body;
+    let group_channel = group["channel"].as_str().expect("channel").to_owned();
+    app.post(&format!("/v1/chat/groups/{}/members", group["id"].as_str().expect("id")), Some(&ana_token), json!({"account_id": carol_id}))
+        .await
+        .expect(200);
+    let admin = |body: Value| {
+        let app = &app;
+        async move { app.post("/v1/admin/chat/sanctions", Some(ADMIN_KEY), body).await.expect(204) }
+    };
+    admin(json!({"account_id": bob_id, "kind": "mute", "scope": "room:global", "minutes": 10})).await;
+    admin(json!({"account_id": bob_id, "kind": "ban", "reason": "cheating"})).await;
+    admin(json!({"account_id": carol_id, "kind": "ban", "scope": "room:lfg"})).await;
+    // The group's owner mutes Carol there.
+    app.post(&format!("/v1/chat/channels/{group_channel}/sanctions"), Some(&ana_token), json!({"account_id": carol_id, "kind": "mute"}))
+        .await
+        .expect(204);
+
+    let all = app.pages("/v1/admin/chat/sanctions?limit=1", ADMIN_KEY, "sanctions").await;
+    assert_eq!(all.len(), 4, "{all:?}");
+    let owners = all.iter().find(|s| s["scope"] == group_channel.as_str()).expect("the owner's mute");
+    assert_eq!((owners["issued_by"].as_str(), owners["issuer_id"].as_str()), (Some("owner"), Some(ana_id.as_str())));
+    assert_eq!(
+        (owners["account_id"].as_str(), owners["kind"].as_str(), owners["in_force"].as_bool()),
+        (Some(carol_id.as_str()), Some("mute"), Some(true))
+    );
+    let listed = |query: &str| {
+        let app = &app;
+        let path = format!("/v1/admin/chat/sanctions?limit=100&{query}");
+        async move {
+            let page = app.get(&path, Some(ADMIN_KEY)).await.expect(200).body;
+            page["sanctions"]
+                .as_array()
+                .expect("sanctions")
+                .iter()
+                .map(|s| {
+                    (
+                        s["account_id"].as_str().expect("id").to_owned(),
+                        s["scope"].as_str().expect("scope").to_owned(),
+                        s["kind"].as_str().expect("kind").to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let bobs = listed(&format!("account_id={bob_id}")).await;
+    assert_eq!(bobs.len(), 2);
+    assert_eq!(listed("kind=ban&scope=global").await, [(bob_id.clone(), "global".to_owned(), "ban".to_owned())]);
+    assert_eq!(listed("scope=room:lfg").await, [(carol_id.clone(), "room:lfg".to_owned(), "ban".to_owned())]);
+    assert_eq!(listed("state=in_force").await.len(), 4);
+    assert!(listed("state=expired").await.is_empty());
+    for query in ["kind=exile", "scope=nowhere", "state=old", "account_id=no%20one", "limit=0", "cursor=x!"] {
+        app.get(&format!("/v1/admin/chat/sanctions?{query}"), Some(ADMIN_KEY)).await.expect_error(400, "invalid_request");
+    }
+    app.get("/v1/admin/chat/sanctions", Some(&carol_token)).await.expect_error(401, "invalid_token");
+
+    // The server key lifts the owner's mute (it outranks every issuer) and its own ban.
+    let lift = |path: String| {
+        let app = &app;
+        async move { app.call(reqwest::Method::DELETE, &path, Some(ADMIN_KEY), None).await }
+    };
+    lift(format!("/v1/admin/chat/sanctions/{carol_id}/mute?scope={group_channel}")).await.expect(204);
+    lift(format!("/v1/admin/chat/sanctions/{bob_id}/ban")).await.expect(204);
+    lift(format!("/v1/admin/chat/sanctions/{bob_id}/ban")).await.expect_error(404, "not_found");
+    assert_eq!(listed("").await.len(), 2);
+    assert_eq!(listed(&format!("account_id={bob_id}")).await, [(bob_id.clone(), "room:global".to_owned(), "mute".to_owned())]);
+}
+
+/// Operators read any channel's history, private ones included, and delete everything one
+/// sender wrote in a channel.
+async fn operators_read_any_channel_and_purge_a_sender(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (ana_id, ana_token) = guest(&app, "ana").await;
+    let (bob_id, bob_token) = guest(&app, "bob").await;
+    let direct = dm(&ana_id, &bob_id);
+    let mut ana = Chat::connect(&app.base, &ana_token).await;
+    let mut bob = Chat::connect(&app.base, &bob_token).await;
+    for channel in [direct.as_str(), "room:global"] {
+        ana.join(channel).await;
+        bob.join(channel).await;
+    }
+    for i in 0..3 {
+        assert_eq!(bob.send(&direct, &format!("psst {i}")).await["type"], "ack");
+        assert_eq!(bob.send("room:global", &format!("spam {i}")).await["type"], "ack");
+    }
+    assert_eq!(ana.send("room:global", "hello").await["type"], "ack");
+
+    let page = app.get(&format!("/v1/admin/chat/channels/{direct}/messages?limit=2"), Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["messages"][0]["body"], "psst 2");
+    let before = page["next_before"].as_str().expect("next_before");
+    let older =
+        app.get(&format!("/v1/admin/chat/channels/{direct}/messages?limit=2&before={before}"), Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!(older["messages"].as_array().map(Vec::len), Some(1));
+    assert_eq!(older["messages"][0]["body"], "psst 0");
+    app.get("/v1/admin/chat/channels/room:NOPE/messages", Some(ADMIN_KEY)).await.expect_error(400, "invalid_request");
+    app.get(&format!("/v1/admin/chat/channels/{direct}/messages"), Some(&ana_token)).await.expect_error(401, "invalid_token");
+
+    // Bob's spam in the room goes; his direct messages and Ana's stay.
+    let purge = format!("/v1/admin/chat/channels/room:global/senders/{bob_id}/messages");
+    let purged = app.call(reqwest::Method::DELETE, &purge, Some(ADMIN_KEY), None).await.expect(200).body;
+    assert_eq!(purged["deleted"], 3);
+    let deleted = ana.next_of("message_deleted").await;
+    assert_eq!((deleted["channel"].as_str(), deleted["sender_id"].as_str()), (Some("room:global"), Some(bob_id.as_str())), "{deleted}");
+    let room = app.get("/v1/admin/chat/channels/room:global/messages", Some(ADMIN_KEY)).await.expect(200).body;
+    let bodies: Vec<&str> = room["messages"].as_array().expect("messages").iter().map(|m| m["body"].as_str().expect("body")).collect();
+    assert_eq!(bodies, ["hello"]);
+    let private = app.get(&format!("/v1/admin/chat/channels/{direct}/messages"), Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!(private["messages"].as_array().map(Vec::len), Some(3));
+    let again = app.call(reqwest::Method::DELETE, &purge, Some(ADMIN_KEY), None).await.expect(200).body;
+    assert_eq!(again["deleted"], 0);
+    app.call(reqwest::Method::DELETE, "/v1/admin/chat/channels/room:global/senders/no%20one/messages", Some(ADMIN_KEY), None)
+        .await
+        .expect_error(400, "invalid_request");
+}
+
+/// A message deleted through one process disappears from the sockets on the other too, through
+/// the fan-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_tell_every_socket_of_a_deleted_message() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let (_env, a, b) = two_processes(|env| {
+        env.set("CHAT_SEND_BURST", "100");
+    })
+    .await;
+    let (_, ana_token) = guest(&a, "ana").await;
+    let (_, bob_token) = guest(&b, "bob").await;
+    let mut ana = Chat::connect(&a.base, &ana_token).await;
+    let mut bob = Chat::connect(&b.base, &bob_token).await;
+    ana.join("room:global").await;
+    bob.join("room:global").await;
+    let id = bob.send("room:global", "delete me").await["message"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(ana.next_of("message").await["message"]["id"], id.as_str());
+    a.call(reqwest::Method::DELETE, &format!("/v1/admin/chat/messages/{id}"), Some(ADMIN_KEY), None).await.expect(204);
+    for socket in [&mut ana, &mut bob] {
+        let deleted = tokio::time::timeout(PROMPTLY, socket.next_of("message_deleted")).await.expect("told promptly");
+        assert_eq!(deleted["message_id"], id.as_str());
+    }
+    let history = b.get("/v1/chat/channels/room:global/messages", Some(&bob_token)).await.expect(200).body;
+    assert!(history["messages"].as_array().expect("messages").is_empty());
 }

@@ -14,7 +14,14 @@ async fn every_service_serves_the_whole_document() {
     let whole = monolith.get("/openapi.json", None).await.expect(200).body;
     assert_eq!(whole, serde_json::to_value(guildhall::openapi()).expect("JSON"), "`guildhall openapi` prints what is served");
     // A path of each service, and the health endpoints.
-    for path in ["/v1/auth/refresh", "/v1/leaderboards/{id}/records", "/v1/assets/{asset_id}", "/v1/chat/ws", "/v1/admin/webhooks/{id}/deliveries", "/health/ready"] {
+    for path in [
+        "/v1/auth/refresh",
+        "/v1/leaderboards/{id}/records",
+        "/v1/assets/{asset_id}",
+        "/v1/chat/ws",
+        "/v1/admin/webhooks/{id}/deliveries",
+        "/health/ready",
+    ] {
         assert!(whole["paths"].get(path).is_some(), "the document lacks {path}");
     }
     let env = TestEnv::new(Backend::Real).await.expect("env");

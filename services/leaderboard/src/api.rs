@@ -516,15 +516,17 @@ pub async fn my_record(State(state): State<LeaderboardState>, caller: Unconfirme
     // The hottest read: on Redis, the session's revocation check rides in the same round trip as
     // the rank, and nothing read is answered unless the session still stands.
     let ranked = if matches!(state.index, RankIndex::Redis(_)) {
-        let ranked = when_ready!(state, board, async {
-            let found = state.index.rank_of_unless_revoked(scope, caller.account_id(), caller.revocation_key()).await?;
-            let Some((revoked, ranked)) = found else { unreachable!("a Redis index answers") };
-            if revoked {
+        let (status, ranked) = when_ready!(state, board, async {
+            let found = state.index.rank_of_unless_revoked(scope, caller.account_id(), caller.session_id()).await?;
+            let Some((revocation, ranked)) = found else { unreachable!("a Redis index answers") };
+            if revocation.revoked {
                 return Err(platform::auth::session_revoked());
             }
-            Ok::<_, ApiError>(ranked)
+            Ok::<_, ApiError>(ranked.map(|ranked| (revocation, ranked)))
         });
-        caller.confirm_with(false)?;
+        // Reads the database only when the cache has lost its revocations (see
+        // `platform::revocations`).
+        state.auth.confirm_with_status(caller, status).await?;
         ranked
     } else {
         let player = state.auth.confirm(caller).await?;

@@ -151,18 +151,17 @@ impl RankIndex {
         }
     }
 
-    /// On Redis: the owner's entry and rank, and whether the cache key `revocation_key` (a
-    /// session's revocation mark) is set, in one round trip. `None` on the in-memory index, where
-    /// the two cost nothing to read apart.
+    /// On Redis: the owner's entry and rank, and the revocation status of `session_id`, in one
+    /// round trip. `None` on the in-memory index, where the two cost nothing to read apart.
     #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.rank_of_unless_revoked", skip_all)]
     pub async fn rank_of_unless_revoked(
         &self,
         scope: Scope<'_>,
         owner_id: &str,
-        revocation_key: &str,
+        session_id: &str,
     ) -> anyhow::Result<Option<RankAndRevocation>> {
         match self {
-            RankIndex::Redis(r) => r.rank_of_unless_revoked(scope, owner_id, revocation_key).await.map(Some),
+            RankIndex::Redis(r) => r.rank_of_unless_revoked(scope, owner_id, session_id).await.map(Some),
             RankIndex::Memory(_) => Ok(None),
         }
     }
@@ -410,8 +409,8 @@ fn window(at: usize, len: usize, limit: usize) -> (usize, usize) {
     (start, start + limit)
 }
 
-/// Whether a session's revocation mark is set, and the owner's rank (see `rank_of_unless_revoked`).
-pub type RankAndRevocation = (bool, Result<Option<Ranked>, NotReady>);
+/// A session's revocation status, and the owner's rank (see `rank_of_unless_revoked`).
+pub type RankAndRevocation = (platform::revocations::RevocationStatus, Result<Option<Ranked>, NotReady>);
 
 /// The Redis index. Keys share a hash tag per board season, so the scripts also run on a cluster.
 #[derive(Clone)]
@@ -662,17 +661,17 @@ impl RedisIndex {
         Self::ranked_reply(reply)
     }
 
-    /// `EXISTS` of the revocation mark and the rank script, pipelined: one round trip. (Not one
-    /// script: the session's key lives in another hash slot than the board's keys.)
-    async fn rank_of_unless_revoked(&self, scope: Scope<'_>, owner_id: &str, revocation_key: &str) -> anyhow::Result<RankAndRevocation> {
+    /// The session's revocation status and the rank script, pipelined: one round trip. (Not one
+    /// script: the revocations live in another hash slot than the board's keys.)
+    async fn rank_of_unless_revoked(&self, scope: Scope<'_>, owner_id: &str, session_id: &str) -> anyhow::Result<RankAndRevocation> {
         let k = self.keys.get(&self.redis, scope);
         let script = script(&RANK_OF_SCRIPT, RANK_OF);
         let mut pipe = redis::pipe();
-        pipe.cmd("EXISTS").arg(self.redis.key(revocation_key));
+        pipe.add_command(platform::revocations::status_cmd(&self.redis, session_id));
         pipe.cmd("EVALSHA").arg(script.get_hash()).arg(4).arg(&k.zset).arg(&k.owners).arg(&k.data).arg(&k.ready).arg(owner_id);
         let mut conn = self.redis.connection();
-        let reply: redis::RedisResult<(bool, Vec<Value>)> = pipe.query_async(&mut conn).await;
-        let (revoked, reply) = match reply {
+        let reply: redis::RedisResult<(Vec<Option<String>>, Vec<Value>)> = pipe.query_async(&mut conn).await;
+        let (revocation, reply) = match reply {
             Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // The server does not know the script yet (first use, restart, flush): load it
                 // and ask once more.
@@ -681,7 +680,7 @@ impl RedisIndex {
             }
             other => other.context("Redis leaderboard rank")?,
         };
-        Ok((revoked, Self::ranked_reply(reply)?))
+        Ok((platform::revocations::RevocationStatus::from_reply(&revocation), Self::ranked_reply(reply)?))
     }
 
     async fn unless_better(&self, scope: Scope<'_>, owner_id: &str, prefix: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {

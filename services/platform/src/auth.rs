@@ -1,9 +1,11 @@
 //! Who is calling: the `Player` extractor verifies the bearer access token locally with the
-//! public key (no call to the accounts service) and checks the cache for a revoked session, so a
-//! logout reaches every instance that shares the cache.
+//! public keys (no call to the accounts service) and checks the cache for a revoked session, so a
+//! logout reaches every instance that shares the cache. When the cache has lost the set of revoked
+//! sessions (`crate::revocations`), the check reads the database instead until it is back.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -12,7 +14,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use crate::cache::Cache;
+use crate::db::Database;
 use crate::error::ApiError;
+use crate::revocations::{self, RevocationStatus};
 use crate::tokens::{TokenError, TokenKeys};
 
 /// Verifies access tokens and records revoked sessions. Cheap to clone (one reference count:
@@ -20,19 +24,35 @@ use crate::tokens::{TokenError, TokenKeys};
 #[derive(Clone, Debug)]
 pub struct Authenticator(Arc<AuthInner>);
 
-#[derive(Debug)]
 struct AuthInner {
     keys: Arc<TokenKeys>,
     cache: Cache,
+    db: Database,
     verified: VerifiedTokens,
     /// Revocations announced in this process, for a cache that cannot publish (memory).
     revoked_here: tokio::sync::broadcast::Sender<String>,
+    /// A load of the revocations into the cache is running in this process.
+    loading: AtomicBool,
+    /// When the last load started, so that a failing one is not retried on every request.
+    last_load: std::sync::Mutex<Option<Instant>>,
 }
 
-/// The Redis pub/sub channel (under the deployment's key prefix) on which `revoke_session`
-/// announces each ended session's id, so that long-lived connections (chat sockets) on every
-/// instance end with it at once instead of at their next check.
+impl std::fmt::Debug for AuthInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").field("keys", &self.keys).field("cache", &self.cache).finish()
+    }
+}
+
+/// The Redis pub/sub channel (under the deployment's key prefix) on which `Revoked::announce`
+/// tells every instance each ended session's id, so that long-lived connections (chat sockets)
+/// end with it at once instead of at their next check.
 pub const REVOCATION_CHANNEL: &str = "session:revoked";
+
+/// Loads of the revocations into the cache start at most this often per process.
+const LOAD_EVERY: Duration = Duration::from_secs(1);
+/// A revocation is kept this long past the access-token lifetime: more than the verifiers' clock
+/// leeway (`tokens::LEEWAY_SECS`), so no token of the session can outlive it.
+const REVOCATION_MARGIN: Duration = Duration::from_secs(60);
 
 /// Tokens whose signature already verified, with their claims: a player sends the same token for
 /// up to 15 minutes, and an Ed25519 verification costs tens of microseconds of CPU on every
@@ -70,12 +90,20 @@ pub struct Player {
 }
 
 impl Authenticator {
-    /// An authenticator over `keys`, recording revocations in `cache`.
-    pub fn new(keys: Arc<TokenKeys>, cache: Cache) -> Self {
+    /// An authenticator over `keys`, recording revocations in `cache` and `db`.
+    pub fn new(keys: Arc<TokenKeys>, cache: Cache, db: Database) -> Self {
         // Announcements are small and handled at once; a listener that lags this far behind
         // is told so by the channel and falls back to its periodic check.
         let (revoked_here, _) = tokio::sync::broadcast::channel(1024);
-        Self(Arc::new(AuthInner { keys, cache, verified: VerifiedTokens::default(), revoked_here }))
+        Self(Arc::new(AuthInner {
+            keys,
+            cache,
+            db,
+            verified: VerifiedTokens::default(),
+            revoked_here,
+            loading: AtomicBool::new(false),
+            last_load: std::sync::Mutex::new(None),
+        }))
     }
 
     /// The token keys, for services that sign (accounts) or publish the JWKS.
@@ -89,7 +117,7 @@ impl Authenticator {
     }
 
     /// Verifies `token`'s signature and expiry (no I/O). Its session's revocation is still to be
-    /// checked: `confirm`, or `Unconfirmed::confirm_with` after reading the revocation mark in a
+    /// checked: `confirm`, or `confirm_with_status` after reading the revocation status in a
     /// round trip the caller makes anyway.
     pub fn verify(&self, token: &str) -> Result<Unconfirmed, ApiError> {
         let now = now_secs();
@@ -98,55 +126,47 @@ impl Authenticator {
             _ => {
                 let claims = self.0.keys.verify(token, now).map_err(|err| match err {
                     TokenError::Expired => ApiError::Unauthenticated { code: "token_expired", message: err.to_string() },
+                    TokenError::UnknownKey => ApiError::Unauthenticated { code: "unknown_signing_key", message: err.to_string() },
                     other => ApiError::invalid_token(other.to_string()),
                 })?;
                 self.0.verified.put(token, &claims);
                 claims
             }
         };
-        Ok(Unconfirmed {
-            revocation_key: revoked_key(&claims.sid),
-            expires_at: claims.exp,
-            player: Player { account_id: claims.sub, session_id: claims.sid, name: claims.name },
-        })
+        Ok(Unconfirmed { expires_at: claims.exp, player: Player { account_id: claims.sub, session_id: claims.sid, name: claims.name } })
     }
 
-    /// Checks the cache for `unconfirmed`'s session's revocation mark.
+    /// Checks whether `unconfirmed`'s session was revoked: one cache read, or, when the cache
+    /// cannot vouch for its set of revocations, a database read too.
     pub async fn confirm(&self, unconfirmed: Unconfirmed) -> Result<Player, ApiError> {
-        let revoked = self
-            .0
-            .cache
-            .exists(&unconfirmed.revocation_key)
+        let status = revocations::status(&self.0.cache, &unconfirmed.player.session_id)
             .await
             .map_err(|err| ApiError::Internal(err.context("checking the session's revocation")))?;
-        unconfirmed.confirm_with(revoked)
+        self.confirm_with_status(unconfirmed, status).await
     }
 
-    /// Makes every access token of `session_id` fail from now on, on every instance that shares
-    /// the cache. The mark lives as long as the longest-lived token it must stop.
-    /// Then announces it (`REVOCATION_CHANNEL` on Redis, `revocations` in process), so that
-    /// open sockets of the session close within moments rather than at their next check.
-    pub async fn revoke_session(&self, session_id: &str) -> anyhow::Result<()> {
-        let ttl = self.0.keys.access_ttl() + Duration::from_secs(60);
-        self.0.cache.set_ex(&revoked_key(session_id), "1", ttl).await?;
-        match self.0.cache.redis() {
-            Some(redis) => {
-                let mut conn = redis.connection();
-                let published: redis::RedisResult<i64> =
-                    redis::cmd("PUBLISH").arg(redis.key(REVOCATION_CHANNEL)).arg(session_id).query_async(&mut conn).await;
-                // The mark is what enforces the revocation; the announcement only hurries it.
-                // Listeners re-check the marks of their sessions periodically, so a lost one
-                // delays a socket's close, it does not cancel it.
-                if let Err(err) = published {
-                    tracing::warn!(error = %err, "announcing a revoked session failed; sockets close at their next check");
-                }
-            }
-            None => {
-                // No receiver (no chat here) is not an error.
-                let _ = self.0.revoked_here.send(session_id.to_owned());
-            }
+    /// The player, unless `status` (read by the caller, `revocations::status_cmd`) or, when the
+    /// cache's set is incomplete, the database says the session was revoked.
+    pub async fn confirm_with_status(&self, unconfirmed: Unconfirmed, status: RevocationStatus) -> Result<Player, ApiError> {
+        let revoked = status.revoked
+            || (!status.complete && self.recorded_revoked(&unconfirmed.player.session_id).await.map_err(ApiError::Internal)?);
+        if revoked {
+            return Err(session_revoked());
         }
-        Ok(())
+        Ok(unconfirmed.player)
+    }
+
+    /// Ends `session_ids`, inside the transaction `conn` that ends them: records them in the
+    /// database and adds them to the cache's set, so that every access token of theirs fails
+    /// from now on, on every instance. Called before the commit, so a cache that cannot be
+    /// written fails the whole change; the returned `Revoked` announces them after the commit.
+    pub async fn revoke_sessions(&self, conn: &mut sqlx::AnyConnection, session_ids: Vec<String>) -> anyhow::Result<Revoked> {
+        let now = crate::db::now_millis();
+        let lifetime = self.0.keys.access_ttl() + REVOCATION_MARGIN;
+        let until = now.saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));
+        revocations::record(conn, &session_ids, now, until).await?;
+        revocations::add(&self.0.cache, &session_ids, until, now).await?;
+        Ok(Revoked { auth: self.clone(), session_ids })
     }
 
     /// The session ids revoked in this process from now on, when the cache is in memory (with
@@ -157,7 +177,74 @@ impl Authenticator {
 
     /// Whether `session_id` has been revoked: the periodic re-check of a long-lived connection.
     pub async fn is_revoked(&self, session_id: &str) -> anyhow::Result<bool> {
-        self.0.cache.exists(&revoked_key(session_id)).await.context("checking the session's revocation")
+        let status = revocations::status(&self.0.cache, session_id).await.context("checking the session's revocation")?;
+        Ok(status.revoked || (!status.complete && self.recorded_revoked(session_id).await?))
+    }
+
+    /// The database's answer while the cache's set is incomplete; starts a load of the set into
+    /// the cache, so that the next requests are answered by the cache again.
+    async fn recorded_revoked(&self, session_id: &str) -> anyhow::Result<bool> {
+        self.start_load();
+        revocations::recorded(self.0.db.pool(), session_id).await
+    }
+
+    /// Loads the revocations into the cache in the background: one load at a time per process,
+    /// at most one a `LOAD_EVERY`, and one at a time across instances (the load's lease).
+    fn start_load(&self) {
+        {
+            let mut last = self.0.last_load.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < LOAD_EVERY) || self.0.loading.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let auth = self.clone();
+        tokio::spawn(async move {
+            match revocations::load(&auth.0.cache, &auth.0.db, crate::db::now_millis()).await {
+                Ok(Some(loaded)) => tracing::info!(loaded, "revoked sessions loaded into the cache from the database"),
+                Ok(None) => tracing::debug!("another instance is loading the revoked sessions, or a flush interrupted the load"),
+                Err(err) => tracing::warn!(
+                    error = format!("{err:#}"),
+                    "loading the revoked sessions into the cache failed; checks read the database"
+                ),
+            }
+            auth.0.loading.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Sessions ended in a transaction that is to commit; `announce` them once it has.
+#[must_use = "announce the revoked sessions once the transaction has committed"]
+#[derive(Debug)]
+pub struct Revoked {
+    auth: Authenticator,
+    session_ids: Vec<String>,
+}
+
+impl Revoked {
+    /// Tells every instance (`REVOCATION_CHANNEL` on Redis, `Authenticator::revocations` in
+    /// process), so that open sockets of the sessions close within moments rather than at their
+    /// next check. Never fails: the cache's set is what enforces the revocation, and listeners
+    /// re-check it periodically, so a lost announcement delays a socket's close, it does not
+    /// cancel it.
+    pub async fn announce(self) {
+        let inner = &self.auth.0;
+        for session_id in self.session_ids {
+            match inner.cache.redis() {
+                Some(redis) => {
+                    let mut conn = redis.connection();
+                    let published: redis::RedisResult<i64> =
+                        redis::cmd("PUBLISH").arg(redis.key(REVOCATION_CHANNEL)).arg(&session_id).query_async(&mut conn).await;
+                    if let Err(err) = published {
+                        tracing::warn!(error = %err, "announcing a revoked session failed; sockets close at their next check");
+                    }
+                }
+                None => {
+                    // No receiver (no chat here) is not an error.
+                    let _ = inner.revoked_here.send(session_id);
+                }
+            }
+        }
     }
 }
 
@@ -235,38 +322,31 @@ where
 }
 
 /// A caller whose access token verified, but whose session may have been revoked since: no
-/// player until the revocation mark was read (`Authenticator::confirm`, or `confirm_with` when a
-/// handler read it itself, pipelined with its own cache call to save a round trip).
+/// player until the revocation status was read (`Authenticator::confirm`, or
+/// `Authenticator::confirm_with_status` when a handler read it itself, pipelined with its own
+/// cache call to save a round trip).
 #[derive(Debug)]
 pub struct Unconfirmed {
     player: Player,
-    revocation_key: String,
     expires_at: i64,
 }
 
 impl Unconfirmed {
     /// The token's account, for a handler's read pipelined with the revocation check. Whatever
-    /// it read must not be answered unless `confirm_with` then succeeds.
+    /// it read must not be answered unless `confirm_with_status` then succeeds.
     pub fn account_id(&self) -> &str {
         &self.player.account_id
     }
 
-    /// The cache key (without the deployment's prefix) whose presence means the session ended.
-    pub fn revocation_key(&self) -> &str {
-        &self.revocation_key
+    /// The token's session, whose revocation status (`revocations::status_cmd`) a handler may
+    /// read pipelined with its own cache call.
+    pub fn session_id(&self) -> &str {
+        &self.player.session_id
     }
 
     /// When the token expires, Unix seconds (a socket authenticated with it closes then).
     pub fn expires_at(&self) -> i64 {
         self.expires_at
-    }
-
-    /// The player, unless `revoked`.
-    pub fn confirm_with(self, revoked: bool) -> Result<Player, ApiError> {
-        if revoked {
-            return Err(session_revoked());
-        }
-        Ok(self.player)
     }
 }
 
@@ -289,10 +369,6 @@ where
 /// 401 `session_revoked`.
 pub fn session_revoked() -> ApiError {
     ApiError::Unauthenticated { code: "session_revoked", message: "this session has ended; sign in again".into() }
-}
-
-fn revoked_key(session_id: &str) -> String {
-    format!("session:revoked:{session_id}")
 }
 
 /// Unix seconds now.

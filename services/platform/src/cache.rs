@@ -368,6 +368,8 @@ pub fn is_unavailable(err: &RedisError) -> bool {
 #[derive(Clone, Default)]
 pub struct MemoryCache {
     inner: Arc<Mutex<MemoryInner>>,
+    /// Ended sessions (`crate::revocations`); empty and incomplete when the process starts.
+    revocations: Arc<Mutex<crate::revocations::MemoryRevocations>>,
 }
 
 #[derive(Default)]
@@ -385,6 +387,11 @@ struct Entry {
 const SWEEP_EVERY: u32 = 1024;
 
 impl MemoryCache {
+    /// Runs `f` on the set of ended sessions.
+    pub(crate) fn revocations<R>(&self, f: impl FnOnce(&mut crate::revocations::MemoryRevocations) -> R) -> R {
+        f(&mut self.revocations.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
     /// Runs `f` on the map after dropping `key` if it has expired, so no caller sees a stale entry.
     fn with_key<R>(&self, key: &str, f: impl FnOnce(&mut HashMap<String, Entry>) -> R) -> R {
         self.with(|map| {

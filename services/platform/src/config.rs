@@ -210,10 +210,14 @@ impl Default for WebhookSettings {
 /// How access and refresh tokens are made.
 #[derive(Debug, Clone)]
 pub struct TokenConfig {
-    /// PKCS#8 PEM of the Ed25519 signing key (`TOKEN_SIGNING_KEY`). Without it, and without a
-    /// verify key, a key is generated once and kept under `DATA_DIR`.
+    /// PKCS#8 PEM of the Ed25519 key that signs (`TOKEN_SIGNING_KEY`). Without it, and without
+    /// verify keys, a key is generated once and kept under `DATA_DIR`.
     pub signing_key: Option<Secret<String>>,
-    /// SPKI PEM of the public key (`TOKEN_VERIFY_KEY`), for services that only verify.
+    /// SPKI PEM blocks of every public key accepted (`TOKEN_VERIFY_KEYS`): the previous key
+    /// during a rotation, the next one before it signs. Beside a signing key, they must include
+    /// its public half.
+    pub verify_keys: Option<String>,
+    /// The older single-key spelling (`TOKEN_VERIFY_KEY`), still read; added to `verify_keys`.
     pub verify_key: Option<String>,
     /// `iss` claim written and required.
     pub issuer: String,
@@ -415,6 +419,7 @@ impl Config {
 
         let tokens = TokenConfig {
             signing_key: get("TOKEN_SIGNING_KEY").map(Secret::new),
+            verify_keys: get("TOKEN_VERIFY_KEYS"),
             verify_key: get("TOKEN_VERIFY_KEY"),
             issuer: get("TOKEN_ISSUER").unwrap_or_else(|| "guildhall".into()),
             access_ttl: Duration::from_secs(parse("ACCESS_TOKEN_TTL_SECS", 15 * 60)?),

@@ -69,6 +69,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "assets_by_state", include_str!("../../../migrations/postgres/0008_assets_by_state.sql")),
     (9, "sanction_authority", include_str!("../../../migrations/postgres/0009_sanction_authority.sql")),
     (10, "refresh_grace", include_str!("../../../migrations/postgres/0010_refresh_grace.sql")),
+    (11, "session_revocations", include_str!("../../../migrations/postgres/0011_session_revocations.sql")),
+    (14, "chat_reports", include_str!("../../../migrations/postgres/0014_chat_reports.sql")),
     (15, "webhooks", include_str!("../../../migrations/postgres/0015_webhooks.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -82,6 +84,8 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "assets_by_state", include_str!("../../../migrations/sqlite/0008_assets_by_state.sql")),
     (9, "sanction_authority", include_str!("../../../migrations/sqlite/0009_sanction_authority.sql")),
     (10, "refresh_grace", include_str!("../../../migrations/sqlite/0010_refresh_grace.sql")),
+    (11, "session_revocations", include_str!("../../../migrations/sqlite/0011_session_revocations.sql")),
+    (14, "chat_reports", include_str!("../../../migrations/sqlite/0014_chat_reports.sql")),
     (15, "webhooks", include_str!("../../../migrations/sqlite/0015_webhooks.sql")),
 ];
 

@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod ratelimit;
 pub mod reachability;
+pub mod revocations;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

@@ -16,6 +16,40 @@ pub fn rfc3339(millis: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Reads the RFC 3339 UTC instants `rfc3339` writes (`2026-11-23T09:41:07.123Z`; the fraction
+/// optional, up to nanoseconds, cut to milliseconds) back into Unix milliseconds. Offsets other
+/// than `Z` are refused: every time Guildhall writes is UTC, and an event field is one it wrote.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let text = text.strip_suffix('Z').or_else(|| text.strip_suffix('z'))?;
+    let (date, time) = text.split_once(['T', 't'])?;
+    let number = |s: &str, len: usize| (s.len() == len && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<i64>().ok()).flatten();
+    let mut date_parts = date.split('-');
+    let (year, month, day) = (number(date_parts.next()?, 4)?, number(date_parts.next()?, 2)?, number(date_parts.next()?, 2)?);
+    let (clock, fraction) = time.split_once('.').map_or((time, None), |(c, f)| (c, Some(f)));
+    let mut clock_parts = clock.split(':');
+    let (hour, minute, second) = (number(clock_parts.next()?, 2)?, number(clock_parts.next()?, 2)?, number(clock_parts.next()?, 2)?);
+    if date_parts.next().is_some() || clock_parts.next().is_some() {
+        return None;
+    }
+    let days_in_month = match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => return None,
+    };
+    if !(1..=days_in_month).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let millis = match fraction {
+        None => 0,
+        Some(f) if (1..=9).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit()) => format!("{f:0<3}")[..3].parse::<i64>().ok()?,
+        Some(_) => return None,
+    };
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    Some(secs * 1000 + millis)
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day) (Howard Hinnant's
 /// `civil_from_days`).
 pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
@@ -58,6 +92,32 @@ mod tests {
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_426_867_123), "2026-11-23T09:41:07.123Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn parsing_reads_back_what_rfc3339_writes() {
+        use super::parse_rfc3339;
+        for millis in [0, 951_782_400_000, 1_795_426_867_123, -1, 4_102_444_799_999] {
+            assert_eq!(parse_rfc3339(&rfc3339(millis)), Some(millis));
+        }
+        assert_eq!(parse_rfc3339("2026-11-23T09:41:07Z"), Some(1_795_426_867_000));
+        assert_eq!(parse_rfc3339("2026-11-23T09:41:07.1Z"), Some(1_795_426_867_100));
+        assert_eq!(parse_rfc3339("2026-11-23T09:41:07.123456789Z"), Some(1_795_426_867_123));
+        for bad in [
+            "",
+            "2026-11-23",
+            "2026-11-23T09:41:07",
+            "2026-11-23T09:41:07+01:00",
+            "2026-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23T24:00:00Z",
+            "2026-11-23T09:41:07.Z",
+            "2026-11-23T09:41:07.1234567890Z",
+            "26-11-23T09:41:07Z",
+            "2026-11-23T09:41:07:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

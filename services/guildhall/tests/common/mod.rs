@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod browser;
+
 /// Runs each named `async fn name(backend: Backend)` once per backend set, as
 /// `embedded::name` and `real::name`.
 #[macro_export]
@@ -71,6 +73,46 @@ pub async fn two_processes(adjust: impl FnOnce(&mut TestEnv)) -> (TestEnv, Proce
     let a = Process::start(&env).await;
     let b = Process::start(&env).await;
     (env, a, b)
+}
+
+/// The `kid` in an access token's header: which key signed it.
+pub fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.split('.').next().expect("header")).expect("base64url header");
+    let header: Value = serde_json::from_slice(&raw).expect("JSON header");
+    header["kid"].as_str().expect("kid").to_owned()
+}
+
+/// The `kid`s a JWKS document lists, in order.
+pub async fn published_kids(api: &Api) -> Vec<String> {
+    let jwks = api.get("/.well-known/jwks.json", None).await.expect(200).body;
+    jwks["keys"].as_array().expect("keys").iter().map(|k| k["kid"].as_str().expect("kid").to_owned()).collect()
+}
+
+/// Opens a chat socket on `base` with `token` in the auth frame, expecting a refusal: the error
+/// frame's code and the close code.
+pub async fn chat_refusal(base: &str, token: &str) -> (String, Option<u16>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("{}/v1/chat/ws", base.replacen("http://", "ws://", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+    socket.send(Message::Text(json!({"type": "auth", "id": 1, "token": token}).to_string().into())).await.expect("auth sent");
+    let (mut code, mut closed) = (String::new(), None);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+        match message {
+            Message::Text(text) => {
+                let frame: Value = serde_json::from_str(&text).expect("JSON frame");
+                assert_ne!(frame["type"], "ack", "the socket was authenticated: {frame}");
+                code = frame["code"].as_str().unwrap_or_default().to_owned();
+            }
+            Message::Close(frame) => {
+                closed = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                break;
+            }
+            _ => {}
+        }
+    }
+    (code, closed)
 }
 
 /// A response: status, headers and the JSON body (Null when empty).

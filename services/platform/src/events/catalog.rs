@@ -95,7 +95,8 @@ impl EventType for UploadRejected {
 }
 
 /// A player reported a chat message to moderators (chat). The message as it was then is
-/// included, since its sender may edit or erase it later.
+/// included, since its sender may erase their account, or a moderator the message, later. Chat's
+/// own consumer files it in the moderators' reports queue (`GET /v1/admin/chat/reports`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageReported {
     /// The reported message.
@@ -104,6 +105,13 @@ pub struct MessageReported {
     pub channel: String,
     /// Who sent it; `None` once the sender erased their account.
     pub sender_id: Option<String>,
+    /// The sender's name as the message showed it. Absent from events recorded before it was
+    /// added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
+    /// When the message was sent. Absent from events recorded before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
     /// Its text when reported.
     pub body: String,
     /// Who reported it.

@@ -78,7 +78,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     (UploadCompleted::NAME, &["uploads"]),
     (UploadReady::NAME, &["webhooks"]),
     (UploadRejected::NAME, &["webhooks"]),
-    (MessageReported::NAME, &["webhooks"]),
+    (MessageReported::NAME, &["chat", "webhooks"]),
     (SanctionIssued::NAME, &["webhooks"]),
     (SeasonClosed::NAME, &["webhooks"]),
 ];

@@ -39,12 +39,12 @@ impl Subscription {
         F: Fn(E) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        Self::on_with_id(consumer, move |_id: String, event: E| handle(event))
+        Self::on_with_id(consumer, move |_, payload: E| handle(payload))
     }
 
-    /// Like `on`, for a handler that also needs the event's id (the outbox id, the same on every
-    /// copy of the event): one that passes the event on, e.g. to webhooks, whose receivers
-    /// recognise duplicates by it.
+    /// Like `on`, with the event's id (its outbox id, the same on every delivery) passed to
+    /// `handle` with the payload: for a handler that stores something per event and keys it by
+    /// the id, so that two copies handled at once (two instances) still store it once.
     pub fn on_with_id<E, F, Fut>(consumer: &'static str, handle: F) -> Self
     where
         E: EventType,
