@@ -107,8 +107,8 @@ pub struct CreateWebhook {
     /// hosts only with `WEBHOOK_ALLOW_LOCAL_TARGETS`, for local testing.)
     #[schema(max_length = 2048, example = "https://hooks.example.com/guildhall")]
     pub url: String,
-    /// The events to deliver: 1 to 8 distinct names, or `["*"]` for every event.
-    #[schema(min_items = 1, max_items = 8)]
+    /// The events to deliver: 1 to 7 distinct names, or `["*"]` for every event.
+    #[schema(min_items = 1, max_items = 7)]
     pub events: Vec<WebhookEvent>,
     /// The HMAC-SHA256 key deliveries are signed with: 24 to 256 printable ASCII characters
     /// without spaces (`openssl rand -hex 32`). Never answered back.
