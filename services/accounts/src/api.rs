@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use platform::auth::{Admin, Player};
 use platform::db::{now_millis, unique_violation};
 use platform::error::ErrorBody;
-use platform::events::AccountDeleted;
+use platform::events::{AccountCreated, AccountDeleted};
 use platform::http::{ClientIp, Json};
 use platform::{ApiError, ApiResult};
 use sha2::{Digest, Sha256};
@@ -82,6 +82,9 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
         return Err(state.conflict_for(err, ip).await);
     }
     let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("account vanished after insert"))?;
+    let created =
+        AccountCreated { account_id: id.clone(), username: username.clone(), guest: false, created_at: platform::time::rfc3339(now) };
+    platform::events::record(&mut *tx, &created).await?;
     let minted = state.open_session(&mut tx, &account).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(account_id = id, "account registered");
@@ -145,11 +148,13 @@ pub async fn guest(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
         }
         let id = uuid::Uuid::now_v7().to_string();
         let username = guest_username()?;
-        let new =
-            NewAccount { id: &id, username: &username, email: None, password_hash: None, device_key: Some(&device_key), now: now_millis() };
+        let now = now_millis();
+        let new = NewAccount { id: &id, username: &username, email: None, password_hash: None, device_key: Some(&device_key), now };
         match store::insert_account(&mut *tx, &new).await {
             Ok(()) => {
                 let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("guest vanished after insert"))?;
+                let created = AccountCreated { account_id: id.clone(), username, guest: true, created_at: platform::time::rfc3339(now) };
+                platform::events::record(&mut *tx, &created).await?;
                 let minted = state.open_session(&mut tx, &account).await?;
                 tx.commit().await.map_err(anyhow::Error::from)?;
                 tracing::info!(account_id = id, "guest account created");

@@ -8,7 +8,7 @@ use axum::routing::{delete, get, post};
 use platform::auth::{Admin, Caller, Player, Scope};
 use platform::db::now_millis;
 use platform::error::ErrorBody;
-use platform::events::MessageReported;
+use platform::events::{MessageReported, SanctionIssued};
 use platform::http::{Json, Query};
 use platform::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
@@ -504,9 +504,24 @@ async fn record_sanction(state: &ChatState, req: &Sanction, scope: &str, authori
         by,
         authority: authority.as_str(),
     };
-    if !store::sanction(state.db.pool(), &row, now_millis()).await? {
+    let now = now_millis();
+    let mut tx = state.db.begin().await?;
+    if !store::sanction(&mut *tx, &row, now).await? {
+        tx.rollback().await.ok();
         return Err(outranked());
     }
+    let event = SanctionIssued {
+        account_id: req.account_id.clone(),
+        kind: req.kind.clone(),
+        scope: scope.to_owned(),
+        until: until.map(platform::time::rfc3339),
+        reason: req.reason.clone(),
+        issued_by: authority.as_str().to_owned(),
+        issuer_id: (authority != Authority::Server).then(|| by.to_owned()),
+        issued_at: platform::time::rfc3339(now),
+    };
+    platform::events::record(&mut *tx, &event).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(account_id = req.account_id, scope, kind = req.kind, by, authority = authority.as_str(), "chat sanction");
     if req.kind == "ban" {
         let notice = match scope {

@@ -135,6 +135,18 @@ impl App {
                         router = router.merge(chat::router(state));
                     }
                 }
+                Service::Webhooks => {
+                    let state = webhooks::WebhooksState::new(db.clone(), admin_key.clone(), config.webhooks.clone())?;
+                    subscriptions.extend(webhooks::subscriptions(state.clone()));
+                    // Deliveries are event work: they go out where the consumers run (the
+                    // worker on ECS), which is also where the webhooks consumer records them.
+                    if mode == Mode::Worker || config.run_event_workers {
+                        workers.push(tokio::spawn(webhooks::run_deliveries(state.clone(), shutdown.clone())));
+                    }
+                    if mode == Mode::Serve {
+                        router = router.merge(webhooks::router(state));
+                    }
+                }
             }
         }
         if mode == Mode::Worker || config.run_event_workers {

@@ -414,12 +414,18 @@ async fn deleting_an_account_leaves_no_row_and_records_the_event(backend: Backen
             .await
             .expect("count");
     assert_eq!(orphans, 0);
+    // Each registration recorded `account.created` with its account, the erasure `account.deleted`.
     let events: Vec<(String, String)> =
-        sqlx::query_as("SELECT event_type, payload FROM outbox").fetch_all(db.pool()).await.expect("outbox");
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].0, "account.deleted");
-    let payload: serde_json::Value = serde_json::from_str(&events[0].1).expect("json");
-    assert_eq!(payload["account_id"], ana.id.as_str());
+        sqlx::query_as("SELECT event_type, payload FROM outbox ORDER BY id").fetch_all(db.pool()).await.expect("outbox");
+    let events: Vec<(&str, serde_json::Value)> =
+        events.iter().map(|(kind, payload)| (kind.as_str(), serde_json::from_str(payload).expect("json"))).collect();
+    let kinds: Vec<&str> = events.iter().map(|(kind, _)| *kind).collect();
+    assert_eq!(kinds, ["account.created", "account.created", "account.deleted"]);
+    assert_eq!((events[0].1["account_id"].as_str(), events[0].1["username"].as_str()), (Some(ana.id.as_str()), Some("ana")));
+    assert_eq!(events[0].1["guest"], false);
+    assert!(events[0].1.get("email").is_none(), "no personal detail in the event: {}", events[0].1);
+    assert_eq!(events[1].1["account_id"], bob.id.as_str());
+    assert_eq!(events[2].1["account_id"], ana.id.as_str());
     // Bob is untouched, and the username is free again.
     app.get("/v1/accounts/me", Some(&bob.access)).await.expect(200);
     app.register("ana").await;

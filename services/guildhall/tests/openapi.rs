@@ -14,7 +14,14 @@ async fn every_service_serves_the_whole_document() {
     let whole = monolith.get("/openapi.json", None).await.expect(200).body;
     assert_eq!(whole, serde_json::to_value(guildhall::openapi()).expect("JSON"), "`guildhall openapi` prints what is served");
     // A path of each service, and the health endpoints.
-    for path in ["/v1/auth/refresh", "/v1/leaderboards/{id}/records", "/v1/assets/{asset_id}", "/v1/chat/ws", "/health/ready"] {
+    for path in [
+        "/v1/auth/refresh",
+        "/v1/leaderboards/{id}/records",
+        "/v1/assets/{asset_id}",
+        "/v1/chat/ws",
+        "/v1/admin/webhooks/{id}/deliveries",
+        "/health/ready",
+    ] {
         assert!(whole["paths"].get(path).is_some(), "the document lacks {path}");
     }
     let mut env = TestEnv::new(Backend::Real).await.expect("env");
@@ -25,11 +32,12 @@ async fn every_service_serves_the_whole_document() {
     let account = "/v1/admin/accounts/0193aaaa-0000-7000-8000-000000000000";
     let records = format!("{account}/records");
     let sanctions = format!("{account}/sanctions");
-    let admin_paths: [(&str, Vec<&str>); 4] = [
+    let admin_paths: [(&str, Vec<&str>); 5] = [
         ("accounts", vec!["/v1/admin/accounts", account, "/v1/admin/keys", "/v1/admin/audit"]),
         ("leaderboard", vec!["/v1/leaderboards", &records]),
         ("uploads", vec!["/v1/admin/assets"]),
         ("chat", vec![&sanctions]),
+        ("webhooks", vec!["/v1/admin/webhooks"]),
     ];
     for (service, _) in &admin_paths {
         let mut env = env.clone();

@@ -72,6 +72,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "session_revocations", include_str!("../../../migrations/postgres/0011_session_revocations.sql")),
     (13, "admin", include_str!("../../../migrations/postgres/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/postgres/0014_chat_reports.sql")),
+    (15, "webhooks", include_str!("../../../migrations/postgres/0015_webhooks.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -87,6 +88,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "session_revocations", include_str!("../../../migrations/sqlite/0011_session_revocations.sql")),
     (13, "admin", include_str!("../../../migrations/sqlite/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/sqlite/0014_chat_reports.sql")),
+    (15, "webhooks", include_str!("../../../migrations/sqlite/0015_webhooks.sql")),
 ];
 
 /// How long a request waits for a pooled connection before failing, when the database answers

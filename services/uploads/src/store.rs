@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use platform::db::{Database, now_millis};
-use platform::events::UploadCompleted;
+use platform::events::{UploadCompleted, UploadReady, UploadRejected};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -223,28 +223,46 @@ pub async fn complete(db: &Database, asset: &mut Asset) -> anyhow::Result<bool> 
     Ok(true)
 }
 
-/// Marks a verifying asset ready. False when it was not verifying.
+/// Marks a verifying asset ready and records `upload.ready`, in one transaction. False when it
+/// was not verifying.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.mark_ready", skip_all)]
-pub async fn mark_ready(db: &Database, id: &str) -> anyhow::Result<bool> {
+pub async fn mark_ready(db: &Database, asset: &Asset) -> anyhow::Result<bool> {
+    let now = now_millis();
+    let mut tx = db.begin().await?;
     let done = sqlx::query("UPDATE assets SET state = 'ready', updated_at = $2 WHERE id = $1 AND state = 'verifying'")
-        .bind(id)
-        .bind(now_millis())
-        .execute(db.pool())
+        .bind(&asset.id)
+        .bind(now)
+        .execute(&mut *tx)
         .await
         .context("marking asset ready")?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() == 0 {
+        tx.rollback().await.ok();
+        return Ok(false);
+    }
+    let event = UploadReady {
+        asset_id: asset.id.clone(),
+        owner_id: asset.owner_id.clone(),
+        purpose: asset.purpose.clone(),
+        content_type: asset.content_type.clone(),
+        size_bytes: asset.size_bytes,
+        ready_at: platform::time::rfc3339(now),
+    };
+    platform::events::record(&mut *tx, &event).await?;
+    tx.commit().await.context("committing readiness")?;
+    Ok(true)
 }
 
-/// Marks a verifying asset rejected for `reason` and gives its room in the quota back. False
-/// when it was not verifying.
+/// Marks a verifying asset rejected for `reason`, gives its room in the quota back and records
+/// `upload.rejected`, in one transaction. False when it was not verifying.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.mark_rejected", skip_all)]
 pub async fn mark_rejected(db: &Database, asset: &Asset, reason: &str) -> anyhow::Result<bool> {
+    let now = now_millis();
     let mut tx = db.begin().await?;
     let done =
         sqlx::query("UPDATE assets SET state = 'rejected', reject_reason = $2, updated_at = $3 WHERE id = $1 AND state = 'verifying'")
             .bind(&asset.id)
             .bind(reason)
-            .bind(now_millis())
+            .bind(now)
             .execute(&mut *tx)
             .await
             .context("rejecting asset")?;
@@ -253,6 +271,14 @@ pub async fn mark_rejected(db: &Database, asset: &Asset, reason: &str) -> anyhow
         return Ok(false);
     }
     release(&mut tx, &asset.owner_id, asset.size_bytes).await?;
+    let event = UploadRejected {
+        asset_id: asset.id.clone(),
+        owner_id: asset.owner_id.clone(),
+        purpose: asset.purpose.clone(),
+        reason: reason.to_owned(),
+        rejected_at: platform::time::rfc3339(now),
+    };
+    platform::events::record(&mut *tx, &event).await?;
     tx.commit().await.context("committing rejection")?;
     Ok(true)
 }

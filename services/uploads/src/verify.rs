@@ -45,7 +45,7 @@ pub async fn check(state: &UploadsState, asset_id: &str) -> anyhow::Result<()> {
             if key == upload {
                 state.blobs.publish(&upload, &asset.object_key, &asset.content_type).await?;
             }
-            store::mark_ready(&state.db, &asset.id).await?;
+            store::mark_ready(&state.db, &asset).await?;
             tracing::info!(asset_id, purpose = asset.purpose, size = asset.size_bytes, "asset ready");
         }
         Err(reason) => {

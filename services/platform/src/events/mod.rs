@@ -36,7 +36,10 @@ pub mod subscription;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use catalog::{AccountDeleted, MessageReported, SeasonClosed, SeasonPlacing, UploadCompleted};
+pub use catalog::{
+    AccountCreated, AccountDeleted, MessageReported, SanctionIssued, SeasonClosed, SeasonPlacing, UploadCompleted, UploadReady,
+    UploadRejected,
+};
 pub use outbox::record;
 pub use relay::{MAX_ATTEMPTS, Relay};
 pub use sqs::{QueueConsumer, Queues};
@@ -68,10 +71,16 @@ pub type TraceHeaders = std::collections::BTreeMap<String, String>;
 
 /// Who consumes each event type, for the SQS transport, where the relay cannot see the
 /// subscriptions of services running elsewhere. Event types missing here have no consumer.
+/// `webhooks` takes every event an operator can subscribe a webhook to.
 pub const ROUTES: &[(&str, &[&str])] = &[
-    (AccountDeleted::NAME, &["leaderboard", "uploads", "chat"]),
+    (AccountCreated::NAME, &["webhooks"]),
+    (AccountDeleted::NAME, &["leaderboard", "uploads", "chat", "webhooks"]),
     (UploadCompleted::NAME, &["uploads"]),
-    (MessageReported::NAME, &["chat"]),
+    (UploadReady::NAME, &["webhooks"]),
+    (UploadRejected::NAME, &["webhooks"]),
+    (MessageReported::NAME, &["chat", "webhooks"]),
+    (SanctionIssued::NAME, &["webhooks"]),
+    (SeasonClosed::NAME, &["webhooks"]),
 ];
 
 /// The consumers of `event_type` (see `ROUTES`).
