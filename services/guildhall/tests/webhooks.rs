@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::{ADMIN_KEY, Api, Backend, Chat, Process, TestApp, TestEnv, guest};
+use common::{ADMIN_KEY, Api, Backend, Chat, Process, TestApp, TestEnv, guest, server_key};
 use serde_json::{Value, json};
 use webhooks::signature::{self, REPLAY_WINDOW_SECS};
 
@@ -23,6 +23,7 @@ on_both_backends!(
     a_slow_receiver_holds_up_no_other_webhook,
     every_offered_event_reaches_a_webhook,
     webhooks_are_validated_and_never_show_their_secret,
+    webhooks_take_their_scope_and_are_audited,
 );
 
 const SECRET: &str = "whsec-test-secret-0123456789abcdef";
@@ -462,4 +463,31 @@ async fn the_secret_and_the_url_never_reach_the_logs() {
         assert!(!line.contains(SECRET), "the secret was logged: {line}");
         assert!(!line.contains("receiver-own-token-42"), "the URL's query was logged: {line}");
     }
+}
+
+/// Managing webhooks takes a key with the `webhooks` scope; each change is in the audit log with
+/// the key that made it, and neither the secret nor the URL's query is.
+async fn webhooks_take_their_scope_and_are_audited(backend: Backend) {
+    let app = start(backend, &[]).await;
+    let receiver = Receiver::start(&[]).await;
+    let (_, support) = server_key(&app, "support", &["accounts"]).await;
+    let (_, ops) = server_key(&app, "integrations", &["webhooks"]).await;
+    let body = json!({"url": format!("{}?token=receiver-own-token", receiver.url), "events": ["*"], "secret": SECRET});
+    app.post("/v1/admin/webhooks", Some(&support), body.clone()).await.expect_error(403, "insufficient_scope");
+    app.get("/v1/admin/webhooks", Some(&support)).await.expect_error(403, "insufficient_scope");
+    let made = app.post("/v1/admin/webhooks", Some(&ops), body).await.expect(201).body;
+    let id = made["id"].as_str().expect("id");
+    app.get("/v1/admin/webhooks", Some(&ops)).await.expect(200);
+    app.call(reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{id}"), Some(&support), None)
+        .await
+        .expect_error(403, "insufficient_scope");
+    app.call(reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{id}"), Some(&ops), None).await.expect(204);
+
+    let entries = common::audit(&app, &format!("target=webhook:{id}")).await;
+    let done: Vec<(&str, &str)> =
+        entries.iter().map(|e| (e["action"].as_str().expect("action"), e["key_name"].as_str().expect("key"))).collect();
+    assert_eq!(done, [("webhooks.delete", "integrations"), ("webhooks.create", "integrations")]);
+    assert_eq!(entries[1]["detail"]["host"], "127.0.0.1");
+    let logged = serde_json::to_string(&entries).expect("JSON");
+    assert!(!logged.contains(SECRET) && !logged.contains("receiver-own-token"), "{logged}");
 }

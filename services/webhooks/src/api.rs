@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use platform::auth::Admin;
+use platform::auth::{Admin, Scope};
 use platform::config::Secret;
 use platform::db::now_millis;
 use platform::error::ErrorBody;
@@ -334,17 +334,18 @@ fn url_refused(refusal: Refusal) -> ApiError {
     }
 }
 
-/// Registers a webhook (server key). Its host is resolved now and must reach public addresses
+/// Registers a webhook (scope `webhooks`). Its host is resolved now and must reach public addresses
 /// only (and again at every delivery). The secret is never answered back.
 #[utoipa::path(post, path = "/v1/admin/webhooks", tag = "webhooks", security(("bearer" = [])), request_body = CreateWebhook,
     responses((status = 201, body = WebhookView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "`too_many_webhooks`: 100 exist")))]
+        (status = 403, description = "`insufficient_scope`: the key lacks `webhooks`", body = ErrorBody), (status = 409, body = ErrorBody, description = "`too_many_webhooks`: 100 exist")))]
 #[tracing::instrument(skip_all)]
 pub async fn create_webhook(
     State(state): State<WebhooksState>,
-    _admin: Admin,
+    admin: Admin,
     Json(req): Json<CreateWebhook>,
 ) -> ApiResult<impl IntoResponse> {
+    admin.require(Scope::Webhooks)?;
     let policy = state.policy();
     let url = policy.parse(&req.url).map_err(url_refused)?;
     let events = check_events(&req.events)?;
@@ -362,58 +363,62 @@ pub async fn create_webhook(
     let secret = Secret::new(req.secret);
     let created_at = now_millis();
     let new = NewWebhook { id: &id, url: url.as_str(), events: &events, secret: &secret, description: description.as_deref(), created_at };
-    store::insert(&state.db, &new).await?;
+    store::insert(&state.db, &new, &admin, &host).await?;
     tracing::info!(webhook_id = id, host, events = events.join(","), "webhook registered");
     let row = WebhookRow { id, url: url.to_string(), events, description, created_at };
     Ok((StatusCode::CREATED, Json(WebhookView::from(row))))
 }
 
-/// Lists webhooks, newest first (server key).
+/// Lists webhooks, newest first (scope `webhooks`).
 #[utoipa::path(get, path = "/v1/admin/webhooks", tag = "webhooks", security(("bearer" = [])), params(ListQuery),
-    responses((status = 200, body = WebhookPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = WebhookPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "`insufficient_scope`: the key lacks `webhooks`", body = ErrorBody)))]
 pub async fn list_webhooks(
     State(state): State<WebhooksState>,
-    _admin: Admin,
+    admin: Admin,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<WebhookPage>> {
+    admin.require(Scope::Webhooks)?;
     let limit = limit(query.limit)?;
     let rows = store::list(&state.db, cursor(query.cursor.as_deref())?, limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|w| w.id.clone())).flatten();
     Ok(Json(WebhookPage { webhooks: rows.into_iter().map(WebhookView::from).collect(), next_cursor }))
 }
 
-/// One webhook (server key).
+/// One webhook (scope `webhooks`).
 #[utoipa::path(get, path = "/v1/admin/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Webhook id")),
-    responses((status = 200, body = WebhookView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn show_webhook(State(state): State<WebhooksState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<WebhookView>> {
+    responses((status = 200, body = WebhookView), (status = 401, body = ErrorBody), (status = 403, description = "`insufficient_scope`: the key lacks `webhooks`", body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn show_webhook(State(state): State<WebhooksState>, admin: Admin, Path(id): Path<String>) -> ApiResult<Json<WebhookView>> {
+    admin.require(Scope::Webhooks)?;
     Ok(Json(existing(&state, &id).await?.into()))
 }
 
-/// Deletes a webhook and its deliveries, pending ones included (server key).
+/// Deletes a webhook and its deliveries, pending ones included (scope `webhooks`).
 #[utoipa::path(delete, path = "/v1/admin/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Webhook id")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, description = "`insufficient_scope`: the key lacks `webhooks`", body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(webhook_id = id))]
-pub async fn delete_webhook(State(state): State<WebhooksState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    if uuid::Uuid::try_parse(&id).is_err() || !store::delete(&state.db, &id).await? {
+pub async fn delete_webhook(State(state): State<WebhooksState>, admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    admin.require(Scope::Webhooks)?;
+    if uuid::Uuid::try_parse(&id).is_err() || !store::delete(&state.db, &id, &admin).await? {
         return Err(webhook_not_found());
     }
     tracing::info!("webhook deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A webhook's deliveries, newest first; `?state=failed` lists the parked ones (server key).
+/// A webhook's deliveries, newest first; `?state=failed` lists the parked ones (scope `webhooks`).
 #[utoipa::path(get, path = "/v1/admin/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Webhook id"), DeliveryQuery),
     responses((status = 200, body = DeliveryPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 403, description = "`insufficient_scope`: the key lacks `webhooks`", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_deliveries(
     State(state): State<WebhooksState>,
-    _admin: Admin,
+    admin: Admin,
     Path(id): Path<String>,
     Query(query): Query<DeliveryQuery>,
 ) -> ApiResult<Json<DeliveryPage>> {
+    admin.require(Scope::Webhooks)?;
     let limit = limit(query.limit)?;
     let before = cursor(query.cursor.as_deref())?;
     let webhook = existing(&state, &id).await?;
@@ -423,17 +428,18 @@ pub async fn list_deliveries(
 }
 
 /// Sends a delivered or parked delivery again, with a fresh count of attempts: the same event
-/// id and body, signed anew (server key). 409 `delivery_pending` while it is still being tried.
+/// id and body, signed anew (scope `webhooks`). 409 `delivery_pending` while it is still being tried.
 #[utoipa::path(post, path = "/v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Webhook id"), ("delivery_id" = String, Path, description = "Delivery id")),
-    responses((status = 202, body = DeliveryView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 202, body = DeliveryView), (status = 401, body = ErrorBody), (status = 403, description = "`insufficient_scope`: the key lacks `webhooks`", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "`delivery_pending`: it is still being tried")))]
 #[tracing::instrument(skip_all, fields(webhook_id = id, delivery_id))]
 pub async fn redeliver(
     State(state): State<WebhooksState>,
-    _admin: Admin,
+    admin: Admin,
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
+    admin.require(Scope::Webhooks)?;
     let not_found = || ApiError::NotFound("no such delivery".into());
     if uuid::Uuid::try_parse(&id).is_err() || uuid::Uuid::try_parse(&delivery_id).is_err() {
         return Err(not_found());
@@ -441,6 +447,8 @@ pub async fn redeliver(
     match store::redeliver(&state.db, &id, &delivery_id).await?.ok_or_else(not_found)? {
         Ok(row) => {
             state.wake.notify_one();
+            let detail = serde_json::json!({ "delivery_id": delivery_id, "event_id": row.event_id });
+            platform::audit::record(state.db.pool(), &admin, "webhooks.redeliver", &format!("webhook:{id}"), &detail).await?;
             tracing::info!("webhook delivery redelivered");
             Ok((StatusCode::ACCEPTED, Json(DeliveryView::from(row))))
         }

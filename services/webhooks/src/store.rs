@@ -3,6 +3,7 @@
 //! PostgreSQL and SQLite.
 
 use anyhow::Context;
+use platform::auth::Admin;
 use platform::config::Secret;
 use platform::db::{Database, now_millis};
 use sqlx::Row;
@@ -67,7 +68,8 @@ pub async fn count(db: &Database) -> anyhow::Result<i64> {
 
 /// Stores a new webhook.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db webhooks.insert", skip_all)]
-pub async fn insert(db: &Database, new: &NewWebhook<'_>) -> anyhow::Result<()> {
+pub async fn insert(db: &Database, new: &NewWebhook<'_>, by: &Admin, host: &str) -> anyhow::Result<()> {
+    let mut tx = db.begin().await?;
     sqlx::query("INSERT INTO webhooks (id, url, events, secret, description, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(new.id)
         .bind(new.url)
@@ -75,9 +77,13 @@ pub async fn insert(db: &Database, new: &NewWebhook<'_>) -> anyhow::Result<()> {
         .bind(new.secret.expose())
         .bind(new.description)
         .bind(new.created_at)
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await
         .context("inserting webhook")?;
+    // The host and events only: never the secret, nor the URL's query (it may hold a token).
+    let detail = serde_json::json!({ "host": host, "events": new.events });
+    platform::audit::record(&mut *tx, by, "webhooks.create", &format!("webhook:{}", new.id), &detail).await?;
+    tx.commit().await.context("committing a new webhook")?;
     Ok(())
 }
 
@@ -111,10 +117,13 @@ pub async fn subscribed(db: &Database, event_type: &str) -> anyhow::Result<Vec<W
 
 /// Deletes the webhook `id` and its deliveries. False when there was none.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db webhooks.delete", skip_all)]
-pub async fn delete(db: &Database, id: &str) -> anyhow::Result<bool> {
+pub async fn delete(db: &Database, id: &str, by: &Admin) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
     sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1").bind(id).execute(&mut *tx).await.context("deleting deliveries")?;
     let done = sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(id).execute(&mut *tx).await.context("deleting webhook")?;
+    if done.rows_affected() == 1 {
+        platform::audit::record(&mut *tx, by, "webhooks.delete", &format!("webhook:{id}"), &serde_json::json!({})).await?;
+    }
     tx.commit().await.context("committing webhook deletion")?;
     Ok(done.rows_affected() == 1)
 }
