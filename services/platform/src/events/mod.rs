@@ -28,6 +28,7 @@
 
 pub mod catalog;
 pub mod dead;
+pub mod metrics;
 pub mod outbox;
 pub mod relay;
 pub mod sqs;
@@ -37,6 +38,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use catalog::{AccountDeleted, MessageReported, SeasonClosed, SeasonPlacing, UploadCompleted};
+pub use metrics::{EventMetrics, register_outbox_metrics};
 pub use outbox::record;
 pub use relay::{MAX_ATTEMPTS, Relay};
 pub use sqs::{QueueConsumer, Queues};
