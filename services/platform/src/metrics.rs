@@ -280,6 +280,9 @@ fn method_index(method: &Method) -> usize {
     }
 }
 
+/// One route's stats by method (an index into `METHODS`), made on first use.
+type PerMethod = [Option<Arc<RouteStats>>; METHODS.len()];
+
 /// Where the previous snapshot's request totals were, for the rates of the next.
 struct RatePoint {
     at: Instant,
@@ -293,7 +296,7 @@ struct Registry {
     families: Mutex<Vec<Family>>,
     collectors: Mutex<Vec<Arc<Collector>>>,
     /// Route template → stats per method.
-    routes: Mutex<HashMap<Box<str>, [Option<Arc<RouteStats>>; METHODS.len()]>>,
+    routes: Mutex<HashMap<Box<str>, PerMethod>>,
     rate_point: Mutex<Option<RatePoint>>,
 }
 
