@@ -17,6 +17,7 @@ use platform::db::Database;
 use platform::events::{QueueConsumer, Queues, Relay};
 use platform::health::{self, HealthState};
 use platform::http::{self, HttpSettings};
+use platform::metrics::Metrics;
 use platform::shutdown::Shutdown;
 use platform::tokens::TokenKeys;
 use tokio::net::TcpListener;
@@ -34,6 +35,7 @@ pub struct App {
     shutdown: Shutdown,
     config: Config,
     workers: Vec<JoinHandle<()>>,
+    metrics: Metrics,
 }
 
 /// What a process does: serve the API (and, unless `RUN_EVENT_WORKERS=false`, deliver events),
@@ -59,6 +61,9 @@ impl App {
             db.migrate().await?;
         }
         let cache = Cache::connect(&config.cache).await?;
+        let metrics = Metrics::new();
+        db.register_metrics(&metrics);
+        cache.register_metrics(&metrics);
         let keys = Arc::new(TokenKeys::load(&config.tokens, &config.data_dir)?);
         let auth = Authenticator::new(keys, cache.clone(), db.clone());
         let admin_key = AdminKey::new(config.admin_key.clone(), Some(db.clone()));
@@ -90,13 +95,15 @@ impl App {
                 }
                 Service::Leaderboard => {
                     let index = leaderboard::index::RankIndex::for_cache(&cache);
+                    let writer = leaderboard::writer::Writer::start(db.clone(), index.clone());
+                    writer.register_metrics(&metrics);
                     let state = leaderboard::LeaderboardState::new(leaderboard::LeaderboardParts {
                         db: db.clone(),
                         index: index.clone(),
                         auth: auth.clone(),
                         admin_key: admin_key.clone(),
                         boards: leaderboard::BoardCache::default(),
-                        writer: leaderboard::writer::Writer::start(db.clone(), index),
+                        writer,
                     });
                     subscriptions.extend(leaderboard::subscriptions(state.clone()));
                     if mode == Mode::Serve {
@@ -131,6 +138,7 @@ impl App {
                         chat::ChatState::new(db.clone(), cache.clone(), auth.clone(), admin_key.clone(), limit, sockets, shutdown.clone());
                     subscriptions.extend(chat::subscriptions(state.clone()));
                     if mode == Mode::Serve {
+                        state.register_metrics(&metrics);
                         workers.push(tokio::spawn(state.clone().run()));
                         router = router.merge(chat::router(state));
                     }
@@ -150,13 +158,18 @@ impl App {
             }
         }
         if mode == Mode::Worker || config.run_event_workers {
+            let consumers: Vec<&'static str> = subscriptions.iter().map(|s| s.consumer).collect();
+            let event_metrics = platform::events::EventMetrics::register(&metrics, &consumers);
             match Queues::connect(&config.queue, &config.aws).await {
                 Some(queues) => {
                     platform::events::check_routes(&subscriptions)?;
                     // The relay sends every service's events (several relays share the outbox
                     // through leases); the consumers read the queues of the services here.
-                    workers.push(tokio::spawn(Relay::sqs(db.clone(), queues.clone()).run(shutdown.clone())));
+                    platform::events::register_outbox_metrics(&db, &metrics);
+                    let relay = Relay::sqs(db.clone(), queues.clone()).with_metrics(event_metrics.clone());
+                    workers.push(tokio::spawn(relay.run(shutdown.clone())));
                     for consumer in QueueConsumer::for_each_consumer(&db, &queues, &subscriptions) {
+                        let consumer = consumer.with_metrics(event_metrics.clone());
                         tracing::info!(
                             consumer = consumer.consumer(),
                             queue = queues.url(consumer.consumer()),
@@ -167,7 +180,9 @@ impl App {
                 }
                 None if config.is_monolith() => {
                     // Every consumer is in this process: deliver the outbox to them directly.
-                    workers.push(tokio::spawn(Relay::new(db.clone(), subscriptions).run(shutdown.clone())));
+                    platform::events::register_outbox_metrics(&db, &metrics);
+                    let relay = Relay::new(db.clone(), subscriptions).with_metrics(event_metrics);
+                    workers.push(tokio::spawn(relay.run(shutdown.clone())));
                 }
                 None => {
                     tracing::warn!(
@@ -186,9 +201,10 @@ impl App {
             request_timeout: config.request_timeout,
             trust_forwarded_for: config.trust_forwarded_for,
             cors_allowed_origins: config.cors_allowed_origins.clone(),
+            metrics: metrics.clone(),
         };
         let router = http::with_common_layers(router, settings);
-        Ok(App { router, db, shutdown, config, workers })
+        Ok(App { router, db, shutdown, config, workers, metrics })
     }
 
     /// The router, for tests that drive it without a socket.
@@ -196,10 +212,32 @@ impl App {
         self.router.clone()
     }
 
-    /// Serves on `listener` until the shutdown switch stops, then stops the workers and closes
-    /// the pools.
+    /// This application's figures: what `/metrics` serves, and `Metrics::snapshot` for the
+    /// console.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Serves on `listener`, and `/metrics` on `METRICS_ADDR` when it is set, until the shutdown
+    /// switch stops, then stops the workers and closes the pools.
     pub async fn serve(self, listener: TcpListener) -> anyhow::Result<()> {
+        let metrics_listener = match self.config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding METRICS_ADDR {addr}"))?),
+            None => None,
+        };
+        self.serve_with_metrics(listener, metrics_listener).await
+    }
+
+    /// Serves the API on `listener` and, when given, `/metrics` on `metrics_listener` (tests bind
+    /// both on port 0), until the shutdown switch stops; then stops the workers and closes the
+    /// pools. The metrics listener shares the shutdown: it answers while the process drains and
+    /// closes with the API's.
+    pub async fn serve_with_metrics(self, listener: TcpListener, metrics_listener: Option<TcpListener>) -> anyhow::Result<()> {
         let addr = listener.local_addr().context("reading the listener address")?;
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().context("reading the metrics listener address")?),
+            None => None,
+        };
         let services: Vec<&str> = self.config.services.iter().map(|s| s.name()).collect();
         tracing::info!(
             addr = %addr,
@@ -209,6 +247,7 @@ impl App {
             cache = describe_cache(&self.config.cache),
             blobs = describe_blobs(&self.config.blobs),
             events = if matches!(self.config.queue, platform::config::QueueConfig::Sqs { .. }) { "sqs" } else { "in-process" },
+            metrics_addr = metrics_addr.map(|a| a.to_string()),
             "listening"
         );
         let limits = http::ServerLimits {
@@ -216,7 +255,22 @@ impl App {
             idle_timeout: self.config.idle_timeout,
             max_connections: self.config.max_connections,
         };
-        let result = http::serve(listener, self.router, self.shutdown.clone(), self.config.shutdown_grace, limits).await;
+        let stop = self.shutdown.clone();
+        let api = async {
+            let result = http::serve(listener, self.router, self.shutdown.clone(), self.config.shutdown_grace, limits).await;
+            // Should the API's loop end on its own (an error), the metrics listener ends too.
+            stop.trigger();
+            result
+        };
+        let metrics = async {
+            let Some(listener) = metrics_listener else { return Ok(()) };
+            // A scraper or two: a few connections; a scrape in flight at the stop gets a second.
+            let limits = http::ServerLimits { max_connections: METRICS_MAX_CONNECTIONS, ..limits };
+            let router = platform::metrics::router(self.metrics.clone());
+            http::serve(listener, router, self.shutdown.clone(), std::time::Duration::from_secs(1), limits).await
+        };
+        let (result, metrics_result) = tokio::join!(api, metrics);
+        let result = result.and(metrics_result);
         self.shutdown.trigger();
         for worker in self.workers {
             let _ = worker.await;
@@ -226,6 +280,9 @@ impl App {
         result
     }
 }
+
+/// Connections the metrics listener serves at once (scrapers and operators' curls).
+const METRICS_MAX_CONNECTIONS: usize = 16;
 
 /// Builds and serves Guildhall on `config.listen_addr` until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {

@@ -28,6 +28,7 @@ on_both_backends!(
     named_keys_have_scopes_and_revoked_keys_stop_working,
     a_banned_player_cannot_sign_in_and_their_socket_closes,
     operators_search_view_end_sessions_and_erase_accounts,
+    metrics_move_with_requests_deliveries_and_events,
 );
 
 async fn full_token_lifecycle(backend: Backend) {
@@ -1111,4 +1112,152 @@ async fn a_key_revoked_on_one_process_stops_working_on_every_other() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     b.get("/v1/admin/accounts", Some(&key)).await.expect_error(401, "invalid_token");
+/// One scrape of `/metrics`, parsed: each sample line's series (`name{labels}` as written) and
+/// value. Checks the format on the way: every sample belongs to a family announced by a `# TYPE`
+/// line, and every histogram's buckets rise and end in `+Inf` equal to its `_count`.
+async fn scrape(base: &str) -> std::collections::BTreeMap<String, f64> {
+    let response = reqwest::get(format!("{base}/metrics")).await.expect("scrape");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().expect("ascii").to_owned();
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let text = response.text().await.expect("body");
+    let mut types: std::collections::HashMap<String, String> = Default::default();
+    let mut samples = std::collections::BTreeMap::new();
+    let mut in_order = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "{name} announced twice");
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
+        let name = series.split('{').next().expect("name");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|base| types.get(*base).is_some_and(|k| k == "histogram")))
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "{name} has no # TYPE line before it");
+        assert!(samples.insert(series.to_owned(), value).is_none(), "{series} twice");
+        in_order.push((series.to_owned(), value));
+    }
+    // Histograms, in the order written: cumulative buckets per series, the last one +Inf and
+    // equal to the count.
+    let mut last: std::collections::HashMap<String, f64> = Default::default();
+    for (series, value) in &in_order {
+        let Some((name, labels)) = series.split_once("_bucket{") else { continue };
+        let (others, le) = labels.rsplit_once("le=\"").expect("le label");
+        let key = format!("{name}{{{others}");
+        if let Some(previous) = last.get(&key) {
+            assert!(value >= previous || le.starts_with("+Inf"), "{series} falls");
+        }
+        last.insert(key, *value);
+        if le.starts_with("+Inf") {
+            let others = others.trim_end_matches(',');
+            let count = if others.is_empty() { format!("{name}_count") } else { format!("{name}_count{{{others}}}") };
+            assert_eq!(samples.get(&count), Some(value), "{series} against {count}");
+        }
+    }
+    samples
+}
+
+/// The value of `series` in `scrape`, 0 when absent.
+fn figure(scrape: &std::collections::BTreeMap<String, f64>, series: &str) -> f64 {
+    scrape.get(series).copied().unwrap_or(0.0)
+}
+
+/// `/metrics` on the metrics listener follows what the server does: requests by route template
+/// (never the raw path), chat sockets and deliveries, the score writer's batches, the pool, the
+/// cache, and events through the outbox to their consumers; the API's listener does not serve it.
+async fn metrics_move_with_requests_deliveries_and_events(backend: Backend) {
+    let app = TestApp::start_with_metrics(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", common::ADMIN_KEY);
+    })
+    .await;
+    let metrics = app.metrics_base.clone().expect("a metrics listener");
+    let before = scrape(&metrics).await;
+    assert_eq!(figure(&before, "guildhall_chat_sockets"), 0.0);
+    assert!(before.contains_key("guildhall_db_pool_max"), "pool figures from the start");
+    assert!(before.contains_key("guildhall_outbox_pending"), "the relay runs here: outbox figures");
+
+    // Requests: three reads of one route, and a path no route matches.
+    let (ana_id, ana) = common::guest(&app, "metrics-ana").await;
+    let (_, bob) = common::guest(&app, "metrics-bob").await;
+    for _ in 0..3 {
+        app.get("/v1/accounts/me", Some(&ana)).await.expect(200);
+    }
+    app.get(&format!("/v1/nothing/{ana_id}"), None).await.expect(404);
+    // The API's own listener has no /metrics.
+    app.get("/metrics", None).await.expect_error(404, "not_found");
+
+    // A score through the group commit.
+    app.post("/v1/admin/leaderboards", Some(common::ADMIN_KEY), json!({"id": "metrics-board", "sort": "desc", "operator": "best"}))
+        .await
+        .expect(201);
+    app.post("/v1/leaderboards/metrics-board/scores", Some(&ana), json!({"score": 10})).await.expect(200);
+
+    // A chat message from ana reaches bob.
+    let mut ana_chat = common::Chat::connect(&app.base, &ana).await;
+    let mut bob_chat = common::Chat::connect(&app.base, &bob).await;
+    ana_chat.join("room:metrics").await;
+    bob_chat.join("room:metrics").await;
+    let ack = ana_chat.send("room:metrics", "hello").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let delivered = bob_chat.next_of("message").await;
+    assert_eq!(delivered["message"]["body"], "hello");
+
+    let during = scrape(&metrics).await;
+    let me = r#"{method="GET",route="/v1/accounts/me",status="2xx"}"#;
+    // Each guest sign-in reads /me once too.
+    assert_eq!(
+        figure(&during, &format!("guildhall_http_requests_total{me}")) - figure(&before, &format!("guildhall_http_requests_total{me}")),
+        5.0
+    );
+    assert_eq!(figure(&during, r#"guildhall_http_requests_total{method="GET",route="unmatched",status="4xx"}"#), 2.0, "the two 404s");
+    assert!(during.keys().all(|series| !series.contains(&ana_id) && !series.contains("/v1/nothing")), "raw paths never become labels");
+    assert_eq!(figure(&during, r#"guildhall_http_request_duration_seconds_count{method="GET",route="/v1/accounts/me"}"#), 5.0);
+    assert_eq!(figure(&during, r#"guildhall_http_requests_total{method="GET",route="/v1/chat/ws",status="1xx"}"#), 2.0, "two upgrades");
+    assert_eq!(figure(&during, "guildhall_chat_sockets"), 2.0);
+    assert_eq!(figure(&during, "guildhall_chat_players_connected"), 2.0);
+    assert_eq!(figure(&during, "guildhall_chat_sockets_opened_total"), 2.0);
+    // bob got ana's message and the presence of ana... whichever joined later; ana got bob's.
+    assert!(figure(&during, "guildhall_chat_deliveries_total") >= 2.0, "{during:?}");
+    assert!(figure(&during, "guildhall_chat_fanout_seconds_count") >= 2.0);
+    assert!(figure(&during, "guildhall_leaderboard_batch_size_count") >= 1.0);
+    assert!(figure(&during, "guildhall_leaderboard_commit_seconds_count") >= 1.0);
+    assert_eq!(figure(&during, "guildhall_leaderboard_failed_batches_total"), 0.0);
+    assert!(figure(&during, "guildhall_db_pool_connections") >= 1.0);
+    assert_eq!(figure(&during, r#"guildhall_cache_errors_total{kind="unavailable"}"#), 0.0);
+
+    // The summary the console reads agrees.
+    let summary =
+        reqwest::get(format!("{metrics}/metrics/summary")).await.expect("summary").json::<serde_json::Value>().await.expect("json");
+    assert_eq!(summary["players_connected"], 2);
+    assert_eq!(summary["chat_sockets"], 2);
+    assert!(summary["http"]["requests"].as_u64().expect("requests") >= 12, "{summary}");
+    assert!(summary["db_pool"]["max"].as_u64().expect("pool") >= 1, "{summary}");
+
+    // An event through the outbox to its consumers (in process, or SQS on the real backends).
+    ana_chat.close().await;
+    bob_chat.close().await;
+    app.call(Method::DELETE, "/v1/accounts/me", Some(&ana), None).await.expect(204);
+    let handled = r#"guildhall_events_handled_total{consumer="chat",outcome="ok"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let after = loop {
+        let now = scrape(&metrics).await;
+        let settled = figure(&now, handled) >= 1.0 && figure(&now, "guildhall_chat_sockets") == 0.0;
+        if settled || std::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(figure(&after, handled), 1.0, "chat handled account.deleted once");
+    assert!(figure(&after, r#"guildhall_events_consumer_lag_seconds_count{consumer="chat"}"#) >= 1.0);
+    assert!(figure(&after, "guildhall_outbox_delivered_total") >= 1.0);
+    assert_eq!(figure(&after, "guildhall_outbox_dead"), 0.0);
+    assert_eq!(figure(&after, "guildhall_chat_sockets"), 0.0, "closed sockets leave the gauge");
 }

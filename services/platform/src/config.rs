@@ -259,6 +259,9 @@ pub enum LogFormat {
 pub struct Config {
     /// `LISTEN_ADDR`, default `0.0.0.0:8080`.
     pub listen_addr: SocketAddr,
+    /// `METRICS_ADDR`: where `/metrics` (Prometheus text) is served, apart from the API so that
+    /// the load balancer never routes to it; none (the default) serves no metrics listener.
+    pub metrics_addr: Option<SocketAddr>,
     /// `DATA_DIR`, default `./data`: the SQLite file, the generated signing key, later blobs.
     pub data_dir: PathBuf,
     /// `DATABASE_URL`.
@@ -370,10 +373,19 @@ impl Config {
         };
 
         let data_dir = PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "data".into()));
-        let listen_addr = get("LISTEN_ADDR")
+        let listen_addr: SocketAddr = get("LISTEN_ADDR")
             .unwrap_or_else(|| "0.0.0.0:8080".into())
             .parse()
             .context("LISTEN_ADDR must be an address such as 0.0.0.0:8080")?;
+        let metrics_addr: Option<SocketAddr> = get("METRICS_ADDR")
+            .map(|addr| addr.parse().with_context(|| format!("METRICS_ADDR must be an address such as 0.0.0.0:9464, got {addr:?}")))
+            .transpose()?;
+        if let Some(metrics) = metrics_addr
+            && metrics.port() != 0
+            && metrics.port() == listen_addr.port()
+        {
+            bail!("METRICS_ADDR and LISTEN_ADDR must use different ports (both {}): metrics are served apart from the API", metrics.port());
+        }
 
         let database = match get("DATABASE_URL") {
             None => DatabaseConfig::Sqlite { path: data_dir.join("guildhall.db") },
@@ -559,6 +571,7 @@ impl Config {
 
         let config = Config {
             listen_addr,
+            metrics_addr,
             data_dir,
             database,
             cache,
@@ -713,6 +726,17 @@ mod tests {
         assert_eq!(config.services, Service::ALL);
         assert_eq!(config.tokens.access_ttl, Duration::from_secs(900));
         assert_eq!(config.listen_addr.port(), 8080);
+        assert_eq!(config.metrics_addr, None, "no metrics listener unless asked for");
+    }
+
+    #[test]
+    fn metrics_are_served_apart_from_the_api() {
+        let set = config(&[("METRICS_ADDR", "0.0.0.0:9464")]).expect("valid");
+        assert_eq!(set.metrics_addr, Some("0.0.0.0:9464".parse().expect("addr")));
+        assert!(config(&[("METRICS_ADDR", "9464")]).is_err(), "an address, not a port");
+        let err = config(&[("METRICS_ADDR", "127.0.0.1:8080")]).expect_err("the API's port");
+        assert!(err.to_string().contains("different ports"), "{err}");
+        assert!(config(&[("METRICS_ADDR", "127.0.0.1:0"), ("LISTEN_ADDR", "127.0.0.1:0")]).is_ok(), "two free ports");
     }
 
     #[test]

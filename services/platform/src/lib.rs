@@ -1,5 +1,5 @@
 //! What every Guildhall service stands on: configuration, logging, the error type, tokens,
-//! database and cache ports, health, rate limits and shutdown.
+//! database and cache ports, health, metrics, rate limits and shutdown.
 
 pub mod admin;
 pub mod audit;
@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod ratelimit;
 pub mod reachability;
 pub mod revocations;

@@ -260,6 +260,8 @@ impl Api {
 pub struct TestApp {
     pub api: Api,
     pub env: TestEnv,
+    /// The metrics listener's base URL, when started with `start_with_metrics`.
+    pub metrics_base: Option<String>,
     shutdown: platform::shutdown::Shutdown,
 }
 
@@ -284,13 +286,32 @@ impl TestApp {
 
     /// Starts a server on an existing environment (a second instance on the same backends).
     pub async fn start_on(env: TestEnv) -> Self {
+        Self::start_serving(env, false).await
+    }
+
+    /// Starts a server after `adjust`, with its metrics listener on a port of its own
+    /// (`metrics_base`), as `METRICS_ADDR` gives it.
+    pub async fn start_with_metrics(backend: Backend, adjust: impl FnOnce(&mut TestEnv)) -> Self {
+        let mut env = TestEnv::new(backend).await.expect("test environment");
+        adjust(&mut env);
+        Self::start_serving(env, true).await
+    }
+
+    async fn start_serving(env: TestEnv, metrics: bool) -> Self {
         let config = env.config().expect("config");
         let shutdown = platform::shutdown::Shutdown::new();
         let app = guildhall::App::build(config, shutdown.clone()).await.expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(app.serve(listener));
-        TestApp { api: Api::new(base), env, shutdown }
+        let (metrics_listener, metrics_base) = if metrics {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
+            let base = format!("http://{}", listener.local_addr().expect("metrics addr"));
+            (Some(listener), Some(base))
+        } else {
+            (None, None)
+        };
+        tokio::spawn(app.serve_with_metrics(listener, metrics_listener));
+        TestApp { api: Api::new(base), env, metrics_base, shutdown }
     }
 
     /// The test's database, for checks the API cannot make (no row left behind).

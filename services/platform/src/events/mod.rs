@@ -28,6 +28,7 @@
 
 pub mod catalog;
 pub mod dead;
+pub mod metrics;
 pub mod outbox;
 pub mod relay;
 pub mod sqs;
@@ -40,6 +41,7 @@ pub use catalog::{
     AccountCreated, AccountDeleted, MessageReported, SanctionIssued, SeasonClosed, SeasonPlacing, UploadCompleted, UploadReady,
     UploadRejected,
 };
+pub use metrics::{EventMetrics, register_outbox_metrics};
 pub use outbox::record;
 pub use relay::{MAX_ATTEMPTS, Relay};
 pub use sqs::{QueueConsumer, Queues};
