@@ -8,14 +8,14 @@
 # against a moto server too.
 #
 # Environment: AWS_ENDPOINT_URL (the emulator), AWS_REGION, BUCKET (default guildhall-assets),
-# QUEUE_PREFIX (default guildhall), CONSUMERS (default "leaderboard chat uploads").
+# QUEUE_PREFIX (default guildhall), CONSUMERS (default "leaderboard chat uploads webhooks").
 set -euo pipefail
 
 : "${AWS_ENDPOINT_URL:?AWS_ENDPOINT_URL must point at the emulator}"
 region=${AWS_REGION:?AWS_REGION must be set}
 bucket=${BUCKET:-guildhall-assets}
 prefix=${QUEUE_PREFIX:-guildhall}
-read -r -a consumers <<<"${CONSUMERS:-leaderboard chat uploads}"
+read -r -a consumers <<<"${CONSUMERS:-leaderboard chat uploads webhooks}"
 # The AWS CLI honours AWS_ENDPOINT_URL itself; passing it keeps older CLIs on the emulator too.
 aws() { command aws --endpoint-url "$AWS_ENDPOINT_URL" --region "$region" --output text "$@"; }
 

@@ -3,6 +3,7 @@
 #
 #   loadtest/run.sh [SCENARIO[,SCENARIO...]]        default: submit,submit-set,rank
 #   CONCURRENCY=50 DURATION=10 WARMUP=2 PLAYERS=1000 loadtest/run.sh submit,rank,me
+#   METRICS_COMPARE=1 ROUNDS=3 loadtest/run.sh rank,me   # also: the cost of the metrics listener
 #
 # Builds the release binaries, starts a throwaway PostgreSQL (durable settings) and Redis on free
 # loopback ports and serves guildhall against them with the sign-in rate limit lifted and a random
@@ -11,6 +12,13 @@
 # Redis with the same concurrency. The summary gives each leaderboard scenario's throughput as a
 # share of its Redis baseline (submit: ZADD, rank: ZREVRANK) against the issue's targets. Everything
 # it starts is stopped and removed at exit. The chat scenario has its own script, loadtest/chat.sh.
+#
+# With METRICS_COMPARE=1 a second instance runs beside the first on the same stack, with
+# METRICS_ADDR set and its /metrics scraped every second (sixty times as often as the ADOT sidecar
+# on ECS); each scenario runs ROUNDS times (default 2) on each instance, alternating, and a last
+# table gives the ratios of their throughput and CPU per request. (The request counters run in
+# both: the console reads them without METRICS_ADDR; this measures the listener and its scrapes.
+# The counters' own cost per request is the platform test `cost_of_recording_a_request`.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +52,22 @@ source loadtest/lib.sh
 start_stack
 GUILDHALL_ADMIN_KEY="$ADMIN_KEY" start_guildhall main
 BASE=$GUILDHALL_BASE
+MAIN_PID=$GUILDHALL_PID
+METRICS_COMPARE=${METRICS_COMPARE:-0}
+ROUNDS=${ROUNDS:-2}
+if [[ $METRICS_COMPARE == 1 ]]; then
+  METRICS_PORT=$(free_port)
+  METRICS_ADDR="127.0.0.1:$METRICS_PORT" GUILDHALL_ADMIN_KEY="$ADMIN_KEY" start_guildhall metrics
+  METRICS_BASE=$GUILDHALL_BASE
+  METRICS_PID=$GUILDHALL_PID
+  curl -fsS -o /dev/null "http://127.0.0.1:$METRICS_PORT/metrics" || { echo "run.sh: no /metrics on METRICS_ADDR" >&2; exit 1; }
+  [[ $(curl -s -o /dev/null -w '%{http_code}' "$METRICS_BASE/metrics") == 404 ]] \
+    || { echo "run.sh: the API's listener must not serve /metrics" >&2; exit 1; }
+  # A scraper, far more eager than production's (60 s): every second, the whole exposition.
+  ( while sleep 1; do curl -fsS -o /dev/null "http://127.0.0.1:$METRICS_PORT/metrics" || true; done ) &
+  SCRAPER_PID=$!
+  trap 'kill "$SCRAPER_PID" 2>/dev/null || true; stop_stack' EXIT
+fi
 REDIS_PID=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
 [[ $REDIS_PID =~ ^[0-9]+$ ]] || { echo "run.sh: cannot read Redis's process id" >&2; exit 1; }
 # The postmaster's pid (the first line of postmaster.pid); the tool adds its children, one per
@@ -74,24 +98,49 @@ percent() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", 100 * a / b }'; }
 less_than() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
 
 declare -A RPS P50 P99 ERRORS CPU_GUILDHALL CPU_POSTGRES CPU_REDIS CPU_TOOL
+# With METRICS_COMPARE: each scenario's requests/s and guildhall CPU per request, summed over the
+# rounds, on the instance without METRICS_ADDR (plain) and the one with it (metrics).
+declare -A CMP_RPS CMP_CPU
 RAN=()
+# run_scenario SCENARIO BASE PID: runs the tool once against that instance; sets OUT and JSON.
+run_scenario() {
+  OUT=$(GUILDHALL_ADMIN_KEY="$ADMIN_KEY" target/release/guildhall-bench --base "$2" --scenario "$1" \
+    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --players "$PLAYERS" \
+    --cpu "guildhall=$3,postgres=$PG_PID+,redis=$REDIS_PID")
+  echo "$OUT"
+  JSON=$(grep '^{' <<<"$OUT" | tail -n 1)
+}
+add() { awk -v a="${1:-0}" -v b="$2" 'BEGIN { print a + b }'; }
 for scenario in ${SCENARIOS//,/ }; do
   echo
   echo "== guildhall-bench --scenario $scenario (concurrency $CONCURRENCY, $DURATION s after $WARMUP s warm-up, $PLAYERS players)"
-  out=$(GUILDHALL_ADMIN_KEY="$ADMIN_KEY" target/release/guildhall-bench --base "$BASE" --scenario "$scenario" \
-    --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" --players "$PLAYERS" \
-    --cpu "guildhall=$GUILDHALL_PID,postgres=$PG_PID+,redis=$REDIS_PID")
-  echo "$out"
-  json=$(grep '^{' <<<"$out" | tail -n 1)
-  RPS[$scenario]=$(field requests_per_sec <<<"$json")
-  P50[$scenario]=$(field p50_ms <<<"$json")
-  P99[$scenario]=$(field p99_ms <<<"$json")
-  ERRORS[$scenario]=$(field errors <<<"$json")
-  CPU_GUILDHALL[$scenario]=$(cpu_field guildhall <<<"$json")
-  CPU_POSTGRES[$scenario]=$(cpu_field postgres <<<"$json")
-  CPU_REDIS[$scenario]=$(cpu_field redis <<<"$json")
-  CPU_TOOL[$scenario]=$(cpu_field guildhall-bench <<<"$json")
+  run_scenario "$scenario" "$BASE" "$MAIN_PID"
+  RPS[$scenario]=$(field requests_per_sec <<<"$JSON")
+  P50[$scenario]=$(field p50_ms <<<"$JSON")
+  P99[$scenario]=$(field p99_ms <<<"$JSON")
+  ERRORS[$scenario]=$(field errors <<<"$JSON")
+  CPU_GUILDHALL[$scenario]=$(cpu_field guildhall <<<"$JSON")
+  CPU_POSTGRES[$scenario]=$(cpu_field postgres <<<"$JSON")
+  CPU_REDIS[$scenario]=$(cpu_field redis <<<"$JSON")
+  CPU_TOOL[$scenario]=$(cpu_field guildhall-bench <<<"$JSON")
   RAN+=("$scenario")
+  if [[ $METRICS_COMPARE == 1 ]]; then
+    CMP_RPS[$scenario,plain]=${RPS[$scenario]} CMP_CPU[$scenario,plain]=${CPU_GUILDHALL[$scenario]}
+    for round in $(seq "$ROUNDS"); do
+      echo
+      echo "== $scenario, round $round, with METRICS_ADDR (scraped every second)"
+      run_scenario "$scenario" "$METRICS_BASE" "$METRICS_PID"
+      CMP_RPS[$scenario,metrics]=$(add "${CMP_RPS[$scenario,metrics]:-}" "$(field requests_per_sec <<<"$JSON")")
+      CMP_CPU[$scenario,metrics]=$(add "${CMP_CPU[$scenario,metrics]:-}" "$(cpu_field guildhall <<<"$JSON")")
+      if ((round < ROUNDS)); then
+        echo
+        echo "== $scenario, round $((round + 1)), without METRICS_ADDR"
+        run_scenario "$scenario" "$BASE" "$MAIN_PID"
+        CMP_RPS[$scenario,plain]=$(add "${CMP_RPS[$scenario,plain]}" "$(field requests_per_sec <<<"$JSON")")
+        CMP_CPU[$scenario,plain]=$(add "${CMP_CPU[$scenario,plain]}" "$(cpu_field guildhall <<<"$JSON")")
+      fi
+    done
+  fi
 done
 
 # The baselines. Both commands are quoted in loadtest/README.md; keep the two in step.
@@ -152,3 +201,14 @@ for scenario in "${RAN[@]}"; do
     "${CPU_REDIS[$scenario]}" "${CPU_TOOL[$scenario]}"
 done
 printf '%-26s %10s %10s %10s %16s\n' "redis-benchmark ZADD" "-" "-" "$ZADD_CPU" "-" "redis-benchmark ZREVRANK" "-" "-" "$ZREVRANK_CPU" "-"
+
+if [[ $METRICS_COMPARE == 1 ]]; then
+  echo
+  echo "== the metrics listener's cost: means of $ROUNDS runs each, alternating, same stack (with: METRICS_ADDR, /metrics scraped every second)"
+  printf '%-26s %14s %14s %8s %16s %16s %8s\n' "" "req/s without" "req/s with" "ratio" "CPU us without" "CPU us with" "ratio"
+  for scenario in "${RAN[@]}"; do
+    awk -v name="guildhall $scenario" -v n="$ROUNDS" -v rp="${CMP_RPS[$scenario,plain]}" -v rm="${CMP_RPS[$scenario,metrics]}" \
+      -v cp="${CMP_CPU[$scenario,plain]}" -v cm="${CMP_CPU[$scenario,metrics]}" \
+      'BEGIN { printf "%-26s %14.1f %14.1f %8.3f %16.1f %16.1f %8.3f\n", name, rp / n, rm / n, rm / rp, cp / n, cm / n, cm / cp }'
+  done
+fi

@@ -24,13 +24,28 @@ GRANT SELECT, INSERT, DELETE ON consumed_events TO guildhall_worker;
 GRANT SELECT, INSERT, DELETE ON session_revocations TO guildhall_accounts;
 GRANT SELECT ON session_revocations TO guildhall_leaderboard, guildhall_uploads, guildhall_chat;
 
--- accounts: sign-up, sign-in, profiles, erasure; sessions and refresh tokens (and their purge).
-GRANT SELECT, INSERT, UPDATE, DELETE ON accounts, sessions, refresh_tokens TO guildhall_accounts;
+-- Server keys (`platform::admin`): every service's admin routes check the key presented and
+-- write what they did to the audit log; the keys' and the audit's own routes are served with
+-- accounts (made, listed, revoked; the log read).
+GRANT SELECT, INSERT, UPDATE ON admin_keys TO guildhall_accounts;
+GRANT SELECT ON admin_keys TO guildhall_leaderboard, guildhall_uploads, guildhall_chat;
+GRANT SELECT, INSERT ON admin_audit TO guildhall_accounts;
+GRANT INSERT ON admin_audit TO guildhall_leaderboard, guildhall_uploads, guildhall_chat;
 
--- leaderboard: boards (made, their season advanced, never deleted), records written in group
--- commits (upserts under FOR UPDATE), archived seasons, idempotency keys (and their purge),
--- index checks (written, claimed, finished). Records leave only by erasure (the worker).
-GRANT SELECT, INSERT, UPDATE ON leaderboards, leaderboard_records TO guildhall_leaderboard;
+-- accounts: sign-up, sign-in, profiles, erasure; sessions and refresh tokens (and their purge);
+-- account-wide bans (issued, replaced, lifted, read at sign-in and refresh).
+GRANT SELECT, INSERT, UPDATE, DELETE ON accounts, sessions, refresh_tokens, account_bans TO guildhall_accounts;
+
+-- webhooks' admin API, which runs with accounts (SERVICES=accounts,webhooks on ECS: one process,
+-- one login): webhooks made, listed and deleted with their deliveries; deliveries listed and
+-- sent again.
+GRANT SELECT, INSERT, DELETE ON webhooks TO guildhall_accounts;
+GRANT SELECT, UPDATE, DELETE ON webhook_deliveries TO guildhall_accounts;
+
+-- leaderboard: boards (made, changed, their season advanced, deleted by operators), records
+-- written in group commits (upserts under FOR UPDATE) and deleted by operators, archived seasons,
+-- idempotency keys (and their purge), index checks (written, claimed, finished).
+GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboards, leaderboard_records TO guildhall_leaderboard;
 GRANT SELECT, INSERT ON leaderboard_seasons TO guildhall_leaderboard;
 GRANT SELECT, INSERT, DELETE ON leaderboard_submission_keys TO guildhall_leaderboard;
 GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboard_index_checks TO guildhall_leaderboard;
@@ -48,7 +63,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON chat_group_members, chat_sanctions TO gu
 GRANT SELECT, UPDATE ON chat_reports TO guildhall_chat;
 GRANT SELECT ON chat_report_entries TO guildhall_chat;
 
--- The worker's consumers, on `account.deleted`, `upload.completed` and `chat.message_reported`:
+-- The worker's consumers (on `account.deleted`, `upload.completed`, `chat.message_reported`, and
+-- every event a webhook may subscribe to) and the webhook deliveries:
 -- leaderboard erases the player's records and keys, counts them off archived seasons, and
 -- leaves an index check (then reads the records and boards it names to fix the ranks);
 GRANT SELECT ON leaderboards TO guildhall_worker;
@@ -63,3 +79,8 @@ GRANT SELECT, UPDATE, DELETE ON assets, asset_usage TO guildhall_worker;
 GRANT SELECT, UPDATE ON chat_messages TO guildhall_worker;
 GRANT SELECT, DELETE ON chat_group_members, chat_message_reporters TO guildhall_worker;
 GRANT SELECT, INSERT, UPDATE ON chat_reports, chat_report_entries TO guildhall_worker;
+-- webhooks records each event for the webhooks subscribed to it, delivers them (leases, results,
+-- retries) and purges what is done.
+GRANT SELECT ON webhooks TO guildhall_worker;
+GRANT SELECT, INSERT, DELETE ON webhook_events TO guildhall_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON webhook_deliveries TO guildhall_worker;

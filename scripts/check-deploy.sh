@@ -196,8 +196,10 @@ for name, service in services.items():
     if seconds(service.get("stop_grace_period", "10s")) < budget:
         problems.append(f"{name}: stop_grace_period shorter than drain + grace ({budget} s)")
     if name in ("accounts", "leaderboard", "uploads", "chat"):
-        if env.get("SERVICES") != name or env.get("RUN_EVENT_WORKERS") != "false":
-            problems.append(f"{name}: must run SERVICES={name} with RUN_EVENT_WORKERS=false")
+        # accounts also serves the webhooks admin API (the ALB's /v1/admin/webhooks* rule).
+        services = "accounts,webhooks" if name == "accounts" else name
+        if env.get("SERVICES") != services or env.get("RUN_EVENT_WORKERS") != "false":
+            problems.append(f"{name}: must run SERVICES={services} with RUN_EVENT_WORKERS=false")
         if env.get("TRUST_FORWARDED_FOR") != "true":
             problems.append(f"{name}: behind the proxy, TRUST_FORWARDED_FOR must be true")
     if command == ["worker"] and "SERVICES" in env:
@@ -383,8 +385,9 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     if "REDIS_URL" not in secrets:
         problems.append(f"{name}: REDIS_URL must come from a secret")
     if name in api:
-        if env.get("SERVICES") != name or env.get("RUN_EVENT_WORKERS") != "false":
-            problems.append(f"{name}: must run SERVICES={name} with RUN_EVENT_WORKERS=false")
+        services = "accounts,webhooks" if name == "accounts" else name
+        if env.get("SERVICES") != services or env.get("RUN_EVENT_WORKERS") != "false":
+            problems.append(f"{name}: must run SERVICES={services} with RUN_EVENT_WORKERS=false")
         if env.get("TRUST_FORWARDED_FOR") != "true" or env.get("SHUTDOWN_DRAIN_SECS") != "10":
             problems.append(f"{name}: behind the ALB: TRUST_FORWARDED_FOR=true, SHUTDOWN_DRAIN_SECS=10")
         if [p.get("containerPort") for p in app.get("portMappings", [])] != [8080]:
@@ -839,6 +842,56 @@ if problems:
 EOF
 }
 
+# Every consumer that platform::events::ROUTES names has its queue and dead-letter queue in the stack
+# (<stack>-<consumer>, the worker allowed to use both, the dead-letter queue alarmed) and in
+# compose's aws-init (the CONSUMERS it is given and its default), so that no event is sent to a
+# queue that does not exist, and no queue is left without a consumer.
+consumer_queues() {
+  python - <<'EOF'
+import re, sys, yaml
+from cfn import template, of_type
+
+source = open("services/platform/src/events/mod.rs").read()
+routes = re.search(r"pub const ROUTES[^=]*=\s*&\[(.*?)\];", source, re.S).group(1)
+consumers = sorted({c for group in re.findall(r"&\[([^\]]*)\]", routes) for c in re.findall(r'"([a-z_]+)"', group)})
+problems = []
+if not consumers:
+    problems.append("no consumers found in ROUTES")
+resources = template()["Resources"]
+queues = {q["Properties"]["QueueName"]["Fn::Sub"]: name for name, q in of_type(resources, "AWS::SQS::Queue").items()}
+expected = set()
+for consumer in consumers:
+    for suffix in ("", "-dlq"):
+        queue = f"${{AWS::StackName}}-{consumer}{suffix}"
+        expected.add(queue)
+        if queue not in queues:
+            problems.append(f"the stack has no queue {queue} for the {consumer} consumer")
+for queue in sorted(set(queues) - expected):
+    problems.append(f"the stack's queue {queue} has no consumer in ROUTES")
+granted = set()
+for policy in resources["WorkerTaskRole"]["Properties"]["Policies"]:
+    for statement in policy["PolicyDocument"]["Statement"]:
+        listed = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        granted |= {r["Fn::GetAtt"][0] for r in listed if isinstance(r, dict) and "Fn::GetAtt" in r}
+alarmed = {a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+           for a in of_type(resources, "AWS::CloudWatch::Alarm").values() if a["Properties"].get("Namespace") == "AWS/SQS"}
+for queue, name in sorted(queues.items()):
+    if name not in granted:
+        problems.append(f"{name}: the worker's task role may not use it")
+    if queue.endswith("-dlq") and name not in alarmed:
+        problems.append(f"{name}: no alarm on its depth")
+init = open("docker/aws-init.sh").read()
+default = re.search(r'CONSUMERS:-([a-z_ ]+)\}', init)
+compose = yaml.safe_load(open("docker-compose.yml"))["services"]["aws-init"]["environment"].get("CONSUMERS", "")
+for where, listed in (("docker/aws-init.sh's default", default.group(1) if default else ""), ("docker-compose.yml's aws-init", compose)):
+    if sorted(listed.split()) != consumers:
+        problems.append(f"{where} CONSUMERS is {listed!r}; ROUTES names {' '.join(consumers)}")
+if problems:
+    sys.exit("\n".join(problems))
+print(f"consumers {', '.join(consumers)}: queues, dead-letter queues, worker grants, alarms and aws-init agree")
+EOF
+}
+
 # Every alarm notifies AlarmTopicArn when one is given; the event alarms count the exact lines the
 # relay logs, in the log group of every task definition that runs the relay.
 stack_alarms() {
@@ -1200,6 +1253,7 @@ check "ADOT sidecar not essential, memory_limiter within its memory" collector_m
 check "ALB health checks and drain timing vs task definitions" stack_health
 check "database connections at peak within Aurora's limit" database_connections
 check "alarms notify AlarmTopicArn; parked events alarmed" stack_alarms
+check "consumer queues: ROUTES vs the stack, the worker and aws-init" consumer_queues
 check "deploy.sh --wait on recorded rollouts (stub ECS API)" rollout_decisions
 check "rehearsal on moto (aws-init, deploy.sh create + wait + update)" rehearsal
 check "k6 loads every script (k6 inspect)" k6_scripts

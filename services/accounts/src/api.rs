@@ -5,10 +5,10 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use platform::auth::Player;
+use platform::auth::{Admin, Player};
 use platform::db::{now_millis, unique_violation};
 use platform::error::ErrorBody;
-use platform::events::AccountDeleted;
+use platform::events::{AccountCreated, AccountDeleted};
 use platform::http::{ClientIp, Json};
 use platform::{ApiError, ApiResult};
 use sha2::{Digest, Sha256};
@@ -82,6 +82,9 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
         return Err(state.conflict_for(err, ip).await);
     }
     let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("account vanished after insert"))?;
+    let created =
+        AccountCreated { account_id: id.clone(), username: username.clone(), guest: false, created_at: platform::time::rfc3339(now) };
+    platform::events::record(&mut *tx, &created).await?;
     let minted = state.open_session(&mut tx, &account).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(account_id = id, "account registered");
@@ -91,7 +94,8 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
 /// Signs in with email and password. Unknown email and wrong password answer alike, in the same
 /// time. Failed logins are throttled by account and address together (see `limits`).
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = TokenPair), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = TokenPair), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "`account_banned`: an operator banned the account", body = ErrorBody), (status = 429, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn login(State(state): State<AccountsState>, ip: ClientIp, Json(req): Json<LoginRequest>) -> ApiResult<Json<TokenPair>> {
     let email = validate::email(&req.email)?;
@@ -112,6 +116,10 @@ pub async fn login(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
     };
     state.login_succeeded(&email, ip).await?;
     let mut tx = state.db.begin().await?;
+    // In the session's transaction, so a ban and this sign-in can cross only within its few
+    // milliseconds; a session that crossed one is refused at its first refresh, which checks the
+    // ban too.
+    state.refuse_banned(&mut *tx, &account.id).await?;
     let minted = state.open_session(&mut tx, &account).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(account_id = account.id, "signed in");
@@ -120,7 +128,8 @@ pub async fn login(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
 
 /// Signs a device in as a guest, creating the guest account on its first call (201).
 #[utoipa::path(post, path = "/v1/auth/guest", tag = "auth", request_body = GuestRequest,
-    responses((status = 200, body = TokenPair), (status = 201, body = TokenPair), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = TokenPair), (status = 201, body = TokenPair), (status = 400, body = ErrorBody),
+        (status = 403, description = "`account_banned`: an operator banned the device's account", body = ErrorBody), (status = 429, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn guest(State(state): State<AccountsState>, ip: ClientIp, Json(req): Json<GuestRequest>) -> ApiResult<impl IntoResponse> {
     let device_id = validate::device_id(&req.device_id)?;
@@ -132,17 +141,20 @@ pub async fn guest(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
     for _ in 0..2 {
         let mut tx = state.db.begin().await?;
         if let Some(account) = store::account_by_device(&mut *tx, &device_key).await? {
+            state.refuse_banned(&mut *tx, &account.id).await?;
             let minted = state.open_session(&mut tx, &account).await?;
             tx.commit().await.map_err(anyhow::Error::from)?;
             return Ok((StatusCode::OK, Json(state.pair(minted)?)));
         }
         let id = uuid::Uuid::now_v7().to_string();
         let username = guest_username()?;
-        let new =
-            NewAccount { id: &id, username: &username, email: None, password_hash: None, device_key: Some(&device_key), now: now_millis() };
+        let now = now_millis();
+        let new = NewAccount { id: &id, username: &username, email: None, password_hash: None, device_key: Some(&device_key), now };
         match store::insert_account(&mut *tx, &new).await {
             Ok(()) => {
                 let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("guest vanished after insert"))?;
+                let created = AccountCreated { account_id: id.clone(), username, guest: true, created_at: platform::time::rfc3339(now) };
+                platform::events::record(&mut *tx, &created).await?;
                 let minted = state.open_session(&mut tx, &account).await?;
                 tx.commit().await.map_err(anyhow::Error::from)?;
                 tracing::info!(account_id = id, "guest account created");
@@ -167,7 +179,8 @@ fn guest_username() -> anyhow::Result<String> {
 /// `REFRESH_REUSE_GRACE_SECS` (a retry after a lost answer) returns the same pair; later, it ends
 /// the whole session (401 `token_reused`). Limited per client IP.
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = TokenPair), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = TokenPair), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "`account_banned`: an operator banned the account", body = ErrorBody), (status = 429, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn refresh(State(state): State<AccountsState>, ip: ClientIp, Json(req): Json<RefreshRequest>) -> ApiResult<Json<TokenPair>> {
     state.limits.refresh_per_ip.hit(&state.cache, &format!("refresh:ip:{}", ip.0)).await?;
@@ -223,22 +236,50 @@ pub async fn update_me(State(state): State<AccountsState>, player: Player, Json(
     responses((status = 204), (status = 401, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(account_id = player.account_id))]
 pub async fn delete_me(State(state): State<AccountsState>, player: Player) -> ApiResult<StatusCode> {
-    let now = now_millis();
-    let mut tx = state.db.begin().await?;
-    let sessions = store::delete_account(&mut tx, &player.account_id, now)
+    state
+        .erase_account(&player.account_id, None)
         .await?
         .ok_or_else(|| ApiError::Unauthenticated { code: "session_revoked", message: "this account no longer exists".into() })?;
-    let event = AccountDeleted { account_id: player.account_id.clone(), deleted_at: platform::time::rfc3339(now) };
-    platform::events::record(&mut *tx, &event).await?;
-    let mut ended = sessions;
-    if !ended.contains(&player.session_id) {
-        ended.push(player.session_id.clone());
-    }
-    let revoked = state.auth.revoke_sessions(&mut tx, ended).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
-    revoked.announce().await;
     tracing::info!("account deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+impl AccountsState {
+    /// Erases `account_id` and everything of it this service holds and records `account.deleted`
+    /// for the other services (and, for an operator's erasure, its audit entry), in one
+    /// transaction, which also ends its sessions (`Authenticator::revoke_sessions`). `None` when there is no such account.
+    pub(crate) async fn erase_account(&self, account_id: &str, by: Option<&Admin>) -> ApiResult<Option<Vec<String>>> {
+        let now = now_millis();
+        let mut tx = self.db.begin().await?;
+        let Some(sessions) = store::delete_account(&mut tx, account_id, now).await? else { return Ok(None) };
+        let event = AccountDeleted { account_id: account_id.to_owned(), deleted_at: platform::time::rfc3339(now) };
+        platform::events::record(&mut *tx, &event).await?;
+        if let Some(admin) = by {
+            let detail = serde_json::json!({ "sessions_ended": sessions.len() });
+            platform::audit::record(&mut *tx, admin, "accounts.delete", &format!("account:{account_id}"), &detail).await?;
+        }
+        let revoked = self.auth.revoke_sessions(&mut tx, sessions.clone()).await?;
+        tx.commit().await.map_err(anyhow::Error::from)?;
+        revoked.announce().await;
+        Ok(Some(sessions))
+    }
+
+    /// 403 `account_banned` when `account_id` has a ban in force.
+    pub(crate) async fn refuse_banned(&self, conn: impl sqlx::Executor<'_, Database = sqlx::Any>, account_id: &str) -> ApiResult<()> {
+        match store::ban_of(conn, account_id).await? {
+            Some(ban) if ban.in_force(now_millis()) => Err(banned(&ban)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// 403 `account_banned`, saying until when (not why: the reason is the operators').
+pub(crate) fn banned(ban: &store::Ban) -> ApiError {
+    let message = match ban.until {
+        Some(until) => format!("this account is banned until {}", platform::time::rfc3339(until)),
+        None => "this account is banned".to_owned(),
+    };
+    ApiError::client(StatusCode::FORBIDDEN, "account_banned", message)
 }
 
 /// Gives a guest account an email and password (and optionally a chosen username). The device id

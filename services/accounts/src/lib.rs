@@ -1,6 +1,7 @@
 //! Guildhall accounts: sign-up, login (email and password, or guest device), sessions with
 //! rotating refresh tokens, profiles, and erasure.
 
+pub mod admin;
 pub mod api;
 pub mod limits;
 pub mod model;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use platform::auth::Authenticator;
+use platform::auth::{AdminKey, Authenticator};
 use platform::cache::Cache;
 use platform::db::{Database, now_millis};
 use platform::shutdown::Shutdown;
@@ -31,6 +32,8 @@ pub struct AccountsState {
     pub cache: Cache,
     /// Signs and verifies tokens; revokes sessions.
     pub auth: Authenticator,
+    /// The server keys (the admin routes).
+    pub admin_key: AdminKey,
     /// Argon2id hasher.
     pub passwords: Passwords,
     /// Sign-in limits.
@@ -47,9 +50,15 @@ impl FromRef<AccountsState> for Authenticator {
     }
 }
 
+impl FromRef<AccountsState> for AdminKey {
+    fn from_ref(state: &AccountsState) -> Self {
+        state.admin_key.clone()
+    }
+}
+
 /// The accounts router.
 pub fn router(state: AccountsState) -> Router {
-    api::routes().with_state(state)
+    api::routes().merge(admin::routes()).with_state(state)
 }
 
 /// How often ended sessions are purged, and how long they are kept after ending (reuse of a
@@ -96,12 +105,15 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
 #[openapi(
     paths(
         api::register, api::login, api::guest, api::refresh, api::logout,
-        api::me, api::update_me, api::delete_me, api::attach_credentials, api::profile, api::jwks
+        api::me, api::update_me, api::delete_me, api::attach_credentials, api::profile, api::jwks,
+        admin::search, admin::show, admin::ban, admin::unban, admin::revoke_sessions, admin::erase
     ),
     components(schemas(
         model::RegisterRequest, model::LoginRequest, model::GuestRequest, model::RefreshRequest,
         model::CredentialsRequest, model::ProfileUpdate, model::TokenPair, model::Account,
-        model::PublicProfile, model::Registered, platform::error::ErrorBody
+        model::PublicProfile, model::Registered, admin::BanView, admin::AccountSummary, admin::AccountPage,
+        admin::SessionView, admin::AccountParts, admin::AccountDetail, admin::BanRequest, admin::Banned,
+        admin::SessionsEnded, platform::error::ErrorBody
     )),
     tags((name = "auth", description = "Sign-up, sign-in, tokens"), (name = "accounts", description = "Profiles and erasure"))
 )]

@@ -1,6 +1,6 @@
 //! What the accounts API reads and writes.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::store::AccountRow;
@@ -81,23 +81,18 @@ pub struct CredentialsRequest {
 pub struct ProfileUpdate {
     /// 1 to 32 characters, shown instead of the username; no control characters, and no space
     /// at either end (it is trimmed).
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "platform::http::present")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 32,
         pattern = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$")]
     pub display_name: Option<Option<String>>,
     /// Id of an uploaded asset to use as avatar.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "platform::http::present")]
     #[schema(value_type = Option<String>, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub avatar_asset_id: Option<Option<String>>,
     /// BCP 47 language tag, e.g. `pt-BR`.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "platform::http::present")]
     #[schema(value_type = Option<String>, pattern = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$")]
     pub locale: Option<Option<String>>,
-}
-
-/// Tells a field sent as `null` (`Some(None)`) from a field not sent (`None`, by `default`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// An access token and the refresh token to renew it.

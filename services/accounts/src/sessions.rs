@@ -107,6 +107,10 @@ impl AccountsState {
         if row.session_revoked_at.is_some() {
             return Err(session_ended());
         }
+        // A ban ends the account's sessions as it is issued; this refuses one a refresh raced in.
+        if let Some(ban) = row.ban.as_ref().filter(|ban| ban.in_force(now)) {
+            return Err(crate::api::banned(ban));
+        }
         if row.used_at.is_none() {
             if row.expires_at <= now {
                 return Err(ApiError::Unauthenticated { code: "token_expired", message: "refresh token expired; sign in again".into() });

@@ -202,6 +202,7 @@ pub async fn delete_account(conn: &mut sqlx::AnyConnection, id: &str, now: i64) 
         .await
         .context("deleting refresh tokens")?;
     sqlx::query("DELETE FROM sessions WHERE account_id = $1").bind(id).execute(&mut *conn).await.context("deleting sessions")?;
+    sqlx::query("DELETE FROM account_bans WHERE account_id = $1").bind(id).execute(&mut *conn).await.context("deleting the ban")?;
     let deleted = sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id).execute(&mut *conn).await.context("deleting account")?;
     Ok((deleted.rows_affected() == 1).then_some(sessions))
 }
@@ -263,15 +264,19 @@ pub struct RefreshRow {
     pub expires_at: i64,
     /// Set when the session ended.
     pub session_revoked_at: Option<i64>,
+    /// The account's ban, if it has one (in force or expired).
+    pub ban: Option<Ban>,
 }
 
 /// Looks a refresh token up by its hash.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.refresh_token", skip_all)]
 pub async fn refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str) -> anyhow::Result<Option<RefreshRow>> {
     let row = sqlx::query(
-        "SELECT r.session_id, s.account_id, COALESCE(a.display_name, a.username) AS name, r.used_at, r.successor_salt, r.expires_at, s.revoked_at \
-         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN accounts a ON a.id = s.account_id \
-         WHERE r.token_hash = $1",
+        &format!(
+            "SELECT r.session_id, s.account_id, COALESCE(a.display_name, a.username) AS name, r.used_at, r.successor_salt, r.expires_at, \
+             s.revoked_at, {BAN_COLUMNS} FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN accounts a ON a.id = s.account_id \
+             LEFT JOIN account_bans b ON b.account_id = s.account_id WHERE r.token_hash = $1"
+        ),
     )
     .bind(hash)
     .fetch_optional(db)
@@ -286,6 +291,7 @@ pub async fn refresh_token<'e>(db: impl Executor<'e, Database = Any>, hash: &str
         successor_salt: row.try_get("successor_salt")?,
         expires_at: row.try_get("expires_at")?,
         session_revoked_at: row.try_get("revoked_at")?,
+        ban: joined_ban(&row)?,
     }))
 }
 
@@ -376,4 +382,178 @@ pub async fn purge_sessions(conn: &mut sqlx::AnyConnection, before: i64, limit: 
         sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *conn).await.context("purging session")?;
     }
     Ok(ids.len() as u64)
+}
+
+/// An account-wide ban.
+#[derive(Debug, Clone)]
+pub struct Ban {
+    /// Why, for the record.
+    pub reason: Option<String>,
+    /// Unix ms; `None` for good.
+    pub until: Option<i64>,
+    /// The key that issued it: `bootstrap` or a key id.
+    pub issued_by: String,
+    /// That key's name.
+    pub issued_by_name: String,
+    /// Unix ms.
+    pub issued_at: i64,
+}
+
+impl Ban {
+    /// Whether it still applies at `now`.
+    pub fn in_force(&self, now: i64) -> bool {
+        self.until.is_none_or(|until| until > now)
+    }
+}
+
+/// The ban a query joined as `ban_*` columns (`ban_account` null: none).
+fn joined_ban(row: &AnyRow) -> Result<Option<Ban>, sqlx::Error> {
+    if row.try_get::<Option<String>, _>("ban_account")?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Ban {
+        reason: row.try_get("ban_reason")?,
+        until: row.try_get("ban_until")?,
+        issued_by: row.try_get("ban_issued_by")?,
+        issued_by_name: row.try_get("ban_issued_by_name")?,
+        issued_at: row.try_get("ban_issued_at")?,
+    }))
+}
+
+/// A ban's columns, from `account_bans b`, as `joined_ban` reads them.
+const BAN_COLUMNS: &str = "b.account_id AS ban_account, b.reason AS ban_reason, b.until AS ban_until, b.issued_by AS ban_issued_by, \
+     b.issued_by_name AS ban_issued_by_name, b.issued_at AS ban_issued_at";
+
+/// The account's ban, in force or expired.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.ban_of", skip_all)]
+pub async fn ban_of<'e>(db: impl Executor<'e, Database = Any>, account_id: &str) -> anyhow::Result<Option<Ban>> {
+    let sql = format!("SELECT {BAN_COLUMNS} FROM account_bans b WHERE b.account_id = $1");
+    let row = sqlx::query(&sql).bind(account_id).fetch_optional(db).await.context("loading a ban")?;
+    Ok(row.as_ref().map(joined_ban).transpose()?.flatten())
+}
+
+/// Bans the account, replacing a ban it had.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.put_ban", skip_all)]
+pub async fn put_ban<'e>(db: impl Executor<'e, Database = Any>, account_id: &str, ban: &Ban) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO account_bans (account_id, reason, until, issued_by, issued_by_name, issued_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (account_id) DO UPDATE SET reason = excluded.reason, until = excluded.until, issued_by = excluded.issued_by, \
+         issued_by_name = excluded.issued_by_name, issued_at = excluded.issued_at",
+    )
+    .bind(account_id)
+    .bind(&ban.reason)
+    .bind(ban.until)
+    .bind(&ban.issued_by)
+    .bind(&ban.issued_by_name)
+    .bind(ban.issued_at)
+    .execute(db)
+    .await
+    .context("banning an account")?;
+    Ok(())
+}
+
+/// Lifts the account's ban; the ban that was, if any.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.lift_ban", skip_all)]
+pub async fn lift_ban(conn: &mut sqlx::AnyConnection, account_id: &str) -> anyhow::Result<Option<Ban>> {
+    let ban = ban_of(&mut *conn, account_id).await?;
+    if ban.is_some() {
+        sqlx::query("DELETE FROM account_bans WHERE account_id = $1")
+            .bind(account_id)
+            .execute(&mut *conn)
+            .await
+            .context("lifting a ban")?;
+    }
+    Ok(ban)
+}
+
+/// An account as a search lists it, with whether a ban is in force.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The account.
+    pub account: AccountRow,
+    /// Its ban, in force or expired.
+    pub ban: Option<Ban>,
+}
+
+/// Up to `limit` accounts, newest first, older than the account `before` when given, whose id is
+/// `query` or whose username or email starts with it (already trimmed and lower-cased); every
+/// account without a query.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.search", skip_all)]
+pub async fn search<'e>(
+    db: impl Executor<'e, Database = Any>,
+    query: Option<&str>,
+    before: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<Found>> {
+    let columns = ACCOUNT_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ");
+    // A prefix for LIKE, its wildcards escaped: `_` is common in usernames.
+    let prefix = query.map(|q| format!("{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    let matching =
+        if query.is_some() { " AND (a.id = $3 OR a.username_key LIKE $4 ESCAPE '\\' OR a.email LIKE $4 ESCAPE '\\')" } else { "" };
+    let sql = format!(
+        "SELECT {columns}, {BAN_COLUMNS} FROM accounts a LEFT JOIN account_bans b ON b.account_id = a.id \
+         WHERE a.id < $1{matching} ORDER BY a.id DESC LIMIT $2"
+    );
+    // UUIDv7 text sorts by time; 'z' sorts after every id.
+    let mut select = sqlx::query(&sql).bind(before.unwrap_or("z")).bind(limit);
+    if let (Some(query), Some(prefix)) = (query, prefix) {
+        select = select.bind(query).bind(prefix);
+    }
+    let rows = select.fetch_all(db).await.context("searching accounts")?;
+    rows.iter()
+        .map(|row| Ok(Found { account: account(row)?, ban: joined_ban(row)? }))
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding accounts")
+}
+
+/// A session as operators see it.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    /// Session id.
+    pub id: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms: the last refresh.
+    pub refreshed_at: i64,
+    /// Unix ms.
+    pub expires_at: i64,
+}
+
+/// Up to `limit` of the account's live sessions, newest first, and how many it has in all.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.live_sessions", skip_all)]
+pub async fn live_sessions(
+    conn: &mut sqlx::AnyConnection,
+    account_id: &str,
+    now: i64,
+    limit: i64,
+) -> anyhow::Result<(Vec<SessionRow>, i64)> {
+    const LIVE: &str = "account_id = $1 AND revoked_at IS NULL AND expires_at > $2";
+    let rows = sqlx::query(&format!(
+        "SELECT id, created_at, refreshed_at, expires_at FROM sessions WHERE {LIVE} ORDER BY created_at DESC LIMIT $3"
+    ))
+    .bind(account_id)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+    .context("listing live sessions")?;
+    let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM sessions WHERE {LIVE}"))
+        .bind(account_id)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await
+        .context("counting live sessions")?;
+    let sessions = rows
+        .iter()
+        .map(|r| {
+            Ok(SessionRow {
+                id: r.try_get("id")?,
+                created_at: r.try_get("created_at")?,
+                refreshed_at: r.try_get("refreshed_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding sessions")?;
+    Ok((sessions, count))
 }

@@ -2,13 +2,15 @@
 //! `chat.message_reported`), sanctions across every player, deleting messages, and reading any
 //! channel.
 //!
-//! Every route here takes a `ChatAdmin` and, for what it does, calls `audit` once, after the
-//! action succeeded: the two places where the admin API's scoped keys and audit log attach.
+//! Every route here takes a `ChatAdmin` (a server key with the `chat` scope) and, for what it
+//! does, calls `audit` once, after the action succeeded.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, FromRequestParts, Path, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::routing::{delete, get, post};
+use platform::auth::{Admin, AdminKey, Scope};
 use platform::db::now_millis;
 use platform::error::ErrorBody;
 use platform::events::MessageReported;
@@ -23,11 +25,35 @@ use crate::api::{ChannelPath, HistoryPage, HistoryQuery, SanctionView};
 use crate::channel::Channel;
 use crate::store::{self, CaseCursor, NewReport, ReportCaseRow, ReportEntryRow, SanctionCursor, SanctionFilter};
 
-/// Who may call the chat admin routes: today the server key (`GUILDHALL_ADMIN_KEY`). Named keys
-/// with scopes replace it with an extractor that also requires the `chat` scope, here only.
-pub type ChatAdmin = platform::auth::Admin;
+/// A server key with the `chat` scope: who may call the chat admin routes (403
+/// `insufficient_scope` for a key without it).
+#[derive(Debug, Clone)]
+pub struct ChatAdmin(pub Admin);
 
-/// The issuer recorded for what a `ChatAdmin` does (`resolved_by`, a sanction's `created_by`).
+impl<S> FromRequestParts<S> for ChatAdmin
+where
+    AdminKey: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let admin = Admin::from_request_parts(parts, state).await?;
+        admin.require(Scope::Chat)?;
+        Ok(ChatAdmin(admin))
+    }
+}
+
+impl std::ops::Deref for ChatAdmin {
+    type Target = Admin;
+    fn deref(&self) -> &Admin {
+        &self.0
+    }
+}
+
+/// The issuer recorded for what a `ChatAdmin` does (`resolved_by`, a sanction's `created_by`):
+/// every server key is the same authority, so that one operator's key may lift a sanction another
+/// operator's issued; which key did it is in the audit log.
 pub fn issuer(_admin: &ChatAdmin) -> &'static str {
     "server"
 }
@@ -93,11 +119,49 @@ pub enum AdminAction<'a> {
     },
 }
 
-/// Records what `admin` did. Today a log line (`guildhall::admin` target); the admin API's audit
-/// log (which key, what, when) is written here.
-pub fn audit(admin: &ChatAdmin, action: &AdminAction<'_>) {
-    let action = serde_json::to_string(action).unwrap_or_default();
-    tracing::info!(target: "guildhall::admin", by = issuer(admin), action, "chat admin action");
+impl AdminAction<'_> {
+    /// The audit log's action (`chat.<verb>`) and target (`kind:id`).
+    fn entry(&self) -> (&'static str, String) {
+        match self {
+            AdminAction::ListReports => ("chat.list_reports", "reports".into()),
+            AdminAction::ReadReport { report_id } => ("chat.read_report", format!("report:{report_id}")),
+            AdminAction::ResolveReport { report_id, .. } => ("chat.resolve_report", format!("report:{report_id}")),
+            AdminAction::ListSanctions => ("chat.list_sanctions", "sanctions".into()),
+            AdminAction::IssueSanction { account_id, .. } => ("chat.sanction", format!("account:{account_id}")),
+            AdminAction::LiftSanction { account_id, .. } => ("chat.lift_sanction", format!("account:{account_id}")),
+            AdminAction::DeleteMessage { message_id, .. } => ("chat.delete_message", format!("message:{message_id}")),
+            AdminAction::DeleteSenderMessages { channel, .. } => ("chat.delete_sender_messages", format!("channel:{channel}")),
+            AdminAction::ReadHistory { channel } => ("chat.read_history", format!("channel:{channel}")),
+        }
+    }
+
+    /// Listing the queues is routine (the console reads them on every view) and stays out of the
+    /// audit log; reading a case or a private conversation, and every change, goes in.
+    fn audited(&self) -> bool {
+        !matches!(self, AdminAction::ListReports | AdminAction::ListSanctions)
+    }
+}
+
+/// Records what `admin` did in the audit log, once it is done. The chat store commits each
+/// action in its own transaction, so the entry follows it: should the entry fail to be written,
+/// the action stands and the failure is logged with the whole entry (an error, for the
+/// operators' alarms).
+pub async fn audit(state: &ChatState, admin: &Admin, action: &AdminAction<'_>) {
+    if !action.audited() {
+        return;
+    }
+    let (name, target) = action.entry();
+    if let Err(err) = platform::audit::record(state.db.pool(), admin, name, &target, action).await {
+        let detail = serde_json::to_string(action).unwrap_or_default();
+        tracing::error!(
+            error = format!("{err:#}"),
+            by = admin.key_id(),
+            action = name,
+            target,
+            detail,
+            "writing a chat admin action to the audit log failed"
+        );
+    }
 }
 
 /// The chat admin routes.
@@ -378,7 +442,7 @@ pub async fn list_reports(
         if most_reported { encode_cursor(&["c", &last.report_count.to_string(), &last.id]) } else { encode_cursor(&["n", &last.id]) }
     });
     let reports = case_views(&state, rows).await?;
-    audit(&admin, &AdminAction::ListReports);
+    audit(&state, &admin, &AdminAction::ListReports).await;
     Ok(Json(ReportCasePage { reports, next_cursor }))
 }
 
@@ -390,7 +454,7 @@ pub async fn show_report(State(state): State<ChatState>, admin: ChatAdmin, Path(
     let id = case_id(&id)?;
     let row = store::report_case_by_id(state.db.pool(), &id).await?.ok_or_else(|| ApiError::NotFound("no such report".into()))?;
     let case = case_views(&state, vec![row]).await?.pop().ok_or_else(|| ApiError::NotFound("no such report".into()))?;
-    audit(&admin, &AdminAction::ReadReport { report_id: &id });
+    audit(&state, &admin, &AdminAction::ReadReport { report_id: &id }).await;
     Ok(Json(case))
 }
 
@@ -441,7 +505,7 @@ pub async fn list_reporters(
         .then(|| rows.last())
         .flatten()
         .map(|last| encode_cursor(&[&last.reported_at.to_string(), &last.event_id]));
-    audit(&admin, &AdminAction::ReadReport { report_id: &id });
+    audit(&state, &admin, &AdminAction::ReadReport { report_id: &id }).await;
     Ok(Json(ReporterPage { reporters: rows.into_iter().map(Reporter::from).collect(), next_cursor }))
 }
 
@@ -485,7 +549,7 @@ pub async fn resolve_report(
             None => Err(ApiError::NotFound("no such report".into())),
         };
     }
-    audit(&admin, &AdminAction::ResolveReport { report_id: &id, resolution: &req.action });
+    audit(&state, &admin, &AdminAction::ResolveReport { report_id: &id, resolution: &req.action }).await;
     let row = store::report_case_by_id(state.db.pool(), &id).await?.ok_or_else(|| ApiError::NotFound("no such report".into()))?;
     Ok(Json(case_views(&state, vec![row]).await?.pop().ok_or_else(|| ApiError::NotFound("no such report".into()))?))
 }
@@ -588,7 +652,7 @@ pub async fn list_sanctions(
             sanction: SanctionView::new(row.record, now),
         })
         .collect();
-    audit(&admin, &AdminAction::ListSanctions);
+    audit(&state, &admin, &AdminAction::ListSanctions).await;
     Ok(Json(AdminSanctionPage { sanctions, next_cursor }))
 }
 
@@ -614,7 +678,7 @@ pub async fn delete_message(State(state): State<ChatState>, admin: ChatAdmin, Pa
     let mut tx = state.db.begin().await?;
     let channel = store::delete_message(&mut tx, &id).await?.ok_or_else(not_found)?;
     tx.commit().await.map_err(anyhow::Error::from)?;
-    audit(&admin, &AdminAction::DeleteMessage { message_id: &id, channel: &channel });
+    audit(&state, &admin, &AdminAction::DeleteMessage { message_id: &id, channel: &channel }).await;
     announce_deleted(&state, &channel, json!({"type": "message_deleted", "channel": channel, "message_id": id})).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -645,7 +709,7 @@ pub async fn delete_sender_messages(
     let mut tx = state.db.begin().await?;
     let deleted = store::delete_sender_messages(&mut tx, &channel, &sender).await?;
     tx.commit().await.map_err(anyhow::Error::from)?;
-    audit(&admin, &AdminAction::DeleteSenderMessages { channel: &channel, sender_id: &sender, deleted });
+    audit(&state, &admin, &AdminAction::DeleteSenderMessages { channel: &channel, sender_id: &sender, deleted }).await;
     if deleted > 0 {
         announce_deleted(&state, &channel, json!({"type": "message_deleted", "channel": channel, "sender_id": sender})).await;
     }
@@ -664,6 +728,6 @@ pub async fn channel_history(
 ) -> ApiResult<Json<HistoryPage>> {
     let channel = Channel::parse(&id)?;
     let page = crate::api::history_page(&state, &channel, &query).await?;
-    audit(&admin, &AdminAction::ReadHistory { channel: &channel.id() });
+    audit(&state, &admin, &AdminAction::ReadHistory { channel: &channel.id() }).await;
     Ok(Json(page))
 }

@@ -5,10 +5,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
-use platform::auth::{Caller, Player};
+use platform::auth::{Admin, Caller, Player, Scope};
 use platform::db::now_millis;
 use platform::error::ErrorBody;
-use platform::events::MessageReported;
+use platform::events::{MessageReported, SanctionIssued};
 use platform::http::{Json, Query};
 use platform::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,7 @@ pub fn routes() -> Router<ChatState> {
         .route("/v1/chat/channels/{id}/sanctions", post(moderate))
         .route("/v1/chat/channels/{id}/sanctions/{account_id}/{kind}", delete(lift))
         .route("/v1/chat/me/sanctions", get(my_sanctions))
+        .route("/v1/admin/accounts/{id}/sanctions", get(account_sanctions))
         .route("/v1/chat/messages/{id}/report", post(report))
         .merge(crate::admin::routes())
 }
@@ -473,7 +474,10 @@ fn outranked() -> ApiError {
 /// anywhere; a player only as owner or moderator of the group that is the channel.
 async fn authority_over(state: &ChatState, caller: &Caller, channel: &Channel) -> ApiResult<(Authority, String)> {
     match caller {
-        Caller::Server => Ok((Authority::Server, "server".to_owned())),
+        Caller::Server(admin) => {
+            admin.require(Scope::Chat)?;
+            Ok((Authority::Server, "server".to_owned()))
+        }
         Caller::Player(player) => {
             let Channel::Group(group) = channel else {
                 return Err(ApiError::Forbidden("rooms and direct messages are moderated with the server key".into()));
@@ -500,9 +504,24 @@ async fn record_sanction(state: &ChatState, req: &Sanction, scope: &str, authori
         by,
         authority: authority.as_str(),
     };
-    if !store::sanction(state.db.pool(), &row, now_millis()).await? {
+    let now = now_millis();
+    let mut tx = state.db.begin().await?;
+    if !store::sanction(&mut *tx, &row, now).await? {
+        tx.rollback().await.ok();
         return Err(outranked());
     }
+    let event = SanctionIssued {
+        account_id: req.account_id.clone(),
+        kind: req.kind.clone(),
+        scope: scope.to_owned(),
+        until: until.map(platform::time::rfc3339),
+        reason: req.reason.clone(),
+        issued_by: authority.as_str().to_owned(),
+        issuer_id: (authority != Authority::Server).then(|| by.to_owned()),
+        issued_at: platform::time::rfc3339(now),
+    };
+    platform::events::record(&mut *tx, &event).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!(account_id = req.account_id, scope, kind = req.kind, by, authority = authority.as_str(), "chat sanction");
     if req.kind == "ban" {
         let notice = match scope {
@@ -562,6 +581,9 @@ pub async fn moderate(
         return Err(ApiError::Forbidden("the owner cannot be sanctioned".into()));
     }
     record_sanction(&state, &req, &channel.id(), authority, &by).await?;
+    if let Caller::Server(admin) = &caller {
+        audit(&state, admin, &AdminAction::IssueSanction { account_id: &req.account_id, kind: &req.kind, scope: &channel.id() }).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -581,18 +603,23 @@ pub async fn lift(
 ) -> ApiResult<StatusCode> {
     let channel = Channel::parse(&id)?;
     let (authority, by) = authority_over(&state, &caller, &channel).await?;
-    lift_sanction(&state, &account, &channel.id(), &kind, authority, &by).await
+    let lifted = lift_sanction(&state, &account, &channel.id(), &kind, authority, &by).await?;
+    if let Caller::Server(admin) = &caller {
+        audit(&state, admin, &AdminAction::LiftSanction { account_id: &account, kind: &kind, scope: &channel.id() }).await;
+    }
+    Ok(lifted)
 }
 
 /// Mutes or bans a player everywhere (`scope: "global"`) or in one channel (server key). A
 /// global ban closes the player's open sockets (close code 4003).
 #[utoipa::path(post, path = "/v1/admin/chat/sanctions", tag = "chat admin", security(("bearer" = [])), request_body = Sanction,
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: the key lacks `chat`", body = ErrorBody)))]
 pub async fn admin_sanction(State(state): State<ChatState>, admin: ChatAdmin, Json(req): Json<Sanction>) -> ApiResult<StatusCode> {
     check_sanction(&req)?;
     let scope = admin_scope(req.scope.as_deref())?;
     record_sanction(&state, &req, &scope, Authority::Server, crate::admin::issuer(&admin)).await?;
-    audit(&admin, &AdminAction::IssueSanction { account_id: &req.account_id, kind: &req.kind, scope: &scope });
+    audit(&state, &admin, &AdminAction::IssueSanction { account_id: &req.account_id, kind: &req.kind, scope: &scope }).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -619,7 +646,8 @@ pub struct ScopeQuery {
 #[utoipa::path(delete, path = "/v1/admin/chat/sanctions/{account_id}/{kind}", tag = "chat admin", security(("bearer" = [])),
     params(("account_id" = String, Path, description = "Sanctioned player"), ("kind" = String, Path, description = "`mute` or `ban`", pattern = "^(mute|ban)$"),
         ScopeQuery),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: the key lacks `chat`", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "sanction_changed: replaced while being lifted", body = ErrorBody)))]
 pub async fn admin_lift(
     State(state): State<ChatState>,
@@ -629,7 +657,7 @@ pub async fn admin_lift(
 ) -> ApiResult<StatusCode> {
     let scope = admin_scope(query.scope.as_deref())?;
     let lifted = lift_sanction(&state, &account, &scope, &kind, Authority::Server, crate::admin::issuer(&admin)).await?;
-    audit(&admin, &AdminAction::LiftSanction { account_id: &account, kind: &kind, scope: &scope });
+    audit(&state, &admin, &AdminAction::LiftSanction { account_id: &account, kind: &kind, scope: &scope }).await;
     Ok(lifted)
 }
 
@@ -711,16 +739,35 @@ pub async fn my_sanctions(
     player: Player,
     Query(query): Query<SanctionsQuery>,
 ) -> ApiResult<Json<SanctionPage>> {
+    Ok(Json(sanctions_page(&state, &player.account_id, query).await?))
+}
+
+/// A player's mutes and bans, in force or expired, everywhere and per channel: chat's part of the
+/// account view (`GET /v1/admin/accounts/{id}`), which each service serves from its own tables.
+#[utoipa::path(get, path = "/v1/admin/accounts/{id}/sanctions", tag = "chat", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Account id"), SanctionsQuery),
+    responses((status = 200, body = SanctionPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: the key lacks `accounts`", body = ErrorBody)))]
+pub async fn account_sanctions(
+    State(state): State<ChatState>,
+    admin: Admin,
+    Path(account_id): Path<String>,
+    Query(query): Query<SanctionsQuery>,
+) -> ApiResult<Json<SanctionPage>> {
+    admin.require(Scope::Accounts)?;
+    Ok(Json(sanctions_page(&state, &account_id, query).await?))
+}
+
+async fn sanctions_page(state: &ChatState, account_id: &str, query: SanctionsQuery) -> ApiResult<SanctionPage> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit", "limit must be between 1 and 100"));
     }
     let after = query.cursor.as_deref().map(parse_sanction_cursor).transpose()?;
-    let rows =
-        store::sanctions_of(state.db.pool(), &player.account_id, after.as_ref().map(|(s, k)| (s.as_str(), k.as_str())), limit).await?;
+    let rows = store::sanctions_of(state.db.pool(), account_id, after.as_ref().map(|(s, k)| (s.as_str(), k.as_str())), limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(sanction_cursor)).flatten();
     let now = now_millis();
-    Ok(Json(SanctionPage { sanctions: rows.into_iter().map(|r| SanctionView::new(r, now)).collect(), next_cursor }))
+    Ok(SanctionPage { sanctions: rows.into_iter().map(|r| SanctionView::new(r, now)).collect(), next_cursor })
 }
 
 /// `POST /v1/chat/messages/{id}/report`.

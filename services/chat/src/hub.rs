@@ -110,6 +110,17 @@ struct Inner {
     local: Mutex<HashMap<String, HashMap<u64, Member>>>,
     connected: Mutex<HashMap<u64, Connected>>,
     redis: Option<Bridge>,
+    metrics: HubMetrics,
+}
+
+/// What the fan-out counts (`Hub::register_metrics`).
+struct HubMetrics {
+    /// Frames handed to local connections' queues.
+    deliveries: platform::metrics::Counter,
+    /// Connections closed because their queue was full.
+    too_slow: platform::metrics::Counter,
+    /// From a publish (on any instance) to the hand-off to this instance's connections.
+    fanout: platform::metrics::Histogram,
 }
 
 /// The Redis channel (under the prefix) that carries notices between instances. Not a chat
@@ -128,6 +139,16 @@ struct Envelope {
     o: String,
     /// The event frame, as sent to clients.
     e: Box<serde_json::value::RawValue>,
+    /// When it was published, Unix microseconds, for the fan-out latency. Optional, so that
+    /// instances of a build without it and with it can share Redis during a rolling deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<u64>,
+}
+
+/// The time now in Unix microseconds. Instances compare each other's: their clocks are kept
+/// within a millisecond of each other by NTP (ECS: the Amazon Time Sync Service).
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl Hub {
@@ -140,8 +161,49 @@ impl Hub {
                 local: Mutex::new(HashMap::new()),
                 connected: Mutex::new(HashMap::new()),
                 redis: redis.map(|cache| Bridge { cache, sink: tokio::sync::Mutex::new(None) }),
+                metrics: HubMetrics {
+                    deliveries: Default::default(),
+                    too_slow: Default::default(),
+                    fanout: platform::metrics::Histogram::seconds(platform::metrics::FAST_BUCKETS),
+                },
             }),
         }
+    }
+
+    /// Registers the fan-out's figures, and the players connected here (read at scrape time).
+    pub fn register_metrics(&self, metrics: &platform::metrics::Metrics) {
+        let m = &self.inner.metrics;
+        metrics.register_counter(
+            "guildhall_chat_deliveries_total",
+            "Chat frames handed to the sockets of this instance.",
+            &[],
+            &m.deliveries,
+        );
+        metrics.register_counter(
+            "guildhall_chat_slow_disconnects_total",
+            "Chat sockets closed because they did not read their queue fast enough (1008).",
+            &[],
+            &m.too_slow,
+        );
+        metrics.register_histogram(
+            "guildhall_chat_fanout_seconds",
+            "From a chat event's publish (on any instance) to its hand-off to this instance's sockets.",
+            &[],
+            &m.fanout,
+        );
+        let hub = self.clone();
+        metrics.gauge_fn(
+            "guildhall_chat_players_connected",
+            "Players (distinct accounts) with an authenticated chat socket on this instance.",
+            &[],
+            move || Some(hub.players_connected() as f64),
+        );
+    }
+
+    /// Distinct accounts with an authenticated connection here.
+    pub fn players_connected(&self) -> usize {
+        let connected = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner());
+        connected.values().map(|c| c.account_id.as_str()).collect::<HashSet<_>>().len()
     }
 
     /// A new id for a connection of this instance.
@@ -302,9 +364,10 @@ impl Hub {
     /// connection `origin` of this instance.
     pub async fn publish(&self, channel: &str, frame: &str, origin: Option<u64>) -> anyhow::Result<()> {
         let origin = format!("{}:{}", self.inner.instance, origin.unwrap_or(0));
+        let now = unix_micros();
         match &self.inner.redis {
             Some(bridge) => {
-                let envelope = Envelope { o: origin, e: serde_json::value::RawValue::from_string(frame.to_owned())? };
+                let envelope = Envelope { o: origin, e: serde_json::value::RawValue::from_string(frame.to_owned())?, t: Some(now) };
                 let mut conn = bridge.cache.connection();
                 let _: i64 = redis::cmd("PUBLISH")
                     .arg(Self::redis_channel(bridge, channel))
@@ -312,15 +375,17 @@ impl Hub {
                     .query_async(&mut conn)
                     .await?;
             }
-            None => self.deliver(channel, Arc::from(frame), &origin),
+            None => self.deliver(channel, Arc::from(frame), &origin, Some(now)),
         }
         Ok(())
     }
 
-    /// Hands a frame to the local members of a channel; a member whose queue is full is kicked.
-    fn deliver(&self, channel: &str, frame: Arc<str>, origin: &str) {
+    /// Hands a frame published at `published` (Unix microseconds) to the local members of a
+    /// channel; a member whose queue is full is kicked.
+    fn deliver(&self, channel: &str, frame: Arc<str>, origin: &str, published: Option<u64>) {
         let skip =
             origin.strip_prefix(self.inner.instance.as_str()).and_then(|rest| rest.strip_prefix(':')).and_then(|id| id.parse::<u64>().ok());
+        let (mut delivered, mut too_slow) = (0, 0);
         for (id, member) in self.local_members_with_ids(channel) {
             if Some(id) == skip {
                 continue;
@@ -328,7 +393,17 @@ impl Hub {
             if member.tx.try_send(frame.clone()).is_err() {
                 tracing::info!(account_id = member.account_id, channel, "client too slow; disconnecting");
                 member.kick.cancel();
+                too_slow += 1;
+            } else {
+                delivered += 1;
             }
+        }
+        // Counted once per frame, not per member: the hot path adds, it does not count one by one.
+        let m = &self.inner.metrics;
+        m.deliveries.add(delivered);
+        m.too_slow.add(too_slow);
+        if let Some(published) = published {
+            m.fanout.observe_duration(std::time::Duration::from_micros(unix_micros().saturating_sub(published)));
         }
     }
 
@@ -416,7 +491,7 @@ impl Hub {
                         }
                         let Some(channel) = channel_name.get(prefix_len..) else { continue };
                         match serde_json::from_str::<Envelope>(&payload) {
-                            Ok(envelope) => self.deliver(channel, Arc::from(envelope.e.get()), &envelope.o),
+                            Ok(envelope) => self.deliver(channel, Arc::from(envelope.e.get()), &envelope.o, envelope.t),
                             Err(err) => tracing::warn!(error = %err, "undecodable chat envelope"),
                         }
                     }

@@ -56,6 +56,8 @@ pub struct ChatState {
     pub shutdown: Shutdown,
     /// Open sockets, so that shutdown waits for their close frames to go out.
     pub sockets: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Sockets opened since the start (the metrics).
+    pub sockets_opened: platform::metrics::Counter,
 }
 
 impl ChatState {
@@ -86,7 +88,24 @@ impl ChatState {
             sockets_by_ip: Default::default(),
             shutdown,
             sockets: Default::default(),
+            sockets_opened: Default::default(),
         }
+    }
+
+    /// Registers chat's figures: the fan-out's (`Hub::register_metrics`) and the sockets open
+    /// here (read at scrape time).
+    pub fn register_metrics(&self, metrics: &platform::metrics::Metrics) {
+        self.hub.register_metrics(metrics);
+        let sockets = self.sockets.clone();
+        metrics.gauge_fn("guildhall_chat_sockets", "Chat WebSockets open on this instance, authenticated or not yet.", &[], move || {
+            Some(sockets.load(std::sync::atomic::Ordering::Relaxed) as f64)
+        });
+        metrics.register_counter(
+            "guildhall_chat_sockets_opened_total",
+            "Chat WebSockets opened on this instance.",
+            &[],
+            &self.sockets_opened,
+        );
     }
 
     /// Background work: the Redis fan-out and the presence refresh, until shutdown; then waits
@@ -180,7 +199,7 @@ pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
 #[openapi(
     paths(
         ws::socket, api::create_group, api::show_group, api::add_member, api::remove_member, api::history, api::presence,
-        api::moderate, api::lift, api::my_sanctions, api::admin_sanction, api::admin_lift, api::report,
+        api::moderate, api::lift, api::my_sanctions, api::account_sanctions, api::admin_sanction, api::admin_lift, api::report,
         admin::list_reports, admin::show_report, admin::list_reporters, admin::resolve_report, admin::list_sanctions,
         admin::delete_message, admin::delete_sender_messages, admin::channel_history
     ),

@@ -244,6 +244,7 @@ impl Drop for Registered {
 
 async fn connection(state: ChatState, mut socket: WebSocket, header_token: Option<String>) {
     let _open = Open::new(&state.sockets);
+    state.sockets_opened.inc();
     let (player, expires_at) = match authenticate(&state, &mut socket, header_token).await {
         Ok(authenticated) => authenticated,
         Err(refusal) => {

@@ -168,73 +168,82 @@ pages.players = async (query) => {
   const q = new URLSearchParams(query).get("q") || "";
   const bar = searchBar("id, username or email prefix", q, (text) => { location.hash = "#/players?q=" + encodeURIComponent(text); });
   const list = paged("/v1/admin/accounts?query=" + encodeURIComponent(q), (p) => p.accounts, [
-    { label: "Username", get: (a) => link("#/player/" + a.id, a.username || a.id) },
-    { label: "Display name", get: (a) => a.display_name },
-    { label: "Email", get: (a) => a.email },
-    { label: "Created", get: (a) => when(a.created_at) },
-    { label: "Status", get: (a) => a.ban ? "banned" : "" },
+    { label: "Username", get: (s) => link("#/player/" + s.account.id, s.account.username) },
+    { label: "Display name", get: (s) => s.account.display_name },
+    { label: "Email", get: (s) => s.account.guest ? "guest" : s.account.email },
+    { label: "Created", get: (s) => when(s.account.created_at) },
+    { label: "Status", get: (s) => s.banned ? "banned" : "" },
   ], "No account matches.");
   show(el("h1", { text: "Players" }), bar, list);
 };
 
 pages.player = async (_, id) => {
-  const a = await api("GET", "/v1/admin/accounts/" + encodeURIComponent(id));
-  const account = a.account || a;
-  const banned = Boolean(a.ban || account.ban);
+  const path = "/v1/admin/accounts/" + encodeURIComponent(id);
+  const view = await api("GET", path);
+  const account = view.account;
+  const ban = view.ban && view.ban.in_force ? view.ban : null;
   const reason = el("input", { name: "reason", placeholder: "reason", value: "" });
+  const minutes = el("input", { name: "minutes", type: "number", min: "1", placeholder: "minutes (empty: for good)" });
+  // Each service serves its own part of the account (`parts`): records, assets, sanctions.
   show(
-    el("h1", { text: "Player " + (account.username || account.id) }),
+    el("h1", { text: "Player " + account.username }),
     facts([
       ["Id", account.id],
       ["Username", account.username],
       ["Display name", account.display_name],
-      ["Email", account.email],
+      ["Email", account.guest ? "guest (device sign-in)" : account.email],
       ["Created", when(account.created_at)],
-      ["Ban", banned ? JSON.stringify(a.ban || account.ban) : "none"],
+      ["Live sessions", String(view.live_session_count)],
+      ["Ban", ban ? (ban.reason || "no reason given") + " · until " + (when(ban.until) || "lifted") + " · by " + ban.issued_by_name : "none"],
     ]),
     el("h2", { text: "Actions" }),
     el("div", { class: "actions" },
-      banned
-        ? action("Unban", () => api("DELETE", "/v1/admin/accounts/" + id + "/ban"))
-        : [reason, action("Ban", () => api("POST", "/v1/admin/accounts/" + id + "/ban", { reason: reason.value || "banned by an operator" }), { danger: true })],
-      action("End all sessions", () => api("POST", "/v1/admin/accounts/" + id + "/sessions/revoke")),
-      action("Delete account", () => api("DELETE", "/v1/admin/accounts/" + id), { danger: true, confirm: "Erase this account and everything it owns?" }),
+      ban
+        ? action("Unban", () => api("DELETE", path + "/ban"))
+        : [reason, minutes, action("Ban", () => api("POST", path + "/ban", minutes.value ? { reason: reason.value || null, minutes: Number(minutes.value) } : { reason: reason.value || null }), { danger: true })],
+      action("End all sessions", () => api("POST", path + "/sessions/revoke")),
+      action("Delete account", async () => { await api("DELETE", path); location.hash = "#/players"; }, { danger: true, confirm: "Erase this account and everything it owns?" }),
     ),
-    el("h2", { text: "Sessions" }),
-    table(a.sessions || [], [
+    el("h2", { text: "Live sessions" }),
+    table(view.live_sessions, [
       { label: "Session", get: (s) => s.id },
       { label: "Started", get: (s) => when(s.created_at) },
-      { label: "Last used", get: (s) => when(s.last_used_at || s.refreshed_at) },
+      { label: "Refreshed", get: (s) => when(s.refreshed_at) },
+      { label: "Expires", get: (s) => when(s.expires_at) },
     ], "No live session."),
-    el("h2", { text: "Sanctions" }),
-    table(a.sanctions || [], [
-      { label: "Kind", get: (s) => s.kind },
-      { label: "Scope", get: (s) => s.scope || s.channel_id || "global" },
-      { label: "Reason", get: (s) => quote(s.reason) },
-      { label: "Until", get: (s) => when(s.expires_at) || "permanent" },
-    ], "No sanction."),
     el("h2", { text: "Records" }),
-    table(a.records || [], [
-      { label: "Board", get: (r) => link("#/board/" + r.leaderboard_id, r.leaderboard_id) },
+    paged(view.parts.records, (p) => p.records, [
+      { label: "Board", get: (r) => link("#/board/" + r.board_id, r.board_id) },
+      { label: "Season", get: (r) => r.live ? r.season + " (live)" : r.season, num: true },
       { label: "Score", get: (r) => r.score, num: true },
       { label: "Rank", get: (r) => r.rank, num: true },
     ], "No record."),
+    el("h2", { text: "Sanctions" }),
+    paged(view.parts.sanctions, (p) => p.sanctions, [
+      { label: "Kind", get: (s) => s.kind },
+      { label: "Scope", get: (s) => s.scope },
+      { label: "Reason", get: (s) => quote(s.reason) },
+      { label: "Until", get: (s) => when(s.until) || "for good" },
+      { label: "In force", get: (s) => s.in_force ? "yes" : "no" },
+    ], "No sanction."),
     el("h2", { text: "Assets" }),
-    table(a.assets || [], [
+    paged(view.parts.assets, (p) => p.assets, [
       { label: "Asset", get: (x) => x.id },
-      { label: "Kind", get: (x) => x.kind || x.purpose },
+      { label: "Purpose", get: (x) => x.purpose },
       { label: "State", get: (x) => x.state },
-      { label: "Bytes", get: (x) => x.size_bytes ?? x.size, num: true },
+      { label: "Bytes", get: (x) => x.size_bytes, num: true },
     ], "No asset."),
   );
 };
 
 pages.boards = async () => {
-  show(el("h1", { text: "Boards" }), paged("/v1/leaderboards?limit=50", (p) => p.leaderboards, [
+  show(el("h1", { text: "Boards" }), paged("/v1/leaderboards?limit=50", (p) => p.boards, [
     { label: "Board", get: (b) => link("#/board/" + b.id, b.id) },
     { label: "Sort", get: (b) => b.sort },
     { label: "Operator", get: (b) => b.operator },
-    { label: "Next reset", get: (b) => when(b.next_reset_at) || "never" },
+    { label: "Reset", get: (b) => b.reset || "never" },
+    { label: "Season", get: (b) => b.season.number, num: true },
+    { label: "Season ends", get: (b) => when(b.season.ends_at) || "never" },
   ], "No board yet."));
 };
 
@@ -245,8 +254,10 @@ pages.board = async (_, id) => {
     facts([
       ["Sort", board.sort],
       ["Operator", board.operator],
-      ["Reset schedule", board.reset_schedule || board.reset || "none"],
-      ["Next reset", when(board.next_reset_at) || "never"],
+      ["Bounds", (board.min_score ?? "−∞") + " … " + (board.max_score ?? "∞")],
+      ["Reset", board.reset || "never"],
+      ["Season", board.season.number + ", since " + when(board.season.started_at)],
+      ["Season ends", when(board.season.ends_at) || "never"],
     ]),
     el("div", { class: "actions" },
       action("Close the season now", () => api("POST", "/v1/admin/leaderboards/" + id + "/seasons/close"), { confirm: "Close the live season and start a new one?" }),
@@ -254,7 +265,7 @@ pages.board = async (_, id) => {
     el("h2", { text: "Top records" }),
     paged("/v1/leaderboards/" + encodeURIComponent(id) + "/records?limit=50", (p) => p.records, [
       { label: "Rank", get: (r) => r.rank, num: true },
-      { label: "Player", get: (r) => link("#/player/" + r.owner_id, r.owner_name || r.owner_id) },
+      { label: "Player", get: (r) => link("#/player/" + r.owner_id, r.name || r.owner_id) },
       { label: "Score", get: (r) => r.score, num: true },
       { label: "Updated", get: (r) => when(r.updated_at) },
       { label: "", get: (r) => action("Delete record", () => api("DELETE", "/v1/admin/leaderboards/" + id + "/records/" + r.owner_id), { danger: true, confirm: "Delete this player's record?" }) },
@@ -263,26 +274,29 @@ pages.board = async (_, id) => {
 };
 
 pages.chat = async (query) => {
-  const state = new URLSearchParams(query).get("state") || "open";
-  const picker = el("select", { name: "state" }, ["open", "resolved"].map((s) => el("option", { value: s, selected: s === state, text: s })));
-  picker.addEventListener("change", () => { location.hash = "#/chat?state=" + picker.value; });
+  const status = new URLSearchParams(query).get("status") === "resolved" ? "resolved" : "open";
+  const picker = el("select", { name: "status" }, ["open", "resolved"].map((s) => el("option", { value: s, selected: s === status, text: s })));
+  picker.addEventListener("change", () => { location.hash = "#/chat?status=" + picker.value; });
+  const resolve = (c, action) => api("POST", "/v1/admin/chat/reports/" + c.id + "/resolve", { action });
   show(
     el("h1", { text: "Chat moderation" }),
     el("form", { class: "bar" }, el("label", { text: "Reports: " }), picker),
-    paged("/v1/admin/chat/reports?state=" + state, (p) => p.reports, [
-      { label: "Reported", get: (r) => when(r.last_reported_at || r.created_at) },
-      { label: "Reports", get: (r) => r.report_count ?? r.count, num: true },
-      { label: "Sender", get: (r) => link("#/player/" + r.sender_id, r.sender_name || r.sender_id) },
-      { label: "Channel", get: (r) => r.channel_id },
-      { label: "Message", get: (r) => quote(r.text) },
-      { label: "Reason", get: (r) => quote(r.reason || (r.reasons || []).join("; ")) },
-      { label: "", get: (r) => state !== "open" ? (r.resolution || "") : el("div", { class: "actions" },
-        action("Dismiss", () => api("POST", "/v1/admin/chat/reports/" + r.id + "/resolve", { action: "dismissed" })),
-        action("Delete message", async () => {
-          await api("DELETE", "/v1/admin/chat/messages/" + r.message_id);
-          await api("POST", "/v1/admin/chat/reports/" + r.id + "/resolve", { action: "message_deleted" });
-        }, { danger: true })) },
-    ], state === "open" ? "No open report." : "No resolved report."),
+    paged("/v1/admin/chat/reports?status=" + status + "&order=" + (status === "open" ? "most_reported" : "newest"), (p) => p.reports, [
+      { label: "Last reported", get: (c) => when(c.last_reported_at) },
+      { label: "Reports", get: (c) => c.report_count, num: true },
+      { label: "Sender", get: (c) => c.message.sender_id ? link("#/player/" + c.message.sender_id, c.message.sender_name || c.message.sender_id) : "(erased)" },
+      { label: "Channel", get: (c) => c.message.channel },
+      { label: "Message", get: (c) => quote(c.message.body) },
+      { label: "Reasons", get: (c) => quote(c.reporters.map((r) => r.reason).filter(Boolean).join("; ")) },
+      { label: "", get: (c) => status !== "open"
+        ? (c.resolution ? c.resolution.action + (c.resolution.note ? ": " + c.resolution.note : "") : "")
+        : el("div", { class: "actions" },
+          action("Dismiss", () => resolve(c, "dismissed")),
+          c.message_deleted ? null : action("Delete message", async () => {
+            await api("DELETE", "/v1/admin/chat/messages/" + c.message.id);
+            await resolve(c, "message_deleted");
+          }, { danger: true })) },
+    ], status === "open" ? "No open report." : "No resolved report."),
   );
 };
 
@@ -291,10 +305,11 @@ pages.uploads = async (query) => {
   const bar = searchBar("player id", owner, (text) => { location.hash = "#/uploads?owner=" + encodeURIComponent(text); });
   if (!owner) return show(el("h1", { text: "Uploads" }), bar, el("p", { class: "muted", text: "Enter a player's id to list their assets." }));
   show(el("h1", { text: "Uploads" }), bar, paged("/v1/admin/assets?owner_id=" + encodeURIComponent(owner), (p) => p.assets, [
-    { label: "Asset", get: (x) => x.url ? el("a", { href: x.url, rel: "noreferrer", target: "_blank", text: x.id }) : x.id },
-    { label: "Kind", get: (x) => x.kind || x.purpose },
+    { label: "Asset", get: (x) => x.download_url && /^https?:/.test(x.download_url) ? el("a", { href: x.download_url, rel: "noreferrer", target: "_blank", text: x.id }) : x.id },
+    { label: "Purpose", get: (x) => x.purpose },
+    { label: "Type", get: (x) => x.content_type },
     { label: "State", get: (x) => x.state },
-    { label: "Bytes", get: (x) => x.size_bytes ?? x.size, num: true },
+    { label: "Bytes", get: (x) => x.size_bytes, num: true },
     { label: "Created", get: (x) => when(x.created_at) },
     { label: "", get: (x) => action("Take down", () => api("DELETE", "/v1/admin/assets/" + x.id), { danger: true, confirm: "Delete these bytes and stop serving them?" }) },
   ], "This player has no asset."));
@@ -302,8 +317,8 @@ pages.uploads = async (query) => {
 
 pages.audit = async () => {
   show(el("h1", { text: "Audit log" }), paged("/v1/admin/audit?limit=50", (p) => p.entries, [
-    { label: "When", get: (e) => when(e.at || e.created_at) },
-    { label: "Key", get: (e) => e.key_name || e.key_id },
+    { label: "When", get: (e) => when(e.at) },
+    { label: "Key", get: (e) => e.key_name },
     { label: "Action", get: (e) => e.action },
     { label: "Target", get: (e) => e.target },
     { label: "Detail", get: (e) => quote(e.detail ? JSON.stringify(e.detail) : "") },
@@ -339,8 +354,8 @@ function signIn() {
 }
 
 async function whoami() {
-  const me = await api("GET", "/v1/admin/whoami");
-  document.getElementById("who").textContent = (me.name || "key") + " · " + (me.scopes || []).join(", ");
+  const me = await api("GET", "/v1/admin/keys/me");
+  document.getElementById("who").textContent = me.name + " · " + me.scopes.join(", ");
   document.getElementById("nav").hidden = false;
   document.getElementById("sign-out").hidden = false;
   return me;

@@ -17,6 +17,7 @@ use platform::db::{Database, Databases, Role};
 use platform::events::{QueueConsumer, Queues, Relay};
 use platform::health::{self, HealthState};
 use platform::http::{self, HttpSettings};
+use platform::metrics::Metrics;
 use platform::shutdown::Shutdown;
 use platform::tokens::TokenKeys;
 use tokio::net::TcpListener;
@@ -34,6 +35,7 @@ pub struct App {
     shutdown: Shutdown,
     config: Config,
     workers: Vec<JoinHandle<()>>,
+    metrics: Metrics,
 }
 
 /// What a process does: serve the API (and, unless `RUN_EVENT_WORKERS=false`, deliver events),
@@ -60,37 +62,44 @@ impl App {
         }
         // After the migrations, which make the roles (DATABASE_SERVICE_ROLES).
         let dbs = Databases::connect(&config.database, main).await?;
-        // The consumers run as the worker's role, as in a `guildhall worker` process: where the
-        // roles have pools of their own, a consuming service gets a second state over the
-        // worker's pool for its subscriptions.
+        let events_here = mode == Mode::Worker || config.run_event_workers;
+        // The relay, the consumers and the webhook deliveries run as the worker's role, as in a
+        // `guildhall worker` process: where the roles have pools of their own, a consuming
+        // service gets a second state over the worker's pool for that work.
         let worker_db = dbs.of(Role::Worker).clone();
-        let consumers_apart = dbs.has_role_pools();
-        // Readiness and the token checks' reads of revoked sessions (which every service's role
-        // may make) go through the pool that serves: with pools per role, the first service's
-        // (the worker's in a worker), whose breaker the requests share.
+        let consumers_apart = dbs.has_role_pools() && mode == Mode::Serve;
+        // Readiness, the token checks' reads of revoked sessions and the server keys' checks
+        // (which every service's role may make) go through the pool that serves: with pools per
+        // role, the first service's (the worker's in a worker), whose breaker the requests share.
         let serving_db = match (mode, config.services.first()) {
             (Mode::Serve, Some(service)) => dbs.of(Role::of(*service)).clone(),
             _ => worker_db.clone(),
         };
         let cache = Cache::connect(&config.cache).await?;
+        let metrics = Metrics::new();
+        serving_db.register_metrics(&metrics);
+        cache.register_metrics(&metrics);
         let keys = Arc::new(TokenKeys::load(&config.tokens, &config.data_dir)?);
         let auth = Authenticator::new(keys, cache.clone(), serving_db.clone());
-        let admin_key = AdminKey::new(config.admin_key.clone());
-        let events_here = mode == Mode::Worker || config.run_event_workers;
+        let admin_key = AdminKey::new(config.admin_key.clone(), Some(serving_db.clone()));
         let parts = Parts { config: &config, cache: &cache, auth: &auth, admin_key: &admin_key, shutdown: &shutdown };
 
         let mut router = health::router(HealthState { db: serving_db, cache: cache.clone(), shutdown: shutdown.clone() });
         let mut workers = Vec::new();
         let mut subscriptions = Vec::new();
         for service in &config.services {
-            // A worker process serves no API: its states exist for the consumers alone.
+            // A worker process serves no API: its states exist for the event work alone.
             let db = if mode == Mode::Worker { worker_db.clone() } else { dbs.of(Role::of(*service)).clone() };
             match service {
                 Service::Accounts => {
-                    let state = parts.accounts(db)?;
+                    let state = parts.accounts(db.clone())?;
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));
                         router = router.merge(accounts::router(state));
+                        // The server keys and the audit log belong to no service; the ALB sends
+                        // their routes to accounts.
+                        let admin = platform::admin::AdminState { db, keys: admin_key.clone() };
+                        router = router.merge(platform::admin::router(admin));
                     }
                 }
                 Service::Leaderboard => {
@@ -98,14 +107,11 @@ impl App {
                     let index = leaderboard::index::RankIndex::for_cache(&cache);
                     let state = parts.leaderboard(db, &index);
                     if events_here {
-                        let consuming = if consumers_apart && mode == Mode::Serve {
-                            parts.leaderboard(worker_db.clone(), &index)
-                        } else {
-                            state.clone()
-                        };
+                        let consuming = if consumers_apart { parts.leaderboard(worker_db.clone(), &index) } else { state.clone() };
                         subscriptions.extend(leaderboard::subscriptions(consuming));
                     }
                     if mode == Mode::Serve {
+                        state.writer.register_metrics(&metrics);
                         workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
                         workers.push(tokio::spawn(leaderboard::repair::run_repairer(state.clone(), shutdown.clone())));
                         router = router.merge(leaderboard::router(state));
@@ -114,11 +120,8 @@ impl App {
                 Service::Uploads => {
                     let state = parts.uploads(db).await?;
                     if events_here {
-                        let consuming = if consumers_apart && mode == Mode::Serve {
-                            uploads::UploadsState { db: worker_db.clone(), ..state.clone() }
-                        } else {
-                            state.clone()
-                        };
+                        let consuming =
+                            if consumers_apart { uploads::UploadsState { db: worker_db.clone(), ..state.clone() } } else { state.clone() };
                         subscriptions.extend(uploads::subscriptions(consuming));
                     }
                     if mode == Mode::Serve {
@@ -129,24 +132,47 @@ impl App {
                 Service::Chat => {
                     let state = parts.chat(db);
                     if events_here {
-                        let consuming = if consumers_apart && mode == Mode::Serve { parts.chat(worker_db.clone()) } else { state.clone() };
+                        let consuming = if consumers_apart { parts.chat(worker_db.clone()) } else { state.clone() };
                         subscriptions.extend(chat::subscriptions(consuming));
                     }
                     if mode == Mode::Serve {
+                        state.register_metrics(&metrics);
                         workers.push(tokio::spawn(state.clone().run()));
                         router = router.merge(chat::router(state));
+                    }
+                }
+                Service::Webhooks => {
+                    let state = webhooks::WebhooksState::new(db, admin_key.clone(), config.webhooks.clone())?;
+                    // Deliveries are event work: they go out where the consumers run (the
+                    // worker on ECS), which is also where the webhooks consumer records them.
+                    if events_here {
+                        let delivering = if consumers_apart {
+                            webhooks::WebhooksState::new(worker_db.clone(), admin_key.clone(), config.webhooks.clone())?
+                        } else {
+                            state.clone()
+                        };
+                        subscriptions.extend(webhooks::subscriptions(delivering.clone()));
+                        workers.push(tokio::spawn(webhooks::run_deliveries(delivering, shutdown.clone())));
+                    }
+                    if mode == Mode::Serve {
+                        router = router.merge(webhooks::router(state));
                     }
                 }
             }
         }
         if events_here {
+            let consumers: Vec<&'static str> = subscriptions.iter().map(|s| s.consumer).collect();
+            let event_metrics = platform::events::EventMetrics::register(&metrics, &consumers);
             match Queues::connect(&config.queue, &config.aws).await {
                 Some(queues) => {
                     platform::events::check_routes(&subscriptions)?;
                     // The relay sends every service's events (several relays share the outbox
                     // through leases); the consumers read the queues of the services here.
-                    workers.push(tokio::spawn(Relay::sqs(worker_db.clone(), queues.clone()).run(shutdown.clone())));
+                    platform::events::register_outbox_metrics(&worker_db, &metrics);
+                    let relay = Relay::sqs(worker_db.clone(), queues.clone()).with_metrics(event_metrics.clone());
+                    workers.push(tokio::spawn(relay.run(shutdown.clone())));
                     for consumer in QueueConsumer::for_each_consumer(&worker_db, &queues, &subscriptions) {
+                        let consumer = consumer.with_metrics(event_metrics.clone());
                         tracing::info!(
                             consumer = consumer.consumer(),
                             queue = queues.url(consumer.consumer()),
@@ -157,7 +183,9 @@ impl App {
                 }
                 None if config.is_monolith() => {
                     // Every consumer is in this process: deliver the outbox to them directly.
-                    workers.push(tokio::spawn(Relay::new(worker_db.clone(), subscriptions).run(shutdown.clone())));
+                    platform::events::register_outbox_metrics(&worker_db, &metrics);
+                    let relay = Relay::new(worker_db.clone(), subscriptions).with_metrics(event_metrics);
+                    workers.push(tokio::spawn(relay.run(shutdown.clone())));
                 }
                 None => {
                     tracing::warn!(
@@ -176,9 +204,10 @@ impl App {
             request_timeout: config.request_timeout,
             trust_forwarded_for: config.trust_forwarded_for,
             cors_allowed_origins: config.cors_allowed_origins.clone(),
+            metrics: metrics.clone(),
         };
         let router = http::with_common_layers(router, settings);
-        Ok(App { router, dbs, shutdown, config, workers })
+        Ok(App { router, dbs, shutdown, config, workers, metrics })
     }
 
     /// The router, for tests that drive it without a socket.
@@ -186,10 +215,32 @@ impl App {
         self.router.clone()
     }
 
-    /// Serves on `listener` until the shutdown switch stops, then stops the workers and closes
-    /// the pools.
+    /// This application's figures: what `/metrics` serves, and `Metrics::snapshot` for the
+    /// console.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Serves on `listener`, and `/metrics` on `METRICS_ADDR` when it is set, until the shutdown
+    /// switch stops, then stops the workers and closes the pools.
     pub async fn serve(self, listener: TcpListener) -> anyhow::Result<()> {
+        let metrics_listener = match self.config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding METRICS_ADDR {addr}"))?),
+            None => None,
+        };
+        self.serve_with_metrics(listener, metrics_listener).await
+    }
+
+    /// Serves the API on `listener` and, when given, `/metrics` on `metrics_listener` (tests bind
+    /// both on port 0), until the shutdown switch stops; then stops the workers and closes the
+    /// pools. The metrics listener shares the shutdown: it answers while the process drains and
+    /// closes with the API's.
+    pub async fn serve_with_metrics(self, listener: TcpListener, metrics_listener: Option<TcpListener>) -> anyhow::Result<()> {
         let addr = listener.local_addr().context("reading the listener address")?;
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().context("reading the metrics listener address")?),
+            None => None,
+        };
         let services: Vec<&str> = self.config.services.iter().map(|s| s.name()).collect();
         tracing::info!(
             addr = %addr,
@@ -199,6 +250,7 @@ impl App {
             cache = describe_cache(&self.config.cache),
             blobs = describe_blobs(&self.config.blobs),
             events = if matches!(self.config.queue, platform::config::QueueConfig::Sqs { .. }) { "sqs" } else { "in-process" },
+            metrics_addr = metrics_addr.map(|a| a.to_string()),
             "listening"
         );
         let limits = http::ServerLimits {
@@ -206,7 +258,22 @@ impl App {
             idle_timeout: self.config.idle_timeout,
             max_connections: self.config.max_connections,
         };
-        let result = http::serve(listener, self.router, self.shutdown.clone(), self.config.shutdown_grace, limits).await;
+        let stop = self.shutdown.clone();
+        let api = async {
+            let result = http::serve(listener, self.router, self.shutdown.clone(), self.config.shutdown_grace, limits).await;
+            // Should the API's loop end on its own (an error), the metrics listener ends too.
+            stop.trigger();
+            result
+        };
+        let metrics = async {
+            let Some(listener) = metrics_listener else { return Ok(()) };
+            // A scraper or two: a few connections; a scrape in flight at the stop gets a second.
+            let limits = http::ServerLimits { max_connections: METRICS_MAX_CONNECTIONS, ..limits };
+            let router = platform::metrics::router(self.metrics.clone());
+            http::serve(listener, router, self.shutdown.clone(), std::time::Duration::from_secs(1), limits).await
+        };
+        let (result, metrics_result) = tokio::join!(api, metrics);
+        let result = result.and(metrics_result);
         self.shutdown.trigger();
         for worker in self.workers {
             let _ = worker.await;
@@ -216,6 +283,9 @@ impl App {
         result
     }
 }
+
+/// Connections the metrics listener serves at once (scrapers and operators' curls).
+const METRICS_MAX_CONNECTIONS: usize = 16;
 
 /// What every service's state is built from besides its database.
 struct Parts<'a> {
@@ -232,6 +302,7 @@ impl Parts<'_> {
             db,
             cache: self.cache.clone(),
             auth: self.auth.clone(),
+            admin_key: self.admin_key.clone(),
             passwords: accounts::Passwords::new()?,
             limits: (&self.config.auth_rate_limits).into(),
             refresh_ttl: self.config.tokens.refresh_ttl,
@@ -255,6 +326,7 @@ impl Parts<'_> {
             db,
             blobs: Blobs::connect(self.config).await?,
             auth: self.auth.clone(),
+            admin_key: self.admin_key.clone(),
             limits: self.config.upload_limits.clone(),
             public_url: self.config.public_url.as_deref().map(Into::into),
             cdn_base_url: self.config.cdn_base_url.as_deref().map(Into::into),

@@ -39,13 +39,17 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = HealthDoc::openapi();
     doc.info.title = "Guildhall".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
-    doc.info.description = Some("Game backend: accounts, leaderboards, uploads, chat.".into());
+    doc.info.description = Some("Game backend: accounts, leaderboards, uploads, chat, webhooks.".into());
     for service in Service::ALL {
         match service {
-            Service::Accounts => doc.merge(accounts::ApiDoc::openapi()),
+            Service::Accounts => {
+                doc.merge(accounts::ApiDoc::openapi());
+                doc.merge(platform::admin::ApiDoc::openapi());
+            }
             Service::Leaderboard => doc.merge(leaderboard::ApiDoc::openapi()),
             Service::Uploads => doc.merge(uploads::ApiDoc::openapi()),
             Service::Chat => doc.merge(chat::ApiDoc::openapi()),
+            Service::Webhooks => doc.merge(webhooks::ApiDoc::openapi()),
         }
     }
     let components = doc.components.get_or_insert_with(Default::default);

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Backend, Process, TestApp, TestEnv};
+use common::{ADMIN_KEY, Backend, Chat, Process, TestApp, TestEnv, audit, server_key};
 use reqwest::Method;
 use serde_json::json;
 
@@ -25,6 +25,10 @@ on_both_backends!(
     tokens_are_refused_without_a_valid_signature,
     health_jwks_and_openapi,
     ended_sessions_are_purged,
+    named_keys_have_scopes_and_revoked_keys_stop_working,
+    a_banned_player_cannot_sign_in_and_their_socket_closes,
+    operators_search_view_end_sessions_and_erase_accounts,
+    metrics_move_with_requests_deliveries_and_events,
 );
 
 async fn full_token_lifecycle(backend: Backend) {
@@ -411,12 +415,18 @@ async fn deleting_an_account_leaves_no_row_and_records_the_event(backend: Backen
             .await
             .expect("count");
     assert_eq!(orphans, 0);
+    // Each registration recorded `account.created` with its account, the erasure `account.deleted`.
     let events: Vec<(String, String)> =
-        sqlx::query_as("SELECT event_type, payload FROM outbox").fetch_all(db.pool()).await.expect("outbox");
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].0, "account.deleted");
-    let payload: serde_json::Value = serde_json::from_str(&events[0].1).expect("json");
-    assert_eq!(payload["account_id"], ana.id.as_str());
+        sqlx::query_as("SELECT event_type, payload FROM outbox ORDER BY id").fetch_all(db.pool()).await.expect("outbox");
+    let events: Vec<(&str, serde_json::Value)> =
+        events.iter().map(|(kind, payload)| (kind.as_str(), serde_json::from_str(payload).expect("json"))).collect();
+    let kinds: Vec<&str> = events.iter().map(|(kind, _)| *kind).collect();
+    assert_eq!(kinds, ["account.created", "account.created", "account.deleted"]);
+    assert_eq!((events[0].1["account_id"].as_str(), events[0].1["username"].as_str()), (Some(ana.id.as_str()), Some("ana")));
+    assert_eq!(events[0].1["guest"], false);
+    assert!(events[0].1.get("email").is_none(), "no personal detail in the event: {}", events[0].1);
+    assert_eq!(events[1].1["account_id"], bob.id.as_str());
+    assert_eq!(events[2].1["account_id"], ana.id.as_str());
     // Bob is untouched, and the username is free again.
     app.get("/v1/accounts/me", Some(&bob.access)).await.expect(200);
     app.register("ana").await;
@@ -846,4 +856,411 @@ async fn connections_are_capped() {
     drop(first);
     let served = tokio::time::timeout(Duration::from_secs(5), app.client.get(format!("{}/health/live", app.base)).send()).await;
     assert_eq!(served.expect("served once a connection closed").expect("answer").status(), 200);
+}
+
+/// A server on `backend` with the bootstrap key set.
+async fn with_admin_key(backend: Backend) -> TestApp {
+    TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    })
+    .await
+}
+
+/// Named keys do what their scopes allow and nothing else, grant no more than they hold, are
+/// listed without the key itself, and stop working once revoked; the audit log names the key
+/// behind each change.
+async fn named_keys_have_scopes_and_revoked_keys_stop_working(backend: Backend) {
+    let app = with_admin_key(backend).await;
+    let ana = app.register("ana").await;
+    app.get("/v1/admin/keys", None).await.expect_error(401, "missing_token");
+    app.get("/v1/admin/keys", Some(&ana.access)).await.expect_error(401, "invalid_token");
+    let (support_id, support) = server_key(&app, "support: ana", &["accounts", "audit"]).await;
+    assert!(support.starts_with("ghk_") && support.len() == 47, "{support}");
+
+    // Bad requests.
+    for body in [
+        json!({"name": "x", "scopes": []}),
+        json!({"name": "x", "scopes": ["root"]}),
+        json!({"name": " ", "scopes": ["chat"]}),
+        json!({"name": "x".repeat(65), "scopes": ["chat"]}),
+        json!({"name": "x", "scopes": ["chat"], "key": "mine"}),
+        json!({"name": "x", "scopes": vec!["chat"; 9]}),
+    ] {
+        app.post("/v1/admin/keys", Some(ADMIN_KEY), body).await.expect_error(400, "invalid_request");
+    }
+
+    // What the support key may and may not do.
+    app.get("/v1/admin/accounts", Some(&support)).await.expect(200);
+    app.get(&format!("/v1/admin/accounts/{}", ana.id), Some(&support)).await.expect(200);
+    app.get("/v1/admin/audit", Some(&support)).await.expect(200);
+    app.get("/v1/admin/keys", Some(&support)).await.expect_error(403, "insufficient_scope");
+    app.post("/v1/admin/keys", Some(&support), json!({"name": "more", "scopes": ["accounts"]}))
+        .await
+        .expect_error(403, "insufficient_scope");
+    let board = json!({"id": "arena", "sort": "desc", "operator": "best"});
+    app.post("/v1/admin/leaderboards", Some(&support), board.clone()).await.expect_error(403, "insufficient_scope");
+    app.get("/v1/admin/assets", Some(&support)).await.expect_error(403, "insufficient_scope");
+    app.post("/v1/admin/leaderboards", Some(ADMIN_KEY), board).await.expect(201);
+    let for_ana = json!({"score": 5, "owner_id": ana.id, "owner_name": "ana"});
+    app.post("/v1/leaderboards/arena/scores", Some(&support), for_ana.clone()).await.expect_error(403, "insufficient_scope");
+    let (_, game) = server_key(&app, "game servers", &["game_server"]).await;
+    app.post("/v1/leaderboards/arena/scores", Some(&game), for_ana).await.expect(200);
+    app.get("/v1/admin/accounts", Some(&game)).await.expect_error(403, "insufficient_scope");
+
+    // A key with `admin` grants only what it holds.
+    let (ops_id, ops) = server_key(&app, "ops", &["admin", "accounts"]).await;
+    app.post("/v1/admin/keys", Some(&ops), json!({"name": "chat mod", "scopes": ["chat"]})).await.expect_error(403, "insufficient_scope");
+    let made = app.post("/v1/admin/keys", Some(&ops), json!({"name": "helper", "scopes": ["accounts"]})).await.expect(201).body;
+    assert_eq!(made["created_by"], ops_id.as_str());
+    assert_eq!(made["scopes"], json!(["accounts"]));
+
+    // Lists show the keys, never the key itself, a page at a time.
+    let listed = app.pages("/v1/admin/keys?limit=1", ADMIN_KEY, "keys").await;
+    let names: Vec<&str> = listed.iter().map(|k| k["name"].as_str().expect("name")).collect();
+    assert_eq!(names, ["helper", "ops", "game servers", "support: ana"], "newest first");
+    assert!(listed.iter().all(|k| k.get("key").is_none() && k["prefix"].as_str().is_some_and(|p| p.len() == 12)));
+    assert_eq!(listed[3]["prefix"], &support[..12]);
+    assert_eq!(listed[3]["scopes"], json!(["accounts", "audit"]));
+
+    // Revoked: refused at once, listed only on request, not revoked twice.
+    app.delete(&format!("/v1/admin/keys/{support_id}"), Some(ADMIN_KEY)).await.expect(204);
+    app.get("/v1/admin/accounts", Some(&support)).await.expect_error(401, "invalid_token");
+    app.delete(&format!("/v1/admin/keys/{support_id}"), Some(ADMIN_KEY)).await.expect_error(404, "not_found");
+    app.delete("/v1/admin/keys/not-a-key", Some(ADMIN_KEY)).await.expect_error(404, "not_found");
+    let live = app.pages("/v1/admin/keys?limit=100", ADMIN_KEY, "keys").await;
+    assert!(live.iter().all(|k| k["id"] != support_id.as_str()));
+    let all = app.pages("/v1/admin/keys?include_revoked=true", ADMIN_KEY, "keys").await;
+    assert!(all.iter().any(|k| k["id"] == support_id.as_str() && k["revoked_at"].is_string()));
+
+    // The audit log: each change, with the key that made it.
+    let entries = audit(&app, "").await;
+    let actions: Vec<(&str, &str)> =
+        entries.iter().map(|e| (e["action"].as_str().expect("action"), e["key_name"].as_str().expect("key name"))).collect();
+    assert_eq!(
+        actions,
+        [
+            ("keys.revoke", "bootstrap"),
+            ("keys.create", "ops"),
+            ("keys.create", "bootstrap"),
+            ("keys.create", "bootstrap"),
+            ("leaderboards.create", "bootstrap"),
+            ("keys.create", "bootstrap"),
+        ]
+    );
+    assert!(entries.iter().all(|e| e["request_id"].as_str().is_some_and(|id| !id.is_empty())));
+    let by_ops = audit(&app, &format!("key={ops_id}")).await;
+    assert_eq!(by_ops.len(), 1);
+    assert_eq!(by_ops[0]["target"], format!("key:{}", made["id"].as_str().expect("id")));
+    assert_eq!(by_ops[0]["detail"]["scopes"], json!(["accounts"]));
+    let revokes = audit(&app, &format!("action=keys.revoke&target=key:{support_id}")).await;
+    assert_eq!(revokes.len(), 1);
+    assert_eq!(revokes[0]["key_id"], "bootstrap");
+    app.get("/v1/admin/audit?cursor=nope", Some(ADMIN_KEY)).await.expect_error(400, "invalid_request");
+}
+
+/// A banned player cannot sign in (password or device) or refresh, their sessions end and their
+/// chat socket closes; lifting the ban lets them back.
+async fn a_banned_player_cannot_sign_in_and_their_socket_closes(backend: Backend) {
+    let app = with_admin_key(backend).await;
+    let ana = app.register("ana").await;
+    let mut socket = Chat::connect(&app.base, &ana.access).await;
+    let (moderator_id, moderator) = server_key(&app, "moderator", &["accounts"]).await;
+    let ban = format!("/v1/admin/accounts/{}/ban", ana.id);
+
+    for body in [json!({"minutes": 0}), json!({"minutes": 525_601}), json!({"reason": "x".repeat(501)}), json!({"days": 1})] {
+        app.post(&ban, Some(&moderator), body).await.expect_error(400, "invalid_request");
+    }
+    app.post("/v1/admin/accounts/0193aaaa-0000-7000-8000-000000000000/ban", Some(&moderator), json!({}))
+        .await
+        .expect_error(404, "not_found");
+    let banned = app.post(&ban, Some(&moderator), json!({"reason": "cheating", "minutes": 60})).await.expect(200).body;
+    assert_eq!(banned["sessions_ended"], 1);
+    assert_eq!((banned["ban"]["issued_by"].as_str(), banned["ban"]["in_force"].as_bool()), (Some(moderator_id.as_str()), Some(true)));
+    assert!(banned["ban"]["until"].is_string());
+
+    assert_eq!(socket.closed_within(std::time::Duration::from_secs(5)).await, Some(4002), "the ban closes the player's socket");
+    app.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "session_revoked");
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect_error(401, "session_revoked");
+    let refused =
+        app.post("/v1/auth/login", None, json!({"email": ana.email, "password": ana.password})).await.expect_error(403, "account_banned");
+    assert!(!refused.body.to_string().contains("cheating"), "the reason stays with the operators");
+    // A wrong password still says only that.
+    app.post("/v1/auth/login", None, json!({"email": ana.email, "password": "wrong-password"}))
+        .await
+        .expect_error(401, "invalid_credentials");
+
+    let view = app.get(&format!("/v1/admin/accounts/{}", ana.id), Some(&moderator)).await.expect(200).body;
+    assert_eq!((view["ban"]["reason"].as_str(), view["live_session_count"].as_i64()), (Some("cheating"), Some(0)));
+    let found = app.get("/v1/admin/accounts?query=ana", Some(&moderator)).await.expect(200).body;
+    assert_eq!(found["accounts"][0]["banned"], true);
+
+    // A guest is banned by account too: its device signs in no more.
+    let guest = app.post("/v1/auth/guest", None, json!({"device_id": "device-gus"})).await.expect(201).body;
+    let gus = app.get("/v1/accounts/me", Some(guest["access_token"].as_str().expect("token"))).await.expect(200).body;
+    app.post(&format!("/v1/admin/accounts/{}/ban", gus["id"].as_str().expect("id")), Some(&moderator), json!({})).await.expect(200);
+    app.post("/v1/auth/guest", None, json!({"device_id": "device-gus"})).await.expect_error(403, "account_banned");
+
+    // Lifted: back in; lifting again finds nothing.
+    app.delete(&ban, Some(&moderator)).await.expect(204);
+    app.delete(&ban, Some(&moderator)).await.expect_error(404, "not_found");
+    let (access, _) = app.login(&ana).await;
+    Chat::connect(&app.base, &access).await;
+    let view = app.get(&format!("/v1/admin/accounts/{}", ana.id), Some(&moderator)).await.expect(200).body;
+    assert!(view["ban"].is_null());
+
+    let history = audit(&app, &format!("target=account:{}", ana.id)).await;
+    let actions: Vec<&str> = history.iter().map(|e| e["action"].as_str().expect("action")).collect();
+    assert_eq!(actions, ["accounts.unban", "accounts.ban"]);
+    assert!(history.iter().all(|e| e["key_id"] == moderator_id.as_str() && e["key_name"] == "moderator"));
+    assert_eq!(history[1]["detail"]["reason"], "cheating");
+}
+
+/// Search by id, username or email prefix (wildcards taken literally), the account view, ending
+/// every session, and an operator's erasure, which is the player's own.
+async fn operators_search_view_end_sessions_and_erase_accounts(backend: Backend) {
+    let app = with_admin_key(backend).await;
+    let one = app.register("ana_one").await;
+    let two = app.register("Ana_Two").await;
+    let bob = app.register("bob").await;
+    let (_, support) = server_key(&app, "support", &["accounts"]).await;
+    let (_, other) = server_key(&app, "boards", &["leaderboards"]).await;
+
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["accounts"].as_array().expect("accounts").iter().map(|a| a["account"]["id"].as_str().expect("id").to_owned()).collect()
+    };
+    let search = |query: &str| {
+        let path = format!("/v1/admin/accounts?query={query}");
+        let support = support.clone();
+        let api = app.api.clone();
+        async move { api.get(&path, Some(&support)).await }
+    };
+    assert_eq!(ids(&search("ana_").await.expect(200).body), [two.id.as_str(), one.id.as_str()], "newest first, any case");
+    assert_eq!(ids(&search("ANA_T").await.expect(200).body), [two.id.as_str()]);
+    assert!(ids(&search("an_").await.expect(200).body).is_empty(), "an underscore is not a wildcard");
+    assert!(ids(&search("a%25").await.expect(200).body).is_empty(), "nor is a percent sign");
+    assert_eq!(ids(&search("bob%40exa").await.expect(200).body), [bob.id.as_str()], "by email prefix");
+    assert_eq!(ids(&search(&one.id).await.expect(200).body), [one.id.as_str()], "by id");
+    let shown = search("bob").await.expect(200).body;
+    assert_eq!(shown["accounts"][0]["account"]["email"], "bob@example.com");
+    assert_eq!(app.pages("/v1/admin/accounts?limit=1", &support, "accounts").await.len(), 3);
+    app.get("/v1/admin/accounts?limit=0", Some(&support)).await.expect_error(400, "invalid_request");
+    app.get("/v1/admin/accounts?cursor=x", Some(&support)).await.expect_error(400, "invalid_request");
+
+    // The view: sessions, and where the other services' parts are.
+    let (second, second_refresh) = app.login(&one).await;
+    let view = app.get(&format!("/v1/admin/accounts/{}", one.id), Some(&support)).await.expect(200).body;
+    assert_eq!((view["account"]["username"].as_str(), view["live_session_count"].as_i64()), (Some("ana_one"), Some(2)));
+    assert_eq!(view["live_sessions"].as_array().map(Vec::len), Some(2));
+    assert_eq!(view["parts"]["records"], format!("/v1/admin/accounts/{}/records", one.id));
+    assert_eq!(view["parts"]["assets"], format!("/v1/admin/assets?owner_id={}", one.id));
+    app.get("/v1/admin/accounts/nope", Some(&support)).await.expect_error(404, "not_found");
+
+    // Every session ends; the player may sign in again.
+    let ended = app.post(&format!("/v1/admin/accounts/{}/sessions/revoke", one.id), Some(&support), json!({})).await.expect(200).body;
+    assert_eq!(ended["sessions_ended"], 2);
+    app.get("/v1/accounts/me", Some(&one.access)).await.expect_error(401, "session_revoked");
+    app.get("/v1/accounts/me", Some(&second)).await.expect_error(401, "session_revoked");
+    app.post("/v1/auth/refresh", None, json!({"refresh_token": second_refresh})).await.expect_error(401, "session_revoked");
+    app.login(&one).await;
+
+    // Erasure, as the player's own: the account goes and account.deleted is recorded.
+    let path = format!("/v1/admin/accounts/{}", two.id);
+    app.call(Method::DELETE, &path, Some(&other), None).await.expect_error(403, "insufficient_scope");
+    app.call(Method::DELETE, &path, Some(&support), None).await.expect(204);
+    app.get(&path, Some(&support)).await.expect_error(404, "not_found");
+    app.call(Method::DELETE, &path, Some(&support), None).await.expect_error(404, "not_found");
+    app.get("/v1/accounts/me", Some(&two.access)).await.expect_error(401, "session_revoked");
+    app.post("/v1/auth/login", None, json!({"email": two.email, "password": two.password})).await.expect_error(401, "invalid_credentials");
+    let db = app.database().await;
+    let payloads: Vec<String> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE event_type = 'account.deleted'").fetch_all(db.pool()).await.expect("outbox");
+    assert_eq!(payloads.len(), 1);
+    assert!(payloads[0].contains(&two.id));
+    let erased = audit(&app, "action=accounts.delete").await;
+    assert_eq!((erased.len(), erased[0]["target"].as_str()), (1, Some(format!("account:{}", two.id).as_str())));
+
+    // Every account route wants the `accounts` scope.
+    for (method, path) in [
+        (Method::GET, "/v1/admin/accounts".to_owned()),
+        (Method::GET, format!("/v1/admin/accounts/{}", bob.id)),
+        (Method::POST, format!("/v1/admin/accounts/{}/ban", bob.id)),
+        (Method::DELETE, format!("/v1/admin/accounts/{}/ban", bob.id)),
+        (Method::POST, format!("/v1/admin/accounts/{}/sessions/revoke", bob.id)),
+        (Method::GET, format!("/v1/admin/accounts/{}/records", bob.id)),
+        (Method::GET, format!("/v1/admin/accounts/{}/sanctions", bob.id)),
+    ] {
+        let body = (method == Method::POST).then(|| json!({}));
+        app.call(method.clone(), &path, Some(&other), body).await.expect_error(403, "insufficient_scope");
+    }
+    app.get("/v1/accounts/me", Some(&bob.access)).await.expect(200);
+}
+
+/// A key revoked on one process stops working on the other within seconds (each remembers what
+/// it looked up for 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_process_stops_working_on_every_other() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let (_env, a, b) = common::two_processes(|_| {}).await;
+    let (id, key) = server_key(&a, "ops", &["accounts"]).await;
+    b.get("/v1/admin/accounts", Some(&key)).await.expect(200);
+    a.delete(&format!("/v1/admin/keys/{id}"), Some(ADMIN_KEY)).await.expect(204);
+    a.get("/v1/admin/accounts", Some(&key)).await.expect_error(401, "invalid_token");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while b.get("/v1/admin/accounts", Some(&key)).await.status == 200 {
+        assert!(std::time::Instant::now() < deadline, "the other process still takes the revoked key");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    b.get("/v1/admin/accounts", Some(&key)).await.expect_error(401, "invalid_token");
+}
+
+/// One scrape of `/metrics`, parsed: each sample line's series (`name{labels}` as written) and
+/// value. Checks the format on the way: every sample belongs to a family announced by a `# TYPE`
+/// line, and every histogram's buckets rise and end in `+Inf` equal to its `_count`.
+async fn scrape(base: &str) -> std::collections::BTreeMap<String, f64> {
+    let response = reqwest::get(format!("{base}/metrics")).await.expect("scrape");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().expect("ascii").to_owned();
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let text = response.text().await.expect("body");
+    let mut types: std::collections::HashMap<String, String> = Default::default();
+    let mut samples = std::collections::BTreeMap::new();
+    let mut in_order = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "{name} announced twice");
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
+        let name = series.split('{').next().expect("name");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|base| types.get(*base).is_some_and(|k| k == "histogram")))
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "{name} has no # TYPE line before it");
+        assert!(samples.insert(series.to_owned(), value).is_none(), "{series} twice");
+        in_order.push((series.to_owned(), value));
+    }
+    // Histograms, in the order written: cumulative buckets per series, the last one +Inf and
+    // equal to the count.
+    let mut last: std::collections::HashMap<String, f64> = Default::default();
+    for (series, value) in &in_order {
+        let Some((name, labels)) = series.split_once("_bucket{") else { continue };
+        let (others, le) = labels.rsplit_once("le=\"").expect("le label");
+        let key = format!("{name}{{{others}");
+        if let Some(previous) = last.get(&key) {
+            assert!(value >= previous || le.starts_with("+Inf"), "{series} falls");
+        }
+        last.insert(key, *value);
+        if le.starts_with("+Inf") {
+            let others = others.trim_end_matches(',');
+            let count = if others.is_empty() { format!("{name}_count") } else { format!("{name}_count{{{others}}}") };
+            assert_eq!(samples.get(&count), Some(value), "{series} against {count}");
+        }
+    }
+    samples
+}
+
+/// The value of `series` in `scrape`, 0 when absent.
+fn figure(scrape: &std::collections::BTreeMap<String, f64>, series: &str) -> f64 {
+    scrape.get(series).copied().unwrap_or(0.0)
+}
+
+/// `/metrics` on the metrics listener follows what the server does: requests by route template
+/// (never the raw path), chat sockets and deliveries, the score writer's batches, the pool, the
+/// cache, and events through the outbox to their consumers; the API's listener does not serve it.
+async fn metrics_move_with_requests_deliveries_and_events(backend: Backend) {
+    let app = TestApp::start_with_metrics(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", common::ADMIN_KEY);
+    })
+    .await;
+    let metrics = app.metrics_base.clone().expect("a metrics listener");
+    let before = scrape(&metrics).await;
+    assert_eq!(figure(&before, "guildhall_chat_sockets"), 0.0);
+    assert!(before.contains_key("guildhall_db_pool_max"), "pool figures from the start");
+    assert!(before.contains_key("guildhall_outbox_pending"), "the relay runs here: outbox figures");
+
+    // Requests: three reads of one route, and a path no route matches.
+    let (ana_id, ana) = common::guest(&app, "metrics-ana").await;
+    let (_, bob) = common::guest(&app, "metrics-bob").await;
+    for _ in 0..3 {
+        app.get("/v1/accounts/me", Some(&ana)).await.expect(200);
+    }
+    app.get(&format!("/v1/nothing/{ana_id}"), None).await.expect(404);
+    // The API's own listener has no /metrics.
+    app.get("/metrics", None).await.expect_error(404, "not_found");
+
+    // A score through the group commit.
+    app.post("/v1/admin/leaderboards", Some(common::ADMIN_KEY), json!({"id": "metrics-board", "sort": "desc", "operator": "best"}))
+        .await
+        .expect(201);
+    app.post("/v1/leaderboards/metrics-board/scores", Some(&ana), json!({"score": 10})).await.expect(200);
+
+    // A chat message from ana reaches bob.
+    let mut ana_chat = common::Chat::connect(&app.base, &ana).await;
+    let mut bob_chat = common::Chat::connect(&app.base, &bob).await;
+    ana_chat.join("room:metrics").await;
+    bob_chat.join("room:metrics").await;
+    let ack = ana_chat.send("room:metrics", "hello").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let delivered = bob_chat.next_of("message").await;
+    assert_eq!(delivered["message"]["body"], "hello");
+
+    let during = scrape(&metrics).await;
+    let me = r#"{method="GET",route="/v1/accounts/me",status="2xx"}"#;
+    // Each guest sign-in reads /me once too.
+    assert_eq!(
+        figure(&during, &format!("guildhall_http_requests_total{me}")) - figure(&before, &format!("guildhall_http_requests_total{me}")),
+        5.0
+    );
+    assert_eq!(figure(&during, r#"guildhall_http_requests_total{method="GET",route="unmatched",status="4xx"}"#), 2.0, "the two 404s");
+    assert!(during.keys().all(|series| !series.contains(&ana_id) && !series.contains("/v1/nothing")), "raw paths never become labels");
+    assert_eq!(figure(&during, r#"guildhall_http_request_duration_seconds_count{method="GET",route="/v1/accounts/me"}"#), 5.0);
+    assert_eq!(figure(&during, r#"guildhall_http_requests_total{method="GET",route="/v1/chat/ws",status="1xx"}"#), 2.0, "two upgrades");
+    assert_eq!(figure(&during, "guildhall_chat_sockets"), 2.0);
+    assert_eq!(figure(&during, "guildhall_chat_players_connected"), 2.0);
+    assert_eq!(figure(&during, "guildhall_chat_sockets_opened_total"), 2.0);
+    // bob got ana's message and the presence of ana... whichever joined later; ana got bob's.
+    assert!(figure(&during, "guildhall_chat_deliveries_total") >= 2.0, "{during:?}");
+    assert!(figure(&during, "guildhall_chat_fanout_seconds_count") >= 2.0);
+    assert!(figure(&during, "guildhall_leaderboard_batch_size_count") >= 1.0);
+    assert!(figure(&during, "guildhall_leaderboard_commit_seconds_count") >= 1.0);
+    assert_eq!(figure(&during, "guildhall_leaderboard_failed_batches_total"), 0.0);
+    assert!(figure(&during, "guildhall_db_pool_connections") >= 1.0);
+    assert_eq!(figure(&during, r#"guildhall_cache_errors_total{kind="unavailable"}"#), 0.0);
+
+    // The summary the console reads agrees.
+    let summary =
+        reqwest::get(format!("{metrics}/metrics/summary")).await.expect("summary").json::<serde_json::Value>().await.expect("json");
+    assert_eq!(summary["players_connected"], 2);
+    assert_eq!(summary["chat_sockets"], 2);
+    assert!(summary["http"]["requests"].as_u64().expect("requests") >= 12, "{summary}");
+    assert!(summary["db_pool"]["max"].as_u64().expect("pool") >= 1, "{summary}");
+
+    // An event through the outbox to its consumers (in process, or SQS on the real backends).
+    ana_chat.close().await;
+    bob_chat.close().await;
+    app.call(Method::DELETE, "/v1/accounts/me", Some(&ana), None).await.expect(204);
+    let handled = r#"guildhall_events_handled_total{consumer="chat",outcome="ok"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let after = loop {
+        let now = scrape(&metrics).await;
+        let settled = figure(&now, handled) >= 1.0 && figure(&now, "guildhall_chat_sockets") == 0.0;
+        if settled || std::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(figure(&after, handled), 1.0, "chat handled account.deleted once");
+    assert!(figure(&after, r#"guildhall_events_consumer_lag_seconds_count{consumer="chat"}"#) >= 1.0);
+    assert!(figure(&after, "guildhall_outbox_delivered_total") >= 1.0);
+    assert_eq!(figure(&after, "guildhall_outbox_dead"), 0.0);
+    assert_eq!(figure(&after, "guildhall_chat_sockets"), 0.0, "closed sockets leave the gauge");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, guest, guest_session, two_processes};
+use common::{ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, guest, guest_session, server_key, two_processes};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -28,6 +28,7 @@ on_both_backends!(
     reports_are_rate_limited_and_once_per_message,
     operators_list_filter_and_lift_sanctions,
     operators_read_any_channel_and_purge_a_sender,
+    server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_sanctions,
 );
 
 /// How long a session's end, a ban or a removal may take to reach an open socket.
@@ -1048,4 +1049,42 @@ async fn two_processes_tell_every_socket_of_a_deleted_message() {
     }
     let history = b.get("/v1/chat/channels/room:global/messages", Some(&bob_token)).await.expect(200).body;
     assert!(history["messages"].as_array().expect("messages").is_empty());
+}
+
+/// Moderating with a server key takes its `chat` scope (the admin routes and a channel's, where
+/// the key has the server's authority); the account view's chat part takes `accounts`.
+async fn server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_sanctions(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (carol, _) = guest(&app, "carol").await;
+    let (_, moderator) = server_key(&app, "chat moderator", &["chat"]).await;
+    let (_, support) = server_key(&app, "support", &["accounts"]).await;
+    let global = json!({"account_id": carol, "kind": "mute", "minutes": 10});
+    app.post("/v1/admin/chat/sanctions", Some(&support), global.clone()).await.expect_error(403, "insufficient_scope");
+    app.post("/v1/admin/chat/sanctions", Some(&moderator), global).await.expect(204);
+    let in_room = json!({"account_id": carol, "kind": "ban"});
+    app.post("/v1/chat/channels/room:lobby/sanctions", Some(&support), in_room.clone()).await.expect_error(403, "insufficient_scope");
+    app.post("/v1/chat/channels/room:lobby/sanctions", Some(&moderator), in_room).await.expect(204);
+    app.call(reqwest::Method::DELETE, &format!("/v1/admin/chat/sanctions/{carol}/mute"), Some(&support), None)
+        .await
+        .expect_error(403, "insufficient_scope");
+
+    let path = format!("/v1/admin/accounts/{carol}/sanctions");
+    app.get(&path, Some(&moderator)).await.expect_error(403, "insufficient_scope");
+    let listed = app.pages(&format!("{path}?limit=1"), &support, "sanctions").await;
+    let shown: Vec<(&str, &str)> =
+        listed.iter().map(|s| (s["scope"].as_str().expect("scope"), s["kind"].as_str().expect("kind"))).collect();
+    assert_eq!(shown, [("global", "mute"), ("room:lobby", "ban")]);
+    assert!(listed.iter().all(|s| s["issued_by"] == "server" && s["in_force"] == true));
+    app.call(reqwest::Method::DELETE, &format!("/v1/admin/chat/sanctions/{carol}/mute"), Some(&moderator), None).await.expect(204);
+
+    // The audit log names the key behind each chat action (and none for the refused ones).
+    let entries = common::audit(&app, &format!("target=account:{carol}")).await;
+    let done: Vec<(&str, &str)> =
+        entries.iter().map(|e| (e["action"].as_str().expect("action"), e["key_name"].as_str().expect("key"))).collect();
+    assert_eq!(
+        done,
+        [("chat.lift_sanction", "chat moderator"), ("chat.sanction", "chat moderator"), ("chat.sanction", "chat moderator")],
+        "{entries:?}"
+    );
+    assert_eq!((entries[1]["detail"]["scope"].as_str(), entries[2]["detail"]["scope"].as_str()), (Some("room:lobby"), Some("global")));
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ADMIN_KEY, Api, Backend, TestApp, guest};
+use common::{ADMIN_KEY, Api, Backend, TestApp, audit, guest, server_key};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -18,6 +18,8 @@ on_both_backends!(
     a_logged_out_session_reads_no_rank,
     simultaneous_submissions_of_one_player_all_count,
     a_retried_submission_counts_once,
+    operators_list_change_and_delete_boards,
+    a_deleted_record_leaves_ranks_right,
 );
 
 async fn start(backend: Backend) -> TestApp {
@@ -553,4 +555,168 @@ async fn a_retried_submission_counts_once(backend: Backend) {
     }
     let me = app.get("/v1/leaderboards/kills/records/me", Some(&ana)).await.expect(200).body;
     assert_eq!(me["score"], 18, "refused submissions changed nothing");
+}
+
+fn ids(page: &Value, list: &str, field: &str) -> Vec<String> {
+    page[list].as_array().expect("list").iter().map(|v| v[field].as_str().expect("field").to_owned()).collect()
+}
+
+/// Boards are listed to players and keys alike; operators change their bounds, reset and
+/// authority, and delete them, each with the `leaderboards` scope and an audit entry.
+async fn operators_list_change_and_delete_boards(backend: Backend) {
+    let app = start(backend).await;
+    let (_, ana) = guest(&app, "ana").await;
+    let (boards_id, boards) = server_key(&app, "boards", &["leaderboards"]).await;
+    let (_, game) = server_key(&app, "game", &["game_server"]).await;
+    for id in ["weekly", "arena", "laps"] {
+        let body = json!({"id": id, "sort": "desc", "operator": "best"});
+        app.post("/v1/admin/leaderboards", Some(&game), body.clone()).await.expect_error(403, "insufficient_scope");
+        app.post("/v1/admin/leaderboards", Some(&boards), body).await.expect(201);
+    }
+    let first = app.get("/v1/leaderboards?limit=2", Some(&ana)).await.expect(200).body;
+    assert_eq!(ids(&first, "boards", "id"), ["arena", "laps"]);
+    let listed: Vec<String> =
+        app.pages("/v1/leaderboards?limit=2", &ana, "boards").await.iter().map(|b| b["id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(listed, ["arena", "laps", "weekly"]);
+    assert_eq!(app.pages("/v1/leaderboards?limit=100", &game, "boards").await.len(), 3, "keys list them too");
+    app.get("/v1/leaderboards", None).await.expect_error(401, "missing_token");
+    app.get("/v1/leaderboards?cursor=Not%20a%20board", Some(&ana)).await.expect_error(400, "invalid_request");
+
+    // Bounds hold from now on; `null` clears one.
+    let path = "/v1/admin/leaderboards/arena";
+    app.patch(path, Some(&game), json!({"max_score": 100})).await.expect_error(403, "insufficient_scope");
+    let changed = app.patch(path, Some(&boards), json!({"max_score": 100})).await.expect(200).body;
+    assert_eq!((changed["max_score"].as_i64(), changed["min_score"].as_i64()), (Some(100), None));
+    app.post("/v1/leaderboards/arena/scores", Some(&ana), json!({"score": 150})).await.expect_error(400, "invalid_request");
+    app.patch(path, Some(&boards), json!({"min_score": 200})).await.expect_error(400, "invalid_request");
+    app.patch(path, Some(&boards), json!({"max_score": null})).await.expect(200);
+    assert_eq!(submit(&app, "arena", &ana, json!({"score": 150})).await["score"], 150);
+    // A reset schedule, then none.
+    let daily = app.patch(path, Some(&boards), json!({"reset": "@daily"})).await.expect(200).body;
+    assert!(daily["season"]["ends_at"].is_string() && daily["reset"] == "@daily");
+    app.patch(path, Some(&boards), json!({"reset": "not cron"})).await.expect_error(400, "invalid_request");
+    let endless = app.patch(path, Some(&boards), json!({"reset": null})).await.expect(200).body;
+    assert!(endless["season"]["ends_at"].is_null() && endless["reset"].is_null());
+    // Authoritative: players' submissions are refused, game servers' taken.
+    app.patch(path, Some(&boards), json!({"authoritative": true})).await.expect(200);
+    app.post("/v1/leaderboards/arena/scores", Some(&ana), json!({"score": 160})).await.expect_error(403, "forbidden");
+    submit(&app, "arena", &game, json!({"score": 170, "owner_id": "server-made", "owner_name": "npc"})).await;
+    app.patch(path, Some(&boards), json!({"sort": "asc"})).await.expect_error(400, "invalid_request");
+    app.patch("/v1/admin/leaderboards/nope", Some(&boards), json!({})).await.expect_error(404, "not_found");
+    let shown = app.get("/v1/leaderboards/arena", Some(&ana)).await.expect(200).body;
+    assert_eq!((shown["authoritative"].as_bool(), shown["max_score"].as_i64()), (Some(true), None));
+
+    // Deleted with its records; its id can be used again, empty.
+    app.delete(path, Some(&game)).await.expect_error(403, "insufficient_scope");
+    app.delete(path, Some(&boards)).await.expect(204);
+    app.get("/v1/leaderboards/arena", Some(&ana)).await.expect_error(404, "not_found");
+    app.get("/v1/leaderboards/arena/records", Some(&ana)).await.expect_error(404, "not_found");
+    app.delete(path, Some(&boards)).await.expect_error(404, "not_found");
+    create_board(&app, json!({"id": "arena", "sort": "desc", "operator": "best"})).await;
+    let fresh = app.get("/v1/leaderboards/arena/records", Some(&ana)).await.expect(200).body;
+    assert_eq!(fresh["records"], json!([]), "nothing of the deleted board shows");
+    assert_eq!(submit(&app, "arena", &ana, json!({"score": 1})).await["rank"], 1);
+
+    let history = audit(&app, "target=leaderboard:arena").await;
+    let actions: Vec<(&str, &str)> =
+        history.iter().map(|e| (e["action"].as_str().expect("a"), e["key_name"].as_str().expect("k"))).collect();
+    assert_eq!(
+        actions,
+        [
+            ("leaderboards.create", "bootstrap"),
+            ("leaderboards.delete", "boards"),
+            ("leaderboards.update", "boards"),
+            ("leaderboards.update", "boards"),
+            ("leaderboards.update", "boards"),
+            ("leaderboards.update", "boards"),
+            ("leaderboards.update", "boards"),
+            ("leaderboards.create", "boards"),
+        ]
+    );
+    assert_eq!(history[1]["key_id"], boards_id.as_str());
+    assert_eq!(history[7]["detail"]["max_score"], json!(null));
+    assert_eq!(history[6]["detail"]["after"]["max_score"], 100);
+}
+
+/// Deleting one player's record closes up the ranks at once, in the top list, `me`, `around/me`
+/// and friends lists, and a rebuilt index agrees; the same in an archived season.
+async fn a_deleted_record_leaves_ranks_right(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "duel", "sort": "desc", "operator": "best"})).await;
+    let mut players = Vec::new();
+    for (i, name) in ["p1", "p2", "p3", "p4", "p5"].into_iter().enumerate() {
+        let (id, token) = guest(&app, name).await;
+        submit(&app, "duel", &token, json!({"score": 10 * (i as i64 + 1)})).await;
+        players.push((id, token));
+    }
+    let (cheater, cheater_token) = players[3].clone();
+    let (_, boards) = server_key(&app, "boards", &["leaderboards"]).await;
+    let (_, support) = server_key(&app, "support", &["accounts"]).await;
+    let record = format!("/v1/admin/leaderboards/duel/records/{cheater}");
+    app.delete(&record, Some(&support)).await.expect_error(403, "insufficient_scope");
+    app.delete(&record, Some(&boards)).await.expect(204);
+    app.delete(&record, Some(&boards)).await.expect_error(404, "not_found");
+    app.delete("/v1/admin/leaderboards/duel/records/nobody", Some(&boards)).await.expect_error(404, "not_found");
+    app.delete("/v1/admin/leaderboards/nope/records/nobody", Some(&boards)).await.expect_error(404, "not_found");
+
+    let top = all_records(&app, "duel", ADMIN_KEY, 2).await;
+    let shown: Vec<(i64, u64)> = top.iter().map(|r| (r["score"].as_i64().expect("score"), r["rank"].as_u64().expect("rank"))).collect();
+    assert_eq!(shown, [(50, 1), (30, 2), (20, 3), (10, 4)]);
+    app.get("/v1/leaderboards/duel/records/me", Some(&cheater_token)).await.expect_error(404, "not_found");
+    assert_eq!(app.get("/v1/leaderboards/duel/records/me", Some(&players[2].1)).await.expect(200).body["rank"], 2);
+    let around = app.get("/v1/leaderboards/duel/around/me?limit=3", Some(&players[0].1)).await.expect(200).body;
+    assert_eq!(
+        around["records"].as_array().expect("records").iter().map(|r| r["rank"].as_u64().expect("rank")).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    let friends =
+        app.get(&format!("/v1/leaderboards/duel/records?owner_ids={cheater},{}", players[1].0), Some(&players[1].1)).await.expect(200).body;
+    assert_eq!(ids(&friends, "records", "owner_id"), [players[1].0.clone()]);
+    assert_eq!(friends["records"][0]["rank"], 3);
+    let parts = app.get(&format!("/v1/admin/accounts/{cheater}/records"), Some(&support)).await.expect(200).body;
+    assert_eq!(parts["records"], json!([]));
+
+    // A rebuilt index agrees with what the deletion left.
+    let app = if backend == Backend::Real {
+        let prefix = app.env.vars["REDIS_KEY_PREFIX"].clone();
+        let client = redis::Client::open(app.env.vars["REDIS_URL"].as_str()).expect("client");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}lb:*")).query_async(&mut conn).await.expect("keys");
+        let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.expect("del");
+        app
+    } else {
+        app.stop();
+        TestApp::start_on(app.env.clone()).await
+    };
+    assert_eq!(all_records(&app, "duel", ADMIN_KEY, 100).await, top);
+    // The player may submit again: a new record.
+    assert_eq!(submit(&app, "duel", &cheater_token, json!({"score": 35})).await["rank"], 2);
+
+    // An archived season: its records and count close up too.
+    let closed = app.post("/v1/admin/leaderboards/duel/seasons/close", Some(&boards), json!({})).await.expect(200).body;
+    assert_eq!((closed["number"].as_i64(), closed["record_count"].as_i64()), (Some(1), Some(5)));
+    let (_, token_of_p2) = &players[1];
+    let p2 = &players[1].0;
+    app.delete(&format!("/v1/admin/leaderboards/duel/records/{p2}?season=1"), Some(&boards)).await.expect(204);
+    app.delete(&format!("/v1/admin/leaderboards/duel/records/{p2}?season=3"), Some(&boards)).await.expect_error(404, "not_found");
+    let archived = app.pages("/v1/leaderboards/duel/seasons/1/records?limit=10", token_of_p2, "records").await;
+    let shown: Vec<(i64, u64)> =
+        archived.iter().map(|r| (r["score"].as_i64().expect("score"), r["rank"].as_u64().expect("rank"))).collect();
+    assert_eq!(shown, [(50, 1), (35, 2), (30, 3), (10, 4)]);
+    let seasons = app.get("/v1/leaderboards/duel/seasons", Some(token_of_p2)).await.expect(200).body;
+    assert_eq!(seasons["seasons"][0]["record_count"], 4);
+
+    // The player's records everywhere: live ones ranked, archived ones not.
+    submit(&app, "duel", &cheater_token, json!({"score": 7})).await;
+    let mine = app.get(&format!("/v1/admin/accounts/{cheater}/records?limit=1"), Some(&support)).await.expect(200).body;
+    assert_eq!((mine["records"][0]["season"].as_i64(), mine["records"][0]["rank"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(mine["records"][0]["live"], true);
+    let all = app.pages(&format!("/v1/admin/accounts/{cheater}/records?limit=1"), &support, "records").await;
+    assert_eq!(all.len(), 2);
+    assert_eq!((all[1]["season"].as_i64(), all[1]["live"].as_bool(), all[1]["rank"].is_null()), (Some(1), Some(false), true));
+
+    let deletions = audit(&app, "action=leaderboards.record_delete").await;
+    assert_eq!(deletions.len(), 2);
+    assert_eq!((deletions[1]["detail"]["owner_id"].as_str(), deletions[1]["detail"]["score"].as_i64()), (Some(cheater.as_str()), Some(40)));
+    assert_eq!((deletions[0]["detail"]["season"].as_i64(), deletions[0]["key_name"].as_str()), (Some(1), Some("boards")));
 }

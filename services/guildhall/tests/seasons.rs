@@ -4,10 +4,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, guest, two_processes};
+use common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, audit, guest, server_key, two_processes};
 use serde_json::{Value, json};
 
-on_both_backends!(a_season_closes_on_schedule_and_is_archived, bad_schedules_are_refused, a_deleted_account_leaves_the_archives);
+on_both_backends!(
+    a_season_closes_on_schedule_and_is_archived,
+    bad_schedules_are_refused,
+    a_deleted_account_leaves_the_archives,
+    an_operator_closes_the_live_season_now,
+);
 
 async fn season_of(api: &Api, board: &str) -> i64 {
     api.get(&format!("/v1/leaderboards/{board}"), Some(ADMIN_KEY)).await.expect(200).body["season"]["number"].as_i64().expect("number")
@@ -171,4 +176,56 @@ async fn a_deleted_account_leaves_the_archives(backend: Backend) {
     }
     let seasons = app.get("/v1/leaderboards/erased/seasons", Some(ADMIN_KEY)).await.expect(200).body;
     assert_eq!(count(&seasons), 2);
+}
+
+/// An operator closes a live season whatever the schedule: it is archived with its records,
+/// `leaderboard.season_closed` is recorded as for a scheduled close, the next season starts empty
+/// (keeping the schedule's next end), and the audit log has it.
+async fn an_operator_closes_the_live_season_now(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    })
+    .await;
+    app.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "cup", "sort": "desc", "operator": "best", "reset": "@weekly"}))
+        .await
+        .expect(201);
+    for i in 0..12 {
+        submit(&app, "cup", &format!("p{i:02}"), 100 + i).await;
+    }
+    let (_, game) = server_key(&app, "game", &["game_server"]).await;
+    let (_, boards) = server_key(&app, "boards", &["leaderboards"]).await;
+    app.post("/v1/admin/leaderboards/cup/seasons/close", Some(&game), json!({})).await.expect_error(403, "insufficient_scope");
+    app.post("/v1/admin/leaderboards/none/seasons/close", Some(&boards), json!({})).await.expect_error(404, "not_found");
+    let closed = app.post("/v1/admin/leaderboards/cup/seasons/close", Some(&boards), json!({})).await.expect(200).body;
+    assert_eq!((closed["number"].as_i64(), closed["record_count"].as_i64()), (Some(1), Some(12)));
+
+    let board = app.get("/v1/leaderboards/cup", Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!(board["season"]["number"], 2);
+    assert!(board["season"]["ends_at"].as_str().is_some_and(|end| end.ends_with("T00:00:00.000Z")), "the schedule goes on: {board}");
+    let live = app.get("/v1/leaderboards/cup/records", Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!(live["records"], json!([]));
+    let archived = app.pages("/v1/leaderboards/cup/seasons/1/records?limit=5", ADMIN_KEY, "records").await;
+    assert_eq!((archived.len(), archived[0]["owner_id"].as_str()), (12, Some("p11")));
+
+    let config = app.env.config().expect("config");
+    let db = platform::db::Database::connect(&config.database).await.expect("db");
+    let rows: Vec<String> = sqlx::query_scalar("SELECT payload FROM outbox WHERE event_type = 'leaderboard.season_closed'")
+        .fetch_all(db.pool())
+        .await
+        .expect("outbox");
+    assert_eq!(rows.len(), 1);
+    let event: Value = serde_json::from_str(&rows[0]).expect("json");
+    assert_eq!((event["season"].as_i64(), event["top"].as_array().map(Vec::len)), (Some(1), Some(10)));
+
+    // A board without a schedule closes too, even empty.
+    app.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "once", "sort": "asc", "operator": "set"})).await.expect(201);
+    let closed = app.post("/v1/admin/leaderboards/once/seasons/close", Some(&boards), json!({})).await.expect(200).body;
+    assert_eq!(closed["record_count"], 0);
+    let board = app.get("/v1/leaderboards/once", Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!((board["season"]["number"].as_i64(), board["season"]["ends_at"].is_null()), (Some(2), true));
+
+    let closes = audit(&app, "action=leaderboards.season_close").await;
+    let targets: Vec<&str> = closes.iter().map(|e| e["target"].as_str().expect("target")).collect();
+    assert_eq!(targets, ["leaderboard:once", "leaderboard:cup"]);
+    assert_eq!((closes[1]["detail"]["record_count"].as_i64(), closes[1]["key_name"].as_str()), (Some(12), Some("boards")));
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Api, Backend, Process, TestApp, TestEnv, guest};
+use common::{ADMIN_KEY, Api, Backend, Process, TestApp, TestEnv, audit, guest, server_key};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -342,6 +342,7 @@ on_both_backends!(
     quotas_count_and_deleting_gives_room_back,
     listing_is_paginated_newest_first,
     account_deletion_erases_assets_and_leaderboard_records,
+    operators_list_any_players_assets_and_take_them_down,
 );
 
 /// Guildhall's own URLs hold uploads and downloads to what was signed.
@@ -592,4 +593,61 @@ async fn presigned_urls_use_the_public_endpoint_when_one_is_set() {
     let ready = settled(&app, &token, id, &["ready", "rejected"]).await;
     assert_eq!(ready["state"], "ready", "{ready}");
     assert!(ready["download_url"].as_str().is_some_and(|u| u.starts_with("http://localhost:")), "{ready}");
+}
+
+/// Operators list any player's assets, in any state, and take one down: its bytes go (the
+/// download URL stops working), then its record, and its owner's quota room comes back.
+async fn operators_list_any_players_assets_and_take_them_down(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+        env.set("UPLOAD_QUOTA_COUNT", "2");
+    })
+    .await;
+    let (owner, token) = guest(&app, "uploader").await;
+    let (_, other) = guest(&app, "bystander").await;
+    let bytes = png(2000);
+    let avatar = upload(&app, &token, "avatar", "image/png", bytes.clone()).await;
+    let avatar_id = avatar["id"].as_str().expect("id").to_owned();
+    let pending = start_upload(&app, &token, "replay", "application/gzip", 100).await;
+    let kept = upload(&app, &other, "avatar", "image/png", png(900)).await;
+    let (moderator_id, moderator) = server_key(&app, "moderator", &["uploads"]).await;
+    let (_, support) = server_key(&app, "support", &["accounts"]).await;
+
+    let listed = app.get(&format!("/v1/admin/assets?owner_id={owner}"), Some(&moderator)).await.expect(200).body;
+    let states: Vec<&str> = listed["assets"].as_array().expect("assets").iter().map(|a| a["state"].as_str().expect("state")).collect();
+    assert_eq!(states, ["pending", "ready"], "newest first, in any state");
+    let ready = app.get(&format!("/v1/admin/assets?owner_id={owner}&state=ready"), Some(&moderator)).await.expect(200).body;
+    assert_eq!(ready["assets"].as_array().map(Vec::len), Some(1));
+    let url = ready["assets"][0]["download_url"].as_str().expect("a download URL to look at it").to_owned();
+    assert_eq!(reqwest::get(&url).await.expect("download").bytes().await.expect("bytes").as_ref(), bytes.as_slice());
+    assert_eq!(app.pages("/v1/admin/assets?limit=1", &moderator, "assets").await.len(), 3, "everyone's, a page at a time");
+    app.get("/v1/admin/assets?state=lost", Some(&moderator)).await.expect_error(400, "invalid_request");
+    app.get("/v1/admin/assets", Some(&support)).await.expect_error(403, "insufficient_scope");
+
+    // The takedown.
+    let path = format!("/v1/admin/assets/{avatar_id}?reason=offensive");
+    app.delete(&path, Some(&support)).await.expect_error(403, "insufficient_scope");
+    app.delete(&format!("/v1/admin/assets/{avatar_id}?reason={}", "x".repeat(501)), Some(&moderator))
+        .await
+        .expect_error(400, "invalid_request");
+    app.delete(&path, Some(&moderator)).await.expect(204);
+    app.delete(&path, Some(&moderator)).await.expect_error(404, "not_found");
+    app.delete("/v1/admin/assets/not-an-id", Some(&moderator)).await.expect_error(404, "not_found");
+    app.get(&format!("/v1/assets/{avatar_id}"), Some(&token)).await.expect_error(404, "not_found");
+    assert!(!stored(&app.env, &format!("avatar/{avatar_id}")).await, "the published bytes are deleted");
+    assert!(!stored(&app.env, &format!("incoming/avatar/{avatar_id}")).await, "and the upload's");
+    assert_ne!(reqwest::get(&url).await.expect("download").status().as_u16(), 200, "the download URL serves it no more");
+    // The owner's room in the quota came back (two assets at most: the pending one and a new one).
+    start_upload(&app, &token, "avatar", "image/png", 10).await;
+    let others = app.get(&format!("/v1/assets/{}", kept["id"].as_str().expect("id")), Some(&other)).await.expect(200).body;
+    assert_eq!(others["state"], "ready");
+
+    let entries = audit(&app, &format!("target=asset:{avatar_id}")).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0]["action"].as_str(), entries[0]["key_id"].as_str()), (Some("uploads.take_down"), Some(moderator_id.as_str())));
+    assert_eq!(
+        (entries[0]["detail"]["reason"].as_str(), entries[0]["detail"]["owner_id"].as_str()),
+        (Some("offensive"), Some(owner.as_str()))
+    );
+    drop(pending);
 }

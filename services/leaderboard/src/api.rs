@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use platform::auth::{Admin, Caller, Player, Unconfirmed};
+use platform::auth::{Admin, Caller, Player, Scope as KeyScope, Unconfirmed};
 use platform::db::{now_millis, unique_violation};
 use platform::error::ErrorBody;
 use platform::http::{Json, Query};
@@ -27,6 +27,7 @@ use crate::writer::Submission;
 pub fn routes() -> Router<LeaderboardState> {
     Router::new()
         .route("/v1/admin/leaderboards", post(create_board))
+        .route("/v1/leaderboards", get(list_boards))
         .route("/v1/leaderboards/{id}", get(show_board))
         .route("/v1/leaderboards/{id}/scores", post(submit_score))
         .route("/v1/leaderboards/{id}/records", get(list_records))
@@ -117,6 +118,28 @@ impl From<&Board> for BoardView {
             created_at: platform::time::rfc3339(b.created_at),
         }
     }
+}
+
+/// A page of boards, by id.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BoardPage {
+    /// The boards, each with its live season (`season.ends_at` is its next reset).
+    pub boards: Vec<BoardView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /v1/leaderboards`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BoardQuery {
+    /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page (a board id).
+    #[param(pattern = r"^[a-z0-9_-]{1,64}$")]
+    pub cursor: Option<String>,
 }
 
 /// `POST /v1/leaderboards/{id}/scores`.
@@ -297,15 +320,30 @@ macro_rules! when_ready {
     }};
 }
 
-/// Creates a leaderboard (server key).
+impl LeaderboardState {
+    /// The owner's rank on the board's live season, rebuilding the index when needed.
+    pub(crate) async fn live_rank(&self, board: &Board, owner: &str) -> ApiResult<Option<u64>> {
+        let scope = Scope { board: &board.id, season: board.season };
+        Ok(when_ready!(self, board, self.index.rank_of(scope, owner)).map(|ranked| ranked.rank))
+    }
+}
+
+/// 409 `board_exists`.
+fn board_exists() -> ApiError {
+    ApiError::Conflict { code: "board_exists", message: "a leaderboard with that id exists".into() }
+}
+
+/// Creates a leaderboard (a server key with the `leaderboards` scope).
 #[utoipa::path(post, path = "/v1/admin/leaderboards", tag = "leaderboards", security(("bearer" = [])), request_body = CreateBoard,
-    responses((status = 201, body = BoardView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = BoardView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: the key lacks `leaderboards`", body = ErrorBody), (status = 409, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(board = req.id))]
 pub async fn create_board(
     State(state): State<LeaderboardState>,
-    _admin: Admin,
+    admin: Admin,
     Json(req): Json<CreateBoard>,
 ) -> ApiResult<impl IntoResponse> {
+    admin.require(KeyScope::Leaderboards)?;
     if !valid_board_id(&req.id) {
         return Err(ApiError::invalid("id", "id must be 1 to 64 of a-z, 0-9, _ and -"));
     }
@@ -329,12 +367,41 @@ pub async fn create_board(
         season_ends_at: schedule.and_then(|s| s.next_after(now)),
         created_at: now,
     };
-    store::insert_board(state.db.pool(), &board).await.map_err(|err| match unique_violation(&err) {
-        Some(_) => ApiError::Conflict { code: "board_exists", message: "a leaderboard with that id exists".into() },
+    if store::board_by_id(state.db.pool(), &board.id).await?.is_some() {
+        return Err(board_exists());
+    }
+    // A board of this id may have existed and been deleted: nothing left of its index may show
+    // in the new board's first season.
+    state.index.drop_season(Scope { board: &board.id, season: 1 }).await?;
+    let view = BoardView::from(&board);
+    let mut tx = state.db.begin().await?;
+    store::insert_board(&mut *tx, &board).await.map_err(|err| match unique_violation(&err) {
+        Some(_) => board_exists(),
         None => ApiError::Internal(err),
     })?;
+    platform::audit::record(&mut *tx, &admin, "leaderboards.create", &format!("leaderboard:{}", board.id), &view).await?;
+    tx.commit().await.map_err(anyhow::Error::from)?;
     tracing::info!("leaderboard created");
-    Ok((StatusCode::CREATED, Json(BoardView::from(&board))))
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The boards, by id, a page at a time: for players (what to show) and operators alike.
+#[utoipa::path(get, path = "/v1/leaderboards", tag = "leaderboards", security(("bearer" = [])), params(BoardQuery),
+    responses((status = 200, body = BoardPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn list_boards(
+    State(state): State<LeaderboardState>,
+    _caller: Caller,
+    Query(query): Query<BoardQuery>,
+) -> ApiResult<Json<BoardPage>> {
+    let limit = limit(query.limit, 20)? as i64;
+    let after = match query.cursor {
+        None => String::new(),
+        Some(cursor) if valid_board_id(&cursor) => cursor,
+        Some(_) => return Err(ApiError::invalid("cursor", "cursor must be a next_cursor of this list")),
+    };
+    let mut boards = store::list_boards(state.db.pool(), &after, limit + 1).await?;
+    let next_cursor = platform::admin::next_cursor(&mut boards, limit, |b| b.id.clone());
+    Ok(Json(BoardPage { boards: boards.iter().map(BoardView::from).collect(), next_cursor }))
 }
 
 /// A board's configuration and live season.
@@ -345,12 +412,14 @@ pub async fn show_board(State(state): State<LeaderboardState>, _caller: Caller, 
     Ok(Json(BoardView::from(&state.current(state.board(&id).await?).await?)))
 }
 
-/// Submits a score: the player's own with their token, or anyone's with the server key (the only
-/// way onto an authoritative board). Answers the record after the operator applied, with its rank.
+/// Submits a score: the player's own with their token, or anyone's with a server key holding the
+/// `game_server` scope (the only way onto an authoritative board). Answers the record after the operator applied, with its rank.
 #[utoipa::path(post, path = "/v1/leaderboards/{id}/scores", tag = "leaderboards", security(("bearer" = [])), request_body = SubmitScore,
     params(("id" = String, Path, description = "Board id"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,64}$", description = "1 to 64 printable ASCII characters without spaces: a retry with the same key gets the first answer and is not applied again (kept a day)")),
-    responses((status = 200, body = Record), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Record), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "`forbidden` (a player on an authoritative board) or `insufficient_scope` (a key without `game_server`)", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(board = id))]
 pub async fn submit_score(
     State(state): State<LeaderboardState>,
@@ -371,7 +440,8 @@ pub async fn submit_score(
             }
             (player.account_id, player.name)
         }
-        Caller::Server => {
+        Caller::Server(admin) => {
+            admin.require(KeyScope::GameServer)?;
             let owner_id = req.owner_id.filter(|o| !o.is_empty() && o.len() <= 64 && !o.contains('|'));
             let owner_id = owner_id.ok_or_else(|| ApiError::invalid("owner_id", "the server key must name the player (owner_id)"))?;
             let name = req.owner_name.unwrap_or_default();

@@ -2,6 +2,7 @@
 //! operators and bounds, and ranks served from Redis sorted sets (or an in-memory index on
 //! embedded defaults) over the database, which stays the source of truth.
 
+pub mod admin;
 pub mod api;
 pub mod board;
 pub mod index;
@@ -58,7 +59,9 @@ pub struct LeaderboardParts {
 
 /// Boards read in the last second, so that the hot paths (submit, rank) skip a database read.
 /// A season change is never served stale: a cached board whose season has run out is reloaded
-/// (see `LeaderboardState::current`), and nothing else about a board changes after creation.
+/// (see `LeaderboardState::current`). What an operator changes (`PATCH`: bounds, reset; a
+/// deletion; a season closed by hand) is forgotten at once on the instance that changed it and
+/// holds on the others within this second; the sort order and operator never change.
 #[derive(Clone, Default)]
 pub struct BoardCache(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, board::Board)>>>);
 
@@ -78,6 +81,11 @@ impl BoardCache {
             map.retain(|_, (at, _)| at.elapsed() < Self::TTL);
         }
         map.insert(board.id.clone(), (std::time::Instant::now(), board.clone()));
+    }
+
+    /// Forgets board `id` (an operator changed or deleted it).
+    pub fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 }
 
@@ -107,18 +115,20 @@ pub fn subscriptions(state: LeaderboardState) -> Vec<Subscription> {
 
 /// The leaderboard router.
 pub fn router(state: LeaderboardState) -> Router {
-    api::routes().merge(seasons::routes()).with_state(state)
+    api::routes().merge(seasons::routes()).merge(admin::routes()).with_state(state)
 }
 
 /// The OpenAPI description of the leaderboard API.
 #[derive(OpenApi)]
 #[openapi(
     paths(
-        api::create_board, api::show_board, api::submit_score, api::list_records, api::my_record, api::around_me,
-        seasons::list_seasons, seasons::season_records
+        api::create_board, api::list_boards, api::show_board, api::submit_score, api::list_records, api::my_record, api::around_me,
+        seasons::list_seasons, seasons::season_records,
+        admin::update_board, admin::delete_board, admin::delete_record, admin::close_season, admin::account_records
     ),
     components(schemas(
-        api::CreateBoard, api::BoardView, api::SeasonView, api::SubmitScore, api::Record, api::RecordPage,
+        api::CreateBoard, api::BoardView, api::BoardPage, api::SeasonView, api::SubmitScore, api::Record, api::RecordPage,
+        admin::BoardUpdate, admin::AccountRecord, admin::AccountRecordPage,
         board::Sort, board::Operator, seasons::SeasonSummary, seasons::SeasonPage, platform::error::ErrorBody
     )),
     tags((name = "leaderboards", description = "Boards, scores and ranks"))

@@ -57,7 +57,8 @@ const REPAIR_EVERY: Duration = Duration::from_secs(1);
 const CLAIM_MS: i64 = 3_000;
 /// Most checks claimed in one round.
 const CLAIM_BATCH: i64 = 100;
-/// Tries of an erasure's index step while the index changes under it, 100 ms apart.
+/// Tries of a deletion's index step (an erasure, an operator's record deletion) while the index
+/// changes under it, 100 ms apart.
 const ERASURE_TRIES: u32 = 20;
 
 impl LeaderboardState {
@@ -117,14 +118,22 @@ impl LeaderboardState {
     pub async fn erase_player(&self, owner_id: &str) -> anyhow::Result<usize> {
         let erased = store::erase_owner(&self.db, owner_id, now_millis() + ERASURE_RECHECK_MS).await?;
         if let Some(records) = store::index_check(self.db.pool(), &store::erasure_check_id(owner_id)).await? {
-            let mut tries = 1;
-            while !self.check(&records).await? {
-                anyhow::ensure!(tries < ERASURE_TRIES, "the rank index kept changing under an erasure");
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            self.check_until_agreed(&records).await?;
         }
         Ok(erased.len())
+    }
+
+    /// Reconciles everything `records` name (the check a deletion wrote in its transaction) until
+    /// the index agrees, looking again 100 ms later while it changes under it. The check itself
+    /// stays until it is due, for the repairer's last look.
+    pub async fn check_until_agreed(&self, records: &[Checked]) -> anyhow::Result<()> {
+        let mut tries = 1;
+        while !self.check(records).await? {
+            anyhow::ensure!(tries < ERASURE_TRIES, "the rank index kept changing under a deletion");
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use platform::auth::Caller;
+use platform::auth::{Admin, Caller};
 use platform::db::now_millis;
 use platform::error::ErrorBody;
 use platform::events::{SeasonClosed, SeasonPlacing};
@@ -26,6 +26,15 @@ use crate::board::Board;
 use crate::index::Scope;
 use crate::schedule::Schedule;
 use crate::store::{self, After, SeasonRow};
+
+/// Why a live season closes.
+#[derive(Debug, Clone, Copy)]
+pub enum Closing<'a> {
+    /// Its reset time has come (the closer, or a request that found it overdue).
+    Due,
+    /// An operator closes it now, whatever its schedule.
+    Now(&'a Admin),
+}
 
 /// How many of the top records the `leaderboard.season_closed` event carries.
 const TOP_IN_EVENT: i64 = 10;
@@ -103,20 +112,37 @@ impl LeaderboardState {
     /// Closes the live season of `board_id` if it is due, unless another instance already did.
     /// Returns the number of the season closed.
     pub async fn close_season_if_due(&self, board_id: &str) -> anyhow::Result<Option<i64>> {
+        Ok(self.close_season(board_id, Closing::Due).await?.map(|closed| closed.season))
+    }
+
+    /// Closes the live season of `board_id` (`Closing::Due`: only if its reset time has come,
+    /// unless another instance closed it already): archives it, opens the next (ending at the
+    /// schedule's next time after now, for a board that resets) and records
+    /// `leaderboard.season_closed` with the top records, in one transaction; an operator's close
+    /// records its audit entry there too. Returns the archived season; `None` when there was
+    /// nothing to close (no such board, or not due).
+    pub async fn close_season(&self, board_id: &str, closing: Closing<'_>) -> anyhow::Result<Option<SeasonRow>> {
         let now = now_millis();
         let mut tx = self.db.begin().await?;
         let Some(board) = store::board_for_update(&mut tx, self.db.dialect(), board_id).await? else { return Ok(None) };
-        let (Some(ends_at), Some(reset)) = (board.season_ends_at, board.reset.as_deref()) else { return Ok(None) };
-        if ends_at > now {
-            return Ok(None);
-        }
-        let schedule: Schedule = reset.parse().map_err(|e| anyhow::anyhow!("stored schedule {reset:?} is invalid: {e}"))?;
+        let ends_at = match closing {
+            Closing::Due => match (board.season_ends_at, board.reset.as_deref()) {
+                (Some(ends_at), Some(_)) if ends_at <= now => ends_at,
+                _ => return Ok(None),
+            },
+            Closing::Now(_) => now,
+        };
+        let schedule: Option<Schedule> = board
+            .reset
+            .as_deref()
+            .map(|reset| reset.parse().map_err(|e| anyhow::anyhow!("stored schedule {reset:?} is invalid: {e}")))
+            .transpose()?;
         let record_count = store::count_records(&mut *tx, &board.id, board.season).await?;
         let top = store::ranked_records(&mut *tx, &board.id, board.season, board.sort, None, TOP_IN_EVENT).await?;
         let archived = SeasonRow { season: board.season, started_at: board.season_started_at, ended_at: ends_at, record_count };
         store::insert_season(&mut *tx, &board.id, &archived).await?;
         // After downtime the next end is the next one from now: no empty seasons are made up.
-        let next_end = schedule.next_after(now.max(ends_at));
+        let next_end = schedule.and_then(|s| s.next_after(now.max(ends_at)));
         if !store::advance_season(&mut *tx, &board.id, board.season, ends_at, next_end).await? {
             return Ok(None);
         }
@@ -134,13 +160,18 @@ impl LeaderboardState {
             top,
         };
         platform::events::record(&mut *tx, &event).await?;
+        if let Closing::Now(admin) = closing {
+            let detail = serde_json::json!({ "season": board.season, "record_count": record_count });
+            platform::audit::record(&mut *tx, admin, "leaderboards.season_close", &format!("leaderboard:{}", board.id), &detail).await?;
+        }
         tx.commit().await?;
         tracing::info!(board = board.id, season = board.season, records = record_count, "season closed");
         // The archive is served from the database; the live index of the old season can go.
         if let Err(err) = self.index.drop_season(Scope { board: &board.id, season: board.season }).await {
             tracing::warn!(error = format!("{err:#}"), "dropping a closed season's index failed");
         }
-        Ok(Some(board.season))
+        self.boards.forget(&board.id);
+        Ok(Some(archived))
     }
 
     /// The board as it is now: when its season has run out but no closer has run yet, closes it

@@ -58,6 +58,113 @@ pub async fn board_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) ->
     row.as_ref().map(board).transpose()
 }
 
+/// Up to `limit` boards whose ids come after `after` (`""` for the first page), by id.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.list_boards", skip_all)]
+pub async fn list_boards<'e>(db: impl Executor<'e, Database = Any>, after: &str, limit: i64) -> anyhow::Result<Vec<Board>> {
+    let sql = format!("SELECT {BOARD_COLUMNS} FROM leaderboards WHERE id > $1 ORDER BY id LIMIT $2");
+    let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(db).await.context("listing leaderboards")?;
+    rows.iter().map(board).collect()
+}
+
+/// Writes what may change of a board after its creation: its bounds, whether it is
+/// authoritative, its reset schedule and the live season's end that follows from it.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.update_board", skip_all)]
+pub async fn update_board<'e>(db: impl Executor<'e, Database = Any>, b: &Board) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE leaderboards SET min_score = $2, max_score = $3, authoritative = $4, reset_schedule = $5, season_ends_at = $6 \
+         WHERE id = $1",
+    )
+    .bind(&b.id)
+    .bind(b.min_score)
+    .bind(b.max_score)
+    .bind(i64::from(b.authoritative))
+    .bind(&b.reset)
+    .bind(b.season_ends_at)
+    .execute(db)
+    .await
+    .context("updating leaderboard")?;
+    Ok(())
+}
+
+/// Deletes a board with its records of every season, its archives and its idempotency keys (the
+/// children first: this does not rely on the cascade being enabled on the connection).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.delete_board", skip_all)]
+pub async fn delete_board(conn: &mut sqlx::AnyConnection, id: &str) -> anyhow::Result<()> {
+    for table in ["leaderboard_submission_keys", "leaderboard_records", "leaderboard_seasons"] {
+        // `table` is one of the fixed names above, never input.
+        sqlx::query(&format!("DELETE FROM {table} WHERE board_id = $1"))
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("deleting a board's {table}"))?;
+    }
+    sqlx::query("DELETE FROM leaderboards WHERE id = $1").bind(id).execute(&mut *conn).await.context("deleting leaderboard")?;
+    Ok(())
+}
+
+/// Deletes `owner`'s record on a board's season and the idempotency keys that would answer with
+/// it (a retried submission is applied afresh instead of answering, and ranking, a record that is
+/// gone); an archived season counts one record fewer. Returns the record, if there was one.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.delete_record", skip_all)]
+pub async fn delete_record(conn: &mut sqlx::AnyConnection, board: &str, season: i64, owner: &str) -> anyhow::Result<Option<RecordRow>> {
+    let sql = format!("DELETE FROM leaderboard_records WHERE board_id = $1 AND season = $2 AND owner_id = $3 RETURNING {RECORD_COLUMNS}");
+    let row = sqlx::query(&sql).bind(board).bind(season).bind(owner).fetch_optional(&mut *conn).await.context("deleting a record")?;
+    let Some(row) = row else { return Ok(None) };
+    sqlx::query("DELETE FROM leaderboard_submission_keys WHERE board_id = $1 AND season = $2 AND owner_id = $3")
+        .bind(board)
+        .bind(season)
+        .bind(owner)
+        .execute(&mut *conn)
+        .await
+        .context("deleting a record's submission keys")?;
+    sqlx::query("UPDATE leaderboard_seasons SET record_count = record_count - 1 WHERE board_id = $1 AND season = $2")
+        .bind(board)
+        .bind(season)
+        .execute(&mut *conn)
+        .await
+        .context("updating an archive's record count")?;
+    Ok(Some(record(&row).context("decoding record")?))
+}
+
+/// A record with the board and season it is on.
+#[derive(Debug, Clone)]
+pub struct OwnedRecord {
+    /// Board id.
+    pub board_id: String,
+    /// Season number.
+    pub season: i64,
+    /// The record.
+    pub record: RecordRow,
+}
+
+/// Up to `limit` of `owner`'s records on every board and season: by board id, then newest season
+/// first, after the (board, season) `after`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.records_of_owner", skip_all)]
+pub async fn records_of_owner<'e>(
+    db: impl Executor<'e, Database = Any>,
+    owner: &str,
+    after: Option<(&str, i64)>,
+    limit: i64,
+) -> anyhow::Result<Vec<OwnedRecord>> {
+    let (after_board, after_season) = after.unwrap_or(("", i64::MAX));
+    let sql = format!(
+        "SELECT board_id, season, {RECORD_COLUMNS} FROM leaderboard_records \
+         WHERE owner_id = $1 AND (board_id > $2 OR (board_id = $2 AND season < $3)) ORDER BY board_id, season DESC LIMIT $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(owner)
+        .bind(after_board)
+        .bind(after_season)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+        .context("listing a player's records")?;
+    rows.iter()
+        .map(|row| Ok(OwnedRecord { board_id: row.try_get("board_id")?, season: row.try_get("season")?, record: record(row)? }))
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding a player's records")
+}
+
 /// A player's record on a board's season.
 #[derive(Debug, Clone)]
 pub struct RecordRow {

@@ -108,19 +108,63 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     lanes: Arc<[mpsc::Sender<Job>]>,
+    metrics: WriterMetrics,
+}
+
+/// What the lanes count: each batch's size, how long its commit took (retries included), and
+/// the batches that failed.
+#[derive(Clone, Debug)]
+struct WriterMetrics {
+    batch_size: platform::metrics::Histogram,
+    commit: platform::metrics::Histogram,
+    failed: platform::metrics::Counter,
+}
+
+impl Default for WriterMetrics {
+    fn default() -> Self {
+        WriterMetrics {
+            batch_size: platform::metrics::Histogram::counts(&[1, 2, 4, 8, 16, 32, MAX_BATCH as u64]),
+            commit: platform::metrics::Histogram::seconds(platform::metrics::LATENCY_BUCKETS),
+            failed: platform::metrics::Counter::default(),
+        }
+    }
 }
 
 impl Writer {
     /// Starts the lanes over `db`, ranking into `index` (on the current Tokio runtime).
     pub fn start(db: Database, index: RankIndex) -> Self {
+        let metrics = WriterMetrics::default();
         let lanes: Vec<_> = (0..LANES)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(run_lane(db.clone(), index.clone(), rx));
+                tokio::spawn(run_lane(db.clone(), index.clone(), rx, metrics.clone()));
                 tx
             })
             .collect();
-        Self { lanes: lanes.into() }
+        Self { lanes: lanes.into(), metrics }
+    }
+
+    /// Registers the lanes' figures: `guildhall_leaderboard_batch_size`,
+    /// `guildhall_leaderboard_commit_seconds` and `guildhall_leaderboard_failed_batches_total`.
+    pub fn register_metrics(&self, metrics: &platform::metrics::Metrics) {
+        metrics.register_histogram(
+            "guildhall_leaderboard_batch_size",
+            "Score submissions written per group commit.",
+            &[],
+            &self.metrics.batch_size,
+        );
+        metrics.register_histogram(
+            "guildhall_leaderboard_commit_seconds",
+            "Time to write and commit one batch of score submissions, retries included.",
+            &[],
+            &self.metrics.commit,
+        );
+        metrics.register_counter(
+            "guildhall_leaderboard_failed_batches_total",
+            "Batches of score submissions whose transaction failed (each submission answered with the error).",
+            &[],
+            &self.metrics.failed,
+        );
     }
 
     /// Applies `submission`, makes it durable and ranks it; answers once its transaction has
@@ -191,7 +235,7 @@ impl Done {
     }
 }
 
-async fn run_lane(db: Database, index: RankIndex, mut queue: mpsc::Receiver<Job>) {
+async fn run_lane(db: Database, index: RankIndex, mut queue: mpsc::Receiver<Job>, metrics: WriterMetrics) {
     // The ranking tasks report here the checks of batches the index took.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut done = Done::default();
@@ -223,7 +267,11 @@ async fn run_lane(db: Database, index: RankIndex, mut queue: mpsc::Receiver<Job>
         let clear = if done.due() { done.take() } else { Vec::new() };
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
         let submissions: Vec<&Submission> = jobs.iter().map(|job| &job.submission).collect();
-        match commit_with_retries(&db, &submissions, &clear).await {
+        metrics.batch_size.observe(submissions.len() as u64);
+        let started = Instant::now();
+        let committed = commit_with_retries(&db, &submissions, &clear).await;
+        metrics.commit.observe_duration(started.elapsed());
+        match committed {
             // Ranked in a task of its own: the lane goes on to its next batch meanwhile. The
             // callers may have gone (their requests timed out): the write stands, and so does
             // the index update.
@@ -231,6 +279,7 @@ async fn run_lane(db: Database, index: RankIndex, mut queue: mpsc::Receiver<Job>
                 tokio::spawn(rank(index.clone(), jobs, committed, done_tx.clone()));
             }
             Err(err) => {
+                metrics.failed.inc();
                 done.put_back(clear);
                 tracing::warn!(error = format!("{err:#}"), submissions = jobs.len(), "a batch of score submissions failed");
                 let err = Arc::new(err);

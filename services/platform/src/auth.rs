@@ -1,7 +1,9 @@
 //! Who is calling: the `Player` extractor verifies the bearer access token locally with the
 //! public keys (no call to the accounts service) and checks the cache for a revoked session, so a
 //! logout reaches every instance that shares the cache. When the cache has lost the set of revoked
-//! sessions (`crate::revocations`), the check reads the database instead until it is back.
+//! sessions (`crate::revocations`), the check reads the database instead until it is back. Server
+//! keys (`Admin`, with their scopes) live in `crate::admin::keys` and are re-exported here;
+//! `Caller` takes either.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -248,61 +250,16 @@ impl Revoked {
     }
 }
 
-/// The server key, shared by game servers and operators. Cheap to clone.
-#[derive(Clone, Debug, Default)]
-pub struct AdminKey(Option<Arc<crate::config::Secret<String>>>);
-
-impl AdminKey {
-    /// The configured key, or none (admin calls are then refused).
-    pub fn new(key: Option<crate::config::Secret<String>>) -> Self {
-        Self(key.map(Arc::new))
-    }
-
-    /// Whether `presented` is the key, compared in constant time (over SHA-256 digests, so the
-    /// lengths do not leak either).
-    pub fn matches(&self, presented: &str) -> bool {
-        use sha2::{Digest, Sha256};
-        let Some(key) = &self.0 else { return false };
-        let expected = Sha256::digest(key.expose().as_bytes());
-        let given = Sha256::digest(presented.as_bytes());
-        expected.iter().zip(given.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    }
-}
-
-/// A request made with the server key (`Authorization: Bearer <GUILDHALL_ADMIN_KEY>`).
-#[derive(Debug, Clone, Copy)]
-pub struct Admin;
-
-impl<S> FromRequestParts<S> for Admin
-where
-    AdminKey: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let key = AdminKey::from_ref(state);
-        if key.0.is_none() {
-            return Err(ApiError::Forbidden("the admin API is disabled: set GUILDHALL_ADMIN_KEY".into()));
-        }
-        match bearer_token(parts) {
-            Some(token) if key.matches(token) => Ok(Admin),
-            Some(_) => Err(ApiError::invalid_token("not the server key")),
-            None => Err(ApiError::Unauthenticated {
-                code: "missing_token",
-                message: "send the server key as `Authorization: Bearer <key>`".into(),
-            }),
-        }
-    }
-}
+pub use crate::admin::keys::{Admin, AdminKey, Scope, Scopes};
 
 /// Whoever calls an endpoint that both players and game servers use.
 #[derive(Debug, Clone)]
 pub enum Caller {
     /// A player with an access token.
     Player(Player),
-    /// A game server with the server key.
-    Server,
+    /// A game server or operator with a server key; a handler acting for a player requires
+    /// `Scope::GameServer` of it (`Admin::require`).
+    Server(Admin),
 }
 
 impl<S> FromRequestParts<S> for Caller
@@ -314,8 +271,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        if bearer_token(parts).is_some_and(|token| AdminKey::from_ref(state).matches(token)) {
-            return Ok(Caller::Server);
+        // A server key is the bootstrap key or shaped as a named one (`ghk_…`); anything else is
+        // taken for an access token.
+        if bearer_token(parts).is_some_and(|token| AdminKey::from_ref(state).is_server_key(token)) {
+            return Admin::from_request_parts(parts, state).await.map(Caller::Server);
         }
         Player::from_request_parts(parts, state).await.map(Caller::Player)
     }

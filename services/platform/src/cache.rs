@@ -85,7 +85,13 @@ impl Cache {
                 let conn = ConnectionManager::new_with_config(client.clone(), manager_config()).await.context("connecting to Redis")?;
                 let conn = Arc::new(RwLock::new(conn));
                 let reachability = Reachability::new(Dependency::Cache, redis_probe(client.clone(), conn.clone()));
-                Ok(Cache::Redis(RedisCache(Arc::new(RedisInner { conn, client, prefix: key_prefix.clone(), reachability }))))
+                Ok(Cache::Redis(RedisCache(Arc::new(RedisInner {
+                    conn,
+                    client,
+                    prefix: key_prefix.clone(),
+                    reachability,
+                    errors: Default::default(),
+                }))))
             }
         }
     }
@@ -236,6 +242,21 @@ impl Cache {
         }
     }
 
+    /// Registers `guildhall_cache_errors_total` (Redis commands that failed, by `kind`:
+    /// `unavailable` when Redis was down, slow or refusing, `other` otherwise). The in-memory
+    /// cache does not fail; it reports zeros.
+    pub fn register_metrics(&self, metrics: &crate::metrics::Metrics) {
+        const NAME: &str = "guildhall_cache_errors_total";
+        const HELP: &str = "Redis commands that failed, by kind: unavailable (down, timed out, failing fast, loading, read-only) or other.";
+        let errors = match self {
+            Cache::Redis(r) => r.0.errors.clone(),
+            Cache::Memory(_) => Default::default(),
+        };
+        for (kind, counter) in ["unavailable", "other"].into_iter().zip(&errors) {
+            metrics.register_counter(NAME, HELP, &[("kind", kind)], counter);
+        }
+    }
+
     /// The Redis connection and key prefix, for services that use Redis structures of their own
     /// (sorted sets, pub/sub); `None` on the in-memory backend.
     pub fn redis(&self) -> Option<&RedisCache> {
@@ -257,6 +278,9 @@ struct RedisInner {
     client: redis::Client,
     prefix: String,
     reachability: Arc<Reachability>,
+    /// Commands that failed because Redis was down, slow or refusing (`is_unavailable`), and
+    /// those that failed otherwise (a bug: a wrong type, a script error).
+    errors: [crate::metrics::Counter; 2],
 }
 
 impl RedisCache {
@@ -295,10 +319,11 @@ impl RedisCache {
             Ok(result) => result,
             Err(_) => Err(io_error(std::io::ErrorKind::TimedOut, "Redis did not answer in time")),
         };
-        if let Err(err) = &result
-            && err.is_io_error()
-        {
-            self.0.reachability.suspect();
+        if let Err(err) = &result {
+            self.0.errors[usize::from(!is_unavailable(err))].inc();
+            if err.is_io_error() {
+                self.0.reachability.suspect();
+            }
         }
         result
     }

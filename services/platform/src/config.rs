@@ -45,11 +45,14 @@ pub enum Service {
     Uploads,
     /// Channels over WebSocket.
     Chat,
+    /// Operators' webhooks: the admin API that registers them, and the delivery of events to
+    /// them (where the event workers run).
+    Webhooks,
 }
 
 impl Service {
     /// Every service, in the order they are mounted.
-    pub const ALL: &'static [Service] = &[Service::Accounts, Service::Leaderboard, Service::Uploads, Service::Chat];
+    pub const ALL: &'static [Service] = &[Service::Accounts, Service::Leaderboard, Service::Uploads, Service::Chat, Service::Webhooks];
 
     /// The name used in `SERVICES` and in logs.
     pub fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Service {
             Service::Leaderboard => "leaderboard",
             Service::Uploads => "uploads",
             Service::Chat => "chat",
+            Service::Webhooks => "webhooks",
         }
     }
 }
@@ -194,6 +198,36 @@ pub struct UploadLimits {
     pub download_url_ttl: Duration,
 }
 
+/// How events are delivered to operators' webhooks.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `WEBHOOK_ALLOW_LOCAL_TARGETS`: accept `http://` URLs and receivers on loopback and private
+    /// addresses. For tests and local development only: in production it would let whoever holds
+    /// the admin key make Guildhall call into its own network.
+    pub allow_local_targets: bool,
+    /// `WEBHOOK_TIMEOUT_SECS`: how long one delivery may take, connecting included (1-60).
+    pub timeout: Duration,
+    /// `WEBHOOK_MAX_ATTEMPTS`: attempts before a delivery is parked as failed (1-30).
+    pub max_attempts: u32,
+    /// `WEBHOOK_RETRY_FIRST_SECS`: the wait after the first failed attempt, doubling after each
+    /// further one up to an hour (1-3600).
+    pub retry_first: Duration,
+    /// `WEBHOOK_CONCURRENCY`: deliveries in flight at once per process (1-256).
+    pub concurrency: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_local_targets: false,
+            timeout: Duration::from_secs(10),
+            max_attempts: 12,
+            retry_first: Duration::from_secs(10),
+            concurrency: 16,
+        }
+    }
+}
+
 /// How access and refresh tokens are made.
 #[derive(Debug, Clone)]
 pub struct TokenConfig {
@@ -246,6 +280,9 @@ pub enum LogFormat {
 pub struct Config {
     /// `LISTEN_ADDR`, default `0.0.0.0:8080`.
     pub listen_addr: SocketAddr,
+    /// `METRICS_ADDR`: where `/metrics` (Prometheus text) is served, apart from the API so that
+    /// the load balancer never routes to it; none (the default) serves no metrics listener.
+    pub metrics_addr: Option<SocketAddr>,
     /// `DATA_DIR`, default `./data`: the SQLite file, the generated signing key, later blobs.
     pub data_dir: PathBuf,
     /// `DATABASE_URL`.
@@ -323,6 +360,8 @@ pub struct Config {
     /// allowed to call the API from another origin, e.g. a WebGL build of a game. Empty: no CORS
     /// headers at all, so browsers refuse cross-origin calls.
     pub cors_allowed_origins: Vec<String>,
+    /// `WEBHOOK_*`: delivery of events to operators' webhooks.
+    pub webhooks: WebhookSettings,
 }
 
 impl Config {
@@ -355,10 +394,19 @@ impl Config {
         };
 
         let data_dir = PathBuf::from(get("DATA_DIR").unwrap_or_else(|| "data".into()));
-        let listen_addr = get("LISTEN_ADDR")
+        let listen_addr: SocketAddr = get("LISTEN_ADDR")
             .unwrap_or_else(|| "0.0.0.0:8080".into())
             .parse()
             .context("LISTEN_ADDR must be an address such as 0.0.0.0:8080")?;
+        let metrics_addr: Option<SocketAddr> = get("METRICS_ADDR")
+            .map(|addr| addr.parse().with_context(|| format!("METRICS_ADDR must be an address such as 0.0.0.0:9464, got {addr:?}")))
+            .transpose()?;
+        if let Some(metrics) = metrics_addr
+            && metrics.port() != 0
+            && metrics.port() == listen_addr.port()
+        {
+            bail!("METRICS_ADDR and LISTEN_ADDR must use different ports (both {}): metrics are served apart from the API", metrics.port());
+        }
 
         let database = match get("DATABASE_URL") {
             None => DatabaseConfig::Sqlite { path: data_dir.join("guildhall.db") },
@@ -534,8 +582,24 @@ impl Config {
             Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(cors_origin).collect::<anyhow::Result<_>>()?,
         };
 
+        let bounded = |key: &str, default: u64, range: std::ops::RangeInclusive<u64>| -> anyhow::Result<u64> {
+            let value = parse(key, default)?;
+            if !range.contains(&value) {
+                bail!("{key} must be between {} and {}, got {value}", range.start(), range.end());
+            }
+            Ok(value)
+        };
+        let webhooks = WebhookSettings {
+            allow_local_targets: flag("WEBHOOK_ALLOW_LOCAL_TARGETS", false)?,
+            timeout: Duration::from_secs(bounded("WEBHOOK_TIMEOUT_SECS", 10, 1..=60)?),
+            max_attempts: u32::try_from(bounded("WEBHOOK_MAX_ATTEMPTS", 12, 1..=30)?).unwrap_or(12),
+            retry_first: Duration::from_secs(bounded("WEBHOOK_RETRY_FIRST_SECS", 10, 1..=3600)?),
+            concurrency: usize::try_from(bounded("WEBHOOK_CONCURRENCY", 16, 1..=256)?).unwrap_or(16),
+        };
+
         let config = Config {
             listen_addr,
+            metrics_addr,
             data_dir,
             database,
             cache,
@@ -573,6 +637,7 @@ impl Config {
             chat_max_sockets_per_account: limit("CHAT_MAX_SOCKETS_PER_ACCOUNT", 5)?,
             chat_max_sockets_per_ip: limit("CHAT_MAX_SOCKETS_PER_IP", 100)?,
             cors_allowed_origins,
+            webhooks,
         };
         config.check_deployment()?;
         Ok(config)
@@ -720,6 +785,17 @@ mod tests {
         assert_eq!(config.services, Service::ALL);
         assert_eq!(config.tokens.access_ttl, Duration::from_secs(900));
         assert_eq!(config.listen_addr.port(), 8080);
+        assert_eq!(config.metrics_addr, None, "no metrics listener unless asked for");
+    }
+
+    #[test]
+    fn metrics_are_served_apart_from_the_api() {
+        let set = config(&[("METRICS_ADDR", "0.0.0.0:9464")]).expect("valid");
+        assert_eq!(set.metrics_addr, Some("0.0.0.0:9464".parse().expect("addr")));
+        assert!(config(&[("METRICS_ADDR", "9464")]).is_err(), "an address, not a port");
+        let err = config(&[("METRICS_ADDR", "127.0.0.1:8080")]).expect_err("the API's port");
+        assert!(err.to_string().contains("different ports"), "{err}");
+        assert!(config(&[("METRICS_ADDR", "127.0.0.1:0"), ("LISTEN_ADDR", "127.0.0.1:0")]).is_ok(), "two free ports");
     }
 
     #[test]
@@ -739,7 +815,7 @@ mod tests {
         assert!(err.to_string().contains("REDIS_URL"), "{err}");
         let alone = config(&[("SERVICES", "leaderboard"), ("DATABASE_URL", "postgres://db/g"), ("REDIS_URL", "redis://r")]);
         assert_eq!(alone.expect("real backends").services, [Service::Leaderboard]);
-        assert!(config(&[("SERVICES", "chat,leaderboard,uploads,accounts")]).is_ok(), "every service is a monolith");
+        assert!(config(&[("SERVICES", "chat,leaderboard,uploads,webhooks,accounts")]).is_ok(), "every service is a monolith");
         let shared = [("DATABASE_URL", "postgres://db/g"), ("REDIS_URL", "redis://r")];
         let err = config(&[shared[0], shared[1], ("SERVICES", "uploads")]).expect_err("local files");
         assert!(err.to_string().contains("BLOB_URL"), "{err}");
@@ -767,6 +843,24 @@ mod tests {
         assert!(config(&[("BLOB_URL", "gs://x")]).is_err());
         assert!(config(&[("BLOB_URL", "s3://")]).is_err());
         assert!(config(&[("CDN_BASE_URL", "cdn.example.com")]).is_err());
+    }
+
+    #[test]
+    fn webhook_settings_are_bounded() {
+        let defaults = config(&[]).expect("defaults").webhooks;
+        assert!(!defaults.allow_local_targets, "local targets only when asked for");
+        assert_eq!((defaults.timeout.as_secs(), defaults.max_attempts, defaults.concurrency), (10, 12, 16));
+        let set = config(&[("WEBHOOK_ALLOW_LOCAL_TARGETS", "true"), ("WEBHOOK_RETRY_FIRST_SECS", "1"), ("WEBHOOK_MAX_ATTEMPTS", "2")])
+            .expect("valid")
+            .webhooks;
+        assert!(set.allow_local_targets);
+        assert_eq!((set.retry_first.as_secs(), set.max_attempts), (1, 2));
+        for (key, bad) in
+            [("WEBHOOK_TIMEOUT_SECS", "0"), ("WEBHOOK_TIMEOUT_SECS", "61"), ("WEBHOOK_MAX_ATTEMPTS", "0"), ("WEBHOOK_CONCURRENCY", "1000")]
+        {
+            let err = config(&[(key, bad)]).expect_err(bad);
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -49,8 +50,52 @@ pub struct Database {
 #[derive(Debug, Clone)]
 pub struct Pool {
     pool: AnyPool,
+    shared: Arc<PoolShared>,
+}
+
+/// What every handle on one pool shares (behind one `Arc`: a query clones its pool handle).
+#[derive(Debug)]
+struct PoolShared {
     /// PostgreSQL's breaker; `None` on SQLite, a local file that is never unreachable.
     reachability: Option<Arc<Reachability>>,
+    /// Requests waiting for a connection now (`PoolStats::waiting`); sqlx does not count them.
+    waiting: AtomicUsize,
+}
+
+impl Pool {
+    fn new(pool: AnyPool, reachability: Option<Arc<Reachability>>) -> Self {
+        Pool { pool, shared: Arc::new(PoolShared { reachability, waiting: AtomicUsize::new(0) }) }
+    }
+}
+
+/// How a pool's connections are used now, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Most connections the pool opens.
+    pub max: u32,
+    /// Connections open (idle or in use).
+    pub open: u32,
+    /// Open connections not in use.
+    pub idle: usize,
+    /// Requests waiting for a connection (or for the breaker's verdict).
+    pub waiting: usize,
+}
+
+/// Counts a wait for a connection for as long as it lasts (dropped with the future when the
+/// request is cancelled, too).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A transaction on either dialect.
@@ -89,10 +134,12 @@ impl Role {
         }
     }
 
-    /// The role a service's API and background work connect as.
+    /// The role a service's API and background work connect as. The webhooks admin API is
+    /// accounts': on ECS it runs in the accounts task (`SERVICES=accounts,webhooks`), one process
+    /// with one login, so accounts' role holds its grants; its deliveries are the worker's.
     pub fn of(service: Service) -> Role {
         match service {
-            Service::Accounts => Role::Accounts,
+            Service::Accounts | Service::Webhooks => Role::Accounts,
             Service::Leaderboard => Role::Leaderboard,
             Service::Uploads => Role::Uploads,
             Service::Chat => Role::Chat,
@@ -125,7 +172,9 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "refresh_grace", include_str!("../../../migrations/postgres/0010_refresh_grace.sql")),
     (11, "session_revocations", include_str!("../../../migrations/postgres/0011_session_revocations.sql")),
     (12, "service_roles", include_str!("../../../migrations/postgres/0012_service_roles.sql")),
+    (13, "admin", include_str!("../../../migrations/postgres/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/postgres/0014_chat_reports.sql")),
+    (15, "webhooks", include_str!("../../../migrations/postgres/0015_webhooks.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -140,7 +189,9 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "refresh_grace", include_str!("../../../migrations/sqlite/0010_refresh_grace.sql")),
     (11, "session_revocations", include_str!("../../../migrations/sqlite/0011_session_revocations.sql")),
     (12, "service_roles", include_str!("../../../migrations/sqlite/0012_service_roles.sql")),
+    (13, "admin", include_str!("../../../migrations/sqlite/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/sqlite/0014_chat_reports.sql")),
+    (15, "webhooks", include_str!("../../../migrations/sqlite/0015_webhooks.sql")),
 ];
 
 /// What each database role may do to each table (`Role`), applied whole after every run of the
@@ -253,7 +304,7 @@ impl Database {
                     .connect(&url)
                     .await
                     .with_context(|| format!("opening SQLite database {}", path.display()))?;
-                Ok(Database { pool: Pool { pool, reachability: None }, dialect: Dialect::Sqlite })
+                Ok(Database { pool: Pool::new(pool, None), dialect: Dialect::Sqlite })
             }
         }
     }
@@ -267,7 +318,7 @@ impl Database {
             .await
             .context("connecting to PostgreSQL")?;
         let reachability = Reachability::new(Dependency::Database, postgres_probe(pool.clone()));
-        Ok(Database { pool: Pool { pool, reachability: Some(reachability) }, dialect: Dialect::Postgres })
+        Ok(Database { pool: Pool::new(pool, Some(reachability)), dialect: Dialect::Postgres })
     }
 
     /// The pool, for queries.
@@ -317,6 +368,29 @@ impl Database {
     pub async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await.context("pinging the database")?;
         Ok(())
+    }
+
+    /// How the pool's connections are used now.
+    pub fn pool_stats(&self) -> PoolStats {
+        let pool = &self.pool.pool;
+        PoolStats {
+            max: pool.options().get_max_connections(),
+            open: pool.size(),
+            idle: pool.num_idle(),
+            waiting: self.pool.shared.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Registers the pool's figures (read at scrape time): `guildhall_db_pool_*`.
+    pub fn register_metrics(&self, metrics: &crate::metrics::Metrics) {
+        let gauge = |name, help, read: fn(PoolStats) -> f64| {
+            let db = self.clone();
+            metrics.gauge_fn(name, help, &[], move || Some(read(db.pool_stats())));
+        };
+        gauge("guildhall_db_pool_max", "Most connections the database pool opens.", |s| f64::from(s.max));
+        gauge("guildhall_db_pool_connections", "Database connections open (idle or in use).", |s| f64::from(s.open));
+        gauge("guildhall_db_pool_idle", "Open database connections not in use.", |s| s.idle as f64);
+        gauge("guildhall_db_pool_waiting", "Requests waiting for a database connection now.", |s| s.waiting as f64);
     }
 
     /// Closes every connection (shutdown).
@@ -391,7 +465,8 @@ impl Pool {
     /// known to be down, stops waiting once a probe finds it down, and has it probed after a
     /// failure that suggests an outage.
     async fn guarded<T>(&self, wait: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
-        let Some(reachability) = &self.reachability else { return wait.await };
+        let _waiting = Waiting::start(&self.shared.waiting);
+        let Some(reachability) = &self.shared.reachability else { return wait.await };
         if reachability.is_down() {
             return Err(unreachable());
         }
@@ -409,7 +484,7 @@ impl Pool {
 
     /// Has the database probed when a query failed in a way that suggests it is down.
     fn observe(&self, err: &sqlx::Error) {
-        if let Some(reachability) = &self.reachability
+        if let Some(reachability) = &self.shared.reachability
             && is_unavailable(err)
         {
             reachability.suspect();

@@ -109,6 +109,13 @@ fn field_of(message: &str) -> Option<String> {
     (!path.contains(' ')).then(|| path.to_owned())
 }
 
+/// For a field of an update body that may be absent (keep), `null` (clear) or a value (set):
+/// `#[serde(default, deserialize_with = "platform::http::present")]` on an `Option<Option<T>>`
+/// makes a field sent as `null` `Some(None)`, and one not sent stays `None` (by `default`).
+pub fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
 /// Query parameters, parsed with errors in Guildhall's format.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Query<T>(pub T);
@@ -245,6 +252,8 @@ pub struct HttpSettings {
     pub trust_forwarded_for: bool,
     /// Browser origins allowed to call the API (`CORS_ALLOWED_ORIGINS`); empty for none.
     pub cors_allowed_origins: Vec<String>,
+    /// Where every request is counted and timed by its route.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// How long a browser may cache a preflight answer: ten minutes, the most Chromium honours.
@@ -273,8 +282,12 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 /// Wraps the service routers with what every request gets: JSON 404/405 answers, a body limit, a
 /// timeout, CORS when origins are configured (answering preflights of every route, and adding its
 /// headers to errors too, so a browser can read them), a request id (`x-request-id`, kept when
-/// the ALB or a client sent one), a span named by the matched route, panic capture and the client
-/// IP.
+/// the ALB or a client sent one), a span named by the matched route, panic capture, the client
+/// IP, and, outermost, the request counters and timings by route (`crate::metrics`).
+///
+/// The result has every route turned into its final service at once (`with_state(())`):
+/// otherwise the handlers added without state (health, fallbacks) would have every layer
+/// applied again on each request.
 pub fn with_common_layers(router: Router, settings: HttpSettings) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let trust = settings.trust_forwarded_for;
@@ -315,6 +328,8 @@ pub fn with_common_layers(router: Router, settings: HttpSettings) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, UuidRequestId))
+        .layer(settings.metrics.http_layer())
+        .with_state(())
 }
 
 /// Limits of the HTTP server on its connections, before any request reaches the router.

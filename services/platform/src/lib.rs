@@ -1,6 +1,8 @@
 //! What every Guildhall service stands on: configuration, logging, the error type, tokens,
-//! database and cache ports, health, rate limits and shutdown.
+//! database and cache ports, health, metrics, rate limits and shutdown.
 
+pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod blobs;
@@ -11,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod ratelimit;
 pub mod rds;
 pub mod reachability;

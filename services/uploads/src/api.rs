@@ -120,7 +120,7 @@ pub struct ListQuery {
 }
 
 /// The base URL of URLs Guildhall signs itself: `PUBLIC_URL`, or the host the client reached.
-fn base_url(state: &UploadsState, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(state: &UploadsState, headers: &HeaderMap) -> String {
     if let Some(url) = &state.public_url {
         return url.to_string();
     }
@@ -128,7 +128,7 @@ fn base_url(state: &UploadsState, headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-async fn view(state: &UploadsState, asset: Asset, base: &str) -> ApiResult<AssetView> {
+pub(crate) async fn view(state: &UploadsState, asset: Asset, base: &str) -> ApiResult<AssetView> {
     let download_url = if asset.state == AssetState::Ready {
         Some(match &state.cdn_base_url {
             Some(cdn) => format!("{cdn}/{}", state.blobs.public_key(&asset.object_key)),
@@ -151,7 +151,7 @@ async fn view(state: &UploadsState, asset: Asset, base: &str) -> ApiResult<Asset
     })
 }
 
-fn valid_id(id: &str) -> ApiResult<()> {
+pub(crate) fn valid_id(id: &str) -> ApiResult<()> {
     if uuid::Uuid::try_parse(id).is_err() {
         return Err(ApiError::NotFound("no such asset".into()));
     }
@@ -326,7 +326,8 @@ pub async fn list_assets(
     {
         return Err(ApiError::invalid("cursor", "cursor is not one this API gave"));
     }
-    let mut rows = store::list(&state.db, &player.account_id, query.cursor.as_deref(), limit + 1).await?;
+    let filter = store::Filter { owner: Some(&player.account_id), state: None };
+    let mut rows = store::list(&state.db, filter, query.cursor.as_deref(), limit + 1).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_cursor = if more { rows.last().map(|a| a.id.clone()) } else { None };

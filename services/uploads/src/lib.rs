@@ -3,6 +3,7 @@
 //! size, content sniffed against the declared type) runs asynchronously through the event queue
 //! and makes the asset `ready` or `rejected`.
 
+pub mod admin;
 pub mod api;
 pub mod kinds;
 pub mod local;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use platform::auth::Authenticator;
+use platform::auth::{AdminKey, Authenticator};
 use platform::blobs::Blobs;
 use platform::config::UploadLimits;
 use platform::db::Database;
@@ -31,6 +32,8 @@ pub struct UploadsState {
     pub blobs: Blobs,
     /// Verifies player tokens.
     pub auth: Authenticator,
+    /// The server keys (the admin routes).
+    pub admin_key: AdminKey,
     /// Quotas and URL lifetimes.
     pub limits: UploadLimits,
     /// `PUBLIC_URL`, for URLs Guildhall signs itself.
@@ -42,6 +45,12 @@ pub struct UploadsState {
 impl FromRef<UploadsState> for Authenticator {
     fn from_ref(state: &UploadsState) -> Self {
         state.auth.clone()
+    }
+}
+
+impl FromRef<UploadsState> for AdminKey {
+    fn from_ref(state: &UploadsState) -> Self {
+        state.admin_key.clone()
     }
 }
 
@@ -102,7 +111,7 @@ pub async fn run_workers(state: UploadsState, shutdown: Shutdown) {
 
 /// The uploads router (with the local blob routes on embedded storage).
 pub fn router(state: UploadsState) -> Router {
-    let mut router = api::routes();
+    let mut router = api::routes().merge(admin::routes());
     if matches!(state.blobs, Blobs::Local(_)) {
         router = router.merge(local::routes());
     }
@@ -112,7 +121,9 @@ pub fn router(state: UploadsState) -> Router {
 /// The OpenAPI description of the uploads API.
 #[derive(OpenApi)]
 #[openapi(
-    paths(api::create_upload, api::complete_upload, api::show_asset, api::list_assets, api::delete_asset),
+    paths(
+        api::create_upload, api::complete_upload, api::show_asset, api::list_assets, api::delete_asset, admin::list_assets, admin::take_down
+    ),
     components(schemas(
         api::CreateUpload, api::UploadTicket, api::UploadTarget, api::AssetView, api::AssetPage, store::State,
         platform::error::ErrorBody

@@ -3,12 +3,12 @@
 
 use anyhow::Context;
 use platform::db::{Database, now_millis};
-use platform::events::UploadCompleted;
+use platform::events::{UploadCompleted, UploadReady, UploadRejected};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 /// Where an asset is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Created; waiting for the bytes and the completion call.
@@ -169,27 +169,34 @@ pub async fn by_object_key(db: &Database, key: &str) -> anyhow::Result<Option<As
     row.as_ref().map(asset).transpose()
 }
 
-/// Up to `limit` of `owner`'s assets, newest first, older than the asset `before` when given.
+/// Which assets a list shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter<'a> {
+    /// Only this player's.
+    pub owner: Option<&'a str>,
+    /// Only those in this state.
+    pub state: Option<State>,
+}
+
+/// Up to `limit` assets that `filter` lets through, newest first, older than the asset `before`
+/// when given.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.list", skip_all)]
-pub async fn list(db: &Database, owner: &str, before: Option<&str>, limit: i64) -> anyhow::Result<Vec<Asset>> {
-    let rows = match before {
-        Some(before) => {
-            sqlx::query(&format!("SELECT {COLUMNS} FROM assets WHERE owner_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"))
-                .bind(owner)
-                .bind(before)
-                .bind(limit)
-                .fetch_all(db.pool())
-                .await
-        }
-        None => {
-            sqlx::query(&format!("SELECT {COLUMNS} FROM assets WHERE owner_id = $1 ORDER BY id DESC LIMIT $2"))
-                .bind(owner)
-                .bind(limit)
-                .fetch_all(db.pool())
-                .await
+pub async fn list(db: &Database, filter: Filter<'_>, before: Option<&str>, limit: i64) -> anyhow::Result<Vec<Asset>> {
+    // Fixed fragments only; every value is bound. UUIDv7 text sorts by time; 'z' after every id.
+    let mut sql = format!("SELECT {COLUMNS} FROM assets WHERE id < $1");
+    let mut values = vec![before.unwrap_or("z")];
+    for (column, value) in [("owner_id", filter.owner), ("state", filter.state.map(State::as_str))] {
+        if let Some(value) = value {
+            values.push(value);
+            sql.push_str(&format!(" AND {column} = ${}", values.len()));
         }
     }
-    .context("listing assets")?;
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len() + 1));
+    let mut query = sqlx::query(&sql);
+    for value in values {
+        query = query.bind(value);
+    }
+    let rows = query.bind(limit).fetch_all(db.pool()).await.context("listing assets")?;
     rows.iter().map(asset).collect()
 }
 
@@ -216,28 +223,46 @@ pub async fn complete(db: &Database, asset: &mut Asset) -> anyhow::Result<bool> 
     Ok(true)
 }
 
-/// Marks a verifying asset ready. False when it was not verifying.
+/// Marks a verifying asset ready and records `upload.ready`, in one transaction. False when it
+/// was not verifying.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.mark_ready", skip_all)]
-pub async fn mark_ready(db: &Database, id: &str) -> anyhow::Result<bool> {
+pub async fn mark_ready(db: &Database, asset: &Asset) -> anyhow::Result<bool> {
+    let now = now_millis();
+    let mut tx = db.begin().await?;
     let done = sqlx::query("UPDATE assets SET state = 'ready', updated_at = $2 WHERE id = $1 AND state = 'verifying'")
-        .bind(id)
-        .bind(now_millis())
-        .execute(db.pool())
+        .bind(&asset.id)
+        .bind(now)
+        .execute(&mut *tx)
         .await
         .context("marking asset ready")?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() == 0 {
+        tx.rollback().await.ok();
+        return Ok(false);
+    }
+    let event = UploadReady {
+        asset_id: asset.id.clone(),
+        owner_id: asset.owner_id.clone(),
+        purpose: asset.purpose.clone(),
+        content_type: asset.content_type.clone(),
+        size_bytes: asset.size_bytes,
+        ready_at: platform::time::rfc3339(now),
+    };
+    platform::events::record(&mut *tx, &event).await?;
+    tx.commit().await.context("committing readiness")?;
+    Ok(true)
 }
 
-/// Marks a verifying asset rejected for `reason` and gives its room in the quota back. False
-/// when it was not verifying.
+/// Marks a verifying asset rejected for `reason`, gives its room in the quota back and records
+/// `upload.rejected`, in one transaction. False when it was not verifying.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.mark_rejected", skip_all)]
 pub async fn mark_rejected(db: &Database, asset: &Asset, reason: &str) -> anyhow::Result<bool> {
+    let now = now_millis();
     let mut tx = db.begin().await?;
     let done =
         sqlx::query("UPDATE assets SET state = 'rejected', reject_reason = $2, updated_at = $3 WHERE id = $1 AND state = 'verifying'")
             .bind(&asset.id)
             .bind(reason)
-            .bind(now_millis())
+            .bind(now)
             .execute(&mut *tx)
             .await
             .context("rejecting asset")?;
@@ -246,6 +271,14 @@ pub async fn mark_rejected(db: &Database, asset: &Asset, reason: &str) -> anyhow
         return Ok(false);
     }
     release(&mut tx, &asset.owner_id, asset.size_bytes).await?;
+    let event = UploadRejected {
+        asset_id: asset.id.clone(),
+        owner_id: asset.owner_id.clone(),
+        purpose: asset.purpose.clone(),
+        reason: reason.to_owned(),
+        rejected_at: platform::time::rfc3339(now),
+    };
+    platform::events::record(&mut *tx, &event).await?;
     tx.commit().await.context("committing rejection")?;
     Ok(true)
 }
@@ -255,19 +288,26 @@ pub async fn mark_rejected(db: &Database, asset: &Asset, reason: &str) -> anyhow
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.delete", skip_all)]
 pub async fn delete(db: &Database, asset: &Asset) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
-    let state: Option<String> = sqlx::query_scalar("DELETE FROM assets WHERE id = $1 RETURNING state")
-        .bind(&asset.id)
-        .fetch_optional(&mut *tx)
-        .await
-        .context("deleting asset")?;
-    let Some(state) = state else {
+    if !delete_in(&mut tx, asset).await? {
         tx.rollback().await.ok();
         return Ok(false);
-    };
-    if state != State::Rejected.as_str() {
-        release(&mut tx, &asset.owner_id, asset.size_bytes).await?;
     }
     tx.commit().await.context("committing deletion")?;
+    Ok(true)
+}
+
+/// `delete`, inside the caller's transaction (which an operator's takedown shares with its audit
+/// entry).
+pub async fn delete_in(tx: &mut platform::db::Tx, asset: &Asset) -> anyhow::Result<bool> {
+    let state: Option<String> = sqlx::query_scalar("DELETE FROM assets WHERE id = $1 RETURNING state")
+        .bind(&asset.id)
+        .fetch_optional(&mut **tx)
+        .await
+        .context("deleting asset")?;
+    let Some(state) = state else { return Ok(false) };
+    if state != State::Rejected.as_str() {
+        release(tx, &asset.owner_id, asset.size_bytes).await?;
+    }
     Ok(true)
 }
 
@@ -315,7 +355,7 @@ pub async fn overdue(db: &Database, older_than_ms: i64, limit: i64) -> anyhow::R
 /// Every asset of `owner` (for erasure), a page at a time.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.of_owner", skip_all)]
 pub async fn of_owner(db: &Database, owner: &str, limit: i64) -> anyhow::Result<Vec<Asset>> {
-    list(db, owner, None, limit).await
+    list(db, Filter { owner: Some(owner), state: None }, None, limit).await
 }
 
 /// Forgets `owner`'s usage row (after erasure).

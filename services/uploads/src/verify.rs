@@ -1,7 +1,10 @@
 //! The asynchronous side of uploads: checking a completed upload, erasing a deleted player's
-//! assets, and purging abandoned ones. Each is idempotent, since events arrive at least once.
+//! assets, and purging abandoned ones; and an operator's takedown, which deletes as they do. Each is idempotent, since events arrive at least once.
 
 use std::time::Duration;
+
+use anyhow::Context;
+use platform::auth::Admin;
 
 use crate::UploadsState;
 use crate::kinds::{SNIFF_BYTES, sniff_matches};
@@ -42,7 +45,7 @@ pub async fn check(state: &UploadsState, asset_id: &str) -> anyhow::Result<()> {
             if key == upload {
                 state.blobs.publish(&upload, &asset.object_key, &asset.content_type).await?;
             }
-            store::mark_ready(&state.db, &asset.id).await?;
+            store::mark_ready(&state.db, &asset).await?;
             tracing::info!(asset_id, purpose = asset.purpose, size = asset.size_bytes, "asset ready");
         }
         Err(reason) => {
@@ -103,6 +106,20 @@ pub async fn check_overdue(state: &UploadsState, after: Duration, release_after:
 pub async fn remove(state: &UploadsState, asset: &Asset) -> anyhow::Result<bool> {
     delete_bytes(state, asset).await?;
     store::delete(&state.db, asset).await
+}
+
+/// An operator's takedown of `asset`: its bytes (both keys), then its row with the audit entry
+/// in one transaction. False when the row was already gone (its bytes are gone too then).
+pub async fn take_down(state: &UploadsState, asset: &Asset, admin: &Admin, detail: &serde_json::Value) -> anyhow::Result<bool> {
+    delete_bytes(state, asset).await?;
+    let mut tx = state.db.begin().await?;
+    if !store::delete_in(&mut tx, asset).await? {
+        tx.rollback().await.ok();
+        return Ok(false);
+    }
+    platform::audit::record(&mut *tx, admin, "uploads.take_down", &format!("asset:{}", asset.id), detail).await?;
+    tx.commit().await.context("committing a takedown")?;
+    Ok(true)
 }
 
 /// Deletes every asset of `owner` and their usage. Returns how many.

@@ -64,6 +64,17 @@ pub async fn guest_session(api: &Api, device: &str) -> (String, String, String) 
     (me.body["id"].as_str().expect("id").to_owned(), access, refresh)
 }
 
+/// A named server key with `scopes`, made with the bootstrap key: (key id, key).
+pub async fn server_key(api: &Api, name: &str, scopes: &[&str]) -> (String, String) {
+    let made = api.post("/v1/admin/keys", Some(ADMIN_KEY), json!({"name": name, "scopes": scopes})).await.expect(201).body;
+    (made["id"].as_str().expect("key id").to_owned(), made["key"].as_str().expect("key").to_owned())
+}
+
+/// The audit log's entries matching `filter` (`action=accounts.ban&key=…`, or empty), newest first.
+pub async fn audit(api: &Api, filter: &str) -> Vec<Value> {
+    api.pages(&format!("/v1/admin/audit?limit=100&{filter}"), ADMIN_KEY, "entries").await
+}
+
 /// Two processes of the real binary on one fresh PostgreSQL database and Redis prefix, with the
 /// server key set and `adjust` applied to their environment.
 pub async fn two_processes(adjust: impl FnOnce(&mut TestEnv)) -> (TestEnv, Process, Process) {
@@ -212,6 +223,14 @@ impl Api {
         self.call(Method::POST, path, token, Some(body)).await
     }
 
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call(Method::DELETE, path, token, None).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(Method::PATCH, path, token, Some(body)).await
+    }
+
     /// Every item of a paginated list: follows `next_cursor` from `path` (which has a query
     /// string already) and collects the array under `field`.
     pub async fn pages(&self, path: &str, token: &str, field: &str) -> Vec<Value> {
@@ -254,6 +273,8 @@ impl Api {
 pub struct TestApp {
     pub api: Api,
     pub env: TestEnv,
+    /// The metrics listener's base URL, when started with `start_with_metrics`.
+    pub metrics_base: Option<String>,
     shutdown: platform::shutdown::Shutdown,
 }
 
@@ -278,13 +299,32 @@ impl TestApp {
 
     /// Starts a server on an existing environment (a second instance on the same backends).
     pub async fn start_on(env: TestEnv) -> Self {
+        Self::start_serving(env, false).await
+    }
+
+    /// Starts a server after `adjust`, with its metrics listener on a port of its own
+    /// (`metrics_base`), as `METRICS_ADDR` gives it.
+    pub async fn start_with_metrics(backend: Backend, adjust: impl FnOnce(&mut TestEnv)) -> Self {
+        let mut env = TestEnv::new(backend).await.expect("test environment");
+        adjust(&mut env);
+        Self::start_serving(env, true).await
+    }
+
+    async fn start_serving(env: TestEnv, metrics: bool) -> Self {
         let config = env.config().expect("config");
         let shutdown = platform::shutdown::Shutdown::new();
         let app = guildhall::App::build(config, shutdown.clone()).await.expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(app.serve(listener));
-        TestApp { api: Api::new(base), env, shutdown }
+        let (metrics_listener, metrics_base) = if metrics {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
+            let base = format!("http://{}", listener.local_addr().expect("metrics addr"));
+            (Some(listener), Some(base))
+        } else {
+            (None, None)
+        };
+        tokio::spawn(app.serve_with_metrics(listener, metrics_listener));
+        TestApp { api: Api::new(base), env, metrics_base, shutdown }
     }
 
     /// The test's database, for checks the API cannot make (no row left behind), as the user

@@ -21,6 +21,25 @@ impl EventType for AccountDeleted {
     const NAME: &'static str = "account.deleted";
 }
 
+/// An account was created (accounts): a registration with email and password, or a guest's first
+/// sign-in from a device. No email or other personal detail: a receiver that needs more asks the
+/// admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountCreated {
+    /// The new account.
+    pub account_id: String,
+    /// Its username (`guest_…` for a guest).
+    pub username: String,
+    /// True for a guest account (signed in by device id alone).
+    pub guest: bool,
+    /// When.
+    pub created_at: String,
+}
+
+impl EventType for AccountCreated {
+    const NAME: &'static str = "account.created";
+}
+
 /// A player said an upload finished (uploads); uploads checks the stored object off the
 /// request path and marks the asset ready or rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +50,48 @@ pub struct UploadCompleted {
 
 impl EventType for UploadCompleted {
     const NAME: &'static str = "upload.completed";
+}
+
+/// A completed upload passed its check and can be downloaded (uploads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadReady {
+    /// The asset.
+    pub asset_id: String,
+    /// Its owner.
+    pub owner_id: String,
+    /// `avatar`, `screenshot`, `replay` or `ugc`.
+    pub purpose: String,
+    /// Its declared and checked type.
+    pub content_type: String,
+    /// Its size.
+    pub size_bytes: i64,
+    /// When it became ready.
+    pub ready_at: String,
+}
+
+impl EventType for UploadReady {
+    const NAME: &'static str = "upload.ready";
+}
+
+/// A completed upload failed its check, or could not be checked for a day (uploads); its bytes
+/// are deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRejected {
+    /// The asset.
+    pub asset_id: String,
+    /// Its owner.
+    pub owner_id: String,
+    /// `avatar`, `screenshot`, `replay` or `ugc`.
+    pub purpose: String,
+    /// Why, e.g. `size_mismatch: the stored size differs from the declared size`; the part
+    /// before the colon is a stable code.
+    pub reason: String,
+    /// When.
+    pub rejected_at: String,
+}
+
+impl EventType for UploadRejected {
+    const NAME: &'static str = "upload.rejected";
 }
 
 /// A player reported a chat message to moderators (chat). The message as it was then is
@@ -63,6 +124,31 @@ pub struct MessageReported {
 
 impl EventType for MessageReported {
     const NAME: &'static str = "chat.message_reported";
+}
+
+/// A player was muted or banned in chat, in one channel or everywhere (chat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SanctionIssued {
+    /// The sanctioned player.
+    pub account_id: String,
+    /// `mute` or `ban`.
+    pub kind: String,
+    /// `global` or a channel id.
+    pub scope: String,
+    /// When it ends; `None` for good.
+    pub until: Option<String>,
+    /// Why, as the issuer wrote it.
+    pub reason: Option<String>,
+    /// The authority it was issued with: `server`, `owner` or `moderator`.
+    pub issued_by: String,
+    /// The owner's or moderator's account; `None` for the server key.
+    pub issuer_id: Option<String>,
+    /// When.
+    pub issued_at: String,
+}
+
+impl EventType for SanctionIssued {
+    const NAME: &'static str = "chat.sanction_issued";
 }
 
 /// A board's season ended (leaderboard), with its final standings' top, for rewards.

@@ -28,6 +28,7 @@
 
 pub mod catalog;
 pub mod dead;
+pub mod metrics;
 pub mod outbox;
 pub mod relay;
 pub mod sqs;
@@ -36,7 +37,11 @@ pub mod subscription;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use catalog::{AccountDeleted, MessageReported, SeasonClosed, SeasonPlacing, UploadCompleted};
+pub use catalog::{
+    AccountCreated, AccountDeleted, MessageReported, SanctionIssued, SeasonClosed, SeasonPlacing, UploadCompleted, UploadReady,
+    UploadRejected,
+};
+pub use metrics::{EventMetrics, register_outbox_metrics};
 pub use outbox::record;
 pub use relay::{MAX_ATTEMPTS, Relay};
 pub use sqs::{QueueConsumer, Queues};
@@ -68,10 +73,16 @@ pub type TraceHeaders = std::collections::BTreeMap<String, String>;
 
 /// Who consumes each event type, for the SQS transport, where the relay cannot see the
 /// subscriptions of services running elsewhere. Event types missing here have no consumer.
+/// `webhooks` takes every event an operator can subscribe a webhook to.
 pub const ROUTES: &[(&str, &[&str])] = &[
-    (AccountDeleted::NAME, &["leaderboard", "uploads", "chat"]),
+    (AccountCreated::NAME, &["webhooks"]),
+    (AccountDeleted::NAME, &["leaderboard", "uploads", "chat", "webhooks"]),
     (UploadCompleted::NAME, &["uploads"]),
-    (MessageReported::NAME, &["chat"]),
+    (UploadReady::NAME, &["webhooks"]),
+    (UploadRejected::NAME, &["webhooks"]),
+    (MessageReported::NAME, &["chat", "webhooks"]),
+    (SanctionIssued::NAME, &["webhooks"]),
+    (SeasonClosed::NAME, &["webhooks"]),
 ];
 
 /// The consumers of `event_type` (see `ROUTES`).

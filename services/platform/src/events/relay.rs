@@ -8,7 +8,7 @@ use anyhow::Context;
 use sqlx::Row;
 use tracing::Instrument;
 
-use super::{Event, Queues, Subscription, consumers_of, handle_once};
+use super::{Event, EventMetrics, Queues, Subscription, consumers_of, handle_once};
 use crate::db::{Database, now_millis};
 use crate::shutdown::Shutdown;
 
@@ -49,17 +49,24 @@ enum Transport {
 pub struct Relay {
     db: Database,
     transport: Transport,
+    metrics: EventMetrics,
 }
 
 impl Relay {
     /// A relay over `db` delivering in process to `subscriptions`.
     pub fn new(db: Database, subscriptions: Vec<Subscription>) -> Self {
-        Self { db, transport: Transport::InProcess(Arc::new(subscriptions)) }
+        Self { db, transport: Transport::InProcess(Arc::new(subscriptions)), metrics: EventMetrics::default() }
     }
 
     /// A relay over `db` sending to the consumers' SQS queues.
     pub fn sqs(db: Database, queues: Queues) -> Self {
-        Self { db, transport: Transport::Sqs(queues) }
+        Self { db, transport: Transport::Sqs(queues), metrics: EventMetrics::default() }
+    }
+
+    /// Counts deliveries (and, in process, each consumer's handling) into `metrics`.
+    pub fn with_metrics(mut self, metrics: EventMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Delivers until shutdown, then finishes the round in hand.
@@ -115,8 +122,12 @@ impl Relay {
         let events = self.claim().await?;
         for (event, attempts) in &events {
             match self.publish(event).await {
-                Ok(()) => self.mark_sent(event).await?,
+                Ok(()) => {
+                    self.mark_sent(event).await?;
+                    self.metrics.delivered();
+                }
                 Err(err) => {
+                    self.metrics.delivery_failed();
                     // A dependency outage says nothing about the event: retry it, but do not
                     // count the attempt towards parking it as dead.
                     let counts = crate::error::unavailable_dependency(&err).is_none();
@@ -187,7 +198,12 @@ impl Relay {
         match &self.transport {
             Transport::InProcess(subscriptions) => {
                 for subscription in subscriptions.iter().filter(|s| s.handles(event)) {
-                    if let Err(err) = handle_once(&self.db, subscription, event).await {
+                    if let Some(age) = super::metrics::age_of(&event.id) {
+                        self.metrics.waited(subscription.consumer, age);
+                    }
+                    let handled = handle_once(&self.db, subscription, event).await;
+                    self.metrics.handled(subscription.consumer, handled.is_ok());
+                    if let Err(err) = handled {
                         tracing::warn!(
                             consumer = subscription.consumer,
                             event_id = event.id,

@@ -13,7 +13,7 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, MessageSystemAttributeNameForSends, MessageSystemAttributeValue,
 };
 
-use super::{Event, Subscription, TraceHeaders, handle_once};
+use super::{Event, EventMetrics, Subscription, TraceHeaders, handle_once};
 use crate::config::{AwsConfig, QueueConfig};
 use crate::db::Database;
 use crate::shutdown::Shutdown;
@@ -98,12 +98,15 @@ pub struct QueueConsumer {
     queues: Queues,
     consumer: &'static str,
     subscriptions: Arc<Vec<Subscription>>,
+    metrics: EventMetrics,
 }
 
 /// One received message, parsed.
 struct Received {
     receipt: String,
     receives: u32,
+    /// How long it was in the queue before this receipt (from SQS's `SentTimestamp`).
+    waited: Option<Duration>,
     event: Result<Event, String>,
 }
 
@@ -112,7 +115,7 @@ impl QueueConsumer {
     /// (all of `consumer`) that handles its type.
     pub fn new(db: Database, queues: Queues, consumer: &'static str, subscriptions: Vec<Subscription>) -> Self {
         debug_assert!(subscriptions.iter().all(|s| s.consumer == consumer));
-        Self { db, queues, consumer, subscriptions: Arc::new(subscriptions) }
+        Self { db, queues, consumer, subscriptions: Arc::new(subscriptions), metrics: EventMetrics::default() }
     }
 
     /// One consumer per consuming service among `subscriptions`.
@@ -125,6 +128,13 @@ impl QueueConsumer {
             }
         }
         consumers
+    }
+
+    /// Counts what this consumer handles, and how long messages waited in its queue, into
+    /// `metrics`.
+    pub fn with_metrics(mut self, metrics: EventMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The consuming service.
@@ -227,6 +237,9 @@ impl QueueConsumer {
     /// `MAX_RETRY_DELAY`) until the redrive policy moves it to the dead-letter queue.
     async fn handle(&self, message: &Received, shutdown: &Shutdown) -> bool {
         let consumer = self.consumer;
+        if let Some(waited) = message.waited {
+            self.metrics.waited(consumer, waited);
+        }
         let handled = match &message.event {
             Err(reason) => {
                 tracing::error!(consumer, receives = message.receives, reason, "unreadable message; it will land in the dead-letter queue");
@@ -259,6 +272,7 @@ impl QueueConsumer {
                         pause = (pause * 2).min(OUTAGE_RETRY_MAX);
                     };
                     heartbeat.abort();
+                    self.metrics.handled(consumer, result.is_ok());
                     match result {
                         Ok(()) => true,
                         Err(err) => {
@@ -356,6 +370,12 @@ fn parse_message(message: aws_sdk_sqs::types::Message) -> Option<Received> {
         .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
+    let waited = message
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+        .and_then(|ms| ms.parse::<i64>().ok())
+        .map(|sent| Duration::from_millis(u64::try_from(crate::db::now_millis() - sent).unwrap_or(0)));
     let event = (|| {
         let body: serde_json::Value =
             serde_json::from_str(message.body.as_deref().unwrap_or("")).map_err(|e| format!("body is not JSON: {e}"))?;
@@ -369,5 +389,5 @@ fn parse_message(message: aws_sdk_sqs::types::Message) -> Option<Received> {
         }
         Ok(Event { id: field("id")?, event_type: field("type")?, payload: body["payload"].clone(), trace })
     })();
-    Some(Received { receipt, receives, event })
+    Some(Received { receipt, receives, waited, event })
 }
