@@ -70,6 +70,8 @@ impl App {
 
         let mut router = health::router(HealthState { db: db.clone(), cache: cache.clone(), shutdown: shutdown.clone() });
         let mut workers = Vec::new();
+        // Every process's live figures, for the console's `/v1/admin/stats` (whichever serves it).
+        workers.push(tokio::spawn(platform::admin::stats::publish(metrics.clone(), cache.clone(), shutdown.clone())));
         let mut subscriptions = Vec::new();
         for service in &config.services {
             match service {
@@ -89,7 +91,7 @@ impl App {
                         router = router.merge(accounts::router(state));
                         // The server keys and the audit log belong to no service; the ALB sends
                         // their routes to accounts.
-                        let admin = platform::admin::AdminState { db: db.clone(), keys: admin_key.clone() };
+                        let admin = platform::admin::AdminState { db: db.clone(), keys: admin_key.clone(), cache: cache.clone() };
                         router = router.merge(platform::admin::router(admin));
                     }
                 }

@@ -1112,6 +1112,8 @@ async fn a_key_revoked_on_one_process_stops_working_on_every_other() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     b.get("/v1/admin/accounts", Some(&key)).await.expect_error(401, "invalid_token");
+}
+
 /// One scrape of `/metrics`, parsed: each sample line's series (`name{labels}` as written) and
 /// value. Checks the format on the way: every sample belongs to a family announced by a `# TYPE`
 /// line, and every histogram's buckets rise and end in `+Inf` equal to its `_count`.
