@@ -86,6 +86,8 @@ impl App {
 
         let mut router = health::router(HealthState { db: serving_db, cache: cache.clone(), shutdown: shutdown.clone() });
         let mut workers = Vec::new();
+        // Every process's live figures, for the console's `/v1/admin/stats` (whichever serves it).
+        workers.push(tokio::spawn(platform::admin::stats::publish(metrics.clone(), cache.clone(), shutdown.clone())));
         let mut subscriptions = Vec::new();
         for service in &config.services {
             // A worker process serves no API: its states exist for the event work alone.
@@ -98,7 +100,7 @@ impl App {
                         router = router.merge(accounts::router(state));
                         // The server keys and the audit log belong to no service; the ALB sends
                         // their routes to accounts.
-                        let admin = platform::admin::AdminState { db, keys: admin_key.clone() };
+                        let admin = platform::admin::AdminState { db, keys: admin_key.clone(), cache: cache.clone() };
                         router = router.merge(platform::admin::router(admin));
                     }
                 }

@@ -101,8 +101,8 @@ impl Browser {
         self.call(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": []}))).await
     }
 
-    /// Waits (10 s at most) until `css` matches an element whose text contains `text`, and returns
-    /// that element's text.
+    /// Waits (20 s at most: the console's live figures move every 5 s) until `css` matches an
+    /// element whose text contains `text`, and returns that element's text.
     pub async fn wait_for_text(&self, css: &str, text: &str) -> String {
         let started = Instant::now();
         let script = format!(
@@ -114,9 +114,9 @@ impl Browser {
             if let Some(found) = self.script(&script).await.as_str() {
                 return found.to_owned();
             }
-            if started.elapsed() > Duration::from_secs(10) {
+            if started.elapsed() > Duration::from_secs(20) {
                 let page = self.script("return document.body.innerText").await;
-                panic!("no `{css}` containing {text:?} within 10 s; the page reads:\n{}", page.as_str().unwrap_or(""));
+                panic!("no `{css}` containing {text:?} within 20 s; the page reads:\n{}", page.as_str().unwrap_or(""));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

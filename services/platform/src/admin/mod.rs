@@ -8,6 +8,7 @@
 //! that serves accounts; the ALB sends `/v1/admin/keys*` and `/v1/admin/audit*` there.
 
 pub mod keys;
+pub mod stats;
 
 use axum::Router;
 use axum::extract::FromRef;
@@ -26,6 +27,8 @@ pub struct AdminState {
     pub db: Database,
     /// The server keys (revocations make it forget what it remembered).
     pub keys: AdminKey,
+    /// Where every process publishes its live figures (`stats`).
+    pub cache: crate::cache::Cache,
 }
 
 impl FromRef<AdminState> for AdminKey {
@@ -41,15 +44,16 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/admin/keys/me", get(keys::me))
         .route("/v1/admin/keys/{id}", delete(keys::revoke))
         .route("/v1/admin/audit", get(crate::audit::list))
+        .route("/v1/admin/stats", get(stats::stats))
         .with_state(state)
 }
 
 /// The OpenAPI description of the key and audit routes.
 #[derive(OpenApi)]
 #[openapi(
-    paths(keys::create_key, keys::list, keys::me, keys::revoke, crate::audit::list),
+    paths(keys::create_key, keys::list, keys::me, keys::revoke, crate::audit::list, stats::stats),
     components(schemas(
-        keys::Scope, keys::CreateKey, keys::KeyView, keys::KeyIdentity, keys::CreatedKey, keys::KeyPage, crate::audit::AuditEntry, crate::audit::AuditPage,
+        keys::Scope, keys::CreateKey, keys::KeyView, keys::KeyIdentity, stats::Stats, keys::CreatedKey, keys::KeyPage, crate::audit::AuditEntry, crate::audit::AuditPage,
         crate::error::ErrorBody
     )),
     tags((name = "admin", description = "Server keys and the audit log (operators)"))
