@@ -12,11 +12,12 @@
 
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM guildhall_accounts, guildhall_leaderboard, guildhall_uploads, guildhall_chat, guildhall_worker;
 
--- Every service writes its events to the outbox in the transaction of its change; the relay
+-- Every service writes its events to the outbox in the transaction of its change, and so do
+-- the worker's consumers (an upload checked is `upload.ready` or `upload.rejected`); the relay
 -- (the worker) reads, leases, marks and purges them, and re-drives dead ones (`guildhall
 -- events`). The consumers remember what they handled; the relay purges that too.
 GRANT INSERT ON outbox TO guildhall_accounts, guildhall_leaderboard, guildhall_uploads, guildhall_chat;
-GRANT SELECT, UPDATE, DELETE ON outbox TO guildhall_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO guildhall_worker;
 GRANT SELECT, INSERT, DELETE ON consumed_events TO guildhall_worker;
 
 -- Ended sessions: accounts records them in the transaction that ends them and prunes them; every
@@ -42,11 +43,12 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON accounts, sessions, refresh_tokens, acco
 GRANT SELECT, INSERT, DELETE ON webhooks TO guildhall_accounts;
 GRANT SELECT, UPDATE, DELETE ON webhook_deliveries TO guildhall_accounts;
 
--- leaderboard: boards (made, changed, their season advanced, deleted by operators), records
--- written in group commits (upserts under FOR UPDATE) and deleted by operators, archived seasons,
--- idempotency keys (and their purge), index checks (written, claimed, finished).
+-- leaderboard: boards (made, changed, their season advanced, deleted by operators with all
+-- theirs), records written in group commits (upserts under FOR UPDATE) and deleted by operators,
+-- archived seasons (counted down when an operator deletes a record), idempotency keys (and their
+-- purge), index checks (written, claimed, finished).
 GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboards, leaderboard_records TO guildhall_leaderboard;
-GRANT SELECT, INSERT ON leaderboard_seasons TO guildhall_leaderboard;
+GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboard_seasons TO guildhall_leaderboard;
 GRANT SELECT, INSERT, DELETE ON leaderboard_submission_keys TO guildhall_leaderboard;
 GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboard_index_checks TO guildhall_leaderboard;
 

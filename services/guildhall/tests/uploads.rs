@@ -429,7 +429,8 @@ async fn each_process_of_the_ecs_shape_logs_in_as_its_own_role() {
         env.set("SERVICES", service).set("RUN_EVENT_WORKERS", "false");
         TestApp::start_on(env)
     };
-    let accounts = api("accounts", Role::Accounts).await;
+    // As on ECS, the accounts task serves the webhooks admin API too, on accounts' login.
+    let accounts = api("accounts,webhooks", Role::Accounts).await;
     let leaderboard = api("leaderboard", Role::Leaderboard).await;
     let uploads = api("uploads", Role::Uploads).await;
     let chat = api("chat", Role::Chat).await;

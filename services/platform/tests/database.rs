@@ -297,8 +297,9 @@ async fn roles_are_made_once_and_hold_only_their_own_tables() {
     .expect("orphans");
     assert!(orphans.is_empty(), "tables no role may use: {orphans:?}; grant them in their migration");
 
-    // The API services share no table but the outbox, where they only append, and the ended
-    // sessions, which only accounts (which ends them) writes and the others only read.
+    // The API services share no table but those of the platform: the outbox and the audit log,
+    // to which the others only append, and the ended sessions and the server keys, which accounts
+    // (which ends sessions and serves the keys' routes) writes and the others only read.
     let tables_of = |role: Role| {
         sqlx::query_as::<_, (String, String)>(
             "SELECT c.relname::text, a.privilege_type::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, \
@@ -306,6 +307,7 @@ async fn roles_are_made_once_and_hold_only_their_own_tables() {
         )
         .bind(role.name())
     };
+    let platform = [("outbox", "INSERT"), ("admin_audit", "INSERT"), ("session_revocations", "SELECT"), ("admin_keys", "SELECT")];
     let api = [Role::Accounts, Role::Leaderboard, Role::Uploads, Role::Chat];
     let mut grants = Vec::new();
     for role in api {
@@ -314,18 +316,13 @@ async fn roles_are_made_once_and_hold_only_their_own_tables() {
     for (i, a) in grants.iter().enumerate() {
         assert!(a.iter().filter(|(t, _)| t == "outbox").all(|(_, p)| p == "INSERT"), "{:?} only appends to the outbox", api[i]);
         if api[i] != Role::Accounts {
-            assert!(
-                a.iter().filter(|(t, _)| t == "session_revocations").all(|(_, p)| p == "SELECT"),
-                "{:?} only reads revocations",
-                api[i]
-            );
+            for (table, only) in platform {
+                assert!(a.iter().filter(|(t, _)| t == table).all(|(_, p)| p == only), "{:?} may only {only} {table}: {a:?}", api[i]);
+            }
         }
         for (j, b) in grants.iter().enumerate().skip(i + 1) {
-            let shared: Vec<&String> = a
-                .iter()
-                .map(|(t, _)| t)
-                .filter(|t| !["outbox", "session_revocations"].contains(&t.as_str()) && b.iter().any(|(u, _)| u == *t))
-                .collect();
+            let shared: Vec<&String> =
+                a.iter().map(|(t, _)| t).filter(|t| !platform.iter().any(|(p, _)| p == t) && b.iter().any(|(u, _)| u == *t)).collect();
             assert!(shared.is_empty(), "{:?} and {:?} share {shared:?}", api[i], api[j]);
         }
     }
