@@ -295,7 +295,7 @@ async fn roles_are_made_once_and_hold_only_their_own_tables() {
     .fetch_all(&mut one)
     .await
     .expect("orphans");
-    assert!(orphans.is_empty(), "tables no role may use: {orphans:?}; grant them in their migration");
+    assert!(orphans.is_empty(), "tables no role may use: {orphans:?}; grant them in migrations/postgres-grants.sql");
 
     // The API services share no table but those of the platform: the outbox and the audit log,
     // to which the others only append, and the ended sessions and the server keys, which accounts
