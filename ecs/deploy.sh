@@ -29,7 +29,7 @@
 #   WAIT_POLL_SECS    how often --wait looks (default 15)
 #   Every placeholder of the task definitions (${NAME} in the JSON) comes from the variable NAME
 #   when it is set, otherwise from the stack's output of the same name in CamelCase
-#   (DATABASE_URL_SECRET_ARN <- DatabaseUrlSecretArn). TASK_ROLE_ARN and EXECUTION_ROLE_ARN are
+#   (REDIS_URL_SECRET_ARN <- RedisUrlSecretArn). TASK_ROLE_ARN and EXECUTION_ROLE_ARN are
 #   per task definition: <SERVICE>_TASK_ROLE_ARN (ACCOUNTS_TASK_ROLE_ARN <- AccountsTaskRoleArn)
 #   and <SERVICE>_EXECUTION_ROLE_ARN (ACCOUNTS_EXECUTION_ROLE_ARN <- AccountsExecutionRoleArn, and
 #   MIGRATE_EXECUTION_ROLE_ARN for the migrate task). ACCOUNT_ID defaults to the caller's account.
@@ -45,7 +45,7 @@ all_services=(accounts leaderboard uploads chat worker)
 balanced=" accounts leaderboard uploads chat "
 # Placeholders shared by every task definition; TASK_ROLE_ARN and EXECUTION_ROLE_ARN are set per
 # task definition (each execution role may read only the secrets its own task definition names).
-shared=(IMAGE AWS_REGION ACCOUNT_ID STACK_NAME DATABASE_URL_SECRET_ARN
+shared=(IMAGE AWS_REGION ACCOUNT_ID STACK_NAME DATABASE_HOST DATABASE_PORT DATABASE_MASTER_SECRET_ARN
   REDIS_URL_SECRET_ARN ADMIN_KEY_SECRET_ARN TOKEN_SIGNING_KEY_SECRET_ARN
   TOKEN_VERIFY_KEY_PARAMETER_ARN ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET CDN_BASE_URL PUBLIC_URL
   API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL)

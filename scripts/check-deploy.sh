@@ -3,8 +3,9 @@
 # docker-compose.yml (docker-compose config and the stack's own rules), the CloudFormation template
 # (cfn-lint, and checkov's policies on it and the Dockerfile), the ECS task definitions (botocore's
 # model of RegisterTaskDefinition, as ecs/deploy.sh fills them), the stack's own rules (the HTTPS
-# edge, WAF and access logs; execution roles against the secrets; the ADOT sidecar's memory;
-# health checks and drain timing, database connections within Aurora's limit, alarms),
+# edge, WAF and access logs; execution roles against the secrets; database logins (IAM per role,
+# the RDS CA bundle); the ADOT sidecar's memory; health checks and drain timing, database
+# connections within Aurora's limit, alarms),
 # ecs/deploy.sh's judgement of a rollout on recorded DescribeServices answers, a rehearsal of
 # ecs/deploy.sh and of the compose stack's aws-init step against moto's server, and the k6 scripts
 # (loaded by the real k6, which resolves every import and module).
@@ -155,12 +156,12 @@ compose_config() {
 
 # The stack's own rules, on the configuration as compose resolves it: each Guildhall container
 # read-only with a health check and a stop grace period covering drain + grace; the split
-# services one service each without in-process workers; the dev public key matching the dev
-# signing key.
+# services one service each without in-process workers, each logging in as its database role;
+# the dev public key matching the dev signing key.
 compose_rules() {
   docker-compose -f docker-compose.yml --profile monolith config >"$logs/compose.yml"
   python - "$logs/compose.yml" <<'EOF'
-import sys, yaml
+import re, sys, yaml
 from cryptography.hazmat.primitives import serialization
 
 services = yaml.safe_load(open(sys.argv[1]))["services"]
@@ -179,6 +180,14 @@ for name, service in services.items():
         problems.append(f"{name}: root filesystem not read-only")
     if not str(env.get("DATA_DIR", "")).startswith("/tmp"):
         problems.append(f"{name}: DATA_DIR must be under the writable /tmp")
+    # As on ECS, each split service and the worker log in as their own database role; migrate as
+    # the tables' owner; the monolith as the owner with a role per service.
+    login = re.match(r"postgres://([^:@/]+)[:@]", str(env.get("DATABASE_URL", "")))
+    own = "guildhall" if command == ["migrate"] or name == "guildhall" else f"guildhall_{name}"
+    if not login or login.group(1) != own:
+        problems.append(f"{name}: DATABASE_URL must log in as {own}")
+    if name == "guildhall" and str(env.get("DATABASE_SERVICE_ROLES")) != "true":
+        problems.append("guildhall (the monolith): DATABASE_SERVICE_ROLES must be true, so each service keeps to its grants")
     if command == ["migrate"]:
         continue
     if "healthcheck" not in " ".join(service.get("healthcheck", {}).get("test", [])):
@@ -282,7 +291,8 @@ dummy_deploy_env() {
   local arn=arn:aws
   export IMAGE=123456789012.dkr.ecr.eu-west-1.amazonaws.com/guildhall:check AWS_REGION=eu-west-1
   export ACCOUNT_ID=123456789012 STACK_NAME=guildhall
-  export DATABASE_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-database-url-AbCdEf
+  export DATABASE_HOST=guildhall.cluster-c0ffee123456.eu-west-1.rds.amazonaws.com DATABASE_PORT=5432
+  export DATABASE_MASTER_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-0a1b2c3d-AbCdEf
   export REDIS_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-redis-url-AbCdEf
   export ADMIN_KEY_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-admin-key-AbCdEf
   export TOKEN_SIGNING_KEY_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-signing-key-AbCdEf
@@ -315,6 +325,8 @@ model = botocore.session.get_session().get_service_model("ecs")
 shape = model.operation_model("RegisterTaskDefinition").input_shape
 problems = []
 api = {"accounts", "leaderboard", "uploads", "chat"}
+# Where the image puts the RDS CA bundle.
+bundle = re.search(r"^COPY --from=build /rds-global-bundle.pem (\S+)$", open("docker/Dockerfile").read(), re.M).group(1)
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     name = os.path.basename(path)[:-5]
     task = json.load(open(path))
@@ -338,8 +350,20 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
             problems.append(f"{name}/{c['name']}: root filesystem not read-only")
         if c.get("logConfiguration", {}).get("logDriver") != "awslogs":
             problems.append(f"{name}/{c['name']}: not logging with awslogs")
-    if "DATABASE_URL" not in secrets or "DATABASE_URL" in env:
-        problems.append(f"{name}: DATABASE_URL must come from a secret")
+    # Every task logs in to the writer by name with sslmode=verify-full against the RDS bundle the
+    # image carries: the services as their own roles with IAM tokens, migrate as the master user
+    # with the password RDS keeps. No URL holds a password, so none is a secret.
+    user = "guildhall" if name == "migrate" else f"guildhall_{name}"
+    expected = (f"postgres://{user}@{os.environ['DATABASE_HOST']}:{os.environ['DATABASE_PORT']}/guildhall"
+                f"?sslmode=verify-full&sslrootcert={bundle}")
+    if "DATABASE_URL" in secrets or env.get("DATABASE_URL") != expected:
+        problems.append(f"{name}: DATABASE_URL must be the plain value {expected}, not {env.get('DATABASE_URL')}")
+    password = [s["valueFrom"] for s in app.get("secrets", []) if s["name"] == "DATABASE_PASSWORD"]
+    if name == "migrate":
+        if password != [os.environ["DATABASE_MASTER_SECRET_ARN"] + ":password::"] or "DATABASE_IAM_AUTH" in env:
+            problems.append("migrate: DATABASE_PASSWORD must be the password key of the master user's secret, without IAM")
+    elif password or env.get("DATABASE_IAM_AUTH") != "true":
+        problems.append(f"{name}: must log in with IAM tokens (DATABASE_IAM_AUTH=true) and no password")
     if not env.get("DATABASE_MAX_CONNECTIONS", "").isdigit():
         problems.append(f"{name}: DATABASE_MAX_CONNECTIONS must be set (the stack sizes it)")
     if name == "migrate":
@@ -586,7 +610,8 @@ for path in sorted(glob.glob("ecs/task-definitions/*.json")):
     injected = {}
     for container in task["containerDefinitions"]:
         for secret in container.get("secrets", []):
-            placeholder = re.fullmatch(r"\$\{([A-Z_]+)\}", secret["valueFrom"])
+            # A Secrets Manager secret, or one JSON key of it (`${ARN}:password::`).
+            placeholder = re.fullmatch(r"\$\{([A-Z_]+)\}(?::[A-Za-z0-9_]+::)?", secret["valueFrom"])
             if not placeholder or camel(placeholder.group(1)) not in outputs:
                 problems.append(f"{family}/{container['name']}: {secret['name']} must come from a stack output")
                 continue
@@ -616,6 +641,88 @@ signing = sorted(role for role, family in roles_seen.items() if family != "accou
                  and '{"Ref": "TokenSigningKeySecretArn"}' in json.dumps(resources[role]["Properties"].get("Policies", []), sort_keys=True))
 if signing:
     problems.append(f"only accounts' execution role may read the signing key, not {signing}")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+}
+
+# Aurora's logins: IAM authentication on, the master password RDS's own; each service's task role
+# may connect as its own database role only (the user its task definition's DATABASE_URL names),
+# and those are the roles migration 0012 makes; no other role may connect at all. The instances
+# pin the CA whose roots the image's bundle holds, and the bundle is the one reviewed (its
+# SHA-256 in the Dockerfile, which the image build checks too): every certificate in it a
+# self-signed Amazon RDS root CA, valid for a year yet at least.
+database_logins() {
+  python - <<'EOF'
+import datetime, glob, hashlib, json, os, re, sys
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from cfn import template, of_type
+
+problems = []
+resources = template()["Resources"]
+cluster = resources["DatabaseCluster"]["Properties"]
+if cluster.get("EnableIAMDatabaseAuthentication") is not True:
+    problems.append("DatabaseCluster: EnableIAMDatabaseAuthentication must be true")
+if cluster.get("ManageMasterUserPassword") is not True or "MasterUserPassword" in cluster:
+    problems.append("DatabaseCluster: the master password must be RDS's (ManageMasterUserPassword), not the stack's")
+cas = {name: r["Properties"].get("CACertificateIdentifier") for name, r in of_type(resources, "AWS::RDS::DBInstance").items()}
+if set(cas.values()) != {"rds-ca-rsa2048-g1"}:
+    problems.append(f"every instance must pin CACertificateIdentifier rds-ca-rsa2048-g1: {cas}")
+
+migration = open("migrations/postgres/0012_service_roles.sql").read()
+made = set(re.findall(r"'(guildhall_[a-z]+)'", re.search(r"ARRAY\[([^\]]+)\]", migration).group(1)))
+connects = {}
+for name, role in of_type(resources, "AWS::IAM::Role").items():
+    for policy in role["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            if statement["Effect"] == "Allow" and any(a == "*" or a.startswith("rds-db:") for a in actions):
+                listed = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                connects.setdefault(name, []).extend(json.dumps(r) for r in listed)
+for path in sorted(glob.glob("ecs/task-definitions/*.json")):
+    family = os.path.basename(path)[:-5]
+    if family == "migrate":
+        continue
+    app = next(c for c in json.load(open(path))["containerDefinitions"] if c["name"] == "guildhall")
+    url = {e["name"]: e["value"] for e in app.get("environment", [])}.get("DATABASE_URL", "")
+    user = re.match(r"postgres://([^:@/]+)@", url)
+    role = f"{family.capitalize()}TaskRole"
+    if not user or user.group(1) != f"guildhall_{family}" or user.group(1) not in made:
+        problems.append(f"{family}: DATABASE_URL must name guildhall_{family}, a role migration 0012 makes")
+        continue
+    arn = ("arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}:dbuser:"
+           f"${{DatabaseCluster.DBClusterResourceId}}/{user.group(1)}")
+    if connects.pop(role, None) != [json.dumps({"Fn::Sub": arn})]:
+        problems.append(f"{role}: must allow rds-db:connect on {arn} and nothing else")
+for role, arns in connects.items():
+    problems.append(f"{role} may connect to the database ({arns}); only the services' task roles may, each as its own user")
+if len(made) != 5:
+    problems.append(f"migration 0012 makes {sorted(made)}: one role per service and the worker's")
+
+dockerfile = open("docker/Dockerfile").read()
+pinned = re.search(r'echo "([0-9a-f]{64})  /rds-global-bundle.pem" >/rds-global-bundle.sha256', dockerfile)
+data = open("docker/rds-global-bundle.pem", "rb").read()
+digest = hashlib.sha256(data).hexdigest()
+if not pinned or digest != pinned.group(1):
+    problems.append("docker/rds-global-bundle.pem is not the bundle whose SHA-256 docker/Dockerfile checks")
+certificates = x509.load_pem_x509_certificates(data)
+soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=365)
+families = set()
+for cert in certificates:
+    name = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    org = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+    found = re.fullmatch(r"Amazon RDS (.+) Root CA (RSA2048|RSA4096|ECC384) G1", name)
+    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    if not found or org != "Amazon Web Services, Inc." or cert.issuer != cert.subject or not basic.ca:
+        problems.append(f"the bundle holds {cert.subject.rfc4514_string()}, not a self-signed Amazon RDS root CA")
+    elif cert.not_valid_after_utc < soon:
+        problems.append(f"{name} expires on {cert.not_valid_after_utc:%Y-%m-%d}: refresh the bundle (ecs/README.md)")
+    else:
+        families.add(found.group(2))
+if len(certificates) < 90 or families != {"RSA2048", "RSA4096", "ECC384"}:
+    problems.append(f"the bundle holds {len(certificates)} certificates of {sorted(families)}: not the global bundle")
+print(f"IAM logins as {len(made)} roles; the RDS bundle: {len(certificates)} root CAs, sha256 {digest[:16]}")
 if problems:
     sys.exit("\n".join(problems))
 EOF
@@ -1141,6 +1248,7 @@ check "checkov on the template and the Dockerfile (skips say why)" checkov_scan
 check "task definitions vs botocore's ECS model and the stack" task_definitions
 check "edge: HTTPS only, WAF rate rule per IP, ALB access logs" stack_edge
 check "execution roles read exactly their task definition's secrets" execution_roles
+check "database: IAM login per role, managed master password, RDS CA bundle" database_logins
 check "ADOT sidecar not essential, memory_limiter within its memory" collector_memory
 check "ALB health checks and drain timing vs task definitions" stack_health
 check "database connections at peak within Aurora's limit" database_connections

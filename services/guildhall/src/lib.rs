@@ -13,7 +13,7 @@ use platform::auth::{AdminKey, Authenticator};
 use platform::blobs::Blobs;
 use platform::cache::Cache;
 use platform::config::{CacheConfig, Config, DatabaseConfig, Service};
-use platform::db::Database;
+use platform::db::{Database, Databases, Role};
 use platform::events::{QueueConsumer, Queues, Relay};
 use platform::health::{self, HealthState};
 use platform::http::{self, HttpSettings};
@@ -31,7 +31,7 @@ pub use openapi::document as openapi;
 /// A built Guildhall: its router, its backends and its background work, ready to serve.
 pub struct App {
     router: Router,
-    db: Database,
+    dbs: Databases,
     shutdown: Shutdown,
     config: Config,
     workers: Vec<JoinHandle<()>>,
@@ -56,89 +56,87 @@ impl App {
 
     /// Like `build`, for `mode`.
     pub async fn build_as(config: Config, shutdown: Shutdown, mode: Mode) -> anyhow::Result<Self> {
-        let db = Database::connect(&config.database).await?;
+        let main = Database::connect(&config.database).await?;
         if config.run_migrations {
-            db.migrate().await?;
+            main.migrate().await?;
         }
+        // After the migrations, which make the roles (DATABASE_SERVICE_ROLES).
+        let dbs = Databases::connect(&config.database, main).await?;
+        let events_here = mode == Mode::Worker || config.run_event_workers;
+        // The relay, the consumers and the webhook deliveries run as the worker's role, as in a
+        // `guildhall worker` process: where the roles have pools of their own, a consuming
+        // service gets a second state over the worker's pool for that work.
+        let worker_db = dbs.of(Role::Worker).clone();
+        let consumers_apart = dbs.has_role_pools() && mode == Mode::Serve;
+        // Readiness, the token checks' reads of revoked sessions and the server keys' checks
+        // (which every service's role may make) go through the pool that serves: with pools per
+        // role, the first service's (the worker's in a worker), whose breaker the requests share.
+        let serving_db = match (mode, config.services.first()) {
+            (Mode::Serve, Some(service)) => dbs.of(Role::of(*service)).clone(),
+            _ => worker_db.clone(),
+        };
         let cache = Cache::connect(&config.cache).await?;
         let metrics = Metrics::new();
-        db.register_metrics(&metrics);
+        serving_db.register_metrics(&metrics);
         cache.register_metrics(&metrics);
         let keys = Arc::new(TokenKeys::load(&config.tokens, &config.data_dir)?);
-        let auth = Authenticator::new(keys, cache.clone(), db.clone());
-        let admin_key = AdminKey::new(config.admin_key.clone(), Some(db.clone()));
+        let auth = Authenticator::new(keys, cache.clone(), serving_db.clone());
+        let admin_key = AdminKey::new(config.admin_key.clone(), Some(serving_db.clone()));
+        let parts = Parts { config: &config, cache: &cache, auth: &auth, admin_key: &admin_key, shutdown: &shutdown };
 
-        let mut router = health::router(HealthState { db: db.clone(), cache: cache.clone(), shutdown: shutdown.clone() });
+        let mut router = health::router(HealthState { db: serving_db, cache: cache.clone(), shutdown: shutdown.clone() });
         let mut workers = Vec::new();
         // Every process's live figures, for the console's `/v1/admin/stats` (whichever serves it).
         workers.push(tokio::spawn(platform::admin::stats::publish(metrics.clone(), cache.clone(), shutdown.clone())));
         let mut subscriptions = Vec::new();
         for service in &config.services {
+            // A worker process serves no API: its states exist for the event work alone.
+            let db = if mode == Mode::Worker { worker_db.clone() } else { dbs.of(Role::of(*service)).clone() };
             match service {
                 Service::Accounts => {
-                    let state = accounts::AccountsState {
-                        db: db.clone(),
-                        cache: cache.clone(),
-                        auth: auth.clone(),
-                        admin_key: admin_key.clone(),
-                        passwords: accounts::Passwords::new()?,
-                        limits: (&config.auth_rate_limits).into(),
-                        refresh_ttl: config.tokens.refresh_ttl,
-                        refresh_reuse_grace: config.refresh_reuse_grace,
-                    };
+                    let state = parts.accounts(db.clone())?;
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));
                         router = router.merge(accounts::router(state));
                         // The server keys and the audit log belong to no service; the ALB sends
                         // their routes to accounts.
-                        let admin = platform::admin::AdminState { db: db.clone(), keys: admin_key.clone(), cache: cache.clone() };
+                        let admin = platform::admin::AdminState { db, keys: admin_key.clone(), cache: cache.clone() };
                         router = router.merge(platform::admin::router(admin));
                     }
                 }
                 Service::Leaderboard => {
+                    // One index for both states: on embedded defaults it is this process's memory.
                     let index = leaderboard::index::RankIndex::for_cache(&cache);
-                    let writer = leaderboard::writer::Writer::start(db.clone(), index.clone());
-                    writer.register_metrics(&metrics);
-                    let state = leaderboard::LeaderboardState::new(leaderboard::LeaderboardParts {
-                        db: db.clone(),
-                        index: index.clone(),
-                        auth: auth.clone(),
-                        admin_key: admin_key.clone(),
-                        boards: leaderboard::BoardCache::default(),
-                        writer,
-                    });
-                    subscriptions.extend(leaderboard::subscriptions(state.clone()));
+                    let state = parts.leaderboard(db, &index);
+                    if events_here {
+                        let consuming = if consumers_apart { parts.leaderboard(worker_db.clone(), &index) } else { state.clone() };
+                        subscriptions.extend(leaderboard::subscriptions(consuming));
+                    }
                     if mode == Mode::Serve {
+                        state.writer.register_metrics(&metrics);
                         workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
                         workers.push(tokio::spawn(leaderboard::repair::run_repairer(state.clone(), shutdown.clone())));
                         router = router.merge(leaderboard::router(state));
                     }
                 }
                 Service::Uploads => {
-                    let state = uploads::UploadsState {
-                        db: db.clone(),
-                        blobs: Blobs::connect(&config).await?,
-                        auth: auth.clone(),
-                        admin_key: admin_key.clone(),
-                        limits: config.upload_limits.clone(),
-                        public_url: config.public_url.as_deref().map(Into::into),
-                        cdn_base_url: config.cdn_base_url.as_deref().map(Into::into),
-                    };
-                    subscriptions.extend(uploads::subscriptions(state.clone()));
+                    let state = parts.uploads(db).await?;
+                    if events_here {
+                        let consuming =
+                            if consumers_apart { uploads::UploadsState { db: worker_db.clone(), ..state.clone() } } else { state.clone() };
+                        subscriptions.extend(uploads::subscriptions(consuming));
+                    }
                     if mode == Mode::Serve {
                         workers.push(tokio::spawn(uploads::run_workers(state.clone(), shutdown.clone())));
                         router = router.merge(uploads::router(state));
                     }
                 }
                 Service::Chat => {
-                    let limit = chat::SendLimit { burst: config.chat_send_burst, per_second: config.chat_send_per_second };
-                    let sockets = chat::caps::SocketLimits {
-                        per_account: config.chat_max_sockets_per_account as usize,
-                        per_ip: config.chat_max_sockets_per_ip as usize,
-                    };
-                    let state =
-                        chat::ChatState::new(db.clone(), cache.clone(), auth.clone(), admin_key.clone(), limit, sockets, shutdown.clone());
-                    subscriptions.extend(chat::subscriptions(state.clone()));
+                    let state = parts.chat(db);
+                    if events_here {
+                        let consuming = if consumers_apart { parts.chat(worker_db.clone()) } else { state.clone() };
+                        subscriptions.extend(chat::subscriptions(consuming));
+                    }
                     if mode == Mode::Serve {
                         state.register_metrics(&metrics);
                         workers.push(tokio::spawn(state.clone().run()));
@@ -146,12 +144,17 @@ impl App {
                     }
                 }
                 Service::Webhooks => {
-                    let state = webhooks::WebhooksState::new(db.clone(), admin_key.clone(), config.webhooks.clone())?;
-                    subscriptions.extend(webhooks::subscriptions(state.clone()));
+                    let state = webhooks::WebhooksState::new(db, admin_key.clone(), config.webhooks.clone())?;
                     // Deliveries are event work: they go out where the consumers run (the
                     // worker on ECS), which is also where the webhooks consumer records them.
-                    if mode == Mode::Worker || config.run_event_workers {
-                        workers.push(tokio::spawn(webhooks::run_deliveries(state.clone(), shutdown.clone())));
+                    if events_here {
+                        let delivering = if consumers_apart {
+                            webhooks::WebhooksState::new(worker_db.clone(), admin_key.clone(), config.webhooks.clone())?
+                        } else {
+                            state.clone()
+                        };
+                        subscriptions.extend(webhooks::subscriptions(delivering.clone()));
+                        workers.push(tokio::spawn(webhooks::run_deliveries(delivering, shutdown.clone())));
                     }
                     if mode == Mode::Serve {
                         router = router.merge(webhooks::router(state));
@@ -159,7 +162,7 @@ impl App {
                 }
             }
         }
-        if mode == Mode::Worker || config.run_event_workers {
+        if events_here {
             let consumers: Vec<&'static str> = subscriptions.iter().map(|s| s.consumer).collect();
             let event_metrics = platform::events::EventMetrics::register(&metrics, &consumers);
             match Queues::connect(&config.queue, &config.aws).await {
@@ -167,10 +170,10 @@ impl App {
                     platform::events::check_routes(&subscriptions)?;
                     // The relay sends every service's events (several relays share the outbox
                     // through leases); the consumers read the queues of the services here.
-                    platform::events::register_outbox_metrics(&db, &metrics);
-                    let relay = Relay::sqs(db.clone(), queues.clone()).with_metrics(event_metrics.clone());
+                    platform::events::register_outbox_metrics(&worker_db, &metrics);
+                    let relay = Relay::sqs(worker_db.clone(), queues.clone()).with_metrics(event_metrics.clone());
                     workers.push(tokio::spawn(relay.run(shutdown.clone())));
-                    for consumer in QueueConsumer::for_each_consumer(&db, &queues, &subscriptions) {
+                    for consumer in QueueConsumer::for_each_consumer(&worker_db, &queues, &subscriptions) {
                         let consumer = consumer.with_metrics(event_metrics.clone());
                         tracing::info!(
                             consumer = consumer.consumer(),
@@ -182,8 +185,8 @@ impl App {
                 }
                 None if config.is_monolith() => {
                     // Every consumer is in this process: deliver the outbox to them directly.
-                    platform::events::register_outbox_metrics(&db, &metrics);
-                    let relay = Relay::new(db.clone(), subscriptions).with_metrics(event_metrics);
+                    platform::events::register_outbox_metrics(&worker_db, &metrics);
+                    let relay = Relay::new(worker_db.clone(), subscriptions).with_metrics(event_metrics);
                     workers.push(tokio::spawn(relay.run(shutdown.clone())));
                 }
                 None => {
@@ -206,7 +209,7 @@ impl App {
             metrics: metrics.clone(),
         };
         let router = http::with_common_layers(router, settings);
-        Ok(App { router, db, shutdown, config, workers, metrics })
+        Ok(App { router, dbs, shutdown, config, workers, metrics })
     }
 
     /// The router, for tests that drive it without a socket.
@@ -277,7 +280,7 @@ impl App {
         for worker in self.workers {
             let _ = worker.await;
         }
-        self.db.close().await;
+        self.dbs.close().await;
         tracing::info!("stopped");
         result
     }
@@ -285,6 +288,62 @@ impl App {
 
 /// Connections the metrics listener serves at once (scrapers and operators' curls).
 const METRICS_MAX_CONNECTIONS: usize = 16;
+
+/// What every service's state is built from besides its database.
+struct Parts<'a> {
+    config: &'a Config,
+    cache: &'a Cache,
+    auth: &'a Authenticator,
+    admin_key: &'a AdminKey,
+    shutdown: &'a Shutdown,
+}
+
+impl Parts<'_> {
+    fn accounts(&self, db: Database) -> anyhow::Result<accounts::AccountsState> {
+        Ok(accounts::AccountsState {
+            db,
+            cache: self.cache.clone(),
+            auth: self.auth.clone(),
+            admin_key: self.admin_key.clone(),
+            passwords: accounts::Passwords::new()?,
+            limits: (&self.config.auth_rate_limits).into(),
+            refresh_ttl: self.config.tokens.refresh_ttl,
+            refresh_reuse_grace: self.config.refresh_reuse_grace,
+        })
+    }
+
+    fn leaderboard(&self, db: Database, index: &leaderboard::index::RankIndex) -> leaderboard::LeaderboardState {
+        leaderboard::LeaderboardState::new(leaderboard::LeaderboardParts {
+            db: db.clone(),
+            index: index.clone(),
+            auth: self.auth.clone(),
+            admin_key: self.admin_key.clone(),
+            boards: leaderboard::BoardCache::default(),
+            writer: leaderboard::writer::Writer::start(db, index.clone()),
+        })
+    }
+
+    async fn uploads(&self, db: Database) -> anyhow::Result<uploads::UploadsState> {
+        Ok(uploads::UploadsState {
+            db,
+            blobs: Blobs::connect(self.config).await?,
+            auth: self.auth.clone(),
+            admin_key: self.admin_key.clone(),
+            limits: self.config.upload_limits.clone(),
+            public_url: self.config.public_url.as_deref().map(Into::into),
+            cdn_base_url: self.config.cdn_base_url.as_deref().map(Into::into),
+        })
+    }
+
+    fn chat(&self, db: Database) -> chat::ChatState {
+        let limit = chat::SendLimit { burst: self.config.chat_send_burst, per_second: self.config.chat_send_per_second };
+        let sockets = chat::caps::SocketLimits {
+            per_account: self.config.chat_max_sockets_per_account as usize,
+            per_ip: self.config.chat_max_sockets_per_ip as usize,
+        };
+        chat::ChatState::new(db, self.cache.clone(), self.auth.clone(), self.admin_key.clone(), limit, sockets, self.shutdown.clone())
+    }
+}
 
 /// Builds and serves Guildhall on `config.listen_addr` until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -322,7 +381,8 @@ const REDRIVE_MAX: u64 = 100_000;
 /// (--all | EVENT_ID...)` makes them due again. Run it where the services run (an ECS one-off task
 /// in production), once the cause of the failures is fixed.
 pub async fn events(config: &Config, args: &[String]) -> anyhow::Result<()> {
-    let db = Database::connect(&config.database).await?;
+    // The relay's work, so the relay's role.
+    let db = Database::connect_for(&config.database, Role::Worker).await?;
     let queues = Queues::connect(&config.queue, &config.aws).await;
     let result = match args.first().map(String::as_str) {
         Some("dead") => {

@@ -408,6 +408,73 @@ async fn a_worker_process_delivers_events_for_api_only_processes() {
     assert!(worker.terminate().await.success());
 }
 
+/// The ECS shape, where each task's DATABASE_URL names its database role (no
+/// DATABASE_SERVICE_ROLES): four API processes, each one service logging in as its own role, and
+/// `guildhall worker` as the worker's. An upload is checked, and a deleted player's record,
+/// membership, messages and assets go, all through the grants of those roles alone; and every
+/// process logged in as its role, none as the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_process_of_the_ecs_shape_logs_in_as_its_own_role() {
+    use platform::db::{Database, Role};
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY).set("QUEUE_WAIT_SECS", "1");
+    // ECS's migrate task: the owner makes the schema and the roles.
+    let owner = Database::connect(&env.config().expect("config").database).await.expect("owner");
+    owner.migrate().await.expect("migrate");
+    let api = |service: &str, role: Role| {
+        let mut env = common::as_role(&env, role);
+        env.set("SERVICES", service).set("RUN_EVENT_WORKERS", "false");
+        TestApp::start_on(env)
+    };
+    // As on ECS, the accounts task serves the webhooks admin API too, on accounts' login.
+    let accounts = api("accounts,webhooks", Role::Accounts).await;
+    let leaderboard = api("leaderboard", Role::Leaderboard).await;
+    let uploads = api("uploads", Role::Uploads).await;
+    let chat = api("chat", Role::Chat).await;
+    let mut worker = Process::start_as(&common::as_role(&env, Role::Worker), "worker").await;
+
+    let (id, token) = guest(&accounts, "ecs-shape").await;
+    leaderboard.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "ecs", "sort": "desc", "operator": "best"})).await.expect(201);
+    leaderboard.post("/v1/leaderboards/ecs/scores", Some(&token), json!({"score": 7})).await.expect(200);
+    chat.post("/v1/chat/groups", Some(&token), json!({"name": "Shape"})).await.expect(201);
+    let mut socket = common::Chat::connect(&chat.base, &token).await;
+    socket.join("room:ecs").await;
+    assert_eq!(socket.send("room:ecs", "hello").await["type"], "ack");
+    let asset = upload(&uploads, &token, "avatar", "image/png", png(256)).await;
+    assert_eq!(asset["state"], "ready", "the worker checked it: {asset}");
+
+    accounts.call(Method::DELETE, "/v1/accounts/me", Some(&token), None).await.expect(204);
+    let left = |sql: &'static str| {
+        let (owner, id) = (owner.clone(), id.clone());
+        async move { sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(owner.pool()).await.expect("count") }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = [
+            left("SELECT COUNT(*) FROM leaderboard_records WHERE owner_id = $1").await,
+            left("SELECT COUNT(*) FROM chat_group_members WHERE account_id = $1").await,
+            left("SELECT COUNT(*) FROM chat_messages WHERE sender_id = $1").await,
+            left("SELECT COUNT(*) FROM assets WHERE owner_id = $1").await,
+        ];
+        if counts == [0; 4] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker never finished the erasure: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logins: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = current_database() AND usename <> current_user ORDER BY 1",
+    )
+    .fetch_all(owner.pool())
+    .await
+    .expect("sessions");
+    assert_eq!(logins, ["guildhall_accounts", "guildhall_chat", "guildhall_leaderboard", "guildhall_uploads", "guildhall_worker"]);
+    assert!(worker.terminate().await.success());
+}
+
 /// Runs `guildhall events <args>` with `env`'s variables; its standard output, parsed as JSON.
 async fn events_command(env: &TestEnv, args: &[&str]) -> Value {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_guildhall"))

@@ -82,15 +82,36 @@ impl FromStr for Service {
 pub enum DatabaseConfig {
     /// `postgres://` (Aurora PostgreSQL in production).
     Postgres {
-        /// Connection URL, with credentials.
+        /// Connection URL: host, database, user (and maybe its password), TLS options.
         url: Secret<String>,
-        /// Upper bound of the pool.
+        /// Upper bound of the pool (of each pool, with `service_roles`).
         max_connections: u32,
+        /// How connections prove who they are.
+        auth: DatabaseAuth,
+        /// `DATABASE_SERVICE_ROLES`: each part of the process connects as its own role
+        /// (`crate::db::Role`) instead of as the URL's user, which then only migrates.
+        service_roles: bool,
     },
     /// A SQLite file (embedded default: `DATA_DIR/guildhall.db`).
     Sqlite {
         /// Path of the database file.
         path: PathBuf,
+    },
+}
+
+/// How PostgreSQL connections authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseAuth {
+    /// With the password in `DATABASE_URL`, or none (trust, as in the tests).
+    Url,
+    /// `DATABASE_PASSWORD`, in place of the URL's: the migrate task's master password, which ECS
+    /// injects from the secret RDS manages (a JSON document, so no URL can embed it).
+    Password(Secret<String>),
+    /// `DATABASE_IAM_AUTH=true`: each connection logs in with an IAM authentication token that
+    /// the AWS credentials (the ECS task role) sign for `region`; no password exists.
+    Iam {
+        /// The database's region (`AWS_REGION`), part of what the token signs.
+        region: String,
     },
 }
 
@@ -390,8 +411,15 @@ impl Config {
         let database = match get("DATABASE_URL") {
             None => DatabaseConfig::Sqlite { path: data_dir.join("guildhall.db") },
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => DatabaseConfig::Postgres {
+                auth: database_auth(
+                    &url,
+                    get("DATABASE_PASSWORD"),
+                    flag("DATABASE_IAM_AUTH", false)?,
+                    get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
+                )?,
                 url: Secret::new(url),
                 max_connections: u32::try_from(parse("DATABASE_MAX_CONNECTIONS", 16)?).context("DATABASE_MAX_CONNECTIONS is too large")?,
+                service_roles: flag("DATABASE_SERVICE_ROLES", false)?,
             },
             Some(url) if url.starts_with("sqlite:") => {
                 let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
@@ -645,6 +673,37 @@ impl Config {
     }
 }
 
+/// How a PostgreSQL `url` authenticates: `DATABASE_PASSWORD` (`password`) or IAM tokens (`iam`),
+/// each refused beside a password in the URL, so that no setting is silently ignored. IAM needs
+/// the region its tokens are signed for, and `sslmode=verify-full`: a token is a password valid
+/// for 15 minutes, which must reach no one but the database.
+fn database_auth(url: &str, password: Option<String>, iam: bool, region: Option<String>) -> anyhow::Result<DatabaseAuth> {
+    let url_has_password = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or_default())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    match (password, iam) {
+        (Some(_), true) => bail!("DATABASE_PASSWORD and DATABASE_IAM_AUTH=true exclude each other: IAM authentication uses no password"),
+        (Some(_), false) if url_has_password => bail!("DATABASE_URL has a password and DATABASE_PASSWORD is set: give it once"),
+        (Some(password), false) => Ok(DatabaseAuth::Password(Secret::new(password))),
+        (None, true) => {
+            if url_has_password {
+                bail!("DATABASE_IAM_AUTH=true: DATABASE_URL must name the user without a password (postgres://guildhall_chat@host/db)");
+            }
+            if !url.contains("sslmode=verify-full") {
+                bail!(
+                    "DATABASE_IAM_AUTH=true needs sslmode=verify-full (and sslrootcert, the RDS CA bundle) in DATABASE_URL: a token is a password for 15 minutes"
+                );
+            }
+            let region =
+                region.context("DATABASE_IAM_AUTH=true needs AWS_REGION, the database's region, which its tokens are signed for")?;
+            Ok(DatabaseAuth::Iam { region })
+        }
+        (None, false) => Ok(DatabaseAuth::Url),
+    }
+}
+
 /// One origin of `CORS_ALLOWED_ORIGINS`, checked to be what a browser sends in `Origin` (RFC 6454:
 /// scheme, host and optional port, lower case, nothing after), since the comparison is exact and
 /// a trailing slash or a path would never match.
@@ -810,6 +869,45 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("PRIVATE"), "{printed}");
+    }
+
+    #[test]
+    fn database_authentication_is_one_of_url_password_or_iam() {
+        let auth = |vars: &[(&str, &str)]| {
+            config(vars).map(|c| match c.database {
+                DatabaseConfig::Postgres { auth, service_roles, .. } => (auth, service_roles),
+                DatabaseConfig::Sqlite { .. } => panic!("not PostgreSQL"),
+            })
+        };
+        assert_eq!(auth(&[("DATABASE_URL", "postgres://u:p@db/g")]).expect("url"), (DatabaseAuth::Url, false));
+        assert_eq!(
+            auth(&[("DATABASE_URL", "postgres://guildhall@db/g"), ("DATABASE_PASSWORD", "s3cret"), ("DATABASE_SERVICE_ROLES", "true")])
+                .expect("password"),
+            (DatabaseAuth::Password(Secret::new("s3cret".into())), true)
+        );
+        let iam = "postgres://guildhall_chat@db.example.com:5432/g?sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem";
+        assert_eq!(
+            auth(&[("DATABASE_URL", iam), ("DATABASE_IAM_AUTH", "true"), ("AWS_REGION", "eu-west-1")]).expect("iam"),
+            (DatabaseAuth::Iam { region: "eu-west-1".into() }, false)
+        );
+        for (bad, why) in [
+            (vec![("DATABASE_URL", "postgres://u:p@db/g"), ("DATABASE_PASSWORD", "x")], "DATABASE_PASSWORD"),
+            (vec![("DATABASE_URL", iam), ("DATABASE_PASSWORD", "x"), ("DATABASE_IAM_AUTH", "true"), ("AWS_REGION", "r")], "exclude"),
+            (vec![("DATABASE_URL", iam), ("DATABASE_IAM_AUTH", "true")], "AWS_REGION"),
+            (
+                vec![("DATABASE_URL", "postgres://u@db/g?sslmode=require"), ("DATABASE_IAM_AUTH", "true"), ("AWS_REGION", "r")],
+                "verify-full",
+            ),
+            (
+                vec![("DATABASE_URL", "postgres://u:p@db/g?sslmode=verify-full"), ("DATABASE_IAM_AUTH", "true"), ("AWS_REGION", "r")],
+                "without a password",
+            ),
+        ] {
+            let err = auth(&bad).expect_err(why);
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let printed = format!("{:?}", auth(&[("DATABASE_URL", "postgres://u@db/g"), ("DATABASE_PASSWORD", "hunter2")]).expect("valid"));
+        assert!(!printed.contains("hunter2"), "{printed}");
     }
 
     #[test]

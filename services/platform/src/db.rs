@@ -25,7 +25,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Describe, Either, Execute, Executor, Transaction};
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseAuth, DatabaseConfig, Secret, Service};
 use crate::error::Dependency;
 use crate::reachability::{Probe, Reachability};
 
@@ -101,6 +101,62 @@ impl Drop for Waiting<'_> {
 /// A transaction on either dialect.
 pub type Tx = Transaction<'static, Any>;
 
+/// A database role of Guildhall's own, made by migration 0012 (`0012_service_roles.sql`) with
+/// only the privileges its part of the code uses on the tables it uses. The tables belong to the
+/// user that runs the migrations; no role may change the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The accounts service: accounts, sessions, refresh tokens.
+    Accounts,
+    /// The leaderboard service: boards, records, seasons, idempotency keys, index checks.
+    Leaderboard,
+    /// The uploads service: assets and quotas.
+    Uploads,
+    /// The chat service: groups, messages, sanctions.
+    Chat,
+    /// The outbox relay and the event consumers (`guildhall worker`): the outbox, the consumed
+    /// events, and what the consumers change in several services' tables.
+    Worker,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [Role::Accounts, Role::Leaderboard, Role::Uploads, Role::Chat, Role::Worker];
+
+    /// The role's name in PostgreSQL, which is also its database user.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Accounts => "guildhall_accounts",
+            Role::Leaderboard => "guildhall_leaderboard",
+            Role::Uploads => "guildhall_uploads",
+            Role::Chat => "guildhall_chat",
+            Role::Worker => "guildhall_worker",
+        }
+    }
+
+    /// The role a service's API and background work connect as. The webhooks admin API is
+    /// accounts': on ECS it runs in the accounts task (`SERVICES=accounts,webhooks`), one process
+    /// with one login, so accounts' role holds its grants; its deliveries are the worker's.
+    pub fn of(service: Service) -> Role {
+        match service {
+            Service::Accounts | Service::Webhooks => Role::Accounts,
+            Service::Leaderboard => Role::Leaderboard,
+            Service::Uploads => Role::Uploads,
+            Service::Chat => Role::Chat,
+        }
+    }
+}
+
+/// Makes the password of a pool's next connections: an IAM authentication token
+/// (`crate::rds`), signed anew each time.
+pub type PasswordSource = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<Secret<String>>> + Send + Sync>;
+
+/// How often a pool whose passwords expire (IAM tokens live 15 minutes) gets a fresh one: well
+/// before the last expires, so that a renewal that fails has five minutes of retries.
+pub const PASSWORD_RENEW_EVERY: Duration = Duration::from_secs(600);
+/// How soon a renewal that failed (the credentials endpoint did not answer) is tried again.
+const PASSWORD_RETRY_EVERY: Duration = Duration::from_secs(30);
+
 /// Migrations, numbered, one list per dialect; `include_str!` puts them in the binary so the image
 /// needs no files beside it.
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -115,6 +171,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "sanction_authority", include_str!("../../../migrations/postgres/0009_sanction_authority.sql")),
     (10, "refresh_grace", include_str!("../../../migrations/postgres/0010_refresh_grace.sql")),
     (11, "session_revocations", include_str!("../../../migrations/postgres/0011_session_revocations.sql")),
+    (12, "service_roles", include_str!("../../../migrations/postgres/0012_service_roles.sql")),
     (13, "admin", include_str!("../../../migrations/postgres/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/postgres/0014_chat_reports.sql")),
     (15, "webhooks", include_str!("../../../migrations/postgres/0015_webhooks.sql")),
@@ -131,10 +188,19 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "sanction_authority", include_str!("../../../migrations/sqlite/0009_sanction_authority.sql")),
     (10, "refresh_grace", include_str!("../../../migrations/sqlite/0010_refresh_grace.sql")),
     (11, "session_revocations", include_str!("../../../migrations/sqlite/0011_session_revocations.sql")),
+    (12, "service_roles", include_str!("../../../migrations/sqlite/0012_service_roles.sql")),
     (13, "admin", include_str!("../../../migrations/sqlite/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/sqlite/0014_chat_reports.sql")),
     (15, "webhooks", include_str!("../../../migrations/sqlite/0015_webhooks.sql")),
 ];
+
+/// What each database role may do to each table (`Role`), applied whole after every run of the
+/// migrations: the grants cannot live in the migration that makes a table, when that one runs
+/// before the roles exist, nor in the one that makes the roles, when the table comes later.
+const POSTGRES_GRANTS: &str = include_str!("../../../migrations/postgres-grants.sql");
+/// The advisory lock (of this database) under which the grants are applied: two instances
+/// granting at once could meet on a catalog row ("tuple concurrently updated").
+const GRANTS_LOCK: i64 = 0x6775_696c_6467_7261; // "guildgra"
 
 /// How long a request waits for a pooled connection before failing, when the database answers
 /// (all connections busy under load); while it does not, the breaker ends the wait sooner.
@@ -146,21 +212,77 @@ const PROBE_AFTER: Duration = Duration::from_millis(250);
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
 
 impl Database {
-    /// Connects (creating the SQLite file and its folder when needed).
+    /// Connects (creating the SQLite file and its folder when needed), as the user of
+    /// `DATABASE_URL`: the user that owns the tables and applies the migrations, or on ECS the
+    /// role the URL names.
     pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Self> {
+        Self::connect_as_user(config, None).await
+    }
+
+    /// Connects as `role`, with the host, database, options and authentication of `config`. The
+    /// role exists once the migrations have run.
+    pub async fn connect_as(config: &DatabaseConfig, role: Role) -> anyhow::Result<Self> {
+        Self::connect_as_user(config, Some(role.name())).await.with_context(|| format!("connecting as the database role {}", role.name()))
+    }
+
+    /// Connects as `role` when `DATABASE_SERVICE_ROLES` says each part of the process connects
+    /// as its own; else as `DATABASE_URL`'s user (`connect`).
+    pub async fn connect_for(config: &DatabaseConfig, role: Role) -> anyhow::Result<Self> {
+        match config {
+            DatabaseConfig::Postgres { service_roles: true, .. } => Self::connect_as(config, role).await,
+            _ => Self::connect(config).await,
+        }
+    }
+
+    /// Connects to PostgreSQL as `config` says, as `user` (else the URL's), except that each
+    /// connection logs in with the password `passwords` made last, made again every `every`
+    /// (IAM authentication tokens, which expire: `DATABASE_IAM_AUTH`). Connections already open
+    /// keep theirs: PostgreSQL checks a password only at login.
+    pub async fn connect_with_passwords(
+        config: &DatabaseConfig,
+        user: Option<&str>,
+        passwords: PasswordSource,
+        every: Duration,
+    ) -> anyhow::Result<Self> {
+        install_default_drivers();
+        let DatabaseConfig::Postgres { url, max_connections, .. } = config else {
+            anyhow::bail!("passwords that change are for PostgreSQL");
+        };
+        let mut options = postgres_options(url, user)?;
+        let password = passwords().await.context("making the first database password")?;
+        set_password(&mut options, password.expose())?;
+        let db = Self::open_postgres(options.clone(), *max_connections).await?;
+        tokio::spawn(renew_passwords(db.pool.pool.clone(), options, passwords, every));
+        Ok(db)
+    }
+
+    async fn connect_as_user(config: &DatabaseConfig, user: Option<&str>) -> anyhow::Result<Self> {
         install_default_drivers();
         match config {
-            DatabaseConfig::Postgres { url, max_connections } => {
-                let url = with_statement_timeout(url.expose());
-                let pool = AnyPoolOptions::new()
-                    .max_connections(*max_connections)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect(&url)
-                    .await
-                    .context("connecting to PostgreSQL")?;
-                let reachability = Reachability::new(Dependency::Database, postgres_probe(pool.connect_options()));
-                Ok(Database { pool: Pool::new(pool, Some(reachability)), dialect: Dialect::Postgres })
-            }
+            DatabaseConfig::Postgres { url, max_connections, auth, .. } => match auth {
+                DatabaseAuth::Url => Self::open_postgres(postgres_options(url, user)?, *max_connections).await,
+                DatabaseAuth::Password(password) => {
+                    let mut options = postgres_options(url, user)?;
+                    set_password(&mut options, password.expose())?;
+                    Self::open_postgres(options, *max_connections).await
+                }
+                DatabaseAuth::Iam { region } => {
+                    // A token is signed for the address and the user it logs in to.
+                    let address = postgres_options(url, user)?.database_url;
+                    let host = address.host_str().context("DATABASE_IAM_AUTH=true: DATABASE_URL must name the database's host")?;
+                    let login = address.username();
+                    anyhow::ensure!(
+                        !login.is_empty() && !login.contains('%'),
+                        "DATABASE_IAM_AUTH=true: DATABASE_URL must name a plain user"
+                    );
+                    let signer = crate::rds::TokenSigner::from_environment(region, host, address.port().unwrap_or(5432), login).await?;
+                    let passwords: PasswordSource = Arc::new(move || {
+                        let signer = signer.clone();
+                        Box::pin(async move { signer.token().await })
+                    });
+                    Self::connect_with_passwords(config, user, passwords, PASSWORD_RENEW_EVERY).await
+                }
+            },
             DatabaseConfig::Sqlite { path } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
@@ -185,6 +307,18 @@ impl Database {
                 Ok(Database { pool: Pool::new(pool, None), dialect: Dialect::Sqlite })
             }
         }
+    }
+
+    /// A PostgreSQL pool over `options`, behind the breaker.
+    async fn open_postgres(options: AnyConnectOptions, max_connections: u32) -> anyhow::Result<Self> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .context("connecting to PostgreSQL")?;
+        let reachability = Reachability::new(Dependency::Database, postgres_probe(pool.clone()));
+        Ok(Database { pool: Pool::new(pool, Some(reachability)), dialect: Dialect::Postgres })
     }
 
     /// The pool, for queries.
@@ -220,7 +354,14 @@ impl Database {
             .map(|(version, name, sql)| Migration::new(*version, Cow::Borrowed(name), MigrationType::Simple, Cow::Borrowed(sql), false))
             .collect();
         let migrator = Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false };
-        migrator.run(&self.pool.pool).await.context("applying migrations")
+        migrator.run(&self.pool.pool).await.context("applying migrations")?;
+        if self.dialect == Dialect::Postgres {
+            let mut tx = self.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GRANTS_LOCK).execute(&mut *tx).await.context("locking the grants")?;
+            tx.execute(POSTGRES_GRANTS).await.context("granting the database roles their privileges")?;
+            tx.commit().await.context("committing the grants")?;
+        }
+        Ok(())
     }
 
     /// Answers whether the database takes a trivial query (readiness).
@@ -255,6 +396,61 @@ impl Database {
     /// Closes every connection (shutdown).
     pub async fn close(&self) {
         self.pool.pool.close().await;
+    }
+}
+
+/// The pools of one process. Each part of it (a service's API and background work; the relay
+/// and the consumers) queries through the pool of its role: with `DATABASE_SERVICE_ROLES`, a
+/// pool per role beside the one of `DATABASE_URL`'s user, which then only migrates and answers
+/// readiness; without it (embedded defaults, and every ECS task, whose URL names its role), one
+/// pool for everything.
+#[derive(Debug, Clone)]
+pub struct Databases {
+    main: Database,
+    roles: Vec<(Role, Database)>,
+}
+
+impl Databases {
+    /// Every part of the process on `main`.
+    pub fn shared(main: Database) -> Self {
+        Databases { main, roles: Vec::new() }
+    }
+
+    /// With `DATABASE_SERVICE_ROLES`, connects a pool as each role beside `main` (the roles
+    /// exist once `main` has migrated); else every part shares `main`.
+    pub async fn connect(config: &DatabaseConfig, main: Database) -> anyhow::Result<Self> {
+        if !matches!(config, DatabaseConfig::Postgres { service_roles: true, .. }) {
+            return Ok(Self::shared(main));
+        }
+        let mut roles = Vec::new();
+        for role in Role::ALL {
+            roles.push((role, Database::connect_as(config, role).await?));
+        }
+        Ok(Databases { main, roles })
+    }
+
+    /// The pool of `DATABASE_URL`'s user.
+    pub fn main(&self) -> &Database {
+        &self.main
+    }
+
+    /// The pool `role`'s queries go through.
+    pub fn of(&self, role: Role) -> &Database {
+        self.roles.iter().find(|(r, _)| *r == role).map_or(&self.main, |(_, db)| db)
+    }
+
+    /// True when the roles have pools of their own (`DATABASE_SERVICE_ROLES`): a service's
+    /// consumers then need its state over the worker's pool, as in a `guildhall worker` process.
+    pub fn has_role_pools(&self) -> bool {
+        !self.roles.is_empty()
+    }
+
+    /// Closes every pool.
+    pub async fn close(&self) {
+        for (_, db) in &self.roles {
+            db.close().await;
+        }
+        self.main.close().await;
     }
 }
 
@@ -364,13 +560,13 @@ fn unreachable() -> sqlx::Error {
     ))
 }
 
-/// Connects to PostgreSQL on the side. Down when the connection is refused, reset, times out or
-/// is turned away because the server is starting or stopping; a server that answers with
-/// another refusal (authentication, too many connections) is up, and the pool reports that
-/// refusal itself.
-fn postgres_probe(options: Arc<AnyConnectOptions>) -> Probe {
+/// Connects to PostgreSQL on the side, with the pool's current options (its latest password).
+/// Down when the connection is refused, reset, times out or is turned away because the server
+/// is starting or stopping; a server that answers with another refusal (authentication, too
+/// many connections) is up, and the pool reports that refusal itself.
+fn postgres_probe(pool: AnyPool) -> Probe {
     Box::new(move || {
-        let options = options.clone();
+        let options = pool.connect_options();
         Box::pin(async move {
             match options.connect().await {
                 Ok(conn) => {
@@ -405,6 +601,57 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
     refuses_connections(err)
         || matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed)
         || err.as_database_error().and_then(|db| db.code()).is_some_and(|code| code == "53300")
+}
+
+/// The connect options of a PostgreSQL `url` (with the statement timeout), as `user` when given.
+fn postgres_options(url: &Secret<String>, user: Option<&str>) -> anyhow::Result<AnyConnectOptions> {
+    // The error would quote the URL, password and all.
+    let mut options: AnyConnectOptions =
+        with_statement_timeout(url.expose()).parse().map_err(|_| anyhow::anyhow!("DATABASE_URL is not a valid URL"))?;
+    if let Some(user) = user {
+        options.database_url.set_username(user).map_err(|()| anyhow::anyhow!("DATABASE_URL cannot name a user"))?;
+    }
+    Ok(options)
+}
+
+/// Sets the password of `options`, percent-encoded whole: the URL keeps a `%` as it is, and the
+/// driver decodes what it reads, so an IAM token (full of `%2F`) must be encoded once more.
+fn set_password(options: &mut AnyConnectOptions, password: &str) -> anyhow::Result<()> {
+    options
+        .database_url
+        .set_password(Some(&crate::rds::encode(password)))
+        .map_err(|()| anyhow::anyhow!("DATABASE_URL cannot take a password"))
+}
+
+/// Hands `pool` a fresh password from `passwords` every `every`, for the connections it opens
+/// next, until the pool closes. A renewal that fails is logged and retried sooner, while the
+/// last password still works (an IAM token, 15 minutes).
+async fn renew_passwords(pool: AnyPool, mut options: AnyConnectOptions, passwords: PasswordSource, every: Duration) {
+    let mut wait = every;
+    loop {
+        tokio::select! {
+            () = pool.close_event() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let renewed = match passwords().await {
+            Ok(password) => set_password(&mut options, password.expose()),
+            Err(err) => Err(err),
+        };
+        match renewed {
+            Ok(()) => {
+                pool.set_connect_options(options.clone());
+                wait = every;
+                tracing::debug!("database password renewed");
+            }
+            Err(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "renewing the database password failed; new connections use the last one until it expires"
+                );
+                wait = PASSWORD_RETRY_EVERY.min(every);
+            }
+        }
+    }
 }
 
 /// Adds a server-side statement timeout to a PostgreSQL URL unless it sets `options` itself.

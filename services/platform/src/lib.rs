@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;
+pub mod rds;
 pub mod reachability;
 pub mod revocations;
 pub mod shutdown;

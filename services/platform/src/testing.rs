@@ -86,6 +86,10 @@ impl TestEnv {
             sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await.context("creating the test database")?;
             admin.close().await.ok();
             vars.insert("DATABASE_URL".to_owned(), with_database(&server, &database));
+            // Each service queries as its own role, the relay and consumers as the worker's, as
+            // on ECS: a grant missing from the migrations fails the test that needs it. The
+            // URL's user (the server's owner) only migrates, and answers `TestApp::database`.
+            vars.insert("DATABASE_SERVICE_ROLES".to_owned(), "true".to_owned());
             vars.insert("REDIS_URL".to_owned(), redis);
             vars.insert("REDIS_KEY_PREFIX".to_owned(), format!("test:{id}:"));
             let endpoint = required("GUILDHALL_TEST_AWS_ENDPOINT")?;
@@ -241,25 +245,67 @@ pub struct ThrowawayPostgres {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
+    tls: bool,
+}
+
+/// What a `ThrowawayPostgres` has beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct PostgresSetup {
+    /// TLS on, with this certificate and private key (PEM files, copied into the server's folder).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Password (SCRAM) logins over TCP for every user but the owner `guildhall`, which stays
+    /// trusted; otherwise every user is trusted.
+    pub passwords: bool,
 }
 
 impl ThrowawayPostgres {
     /// Creates a cluster in a fresh folder and starts it on a free port.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(PostgresSetup::default()).await
+    }
+
+    /// Like `start`, set up as `setup` says.
+    pub async fn start_with(setup: PostgresSetup) -> anyhow::Result<Self> {
         let bin = postgres_bin()?;
         let dir = fresh_dir("postgres")?;
-        let server = ThrowawayPostgres { bin, dir, port: free_port()? };
-        for folder in [server.data(), server.dir.join("sock")] {
+        let server = ThrowawayPostgres { bin, dir, port: free_port()?, tls: setup.tls.is_some() };
+        for folder in [server.data(), server.dir.join("sock"), server.dir.join("tls")] {
             std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
-            if is_root() {
-                let status = std::process::Command::new("chown").arg("postgres").arg(&folder).status().context("running chown")?;
-                anyhow::ensure!(status.success(), "chown postgres {} failed", folder.display());
-            }
+        }
+        if let Some((cert, key)) = &setup.tls {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::copy(cert, server.dir.join("tls/server.crt")).context("copying the server certificate")?;
+            std::fs::copy(key, server.dir.join("tls/server.key")).context("copying the server key")?;
+            // PostgreSQL refuses a key that others may read.
+            std::fs::set_permissions(server.dir.join("tls/server.key"), std::fs::Permissions::from_mode(0o600)).context("chmod")?;
+        }
+        if is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres"])
+                .args([server.data(), server.dir.join("sock"), server.dir.join("tls")])
+                .status()
+                .context("running chown")?;
+            anyhow::ensure!(status.success(), "chown postgres {} failed", server.dir.display());
         }
         let data = server.data().display().to_string();
         run_as_postgres(&server.bin.join("initdb"), &["-D", &data, "-U", "guildhall", "--auth=trust", "-E", "UTF8", "--no-sync"]).await?;
+        if setup.passwords {
+            let hba = "local all all trust\nhost all guildhall 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
+            let path = server.data().join("pg_hba.conf");
+            // Written as root next to the server's files: the server only reads it.
+            std::fs::write(&path, hba).with_context(|| format!("writing {}", path.display()))?;
+            if is_root() {
+                let status = std::process::Command::new("chown").arg("postgres").arg(&path).status().context("running chown")?;
+                anyhow::ensure!(status.success(), "chown postgres {} failed", path.display());
+            }
+        }
         server.start_again().await?;
         Ok(server)
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     fn data(&self) -> PathBuf {
@@ -273,11 +319,19 @@ impl ThrowawayPostgres {
 
     /// Starts the server (again), on the same port, and waits until it takes connections.
     pub async fn start_again(&self) -> anyhow::Result<()> {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             self.port,
             self.dir.join("sock").display()
         );
+        if self.tls {
+            let tls = self.dir.join("tls");
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                tls.join("server.crt").display(),
+                tls.join("server.key").display()
+            ));
+        }
         let (data, log) = (self.data().display().to_string(), self.log());
         run_as_postgres(&self.bin.join("pg_ctl"), &["-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "start"]).await
     }

@@ -86,6 +86,19 @@ pub async fn two_processes(adjust: impl FnOnce(&mut TestEnv)) -> (TestEnv, Proce
     (env, a, b)
 }
 
+/// `env` as one ECS task of `role` sees it: `DATABASE_URL` names the role as its user (an ECS
+/// task's own URL; here trusted, there an IAM token), no pool per role, no migrations (ECS's
+/// migrate task, as the owner, made the schema and the roles).
+pub fn as_role(env: &TestEnv, role: platform::db::Role) -> TestEnv {
+    let mut env = env.clone();
+    let url = env.vars["DATABASE_URL"].clone();
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (_owner, address) = rest.split_once('@').expect("a URL with a user");
+    env.set("DATABASE_URL", format!("{scheme}://{}@{address}", role.name()));
+    env.set("DATABASE_SERVICE_ROLES", "false").set("RUN_MIGRATIONS", "false");
+    env
+}
+
 /// The `kid` in an access token's header: which key signed it.
 pub fn kid_of(token: &str) -> String {
     use base64::Engine;
@@ -314,10 +327,18 @@ impl TestApp {
         TestApp { api: Api::new(base), env, metrics_base, shutdown }
     }
 
-    /// The test's database, for checks the API cannot make (no row left behind).
+    /// The test's database, for checks the API cannot make (no row left behind), as the user
+    /// that owns every table.
     pub async fn database(&self) -> Database {
         let config = self.env.config().expect("config");
         Database::connect(&config.database).await.expect("database")
+    }
+
+    /// The test's database as `role` sees it (on PostgreSQL), for calling a service's store
+    /// directly with only that service's grants.
+    pub async fn database_as(&self, role: platform::db::Role) -> Database {
+        let config = self.env.config().expect("config");
+        Database::connect_for(&config.database, role).await.expect("database")
     }
 
     pub fn stop(&self) {
