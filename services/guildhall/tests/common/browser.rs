@@ -104,19 +104,29 @@ impl Browser {
     /// Waits (20 s at most: the console's live figures move every 5 s) until `css` matches an
     /// element whose text contains `text`, and returns that element's text.
     pub async fn wait_for_text(&self, css: &str, text: &str) -> String {
-        let started = Instant::now();
         let script = format!(
             "return Array.from(document.querySelectorAll({css})).map(e => e.textContent).find(t => t.includes({text})) ?? null",
             css = json!(css),
             text = json!(text)
         );
+        if let Some(found) = self.poll(&script, Duration::from_secs(20)).await {
+            return found.as_str().expect("the text").to_owned();
+        }
+        let page = self.script("return document.body.innerText").await;
+        panic!("no `{css}` containing {text:?} within 20 s; the page reads:\n{}", page.as_str().unwrap_or(""));
+    }
+
+    /// Runs `script` every 100 ms until it returns something other than `null` or `false`, and
+    /// returns that; `None` when `within` passed first.
+    async fn poll(&self, script: &str, within: Duration) -> Option<Value> {
+        let started = Instant::now();
         loop {
-            if let Some(found) = self.script(&script).await.as_str() {
-                return found.to_owned();
+            let value = self.script(script).await;
+            if !value.is_null() && value != Value::Bool(false) {
+                return Some(value);
             }
-            if started.elapsed() > Duration::from_secs(20) {
-                let page = self.script("return document.body.innerText").await;
-                panic!("no `{css}` containing {text:?} within 20 s; the page reads:\n{}", page.as_str().unwrap_or(""));
+            if started.elapsed() > within {
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -131,12 +141,8 @@ impl Browser {
 
     /// Waits (10 s at most) until `css` matches something.
     pub async fn wait_for(&self, css: &str) {
-        let started = Instant::now();
         let script = format!("return document.querySelector({}) !== null", json!(css));
-        while self.script(&script).await != Value::Bool(true) {
-            assert!(started.elapsed() < Duration::from_secs(10), "nothing matches `{css}` within 10 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert!(self.poll(&script, Duration::from_secs(10)).await.is_some(), "nothing matches `{css}` within 10 s");
     }
 
     /// Types `text` into the field matching `css`.
@@ -159,11 +165,7 @@ impl Browser {
              if (!b) return false; b.click(); return true",
             json!(label)
         );
-        let started = Instant::now();
-        while self.script(&script).await != Value::Bool(true) {
-            assert!(started.elapsed() < Duration::from_secs(10), "no button `{label}` within 10 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert!(self.poll(&script, Duration::from_secs(10)).await.is_some(), "no button `{label}` within 10 s");
     }
 
     /// Saves a PNG of the window to `path`.
