@@ -8,7 +8,9 @@
 # `start_moto` (after start_servers) adds moto's server for S3 and SQS, installed from PyPI into a
 # venv under target/, and sets MOTO_PORT, GUILDHALL_TEST_AWS_ENDPOINT and dummy AWS credentials.
 # Tests run with durability off (fsync, synchronous_commit); `durable` keeps PostgreSQL's defaults,
-# for benchmarks whose figures must mean something.
+# for benchmarks whose figures must mean something. `start_standby` (after start_servers) adds a
+# streaming replica of that PostgreSQL, made with pg_basebackup, and sets STANDBY_PORT and
+# GUILDHALL_TEST_POSTGRES_READ_URL (same database names as the primary: it replicates them all).
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -19,6 +21,7 @@ as_pg() {
 
 stop_servers() {
   [[ -n "${SERVERS_DIR:-}" ]] || return 0
+  if [[ -d "$SERVERS_DIR/standby" ]]; then as_pg "$PG_BIN/pg_ctl" -D "$SERVERS_DIR/standby" -m immediate stop >/dev/null 2>&1 || true; fi
   as_pg "$PG_BIN/pg_ctl" -D "$SERVERS_DIR/pg" -m immediate stop >/dev/null 2>&1 || true
   if [[ -f "$SERVERS_DIR/redis.pid" ]]; then kill "$(cat "$SERVERS_DIR/redis.pid")" 2>/dev/null || true; fi
   if [[ -f "$SERVERS_DIR/moto.pid" ]]; then kill "$(cat "$SERVERS_DIR/moto.pid")" 2>/dev/null || true; fi
@@ -28,6 +31,7 @@ stop_servers() {
 
 start_servers() {
   local mode=${1:-fast}
+  SERVERS_MODE=$mode
   # shellcheck disable=SC2012 # version-sorted folder names, no odd characters
   PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
   if [[ -z "$PG_BIN" || ! -x "$PG_BIN/initdb" ]]; then
@@ -65,6 +69,28 @@ start_servers() {
   export GUILDHALL_TEST_POSTGRES_URL="postgres://guildhall@127.0.0.1:$PG_PORT/postgres"
   export GUILDHALL_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
   echo "servers.sh: PostgreSQL on 127.0.0.1:$PG_PORT, Redis on 127.0.0.1:$REDIS_PORT ($mode)"
+}
+
+# A hot standby of the PostgreSQL that start_servers started, streaming from it on loopback (initdb's
+# pg_hba.conf trusts replication from 127.0.0.1). Its options are the primary's, so a standby of a
+# `fast` primary is fast too; hot_standby_feedback keeps long reads on it from being cancelled.
+start_standby() {
+  [[ -n "${PG_PORT:-}" ]] || { echo "servers.sh: start_standby needs start_servers first" >&2; return 1; }
+  STANDBY_PORT=$(free_port)
+  mkdir -p "$SERVERS_DIR/standby"
+  chmod 700 "$SERVERS_DIR/standby"
+  if [[ $(id -u) -eq 0 ]]; then chown postgres "$SERVERS_DIR/standby"; fi
+  as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U guildhall -D "$SERVERS_DIR/standby" -R -X stream --no-sync \
+    >"$SERVERS_DIR/basebackup.log" 2>&1 || { cat "$SERVERS_DIR/basebackup.log" >&2; return 1; }
+  local options="-p $STANDBY_PORT -k $SERVERS_DIR/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c hot_standby_feedback=on"
+  if [[ "${SERVERS_MODE:-fast}" != durable ]]; then
+    options+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  fi
+  as_pg "$PG_BIN/pg_ctl" -D "$SERVERS_DIR/standby" -l "$SERVERS_DIR/sock/standby.log" -w -t 60 start -o "$options" >/dev/null \
+    || { cat "$SERVERS_DIR/sock/standby.log" >&2; return 1; }
+  export STANDBY_PORT
+  export GUILDHALL_TEST_POSTGRES_READ_URL="postgres://guildhall@127.0.0.1:$STANDBY_PORT/postgres"
+  echo "servers.sh: PostgreSQL standby on 127.0.0.1:$STANDBY_PORT, streaming from $PG_PORT"
 }
 
 # moto's server, pinned; the venv is reused between runs.

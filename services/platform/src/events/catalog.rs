@@ -186,3 +186,82 @@ pub struct SeasonPlacing {
     /// Subscore.
     pub subscore: i64,
 }
+
+/// A player asked another to be friends (accounts, `POST /v1/friends/{id}`). Chat notifies the
+/// recipient. Not recorded when either has blocked the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendRequested {
+    /// Who asked.
+    pub from_id: String,
+    /// Who was asked.
+    pub to_id: String,
+    /// When.
+    pub requested_at: String,
+}
+
+impl EventType for FriendRequested {
+    const NAME: &'static str = "social.friend_requested";
+}
+
+/// A friend request was accepted (accounts): the two are friends now. Leaderboard keeps friend
+/// lists for `records?friends=true`; chat notifies the one who asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendAccepted {
+    /// Who asked first.
+    pub requester_id: String,
+    /// Who accepted.
+    pub accepter_id: String,
+    /// When.
+    pub accepted_at: String,
+}
+
+impl EventType for FriendAccepted {
+    const NAME: &'static str = "social.friend_accepted";
+}
+
+/// Two players are no longer friends, or a pending request between them is gone (declined,
+/// withdrawn, or ended by a block) (accounts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendRemoved {
+    /// Who ended it.
+    pub account_id: String,
+    /// The other player.
+    pub other_id: String,
+    /// When.
+    pub removed_at: String,
+}
+
+impl EventType for FriendRemoved {
+    const NAME: &'static str = "social.friend_removed";
+}
+
+/// A player blocked another (accounts). Chat refuses DMs between them and hides each one's
+/// presence from the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockAdded {
+    /// Who blocked.
+    pub blocker_id: String,
+    /// Who was blocked.
+    pub blocked_id: String,
+    /// When.
+    pub blocked_at: String,
+}
+
+impl EventType for BlockAdded {
+    const NAME: &'static str = "social.block_added";
+}
+
+/// A player lifted a block (accounts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRemoved {
+    /// Who had blocked.
+    pub blocker_id: String,
+    /// Who had been blocked.
+    pub blocked_id: String,
+    /// When.
+    pub unblocked_at: String,
+}
+
+impl EventType for BlockRemoved {
+    const NAME: &'static str = "social.block_removed";
+}

@@ -38,8 +38,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use catalog::{
-    AccountCreated, AccountDeleted, MessageReported, SanctionIssued, SeasonClosed, SeasonPlacing, UploadCompleted, UploadReady,
-    UploadRejected,
+    AccountCreated, AccountDeleted, BlockAdded, BlockRemoved, FriendAccepted, FriendRemoved, FriendRequested, MessageReported,
+    SanctionIssued, SeasonClosed, SeasonPlacing, UploadCompleted, UploadReady, UploadRejected,
 };
 pub use metrics::{EventMetrics, register_outbox_metrics};
 pub use outbox::record;
