@@ -61,7 +61,8 @@ fn backoff(over: u64) -> Duration {
 }
 
 /// The cache keys of one login attempt. The email is the normalised one, whether or not an
-/// account has it, so that unknown and known emails are throttled alike.
+/// account has it, so that unknown and known emails are throttled alike, and hashed: a cache
+/// dump or a `KEYS` listing should not be a list of players' emails.
 struct LoginKeys {
     pair_failures: String,
     pair_wait: String,
@@ -73,6 +74,7 @@ struct LoginKeys {
 impl LoginKeys {
     fn new(email: &str, ip: ClientIp) -> Self {
         let ip = ip.0;
+        let email = platform::digest::sha256_hex(email);
         LoginKeys {
             pair_failures: format!("login:failures:{email}:{ip}"),
             pair_wait: format!("login:wait:{email}:{ip}"),

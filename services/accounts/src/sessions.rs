@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use platform::ApiError;
 use platform::db::{Tx, now_millis};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use crate::AccountsState;
 use crate::model::TokenPair;
@@ -58,7 +58,7 @@ fn successor_token(token: &str, salt: &str) -> anyhow::Result<String> {
 /// The stored form of a refresh token: its SHA-256 in hex. The token has 256 random bits, so a
 /// fast hash is enough (there is nothing to brute-force).
 fn hash_refresh_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    platform::digest::sha256_hex(token)
 }
 
 impl AccountsState {

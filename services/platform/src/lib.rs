@@ -9,6 +9,7 @@ pub mod blobs;
 pub mod cache;
 pub mod config;
 pub mod db;
+pub mod digest;
 pub mod error;
 pub mod events;
 pub mod health;

@@ -303,7 +303,7 @@ fn well_formed(key: &str) -> bool {
 
 /// The stored form of a named key: its SHA-256 in hex.
 fn hash_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::sha256_hex(key)
 }
 
 /// A fresh named key.
