@@ -113,16 +113,21 @@ fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     text.chars().take(MAX_ERROR_CHARS).collect()
 }
 
-/// When to try again after attempt number `attempts` failed: `first`, doubling after each
-/// further failure up to an hour; `None` once `max_attempts` were made (the delivery is parked).
-pub fn retry_at(now: i64, attempts: i64, settings: &WebhookSettings) -> Option<i64> {
+/// When to try again after attempt number `attempts` failed: a wait of `first`, doubling after
+/// each further failure up to an hour, of which the later half is spread by `roll` (uniform over
+/// `u32`); `None` once `max_attempts` were made (the delivery is parked). The spread matters when
+/// a receiver comes back from an outage: without it every delivery that failed together would be
+/// retried together, at the same instant, each time.
+pub fn retry_at(now: i64, attempts: i64, settings: &WebhookSettings, roll: u32) -> Option<i64> {
     if attempts >= i64::from(settings.max_attempts) {
         return None;
     }
     let first = i64::try_from(settings.retry_first.as_millis()).unwrap_or(i64::MAX);
     let cap = i64::try_from(MAX_BACKOFF.as_millis()).unwrap_or(i64::MAX);
     let factor = 1i64 << (attempts - 1).clamp(0, 20);
-    Some(now + first.saturating_mul(factor).min(cap))
+    let wait = first.saturating_mul(factor).min(cap);
+    let spread = i64::try_from(i128::from(wait / 2) * i128::from(roll) / i128::from(u32::MAX)).unwrap_or(0);
+    Some(now + wait - wait / 2 + spread)
 }
 
 /// Attempts in flight per webhook in this process.
@@ -250,7 +255,8 @@ async fn deliver(state: &WebhooksState, claimed: &Claimed) {
             Outcome::Delivered { status }
         }
         Err((status, error)) => {
-            let retry_at = retry_at(now_millis(), attempt, &state.settings);
+            let roll = getrandom::u32().unwrap_or(u32::MAX);
+            let retry_at = retry_at(now_millis(), attempt, &state.settings, roll);
             if retry_at.is_some() {
                 tracing::info!(
                     webhook_id = claimed.webhook_id,
@@ -298,9 +304,12 @@ mod tests {
     #[test]
     fn retries_back_off_then_park() {
         let settings = WebhookSettings { max_attempts: 5, retry_first: Duration::from_secs(10), ..WebhookSettings::default() };
-        let waits: Vec<Option<i64>> = (1..=5).map(|attempts| retry_at(0, attempts, &settings)).collect();
-        assert_eq!(waits, [Some(10_000), Some(20_000), Some(40_000), Some(80_000), None]);
+        let longest: Vec<Option<i64>> = (1..=5).map(|attempts| retry_at(0, attempts, &settings, u32::MAX)).collect();
+        assert_eq!(longest, [Some(10_000), Some(20_000), Some(40_000), Some(80_000), None]);
+        let shortest: Vec<Option<i64>> = (1..=5).map(|attempts| retry_at(0, attempts, &settings, 0)).collect();
+        assert_eq!(shortest, [Some(5_000), Some(10_000), Some(20_000), Some(40_000), None], "at least half the wait");
+        assert_eq!(retry_at(0, 3, &settings, u32::MAX / 2), Some(29_999), "the middle of the spread");
         let long = WebhookSettings { max_attempts: 30, ..settings };
-        assert_eq!(retry_at(0, 29, &long), Some(3_600_000), "at most an hour apart");
+        assert_eq!(retry_at(0, 29, &long, u32::MAX), Some(3_600_000), "at most an hour apart");
     }
 }
