@@ -24,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::ChatState;
 use crate::api::MessageView;
 use crate::channel::Channel;
-use crate::notifications::{Kind, MAX_PER_PLAYER};
+use crate::notifications::Kind;
 use crate::store::{self, ConversationRow, MessageRow, NewNotification};
 
 /// The most unread messages a read mark counts (`unread_count` says at most this many after a
@@ -65,12 +65,11 @@ pub(crate) async fn store_direct(state: &ChatState, channel: &Channel, row: &Mes
             data,
             created_at: row.created_at,
         };
-        let stored = store::upsert_notification(&mut tx, &n).await?;
-        store::cap_notifications(&mut tx, recipient, MAX_PER_PLAYER).await?;
-        stored
+        store::upsert_notification(&mut tx, &n).await?
     };
     tx.commit().await.map_err(anyhow::Error::from)?;
     if let Some(notification) = notification {
+        state.cap_stream(recipient).await;
         state.push_notification(recipient, notification).await;
     }
     Ok(())

@@ -104,22 +104,32 @@ fn listed_since() -> i64 {
 }
 
 impl ChatState {
-    /// Stores `notifications` in one transaction (each unless its source was seen before, capping
-    /// each player's stream), then pushes those stored to their players' sockets.
+    /// Stores `notifications` in one transaction (each unless its source was seen before), then
+    /// caps the streams it added to and pushes what it stored to their players' sockets.
     pub async fn notify(&self, notifications: &[NewNotification<'_>]) -> anyhow::Result<usize> {
         let mut tx = self.db.begin().await?;
         let mut stored = Vec::new();
         for n in notifications {
             if let Some(row) = store::upsert_notification(&mut tx, n).await? {
-                store::cap_notifications(&mut tx, n.account_id, MAX_PER_PLAYER).await?;
                 stored.push((n.account_id, row));
             }
         }
         tx.commit().await?;
         for (account_id, row) in &stored {
+            self.cap_stream(account_id).await;
             self.push_notification(account_id, row.clone()).await;
         }
         Ok(stored.len())
+    }
+
+    /// Deletes the player's notifications beyond `MAX_PER_PLAYER`. After the insert's commit, not
+    /// in its transaction: two transactions adding to one stream at once would each see the other's
+    /// row missing and leave one too many, whereas the later of two commits is followed by a cap
+    /// that sees both. One that fails (or a crash before it) leaves a row more until the next.
+    pub async fn cap_stream(&self, account_id: &str) {
+        if let Err(err) = store::cap_notifications(self.db.pool(), account_id, MAX_PER_PLAYER).await {
+            tracing::warn!(error = format!("{err:#}"), "capping a notification stream failed; the next notification caps it");
+        }
     }
 
     /// Pushes a stored notification to every socket of its player, on every instance. A push

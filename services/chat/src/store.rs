@@ -263,7 +263,7 @@ pub async fn upsert_notification(conn: &mut sqlx::AnyConnection, n: &NewNotifica
 
 /// Deletes `account`'s notifications beyond the newest `keep`.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.cap_notifications", skip_all)]
-pub async fn cap_notifications(conn: &mut sqlx::AnyConnection, account: &str, keep: i64) -> anyhow::Result<u64> {
+pub async fn cap_notifications<'e>(db: impl Executor<'e, Database = Any>, account: &str, keep: i64) -> anyhow::Result<u64> {
     // The subquery finds the newest one beyond the cap (NULL, deleting nothing, while under it).
     let done = sqlx::query(
         "DELETE FROM chat_notifications WHERE account_id = $1 AND id <= \
@@ -271,7 +271,7 @@ pub async fn cap_notifications(conn: &mut sqlx::AnyConnection, account: &str, ke
     )
     .bind(account)
     .bind(keep)
-    .execute(&mut *conn)
+    .execute(db)
     .await
     .context("capping notifications")?;
     Ok(done.rows_affected())
