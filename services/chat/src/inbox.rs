@@ -119,6 +119,7 @@ pub struct ConversationsQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
 }
 
@@ -162,6 +163,7 @@ pub async fn conversations(
 #[serde(deny_unknown_fields)]
 pub struct ReadConversation {
     /// A message of the conversation: read up to it (inclusive). Absent: up to the newest.
+    #[schema(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub up_to: Option<String>,
 }
 

@@ -184,6 +184,7 @@ pub struct NotificationsQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
 }
 
@@ -234,6 +235,7 @@ pub struct MarkRead {
     #[schema(min_items = 1, max_items = 100)]
     pub ids: Option<Vec<String>>,
     /// Every notification up to this one (inclusive): the newest the client has shown.
+    #[schema(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub up_to: Option<String>,
 }
 
