@@ -277,27 +277,24 @@ pub async fn mark_read(State(state): State<ChatState>, player: Player, Json(req)
 
 /// `social.friend_requested`: the player asked is notified (once per event).
 pub(crate) async fn friend_requested(state: &ChatState, event_id: &str, event: &FriendRequested) -> anyhow::Result<()> {
-    let n = NewNotification {
-        account_id: &event.to_id,
-        kind: Kind::FriendRequest.as_str(),
-        source: event_id,
-        thread: None,
-        actor_id: Some(&event.from_id),
-        data: json!({"account_id": event.from_id}).to_string(),
-        created_at: now_millis(),
-    };
-    state.notify(&[n]).await.map(drop)
+    notify_of_player(state, event_id, Kind::FriendRequest, &event.to_id, &event.from_id).await
 }
 
 /// `social.friend_accepted`: the player who asked is notified (once per event).
 pub(crate) async fn friend_accepted(state: &ChatState, event_id: &str, event: &FriendAccepted) -> anyhow::Result<()> {
+    notify_of_player(state, event_id, Kind::FriendAccepted, &event.requester_id, &event.accepter_id).await
+}
+
+/// Notifies `account_id` of something `other_id` did (a friend kind: `data` is `{account_id}`,
+/// the other player's), once per event.
+async fn notify_of_player(state: &ChatState, event_id: &str, kind: Kind, account_id: &str, other_id: &str) -> anyhow::Result<()> {
     let n = NewNotification {
-        account_id: &event.requester_id,
-        kind: Kind::FriendAccepted.as_str(),
+        account_id,
+        kind: kind.as_str(),
         source: event_id,
         thread: None,
-        actor_id: Some(&event.accepter_id),
-        data: json!({"account_id": event.accepter_id}).to_string(),
+        actor_id: Some(other_id),
+        data: json!({"account_id": other_id}).to_string(),
         created_at: now_millis(),
     };
     state.notify(&[n]).await.map(drop)
