@@ -64,6 +64,10 @@ GRANT SELECT, INSERT, DELETE ON chat_messages, chat_message_reporters TO guildha
 GRANT SELECT, INSERT, UPDATE, DELETE ON chat_group_members, chat_sanctions TO guildhall_chat;
 GRANT SELECT, UPDATE ON chat_reports TO guildhall_chat;
 GRANT SELECT ON chat_report_entries TO guildhall_chat;
+-- Notifications and the DM inbox: a direct message writes the conversation's rows and, for a
+-- recipient not in the conversation, their notification, in its own transaction; players list
+-- theirs and mark them read; each instance prunes the notifications past their age.
+GRANT SELECT, INSERT, UPDATE, DELETE ON chat_notifications, chat_conversations TO guildhall_chat;
 
 -- The worker's consumers (on `account.deleted`, `upload.completed`, `chat.message_reported`, and
 -- every event a webhook may subscribe to) and the webhook deliveries:
@@ -81,6 +85,10 @@ GRANT SELECT, UPDATE, DELETE ON assets, asset_usage TO guildhall_worker;
 GRANT SELECT, UPDATE ON chat_messages TO guildhall_worker;
 GRANT SELECT, DELETE ON chat_group_members, chat_message_reporters TO guildhall_worker;
 GRANT SELECT, INSERT, UPDATE ON chat_reports, chat_report_entries TO guildhall_worker;
+-- chat notifies players of friend requests and acceptances and of season results (inserting and
+-- capping their notifications), and erases a deleted player's notifications and conversations
+-- (and the name their partners' conversations show).
+GRANT SELECT, INSERT, UPDATE, DELETE ON chat_notifications, chat_conversations TO guildhall_worker;
 -- webhooks records each event for the webhooks subscribed to it, delivers them (leases, results,
 -- retries) and purges what is done.
 GRANT SELECT ON webhooks TO guildhall_worker;

@@ -87,6 +87,13 @@ pub enum Notice {
         /// `banned` or `removed`.
         reason: String,
     },
+    /// A frame for every socket of the account, wherever it is connected (a notification).
+    Deliver {
+        /// Account id.
+        account_id: String,
+        /// The frame, as sent to the client.
+        frame: String,
+    },
 }
 
 /// An authenticated connection of this instance, as notices find it.
@@ -94,6 +101,8 @@ struct Connected {
     account_id: String,
     session_id: String,
     control: mpsc::Sender<Control>,
+    /// The connection's outgoing queue, the one its channels' frames go to.
+    frames: mpsc::Sender<Arc<str>>,
     kick: CancellationToken,
 }
 
@@ -221,7 +230,8 @@ impl Hub {
     }
 
     /// Records an authenticated connection, so that notices about its account or session reach
-    /// it through `control` (or, when that queue is full, by cancelling `kick`); false, recording
+    /// it through `control` (or, when that queue is full, by cancelling `kick`), and frames for
+    /// its account through `frames` (its outgoing queue); false, recording
     /// nothing, when its account already has `cap` connections here. Counted and recorded under
     /// one lock, so that simultaneous connections cannot all pass the cap.
     pub fn connect(
@@ -229,6 +239,7 @@ impl Hub {
         connection: u64,
         player: &platform::auth::Player,
         control: mpsc::Sender<Control>,
+        frames: mpsc::Sender<Arc<str>>,
         kick: CancellationToken,
         cap: usize,
     ) -> bool {
@@ -236,7 +247,7 @@ impl Hub {
         if connected.values().filter(|c| c.account_id == player.account_id).count() >= cap {
             return false;
         }
-        let entry = Connected { account_id: player.account_id.clone(), session_id: player.session_id.clone(), control, kick };
+        let entry = Connected { account_id: player.account_id.clone(), session_id: player.session_id.clone(), control, frames, kick };
         connected.insert(connection, entry);
         true
     }
@@ -274,6 +285,16 @@ impl Hub {
     /// Tells the connections of this instance that `notice` concerns what to do.
     pub fn apply(&self, notice: &Notice) {
         let connected = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if let Notice::Deliver { account_id, frame } = notice {
+            let frame: Arc<str> = Arc::from(frame.as_str());
+            for entry in connected.values().filter(|entry| entry.account_id == *account_id) {
+                // Like a channel's frames: a queue that is full is a client not keeping up.
+                if entry.frames.try_send(frame.clone()).is_err() {
+                    entry.kick.cancel();
+                }
+            }
+            return;
+        }
         for entry in connected.values() {
             let control = match notice {
                 Notice::SessionEnded { session_id } if *session_id == entry.session_id => {

@@ -1,11 +1,14 @@
 //! Guildhall chat: rooms, groups and direct messages over WebSocket, stored durably, fanned out
-//! across any number of stateless instances through Redis.
+//! across any number of stateless instances through Redis; each player's notifications and DM
+//! inbox.
 
 pub mod admin;
 pub mod api;
 pub mod caps;
 pub mod channel;
 pub mod hub;
+pub mod inbox;
+pub mod notifications;
 pub mod presence;
 pub mod store;
 pub mod ws;
@@ -15,7 +18,7 @@ use axum::extract::FromRef;
 use platform::auth::{AdminKey, Authenticator};
 use platform::cache::Cache;
 use platform::db::Database;
-use platform::events::{AccountDeleted, MessageReported, Subscription};
+use platform::events::{AccountDeleted, FriendAccepted, FriendRequested, MessageReported, SeasonClosed, Subscription};
 use platform::shutdown::Shutdown;
 use utoipa::OpenApi;
 
@@ -108,13 +111,15 @@ impl ChatState {
         );
     }
 
-    /// Background work: the Redis fan-out and the presence refresh, until shutdown; then waits
+    /// Background work: the Redis fan-out, the presence refresh and the pruning of old
+    /// notifications, until shutdown; then waits
     /// (up to 5 s) for every socket to have sent its going-away close.
     pub async fn run(self) {
         tokio::join!(
             self.hub.clone().run(self.shutdown.clone()),
             self.presence.clone().run(self.shutdown.clone()),
-            self.relay_local_revocations()
+            self.relay_local_revocations(),
+            self.prune_notifications()
         );
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         while self.sockets.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
@@ -144,14 +149,16 @@ impl ChatState {
         }
     }
 
-    /// Anonymises a deleted player's messages and reports (as sender and as reporter) and removes
-    /// them from groups, in one transaction:
+    /// Anonymises a deleted player's messages and reports (as sender and as reporter), removes
+    /// them from groups, and erases their notifications (and those about them) and conversation
+    /// rows (and their name in their partners'), in one transaction:
     /// an attempt that fails leaves nothing half done, and the event's retry does it all.
     pub async fn erase_player(&self, account_id: &str) -> anyhow::Result<u64> {
         let mut tx = self.db.begin().await?;
         let anonymised = store::anonymise_sender(&mut *tx, account_id).await?;
         store::leave_all_groups(&mut *tx, account_id).await?;
         store::anonymise_reports(&mut tx, account_id).await?;
+        store::erase_inbox(&mut tx, account_id).await?;
         tx.commit().await?;
         Ok(anonymised)
     }
@@ -171,13 +178,16 @@ impl FromRef<ChatState> for AdminKey {
 
 /// The chat router.
 pub fn router(state: ChatState) -> Router {
-    api::routes().with_state(state)
+    api::routes().merge(inbox::routes()).merge(notifications::routes()).with_state(state)
 }
 
 /// What chat consumes: `account.deleted` anonymises that player's messages;
-/// `chat.message_reported` files the report in the moderators' queue.
+/// `chat.message_reported` files the report in the moderators' queue;
+/// `social.friend_requested`, `social.friend_accepted` and `leaderboard.season_closed` notify
+/// players (keyed by the event's id, so a copy handled twice notifies once).
 pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
     let reports = state.clone();
+    let (requests, acceptances, seasons) = (state.clone(), state.clone(), state.clone());
     vec![
         Subscription::on("chat", move |event: AccountDeleted| {
             let state = state.clone();
@@ -191,6 +201,22 @@ pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
             let state = reports.clone();
             async move { state.file_report(&event_id, event).await.map(drop) }
         }),
+        Subscription::on_with_id("chat", move |event_id, event: FriendRequested| {
+            let state = requests.clone();
+            async move { notifications::friend_requested(&state, &event_id, &event).await }
+        }),
+        Subscription::on_with_id("chat", move |event_id, event: FriendAccepted| {
+            let state = acceptances.clone();
+            async move { notifications::friend_accepted(&state, &event_id, &event).await }
+        }),
+        Subscription::on_with_id("chat", move |event_id, event: SeasonClosed| {
+            let state = seasons.clone();
+            async move {
+                let notified = notifications::season_closed(&state, &event_id, &event).await?;
+                tracing::info!(board_id = event.board_id, season = event.season, notified, "notified a season's placed players");
+                Ok(())
+            }
+        }),
     ]
 }
 
@@ -201,16 +227,20 @@ pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
         ws::socket, api::create_group, api::show_group, api::add_member, api::remove_member, api::history, api::presence,
         api::moderate, api::lift, api::my_sanctions, api::account_sanctions, api::admin_sanction, api::admin_lift, api::report,
         admin::list_reports, admin::show_report, admin::list_reporters, admin::resolve_report, admin::list_sanctions,
-        admin::delete_message, admin::delete_sender_messages, admin::channel_history
+        admin::delete_message, admin::delete_sender_messages, admin::channel_history,
+        inbox::conversations, inbox::mark_read, notifications::list, notifications::mark_read
     ),
     components(schemas(
         api::MessageView, api::CreateGroup, api::GroupView, api::MemberView, api::AddMember, api::HistoryPage,
         api::PresenceView, api::PresentPlayer, api::ChannelSanction, api::Sanction, api::SanctionView, api::SanctionPage,
         api::Report, admin::ReportCase, admin::ReportedMessage, admin::Reporter, admin::Resolution, admin::ReportCasePage,
         admin::ReporterPage, admin::Resolve, admin::AdminSanctionView, admin::AdminSanctionPage, admin::DeletedMessages,
+        inbox::ConversationView, inbox::ConversationPage, inbox::ReadConversation,
+        notifications::NotificationView, notifications::NotificationPage, notifications::MarkRead, notifications::MarkedRead,
         platform::error::ErrorBody
     )),
-    tags((name = "chat", description = "Channels, history, moderation"),
+    tags((name = "chat", description = "Channels, history, moderation, the DM inbox"),
+        (name = "notifications", description = "Each player's notifications, also pushed on the chat WebSocket"),
         (name = "chat admin", description = "Operators' chat moderation with the server key: reports, sanctions, messages, any channel"))
 )]
 pub struct ApiDoc;

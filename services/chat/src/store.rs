@@ -186,6 +186,380 @@ pub async fn leave_all_groups<'e>(db: impl Executor<'e, Database = Any>, account
     Ok(())
 }
 
+/// A stored notification, as its player sees it.
+#[derive(Debug, Clone)]
+pub struct NotificationRow {
+    /// UUIDv7.
+    pub id: String,
+    /// `friend_request`, `friend_accepted`, `dm` or `season_result`.
+    pub kind: String,
+    /// JSON object, by kind.
+    pub data: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms; `None` while unread.
+    pub read_at: Option<i64>,
+}
+
+const NOTIFICATION_COLUMNS: &str = "id, kind, data, created_at, read_at";
+
+fn notification(row: &AnyRow) -> Result<NotificationRow, sqlx::Error> {
+    Ok(NotificationRow {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        data: row.try_get("data")?,
+        created_at: row.try_get("created_at")?,
+        read_at: row.try_get("read_at")?,
+    })
+}
+
+/// A notification to store.
+#[derive(Debug, Clone)]
+pub struct NewNotification<'a> {
+    /// The player notified.
+    pub account_id: &'a str,
+    /// Its kind.
+    pub kind: &'a str,
+    /// What made it, unique per player: an event's id, or a message's.
+    pub source: &'a str,
+    /// A conversation's channel (`dm`): while unread, later messages update the one notification.
+    pub thread: Option<&'a str>,
+    /// The other player it is about, if any.
+    pub actor_id: Option<&'a str>,
+    /// JSON object.
+    pub data: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// Stores `n` unless its player has one from the same source already; with a `thread`, updates
+/// the thread's unread notification instead when there is one. The row stored or updated, or
+/// `None` when the source was seen before (a redelivered event).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.upsert_notification", skip_all)]
+pub async fn upsert_notification(conn: &mut sqlx::AnyConnection, n: &NewNotification<'_>) -> anyhow::Result<Option<NotificationRow>> {
+    // Only the conflict clause differs (which unique index decides), and it is a constant.
+    let on_conflict = if n.thread.is_some() {
+        "ON CONFLICT (account_id, thread) WHERE read_at IS NULL AND thread IS NOT NULL DO UPDATE SET data = excluded.data"
+    } else {
+        "ON CONFLICT (account_id, source) DO NOTHING"
+    };
+    let row = sqlx::query(&format!(
+        "INSERT INTO chat_notifications (id, account_id, kind, source, thread, actor_id, data, created_at, read_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL) {on_conflict} RETURNING {NOTIFICATION_COLUMNS}"
+    ))
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(n.account_id)
+    .bind(n.kind)
+    .bind(n.source)
+    .bind(n.thread)
+    .bind(n.actor_id)
+    .bind(&n.data)
+    .bind(n.created_at)
+    .fetch_optional(&mut *conn)
+    .await
+    .context("storing a notification")?;
+    row.as_ref().map(notification).transpose().context("decoding a notification")
+}
+
+/// Deletes `account`'s notifications beyond the newest `keep`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.cap_notifications", skip_all)]
+pub async fn cap_notifications<'e>(db: impl Executor<'e, Database = Any>, account: &str, keep: i64) -> anyhow::Result<u64> {
+    // The subquery finds the newest one beyond the cap (NULL, deleting nothing, while under it).
+    let done = sqlx::query(
+        "DELETE FROM chat_notifications WHERE account_id = $1 AND id <= \
+         (SELECT id FROM chat_notifications WHERE account_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+    )
+    .bind(account)
+    .bind(keep)
+    .execute(db)
+    .await
+    .context("capping notifications")?;
+    Ok(done.rows_affected())
+}
+
+/// Up to `limit` of `account`'s notifications made after `since` (Unix ms), newest first, older
+/// than the notification `before`; only unread ones with `unread_only`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.notifications", skip_all)]
+pub async fn notifications<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account: &str,
+    since: i64,
+    unread_only: bool,
+    before: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<NotificationRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {NOTIFICATION_COLUMNS} FROM chat_notifications WHERE account_id = $1 AND created_at > $2 \
+         AND ($3 = 0 OR read_at IS NULL) AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+    ))
+    .bind(account)
+    .bind(since)
+    .bind(i64::from(unread_only))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+    .context("listing notifications")?;
+    rows.iter().map(|r| notification(r).context("decoding a notification")).collect()
+}
+
+/// How many of `account`'s notifications made after `since` are unread (at most the cap per
+/// player, so a bounded count).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.unread_notifications", skip_all)]
+pub async fn unread_notifications<'e>(db: impl Executor<'e, Database = Any>, account: &str, since: i64) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM chat_notifications WHERE account_id = $1 AND read_at IS NULL AND created_at > $2")
+        .bind(account)
+        .bind(since)
+        .fetch_one(db)
+        .await
+        .context("counting unread notifications")
+}
+
+/// Which of a player's notifications to mark read.
+#[derive(Debug, Clone)]
+pub enum ReadMark<'a> {
+    /// These ids.
+    Ids(&'a [String]),
+    /// Every one up to this id, inclusive.
+    UpTo(&'a str),
+}
+
+/// Marks `account`'s unread notifications chosen by `mark` read at `now`; how many were.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.mark_notifications_read", skip_all)]
+pub async fn mark_notifications_read<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account: &str,
+    mark: &ReadMark<'_>,
+    now: i64,
+) -> anyhow::Result<u64> {
+    let done = match mark {
+        ReadMark::UpTo(id) => {
+            sqlx::query("UPDATE chat_notifications SET read_at = $2 WHERE account_id = $1 AND read_at IS NULL AND id <= $3")
+                .bind(account)
+                .bind(now)
+                .bind(*id)
+                .execute(db)
+                .await
+        }
+        ReadMark::Ids(ids) => {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            // Only the placeholders are formatted in; the ids are bound.
+            let placeholders: Vec<String> = (3..ids.len() + 3).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "UPDATE chat_notifications SET read_at = $2 WHERE account_id = $1 AND read_at IS NULL AND id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(account).bind(now);
+            for id in *ids {
+                query = query.bind(id);
+            }
+            query.execute(db).await
+        }
+    }
+    .context("marking notifications read")?;
+    Ok(done.rows_affected())
+}
+
+/// Marks `account`'s unread `dm` notification of `channel` read (the conversation was read).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.mark_thread_read", skip_all)]
+pub async fn mark_thread_read<'e>(db: impl Executor<'e, Database = Any>, account: &str, channel: &str, now: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE chat_notifications SET read_at = $3 WHERE account_id = $1 AND thread = $2 AND read_at IS NULL")
+        .bind(account)
+        .bind(channel)
+        .bind(now)
+        .execute(db)
+        .await
+        .context("marking a conversation's notification read")?;
+    Ok(())
+}
+
+/// Deletes up to `batch` notifications made before `before` (Unix ms); how many went.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.prune_notifications", skip_all)]
+pub async fn prune_notifications<'e>(db: impl Executor<'e, Database = Any>, before: i64, batch: i64) -> anyhow::Result<u64> {
+    let done = sqlx::query("DELETE FROM chat_notifications WHERE id IN (SELECT id FROM chat_notifications WHERE created_at < $1 LIMIT $2)")
+        .bind(before)
+        .bind(batch)
+        .execute(db)
+        .await
+        .context("pruning old notifications")?;
+    Ok(done.rows_affected())
+}
+
+/// Erasure: the player's notifications, those about them in other players' streams, their
+/// conversations' rows, and their name in their partners' rows.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.erase_inbox", skip_all)]
+pub async fn erase_inbox(conn: &mut sqlx::AnyConnection, account: &str) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM chat_notifications WHERE account_id = $1 OR actor_id = $1")
+        .bind(account)
+        .execute(&mut *conn)
+        .await
+        .context("erasing notifications")?;
+    sqlx::query("DELETE FROM chat_conversations WHERE account_id = $1")
+        .bind(account)
+        .execute(&mut *conn)
+        .await
+        .context("erasing conversations")?;
+    sqlx::query("UPDATE chat_conversations SET other_name = 'deleted player' WHERE other_id = $1")
+        .bind(account)
+        .execute(&mut *conn)
+        .await
+        .context("anonymising conversation partners")?;
+    Ok(())
+}
+
+/// Updates both players' rows of the direct conversation `m` was sent in (the caller's
+/// transaction, the message's): for the sender it is read up to it (writing in a conversation
+/// reads it), for the recipient one more unread. A message older than the row's newest (two
+/// sent at once, committed out of order) does not move the newest back.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.record_direct", skip_all)]
+pub async fn record_direct(conn: &mut sqlx::AnyConnection, m: &MessageRow, sender: &str, recipient: &str) -> anyhow::Result<()> {
+    const NEWEST: &str = "CASE WHEN excluded.last_message_id > chat_conversations.last_message_id \
+                          THEN excluded.last_message_id ELSE chat_conversations.last_message_id END";
+    sqlx::query(&format!(
+        "INSERT INTO chat_conversations (account_id, channel_id, other_id, other_name, last_message_id, unread_count, read_up_to) \
+         VALUES ($1, $2, $3, NULL, $4, 0, $4) ON CONFLICT (account_id, channel_id) DO UPDATE SET \
+         last_message_id = {NEWEST}, unread_count = 0, read_up_to = {NEWEST}"
+    ))
+    .bind(sender)
+    .bind(&m.channel_id)
+    .bind(recipient)
+    .bind(&m.id)
+    .execute(&mut *conn)
+    .await
+    .context("updating the sender's conversation")?;
+    sqlx::query(&format!(
+        "INSERT INTO chat_conversations (account_id, channel_id, other_id, other_name, last_message_id, unread_count, read_up_to) \
+         VALUES ($1, $2, $3, $4, $5, 1, NULL) ON CONFLICT (account_id, channel_id) DO UPDATE SET \
+         last_message_id = {NEWEST}, other_name = excluded.other_name, unread_count = chat_conversations.unread_count + 1"
+    ))
+    .bind(recipient)
+    .bind(&m.channel_id)
+    .bind(sender)
+    .bind(&m.sender_name)
+    .bind(&m.id)
+    .execute(&mut *conn)
+    .await
+    .context("updating the recipient's conversation")?;
+    Ok(())
+}
+
+/// A player's row of a direct conversation, with its newest message when still stored.
+#[derive(Debug, Clone)]
+pub struct ConversationRow {
+    /// `dm:<a>:<b>`.
+    pub channel_id: String,
+    /// The other player.
+    pub other_id: String,
+    /// Their name as their last message showed it.
+    pub other_name: Option<String>,
+    /// The newest message's id (the cursor).
+    pub last_message_id: String,
+    /// The newest message, unless an operator deleted it.
+    pub last_message: Option<MessageRow>,
+    /// Messages from the other player after the read mark.
+    pub unread_count: i64,
+    /// The newest message read.
+    pub read_up_to: Option<String>,
+}
+
+/// Up to `limit` of `account`'s direct conversations, newest message first, after the one whose
+/// newest message is `before`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.conversations", skip_all)]
+pub async fn conversations<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account: &str,
+    before: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<ConversationRow>> {
+    // One primary-key lookup per row for its newest message: the inbox reads no history.
+    let rows = sqlx::query(
+        "SELECT c.channel_id, c.other_id, c.other_name, c.last_message_id, c.unread_count, c.read_up_to, \
+         m.id, m.channel_id AS message_channel, m.sender_id, m.sender_name, m.body, m.created_at \
+         FROM chat_conversations c LEFT JOIN chat_messages m ON m.id = c.last_message_id \
+         WHERE c.account_id = $1 AND ($2 IS NULL OR c.last_message_id < $2) ORDER BY c.last_message_id DESC LIMIT $3",
+    )
+    .bind(account)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+    .context("listing conversations")?;
+    rows.iter()
+        .map(|r| {
+            let id: Option<String> = r.try_get("id")?;
+            let last_message = match id {
+                Some(id) => Some(MessageRow {
+                    id,
+                    channel_id: r.try_get("message_channel")?,
+                    sender_id: r.try_get("sender_id")?,
+                    sender_name: r.try_get("sender_name")?,
+                    body: r.try_get("body")?,
+                    created_at: r.try_get("created_at")?,
+                }),
+                None => None,
+            };
+            Ok(ConversationRow {
+                channel_id: r.try_get("channel_id")?,
+                other_id: r.try_get("other_id")?,
+                other_name: r.try_get("other_name")?,
+                last_message_id: r.try_get("last_message_id")?,
+                last_message,
+                unread_count: r.try_get("unread_count")?,
+                read_up_to: r.try_get("read_up_to")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding a conversation")
+}
+
+/// Marks `account`'s row of conversation `channel` read up to message `up_to` (its newest when
+/// `None`), recounting what is left unread (at most `max_unread`, from the channel's index);
+/// a mark never moves back. False when the player has no such conversation.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.mark_conversation_read", skip_all)]
+pub async fn mark_conversation_read(
+    conn: &mut sqlx::AnyConnection,
+    account: &str,
+    channel: &str,
+    up_to: Option<&str>,
+    max_unread: i64,
+) -> anyhow::Result<bool> {
+    let exists: Option<String> =
+        sqlx::query_scalar("SELECT last_message_id FROM chat_conversations WHERE account_id = $1 AND channel_id = $2")
+            .bind(account)
+            .bind(channel)
+            .fetch_optional(&mut *conn)
+            .await
+            .context("loading a conversation")?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    match up_to {
+        None => sqlx::query(
+            "UPDATE chat_conversations SET read_up_to = last_message_id, unread_count = 0 WHERE account_id = $1 AND channel_id = $2",
+        )
+        .bind(account)
+        .bind(channel)
+        .execute(&mut *conn)
+        .await
+        .context("marking a conversation read")?,
+        Some(up_to) => sqlx::query(
+            "UPDATE chat_conversations SET read_up_to = $3, unread_count = (SELECT COUNT(*) FROM (SELECT 1 FROM chat_messages \
+               WHERE channel_id = $2 AND id > $3 AND (sender_id IS NULL OR sender_id <> $1) LIMIT $4) later) \
+             WHERE account_id = $1 AND channel_id = $2 AND (read_up_to IS NULL OR read_up_to < $3)",
+        )
+        .bind(account)
+        .bind(channel)
+        .bind(up_to)
+        .bind(max_unread)
+        .execute(&mut *conn)
+        .await
+        .context("marking a conversation read")?,
+    };
+    Ok(true)
+}
+
 /// A mute or ban.
 pub struct SanctionRow<'a> {
     /// Who.

@@ -9,10 +9,11 @@
 //! `join`, `leave`, `send` (`body`), `typing`, and `auth` again with a fresh token of the same
 //! account, which keeps the socket past the first token's expiry; the server pushes `message`,
 //! `presence`, `typing`, `removed` and `message_deleted` (an operator deleted a message, or all of
-//! one sender's messages in the channel: `message_id` or `sender_id`) events. The server pings every 20 s and closes a connection
-//! silent for 60 s (the ALB's idle timeout is longer), closes a client too slow to read its queue
-//! (1008), and sends every socket a going-away close (1001) on shutdown so clients reconnect
-//! elsewhere.
+//! one sender's messages in the channel: `message_id` or `sender_id`) events, and the player's
+//! `notification`s (`crate::notifications`), whatever channels the socket is in. The server pings
+//! every 20 s and closes a connection silent for 60 s (the ALB's idle timeout is longer), closes a
+//! client too slow to read its queue (1008), and sends every socket a going-away close (1001) on
+//! shutdown so clients reconnect elsewhere.
 //!
 //! A socket lives no longer than the right that opened it: it closes when its token expires
 //! without a new `auth` (4001), when its session ends (logout, refresh-token reuse, account
@@ -258,7 +259,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     let connection = state.hub.connection_id();
     let kick = CancellationToken::new();
-    if !state.hub.connect(connection, &player, control_tx, kick.clone(), state.socket_limits.per_account) {
+    if !state.hub.connect(connection, &player, control_tx, tx.clone(), kick.clone(), state.socket_limits.per_account) {
         close(&mut socket, CLOSE_TOO_MANY_SOCKETS, "too_many_connections").await;
         return;
     }
@@ -512,8 +513,12 @@ impl Session {
             body: body.to_owned(),
             created_at: now_millis(),
         };
-        // Stored durably before it is acknowledged or delivered.
-        store::insert_message(self.state.db.pool(), &row).await?;
+        // Stored durably before it is acknowledged or delivered; a direct message together with
+        // its conversation's state and the recipient's notification (`inbox`).
+        match &channel {
+            Channel::Direct(..) => crate::inbox::store_direct(&self.state, &channel, &row).await?,
+            _ => store::insert_message(self.state.db.pool(), &row).await?,
+        }
         let message = crate::api::MessageView::from(row);
         let event = json!({"type": "message", "channel": id, "message": message});
         self.state.hub.publish(&id, &event.to_string(), Some(self.connection)).await?;

@@ -134,7 +134,10 @@ impl App {
                 Service::Chat => {
                     let state = parts.chat(db);
                     if events_here {
-                        let consuming = if consumers_apart { parts.chat(worker_db.clone()) } else { state.clone() };
+                        // The same hub: a consumer's notifications reach this process's sockets
+                        // also without Redis to carry them.
+                        let consuming =
+                            if consumers_apart { chat::ChatState { db: worker_db.clone(), ..state.clone() } } else { state.clone() };
                         subscriptions.extend(chat::subscriptions(consuming));
                     }
                     if mode == Mode::Serve {

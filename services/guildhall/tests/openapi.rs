@@ -19,6 +19,8 @@ async fn every_service_serves_the_whole_document() {
         "/v1/leaderboards/{id}/records",
         "/v1/assets/{asset_id}",
         "/v1/chat/ws",
+        "/v1/notifications",
+        "/v1/chat/conversations",
         "/v1/admin/webhooks/{id}/deliveries",
         "/health/ready",
     ] {
@@ -36,7 +38,7 @@ async fn every_service_serves_the_whole_document() {
         ("accounts", vec!["/v1/admin/accounts", account, "/v1/admin/keys", "/v1/admin/audit"]),
         ("leaderboard", vec!["/v1/leaderboards", &records]),
         ("uploads", vec!["/v1/admin/assets"]),
-        ("chat", vec![&sanctions]),
+        ("chat", vec![&sanctions, "/v1/notifications"]),
         ("webhooks", vec!["/v1/admin/webhooks"]),
     ];
     for (service, _) in &admin_paths {

@@ -82,7 +82,9 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     (UploadRejected::NAME, &["webhooks"]),
     (MessageReported::NAME, &["chat", "webhooks"]),
     (SanctionIssued::NAME, &["webhooks"]),
-    (SeasonClosed::NAME, &["webhooks"]),
+    (SeasonClosed::NAME, &["chat", "webhooks"]),
+    (FriendRequested::NAME, &["chat"]),
+    (FriendAccepted::NAME, &["chat"]),
 ];
 
 /// The consumers of `event_type` (see `ROUTES`).
