@@ -375,7 +375,8 @@ async fn send_one(state: &AccountsState, job: &store::MailJob) -> anyhow::Result
         Err(err) => {
             let attempts = job.attempts + 1;
             if err.is_transient() && attempts < MAX_ATTEMPTS {
-                let wait = Duration::from_secs(5 << attempts.min(6));
+                // 4 s, 8 s, 16 s, 32 s: within `GIVE_UP_AFTER` at the last.
+                let wait = Duration::from_secs(2 << attempts.min(6));
                 tracing::warn!(account_id = account.id, attempts, error = %err, retry_in_secs = wait.as_secs(), "password reset mail not sent; will retry");
                 let next_at = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                 store::retry_reset_mail(db, &job.id, attempts, next_at).await?;
