@@ -165,9 +165,7 @@ pub async fn change_password(
         return Err(ApiError::invalid("current_password", "current_password must be given"));
     }
     validate::password("new_password", &req.new_password)?;
-    let account = crate::store::account_by_id(state.db.pool(), &player.account_id)
-        .await?
-        .ok_or_else(|| ApiError::Unauthenticated { code: "session_revoked", message: "this account no longer exists".into() })?;
+    let account = crate::api::own_account(&state, &player).await?;
     let (Some(email), Some(stored)) = (account.email, account.password_hash) else {
         return Err(ApiError::Conflict {
             code: "password_not_set",
