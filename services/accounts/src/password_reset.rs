@@ -302,7 +302,13 @@ fn reset_message(config: &PasswordResetConfig, to: &str, username: &str, token: 
 pub async fn run_mailer(state: AccountsState, shutdown: Shutdown) {
     let resets = state.resets.clone();
     if !resets.mailer.is_relay() {
-        tracing::info!("no SMTP_URL: password reset mails are written as files ({:?})", resets.mailer);
+        if state.db.dialect() == platform::db::Dialect::Postgres {
+            // Several instances on a shared database are a deployment: a folder on one of them
+            // is nobody's mailbox.
+            tracing::warn!("no SMTP_URL: password reset mails are written as files on this machine ({:?})", resets.mailer);
+        } else {
+            tracing::info!("no SMTP_URL: password reset mails are written as files ({:?})", resets.mailer);
+        }
     }
     let mut purge = tokio::time::interval(PURGE_EVERY);
     loop {

@@ -916,9 +916,15 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_debug_output() {
-        let config = config(&[("DATABASE_URL", "postgres://u:hunter2@db/g"), ("TOKEN_SIGNING_KEY", "PRIVATE")]).expect("valid");
+        let config = config(&[
+            ("DATABASE_URL", "postgres://u:hunter2@db/g"),
+            ("TOKEN_SIGNING_KEY", "PRIVATE"),
+            ("SMTP_URL", "smtp://AKIASMTPUSER:hunter3@email-smtp.eu-west-1.amazonaws.com:587"),
+            ("MAIL_FROM", "Guildhall <no-reply@game.example>"),
+        ])
+        .expect("valid");
         let printed = format!("{config:?}");
-        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("hunter2") && !printed.contains("hunter3") && !printed.contains("AKIASMTPUSER"), "{printed}");
         assert!(!printed.contains("PRIVATE"), "{printed}");
     }
 

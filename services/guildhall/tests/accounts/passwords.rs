@@ -100,6 +100,8 @@ async fn forgot_answers_alike_for_unknown_emails_and_guests(backend: Backend) {
         env.set("RATE_LIMIT_PASSWORD_RESET_PER_EMAIL_PER_HOUR", "1000").set("RATE_LIMIT_PASSWORD_RESET_PER_IP_PER_HOUR", "1000");
     })
     .await;
+    // This relay offers AUTH LOGIN alone.
+    relay.login_only.store(true, std::sync::atomic::Ordering::SeqCst);
     let ana = app.register("ana").await;
     guest(&app, "phone-1").await;
 
@@ -109,6 +111,7 @@ async fn forgot_answers_alike_for_unknown_emails_and_guests(backend: Backend) {
     assert_eq!(known.headers.get("content-length"), unknown.headers.get("content-length"));
     let mail = relay.mail().await;
     assert!(mail.tls, "smtps:// is TLS from the first byte");
+    assert_eq!(mail.user.as_deref(), Some("relay-user"), "authenticated with AUTH LOGIN");
     assert_eq!(mail.to, ana.email);
     assert!(relay.mail_within(Duration::from_secs(2)).await.is_none(), "nothing is sent for an email without an account");
 

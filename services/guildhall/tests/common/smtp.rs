@@ -57,6 +57,8 @@ pub struct Relay {
     pub temporary_failures: Arc<AtomicU32>,
     /// RCPT TO is answered 550 (no such mailbox) when set.
     pub refuse_recipients: Arc<std::sync::atomic::AtomicBool>,
+    /// Offers AUTH LOGIN alone (not PLAIN) when set.
+    pub login_only: Arc<std::sync::atomic::AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -83,7 +85,8 @@ impl Relay {
         let (sender, mails) = mpsc::unbounded_channel();
         let temporary_failures = Arc::new(AtomicU32::new(0));
         let refuse_recipients = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let shared = (temporary_failures.clone(), refuse_recipients.clone());
+        let login_only = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shared = (temporary_failures.clone(), refuse_recipients.clone(), login_only.clone());
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let conversation = Conversation {
@@ -92,13 +95,14 @@ impl Relay {
                     sender: sender.clone(),
                     temporary_failures: shared.0.clone(),
                     refuse_recipients: shared.1.clone(),
+                    login_only: shared.2.clone(),
                 };
                 tokio::spawn(async move {
                     let _ = conversation.run(stream).await;
                 });
             }
         });
-        Relay { url, ca_file, mails: Mutex::new(mails), temporary_failures, refuse_recipients, accept }
+        Relay { url, ca_file, mails: Mutex::new(mails), temporary_failures, refuse_recipients, login_only, accept }
     }
 
     /// The next mail received, waiting up to `within`.
@@ -156,6 +160,7 @@ struct Conversation {
     sender: mpsc::UnboundedSender<Received>,
     temporary_failures: Arc<AtomicU32>,
     refuse_recipients: Arc<std::sync::atomic::AtomicBool>,
+    login_only: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Line {
@@ -201,7 +206,8 @@ impl Conversation {
                     reply.push_str("250-STARTTLS\r\n");
                 }
                 if tls {
-                    reply.push_str("250-AUTH PLAIN LOGIN\r\n");
+                    let login_only = self.login_only.load(Ordering::SeqCst);
+                    reply.push_str(if login_only { "250-AUTH LOGIN\r\n" } else { "250-AUTH PLAIN LOGIN\r\n" });
                 }
                 reply.push_str("250 8BITMIME\r\n");
                 conn.say(&reply).await?;
@@ -210,7 +216,9 @@ impl Conversation {
                 let plain = conn.io;
                 conn = Line { io: Box::new(self.acceptor.accept(plain).await.ok()?), buffer: Vec::new() };
                 tls = true;
-            } else if let Some(token) = upper.starts_with("AUTH PLAIN ").then(|| line["AUTH PLAIN ".len()..].to_owned()) {
+            } else if let Some(token) = (upper.starts_with("AUTH PLAIN ") && !self.login_only.load(Ordering::SeqCst))
+                .then(|| line["AUTH PLAIN ".len()..].to_owned())
+            {
                 let decoded = STANDARD.decode(token.trim()).ok()?;
                 let parts: Vec<&[u8]> = decoded.split(|b| *b == 0).collect();
                 if parts.len() == 3 && parts[1] == USER.as_bytes() && parts[2] == PASSWORD.as_bytes() {
