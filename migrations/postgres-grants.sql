@@ -36,6 +36,9 @@ GRANT INSERT ON admin_audit TO guildhall_leaderboard, guildhall_uploads, guildha
 -- accounts: sign-up, sign-in, profiles, erasure; sessions and refresh tokens (and their purge);
 -- account-wide bans (issued, replaced, lifted, read at sign-in and refresh).
 GRANT SELECT, INSERT, UPDATE, DELETE ON accounts, sessions, refresh_tokens, account_bans TO guildhall_accounts;
+-- Password resets: tokens (as hashes) written, replaced, taken and purged; the mails to send,
+-- queued by the forgot-password route and leased, retried and deleted by the accounts worker.
+GRANT SELECT, INSERT, UPDATE, DELETE ON password_resets, password_reset_mails TO guildhall_accounts;
 
 -- webhooks' admin API, which runs with accounts (SERVICES=accounts,webhooks on ECS: one process,
 -- one login): webhooks made, listed and deleted with their deliveries; deliveries listed and

@@ -296,6 +296,8 @@ dummy_deploy_env() {
   export REDIS_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-redis-url-AbCdEf
   export ADMIN_KEY_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-admin-key-AbCdEf
   export TOKEN_SIGNING_KEY_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-signing-key-AbCdEf
+  export SMTP_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-smtp-url-AbCdEf
+  export MAIL_FROM='Guildhall <no-reply@game.example>' PASSWORD_RESET_URL='https://game.example/reset?token={token}'
   export TOKEN_VERIFY_KEY_PARAMETER_ARN=$arn:ssm:eu-west-1:123456789012:parameter/guildhall/token-verify-key
   export ADOT_CONFIG_PARAMETER_ARN=$arn:ssm:eu-west-1:123456789012:parameter/guildhall/adot-config
   export ASSETS_BUCKET=guildhall-assets CDN_BASE_URL=https://d111111abcdef8.cloudfront.net

@@ -196,7 +196,7 @@ pub async fn logout(State(state): State<AccountsState>, player: Player) -> ApiRe
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn own_account(state: &AccountsState, player: &Player) -> ApiResult<store::AccountRow> {
+pub(crate) async fn own_account(state: &AccountsState, player: &Player) -> ApiResult<store::AccountRow> {
     // A valid token for an account that no longer exists: the account was deleted.
     store::account_by_id(state.db.pool(), &player.account_id)
         .await?

@@ -6,6 +6,7 @@ pub mod api;
 pub mod limits;
 pub mod model;
 pub mod password;
+pub mod password_reset;
 pub mod sessions;
 pub mod store;
 pub mod validate;
@@ -22,6 +23,7 @@ use utoipa::OpenApi;
 
 pub use limits::Limits;
 pub use password::Passwords;
+pub use password_reset::PasswordResets;
 
 /// Everything the accounts handlers need. Cheap to clone.
 #[derive(Clone)]
@@ -42,6 +44,8 @@ pub struct AccountsState {
     pub refresh_ttl: Duration,
     /// How long after its exchange a refresh token presented again gets the same new pair.
     pub refresh_reuse_grace: Duration,
+    /// Password reset mails: the mailer, the link, the limits.
+    pub resets: PasswordResets,
 }
 
 impl FromRef<AccountsState> for Authenticator {
@@ -58,7 +62,7 @@ impl FromRef<AccountsState> for AdminKey {
 
 /// The accounts router.
 pub fn router(state: AccountsState) -> Router {
-    api::routes().merge(admin::routes()).with_state(state)
+    api::routes().merge(admin::routes()).merge(password_reset::routes()).with_state(state)
 }
 
 /// How often ended sessions are purged, and how long they are kept after ending (reuse of a
@@ -66,12 +70,14 @@ pub fn router(state: AccountsState) -> Router {
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 const KEEP_ENDED_FOR_MS: i64 = 24 * 3600 * 1000;
 
-/// Background work: purges sessions that ended more than a day ago, in batches, until shutdown.
+/// Background work: purges sessions that ended more than a day ago, in batches, and sends the
+/// password reset mails (`password_reset::run_mailer`), until shutdown.
 pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
+    let mailer = tokio::spawn(password_reset::run_mailer(state.clone(), shutdown.clone()));
     let mut every = tokio::time::interval(PURGE_EVERY);
     loop {
         tokio::select! {
-            () = shutdown.stopped() => return,
+            () = shutdown.stopped() => break,
             _ = every.tick() => {}
         }
         // Revocations whose sessions' access tokens have all expired: the verifiers' fallback
@@ -98,6 +104,7 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
             }
         }
     }
+    let _ = mailer.await;
 }
 
 /// The OpenAPI description of the accounts API.
@@ -106,6 +113,7 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
     paths(
         api::register, api::login, api::guest, api::refresh, api::logout,
         api::me, api::update_me, api::delete_me, api::attach_credentials, api::profile, api::jwks,
+        password_reset::change_password, password_reset::forgot_password, password_reset::reset_password,
         admin::search, admin::show, admin::ban, admin::unban, admin::revoke_sessions, admin::erase
     ),
     components(schemas(
@@ -113,7 +121,8 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
         model::CredentialsRequest, model::ProfileUpdate, model::TokenPair, model::Account,
         model::PublicProfile, model::Registered, admin::BanView, admin::AccountSummary, admin::AccountPage,
         admin::SessionView, admin::AccountParts, admin::AccountDetail, admin::BanRequest, admin::Banned,
-        admin::SessionsEnded, platform::error::ErrorBody
+        admin::SessionsEnded, password_reset::PasswordChange, password_reset::PasswordForgotten, password_reset::ResetRequested,
+        password_reset::PasswordReset, platform::error::ErrorBody
     )),
     tags((name = "auth", description = "Sign-up, sign-in, tokens"), (name = "accounts", description = "Profiles and erasure"))
 )]

@@ -312,6 +312,11 @@ impl Parts<'_> {
             limits: (&self.config.auth_rate_limits).into(),
             refresh_ttl: self.config.tokens.refresh_ttl,
             refresh_reuse_grace: self.config.refresh_reuse_grace,
+            resets: accounts::PasswordResets::new(
+                platform::mail::Mailer::new(&self.config.mail)?,
+                self.config.password_reset.clone(),
+                self.config.mail.timeout,
+            ),
         })
     }
 

@@ -1,6 +1,8 @@
 //! The accounts API over HTTP, on the embedded backends and on PostgreSQL + Redis.
 
 mod common;
+#[path = "accounts/passwords.rs"]
+mod passwords;
 
 use common::{ADMIN_KEY, Backend, Chat, Process, TestApp, TestEnv, audit, server_key};
 use reqwest::Method;

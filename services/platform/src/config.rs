@@ -266,6 +266,50 @@ pub struct AuthRateLimits {
     pub refresh_per_ip_per_minute: u32,
 }
 
+/// Password reset by email (`PASSWORD_RESET_*`).
+#[derive(Debug, Clone)]
+pub struct PasswordResetConfig {
+    /// `PASSWORD_RESET_URL`: the link mailed, with `{token}` where the token goes
+    /// (`https://game.example/reset?token={token}`). Without it, the mail gives the token as a
+    /// code to paste into the game.
+    pub url_template: Option<String>,
+    /// `PASSWORD_RESET_TTL_SECS`: how long a mailed token works (default 30 minutes).
+    pub token_ttl: Duration,
+    /// `RATE_LIMIT_PASSWORD_RESET_PER_IP_PER_HOUR`: forgot-password requests per client IP.
+    pub per_ip_per_hour: u32,
+    /// `RATE_LIMIT_PASSWORD_RESET_PER_EMAIL_PER_HOUR`: reset mails per email address; requests
+    /// past it are answered as usual and mail nothing.
+    pub per_email_per_hour: u32,
+}
+
+impl PasswordResetConfig {
+    fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let url_template = get("PASSWORD_RESET_URL");
+        if let Some(url) = &url_template
+            && (!url.contains("://") || url.matches("{token}").count() != 1 || url.len() > 900 || url.chars().any(char::is_whitespace))
+        {
+            // A game's own scheme (`mygame://reset?token={token}`) is fine: the link opens the game.
+            bail!("PASSWORD_RESET_URL must be a URL holding {{token}} once, e.g. https://game.example/reset?token={{token}}");
+        }
+        let number = |key: &str, default: u64, range: std::ops::RangeInclusive<u64>| -> anyhow::Result<u64> {
+            let value = match get(key) {
+                Some(v) => v.parse().with_context(|| format!("{key} must be a whole number, got {v:?}"))?,
+                None => default,
+            };
+            if !range.contains(&value) {
+                bail!("{key} must be between {} and {}, got {value}", range.start(), range.end());
+            }
+            Ok(value)
+        };
+        Ok(PasswordResetConfig {
+            url_template,
+            token_ttl: Duration::from_secs(number("PASSWORD_RESET_TTL_SECS", 1800, 60..=86_400)?),
+            per_ip_per_hour: u32::try_from(number("RATE_LIMIT_PASSWORD_RESET_PER_IP_PER_HOUR", 20, 1..=100_000)?).unwrap_or(20),
+            per_email_per_hour: u32::try_from(number("RATE_LIMIT_PASSWORD_RESET_PER_EMAIL_PER_HOUR", 3, 1..=1000)?).unwrap_or(3),
+        })
+    }
+}
+
 /// Output format of the log lines on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -362,6 +406,10 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// `WEBHOOK_*`: delivery of events to operators' webhooks.
     pub webhooks: WebhookSettings,
+    /// `SMTP_URL`, `MAIL_FROM` and the rest of `crate::mail::MailConfig`: how mail is sent.
+    pub mail: crate::mail::MailConfig,
+    /// `PASSWORD_RESET_*`: the reset mails' link, their tokens' lifetime and their limits.
+    pub password_reset: PasswordResetConfig,
 }
 
 impl Config {
@@ -597,6 +645,7 @@ impl Config {
             concurrency: usize::try_from(bounded("WEBHOOK_CONCURRENCY", 16, 1..=256)?).unwrap_or(16),
         };
 
+        let data_dir_for_mail = data_dir.clone();
         let config = Config {
             listen_addr,
             metrics_addr,
@@ -638,6 +687,8 @@ impl Config {
             chat_max_sockets_per_ip: limit("CHAT_MAX_SOCKETS_PER_IP", 100)?,
             cors_allowed_origins,
             webhooks,
+            mail: crate::mail::MailConfig::from_lookup(&get, &data_dir_for_mail)?,
+            password_reset: PasswordResetConfig::from_lookup(&get)?,
         };
         config.check_deployment()?;
         Ok(config)
@@ -865,9 +916,15 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_debug_output() {
-        let config = config(&[("DATABASE_URL", "postgres://u:hunter2@db/g"), ("TOKEN_SIGNING_KEY", "PRIVATE")]).expect("valid");
+        let config = config(&[
+            ("DATABASE_URL", "postgres://u:hunter2@db/g"),
+            ("TOKEN_SIGNING_KEY", "PRIVATE"),
+            ("SMTP_URL", "smtp://AKIASMTPUSER:hunter3@email-smtp.eu-west-1.amazonaws.com:587"),
+            ("MAIL_FROM", "Guildhall <no-reply@game.example>"),
+        ])
+        .expect("valid");
         let printed = format!("{config:?}");
-        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("hunter2") && !printed.contains("hunter3") && !printed.contains("AKIASMTPUSER"), "{printed}");
         assert!(!printed.contains("PRIVATE"), "{printed}");
     }
 

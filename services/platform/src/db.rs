@@ -175,6 +175,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "admin", include_str!("../../../migrations/postgres/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/postgres/0014_chat_reports.sql")),
     (15, "webhooks", include_str!("../../../migrations/postgres/0015_webhooks.sql")),
+    (17, "password_resets", include_str!("../../../migrations/postgres/0017_password_resets.sql")),
     (19, "notifications", include_str!("../../../migrations/postgres/0019_notifications.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -193,6 +194,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "admin", include_str!("../../../migrations/sqlite/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/sqlite/0014_chat_reports.sql")),
     (15, "webhooks", include_str!("../../../migrations/sqlite/0015_webhooks.sql")),
+    (17, "password_resets", include_str!("../../../migrations/sqlite/0017_password_resets.sql")),
     (19, "notifications", include_str!("../../../migrations/sqlite/0019_notifications.sql")),
 ];
 

@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod http;
+pub mod mail;
 pub mod metrics;
 pub mod ratelimit;
 pub mod rds;

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod browser;
+pub mod smtp;
 
 /// Runs each named `async fn name(backend: Backend)` once per backend set, as
 /// `embedded::name` and `real::name`.
