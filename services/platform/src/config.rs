@@ -362,6 +362,9 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// `WEBHOOK_*`: delivery of events to operators' webhooks.
     pub webhooks: WebhookSettings,
+    /// `REGION_ROLE` and `REGION_CHECK_INTERVAL_MS`: whether this region writes
+    /// (`crate::region`).
+    pub region: crate::region::RegionSettings,
 }
 
 impl Config {
@@ -638,6 +641,7 @@ impl Config {
             chat_max_sockets_per_ip: limit("CHAT_MAX_SOCKETS_PER_IP", 100)?,
             cors_allowed_origins,
             webhooks,
+            region: crate::region::RegionSettings::from_lookup(get)?,
         };
         config.check_deployment()?;
         Ok(config)
