@@ -77,17 +77,16 @@ if [[ $(id -u) -eq 0 ]]; then chown postgres "$DIR/pg-a" "$DIR/pg-b" "$DIR/sock"
 # Durability off on both (the killed primary is never started again, and B is promoted, not
 # crashed); what decides the loss is whether a commit waits for the standby.
 options="-k $DIR/sock -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off -c full_page_writes=off"
-primary_options="$options -p $PG_A"
-if [[ "$SYNC" == 1 ]]; then
-  primary_options+=" -c synchronous_standby_names=* -c synchronous_commit=on"
-else
-  primary_options+=" -c synchronous_commit=local"
-fi
+primary_options="$options -p $PG_A -c synchronous_commit=on"
 as_pg "$PG_BIN/initdb" -D "$DIR/pg-a" -U guildhall --auth=trust -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1
 as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg-a" -l "$DIR/sock/a.log" -w -t 60 start -o "$primary_options" >/dev/null
 psql -q -h 127.0.0.1 -p "$PG_A" -U guildhall -d postgres -c "CREATE DATABASE guildhall"
 as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_A" -U guildhall -D "$DIR/pg-b" -R -X stream --checkpoint=fast --no-sync >"$DIR/basebackup.log" 2>&1
 as_pg "$PG_BIN/pg_ctl" -D "$DIR/pg-b" -l "$DIR/sock/b.log" -w -t 60 start -o "$options -p $PG_B -c hot_standby_feedback=on" >/dev/null
+if [[ "$SYNC" == 1 ]]; then
+  # Only once the standby streams: before it, every commit would wait for it.
+  psql -q -h 127.0.0.1 -p "$PG_A" -U guildhall -d postgres -c "ALTER SYSTEM SET synchronous_standby_names = '*'" -c "SELECT pg_reload_conf()"
+fi
 
 for port in "$REDIS_A" "$REDIS_B"; do
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
@@ -156,7 +155,10 @@ folder, killed, promote, promoted, lost, rows, sync = sys.argv[1], *map(int, sys
 answers = [line.split() for line in open(f"{folder}/acked.txt")]
 ok = [int(ms) for ms, outcome, _ in answers if outcome.startswith("2")]
 before = [ms for ms in ok if ms < killed]
-after = sorted(ms for ms in ok if ms >= killed)
+# Requests in flight at the kill may still be answered for a few milliseconds; the outage starts
+# with the first failed answer after the kill, and writes are back with the first 2xx after it.
+first_failure = min((int(ms) for ms, outcome, _ in answers if int(ms) >= killed and not outcome.startswith("2")), default=None)
+after = sorted(ms for ms in ok if first_failure is not None and ms > first_failure)
 failed = {}
 for ms, outcome, _ in answers:
     if int(ms) >= killed and not outcome.startswith("2") and (not after or int(ms) <= after[0]):
