@@ -44,14 +44,21 @@ pub async fn drive<S: Scenario>(options: &Options, setup: Setup) -> anyhow::Resu
         tokio::time::sleep_until(measure_from.into()).await;
         watched.sample()
     });
+    let acked = match &options.acked {
+        Some(path) => Some(Arc::new(AckLog::create(path)?)),
+        None => None,
+    };
     let mut workers = JoinSet::new();
     for _ in 0..options.concurrency {
-        let (scenario, connection, sent) = (scenario.clone(), Connection::new(target.clone()), sent.clone());
-        workers.spawn(async move { work(&*scenario, connection, &sent, window).await });
+        let (scenario, connection, sent, acked) = (scenario.clone(), Connection::new(target.clone()), sent.clone(), acked.clone());
+        workers.spawn(async move { work(&*scenario, connection, &sent, window, acked.as_deref()).await });
     }
     let mut total = Tally::default();
     while let Some(tally) = workers.join_next().await {
         total.merge(tally.context("a worker panicked")?);
+    }
+    if let Some(acked) = acked {
+        acked.finish()?;
     }
 
     let cpu_at_end = options.cpu.sample()?;
@@ -108,7 +115,34 @@ struct Failure {
     detail: String,
 }
 
-async fn work<S: Scenario>(scenario: &S, mut connection: Connection, sent: &AtomicU64, window: Window) -> Tally {
+/// `--acked`: one line per answer, `unix_ms outcome key`, written as answers come (buffered; a
+/// run's few thousand lines a second are nothing beside the requests).
+struct AckLog {
+    out: std::sync::Mutex<std::io::BufWriter<std::fs::File>>,
+}
+
+impl AckLog {
+    fn create(path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { out: std::sync::Mutex::new(std::io::BufWriter::new(file)) })
+    }
+
+    fn record(&self, outcome: &str, key: &str) {
+        use std::io::Write as _;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        if let Ok(mut out) = self.out.lock() {
+            // A failed write shows at `finish`, which flushes.
+            let _ = writeln!(out, "{now} {outcome} {key}");
+        }
+    }
+
+    fn finish(&self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        self.out.lock().map_err(|_| anyhow::anyhow!("the acked log's lock was poisoned"))?.flush().context("writing the acked log")
+    }
+}
+
+async fn work<S: Scenario>(scenario: &S, mut connection: Connection, sent: &AtomicU64, window: Window, acked: Option<&AckLog>) -> Tally {
     let mut tally = Tally::default();
     // Bounded twice over: by the clock and by the shared request count.
     while Instant::now() < window.stop_at {
@@ -120,6 +154,12 @@ async fn work<S: Scenario>(scenario: &S, mut connection: Connection, sent: &Atom
         let started = Instant::now();
         let outcome = send(&mut connection, &request, window.timeout).await;
         let answered = Instant::now();
+        if let (Some(log), Some(key)) = (acked, scenario.key(n)) {
+            match &outcome {
+                Ok(status) => log.record(&status.to_string(), &key),
+                Err(failure) => log.record(&failure.kind, &key),
+            }
+        }
         if started < window.measure_from {
             continue;
         }
@@ -135,10 +175,11 @@ async fn work<S: Scenario>(scenario: &S, mut connection: Connection, sent: &Atom
     tally
 }
 
-/// Sends `request` and reads the whole body, so the time covers the complete response.
-async fn send(connection: &mut Connection, request: &crate::http1::Request<'_>, timeout: std::time::Duration) -> Result<(), Failure> {
+/// Sends `request` and reads the whole body, so the time covers the complete response; a 2xx
+/// gives its status.
+async fn send(connection: &mut Connection, request: &crate::http1::Request<'_>, timeout: std::time::Duration) -> Result<u16, Failure> {
     match connection.exchange(request, timeout).await {
-        Ok(Some(answer)) if (200..300).contains(&answer.status) => Ok(()),
+        Ok(Some(answer)) if (200..300).contains(&answer.status) => Ok(answer.status),
         Ok(Some(answer)) => {
             let body: String = String::from_utf8_lossy(answer.body).chars().take(300).collect();
             Err(Failure { kind: answer.status.to_string(), detail: format!("{}: {body}", answer.status) })

@@ -56,6 +56,10 @@ pub struct Options {
     pub room_size: usize,
     /// Chat: messages each client sends per second.
     pub rate: f64,
+    /// `--acked FILE`: every answer (warm-up included) as a line `unix_ms outcome key`, the
+    /// outcome a status or `connect`/`transport`/`timeout`, for scenarios whose requests write
+    /// something by key (`guest-signup`): what a failover rehearsal checks for loss.
+    pub acked: Option<std::path::PathBuf>,
 }
 
 /// The environment variable `--admin-key` falls back to: the one the server reads its key from.
@@ -102,6 +106,7 @@ impl Default for Options {
             clients: 5000,
             room_size: 50,
             rate: 0.2,
+            acked: None,
         }
     }
 }
@@ -128,6 +133,8 @@ pub fn usage() -> String {
            --max-requests N    stop after this many requests, warm-up included (default {max_requests})\n  \
            --admin-key KEY     server key, for the scenarios that create a leaderboard\n                      \
                                (default: the environment variable {admin_key_env})\n  \
+           --acked FILE        write every answer as `unix_ms outcome key` (guest-signup: the device id),\n                      \
+                               for counting acknowledged writes after a failover\n  \
            --cpu NAME=PID,...  report these processes' CPU time per measured request (Linux),\n                      \
                                with the tool's own, e.g. guildhall=4242,redis=4250; PID+ adds\n                      \
                                the process's children (postgres=4200+)\n  \
@@ -197,6 +204,7 @@ impl Command {
                 "--clients" => options.clients = number(&name, &value()?)?,
                 "--room-size" => options.room_size = number(&name, &value()?)?,
                 "--rate" => options.rate = decimal(&name, &value()?)?,
+                "--acked" => options.acked = Some(value()?.into()),
                 other => bail!("unknown argument {other:?} (try --help)"),
             }
         }

@@ -111,15 +111,19 @@ impl ChatState {
         );
     }
 
-    /// Background work: the Redis fan-out, the presence refresh and the pruning of old
-    /// notifications, until shutdown; then waits
+    /// The work that writes to the database off the request path: pruning old notifications.
+    /// Started apart from `run`, so that it idles while the region is read-only.
+    pub async fn run_workers(self, phase: Shutdown) {
+        self.prune_notifications(&phase).await;
+    }
+
+    /// Background work: the Redis fan-out and the presence refresh, until shutdown; then waits
     /// (up to 5 s) for every socket to have sent its going-away close.
     pub async fn run(self) {
         tokio::join!(
             self.hub.clone().run(self.shutdown.clone()),
             self.presence.clone().run(self.shutdown.clone()),
-            self.relay_local_revocations(),
-            self.prune_notifications()
+            self.relay_local_revocations()
         );
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         while self.sockets.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {

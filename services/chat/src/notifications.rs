@@ -10,6 +10,7 @@
 //! `PRUNE_EVERY` by every instance, and hidden from the list once that old). The unread count is
 //! a count over at most that many rows of one player.
 
+use platform::shutdown::Shutdown;
 use std::time::Duration;
 
 use axum::Router;
@@ -141,12 +142,13 @@ impl ChatState {
         }
     }
 
-    /// Deletes the notifications past `MAX_AGE` every `PRUNE_EVERY`, until shutdown.
-    pub(crate) async fn prune_notifications(&self) {
+    /// Deletes the notifications past `MAX_AGE` every `PRUNE_EVERY`, until `phase` stops (the
+    /// process shuts down, or its region turns read-only: `platform::region`).
+    pub(crate) async fn prune_notifications(&self, phase: &Shutdown) {
         let mut every = tokio::time::interval(PRUNE_EVERY);
         loop {
             tokio::select! {
-                () = self.shutdown.stopped() => return,
+                () = phase.stopped() => return,
                 _ = every.tick() => {}
             }
             let before = listed_since();

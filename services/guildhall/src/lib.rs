@@ -18,6 +18,7 @@ use platform::events::{QueueConsumer, Queues, Relay};
 use platform::health::{self, HealthState};
 use platform::http::{self, HttpSettings};
 use platform::metrics::Metrics;
+use platform::region::Region;
 use platform::shutdown::Shutdown;
 use platform::tokens::TokenKeys;
 use tokio::net::TcpListener;
@@ -57,8 +58,13 @@ impl App {
     /// Like `build`, for `mode`.
     pub async fn build_as(config: Config, shutdown: Shutdown, mode: Mode) -> anyhow::Result<Self> {
         let main = Database::connect(&config.database).await?;
-        if config.run_migrations {
+        // A warm secondary region's database is a replica: its schema arrives by replication,
+        // and a migration could not write it anyway.
+        let database_writable = Region::database_writable(&main).await.unwrap_or(true);
+        if config.run_migrations && database_writable {
             main.migrate().await?;
+        } else if config.run_migrations {
+            tracing::info!("the database is a read-only replica: migrations are left to the primary region");
         }
         // After the migrations, which make the roles (DATABASE_SERVICE_ROLES).
         let dbs = Databases::connect(&config.database, main).await?;
@@ -86,6 +92,10 @@ impl App {
 
         let mut router = health::router(HealthState { db: serving_db, cache: cache.clone(), shutdown: shutdown.clone() });
         let mut workers = Vec::new();
+        // Whether this region writes, asked of the owner's pool every REGION_CHECK_INTERVAL_MS.
+        let (region, watching) = Region::watch(dbs.main().clone(), config.region, shutdown.clone()).await;
+        workers.push(watching);
+        let writer = |start| spawn_writer(&region, &shutdown, start);
         // Every process's live figures, for the console's `/v1/admin/stats` (whichever serves it).
         workers.push(tokio::spawn(platform::admin::stats::publish(metrics.clone(), cache.clone(), shutdown.clone())));
         let mut subscriptions = Vec::new();
@@ -96,7 +106,8 @@ impl App {
                 Service::Accounts => {
                     let state = parts.accounts(db.clone())?;
                     if mode == Mode::Serve {
-                        workers.push(tokio::spawn(accounts::run_workers(state.clone(), shutdown.clone())));
+                        let purging = state.clone();
+                        workers.push(writer(Box::new(move |phase| Box::pin(accounts::run_workers(purging.clone(), phase)))));
                         router = router.merge(accounts::router(state));
                         // The server keys and the audit log belong to no service; the ALB sends
                         // their routes to accounts.
@@ -114,8 +125,9 @@ impl App {
                     }
                     if mode == Mode::Serve {
                         state.writer.register_metrics(&metrics);
-                        workers.push(tokio::spawn(leaderboard::seasons::run_closer(state.clone(), shutdown.clone())));
-                        workers.push(tokio::spawn(leaderboard::repair::run_repairer(state.clone(), shutdown.clone())));
+                        let (closing, repairing) = (state.clone(), state.clone());
+                        workers.push(writer(Box::new(move |phase| Box::pin(leaderboard::seasons::run_closer(closing.clone(), phase)))));
+                        workers.push(writer(Box::new(move |phase| Box::pin(leaderboard::repair::run_repairer(repairing.clone(), phase)))));
                         router = router.merge(leaderboard::router(state));
                     }
                 }
@@ -127,7 +139,8 @@ impl App {
                         subscriptions.extend(uploads::subscriptions(consuming));
                     }
                     if mode == Mode::Serve {
-                        workers.push(tokio::spawn(uploads::run_workers(state.clone(), shutdown.clone())));
+                        let checking = state.clone();
+                        workers.push(writer(Box::new(move |phase| Box::pin(uploads::run_workers(checking.clone(), phase)))));
                         router = router.merge(uploads::router(state));
                     }
                 }
@@ -142,6 +155,8 @@ impl App {
                     }
                     if mode == Mode::Serve {
                         state.register_metrics(&metrics);
+                        let pruning = state.clone();
+                        workers.push(writer(Box::new(move |phase| Box::pin(pruning.clone().run_workers(phase)))));
                         workers.push(tokio::spawn(state.clone().run()));
                         router = router.merge(chat::router(state));
                     }
@@ -157,7 +172,7 @@ impl App {
                             state.clone()
                         };
                         subscriptions.extend(webhooks::subscriptions(delivering.clone()));
-                        workers.push(tokio::spawn(webhooks::run_deliveries(delivering, shutdown.clone())));
+                        workers.push(writer(Box::new(move |phase| Box::pin(webhooks::run_deliveries(delivering.clone(), phase)))));
                     }
                     if mode == Mode::Serve {
                         router = router.merge(webhooks::router(state));
@@ -175,7 +190,7 @@ impl App {
                     // through leases); the consumers read the queues of the services here.
                     platform::events::register_outbox_metrics(&worker_db, &metrics);
                     let relay = Relay::sqs(worker_db.clone(), queues.clone()).with_metrics(event_metrics.clone());
-                    workers.push(tokio::spawn(relay.run(shutdown.clone())));
+                    workers.push(writer(Box::new(move |phase| Box::pin(relay.clone().run(phase)))));
                     for consumer in QueueConsumer::for_each_consumer(&worker_db, &queues, &subscriptions) {
                         let consumer = consumer.with_metrics(event_metrics.clone());
                         tracing::info!(
@@ -183,14 +198,14 @@ impl App {
                             queue = queues.url(consumer.consumer()),
                             "consuming events from SQS"
                         );
-                        workers.push(tokio::spawn(consumer.run(shutdown.clone())));
+                        workers.push(writer(Box::new(move |phase| Box::pin(consumer.clone().run(phase)))));
                     }
                 }
                 None if config.is_monolith() => {
                     // Every consumer is in this process: deliver the outbox to them directly.
                     platform::events::register_outbox_metrics(&worker_db, &metrics);
                     let relay = Relay::new(worker_db.clone(), subscriptions).with_metrics(event_metrics);
-                    workers.push(tokio::spawn(relay.run(shutdown.clone())));
+                    workers.push(writer(Box::new(move |phase| Box::pin(relay.clone().run(phase)))));
                 }
                 None => {
                     tracing::warn!(
@@ -204,6 +219,8 @@ impl App {
         router = router.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }));
         if mode == Mode::Serve {
             router = router.merge(console::router());
+            // Every write refused while the region is read-only, before any handler runs.
+            router = router.layer(axum::middleware::from_fn_with_state(region.clone(), platform::region::gate));
         }
         let settings = HttpSettings {
             request_timeout: config.request_timeout,
@@ -287,6 +304,16 @@ impl App {
         tracing::info!("stopped");
         result
     }
+}
+
+/// A background writer, started afresh (with its own stop switch) each time the region becomes
+/// writable.
+type StartWriter = Box<dyn FnMut(Shutdown) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+/// Spawns `start` to run only while `region` writes (`Region::run_while_writable`), until
+/// `shutdown`.
+fn spawn_writer(region: &Region, shutdown: &Shutdown, start: StartWriter) -> JoinHandle<()> {
+    tokio::spawn(region.clone().run_while_writable(shutdown.clone(), start))
 }
 
 /// Connections the metrics listener serves at once (scrapers and operators' curls).

@@ -12,7 +12,8 @@
 //! - a bearer token or the server key (`platform::auth`'s extractors, named by the operation's
 //!   `security`): 401;
 //! - a backend behind it (every operation but the JWKS and the health checks, which document
-//!   their own): 503 `unavailable` with `Retry-After` (`platform::error`);
+//!   their own): 503 `unavailable` with `Retry-After` (`platform::error`), and in a read-only
+//!   region 503 `read_only_region` (`platform::region`);
 //! - every operation: 408 after `REQUEST_TIMEOUT_SECS` (`platform::http`, no body) and 500
 //!   `internal`.
 //!
@@ -90,7 +91,7 @@ fn shared_responses() -> Vec<(&'static str, Response)> {
         .description(Some("Seconds to wait before retrying"))
         .build();
     let mut unavailable = error(
-        "`unavailable`: a dependency (the database, Redis, the file storage) is down, or a leaderboard index is being rebuilt; retry after `Retry-After` seconds",
+        "`unavailable`: a dependency (the database, Redis, the file storage) is down, or a leaderboard index is being rebuilt; or `read_only_region`: this region is a warm secondary (its database a replica) that serves reads and refuses writes until it is promoted; retry after `Retry-After` seconds",
     );
     unavailable.headers.insert("Retry-After".into(), RefOr::T(retry_after));
     vec![

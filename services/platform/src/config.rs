@@ -410,6 +410,9 @@ pub struct Config {
     pub mail: crate::mail::MailConfig,
     /// `PASSWORD_RESET_*`: the reset mails' link, their tokens' lifetime and their limits.
     pub password_reset: PasswordResetConfig,
+    /// `REGION_ROLE` and `REGION_CHECK_INTERVAL_MS`: whether this region writes
+    /// (`crate::region`).
+    pub region: crate::region::RegionSettings,
 }
 
 impl Config {
@@ -689,6 +692,7 @@ impl Config {
             webhooks,
             mail: crate::mail::MailConfig::from_lookup(&get, &data_dir_for_mail)?,
             password_reset: PasswordResetConfig::from_lookup(&get)?,
+            region: crate::region::RegionSettings::from_lookup(get)?,
         };
         config.check_deployment()?;
         Ok(config)

@@ -757,6 +757,24 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_write_refused_by_a_replica_is_a_read_only_region_503() {
+        use axum::response::IntoResponse;
+        let refused = crate::ApiError::Internal(
+            anyhow::Error::new(sqlx::Error::Database(Box::new(Sqlstate("25006")))).context("inserting the message"),
+        );
+        assert!(refused.is_read_only_region() && !is_unavailable(&sqlx::Error::Database(Box::new(Sqlstate("25006")))));
+        let response = refused.into_response();
+        assert_eq!(response.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(body["error"]["code"], "read_only_region");
+        // Any other failed query stays what it was.
+        let other = crate::ApiError::Internal(anyhow::Error::new(sqlx::Error::Database(Box::new(Sqlstate("23505")))));
+        assert!(!other.is_read_only_region());
+    }
+
     #[test]
     fn migrations_match_between_dialects() {
         let versions = |list: &[(i64, &str, &str)]| list.iter().map(|(v, n, _)| (*v, n.to_string())).collect::<Vec<_>>();

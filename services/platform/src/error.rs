@@ -81,6 +81,11 @@ pub enum ApiError {
     /// service cannot answer now, e.g. while a leaderboard index is rebuilt.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 `read_only_region` with `Retry-After`: this region's database is a replica (a warm
+    /// secondary region before its promotion) or the region is fenced (`REGION_ROLE=standby`),
+    /// so it serves reads and refuses writes (`crate::region`).
+    #[error("this region is read-only until it is promoted; retry shortly")]
+    ReadOnlyRegion,
     /// 500 `internal`: logged with context, answered opaquely; 503 `unavailable` when its cause
     /// chain shows a dependency that is down (`unavailable_dependency`).
     #[error(transparent)]
@@ -153,6 +158,14 @@ pub fn unavailable_dependency(err: &anyhow::Error) -> Option<Dependency> {
     })
 }
 
+/// True when `err`'s cause chain holds PostgreSQL's refusal of a write on a read-only
+/// connection (SQLSTATE 25006: a hot standby, or `default_transaction_read_only`).
+pub fn refused_as_read_only(err: &anyhow::Error) -> bool {
+    err.chain().any(
+        |cause| matches!(cause.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("25006")),
+    )
+}
+
 impl ApiError {
     /// 400 for `field` with `message`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -177,8 +190,22 @@ impl ApiError {
         }
     }
 
+    /// True when this error is, or was caused by, a write refused because the region is
+    /// read-only: `ReadOnlyRegion`, or the database's own refusal (SQLSTATE 25006
+    /// `read_only_sql_transaction`) of a write that reached a replica.
+    pub fn is_read_only_region(&self) -> bool {
+        match self {
+            ApiError::ReadOnlyRegion => true,
+            ApiError::Internal(err) => refused_as_read_only(err),
+            _ => false,
+        }
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
+        if self.is_read_only_region() {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
         if self.unavailable_dependency().is_some() {
             return StatusCode::SERVICE_UNAVAILABLE;
         }
@@ -193,13 +220,16 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Client { status, .. } => *status,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::ReadOnlyRegion => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
+        if self.is_read_only_region() {
+            return "read_only_region";
+        }
         if self.unavailable_dependency().is_some() {
             return "unavailable";
         }
@@ -213,6 +243,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::ReadOnlyRegion => "read_only_region",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -220,6 +251,9 @@ impl ApiError {
     /// The message the client gets: the client error's own, or a generic one for internal
     /// errors, which never carry their detail out.
     pub fn public_message(&self) -> String {
+        if self.is_read_only_region() {
+            return ApiError::ReadOnlyRegion.to_string();
+        }
         match self {
             ApiError::Internal(err) => match unavailable_dependency(err) {
                 Some(dependency) => dependency.public_message().to_owned(),
@@ -232,6 +266,11 @@ impl ApiError {
     /// Logs what the client is not told: an internal error's whole context chain (as an error,
     /// or as a warning when a dependency is down, which is no bug of ours), and 503s' reasons.
     pub fn log(&self) {
+        if self.is_read_only_region() {
+            // Expected in a secondary region: no bug, and the gate's answers would flood the log.
+            tracing::debug!(error = format!("{self:#}"), "write refused: region is read-only");
+            return;
+        }
         match self {
             ApiError::Internal(err) => match unavailable_dependency(err) {
                 // `{:#}` prints the whole context chain: "inserting account: pool timed out".
@@ -277,6 +316,11 @@ impl IntoResponse for ApiError {
         if let ApiError::RateLimited { retry_after } = self {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        } else if self.is_read_only_region() {
+            let seconds = crate::region::RETRY_AFTER.as_secs().to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         } else if self.unavailable_dependency().is_some() {

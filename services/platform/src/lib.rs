@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod rds;
 pub mod reachability;
+pub mod region;
 pub mod revocations;
 pub mod shutdown;
 pub mod telemetry;

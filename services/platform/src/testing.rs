@@ -469,6 +469,58 @@ fn with_database(url: &str, database: &str) -> String {
     out
 }
 
+/// A second region's database, for tests of read-only regions and failover: a hot standby of a
+/// `ThrowawayPostgres`, streaming from it, that the test may promote.
+impl ThrowawayPostgres {
+    /// Makes a hot standby of `primary` (`pg_basebackup -R`, streaming on loopback) and starts
+    /// it on a free port. With `synchronous`, the primary's commits in `database` wait for the
+    /// standby to have flushed them (`synchronous_standby_names = '*'`, and `synchronous_commit
+    /// = on` for that database, over the `off` the servers start with), so a commit the primary
+    /// acknowledged survives a promotion.
+    pub async fn start_standby_of(primary: &ThrowawayPostgres, database: &str, synchronous: bool) -> anyhow::Result<Self> {
+        let dir = fresh_dir("postgres-standby")?;
+        let standby = ThrowawayPostgres { bin: primary.bin.clone(), dir, port: free_port()?, tls: false };
+        std::fs::create_dir_all(standby.dir.join("sock")).context("creating the socket folder")?;
+        if is_root() {
+            let status = std::process::Command::new("chown").arg("postgres").arg(&standby.dir).arg(standby.dir.join("sock")).status()?;
+            anyhow::ensure!(status.success(), "chown postgres {} failed", standby.dir.display());
+        }
+        let (data, port) = (standby.data().display().to_string(), primary.port.to_string());
+        let args = ["-h", "127.0.0.1", "-p", &port, "-U", "guildhall", "-D", &data, "-R", "-X", "stream", "--checkpoint=fast", "--no-sync"];
+        run_as_postgres(&standby.bin.join("pg_basebackup"), &args).await?;
+        standby.start_again().await?;
+        if synchronous {
+            let mut admin = sqlx::PgConnection::connect(&primary.url()).await.context("connecting to the primary")?;
+            sqlx::query("ALTER SYSTEM SET synchronous_standby_names = '*'").execute(&mut admin).await.context("naming the standby")?;
+            sqlx::query("SELECT pg_reload_conf()").execute(&mut admin).await.context("reloading the primary's settings")?;
+            // The name comes from the test, never from input; ALTER DATABASE takes no parameters.
+            sqlx::query(&format!("ALTER DATABASE {database} SET synchronous_commit = on"))
+                .execute(&mut admin)
+                .await
+                .context("making commits wait for the standby")?;
+            admin.close().await.ok();
+        }
+        Ok(standby)
+    }
+
+    /// The URL of `database` on this server, as user `guildhall`.
+    pub fn url_of(&self, database: &str) -> String {
+        format!("postgres://guildhall@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it takes writes).
+    pub async fn promote(&self) -> anyhow::Result<()> {
+        let data = self.data().display().to_string();
+        run_as_postgres(&self.bin.join("pg_ctl"), &["-D", &data, "-w", "-t", "60", "promote"]).await
+    }
+
+    /// Stops the server as a crash does (`pg_ctl stop -m immediate`: no checkpoint, sessions cut).
+    pub async fn kill(&self) -> anyhow::Result<()> {
+        let data = self.data().display().to_string();
+        run_as_postgres(&self.bin.join("pg_ctl"), &["-D", &data, "-m", "immediate", "-w", "stop"]).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -6,6 +6,7 @@
 //! To add a request/response scenario: write a type implementing [`Scenario`] in a module here and
 //! list it in [`SCENARIOS`]. Nothing else changes.
 
+mod guest_signup;
 mod leaderboard;
 mod login_guest;
 mod me;
@@ -24,6 +25,7 @@ use reqwest::{Client, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+pub use guest_signup::GuestSignup;
 pub use leaderboard::score;
 pub use login_guest::LoginGuest;
 pub use me::Me;
@@ -36,8 +38,15 @@ use crate::options::{ADMIN_KEY_ENV, AdminKey, Options};
 use crate::report::Summary;
 
 /// Every scenario the tool knows, by name.
-pub const SCENARIOS: &[Entry] =
-    &[entry::<Me>(), entry::<LoginGuest>(), entry::<Submit>(), entry::<SubmitSet>(), entry::<Rank>(), crate::chat::ENTRY];
+pub const SCENARIOS: &[Entry] = &[
+    entry::<Me>(),
+    entry::<LoginGuest>(),
+    entry::<GuestSignup>(),
+    entry::<Submit>(),
+    entry::<SubmitSet>(),
+    entry::<Rank>(),
+    crate::chat::ENTRY,
+];
 
 /// One load pattern against Guildhall.
 pub trait Scenario: Sized + Send + Sync + 'static {
@@ -52,6 +61,12 @@ pub trait Scenario: Sized + Send + Sync + 'static {
     /// The `n`th request of the run (`n` counts from 0 across all workers, warm-up included).
     /// The driver sends it on its worker's connection, reads the whole body and times both.
     fn request(&self, n: u64) -> Request<'_>;
+
+    /// What the `n`th request writes, by a key that can be looked up afterwards (a guest's
+    /// device id), for `--acked`; `None` for requests that write nothing worth counting.
+    fn key(&self, _n: u64) -> Option<String> {
+        None
+    }
 }
 
 /// What a scenario's setup step gets.
