@@ -36,6 +36,9 @@ GRANT INSERT ON admin_audit TO guildhall_leaderboard, guildhall_uploads, guildha
 -- accounts: sign-up, sign-in, profiles, erasure; sessions and refresh tokens (and their purge);
 -- account-wide bans (issued, replaced, lifted, read at sign-in and refresh).
 GRANT SELECT, INSERT, UPDATE, DELETE ON accounts, sessions, refresh_tokens, account_bans TO guildhall_accounts;
+-- Friends and blocks: requests, accepts, removals and blocks (each locks the two accounts' rows
+-- by an UPDATE that changes nothing), their lists, and erasure.
+GRANT SELECT, INSERT, UPDATE, DELETE ON friend_links, blocks TO guildhall_accounts;
 
 -- webhooks' admin API, which runs with accounts (SERVICES=accounts,webhooks on ECS: one process,
 -- one login): webhooks made, listed and deleted with their deliveries; deliveries listed and
@@ -51,6 +54,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboards, leaderboard_records TO gui
 GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboard_seasons TO guildhall_leaderboard;
 GRANT SELECT, INSERT, DELETE ON leaderboard_submission_keys TO guildhall_leaderboard;
 GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboard_index_checks TO guildhall_leaderboard;
+-- leaderboard reads its copy of the friendships (`records?friends=true`); the worker's consumer
+-- writes it.
+GRANT SELECT ON leaderboard_friends TO guildhall_leaderboard;
 
 -- uploads: assets through their states, deleted by their owner or purged when stale; quotas.
 GRANT SELECT, INSERT, UPDATE, DELETE ON assets TO guildhall_uploads;
@@ -64,6 +70,9 @@ GRANT SELECT, INSERT, DELETE ON chat_messages, chat_message_reporters TO guildha
 GRANT SELECT, INSERT, UPDATE, DELETE ON chat_group_members, chat_sanctions TO guildhall_chat;
 GRANT SELECT, UPDATE ON chat_reports TO guildhall_chat;
 GRANT SELECT ON chat_report_entries TO guildhall_chat;
+-- chat reads its copy of the blocks (DMs and presence between blocked players); the worker's
+-- consumer writes it.
+GRANT SELECT ON chat_blocks TO guildhall_chat;
 
 -- The worker's consumers (on `account.deleted`, `upload.completed`, `chat.message_reported`, and
 -- every event a webhook may subscribe to) and the webhook deliveries:
@@ -73,6 +82,10 @@ GRANT SELECT ON leaderboards TO guildhall_worker;
 GRANT SELECT, DELETE ON leaderboard_records, leaderboard_submission_keys TO guildhall_worker;
 GRANT SELECT, UPDATE ON leaderboard_seasons TO guildhall_worker;
 GRANT SELECT, INSERT, UPDATE ON leaderboard_index_checks TO guildhall_worker;
+-- leaderboard keeps its copy of the friendships (social.friend_accepted, social.friend_removed)
+-- and forgets an erased player's; chat does the same with the blocks (social.block_added,
+-- social.block_removed).
+GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboard_friends, chat_blocks TO guildhall_worker;
 -- uploads checks a completed upload (ready or rejected), and deletes a deleted player's assets
 -- and quota;
 GRANT SELECT, UPDATE, DELETE ON assets, asset_usage TO guildhall_worker;

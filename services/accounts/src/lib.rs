@@ -7,6 +7,7 @@ pub mod limits;
 pub mod model;
 pub mod password;
 pub mod sessions;
+pub mod social;
 pub mod store;
 pub mod validate;
 
@@ -42,6 +43,8 @@ pub struct AccountsState {
     pub refresh_ttl: Duration,
     /// How long after its exchange a refresh token presented again gets the same new pair.
     pub refresh_reuse_grace: Duration,
+    /// Caps of friends, requests and blocks.
+    pub social: platform::config::SocialLimits,
 }
 
 impl FromRef<AccountsState> for Authenticator {
@@ -58,7 +61,7 @@ impl FromRef<AccountsState> for AdminKey {
 
 /// The accounts router.
 pub fn router(state: AccountsState) -> Router {
-    api::routes().merge(admin::routes()).with_state(state)
+    api::routes().merge(social::routes()).merge(admin::routes()).with_state(state)
 }
 
 /// How often ended sessions are purged, and how long they are kept after ending (reuse of a
@@ -106,6 +109,7 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
     paths(
         api::register, api::login, api::guest, api::refresh, api::logout,
         api::me, api::update_me, api::delete_me, api::attach_credentials, api::profile, api::jwks,
+        social::befriend, social::unfriend, social::list_friends, social::block, social::unblock, social::list_blocks,
         admin::search, admin::show, admin::ban, admin::unban, admin::revoke_sessions, admin::erase
     ),
     components(schemas(
@@ -113,8 +117,10 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
         model::CredentialsRequest, model::ProfileUpdate, model::TokenPair, model::Account,
         model::PublicProfile, model::Registered, admin::BanView, admin::AccountSummary, admin::AccountPage,
         admin::SessionView, admin::AccountParts, admin::AccountDetail, admin::BanRequest, admin::Banned,
-        admin::SessionsEnded, platform::error::ErrorBody
+        admin::SessionsEnded, social::Friendship, social::Friend, social::FriendPage, social::Blocked, social::BlockPage,
+        platform::error::ErrorBody
     )),
-    tags((name = "auth", description = "Sign-up, sign-in, tokens"), (name = "accounts", description = "Profiles and erasure"))
+    tags((name = "auth", description = "Sign-up, sign-in, tokens"), (name = "accounts", description = "Profiles and erasure"),
+        (name = "social", description = "Friends and blocks"))
 )]
 pub struct ApiDoc;

@@ -309,6 +309,7 @@ impl Parts<'_> {
             limits: (&self.config.auth_rate_limits).into(),
             refresh_ttl: self.config.tokens.refresh_ttl,
             refresh_reuse_grace: self.config.refresh_reuse_grace,
+            social: self.config.social,
         })
     }
 
@@ -320,6 +321,7 @@ impl Parts<'_> {
             admin_key: self.admin_key.clone(),
             boards: leaderboard::BoardCache::default(),
             writer: leaderboard::writer::Writer::start(db, index.clone()),
+            max_friends: self.config.social.max_friends,
         })
     }
 

@@ -14,6 +14,7 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod online;
 pub mod ratelimit;
 pub mod rds;
 pub mod reachability;

@@ -764,3 +764,25 @@ pub async fn until_ok(api: &Api, path: &str, token: Option<&str>, within: Durati
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Makes two players friends: `a` asks, `b` accepts.
+pub async fn make_friends(api: &Api, a: (&str, &str), b: (&str, &str)) {
+    let (a_id, a_token) = a;
+    let (b_id, b_token) = b;
+    api.post(&format!("/v1/friends/{b_id}"), Some(a_token), json!({})).await.expect(201);
+    let accepted = api.post(&format!("/v1/friends/{a_id}"), Some(b_token), json!({})).await.expect(200).body;
+    assert_eq!(accepted["state"], "friends", "{accepted}");
+}
+
+/// Polls `check` every 100 ms until it answers true, failing after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -83,6 +83,10 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     (MessageReported::NAME, &["chat", "webhooks"]),
     (SanctionIssued::NAME, &["webhooks"]),
     (SeasonClosed::NAME, &["webhooks"]),
+    (FriendAccepted::NAME, &["leaderboard"]),
+    (FriendRemoved::NAME, &["leaderboard"]),
+    (BlockAdded::NAME, &["chat"]),
+    (BlockRemoved::NAME, &["chat"]),
 ];
 
 /// The consumers of `event_type` (see `ROUTES`).
