@@ -116,7 +116,7 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
         model::RegisterRequest, model::LoginRequest, model::GuestRequest, model::RefreshRequest,
         model::CredentialsRequest, model::ProfileUpdate, model::TokenPair, model::Account,
         model::PublicProfile, model::Registered, admin::BanView, admin::AccountSummary, admin::AccountPage,
-        admin::SessionView, admin::AccountParts, admin::AccountDetail, admin::BanRequest, admin::Banned,
+        admin::SessionView, admin::AccountParts, admin::SocialCounts, admin::AccountDetail, admin::BanRequest, admin::Banned,
         admin::SessionsEnded, social::Friendship, social::Friend, social::FriendPage, social::Blocked, social::BlockPage,
         platform::error::ErrorBody
     )),

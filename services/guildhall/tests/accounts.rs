@@ -1420,7 +1420,10 @@ async fn friends_and_blocks_are_capped_and_requests_rate_limited(backend: Backen
 }
 
 async fn blocks_end_friendships_and_refuse_requests(backend: Backend) {
-    let app = TestApp::start(backend).await;
+    let app = TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    })
+    .await;
     let (ana_id, ana) = guest(&app, "ana").await;
     let (bob_id, bob) = guest(&app, "bob").await;
     let (cy_id, cy) = guest(&app, "cy").await;
@@ -1465,6 +1468,10 @@ async fn blocks_end_friendships_and_refuse_requests(backend: Backend) {
     app.post(&format!("/v1/friends/{bob_id}"), Some(&ana), json!({})).await.expect_error(403, "request_not_delivered");
     app.delete(&format!("/v1/blocks/{ana_id}"), Some(&bob)).await.expect(204);
     app.post(&format!("/v1/friends/{bob_id}"), Some(&ana), json!({})).await.expect(201);
+
+    // Operators see the counts in the account view.
+    let view = app.get(&format!("/v1/admin/accounts/{ana_id}"), Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!(view["social"], json!({"friends": 0, "incoming_requests": 0, "outgoing_requests": 1, "blocks": 1}), "{view}");
 
     // Erasure takes the blocks too, both ways.
     app.call(Method::DELETE, "/v1/accounts/me", Some(&ana), None).await.expect(204);
