@@ -20,6 +20,9 @@
 //! the hub's notices; a ban from a channel or removal from a group takes it out of that channel
 //! with a `removed` event. The codes are in the 4000-4999 range RFC 6455 §7.4.2 leaves to
 //! applications; each close's reason is a stable snake_case code.
+//!
+//! Blocks (`crate::blocks`): a `dm:` channel between two players one of whom blocked the other
+//! refuses `join` and `send` (`dm_blocked`), and neither player's `presence` reaches the other.
 
 use std::collections::HashSet;
 use std::sync::Arc;
