@@ -607,4 +607,27 @@ mod tests {
         hub.leave("room:r", 2).await;
         assert!(hub.memberships().is_empty());
     }
+
+    #[tokio::test]
+    async fn presence_frames_skip_members_hidden_from_their_player_as_notices_say() {
+        let hub = Hub::new(None);
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let (control, _control_rx) = mpsc::channel(4);
+        let hidden = Hidden::default();
+        let ana = platform::auth::Player { account_id: "ana".into(), session_id: "s".into(), name: "Ana".into() };
+        assert!(hub.connect(1, &ana, control, CancellationToken::new(), hidden.clone(), 5));
+        let member = Member { account_id: "ana".into(), name: "Ana".into(), tx, kick: CancellationToken::new(), hidden };
+        hub.join("room:r", 1, member).await.expect("join");
+
+        hub.apply(&Notice::Blocks { a: "bob".into(), b: "ana".into(), hidden: true });
+        hub.publish_about("room:r", "{\"about\":\"bob\"}", None, Some("bob")).await.expect("publish");
+        hub.publish_about("room:r", "{\"about\":\"cy\"}", None, Some("cy")).await.expect("publish");
+        assert_eq!(rx.recv().await.as_deref(), Some("{\"about\":\"cy\"}"), "Bob's frame skipped, Cy's delivered");
+
+        hub.apply(&Notice::Blocks { a: "ana".into(), b: "bob".into(), hidden: false });
+        hub.publish_about("room:r", "{\"about\":\"bob\"}", None, Some("bob")).await.expect("publish");
+        assert_eq!(rx.recv().await.as_deref(), Some("{\"about\":\"bob\"}"), "unhidden again");
+        assert!(hub.has_other_connection("ana", 2) && !hub.has_other_connection("ana", 1));
+        assert_eq!(hub.connected_accounts(), ["ana"]);
+    }
 }

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, eventually, guest, guest_session, server_key, two_processes};
+use common::{
+    ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, deliver_late, eventually, guest, guest_session, server_key, two_processes,
+};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -1131,6 +1133,14 @@ async fn blocked_players_cannot_dm_or_see_each_other(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ana.send(&direct, "hello?").await["code"], "dm_blocked");
+    // An unblock older than the block, delivered after it (SQS keeps no order), changes nothing.
+    let stale = platform::events::BlockRemoved {
+        blocker_id: ana_id.clone(),
+        blocked_id: bob_id.clone(),
+        unblocked_at: platform::time::rfc3339(platform::db::now_millis() - 60_000),
+    };
+    deliver_late(&app, "chat", &stale).await;
+    assert_eq!(ana.send(&direct, "hello?").await["code"], "dm_blocked", "a stale unblock lifted the block");
     let mut bob_again = Chat::connect(&app.base, &bob_token).await;
     let refused = bob_again.request(json!({"type": "join", "channel": direct})).await;
     assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("dm_blocked")), "{refused}");

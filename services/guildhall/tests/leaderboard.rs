@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ADMIN_KEY, Api, Backend, TestApp, audit, eventually, guest, make_friends, server_key};
+use common::{ADMIN_KEY, Api, Backend, TestApp, audit, deliver_late, eventually, guest, make_friends, server_key};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -762,6 +762,14 @@ async fn friends_records_are_the_player_and_their_friends(backend: Backend) {
     // Unfriending, and then erasure, take the friend out again.
     app.delete(&format!("/v1/friends/{bob_id}"), Some(&ana)).await.expect(204);
     eventually(within, "Bob gone from Ana's friends' records", || listed(&ana, vec![&ana_id])).await;
+    // An accept older than the removal, delivered after it (SQS keeps no order), changes nothing.
+    let stale = platform::events::FriendAccepted {
+        requester_id: ana_id.clone(),
+        accepter_id: bob_id.clone(),
+        accepted_at: platform::time::rfc3339(platform::db::now_millis() - 60_000),
+    };
+    deliver_late(&app, "leaderboard", &stale).await;
+    assert!(listed(&ana, vec![&ana_id]).await, "a stale accept brought a removed friend back");
     make_friends(&app, (&cy_id, &cy), (&ana_id, &ana)).await;
     eventually(within, "Cy among Ana's friends' records", || listed(&ana, vec![&cy_id, &ana_id])).await;
     app.delete("/v1/accounts/me", Some(&cy)).await.expect(204);

@@ -786,3 +786,25 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Records `event` in the app's outbox as a service would, and waits (at most 20 s) until
+/// `consumer` handled it: what a late, out-of-order delivery looks like to a consumer.
+pub async fn deliver_late<E: platform::events::EventType>(app: &TestApp, consumer: &str, event: &E) {
+    let db = app.database().await;
+    let mut tx = db.begin().await.expect("transaction");
+    let id = platform::events::record(&mut *tx, event).await.expect("recorded");
+    tx.commit().await.expect("committed");
+    eventually(Duration::from_secs(20), "the late event handled", || {
+        let (db, id) = (&db, &id);
+        async move {
+            let handled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumed_events WHERE consumer = $1 AND event_id = $2")
+                .bind(consumer)
+                .bind(id)
+                .fetch_one(db.pool())
+                .await
+                .expect("consumed events");
+            handled == 1
+        }
+    })
+    .await;
+}
