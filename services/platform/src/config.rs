@@ -828,6 +828,20 @@ mod tests {
     }
 
     #[test]
+    fn social_limits_have_defaults_and_a_ceiling() {
+        let defaults = config(&[]).expect("defaults").social;
+        assert_eq!(
+            (defaults.max_friends, defaults.max_pending_requests, defaults.friend_requests_per_hour, defaults.max_blocks),
+            (250, 100, 30, 1000)
+        );
+        let set = config(&[("SOCIAL_MAX_FRIENDS", "1000"), ("SOCIAL_MAX_BLOCKS", "5")]).expect("valid").social;
+        assert_eq!((set.max_friends, set.max_blocks), (1000, 5));
+        let err = config(&[("SOCIAL_MAX_FRIENDS", "1001")]).expect_err("above the ceiling");
+        assert!(err.to_string().contains("SOCIAL_MAX_FRIENDS"), "{err}");
+        assert!(config(&[("SOCIAL_FRIEND_REQUESTS_PER_HOUR", "0")]).is_err(), "a limit of 0 is refused");
+    }
+
+    #[test]
     fn metrics_are_served_apart_from_the_api() {
         let set = config(&[("METRICS_ADDR", "0.0.0.0:9464")]).expect("valid");
         assert_eq!(set.metrics_addr, Some("0.0.0.0:9464".parse().expect("addr")));
