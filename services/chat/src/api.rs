@@ -352,7 +352,6 @@ pub async fn presence(State(state): State<ChatState>, player: Player, Path(id): 
     let channel = Channel::parse(&id)?;
     state.authorize(&player.account_id, &channel, false).await?;
     let hidden = state.hidden_for(&player.account_id).await?;
-    let hidden = hidden.read().unwrap_or_else(|p| p.into_inner()).clone();
     let (count, players) = state.presence.list(&channel.id(), 100, &hidden).await?;
     Ok(Json(PresenceView { count, players: players.into_iter().map(|(account_id, name)| PresentPlayer { account_id, name }).collect() }))
 }

@@ -15,7 +15,7 @@ use platform::db::now_millis;
 
 use crate::ChatState;
 use crate::channel::Channel;
-use crate::hub::{Hidden, Notice};
+use crate::hub::Notice;
 use crate::store;
 
 /// The most players loaded as hidden from one: twice accounts' highest block cap.
@@ -26,10 +26,10 @@ const MAX_HIDDEN: i64 = 10_000;
 const ONLINE_REFRESH: Duration = Duration::from_secs(30);
 
 impl ChatState {
-    /// The players hidden from `account_id` (they blocked it or it blocked them), for a new socket.
-    pub async fn hidden_for(&self, account_id: &str) -> anyhow::Result<Hidden> {
+    /// The players hidden from `account_id` (they blocked it or it blocked them).
+    pub async fn hidden_for(&self, account_id: &str) -> anyhow::Result<HashSet<String>> {
         let others = store::blocked_either_way(self.db.pool(), account_id, MAX_HIDDEN).await?;
-        Ok(Hidden::new(std::sync::RwLock::new(others.into_iter().collect::<HashSet<_>>())))
+        Ok(others.into_iter().collect())
     }
 
     /// 403 `dm_blocked` when `channel` is a direct conversation one of whose players blocked the

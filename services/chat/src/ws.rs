@@ -263,19 +263,23 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     let connection = state.hub.connection_id();
     let kick = CancellationToken::new();
-    let hidden = match state.hidden_for(&player.account_id).await {
-        Ok(hidden) => hidden,
-        Err(err) => {
-            tracing::warn!(error = format!("{err:#}"), "loading a player's blocks failed");
-            close(&mut socket, 1011, "unavailable").await;
-            return;
-        }
-    };
+    // Registered before the blocks are read, so that a block notice that comes meanwhile is
+    // applied to the set rather than missed; what is read is then added to it. (An unblock in
+    // that moment may stay hidden until the next socket: the safe side.)
+    let hidden = Hidden::default();
     if !state.hub.connect(connection, &player, control_tx, kick.clone(), hidden.clone(), state.socket_limits.per_account) {
         close(&mut socket, CLOSE_TOO_MANY_SOCKETS, "too_many_connections").await;
         return;
     }
     let _registered = Registered(state.hub.clone(), connection);
+    match state.hidden_for(&player.account_id).await {
+        Ok(read) => hidden.write().unwrap_or_else(|p| p.into_inner()).extend(read),
+        Err(err) => {
+            tracing::warn!(error = format!("{err:#}"), "loading a player's blocks failed");
+            close(&mut socket, 1011, "unavailable").await;
+            return;
+        }
+    }
     // Friends lists show the player online; a cache that cannot answer does not keep them out of chat.
     if let Err(err) = platform::online::mark(&state.cache, &[&player.account_id]).await {
         tracing::warn!(error = format!("{err:#}"), "marking a player online failed");
