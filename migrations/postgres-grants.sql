@@ -39,6 +39,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON accounts, sessions, refresh_tokens, acco
 -- Password resets: tokens (as hashes) written, replaced, taken and purged; the mails to send,
 -- queued by the forgot-password route and leased, retried and deleted by the accounts worker.
 GRANT SELECT, INSERT, UPDATE, DELETE ON password_resets, password_reset_mails TO guildhall_accounts;
+-- Friends and blocks: requests, accepts, removals and blocks (each locks the two accounts' rows
+-- by an UPDATE that changes nothing), their lists, and erasure.
+GRANT SELECT, INSERT, UPDATE, DELETE ON friend_links, blocks TO guildhall_accounts;
 
 -- webhooks' admin API, which runs with accounts (SERVICES=accounts,webhooks on ECS: one process,
 -- one login): webhooks made, listed and deleted with their deliveries; deliveries listed and
@@ -54,6 +57,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboards, leaderboard_records TO gui
 GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboard_seasons TO guildhall_leaderboard;
 GRANT SELECT, INSERT, DELETE ON leaderboard_submission_keys TO guildhall_leaderboard;
 GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboard_index_checks TO guildhall_leaderboard;
+-- leaderboard reads its copy of the friendships (`records?friends=true`); the worker's consumer
+-- writes it.
+GRANT SELECT ON leaderboard_friends TO guildhall_leaderboard;
 
 -- uploads: assets through their states, deleted by their owner or purged when stale; quotas.
 GRANT SELECT, INSERT, UPDATE, DELETE ON assets TO guildhall_uploads;
@@ -71,6 +77,9 @@ GRANT SELECT ON chat_report_entries TO guildhall_chat;
 -- recipient not in the conversation, their notification, in its own transaction; players list
 -- theirs and mark them read; each instance prunes the notifications past their age.
 GRANT SELECT, INSERT, UPDATE, DELETE ON chat_notifications, chat_conversations TO guildhall_chat;
+-- chat reads its copy of the blocks (DMs and presence between blocked players); the worker's
+-- consumer writes it.
+GRANT SELECT ON chat_blocks TO guildhall_chat;
 
 -- The worker's consumers (on `account.deleted`, `upload.completed`, `chat.message_reported`, and
 -- every event a webhook may subscribe to) and the webhook deliveries:
@@ -80,6 +89,10 @@ GRANT SELECT ON leaderboards TO guildhall_worker;
 GRANT SELECT, DELETE ON leaderboard_records, leaderboard_submission_keys TO guildhall_worker;
 GRANT SELECT, UPDATE ON leaderboard_seasons TO guildhall_worker;
 GRANT SELECT, INSERT, UPDATE ON leaderboard_index_checks TO guildhall_worker;
+-- leaderboard keeps its copy of the friendships (social.friend_accepted, social.friend_removed)
+-- and forgets an erased player's; chat does the same with the blocks (social.block_added,
+-- social.block_removed).
+GRANT SELECT, INSERT, UPDATE, DELETE ON leaderboard_friends, chat_blocks TO guildhall_worker;
 -- uploads checks a completed upload (ready or rejected), and deletes a deleted player's assets
 -- and quota;
 GRANT SELECT, UPDATE, DELETE ON assets, asset_usage TO guildhall_worker;

@@ -177,6 +177,21 @@ pub struct AccountDetail {
     pub live_sessions: Vec<SessionView>,
     /// Where its records, assets and chat sanctions are.
     pub parts: AccountParts,
+    /// How many friends, requests and blocks it has.
+    pub social: SocialCounts,
+}
+
+/// An account's friends, requests and blocks, counted (`AccountDetail`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SocialCounts {
+    /// Friends.
+    pub friends: i64,
+    /// Friend requests it received and has not answered.
+    pub incoming_requests: i64,
+    /// Friend requests it sent that wait for an answer.
+    pub outgoing_requests: i64,
+    /// Players it blocked.
+    pub blocks: i64,
 }
 
 /// An account as operators see it: its profile and email, its ban, its live sessions, and where
@@ -193,6 +208,13 @@ pub async fn show(State(state): State<AccountsState>, admin: Admin, Path(id): Pa
     let mut conn = state.db.pool().acquire().await.map_err(anyhow::Error::from)?;
     let ban = store::ban_of(&mut *conn, &id).await?;
     let (sessions, live_session_count) = store::live_sessions(&mut conn, &id, now, SESSIONS_SHOWN).await?;
+    let counts = crate::social::store::counts(&mut conn, &id).await?;
+    let social = SocialCounts {
+        friends: counts.friends,
+        incoming_requests: counts.incoming,
+        outgoing_requests: counts.outgoing,
+        blocks: counts.blocks,
+    };
     let live_sessions = sessions
         .into_iter()
         .map(|s| SessionView {
@@ -207,7 +229,14 @@ pub async fn show(State(state): State<AccountsState>, admin: Admin, Path(id): Pa
         assets: format!("/v1/admin/assets?owner_id={id}"),
         sanctions: format!("/v1/admin/accounts/{id}/sanctions"),
     };
-    Ok(Json(AccountDetail { account: account.into(), ban: ban.map(|b| BanView::new(b, now)), live_session_count, live_sessions, parts }))
+    Ok(Json(AccountDetail {
+        account: account.into(),
+        ban: ban.map(|b| BanView::new(b, now)),
+        live_session_count,
+        live_sessions,
+        parts,
+        social,
+    }))
 }
 
 /// `POST /v1/admin/accounts/{id}/ban`.

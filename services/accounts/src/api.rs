@@ -252,6 +252,9 @@ impl AccountsState {
         let now = now_millis();
         let mut tx = self.db.begin().await?;
         let Some(sessions) = store::delete_account(&mut tx, account_id, now).await? else { return Ok(None) };
+        // Friends, requests and blocks, both ways; the other services forget their copies on
+        // `account.deleted`.
+        crate::social::store::erase_social(&mut tx, account_id).await?;
         let event = AccountDeleted { account_id: account_id.to_owned(), deleted_at: platform::time::rfc3339(now) };
         platform::events::record(&mut *tx, &event).await?;
         if let Some(admin) = by {

@@ -8,6 +8,7 @@ pub mod model;
 pub mod password;
 pub mod password_reset;
 pub mod sessions;
+pub mod social;
 pub mod store;
 pub mod validate;
 
@@ -46,6 +47,8 @@ pub struct AccountsState {
     pub refresh_reuse_grace: Duration,
     /// Password reset mails: the mailer, the link, the limits.
     pub resets: PasswordResets,
+    /// Caps of friends, requests and blocks.
+    pub social: platform::config::SocialLimits,
 }
 
 impl FromRef<AccountsState> for Authenticator {
@@ -62,7 +65,7 @@ impl FromRef<AccountsState> for AdminKey {
 
 /// The accounts router.
 pub fn router(state: AccountsState) -> Router {
-    api::routes().merge(admin::routes()).merge(password_reset::routes()).with_state(state)
+    api::routes().merge(social::routes()).merge(admin::routes()).merge(password_reset::routes()).with_state(state)
 }
 
 /// How often ended sessions are purged, and how long they are kept after ending (reuse of a
@@ -114,16 +117,19 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
         api::register, api::login, api::guest, api::refresh, api::logout,
         api::me, api::update_me, api::delete_me, api::attach_credentials, api::profile, api::jwks,
         password_reset::change_password, password_reset::forgot_password, password_reset::reset_password,
+        social::befriend, social::unfriend, social::list_friends, social::block, social::unblock, social::list_blocks,
         admin::search, admin::show, admin::ban, admin::unban, admin::revoke_sessions, admin::erase
     ),
     components(schemas(
         model::RegisterRequest, model::LoginRequest, model::GuestRequest, model::RefreshRequest,
         model::CredentialsRequest, model::ProfileUpdate, model::TokenPair, model::Account,
         model::PublicProfile, model::Registered, admin::BanView, admin::AccountSummary, admin::AccountPage,
-        admin::SessionView, admin::AccountParts, admin::AccountDetail, admin::BanRequest, admin::Banned,
-        admin::SessionsEnded, password_reset::PasswordChange, password_reset::PasswordForgotten, password_reset::ResetRequested,
+        admin::SessionView, admin::AccountParts, admin::SocialCounts, admin::AccountDetail, admin::BanRequest, admin::Banned,
+        admin::SessionsEnded, social::Friendship, social::Friend, social::FriendPage, social::Blocked, social::BlockPage,
+        password_reset::PasswordChange, password_reset::PasswordForgotten, password_reset::ResetRequested,
         password_reset::PasswordReset, platform::error::ErrorBody
     )),
-    tags((name = "auth", description = "Sign-up, sign-in, tokens"), (name = "accounts", description = "Profiles and erasure"))
+    tags((name = "auth", description = "Sign-up, sign-in, tokens"), (name = "accounts", description = "Profiles and erasure"),
+        (name = "social", description = "Friends and blocks"))
 )]
 pub struct ApiDoc;

@@ -351,7 +351,8 @@ pub struct PresentPlayer {
 pub async fn presence(State(state): State<ChatState>, player: Player, Path(id): Path<String>) -> ApiResult<Json<PresenceView>> {
     let channel = Channel::parse(&id)?;
     state.authorize(&player.account_id, &channel, false).await?;
-    let (count, players) = state.presence.list(&channel.id(), 100).await?;
+    let hidden = state.hidden_for(&player.account_id).await?;
+    let (count, players) = state.presence.list(&channel.id(), 100, &hidden).await?;
     Ok(Json(PresenceView { count, players: players.into_iter().map(|(account_id, name)| PresentPlayer { account_id, name }).collect() }))
 }
 

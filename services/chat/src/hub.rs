@@ -31,6 +31,11 @@ use tokio_util::sync::CancellationToken;
 /// Frames queued per connection before it counts as too slow.
 pub const QUEUE: usize = 256;
 
+/// The players hidden from one connection's player, and it from them: those it blocked or was
+/// blocked by. Shared by the connection's memberships and its entry for notices, which keep it
+/// current as blocks change.
+pub type Hidden = Arc<std::sync::RwLock<HashSet<String>>>;
+
 /// A connection's membership: where to send its frames.
 #[derive(Clone, Debug)]
 pub struct Member {
@@ -42,6 +47,8 @@ pub struct Member {
     pub tx: mpsc::Sender<Arc<str>>,
     /// Cancelled to disconnect a slow client.
     pub kick: CancellationToken,
+    /// Whose presence frames it does not get.
+    pub hidden: Hidden,
 }
 
 /// What a connection is told to do by a notice.
@@ -94,6 +101,16 @@ pub enum Notice {
         /// The frame, as sent to the client.
         frame: String,
     },
+    /// Whether `a` and `b` are hidden from each other now (a block between them was added, or
+    /// lifted with none left).
+    Blocks {
+        /// One player.
+        a: String,
+        /// The other.
+        b: String,
+        /// True while either blocks the other.
+        hidden: bool,
+    },
 }
 
 /// An authenticated connection of this instance, as notices find it.
@@ -104,6 +121,7 @@ struct Connected {
     /// The connection's outgoing queue, the one its channels' frames go to.
     frames: mpsc::Sender<Arc<str>>,
     kick: CancellationToken,
+    hidden: Hidden,
 }
 
 /// The fan-out hub of this instance. Cheap to clone.
@@ -152,6 +170,9 @@ struct Envelope {
     /// instances of a build without it and with it can share Redis during a rolling deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     t: Option<u64>,
+    /// The player a presence frame is about: members who cannot see them (`Hidden`) skip it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<String>,
 }
 
 /// The time now in Unix microseconds. Instances compare each other's: their clocks are kept
@@ -241,13 +262,15 @@ impl Hub {
         control: mpsc::Sender<Control>,
         frames: mpsc::Sender<Arc<str>>,
         kick: CancellationToken,
+        hidden: Hidden,
         cap: usize,
     ) -> bool {
         let mut connected = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner());
         if connected.values().filter(|c| c.account_id == player.account_id).count() >= cap {
             return false;
         }
-        let entry = Connected { account_id: player.account_id.clone(), session_id: player.session_id.clone(), control, frames, kick };
+        let entry =
+            Connected { account_id: player.account_id.clone(), session_id: player.session_id.clone(), control, frames, kick, hidden };
         connected.insert(connection, entry);
         true
     }
@@ -257,6 +280,19 @@ impl Hub {
         if let Some(entry) = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&connection) {
             entry.session_id = session_id.to_owned();
         }
+    }
+
+    /// Every account with an authenticated connection here, once each (the online markers).
+    pub fn connected_accounts(&self) -> Vec<String> {
+        let connected = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner());
+        let accounts: HashSet<&str> = connected.values().map(|c| c.account_id.as_str()).collect();
+        accounts.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Whether `account_id` has an authenticated connection here other than `connection`.
+    pub fn has_other_connection(&self, account_id: &str, connection: u64) -> bool {
+        let connected = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner());
+        connected.iter().any(|(id, c)| *id != connection && c.account_id == account_id)
     }
 
     /// Forgets a connection that closed.
@@ -296,6 +332,22 @@ impl Hub {
             return;
         }
         for entry in connected.values() {
+            if let Notice::Blocks { a, b, hidden } = notice {
+                let other = if *a == entry.account_id {
+                    b
+                } else if *b == entry.account_id {
+                    a
+                } else {
+                    continue;
+                };
+                let mut set = entry.hidden.write().unwrap_or_else(|p| p.into_inner());
+                if *hidden {
+                    set.insert(other.clone());
+                } else {
+                    set.remove(other);
+                }
+                continue;
+            }
             let control = match notice {
                 Notice::SessionEnded { session_id } if *session_id == entry.session_id => {
                     Control::Close { code: crate::ws::CLOSE_SESSION_ENDED, reason: "session_revoked" }
@@ -384,11 +436,22 @@ impl Hub {
     /// Publishes `frame` (a JSON event) to every member of `channel` on every instance, except
     /// connection `origin` of this instance.
     pub async fn publish(&self, channel: &str, frame: &str, origin: Option<u64>) -> anyhow::Result<()> {
+        self.publish_about(channel, frame, origin, None).await
+    }
+
+    /// `publish`, for a frame about player `about` (a presence change): members hidden from them
+    /// (blocks) do not get it.
+    pub async fn publish_about(&self, channel: &str, frame: &str, origin: Option<u64>, about: Option<&str>) -> anyhow::Result<()> {
         let origin = format!("{}:{}", self.inner.instance, origin.unwrap_or(0));
         let now = unix_micros();
         match &self.inner.redis {
             Some(bridge) => {
-                let envelope = Envelope { o: origin, e: serde_json::value::RawValue::from_string(frame.to_owned())?, t: Some(now) };
+                let envelope = Envelope {
+                    o: origin,
+                    e: serde_json::value::RawValue::from_string(frame.to_owned())?,
+                    t: Some(now),
+                    a: about.map(str::to_owned),
+                };
                 let mut conn = bridge.cache.connection();
                 let _: i64 = redis::cmd("PUBLISH")
                     .arg(Self::redis_channel(bridge, channel))
@@ -396,19 +459,19 @@ impl Hub {
                     .query_async(&mut conn)
                     .await?;
             }
-            None => self.deliver(channel, Arc::from(frame), &origin, Some(now)),
+            None => self.deliver(channel, Arc::from(frame), &origin, Some(now), about),
         }
         Ok(())
     }
 
     /// Hands a frame published at `published` (Unix microseconds) to the local members of a
     /// channel; a member whose queue is full is kicked.
-    fn deliver(&self, channel: &str, frame: Arc<str>, origin: &str, published: Option<u64>) {
+    fn deliver(&self, channel: &str, frame: Arc<str>, origin: &str, published: Option<u64>, about: Option<&str>) {
         let skip =
             origin.strip_prefix(self.inner.instance.as_str()).and_then(|rest| rest.strip_prefix(':')).and_then(|id| id.parse::<u64>().ok());
         let (mut delivered, mut too_slow) = (0, 0);
         for (id, member) in self.local_members_with_ids(channel) {
-            if Some(id) == skip {
+            if Some(id) == skip || about.is_some_and(|about| member.hidden.read().unwrap_or_else(|p| p.into_inner()).contains(about)) {
                 continue;
             }
             if member.tx.try_send(frame.clone()).is_err() {
@@ -512,7 +575,7 @@ impl Hub {
                         }
                         let Some(channel) = channel_name.get(prefix_len..) else { continue };
                         match serde_json::from_str::<Envelope>(&payload) {
-                            Ok(envelope) => self.deliver(channel, Arc::from(envelope.e.get()), &envelope.o, envelope.t),
+                            Ok(envelope) => self.deliver(channel, Arc::from(envelope.e.get()), &envelope.o, envelope.t, envelope.a.as_deref()),
                             Err(err) => tracing::warn!(error = %err, "undecodable chat envelope"),
                         }
                     }
@@ -533,8 +596,20 @@ mod tests {
         let hub = Hub::new(None);
         let (slow_tx, mut slow_rx) = mpsc::channel(2);
         let (fast_tx, mut fast_rx) = mpsc::channel(QUEUE);
-        let slow = Member { account_id: "slow".into(), name: "slow".into(), tx: slow_tx, kick: CancellationToken::new() };
-        let fast = Member { account_id: "fast".into(), name: "fast".into(), tx: fast_tx, kick: CancellationToken::new() };
+        let slow = Member {
+            account_id: "slow".into(),
+            name: "slow".into(),
+            tx: slow_tx,
+            kick: CancellationToken::new(),
+            hidden: Hidden::default(),
+        };
+        let fast = Member {
+            account_id: "fast".into(),
+            name: "fast".into(),
+            tx: fast_tx,
+            kick: CancellationToken::new(),
+            hidden: Hidden::default(),
+        };
         let (slow_kick, fast_kick) = (slow.kick.clone(), fast.kick.clone());
         hub.join("room:r", 1, slow).await.expect("join");
         hub.join("room:r", 2, fast).await.expect("join");
@@ -553,5 +628,28 @@ mod tests {
         hub.leave("room:r", 1).await;
         hub.leave("room:r", 2).await;
         assert!(hub.memberships().is_empty());
+    }
+
+    #[tokio::test]
+    async fn presence_frames_skip_members_hidden_from_their_player_as_notices_say() {
+        let hub = Hub::new(None);
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let (control, _control_rx) = mpsc::channel(4);
+        let hidden = Hidden::default();
+        let ana = platform::auth::Player { account_id: "ana".into(), session_id: "s".into(), name: "Ana".into() };
+        assert!(hub.connect(1, &ana, control, CancellationToken::new(), hidden.clone(), 5));
+        let member = Member { account_id: "ana".into(), name: "Ana".into(), tx, kick: CancellationToken::new(), hidden };
+        hub.join("room:r", 1, member).await.expect("join");
+
+        hub.apply(&Notice::Blocks { a: "bob".into(), b: "ana".into(), hidden: true });
+        hub.publish_about("room:r", "{\"about\":\"bob\"}", None, Some("bob")).await.expect("publish");
+        hub.publish_about("room:r", "{\"about\":\"cy\"}", None, Some("cy")).await.expect("publish");
+        assert_eq!(rx.recv().await.as_deref(), Some("{\"about\":\"cy\"}"), "Bob's frame skipped, Cy's delivered");
+
+        hub.apply(&Notice::Blocks { a: "ana".into(), b: "bob".into(), hidden: false });
+        hub.publish_about("room:r", "{\"about\":\"bob\"}", None, Some("bob")).await.expect("publish");
+        assert_eq!(rx.recv().await.as_deref(), Some("{\"about\":\"bob\"}"), "unhidden again");
+        assert!(hub.has_other_connection("ana", 2) && !hub.has_other_connection("ana", 1));
+        assert_eq!(hub.connected_accounts(), ["ana"]);
     }
 }

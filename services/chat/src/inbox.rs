@@ -42,7 +42,7 @@ pub(crate) async fn store_direct(state: &ChatState, channel: &Channel, row: &Mes
     let recipient = if sender == a { b } else { a };
     // Presence is what the fan-out delivers to: a recipient in the channel sees the message
     // live. When presence cannot be read (Redis down), notify rather than risk losing it.
-    let present = match state.presence.list(&row.channel_id, 2).await {
+    let present = match state.presence.list(&row.channel_id, 2, &std::collections::HashSet::new()).await {
         Ok((_, players)) => players.iter().any(|(account, _)| account == recipient),
         Err(err) => {
             tracing::warn!(error = format!("{err:#}"), "presence unreadable; notifying the recipient");

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod blocks;
 pub mod caps;
 pub mod channel;
 pub mod hub;
@@ -18,7 +19,9 @@ use axum::extract::FromRef;
 use platform::auth::{AdminKey, Authenticator};
 use platform::cache::Cache;
 use platform::db::Database;
-use platform::events::{AccountDeleted, FriendAccepted, FriendRequested, MessageReported, SeasonClosed, Subscription};
+use platform::events::{
+    AccountDeleted, BlockAdded, BlockRemoved, FriendAccepted, FriendRequested, MessageReported, SeasonClosed, Subscription,
+};
 use platform::shutdown::Shutdown;
 use utoipa::OpenApi;
 
@@ -123,7 +126,8 @@ impl ChatState {
         tokio::join!(
             self.hub.clone().run(self.shutdown.clone()),
             self.presence.clone().run(self.shutdown.clone()),
-            self.relay_local_revocations()
+            self.relay_local_revocations(),
+            self.refresh_online()
         );
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         while self.sockets.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
@@ -163,6 +167,7 @@ impl ChatState {
         store::leave_all_groups(&mut *tx, account_id).await?;
         store::anonymise_reports(&mut tx, account_id).await?;
         store::erase_inbox(&mut tx, account_id).await?;
+        store::forget_blocks(&mut *tx, account_id).await?;
         tx.commit().await?;
         Ok(anonymised)
     }
@@ -185,14 +190,24 @@ pub fn router(state: ChatState) -> Router {
     api::routes().merge(inbox::routes()).merge(notifications::routes()).with_state(state)
 }
 
-/// What chat consumes: `account.deleted` anonymises that player's messages;
-/// `chat.message_reported` files the report in the moderators' queue;
+/// What chat consumes: `account.deleted` anonymises that player's messages (and forgets their
+/// blocks); `chat.message_reported` files the report in the moderators' queue;
+/// `social.block_added` and `social.block_removed` keep chat's copy of the blocks (`blocks`);
 /// `social.friend_requested`, `social.friend_accepted` and `leaderboard.season_closed` notify
 /// players (keyed by the event's id, so a copy handled twice notifies once).
 pub fn subscriptions(state: ChatState) -> Vec<Subscription> {
     let reports = state.clone();
+    let (blocking, unblocking) = (state.clone(), state.clone());
     let (requests, acceptances, seasons) = (state.clone(), state.clone(), state.clone());
     vec![
+        Subscription::on("chat", move |event: BlockAdded| {
+            let state = blocking.clone();
+            async move { state.record_block(&event.blocker_id, &event.blocked_id, true, &event.blocked_at).await }
+        }),
+        Subscription::on("chat", move |event: BlockRemoved| {
+            let state = unblocking.clone();
+            async move { state.record_block(&event.blocker_id, &event.blocked_id, false, &event.unblocked_at).await }
+        }),
         Subscription::on("chat", move |event: AccountDeleted| {
             let state = state.clone();
             async move {

@@ -3,7 +3,7 @@
 //! 30 seconds, and entries older than 90 seconds (an instance that died) are dropped when read.
 //! On embedded defaults the hub's own membership is the answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -65,8 +65,8 @@ impl Presence {
     }
 
     /// The players in a channel (each once, whatever their connections), by account id, at most
-    /// `limit`, and how many there are.
-    pub async fn list(&self, channel: &str, limit: usize) -> anyhow::Result<(usize, Vec<(String, String)>)> {
+    /// `limit`, and how many there are; without those in `hidden` (blocks).
+    pub async fn list(&self, channel: &str, limit: usize, hidden: &HashSet<String>) -> anyhow::Result<(usize, Vec<(String, String)>)> {
         let entries: Vec<(String, String)> = match self {
             Presence::Redis(redis, _) => {
                 let key = Self::key(redis, channel);
@@ -95,7 +95,7 @@ impl Presence {
             }
             Presence::Memory(hub) => hub.local_members(channel).into_iter().map(|m| (m.account_id, m.name)).collect(),
         };
-        let players: BTreeMap<String, String> = entries.into_iter().collect();
+        let players: BTreeMap<String, String> = entries.into_iter().filter(|(account, _)| !hidden.contains(account)).collect();
         let count = players.len();
         Ok((count, players.into_iter().take(limit).collect()))
     }

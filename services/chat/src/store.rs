@@ -1187,3 +1187,69 @@ pub async fn all_sanctions<'e>(
         .collect::<Result<_, sqlx::Error>>()
         .context("decoding a sanction")
 }
+
+/// Records a block's new state (`active`) as of `changed_at` (Unix ms, the event's time), unless
+/// the row already holds a later change: events may arrive out of order. At equal times the
+/// block wins.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.put_block", skip_all)]
+pub async fn put_block<'e>(
+    db: impl Executor<'e, Database = Any>,
+    blocker_id: &str,
+    blocked_id: &str,
+    active: bool,
+    changed_at: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO chat_blocks (blocker_id, blocked_id, active, changed_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (blocker_id, blocked_id) DO UPDATE SET active = excluded.active, changed_at = excluded.changed_at \
+         WHERE chat_blocks.changed_at < excluded.changed_at OR (chat_blocks.changed_at = excluded.changed_at AND excluded.active = 1)",
+    )
+    .bind(blocker_id)
+    .bind(blocked_id)
+    .bind(i64::from(active))
+    .bind(changed_at)
+    .execute(db)
+    .await
+    .context("recording a block")?;
+    Ok(())
+}
+
+/// Whether either of `a` and `b` has blocked the other.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.blocked_between", skip_all)]
+pub async fn blocked_between<'e>(db: impl Executor<'e, Database = Any>, a: &str, b: &str) -> anyhow::Result<bool> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM chat_blocks WHERE active = 1 AND ((blocker_id = $1 AND blocked_id = $2) OR (blocker_id = $2 AND blocked_id = $1))",
+    )
+    .bind(a)
+    .bind(b)
+    .fetch_one(db)
+    .await
+    .context("checking blocks")?;
+    Ok(count > 0)
+}
+
+/// The players `account` blocked or was blocked by (at most `limit`): each is hidden from the
+/// other in chat presence.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.blocked_either_way", skip_all)]
+pub async fn blocked_either_way<'e>(db: impl Executor<'e, Database = Any>, account: &str, limit: i64) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT blocked_id FROM chat_blocks WHERE blocker_id = $1 AND active = 1 \
+         UNION SELECT blocker_id FROM chat_blocks WHERE blocked_id = $1 AND active = 1 LIMIT $2",
+    )
+    .bind(account)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+    .context("listing blocks")
+}
+
+/// Forgets an erased player's blocks, both ways.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.forget_blocks", skip_all)]
+pub async fn forget_blocks<'e>(db: impl Executor<'e, Database = Any>, account: &str) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM chat_blocks WHERE blocker_id = $1 OR blocked_id = $1")
+        .bind(account)
+        .execute(db)
+        .await
+        .context("forgetting blocks")?;
+    Ok(())
+}

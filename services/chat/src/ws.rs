@@ -21,6 +21,9 @@
 //! the hub's notices; a ban from a channel or removal from a group takes it out of that channel
 //! with a `removed` event. The codes are in the 4000-4999 range RFC 6455 §7.4.2 leaves to
 //! applications; each close's reason is a stable snake_case code.
+//!
+//! Blocks (`crate::blocks`): a `dm:` channel between two players one of whom blocked the other
+//! refuses `join` and `send` (`dm_blocked`), and neither player's `presence` reaches the other.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -43,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ChatState;
 use crate::channel::Channel;
-use crate::hub::{Control, Member, QUEUE};
+use crate::hub::{Control, Hidden, Member, QUEUE};
 use crate::store::{self, MessageRow};
 
 /// Largest frame, and message, a client may send. Checked against a frame's header before any of
@@ -216,6 +219,8 @@ struct Session {
     joined: HashSet<String>,
     tx: mpsc::Sender<Arc<str>>,
     kick: CancellationToken,
+    /// The players this one blocked or was blocked by: hidden from each other in presence.
+    hidden: Hidden,
 }
 
 /// Counts a socket as open for as long as it lives.
@@ -259,12 +264,29 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     let connection = state.hub.connection_id();
     let kick = CancellationToken::new();
-    if !state.hub.connect(connection, &player, control_tx, tx.clone(), kick.clone(), state.socket_limits.per_account) {
+    // Registered before the blocks are read, so that a block notice that comes meanwhile is
+    // applied to the set rather than missed; what is read is then added to it. (An unblock in
+    // that moment may stay hidden until the next socket: the safe side.)
+    let hidden = Hidden::default();
+    if !state.hub.connect(connection, &player, control_tx, tx.clone(), kick.clone(), hidden.clone(), state.socket_limits.per_account) {
         close(&mut socket, CLOSE_TOO_MANY_SOCKETS, "too_many_connections").await;
         return;
     }
     let _registered = Registered(state.hub.clone(), connection);
-    let mut session = Session { connection, state: state.clone(), player, expires_at, joined: HashSet::new(), tx, kick: kick.clone() };
+    match state.hidden_for(&player.account_id).await {
+        Ok(read) => hidden.write().unwrap_or_else(|p| p.into_inner()).extend(read),
+        Err(err) => {
+            tracing::warn!(error = format!("{err:#}"), "loading a player's blocks failed");
+            close(&mut socket, 1011, "unavailable").await;
+            return;
+        }
+    }
+    // Friends lists show the player online; a cache that cannot answer does not keep them out of chat.
+    if let Err(err) = platform::online::mark(&state.cache, &[&player.account_id]).await {
+        tracing::warn!(error = format!("{err:#}"), "marking a player online failed");
+    }
+    let mut session =
+        Session { connection, state: state.clone(), player, expires_at, joined: HashSet::new(), tx, kick: kick.clone(), hidden };
     tracing::debug!(account_id = session.player.account_id, connection = session.connection, "chat connected");
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
@@ -363,6 +385,12 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
         }
     }
     session.leave_all().await;
+    // Another socket of the player's on another instance sets the marker again at its next refresh.
+    if !state.hub.has_other_connection(&session.player.account_id, connection)
+        && let Err(err) = platform::online::clear(&state.cache, &session.player.account_id).await
+    {
+        tracing::warn!(error = format!("{err:#}"), "marking a player offline failed");
+    }
     tracing::debug!(account_id = session.player.account_id, "chat disconnected");
 }
 
@@ -421,18 +449,21 @@ impl Session {
             return Ok(json!({"channel": id, "already_joined": true}));
         }
         self.state.authorize(&self.player.account_id, &channel, false).await?;
+        self.state.refuse_blocked_dm(&channel).await?;
         let member = Member {
             account_id: self.player.account_id.clone(),
             name: self.player.name.clone(),
             tx: self.tx.clone(),
             kick: self.kick.clone(),
+            hidden: self.hidden.clone(),
         };
         self.state.hub.join(&id, self.connection, member).await?;
         self.joined.insert(id.clone());
         self.state.presence.enter(&id, self.connection, &self.player.account_id, &self.player.name).await?;
         let event = json!({"type": "presence", "channel": id, "joined": {"account_id": self.player.account_id, "name": self.player.name}});
-        self.state.hub.publish(&id, &event.to_string(), Some(self.connection)).await?;
-        let (count, players) = self.state.presence.list(&id, 100).await?;
+        self.state.hub.publish_about(&id, &event.to_string(), Some(self.connection), Some(&self.player.account_id)).await?;
+        let hidden = self.hidden.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (count, players) = self.state.presence.list(&id, 100, &hidden).await?;
         let players: Vec<_> = players.into_iter().map(|(account_id, name)| json!({"account_id": account_id, "name": name})).collect();
         Ok(json!({"channel": id, "presence": {"count": count, "players": players}}))
     }
@@ -469,7 +500,7 @@ impl Session {
             tracing::warn!(error = format!("{err:#}"), "presence exit failed");
         }
         let event = json!({"type": "presence", "channel": id, "left": {"account_id": player.account_id, "name": player.name}});
-        if let Err(err) = self.state.hub.publish(id, &event.to_string(), Some(self.connection)).await {
+        if let Err(err) = self.state.hub.publish_about(id, &event.to_string(), Some(self.connection), Some(&player.account_id)).await {
             tracing::warn!(error = format!("{err:#}"), "presence event failed");
         }
     }
@@ -503,8 +534,9 @@ impl Session {
             return Err(ApiError::invalid("body", "body must not contain control characters"));
         }
         self.take_token("send", 1).await?;
-        // Membership and sanctions can change after a join: check them on every send.
+        // Membership, sanctions and blocks can change after a join: check them on every send.
         self.state.authorize(&self.player.account_id, &channel, true).await?;
+        self.state.refuse_blocked_dm(&channel).await?;
         let row = MessageRow {
             id: uuid::Uuid::now_v7().to_string(),
             channel_id: id.clone(),

@@ -344,6 +344,7 @@ impl Parts<'_> {
                 self.config.password_reset.clone(),
                 self.config.mail.timeout,
             ),
+            social: self.config.social,
         })
     }
 
@@ -355,6 +356,7 @@ impl Parts<'_> {
             admin_key: self.admin_key.clone(),
             boards: leaderboard::BoardCache::default(),
             writer: leaderboard::writer::Writer::start(db, index.clone()),
+            max_friends: self.config.social.max_friends,
         })
     }
 

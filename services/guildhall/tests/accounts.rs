@@ -4,7 +4,7 @@ mod common;
 #[path = "accounts/passwords.rs"]
 mod passwords;
 
-use common::{ADMIN_KEY, Backend, Chat, Process, TestApp, TestEnv, audit, server_key};
+use common::{ADMIN_KEY, Backend, Chat, Process, TestApp, TestEnv, audit, eventually, guest, make_friends, server_key};
 use reqwest::Method;
 use serde_json::json;
 
@@ -31,6 +31,9 @@ on_both_backends!(
     a_banned_player_cannot_sign_in_and_their_socket_closes,
     operators_search_view_end_sessions_and_erase_accounts,
     metrics_move_with_requests_deliveries_and_events,
+    friends_request_accept_list_and_remove,
+    friends_and_blocks_are_capped_and_requests_rate_limited,
+    blocks_end_friendships_and_refuse_requests,
 );
 
 async fn full_token_lifecycle(backend: Backend) {
@@ -1265,4 +1268,220 @@ async fn metrics_move_with_requests_deliveries_and_events(backend: Backend) {
     assert!(figure(&after, "guildhall_outbox_delivered_total") >= 1.0);
     assert_eq!(figure(&after, "guildhall_outbox_dead"), 0.0);
     assert_eq!(figure(&after, "guildhall_chat_sockets"), 0.0, "closed sockets leave the gauge");
+}
+
+/// How many events of `event_type` the outbox holds.
+async fn recorded(app: &TestApp, event_type: &str) -> i64 {
+    let db = app.database().await;
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE event_type = $1").bind(event_type).fetch_one(db.pool()).await.expect("outbox")
+}
+
+/// The `account_id`s of a list's entries.
+fn ids(entries: &[serde_json::Value]) -> Vec<&str> {
+    entries.iter().map(|e| e["account_id"].as_str().expect("account_id")).collect()
+}
+
+async fn friends_request_accept_list_and_remove(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (ana_id, ana) = guest(&app, "ana").await;
+    let (bob_id, bob) = guest(&app, "bob").await;
+    let (cy_id, cy) = guest(&app, "cy").await;
+    let bob_name = app.get("/v1/accounts/me", Some(&bob)).await.expect(200).body["username"].clone();
+
+    // Bad targets.
+    app.post(&format!("/v1/friends/{ana_id}"), Some(&ana), json!({})).await.expect_error(400, "cannot_target_self");
+    app.post(&format!("/v1/friends/{}", uuid::Uuid::now_v7()), Some(&ana), json!({})).await.expect_error(404, "not_found");
+    app.post("/v1/friends/not-an-id", Some(&ana), json!({})).await.expect_error(404, "not_found");
+    app.delete(&format!("/v1/friends/{}", uuid::Uuid::now_v7()), Some(&ana)).await.expect_error(404, "not_found");
+    app.get("/v1/friends?state=enemies", Some(&ana)).await.expect_error(400, "invalid_request");
+    app.get("/v1/friends?limit=0", Some(&ana)).await.expect_error(400, "invalid_request");
+    app.get("/v1/friends?cursor=nope", Some(&ana)).await.expect_error(400, "invalid_request");
+    app.get("/v1/friends", None).await.expect(401);
+
+    // A request, repeated: one request, one event.
+    let sent = app.post(&format!("/v1/friends/{bob_id}"), Some(&ana), json!({})).await.expect(201).body;
+    assert_eq!((sent["account_id"].as_str(), sent["state"].as_str()), (Some(bob_id.as_str()), Some("outgoing")), "{sent}");
+    assert_eq!(app.post(&format!("/v1/friends/{bob_id}"), Some(&ana), json!({})).await.expect(200).body["state"], "outgoing");
+    assert_eq!(recorded(&app, "social.friend_requested").await, 1);
+    let outgoing = app.get("/v1/friends?state=outgoing", Some(&ana)).await.expect(200).body;
+    assert_eq!(outgoing["friends"][0]["account_id"], bob_id.as_str());
+    assert_eq!(outgoing["friends"][0]["name"], bob_name);
+    assert!(outgoing["friends"][0].get("online").is_none(), "requests do not tell when a stranger plays: {outgoing}");
+    let incoming = app.get("/v1/friends?state=incoming", Some(&bob)).await.expect(200).body;
+    assert_eq!(ids(incoming["friends"].as_array().expect("list")), [ana_id.as_str()]);
+    assert!(app.get("/v1/friends", Some(&ana)).await.expect(200).body["friends"].as_array().expect("list").is_empty());
+
+    // Bob asking back accepts: friends both ways, one accept event.
+    let accepted = app.post(&format!("/v1/friends/{ana_id}"), Some(&bob), json!({})).await.expect(200).body;
+    assert_eq!(accepted["state"], "friends");
+    assert_eq!(recorded(&app, "social.friend_accepted").await, 1);
+    for (token, other) in [(&ana, &bob_id), (&bob, &ana_id)] {
+        let friends = app.get("/v1/friends?state=friends", Some(token)).await.expect(200).body;
+        assert_eq!(ids(friends["friends"].as_array().expect("list")), [other.as_str()]);
+        assert_eq!(friends["friends"][0]["online"], false, "{friends}");
+        assert!(app.get("/v1/friends?state=incoming", Some(token)).await.expect(200).body["friends"].as_array().expect("list").is_empty());
+    }
+    assert_eq!(app.post(&format!("/v1/friends/{bob_id}"), Some(&ana), json!({})).await.expect(200).body["state"], "friends");
+
+    // Online while Ana has a chat socket open, offline once it closes.
+    let online = |want: bool| {
+        let (app, bob) = (&app, &bob);
+        async move { app.get("/v1/friends", Some(bob)).await.expect(200).body["friends"][0]["online"] == want }
+    };
+    let socket = Chat::connect(&app.base, &ana).await;
+    eventually(std::time::Duration::from_secs(5), "Ana shows online", || online(true)).await;
+    socket.close().await;
+    eventually(std::time::Duration::from_secs(5), "Ana shows offline", || online(false)).await;
+
+    // Pages: Cy is friends with Ana too; one at a time, each once.
+    make_friends(&app, (&cy_id, &cy), (&ana_id, &ana)).await;
+    let first = app.get("/v1/friends?limit=1", Some(&ana)).await.expect(200).body;
+    assert_eq!(first["friends"].as_array().expect("list").len(), 1);
+    assert!(first["next_cursor"].is_string());
+    let all = app.pages("/v1/friends?limit=1", &ana, "friends").await;
+    let mut expected = vec![bob_id.as_str(), cy_id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids(&all), expected);
+
+    // Removing a friend, declining and withdrawing: each ends the relation both ways, once.
+    app.delete(&format!("/v1/friends/{ana_id}"), Some(&bob)).await.expect(204);
+    app.delete(&format!("/v1/friends/{ana_id}"), Some(&bob)).await.expect(204);
+    assert_eq!(ids(app.get("/v1/friends", Some(&ana)).await.expect(200).body["friends"].as_array().expect("list")), [cy_id.as_str()]);
+    assert!(app.get("/v1/friends", Some(&bob)).await.expect(200).body["friends"].as_array().expect("list").is_empty());
+    app.post(&format!("/v1/friends/{bob_id}"), Some(&cy), json!({})).await.expect(201);
+    app.delete(&format!("/v1/friends/{cy_id}"), Some(&bob)).await.expect(204);
+    assert!(app.get("/v1/friends?state=outgoing", Some(&cy)).await.expect(200).body["friends"].as_array().expect("list").is_empty());
+    assert_eq!(recorded(&app, "social.friend_removed").await, 2);
+
+    // Erasure: Cy's account goes, and with it every relation of hers.
+    app.call(Method::DELETE, "/v1/accounts/me", Some(&cy), None).await.expect(204);
+    assert!(app.get("/v1/friends", Some(&ana)).await.expect(200).body["friends"].as_array().expect("list").is_empty());
+    let db = app.database().await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM friend_links WHERE account_id = $1 OR other_id = $1")
+        .bind(&cy_id)
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
+}
+
+async fn friends_and_blocks_are_capped_and_requests_rate_limited(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("SOCIAL_MAX_FRIENDS", "2")
+            .set("SOCIAL_MAX_PENDING_REQUESTS", "3")
+            .set("SOCIAL_FRIEND_REQUESTS_PER_HOUR", "4")
+            .set("SOCIAL_MAX_BLOCKS", "1");
+    })
+    .await;
+    let mut players = Vec::new();
+    for i in 0..8 {
+        players.push(guest(&app, &format!("p{i}")).await);
+    }
+    let ask = |from: usize, to: usize| {
+        let (app, players) = (&app, &players);
+        async move { app.post(&format!("/v1/friends/{}", players[to].0), Some(&players[from].1), json!({})).await }
+    };
+    // Three requests wait at most.
+    for to in 1..=3 {
+        ask(0, to).await.expect(201);
+    }
+    ask(0, 4).await.expect_error(409, "too_many_pending_requests");
+    // Two friends at most: a request beyond is refused, and so is accepting one.
+    ask(1, 0).await.expect(200);
+    ask(2, 0).await.expect(200);
+    ask(0, 4).await.expect_error(409, "friend_limit_reached");
+    ask(3, 0).await.expect_error(409, "friend_limit_reached");
+    ask(4, 5).await.expect(201);
+    // A request to a full player is delivered; they cannot accept it until they drop a friend.
+    ask(5, 0).await.expect(201);
+    ask(0, 5).await.expect_error(409, "friend_limit_reached");
+
+    // Received requests are capped too, with the answer a block gets.
+    for from in 5..=7 {
+        ask(from, 4).await.expect(if from == 5 { 200 } else { 201 });
+    }
+    app.delete(&format!("/v1/friends/{}", players[5].0), Some(&players[4].1)).await.expect(204);
+    ask(1, 4).await.expect(201);
+    ask(3, 4).await.expect_error(403, "request_not_delivered");
+
+    // Four new requests an hour: player 6 asked 4 above; withdrawing and asking again counts
+    // each time.
+    let token = &players[6].1;
+    ask(6, 5).await.expect(201);
+    ask(6, 7).await.expect(201);
+    app.delete(&format!("/v1/friends/{}", players[5].0), Some(token)).await.expect(204);
+    ask(6, 5).await.expect(201);
+    app.delete(&format!("/v1/friends/{}", players[5].0), Some(token)).await.expect(204);
+    ask(6, 5).await.expect_error(429, "rate_limited");
+    // Repeats and accepts are free.
+    ask(6, 7).await.expect(200);
+
+    // One block at most.
+    app.post(&format!("/v1/blocks/{}", players[7].0), Some(&players[3].1), json!({})).await.expect(201);
+    app.post(&format!("/v1/blocks/{}", players[6].0), Some(&players[3].1), json!({})).await.expect_error(409, "block_limit_reached");
+}
+
+async fn blocks_end_friendships_and_refuse_requests(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    })
+    .await;
+    let (ana_id, ana) = guest(&app, "ana").await;
+    let (bob_id, bob) = guest(&app, "bob").await;
+    let (cy_id, cy) = guest(&app, "cy").await;
+    make_friends(&app, (&ana_id, &ana), (&bob_id, &bob)).await;
+    app.post(&format!("/v1/friends/{ana_id}"), Some(&cy), json!({})).await.expect(201);
+    app.post(&format!("/v1/blocks/{ana_id}"), Some(&ana), json!({})).await.expect_error(400, "cannot_target_self");
+    app.post(&format!("/v1/blocks/{}", uuid::Uuid::now_v7()), Some(&ana), json!({})).await.expect_error(404, "not_found");
+
+    // A block ends the friendship and the pending request, both ways.
+    let blocked = app.post(&format!("/v1/blocks/{bob_id}"), Some(&ana), json!({})).await.expect(201).body;
+    assert_eq!(blocked["account_id"], bob_id.as_str());
+    let again = app.post(&format!("/v1/blocks/{bob_id}"), Some(&ana), json!({})).await.expect(200).body;
+    assert_eq!(again["since"], blocked["since"]);
+    app.post(&format!("/v1/blocks/{cy_id}"), Some(&ana), json!({})).await.expect(201);
+    for token in [&ana, &bob, &cy] {
+        for state in ["friends", "incoming", "outgoing"] {
+            let list = app.get(&format!("/v1/friends?state={state}"), Some(token)).await.expect(200).body;
+            assert!(list["friends"].as_array().expect("list").is_empty(), "{state}: {list}");
+        }
+    }
+    assert_eq!(recorded(&app, "social.block_added").await, 2);
+    assert_eq!(recorded(&app, "social.friend_removed").await, 2, "the friendship and the request ended");
+
+    // Neither side can ask the other; the blocked one cannot tell a block from a full inbox.
+    app.post(&format!("/v1/friends/{ana_id}"), Some(&bob), json!({})).await.expect_error(403, "request_not_delivered");
+    app.post(&format!("/v1/friends/{bob_id}"), Some(&ana), json!({})).await.expect_error(409, "player_blocked");
+    // Bob blocking Ana back is his own block.
+    app.post(&format!("/v1/blocks/{ana_id}"), Some(&bob), json!({})).await.expect(201);
+
+    // The list, a page at a time.
+    let all = app.pages("/v1/blocks?limit=1", &ana, "blocks").await;
+    let mut expected = vec![bob_id.as_str(), cy_id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids(&all), expected);
+    assert!(all.iter().all(|b| b["name"].is_string() && b["since"].is_string()), "{all:?}");
+    app.get("/v1/blocks?cursor=x", Some(&ana)).await.expect_error(400, "invalid_request");
+
+    // Unblocking (twice is fine) lets requests through again once neither blocks.
+    app.delete(&format!("/v1/blocks/{bob_id}"), Some(&ana)).await.expect(204);
+    app.delete(&format!("/v1/blocks/{bob_id}"), Some(&ana)).await.expect(204);
+    assert_eq!(recorded(&app, "social.block_removed").await, 1);
+    app.post(&format!("/v1/friends/{bob_id}"), Some(&ana), json!({})).await.expect_error(403, "request_not_delivered");
+    app.delete(&format!("/v1/blocks/{ana_id}"), Some(&bob)).await.expect(204);
+    app.post(&format!("/v1/friends/{bob_id}"), Some(&ana), json!({})).await.expect(201);
+
+    // Operators see the counts in the account view.
+    let view = app.get(&format!("/v1/admin/accounts/{ana_id}"), Some(ADMIN_KEY)).await.expect(200).body;
+    assert_eq!(view["social"], json!({"friends": 0, "incoming_requests": 0, "outgoing_requests": 1, "blocks": 1}), "{view}");
+
+    // Erasure takes the blocks too, both ways.
+    app.call(Method::DELETE, "/v1/accounts/me", Some(&ana), None).await.expect(204);
+    let db = app.database().await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blocks WHERE blocker_id = $1 OR blocked_id = $1")
+        .bind(&ana_id)
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
 }

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, guest, guest_session, server_key, two_processes};
+use common::{
+    ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, deliver_late, eventually, guest, guest_session, server_key, two_processes,
+};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -29,6 +31,7 @@ on_both_backends!(
     operators_list_filter_and_lift_sanctions,
     operators_read_any_channel_and_purge_a_sender,
     server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_sanctions,
+    blocked_players_cannot_dm_or_see_each_other,
 );
 
 /// How long a session's end, a ban or a removal may take to reach an open socket.
@@ -1087,4 +1090,110 @@ async fn server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_s
         "{entries:?}"
     );
     assert_eq!((entries[1]["detail"]["scope"].as_str(), entries[2]["detail"]["scope"].as_str()), (Some("room:lobby"), Some("global")));
+}
+
+/// The next presence frame about `channel`.
+async fn next_presence_in(chat: &mut Chat, channel: &str) -> Value {
+    loop {
+        let event = chat.next_of("presence").await;
+        if event["channel"] == channel {
+            return event;
+        }
+    }
+}
+
+/// The account ids a presence list names.
+fn present(list: &Value) -> Vec<&str> {
+    list.as_array().expect("players").iter().map(|p| p["account_id"].as_str().expect("account_id")).collect()
+}
+
+async fn blocked_players_cannot_dm_or_see_each_other(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (ana_id, ana_token) = guest(&app, "ana").await;
+    let (bob_id, bob_token) = guest(&app, "bob").await;
+    let (cy_id, cy_token) = guest(&app, "cy").await;
+    let direct = dm(&ana_id, &bob_id);
+    let mut ana = Chat::connect(&app.base, &ana_token).await;
+    let mut bob = Chat::connect(&app.base, &bob_token).await;
+    ana.join(&direct).await;
+    bob.join(&direct).await;
+    ana.join("room:global").await;
+
+    // Ana blocks Bob. Chat learns it through the event (SQS on the real backends): the DM
+    // refuses sends, both ways, with a stable code.
+    app.post(&format!("/v1/blocks/{bob_id}"), Some(&ana_token), json!({})).await.expect(201);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = bob.send(&direct, "still there?").await;
+        if reply["type"] == "error" {
+            assert_eq!(reply["code"], "dm_blocked", "{reply}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the block did not reach chat");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ana.send(&direct, "hello?").await["code"], "dm_blocked");
+    // An unblock older than the block, delivered after it (SQS keeps no order), changes nothing.
+    let stale = platform::events::BlockRemoved {
+        blocker_id: ana_id.clone(),
+        blocked_id: bob_id.clone(),
+        unblocked_at: platform::time::rfc3339(platform::db::now_millis() - 60_000),
+    };
+    deliver_late(&app, "chat", &stale).await;
+    assert_eq!(ana.send(&direct, "hello?").await["code"], "dm_blocked", "a stale unblock lifted the block");
+    let mut bob_again = Chat::connect(&app.base, &bob_token).await;
+    let refused = bob_again.request(json!({"type": "join", "channel": direct})).await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("dm_blocked")), "{refused}");
+
+    // Presence: Bob's new socket joins the room; his answer does not list Ana, and Ana is not
+    // told he joined (the next she hears of is Cy).
+    let joined = bob_again.join("room:global").await;
+    assert_eq!(present(&joined["presence"]["players"]), [bob_id.as_str()], "{joined}");
+    let mut cy = Chat::connect(&app.base, &cy_token).await;
+    let joined = cy.join("room:global").await;
+    assert_eq!(joined["presence"]["count"], 3, "{joined}");
+    let heard = next_presence_in(&mut ana, "room:global").await;
+    assert_eq!(heard["joined"]["account_id"], cy_id.as_str(), "{heard}");
+    let listed = app.get("/v1/chat/channels/room:global/presence", Some(&ana_token)).await.expect(200).body;
+    assert!(!present(&listed["players"]).contains(&bob_id.as_str()), "{listed}");
+    assert_eq!(listed["count"], 2);
+    let listed = app.get("/v1/chat/channels/room:global/presence", Some(&cy_token)).await.expect(200).body;
+    assert_eq!(listed["count"], 3, "Cy sees both");
+    // Leaving: Cy hears Bob leave, Ana does not.
+    bob_again.request(json!({"type": "leave", "channel": "room:global"})).await;
+    assert_eq!(cy.next_of("presence").await["left"]["account_id"], bob_id.as_str());
+    cy.request(json!({"type": "leave", "channel": "room:global"})).await;
+    let heard = next_presence_in(&mut ana, "room:global").await;
+    assert_eq!(heard["left"]["account_id"], cy_id.as_str(), "{heard}");
+
+    // Unblocked, they can write again.
+    app.delete(&format!("/v1/blocks/{bob_id}"), Some(&ana_token)).await.expect(204);
+    loop {
+        let reply = bob.send(&direct, "friends again?").await;
+        if reply["type"] == "ack" {
+            break;
+        }
+        assert_eq!(reply["code"], "dm_blocked", "{reply}");
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(20), "the unblock did not reach chat");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Erasure forgets the player's blocks in chat too.
+    app.post(&format!("/v1/blocks/{ana_id}"), Some(&bob_token), json!({})).await.expect(201);
+    drop(bob);
+    drop(bob_again);
+    app.call(reqwest::Method::DELETE, "/v1/accounts/me", Some(&bob_token), None).await.expect(204);
+    let db = app.database().await;
+    eventually(Duration::from_secs(20), "Bob's blocks forgotten in chat", || {
+        let (db, bob_id) = (&db, &bob_id);
+        async move {
+            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chat_blocks WHERE blocker_id = $1 OR blocked_id = $1")
+                .bind(bob_id)
+                .fetch_one(db.pool())
+                .await
+                .expect("count");
+            left == 0
+        }
+    })
+    .await;
 }

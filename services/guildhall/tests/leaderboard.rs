@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ADMIN_KEY, Api, Backend, TestApp, audit, guest, server_key};
+use common::{ADMIN_KEY, Api, Backend, TestApp, audit, deliver_late, eventually, guest, make_friends, server_key};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -20,6 +20,7 @@ on_both_backends!(
     a_retried_submission_counts_once,
     operators_list_change_and_delete_boards,
     a_deleted_record_leaves_ranks_right,
+    friends_records_are_the_player_and_their_friends,
 );
 
 async fn start(backend: Backend) -> TestApp {
@@ -719,4 +720,65 @@ async fn a_deleted_record_leaves_ranks_right(backend: Backend) {
     assert_eq!(deletions.len(), 2);
     assert_eq!((deletions[1]["detail"]["owner_id"].as_str(), deletions[1]["detail"]["score"].as_i64()), (Some(cheater.as_str()), Some(40)));
     assert_eq!((deletions[0]["detail"]["season"].as_i64(), deletions[0]["key_name"].as_str()), (Some(1), Some("boards")));
+}
+
+/// The owners of `records?friends=true` for `token`, best first.
+async fn friends_records(api: &Api, board: &str, token: &str) -> Vec<String> {
+    let page = api.get(&format!("/v1/leaderboards/{board}/records?friends=true"), Some(token)).await.expect(200).body;
+    page["records"].as_array().expect("records").iter().map(|r| r["owner_id"].as_str().expect("owner").to_owned()).collect()
+}
+
+async fn friends_records_are_the_player_and_their_friends(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "duel", "sort": "desc", "operator": "best"})).await;
+    let (ana_id, ana) = guest(&app, "ana").await;
+    let (bob_id, bob) = guest(&app, "bob").await;
+    let (cy_id, cy) = guest(&app, "cy").await;
+    for (token, score) in [(&ana, 10), (&bob, 20), (&cy, 30)] {
+        submit(&app, "duel", token, json!({"score": score})).await;
+    }
+    assert_eq!(friends_records(&app, "duel", &ana).await, [ana_id.as_str()], "no friends yet: only the player");
+
+    // The friendship reaches the leaderboard through the event (SQS on the real backends).
+    make_friends(&app, (&ana_id, &ana), (&bob_id, &bob)).await;
+    let within = std::time::Duration::from_secs(20);
+    let listed = |token: &str, want: Vec<&str>| {
+        let (app, token) = (&app, token.to_owned());
+        let want: Vec<String> = want.into_iter().map(str::to_owned).collect();
+        async move { friends_records(app, "duel", &token).await == want }
+    };
+    eventually(within, "Bob among Ana's friends' records", || listed(&ana, vec![&bob_id, &ana_id])).await;
+    assert!(listed(&bob, vec![&bob_id, &ana_id]).await, "both ways");
+    assert!(listed(&cy, vec![&cy_id]).await, "Cy has no friends");
+
+    // Bad combinations.
+    app.get("/v1/leaderboards/duel/records?friends=true", Some(ADMIN_KEY)).await.expect_error(400, "invalid_request");
+    app.get(&format!("/v1/leaderboards/duel/records?friends=true&owner_ids={cy_id}"), Some(&ana))
+        .await
+        .expect_error(400, "invalid_request");
+    app.get("/v1/leaderboards/duel/records?friends=true&cursor=abc", Some(&ana)).await.expect_error(400, "invalid_request");
+    app.get("/v1/leaderboards/nope/records?friends=true", Some(&ana)).await.expect_error(404, "not_found");
+
+    // Unfriending, and then erasure, take the friend out again.
+    app.delete(&format!("/v1/friends/{bob_id}"), Some(&ana)).await.expect(204);
+    eventually(within, "Bob gone from Ana's friends' records", || listed(&ana, vec![&ana_id])).await;
+    // An accept older than the removal, delivered after it (SQS keeps no order), changes nothing.
+    let stale = platform::events::FriendAccepted {
+        requester_id: ana_id.clone(),
+        accepter_id: bob_id.clone(),
+        accepted_at: platform::time::rfc3339(platform::db::now_millis() - 60_000),
+    };
+    deliver_late(&app, "leaderboard", &stale).await;
+    assert!(listed(&ana, vec![&ana_id]).await, "a stale accept brought a removed friend back");
+    make_friends(&app, (&cy_id, &cy), (&ana_id, &ana)).await;
+    eventually(within, "Cy among Ana's friends' records", || listed(&ana, vec![&cy_id, &ana_id])).await;
+    app.delete("/v1/accounts/me", Some(&cy)).await.expect(204);
+    eventually(within, "erased Cy gone from Ana's friends' records", || listed(&ana, vec![&ana_id])).await;
+    let db = app.database().await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leaderboard_friends WHERE account_id = $1 OR friend_id = $1")
+        .bind(&cy_id)
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "the erased player's friendships are forgotten");
 }

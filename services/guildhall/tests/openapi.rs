@@ -16,6 +16,8 @@ async fn every_service_serves_the_whole_document() {
     // A path of each service, and the health endpoints.
     for path in [
         "/v1/auth/refresh",
+        "/v1/friends/{account_id}",
+        "/v1/blocks",
         "/v1/leaderboards/{id}/records",
         "/v1/assets/{asset_id}",
         "/v1/chat/ws",
@@ -35,7 +37,7 @@ async fn every_service_serves_the_whole_document() {
     let records = format!("{account}/records");
     let sanctions = format!("{account}/sanctions");
     let admin_paths: [(&str, Vec<&str>); 5] = [
-        ("accounts", vec!["/v1/admin/accounts", account, "/v1/admin/keys", "/v1/admin/audit"]),
+        ("accounts", vec!["/v1/admin/accounts", account, "/v1/admin/keys", "/v1/admin/audit", "/v1/friends", "/v1/blocks"]),
         ("leaderboard", vec!["/v1/leaderboards", &records]),
         ("uploads", vec!["/v1/admin/assets"]),
         ("chat", vec![&sanctions, "/v1/notifications"]),

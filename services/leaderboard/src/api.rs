@@ -201,6 +201,9 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// Comma-separated account ids (at most 100): their records only, e.g. a friends list.
     pub owner_ids: Option<String>,
+    /// `true`: the records of the caller and their friends only (a player's token; not with
+    /// `owner_ids` or `cursor`).
+    pub friends: Option<bool>,
 }
 
 /// Query of `GET /v1/leaderboards/{id}/around/me`.
@@ -534,22 +537,42 @@ fn record_of(row: RecordRow, rank: u64) -> Record {
     responses((status = 200, body = RecordPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_records(
     State(state): State<LeaderboardState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<RecordPage>> {
+    // Read before the board, so that a bad query is refused whatever the board.
+    let friends = match (query.friends, &caller) {
+        (Some(true), _) if query.owner_ids.is_some() => return Err(ApiError::invalid("friends", "friends=true takes no owner_ids")),
+        (Some(true), Caller::Player(player)) => {
+            let mut owners = store::friends_of(state.db.pool(), &player.account_id, i64::from(state.max_friends)).await?;
+            owners.push(player.account_id.clone());
+            Some(owners)
+        }
+        (Some(true), Caller::Server(_)) => return Err(ApiError::invalid("friends", "friends=true needs a player's token")),
+        _ => None,
+    };
     let board = state.current(state.board(&id).await?).await?;
     let scope = Scope { board: &board.id, season: board.season };
-    if let Some(owner_ids) = query.owner_ids {
-        if query.cursor.is_some() {
-            return Err(ApiError::invalid("cursor", "owner_ids answers in one page; drop the cursor"));
+    let owners: Option<Vec<&str>> = match (&friends, &query.owner_ids) {
+        (Some(friends), _) => Some(friends.iter().map(String::as_str).collect()),
+        (None, Some(owner_ids)) => {
+            let mut owners: Vec<&str> = owner_ids.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+            owners.sort_unstable();
+            owners.dedup();
+            if owners.is_empty() || owners.len() > MAX_OWNER_IDS || owners.iter().any(|o| o.len() > 64) {
+                return Err(ApiError::invalid("owner_ids", format!("owner_ids must list 1 to {MAX_OWNER_IDS} account ids")));
+            }
+            Some(owners)
         }
-        let mut owners: Vec<&str> = owner_ids.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+        (None, None) => None,
+    };
+    if let Some(mut owners) = owners {
+        if query.cursor.is_some() {
+            return Err(ApiError::invalid("cursor", "owner_ids and friends=true answer in one page; drop the cursor"));
+        }
         owners.sort_unstable();
         owners.dedup();
-        if owners.is_empty() || owners.len() > MAX_OWNER_IDS || owners.iter().any(|o| o.len() > 64) {
-            return Err(ApiError::invalid("owner_ids", format!("owner_ids must list 1 to {MAX_OWNER_IDS} account ids")));
-        }
         let mut records = Vec::with_capacity(owners.len());
         for owner in owners {
             if let Some(ranked) = when_ready!(state, board, state.index.rank_of(scope, owner)) {

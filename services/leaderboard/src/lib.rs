@@ -16,7 +16,7 @@ use axum::Router;
 use axum::extract::FromRef;
 use platform::auth::{AdminKey, Authenticator};
 use platform::db::Database;
-use platform::events::{AccountDeleted, Subscription};
+use platform::events::{AccountDeleted, FriendAccepted, FriendRemoved, Subscription};
 use utoipa::OpenApi;
 
 use crate::index::RankIndex;
@@ -55,6 +55,8 @@ pub struct LeaderboardParts {
     pub boards: BoardCache,
     /// Writes score submissions in group commits.
     pub writer: writer::Writer,
+    /// `SOCIAL_MAX_FRIENDS`: the most friends a `records?friends=true` query reads.
+    pub max_friends: u32,
 }
 
 /// Boards read in the last second, so that the hot paths (submit, rank) skip a database read.
@@ -101,16 +103,38 @@ impl FromRef<LeaderboardState> for AdminKey {
     }
 }
 
-/// What the leaderboard consumes: `account.deleted` erases that player's records everywhere.
+/// What the leaderboard consumes: `account.deleted` erases that player's records and
+/// friendships everywhere; `social.friend_accepted` and `social.friend_removed` keep its copy of
+/// the friendships, for `records?friends=true`.
 pub fn subscriptions(state: LeaderboardState) -> Vec<Subscription> {
-    vec![Subscription::on("leaderboard", move |event: AccountDeleted| {
-        let state = state.clone();
-        async move {
-            let erased = state.erase_player(&event.account_id).await?;
-            tracing::info!(account_id = event.account_id, records = erased, "erased a deleted player's records");
-            Ok(())
-        }
-    })]
+    let (accepted, removed) = (state.clone(), state.clone());
+    vec![
+        Subscription::on("leaderboard", move |event: AccountDeleted| {
+            let state = state.clone();
+            async move {
+                let erased = state.erase_player(&event.account_id).await?;
+                store::forget_friends(state.db.pool(), &event.account_id).await?;
+                tracing::info!(account_id = event.account_id, records = erased, "erased a deleted player's records");
+                Ok(())
+            }
+        }),
+        Subscription::on("leaderboard", move |event: FriendAccepted| {
+            let state = accepted.clone();
+            async move {
+                let at = platform::time::parse_rfc3339(&event.accepted_at).unwrap_or_else(platform::db::now_millis);
+                let mut conn = state.db.pool().acquire().await?;
+                store::put_friendship(&mut conn, &event.requester_id, &event.accepter_id, true, at).await
+            }
+        }),
+        Subscription::on("leaderboard", move |event: FriendRemoved| {
+            let state = removed.clone();
+            async move {
+                let at = platform::time::parse_rfc3339(&event.removed_at).unwrap_or_else(platform::db::now_millis);
+                let mut conn = state.db.pool().acquire().await?;
+                store::put_friendship(&mut conn, &event.account_id, &event.other_id, false, at).await
+            }
+        }),
+    ]
 }
 
 /// The leaderboard router.

@@ -745,6 +745,51 @@ pub async fn erase_owner(db: &platform::db::Database, owner: &str, check_at: i64
     Ok(erased)
 }
 
+/// Records that `a` and `b` are friends (`active`) or no longer are, as of `changed_at` (Unix
+/// ms, the event's time), both ways; a row holding a later change is kept, since events may
+/// arrive out of order. At equal times the removal wins.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.put_friendship", skip_all)]
+pub async fn put_friendship(conn: &mut sqlx::AnyConnection, a: &str, b: &str, active: bool, changed_at: i64) -> anyhow::Result<()> {
+    for (account, friend) in [(a, b), (b, a)] {
+        sqlx::query(
+            "INSERT INTO leaderboard_friends (account_id, friend_id, active, changed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (account_id, friend_id) DO UPDATE SET active = excluded.active, changed_at = excluded.changed_at \
+             WHERE leaderboard_friends.changed_at < excluded.changed_at \
+             OR (leaderboard_friends.changed_at = excluded.changed_at AND excluded.active = 0)",
+        )
+        .bind(account)
+        .bind(friend)
+        .bind(i64::from(active))
+        .bind(changed_at)
+        .execute(&mut *conn)
+        .await
+        .context("recording a friendship")?;
+    }
+    Ok(())
+}
+
+/// Up to `limit` friends of `account_id`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.friends_of", skip_all)]
+pub async fn friends_of<'e>(db: impl Executor<'e, Database = Any>, account_id: &str, limit: i64) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT friend_id FROM leaderboard_friends WHERE account_id = $1 AND active = 1 ORDER BY friend_id LIMIT $2")
+        .bind(account_id)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+        .context("listing friends")
+}
+
+/// Forgets an erased player's friendships, both ways.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.forget_friends", skip_all)]
+pub async fn forget_friends<'e>(db: impl Executor<'e, Database = Any>, account_id: &str) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM leaderboard_friends WHERE account_id = $1 OR friend_id = $1")
+        .bind(account_id)
+        .execute(db)
+        .await
+        .context("forgetting friendships")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::padded_in_list;

@@ -310,6 +310,32 @@ impl PasswordResetConfig {
     }
 }
 
+/// The limits of friends and blocks (accounts), and the bound of a friends leaderboard query.
+#[derive(Debug, Clone, Copy)]
+pub struct SocialLimits {
+    /// `SOCIAL_MAX_FRIENDS`: friends one player may have (and so the most accounts a
+    /// `records?friends=true` query reads).
+    pub max_friends: u32,
+    /// `SOCIAL_MAX_PENDING_REQUESTS`: requests one player may have waiting for an answer, sent and
+    /// received alike (received: so that nobody can flood a player with requests).
+    pub max_pending_requests: u32,
+    /// `SOCIAL_FRIEND_REQUESTS_PER_HOUR`: new friend requests one player may send per hour.
+    pub friend_requests_per_hour: u32,
+    /// `SOCIAL_MAX_BLOCKS`: players one player may block.
+    pub max_blocks: u32,
+}
+
+impl SocialLimits {
+    /// The highest `SOCIAL_MAX_FRIENDS` accepted: a friends leaderboard reads one rank per friend.
+    pub const FRIENDS_CEILING: u32 = 1000;
+}
+
+impl Default for SocialLimits {
+    fn default() -> Self {
+        SocialLimits { max_friends: 250, max_pending_requests: 100, friend_requests_per_hour: 30, max_blocks: 1000 }
+    }
+}
+
 /// Output format of the log lines on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -413,6 +439,8 @@ pub struct Config {
     /// `REGION_ROLE` and `REGION_CHECK_INTERVAL_MS`: whether this region writes
     /// (`crate::region`).
     pub region: crate::region::RegionSettings,
+    /// `SOCIAL_*`: limits of friends and blocks.
+    pub social: SocialLimits,
 }
 
 impl Config {
@@ -538,6 +566,16 @@ impl Config {
             email_taken_per_ip_per_hour: limit("RATE_LIMIT_EMAIL_TAKEN_PER_IP_PER_HOUR", 5)?,
             refresh_per_ip_per_minute: limit("RATE_LIMIT_REFRESH_PER_IP_PER_MINUTE", 120)?,
         };
+        let social_defaults = SocialLimits::default();
+        let social = SocialLimits {
+            max_friends: limit("SOCIAL_MAX_FRIENDS", social_defaults.max_friends.into())?,
+            max_pending_requests: limit("SOCIAL_MAX_PENDING_REQUESTS", social_defaults.max_pending_requests.into())?,
+            friend_requests_per_hour: limit("SOCIAL_FRIEND_REQUESTS_PER_HOUR", social_defaults.friend_requests_per_hour.into())?,
+            max_blocks: limit("SOCIAL_MAX_BLOCKS", social_defaults.max_blocks.into())?,
+        };
+        if social.max_friends > SocialLimits::FRIENDS_CEILING {
+            bail!("SOCIAL_MAX_FRIENDS must be at most {}: a friends leaderboard reads one rank per friend", SocialLimits::FRIENDS_CEILING);
+        }
         let refresh_reuse_grace = parse("REFRESH_REUSE_GRACE_SECS", 20)?;
         if refresh_reuse_grace > 60 {
             bail!("REFRESH_REUSE_GRACE_SECS must be between 0 and 60: a longer grace gives a stolen refresh token longer to go unnoticed");
@@ -693,6 +731,7 @@ impl Config {
             mail: crate::mail::MailConfig::from_lookup(&get, &data_dir_for_mail)?,
             password_reset: PasswordResetConfig::from_lookup(&get)?,
             region: crate::region::RegionSettings::from_lookup(get)?,
+            social,
         };
         config.check_deployment()?;
         Ok(config)
@@ -841,6 +880,20 @@ mod tests {
         assert_eq!(config.tokens.access_ttl, Duration::from_secs(900));
         assert_eq!(config.listen_addr.port(), 8080);
         assert_eq!(config.metrics_addr, None, "no metrics listener unless asked for");
+    }
+
+    #[test]
+    fn social_limits_have_defaults_and_a_ceiling() {
+        let defaults = config(&[]).expect("defaults").social;
+        assert_eq!(
+            (defaults.max_friends, defaults.max_pending_requests, defaults.friend_requests_per_hour, defaults.max_blocks),
+            (250, 100, 30, 1000)
+        );
+        let set = config(&[("SOCIAL_MAX_FRIENDS", "1000"), ("SOCIAL_MAX_BLOCKS", "5")]).expect("valid").social;
+        assert_eq!((set.max_friends, set.max_blocks), (1000, 5));
+        let err = config(&[("SOCIAL_MAX_FRIENDS", "1001")]).expect_err("above the ceiling");
+        assert!(err.to_string().contains("SOCIAL_MAX_FRIENDS"), "{err}");
+        assert!(config(&[("SOCIAL_FRIEND_REQUESTS_PER_HOUR", "0")]).is_err(), "a limit of 0 is refused");
     }
 
     #[test]

@@ -176,6 +176,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "chat_reports", include_str!("../../../migrations/postgres/0014_chat_reports.sql")),
     (15, "webhooks", include_str!("../../../migrations/postgres/0015_webhooks.sql")),
     (17, "password_resets", include_str!("../../../migrations/postgres/0017_password_resets.sql")),
+    (18, "social", include_str!("../../../migrations/postgres/0018_social.sql")),
     (19, "notifications", include_str!("../../../migrations/postgres/0019_notifications.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -195,6 +196,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "chat_reports", include_str!("../../../migrations/sqlite/0014_chat_reports.sql")),
     (15, "webhooks", include_str!("../../../migrations/sqlite/0015_webhooks.sql")),
     (17, "password_resets", include_str!("../../../migrations/sqlite/0017_password_resets.sql")),
+    (18, "social", include_str!("../../../migrations/sqlite/0018_social.sql")),
     (19, "notifications", include_str!("../../../migrations/sqlite/0019_notifications.sql")),
 ];
 

@@ -16,6 +16,7 @@ pub mod health;
 pub mod http;
 pub mod mail;
 pub mod metrics;
+pub mod online;
 pub mod ratelimit;
 pub mod rds;
 pub mod reachability;

@@ -765,3 +765,47 @@ pub async fn until_ok(api: &Api, path: &str, token: Option<&str>, within: Durati
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Makes two players friends: `a` asks, `b` accepts.
+pub async fn make_friends(api: &Api, a: (&str, &str), b: (&str, &str)) {
+    let (a_id, a_token) = a;
+    let (b_id, b_token) = b;
+    api.post(&format!("/v1/friends/{b_id}"), Some(a_token), json!({})).await.expect(201);
+    let accepted = api.post(&format!("/v1/friends/{a_id}"), Some(b_token), json!({})).await.expect(200).body;
+    assert_eq!(accepted["state"], "friends", "{accepted}");
+}
+
+/// Polls `check` every 100 ms until it answers true, failing after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Records `event` in the app's outbox as a service would, and waits (at most 20 s) until
+/// `consumer` handled it: what a late, out-of-order delivery looks like to a consumer.
+pub async fn deliver_late<E: platform::events::EventType>(app: &TestApp, consumer: &str, event: &E) {
+    let db = app.database().await;
+    let mut tx = db.begin().await.expect("transaction");
+    let id = platform::events::record(&mut *tx, event).await.expect("recorded");
+    tx.commit().await.expect("committed");
+    eventually(Duration::from_secs(20), "the late event handled", || {
+        let (db, id) = (&db, &id);
+        async move {
+            let handled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumed_events WHERE consumer = $1 AND event_id = $2")
+                .bind(consumer)
+                .bind(id)
+                .fetch_one(db.pool())
+                .await
+                .expect("consumed events");
+            handled == 1
+        }
+    })
+    .await;
+}

@@ -84,7 +84,10 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     (SanctionIssued::NAME, &["webhooks"]),
     (SeasonClosed::NAME, &["chat", "webhooks"]),
     (FriendRequested::NAME, &["chat"]),
-    (FriendAccepted::NAME, &["chat"]),
+    (FriendAccepted::NAME, &["chat", "leaderboard"]),
+    (FriendRemoved::NAME, &["leaderboard"]),
+    (BlockAdded::NAME, &["chat"]),
+    (BlockRemoved::NAME, &["chat"]),
 ];
 
 /// The consumers of `event_type` (see `ROUTES`).
