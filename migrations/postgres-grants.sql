@@ -36,6 +36,9 @@ GRANT INSERT ON admin_audit TO guildhall_leaderboard, guildhall_uploads, guildha
 -- accounts: sign-up, sign-in, profiles, erasure; sessions and refresh tokens (and their purge);
 -- account-wide bans (issued, replaced, lifted, read at sign-in and refresh).
 GRANT SELECT, INSERT, UPDATE, DELETE ON accounts, sessions, refresh_tokens, account_bans TO guildhall_accounts;
+-- Identities (devices, Apple, Google, Steam, Discord): read at every provider and guest sign-in,
+-- linked and unlinked by their player, deleted with the account.
+GRANT SELECT, INSERT, DELETE ON account_identities TO guildhall_accounts;
 
 -- webhooks' admin API, which runs with accounts (SERVICES=accounts,webhooks on ECS: one process,
 -- one login): webhooks made, listed and deleted with their deliveries; deliveries listed and

@@ -177,6 +177,17 @@ pub struct AccountDetail {
     pub live_sessions: Vec<SessionView>,
     /// Where its records, assets and chat sanctions are.
     pub parts: AccountParts,
+    /// The identities it signs in with (one per provider at most).
+    pub identities: Vec<IdentityEntry>,
+}
+
+/// An identity of an account, as operators see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentityEntry {
+    /// `device`, `apple`, `google`, `steam` or `discord`.
+    pub provider: String,
+    /// The provider's id of the player (for a device, the SHA-256 of its device id).
+    pub subject: String,
 }
 
 /// An account as operators see it: its profile and email, its ban, its live sessions, and where
@@ -193,6 +204,11 @@ pub async fn show(State(state): State<AccountsState>, admin: Admin, Path(id): Pa
     let mut conn = state.db.pool().acquire().await.map_err(anyhow::Error::from)?;
     let ban = store::ban_of(&mut *conn, &id).await?;
     let (sessions, live_session_count) = store::live_sessions(&mut conn, &id, now, SESSIONS_SHOWN).await?;
+    let identities = crate::identity::store::identities_of(&mut *conn, &id)
+        .await?
+        .into_iter()
+        .map(|row| IdentityEntry { provider: row.provider, subject: row.subject })
+        .collect();
     let live_sessions = sessions
         .into_iter()
         .map(|s| SessionView {
@@ -207,7 +223,7 @@ pub async fn show(State(state): State<AccountsState>, admin: Admin, Path(id): Pa
         assets: format!("/v1/admin/assets?owner_id={id}"),
         sanctions: format!("/v1/admin/accounts/{id}/sanctions"),
     };
-    Ok(Json(AccountDetail { account: account.into(), ban: ban.map(|b| BanView::new(b, now)), live_session_count, live_sessions, parts }))
+    Ok(Json(AccountDetail { account: account.into(), ban: ban.map(|b| BanView::new(b, now)), live_session_count, live_sessions, parts, identities }))
 }
 
 /// `POST /v1/admin/accounts/{id}/ban`.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod identity;
 pub mod limits;
 pub mod model;
 pub mod password;
@@ -20,6 +21,7 @@ use platform::db::{Database, now_millis};
 use platform::shutdown::Shutdown;
 use utoipa::OpenApi;
 
+pub use identity::Providers;
 pub use limits::Limits;
 pub use password::Passwords;
 
@@ -38,6 +40,8 @@ pub struct AccountsState {
     pub passwords: Passwords,
     /// Sign-in limits.
     pub limits: Limits,
+    /// The identity providers configured (Apple, Google, Steam, Discord).
+    pub providers: Providers,
     /// Lifetime of refresh tokens and idle sessions.
     pub refresh_ttl: Duration,
     /// How long after its exchange a refresh token presented again gets the same new pair.
@@ -58,7 +62,7 @@ impl FromRef<AccountsState> for AdminKey {
 
 /// The accounts router.
 pub fn router(state: AccountsState) -> Router {
-    api::routes().merge(admin::routes()).with_state(state)
+    api::routes().merge(identity::api::routes()).merge(admin::routes()).with_state(state)
 }
 
 /// How often ended sessions are purged, and how long they are kept after ending (reuse of a
@@ -105,7 +109,9 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
 #[openapi(
     paths(
         api::register, api::login, api::guest, api::refresh, api::logout,
+        identity::api::apple, identity::api::google, identity::api::steam, identity::api::discord,
         api::me, api::update_me, api::delete_me, api::attach_credentials, api::profile, api::jwks,
+        identity::api::list, identity::api::link, identity::api::unlink,
         admin::search, admin::show, admin::ban, admin::unban, admin::revoke_sessions, admin::erase
     ),
     components(schemas(
@@ -113,7 +119,9 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
         model::CredentialsRequest, model::ProfileUpdate, model::TokenPair, model::Account,
         model::PublicProfile, model::Registered, admin::BanView, admin::AccountSummary, admin::AccountPage,
         admin::SessionView, admin::AccountParts, admin::AccountDetail, admin::BanRequest, admin::Banned,
-        admin::SessionsEnded, platform::error::ErrorBody
+        admin::SessionsEnded, admin::IdentityEntry, identity::Provider, identity::Proof, identity::IdTokenProof,
+        identity::SteamTicketProof, identity::DiscordCodeProof, identity::api::IdentityView, identity::api::Identities,
+        platform::error::ErrorBody
     )),
     tags((name = "auth", description = "Sign-up, sign-in, tokens"), (name = "accounts", description = "Profiles and erasure"))
 )]

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+mod providers;
+pub use providers::{AppleSettings, DiscordSettings, GoogleSettings, ProviderSettings, SteamSettings};
+
 /// A value that must never reach a log line: `Debug` prints `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret<T>(T);
@@ -362,6 +365,8 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// `WEBHOOK_*`: delivery of events to operators' webhooks.
     pub webhooks: WebhookSettings,
+    /// `APPLE_*`, `GOOGLE_*`, `STEAM_*`, `DISCORD_*`, `PROVIDER_*`: sign-in with identity providers.
+    pub providers: ProviderSettings,
 }
 
 impl Config {
@@ -597,6 +602,8 @@ impl Config {
             concurrency: usize::try_from(bounded("WEBHOOK_CONCURRENCY", 16, 1..=256)?).unwrap_or(16),
         };
 
+        let providers = ProviderSettings::read(&get, &flag)?;
+
         let config = Config {
             listen_addr,
             metrics_addr,
@@ -638,6 +645,7 @@ impl Config {
             chat_max_sockets_per_ip: limit("CHAT_MAX_SOCKETS_PER_IP", 100)?,
             cors_allowed_origins,
             webhooks,
+            providers,
         };
         config.check_deployment()?;
         Ok(config)
