@@ -223,7 +223,14 @@ pub async fn show(State(state): State<AccountsState>, admin: Admin, Path(id): Pa
         assets: format!("/v1/admin/assets?owner_id={id}"),
         sanctions: format!("/v1/admin/accounts/{id}/sanctions"),
     };
-    Ok(Json(AccountDetail { account: account.into(), ban: ban.map(|b| BanView::new(b, now)), live_session_count, live_sessions, parts, identities }))
+    Ok(Json(AccountDetail {
+        account: account.into(),
+        ban: ban.map(|b| BanView::new(b, now)),
+        live_session_count,
+        live_sessions,
+        parts,
+        identities,
+    }))
 }
 
 /// `POST /v1/admin/accounts/{id}/ban`.

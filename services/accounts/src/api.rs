@@ -135,7 +135,11 @@ pub async fn login(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
     responses((status = 200, body = TokenPair), (status = 201, body = TokenPair), (status = 400, body = ErrorBody),
         (status = 403, description = "`account_banned`: an operator banned the device's account", body = ErrorBody), (status = 429, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
-pub async fn guest(State(state): State<AccountsState>, ip: ClientIp, Json(req): Json<GuestRequest>) -> ApiResult<(StatusCode, Json<TokenPair>)> {
+pub async fn guest(
+    State(state): State<AccountsState>,
+    ip: ClientIp,
+    Json(req): Json<GuestRequest>,
+) -> ApiResult<(StatusCode, Json<TokenPair>)> {
     let device_id = validate::device_id(&req.device_id)?;
     state.limit_ip(ip).await?;
     let verified = Verified { provider: Provider::Device, subject: device_key(&device_id), single_use: None };

@@ -36,7 +36,8 @@ impl AccountRow {
 }
 
 /// The columns `account` decodes, in order.
-pub(crate) const ACCOUNT_COLUMNS: &str = "id, username, email, password_hash, display_name, avatar_asset_id, locale, created_at, updated_at";
+pub(crate) const ACCOUNT_COLUMNS: &str =
+    "id, username, email, password_hash, display_name, avatar_asset_id, locale, created_at, updated_at";
 
 /// Decodes a row of `ACCOUNT_COLUMNS`.
 pub(crate) fn account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
@@ -196,7 +197,11 @@ pub async fn delete_account(conn: &mut sqlx::AnyConnection, id: &str, now: i64) 
         .context("deleting refresh tokens")?;
     sqlx::query("DELETE FROM sessions WHERE account_id = $1").bind(id).execute(&mut *conn).await.context("deleting sessions")?;
     sqlx::query("DELETE FROM account_bans WHERE account_id = $1").bind(id).execute(&mut *conn).await.context("deleting the ban")?;
-    sqlx::query("DELETE FROM account_identities WHERE account_id = $1").bind(id).execute(&mut *conn).await.context("deleting identities")?;
+    sqlx::query("DELETE FROM account_identities WHERE account_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .context("deleting identities")?;
     let deleted = sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id).execute(&mut *conn).await.context("deleting account")?;
     Ok((deleted.rows_affected() == 1).then_some(sessions))
 }

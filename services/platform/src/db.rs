@@ -175,6 +175,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "admin", include_str!("../../../migrations/postgres/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/postgres/0014_chat_reports.sql")),
     (15, "webhooks", include_str!("../../../migrations/postgres/0015_webhooks.sql")),
+    (16, "identities", include_str!("../../../migrations/postgres/0016_identities.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -192,6 +193,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "admin", include_str!("../../../migrations/sqlite/0013_admin.sql")),
     (14, "chat_reports", include_str!("../../../migrations/sqlite/0014_chat_reports.sql")),
     (15, "webhooks", include_str!("../../../migrations/sqlite/0015_webhooks.sql")),
+    (16, "identities", include_str!("../../../migrations/sqlite/0016_identities.sql")),
 ];
 
 /// What each database role may do to each table (`Role`), applied whole after every run of the

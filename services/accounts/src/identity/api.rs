@@ -41,7 +41,11 @@ pub fn routes() -> Router<AccountsState> {
         (status = 403, description = "`account_banned`; `sign_up_closed`: no account has this identity and `PROVIDER_SIGN_UP` is off", body = ErrorBody),
         (status = 404, description = "`provider_disabled`", body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
-pub async fn apple(State(state): State<AccountsState>, ip: ClientIp, Json(proof): Json<IdTokenProof>) -> ApiResult<(StatusCode, Json<TokenPair>)> {
+pub async fn apple(
+    State(state): State<AccountsState>,
+    ip: ClientIp,
+    Json(proof): Json<IdTokenProof>,
+) -> ApiResult<(StatusCode, Json<TokenPair>)> {
     state.sign_in_with(ip, Provider::Apple, Proof::IdToken(proof)).await
 }
 
@@ -53,7 +57,11 @@ pub async fn apple(State(state): State<AccountsState>, ip: ClientIp, Json(proof)
         (status = 403, description = "`account_banned`; `sign_up_closed`", body = ErrorBody),
         (status = 404, description = "`provider_disabled`", body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
-pub async fn google(State(state): State<AccountsState>, ip: ClientIp, Json(proof): Json<IdTokenProof>) -> ApiResult<(StatusCode, Json<TokenPair>)> {
+pub async fn google(
+    State(state): State<AccountsState>,
+    ip: ClientIp,
+    Json(proof): Json<IdTokenProof>,
+) -> ApiResult<(StatusCode, Json<TokenPair>)> {
     state.sign_in_with(ip, Provider::Google, Proof::IdToken(proof)).await
 }
 
@@ -65,7 +73,11 @@ pub async fn google(State(state): State<AccountsState>, ip: ClientIp, Json(proof
         (status = 403, description = "`account_banned`; `provider_banned`: a publisher or VAC ban on the Steam account; `sign_up_closed`", body = ErrorBody),
         (status = 404, description = "`provider_disabled`", body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
-pub async fn steam(State(state): State<AccountsState>, ip: ClientIp, Json(proof): Json<SteamTicketProof>) -> ApiResult<(StatusCode, Json<TokenPair>)> {
+pub async fn steam(
+    State(state): State<AccountsState>,
+    ip: ClientIp,
+    Json(proof): Json<SteamTicketProof>,
+) -> ApiResult<(StatusCode, Json<TokenPair>)> {
     state.sign_in_with(ip, Provider::Steam, Proof::SteamTicket(proof)).await
 }
 
@@ -78,7 +90,11 @@ pub async fn steam(State(state): State<AccountsState>, ip: ClientIp, Json(proof)
         (status = 403, description = "`account_banned`; `sign_up_closed`", body = ErrorBody),
         (status = 404, description = "`provider_disabled`", body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
-pub async fn discord(State(state): State<AccountsState>, ip: ClientIp, Json(proof): Json<DiscordCodeProof>) -> ApiResult<(StatusCode, Json<TokenPair>)> {
+pub async fn discord(
+    State(state): State<AccountsState>,
+    ip: ClientIp,
+    Json(proof): Json<DiscordCodeProof>,
+) -> ApiResult<(StatusCode, Json<TokenPair>)> {
     state.sign_in_with(ip, Provider::Discord, Proof::DiscordCode(proof)).await
 }
 
@@ -233,7 +249,8 @@ impl AccountsState {
     pub(crate) async fn take_once(&self, verified: &Verified) -> ApiResult<()> {
         let Some((key, until)) = &verified.single_use else { return Ok(()) };
         let left = (until + 60 - now_millis() / 1000).clamp(1, 2 * 86_400);
-        let (count, _) = self.cache.hit(&format!("idtoken:{key}"), Duration::from_secs(left.unsigned_abs())).await.context("counting an id_token")?;
+        let (count, _) =
+            self.cache.hit(&format!("idtoken:{key}"), Duration::from_secs(left.unsigned_abs())).await.context("counting an id_token")?;
         if count > 1 {
             return Err(refused(verified.provider, "token used before"));
         }
@@ -274,8 +291,12 @@ impl AccountsState {
                 Err(err) => return Err(err.into()),
             }
             let account = store::account_by_id(&mut *tx, &id).await?.context("account vanished after insert")?;
-            let created =
-                AccountCreated { account_id: id.clone(), username, guest: kind == NewKind::Guest, created_at: platform::time::rfc3339(now) };
+            let created = AccountCreated {
+                account_id: id.clone(),
+                username,
+                guest: kind == NewKind::Guest,
+                created_at: platform::time::rfc3339(now),
+            };
             platform::events::record(&mut *tx, &created).await?;
             let minted = self.open_session(&mut tx, &account).await?;
             tx.commit().await.context("committing the new account")?;

@@ -78,10 +78,7 @@ pub struct ProviderSettings {
 
 impl ProviderSettings {
     /// Reads the settings through `get` (trimmed, empty as absent) and `flag`.
-    pub(super) fn read(
-        get: &dyn Fn(&str) -> Option<String>,
-        flag: &dyn Fn(&str, bool) -> anyhow::Result<bool>,
-    ) -> anyhow::Result<Self> {
+    pub(super) fn read(get: &dyn Fn(&str) -> Option<String>, flag: &dyn Fn(&str, bool) -> anyhow::Result<bool>) -> anyhow::Result<Self> {
         let list = |key: &str| -> Vec<String> {
             get(key).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
         };
@@ -106,7 +103,11 @@ impl ProviderSettings {
         let steam = match get("STEAM_APP_ID") {
             None => None,
             Some(app_id) => Some(SteamSettings {
-                app_id: app_id.parse().ok().filter(|id| *id > 0).with_context(|| format!("STEAM_APP_ID must be an app id, got {app_id:?}"))?,
+                app_id: app_id
+                    .parse()
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .with_context(|| format!("STEAM_APP_ID must be an app id, got {app_id:?}"))?,
                 web_api_key: Secret::new(get("STEAM_WEB_API_KEY").context("STEAM_APP_ID is set: STEAM_WEB_API_KEY must be too")?),
                 api_url: url("STEAM_API_URL", "https://partner.steam-api.com")?,
                 ticket_identity: get("STEAM_TICKET_IDENTITY"),
@@ -122,7 +123,9 @@ impl ProviderSettings {
                 }
                 Some(DiscordSettings {
                     client_id,
-                    client_secret: Secret::new(get("DISCORD_CLIENT_SECRET").context("DISCORD_CLIENT_ID is set: DISCORD_CLIENT_SECRET must be too")?),
+                    client_secret: Secret::new(
+                        get("DISCORD_CLIENT_SECRET").context("DISCORD_CLIENT_ID is set: DISCORD_CLIENT_SECRET must be too")?,
+                    ),
                     api_url: url("DISCORD_API_URL", "https://discord.com/api/v10")?,
                     redirect_uris,
                 })
@@ -130,7 +133,11 @@ impl ProviderSettings {
         };
         let timeout = match get("PROVIDER_TIMEOUT_SECS") {
             None => 5,
-            Some(v) => v.parse::<u64>().ok().filter(|s| (1..=30).contains(s)).with_context(|| format!("PROVIDER_TIMEOUT_SECS must be between 1 and 30, got {v:?}"))?,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=30).contains(s))
+                .with_context(|| format!("PROVIDER_TIMEOUT_SECS must be between 1 and 30, got {v:?}"))?,
         };
         Ok(Self { apple, google, steam, discord, sign_up: flag("PROVIDER_SIGN_UP", true)?, timeout: Duration::from_secs(timeout) })
     }
