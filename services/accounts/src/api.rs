@@ -142,7 +142,7 @@ pub async fn guest(
 ) -> ApiResult<(StatusCode, Json<TokenPair>)> {
     let device_id = validate::device_id(&req.device_id)?;
     state.limit_ip(ip).await?;
-    let verified = Verified { provider: Provider::Device, subject: device_key(&device_id), single_use: None };
+    let verified = Verified { provider: Provider::Device, subject: device_key(device_id), single_use: None };
     state.sign_in_identity(&verified, Some(NewKind::Guest)).await
 }
 

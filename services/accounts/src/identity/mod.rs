@@ -121,7 +121,7 @@ impl Providers {
             Some((format!("{provider}:{nonce}"), expires_at))
         };
         let (subject, single_use) = match (provider, proof) {
-            (Provider::Device, Proof::Device(device)) => (crate::api::device_key(&crate::validate::device_id(&device.device_id)?), None),
+            (Provider::Device, Proof::Device(device)) => (crate::api::device_key(crate::validate::device_id(&device.device_id)?), None),
             (Provider::Apple, Proof::IdToken(token)) => {
                 let (subject, expires_at) = enabled(provider, self.inner.apple.as_ref())?.verify(token).await?;
                 (subject, once(token, expires_at))

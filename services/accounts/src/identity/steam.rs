@@ -70,7 +70,7 @@ impl Steam {
     /// The SteamID64 the ticket vouches for.
     pub async fn verify(&self, proof: &SteamTicketProof) -> Result<String, ApiError> {
         let ticket = proof.ticket.as_str();
-        if !(16..=4096).contains(&ticket.len()) || ticket.len() % 2 != 0 || !ticket.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !(16..=4096).contains(&ticket.len()) || !ticket.len().is_multiple_of(2) || !ticket.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ApiError::invalid("ticket", "ticket must be the ticket's bytes in hex (16 to 4096 hex digits)"));
         }
         let mut query = vec![("key", self.key.expose().as_str()), ("appid", self.app_id.as_str()), ("ticket", ticket)];
