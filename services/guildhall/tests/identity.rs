@@ -28,6 +28,7 @@ on_both_backends!(
     discord_codes_are_exchanged_with_pkce,
     identities_link_and_unlink_but_never_the_last,
     closed_sign_up_bans_and_erasure,
+    guests_from_before_identities_keep_their_accounts,
 );
 
 const APPLE_CLIENT: &str = "com.example.game";
@@ -583,4 +584,30 @@ async fn closed_sign_up_bans_and_erasure(backend: Backend) {
     assert_eq!(left, 0, "erasure removes the identities");
     app.post("/v1/auth/apple", None, apple_body("001.ivy")).await.expect_error(403, "sign_up_closed");
     app.post("/v1/auth/guest", None, json!({"device_id": "device-ivy"})).await.expect(201);
+}
+
+/// Migration 0016 makes every guest's device key its device identity: a guest made before it
+/// signs in to the same account after. (The migration is run again here on a guest written as the
+/// previous version wrote them.)
+async fn guests_from_before_identities_keep_their_accounts(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let db = app.database().await;
+    let legacy = uuid::Uuid::now_v7().to_string();
+    for statement in ["DROP TABLE account_identities", "DELETE FROM _sqlx_migrations WHERE version = 16"] {
+        sqlx::query(statement).execute(db.pool()).await.expect(statement);
+    }
+    sqlx::query(
+        "INSERT INTO accounts (id, username, username_key, device_key, created_at, updated_at) VALUES ($1, 'guest_legacy', 'guest_legacy', $2, 1, 1)",
+    )
+    .bind(&legacy)
+    .bind(hex_sha256("device-legacy"))
+    .execute(db.pool())
+    .await
+    .expect("a guest as the previous version stored it");
+    db.migrate().await.expect("migration 0016 again");
+
+    let signed_in = app.post("/v1/auth/guest", None, json!({"device_id": "device-legacy"})).await.expect(200);
+    assert_eq!(account_id(&app, &access(&signed_in)).await, legacy);
+    let list = app.get("/v1/accounts/me/identities", Some(&access(&signed_in))).await.expect(200).body;
+    assert_eq!(list["identities"][0]["provider"], "device");
 }
