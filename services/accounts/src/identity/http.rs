@@ -20,11 +20,11 @@ pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
 }
 
 /// An answer's status and its body parsed as `T`, reading at most `MAX_ANSWER_BYTES`. The error
-/// says what went wrong, for the log.
+/// says what went wrong, for the log, without the URL (Steam's carries the publisher key).
 pub async fn json<T: DeserializeOwned>(mut response: reqwest::Response) -> Result<(u16, T), String> {
     let status = response.status().as_u16();
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading the answer: {e}"))? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading the answer: {}", e.without_url()))? {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(format!("answer over {MAX_ANSWER_BYTES} bytes (status {status})"));
         }
