@@ -29,6 +29,7 @@ on_both_backends!(
     identities_link_and_unlink_but_never_the_last,
     closed_sign_up_bans_and_erasure,
     guests_from_before_identities_keep_their_accounts,
+    provider_sign_ins_share_the_address_limit,
 );
 
 const APPLE_CLIENT: &str = "com.example.game";
@@ -610,4 +611,22 @@ async fn guests_from_before_identities_keep_their_accounts(backend: Backend) {
     assert_eq!(account_id(&app, &access(&signed_in)).await, legacy);
     let list = app.get("/v1/accounts/me/identities", Some(&access(&signed_in))).await.expect(200).body;
     assert_eq!(list["identities"][0]["provider"], "device");
+}
+
+/// Provider sign-ins count against the address's sign-in budget with guest and login, refused or
+/// not, before the provider is called.
+async fn provider_sign_ins_share_the_address_limit(backend: Backend) {
+    let (app, fakes) = start_with(backend, |env| {
+        env.set("RATE_LIMIT_AUTH_PER_IP_PER_MINUTE", "3");
+    })
+    .await;
+    fakes.ticket("15000000aaaa0001", Ticket { app_id: STEAM_APP, steam_id: "76561197960287940".into(), vac: false, publisher: false });
+    app.post("/v1/auth/steam", None, json!({"ticket": "15000000aaaa0001"})).await.expect(201);
+    app.post("/v1/auth/apple", None, apple_body("001.spent")).await.expect(201);
+    app.post("/v1/auth/guest", None, json!({"device_id": "device-spent"})).await.expect(201);
+    let refused = app.post("/v1/auth/steam", None, json!({"ticket": "15000000aaaa0001"})).await.expect_error(429, "rate_limited");
+    assert!(refused.headers.contains_key("retry-after"));
+    app.post("/v1/auth/discord", None, json!({"code": "c", "code_verifier": "v".repeat(43), "redirect_uri": DISCORD_REDIRECT}))
+        .await
+        .expect_error(429, "rate_limited");
 }
