@@ -102,11 +102,6 @@ impl Providers {
         })
     }
 
-    /// None turned on (the default configuration).
-    pub fn none() -> Self {
-        Self { inner: Arc::new(Inner { apple: None, google: None, steam: None, discord: None, sign_up: true }) }
-    }
-
     /// Whether a first sign-in with a provider creates an account.
     pub fn sign_up(&self) -> bool {
         self.inner.sign_up
