@@ -27,6 +27,9 @@
 #   DESIRED_COUNT     tasks per service created by --create (default 2)
 #   WAIT_TIMEOUT_SECS how long --wait waits for the rollouts (default 1800)
 #   WAIT_POLL_SECS    how often --wait looks (default 15)
+#   APPLE_CLIENT_IDS, GOOGLE_CLIENT_IDS, STEAM_APP_ID, DISCORD_CLIENT_ID, DISCORD_REDIRECT_URIS
+#                     the accounts task's identity provider clients (README, Sign-in with
+#                     providers); unset leaves that provider off
 #   Every placeholder of the task definitions (${NAME} in the JSON) comes from the variable NAME
 #   when it is set, otherwise from the stack's output of the same name in CamelCase
 #   (REDIS_URL_SECRET_ARN <- RedisUrlSecretArn). TASK_ROLE_ARN and EXECUTION_ROLE_ARN are
@@ -48,7 +51,10 @@ balanced=" accounts leaderboard uploads chat "
 shared=(IMAGE AWS_REGION ACCOUNT_ID STACK_NAME DATABASE_HOST DATABASE_PORT DATABASE_MASTER_SECRET_ARN
   REDIS_URL_SECRET_ARN ADMIN_KEY_SECRET_ARN TOKEN_SIGNING_KEY_SECRET_ARN SMTP_URL_SECRET_ARN MAIL_FROM PASSWORD_RESET_URL
   TOKEN_VERIFY_KEY_PARAMETER_ARN ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET CDN_BASE_URL PUBLIC_URL
-  API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL)
+  API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL IDENTITY_PROVIDER_SECRET_ARN)
+# The game's identity provider clients (plain values, not secrets): from these variables only, each
+# empty (that provider off) when unset. Their secrets are in the stack's IdentityProviderSecret.
+providers=(APPLE_CLIENT_IDS GOOGLE_CLIENT_IDS STEAM_APP_ID DISCORD_CLIENT_ID DISCORD_REDIRECT_URIS)
 
 die() { echo "deploy: $*" >&2; exit 1; }
 log() { echo "deploy: $*" >&2; }
@@ -71,6 +77,10 @@ render() {
   local file=$1 role=$2 execution_role=$3 text name
   text=$(<"$file")
   for name in "${shared[@]}"; do text=${text//"\${$name}"/"${!name}"}; done
+  for name in "${providers[@]}"; do
+    [[ ${!name:-} != *[\"\\]* ]] || die "$name must not hold quotes or backslashes"
+    text=${text//"\${$name}"/"${!name:-}"}
+  done
   text=${text//"\${TASK_ROLE_ARN}"/"$role"}
   text=${text//"\${EXECUTION_ROLE_ARN}"/"$execution_role"}
   if [[ $text =~ \$\{[A-Za-z_]+\} ]]; then

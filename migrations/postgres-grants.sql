@@ -42,6 +42,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON password_resets, password_reset_mails TO
 -- Friends and blocks: requests, accepts, removals and blocks (each locks the two accounts' rows
 -- by an UPDATE that changes nothing), their lists, and erasure.
 GRANT SELECT, INSERT, UPDATE, DELETE ON friend_links, blocks TO guildhall_accounts;
+-- Identities (devices, Apple, Google, Steam, Discord): read at every provider and guest sign-in,
+-- linked and unlinked by their player, deleted with the account.
+GRANT SELECT, INSERT, DELETE ON account_identities TO guildhall_accounts;
 
 -- webhooks' admin API, which runs with accounts (SERVICES=accounts,webhooks on ECS: one process,
 -- one login): webhooks made, listed and deleted with their deliveries; deliveries listed and

@@ -301,6 +301,8 @@ dummy_deploy_env() {
   export TOKEN_SIGNING_KEY_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-signing-key-AbCdEf
   export SMTP_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-smtp-url-AbCdEf
   export MAIL_FROM='Guildhall <no-reply@game.example>' PASSWORD_RESET_URL='https://game.example/reset?token={token}'
+  export IDENTITY_PROVIDER_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-identity-providers-AbCdEf
+  export APPLE_CLIENT_IDS=com.example.game STEAM_APP_ID=480
   export TOKEN_VERIFY_KEY_PARAMETER_ARN=$arn:ssm:eu-west-1:123456789012:parameter/guildhall/token-verify-key
   export ADOT_CONFIG_PARAMETER_ARN=$arn:ssm:eu-west-1:123456789012:parameter/guildhall/adot-config
   export ASSETS_BUCKET=guildhall-assets CDN_BASE_URL=https://d111111abcdef8.cloudfront.net
@@ -406,7 +408,9 @@ class Loader(yaml.SafeLoader):
 Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
 outputs = set(yaml.load(open("ecs/cloudformation/guildhall.yaml"), Loader=Loader)["Outputs"])
 camel = lambda name: "".join(part.capitalize() for part in name.split("_"))
-deploy_time = {"IMAGE", "AWS_REGION", "ACCOUNT_ID", "STACK_NAME", "TASK_ROLE_ARN", "EXECUTION_ROLE_ARN"}
+# The identity provider clients are the game's release settings, given to deploy.sh (empty: off).
+deploy_time = {"IMAGE", "AWS_REGION", "ACCOUNT_ID", "STACK_NAME", "TASK_ROLE_ARN", "EXECUTION_ROLE_ARN",
+               "APPLE_CLIENT_IDS", "GOOGLE_CLIENT_IDS", "STEAM_APP_ID", "DISCORD_CLIENT_ID", "DISCORD_REDIRECT_URIS"}
 used = set()
 for path in glob.glob("ecs/task-definitions/*.json"):
     used |= set(re.findall(r"\$\{([A-Z_]+)\}", open(path).read()))

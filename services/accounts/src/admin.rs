@@ -179,6 +179,8 @@ pub struct AccountDetail {
     pub parts: AccountParts,
     /// How many friends, requests and blocks it has.
     pub social: SocialCounts,
+    /// The identities it signs in with (one per provider at most).
+    pub identities: Vec<IdentityEntry>,
 }
 
 /// An account's friends, requests and blocks, counted (`AccountDetail`).
@@ -192,6 +194,15 @@ pub struct SocialCounts {
     pub outgoing_requests: i64,
     /// Players it blocked.
     pub blocks: i64,
+}
+
+/// An identity of an account, as operators see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentityEntry {
+    /// `device`, `apple`, `google`, `steam` or `discord`.
+    pub provider: String,
+    /// The provider's id of the player (for a device, the SHA-256 of its device id).
+    pub subject: String,
 }
 
 /// An account as operators see it: its profile and email, its ban, its live sessions, and where
@@ -215,6 +226,11 @@ pub async fn show(State(state): State<AccountsState>, admin: Admin, Path(id): Pa
         outgoing_requests: counts.outgoing,
         blocks: counts.blocks,
     };
+    let identities = crate::identity::store::identities_of(&mut *conn, &id)
+        .await?
+        .into_iter()
+        .map(|row| IdentityEntry { provider: row.provider, subject: row.subject })
+        .collect();
     let live_sessions = sessions
         .into_iter()
         .map(|s| SessionView {
@@ -236,6 +252,7 @@ pub async fn show(State(state): State<AccountsState>, admin: Admin, Path(id): Pa
         live_sessions,
         parts,
         social,
+        identities,
     }))
 }
 

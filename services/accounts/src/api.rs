@@ -14,6 +14,8 @@ use platform::{ApiError, ApiResult};
 use sha2::{Digest, Sha256};
 
 use crate::AccountsState;
+use crate::identity::api::NewKind;
+use crate::identity::{Provider, Verified};
 use crate::model::*;
 use crate::store::{self, NewAccount, ProfilePatch};
 use crate::validate;
@@ -77,7 +79,7 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
     let id = uuid::Uuid::now_v7().to_string();
     let now = now_millis();
     let mut tx = state.db.begin().await?;
-    let new = NewAccount { id: &id, username: &username, email: Some(&email), password_hash: Some(&password_hash), device_key: None, now };
+    let new = NewAccount { id: &id, username: &username, email: Some(&email), password_hash: Some(&password_hash), now };
     if let Err(err) = store::insert_account(&mut *tx, &new).await {
         return Err(state.conflict_for(err, ip).await);
     }
@@ -126,53 +128,35 @@ pub async fn login(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
     Ok(Json(state.pair(minted)?))
 }
 
-/// Signs a device in as a guest, creating the guest account on its first call (201).
+/// Signs a device in as a guest, creating the guest account on its first call (201). The device
+/// is the account's `device` identity (see `identity`): one read by its key signs a returning
+/// guest in.
 #[utoipa::path(post, path = "/v1/auth/guest", tag = "auth", request_body = GuestRequest,
     responses((status = 200, body = TokenPair), (status = 201, body = TokenPair), (status = 400, body = ErrorBody),
         (status = 403, description = "`account_banned`: an operator banned the device's account", body = ErrorBody), (status = 429, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
-pub async fn guest(State(state): State<AccountsState>, ip: ClientIp, Json(req): Json<GuestRequest>) -> ApiResult<impl IntoResponse> {
+pub async fn guest(
+    State(state): State<AccountsState>,
+    ip: ClientIp,
+    Json(req): Json<GuestRequest>,
+) -> ApiResult<(StatusCode, Json<TokenPair>)> {
     let device_id = validate::device_id(&req.device_id)?;
     state.limit_ip(ip).await?;
-    let device_key: String = Sha256::digest(device_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-
-    // Two tries: a concurrent first sign-in of the same device may create the account between
-    // our lookup and our insert; then the second lookup finds it.
-    for _ in 0..2 {
-        let mut tx = state.db.begin().await?;
-        if let Some(account) = store::account_by_device(&mut *tx, &device_key).await? {
-            state.refuse_banned(&mut *tx, &account.id).await?;
-            let minted = state.open_session(&mut tx, &account).await?;
-            tx.commit().await.map_err(anyhow::Error::from)?;
-            return Ok((StatusCode::OK, Json(state.pair(minted)?)));
-        }
-        let id = uuid::Uuid::now_v7().to_string();
-        let username = guest_username()?;
-        let now = now_millis();
-        let new = NewAccount { id: &id, username: &username, email: None, password_hash: None, device_key: Some(&device_key), now };
-        match store::insert_account(&mut *tx, &new).await {
-            Ok(()) => {
-                let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("guest vanished after insert"))?;
-                let created = AccountCreated { account_id: id.clone(), username, guest: true, created_at: platform::time::rfc3339(now) };
-                platform::events::record(&mut *tx, &created).await?;
-                let minted = state.open_session(&mut tx, &account).await?;
-                tx.commit().await.map_err(anyhow::Error::from)?;
-                tracing::info!(account_id = id, "guest account created");
-                return Ok((StatusCode::CREATED, Json(state.pair(minted)?)));
-            }
-            Err(err) if unique_violation(&err).is_some() => continue,
-            Err(err) => return Err(err.into()),
-        }
-    }
-    Err(ApiError::Internal(anyhow::anyhow!("could not create or find the guest account")))
+    let verified = Verified { provider: Provider::Device, subject: device_key(device_id), single_use: None };
+    state.sign_in_identity(&verified, Some(NewKind::Guest)).await
 }
 
-/// `guest_` and ten random base-32 characters: 50 bits, so collisions are negligible and handled.
-fn guest_username() -> anyhow::Result<String> {
+/// The stored form of a device id: its SHA-256 in hex.
+pub(crate) fn device_key(device_id: &str) -> String {
+    Sha256::digest(device_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `prefix` and ten random base-32 characters: 50 bits, so collisions are negligible and handled.
+pub(crate) fn generated_username(prefix: &str) -> anyhow::Result<String> {
     const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
     let mut bytes = [0u8; 10];
     crate::password::getrandom_fill(&mut bytes)?;
-    Ok(format!("guest_{}", bytes.iter().map(|b| ALPHABET[usize::from(b % 32)] as char).collect::<String>()))
+    Ok(format!("{prefix}{}", bytes.iter().map(|b| ALPHABET[usize::from(b % 32)] as char).collect::<String>()))
 }
 
 /// Exchanges a refresh token for a new pair. Presenting the same token again within
@@ -314,6 +298,7 @@ pub async fn attach_credentials(
         Ok(updated) => updated.ok_or_else(already)?,
         Err(err) => return Err(state.conflict_for(err, ip).await),
     };
+    crate::identity::store::retire_device(&mut *tx, &player.account_id).await?;
     let ended = store::revoke_other_sessions(&mut tx, &player.account_id, &player.session_id, now, "guest_upgraded").await?;
     let sessions_ended = ended.len();
     let revoked = state.auth.revoke_sessions(&mut tx, ended).await?;

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod identity;
 pub mod limits;
 pub mod model;
 pub mod password;
@@ -22,6 +23,7 @@ use platform::db::{Database, now_millis};
 use platform::shutdown::Shutdown;
 use utoipa::OpenApi;
 
+pub use identity::Providers;
 pub use limits::Limits;
 pub use password::Passwords;
 pub use password_reset::PasswordResets;
@@ -41,6 +43,8 @@ pub struct AccountsState {
     pub passwords: Passwords,
     /// Sign-in limits.
     pub limits: Limits,
+    /// The identity providers configured (Apple, Google, Steam, Discord).
+    pub providers: Providers,
     /// Lifetime of refresh tokens and idle sessions.
     pub refresh_ttl: Duration,
     /// How long after its exchange a refresh token presented again gets the same new pair.
@@ -65,7 +69,12 @@ impl FromRef<AccountsState> for AdminKey {
 
 /// The accounts router.
 pub fn router(state: AccountsState) -> Router {
-    api::routes().merge(social::routes()).merge(admin::routes()).merge(password_reset::routes()).with_state(state)
+    api::routes()
+        .merge(identity::api::routes())
+        .merge(social::routes())
+        .merge(admin::routes())
+        .merge(password_reset::routes())
+        .with_state(state)
 }
 
 /// How often ended sessions are purged, and how long they are kept after ending (reuse of a
@@ -115,9 +124,11 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
 #[openapi(
     paths(
         api::register, api::login, api::guest, api::refresh, api::logout,
+        identity::api::apple, identity::api::google, identity::api::steam, identity::api::discord,
         api::me, api::update_me, api::delete_me, api::attach_credentials, api::profile, api::jwks,
         password_reset::change_password, password_reset::forgot_password, password_reset::reset_password,
         social::befriend, social::unfriend, social::list_friends, social::block, social::unblock, social::list_blocks,
+        identity::api::list, identity::api::link, identity::api::unlink,
         admin::search, admin::show, admin::ban, admin::unban, admin::revoke_sessions, admin::erase
     ),
     components(schemas(
@@ -125,9 +136,11 @@ pub async fn run_workers(state: AccountsState, shutdown: Shutdown) {
         model::CredentialsRequest, model::ProfileUpdate, model::TokenPair, model::Account,
         model::PublicProfile, model::Registered, admin::BanView, admin::AccountSummary, admin::AccountPage,
         admin::SessionView, admin::AccountParts, admin::SocialCounts, admin::AccountDetail, admin::BanRequest, admin::Banned,
-        admin::SessionsEnded, social::Friendship, social::Friend, social::FriendPage, social::Blocked, social::BlockPage,
-        password_reset::PasswordChange, password_reset::PasswordForgotten, password_reset::ResetRequested,
-        password_reset::PasswordReset, platform::error::ErrorBody
+        admin::SessionsEnded, admin::IdentityEntry, social::Friendship, social::Friend, social::FriendPage, social::Blocked,
+        social::BlockPage, password_reset::PasswordChange, password_reset::PasswordForgotten, password_reset::ResetRequested,
+        password_reset::PasswordReset, identity::Provider, identity::Proof, identity::IdTokenProof,
+        identity::SteamTicketProof, identity::DiscordCodeProof, identity::api::IdentityView, identity::api::Identities,
+        platform::error::ErrorBody
     )),
     tags((name = "auth", description = "Sign-up, sign-in, tokens"), (name = "accounts", description = "Profiles and erasure"),
         (name = "social", description = "Friends and blocks"))

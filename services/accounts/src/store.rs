@@ -35,9 +35,12 @@ impl AccountRow {
     }
 }
 
-const ACCOUNT_COLUMNS: &str = "id, username, email, password_hash, display_name, avatar_asset_id, locale, created_at, updated_at";
+/// The columns `account` decodes, in order.
+pub(crate) const ACCOUNT_COLUMNS: &str =
+    "id, username, email, password_hash, display_name, avatar_asset_id, locale, created_at, updated_at";
 
-fn account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
+/// Decodes a row of `ACCOUNT_COLUMNS`.
+pub(crate) fn account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
     Ok(AccountRow {
         id: row.try_get("id")?,
         username: row.try_get("username")?,
@@ -51,7 +54,7 @@ fn account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
     })
 }
 
-/// A new account; credentials or a device key or both.
+/// A new account; with credentials, or without (its identity is inserted beside it).
 pub struct NewAccount<'a> {
     /// UUIDv7.
     pub id: &'a str,
@@ -61,25 +64,22 @@ pub struct NewAccount<'a> {
     pub email: Option<&'a str>,
     /// Argon2id PHC string.
     pub password_hash: Option<&'a str>,
-    /// SHA-256 of a guest's device id.
-    pub device_key: Option<&'a str>,
     /// Unix ms.
     pub now: i64,
 }
 
-/// Inserts an account. A unique violation (username, email, device) comes back as the error.
+/// Inserts an account. A unique violation (username, email) comes back as the error.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.insert_account", skip_all)]
 pub async fn insert_account<'e>(db: impl Executor<'e, Database = Any>, new: &NewAccount<'_>) -> anyhow::Result<()> {
     sqlx::query(
-        "INSERT INTO accounts (id, username, username_key, email, password_hash, device_key, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        "INSERT INTO accounts (id, username, username_key, email, password_hash, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
     )
     .bind(new.id)
     .bind(new.username)
     .bind(new.username.to_lowercase())
     .bind(new.email)
     .bind(new.password_hash)
-    .bind(new.device_key)
     .bind(new.now)
     .execute(db)
     .await
@@ -104,12 +104,6 @@ pub async fn account_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) 
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.account_by_email", skip_all)]
 pub async fn account_by_email<'e>(db: impl Executor<'e, Database = Any>, email: &str) -> anyhow::Result<Option<AccountRow>> {
     account_where(db, "email", email).await
-}
-
-/// The guest account of a device.
-#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.account_by_device", skip_all)]
-pub async fn account_by_device<'e>(db: impl Executor<'e, Database = Any>, device_key: &str) -> anyhow::Result<Option<AccountRow>> {
-    account_where(db, "device_key", device_key).await
 }
 
 /// Gives a guest account an email, password and optionally a new username, and retires its
@@ -203,6 +197,11 @@ pub async fn delete_account(conn: &mut sqlx::AnyConnection, id: &str, now: i64) 
         .context("deleting refresh tokens")?;
     sqlx::query("DELETE FROM sessions WHERE account_id = $1").bind(id).execute(&mut *conn).await.context("deleting sessions")?;
     sqlx::query("DELETE FROM account_bans WHERE account_id = $1").bind(id).execute(&mut *conn).await.context("deleting the ban")?;
+    sqlx::query("DELETE FROM account_identities WHERE account_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .context("deleting identities")?;
     let deleted = sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id).execute(&mut *conn).await.context("deleting account")?;
     Ok((deleted.rows_affected() == 1).then_some(sessions))
 }

@@ -337,6 +337,7 @@ impl Parts<'_> {
             admin_key: self.admin_key.clone(),
             passwords: accounts::Passwords::new()?,
             limits: (&self.config.auth_rate_limits).into(),
+            providers: accounts::Providers::new(&self.config.providers)?,
             refresh_ttl: self.config.tokens.refresh_ttl,
             refresh_reuse_grace: self.config.refresh_reuse_grace,
             resets: accounts::PasswordResets::new(

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+mod providers;
+pub use providers::{AppleSettings, DiscordSettings, GoogleSettings, ProviderSettings, SteamSettings};
+
 /// A value that must never reach a log line: `Debug` prints `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret<T>(T);
@@ -441,6 +444,8 @@ pub struct Config {
     pub region: crate::region::RegionSettings,
     /// `SOCIAL_*`: limits of friends and blocks.
     pub social: SocialLimits,
+    /// `APPLE_*`, `GOOGLE_*`, `STEAM_*`, `DISCORD_*`, `PROVIDER_*`: sign-in with identity providers.
+    pub providers: ProviderSettings,
 }
 
 impl Config {
@@ -687,6 +692,8 @@ impl Config {
         };
 
         let data_dir_for_mail = data_dir.clone();
+        let providers = ProviderSettings::read(&get, &flag)?;
+
         let config = Config {
             listen_addr,
             metrics_addr,
@@ -728,6 +735,7 @@ impl Config {
             chat_max_sockets_per_ip: limit("CHAT_MAX_SOCKETS_PER_IP", 100)?,
             cors_allowed_origins,
             webhooks,
+            providers,
             mail: crate::mail::MailConfig::from_lookup(&get, &data_dir_for_mail)?,
             password_reset: PasswordResetConfig::from_lookup(&get)?,
             region: crate::region::RegionSettings::from_lookup(get)?,
