@@ -99,6 +99,32 @@ pub enum DatabaseConfig {
     },
 }
 
+/// The reader that lag-tolerant reads go to (`crate::replica`).
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// `DATABASE_READ_URL`: host, database and options of the reader; the user, the pool's size,
+    /// its timeouts and how it authenticates are the writer's (`DATABASE_URL`'s).
+    pub url: Secret<String>,
+    /// `DATABASE_READ_MAX_LAG_MS` (default 5000): while the reader is measured further behind the
+    /// writer than this, its reads go to the writer.
+    pub max_lag: Duration,
+}
+
+impl DatabaseConfig {
+    /// The same database settings with the reader's URL: its pools log in as the writer's do.
+    pub fn for_reader(&self, reader: &ReaderConfig) -> DatabaseConfig {
+        match self {
+            DatabaseConfig::Postgres { max_connections, auth, service_roles, .. } => DatabaseConfig::Postgres {
+                url: reader.url.clone(),
+                max_connections: *max_connections,
+                auth: auth.clone(),
+                service_roles: *service_roles,
+            },
+            DatabaseConfig::Sqlite { path } => DatabaseConfig::Sqlite { path: path.clone() },
+        }
+    }
+}
+
 /// How PostgreSQL connections authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseAuth {
@@ -287,6 +313,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `DATABASE_URL`.
     pub database: DatabaseConfig,
+    /// `DATABASE_READ_URL` and `DATABASE_READ_MAX_LAG_MS`: a reader (Aurora's reader endpoint)
+    /// for reads that tolerate a little lag (`crate::replica`); none sends every read to the writer.
+    pub database_read: Option<ReaderConfig>,
     /// `REDIS_URL` and `REDIS_KEY_PREFIX`.
     pub cache: CacheConfig,
     /// `SERVICES`, comma-separated; default all.
@@ -430,6 +459,18 @@ impl Config {
                 DatabaseConfig::Sqlite { path: PathBuf::from(path) }
             }
             Some(_) => bail!("DATABASE_URL must start with postgres:// or sqlite:"),
+        };
+
+        let database_read = match get("DATABASE_READ_URL") {
+            None => None,
+            // A SQLite file has no replica; a reader URL beside it is a configuration mistake.
+            Some(_) if database.is_embedded() => bail!("DATABASE_READ_URL needs DATABASE_URL=postgres://: embedded SQLite has no reader"),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(ReaderConfig {
+                url: Secret::new(url),
+                // At least 100 ms: the lag is measured by a heartbeat a second apart (`crate::replica`).
+                max_lag: Duration::from_millis(parse("DATABASE_READ_MAX_LAG_MS", 5000)?.clamp(100, 600_000)),
+            }),
+            Some(_) => bail!("DATABASE_READ_URL must start with postgres://"),
         };
 
         let cache = match get("REDIS_URL") {
@@ -602,6 +643,7 @@ impl Config {
             metrics_addr,
             data_dir,
             database,
+            database_read,
             cache,
             services,
             tokens,

@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod rds;
 pub mod reachability;
+pub mod replica;
+pub mod restore;
 pub mod revocations;
 pub mod shutdown;
 pub mod telemetry;
