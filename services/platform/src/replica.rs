@@ -11,8 +11,9 @@
 //!   instance and service sees it) for `ReadRouting::window`. While it is there, that player's
 //!   reads go to the writer. A key that cannot be read (Redis down) counts as present.
 //! - **The reader is behind or down.** A heartbeat (`run_lag_monitor`) writes the writer's
-//!   clock into `replica_heartbeat` every `BEAT_EVERY` and reads it back from the reader: the
-//!   difference is the reader's lag (`guildhall_db_replica_lag_seconds`). While it is over
+//!   clock into `replica_heartbeat` every `BEAT_EVERY` and reads it back from the reader: how
+//!   long the oldest beat the reader does not show has been committed is the reader's lag
+//!   (`guildhall_db_replica_lag_seconds`). While it is over
 //!   `DATABASE_READ_MAX_LAG_MS`, the reader does not answer, or the last measure is older than
 //!   `STALE_AFTER`, reads go to the writer.
 //!
@@ -210,16 +211,24 @@ impl ReadRouting {
     }
 }
 
-/// Measures the reader's lag every `BEAT_EVERY` until shutdown: writes the time now into the
-/// writer's `replica_heartbeat` and reads the latest there from the reader. Every instance
-/// beats; the row holds whichever wrote last, so a reader is measured against the freshest beat.
+/// Measures the reader's lag every `BEAT_EVERY` until shutdown: reads the latest heartbeat the
+/// reader has (`replica_heartbeat`), then writes a new one to the writer. The lag is how long
+/// the oldest beat this process committed that the reader does not show yet has been waiting
+/// (`Beats`); none waiting, the reader is caught up with every write committed up to the last beat.
+/// Every instance beats into the one row; a later beat of another instance counts as showing
+/// the earlier ones (the row holds the clock of whichever committed last).
 pub async fn run_lag_monitor(writer: Pool, reader: Pool, routing: ReadRouting, shutdown: Shutdown) {
+    let mut beats = Beats::default();
     loop {
-        let lag = measure(&writer, &reader).await;
-        if let Err(err) = &lag {
-            tracing::debug!(error = format!("{err:#}"), "measuring the database reader's lag failed");
-        }
-        routing.record(lag.ok());
+        let lag = match visible_beat(&reader).await {
+            Ok(visible) => beats.lag(visible),
+            Err(err) => {
+                tracing::debug!(error = format!("{err:#}"), "reading the replica heartbeat from the reader failed");
+                None
+            }
+        };
+        routing.record(lag);
+        beat(&writer, &mut beats).await;
         tokio::select! {
             () = shutdown.stopped() => return,
             () = tokio::time::sleep(BEAT_EVERY) => {}
@@ -227,21 +236,70 @@ pub async fn run_lag_monitor(writer: Pool, reader: Pool, routing: ReadRouting, s
     }
 }
 
-/// One beat and one measure, each bounded by a second.
-async fn measure(writer: &Pool, reader: &Pool) -> anyhow::Result<Duration> {
-    // A writer that does not take the beat (down, or a read-only region) leaves the last beat
-    // in place: the measure then grows, which is right, since nothing newer reaches the reader.
-    let beat = sqlx::query("UPDATE replica_heartbeat SET beat_ms = $1 WHERE id = 1").bind(now_millis()).execute(writer);
-    if let Err(err) = tokio::time::timeout(BEAT_EVERY, beat).await.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from))
-    {
-        tracing::debug!(error = format!("{err:#}"), "writing the replica heartbeat failed");
+/// The beats this process committed that the reader was not yet seen to show.
+#[derive(Debug, Default)]
+struct Beats {
+    /// Each beat's value and when its commit returned, oldest first.
+    waiting: std::collections::VecDeque<(i64, Instant)>,
+    /// The last value written, so that each is unique and growing.
+    last: i64,
+    /// Whether the reader was ever seen to show one of them (before that, nothing is known).
+    seen_one: bool,
+}
+
+/// Beats kept waiting at most (an hour's): a reader further behind is reported that far.
+const MAX_WAITING_BEATS: usize = 3600;
+
+impl Beats {
+    /// The reader's lag, given the heartbeat it shows now.
+    fn lag(&mut self, visible: i64) -> Option<Duration> {
+        while self.waiting.front().is_some_and(|(value, _)| *value <= visible) {
+            self.waiting.pop_front();
+            self.seen_one = true;
+        }
+        match self.waiting.front() {
+            Some((_, committed)) => Some(committed.elapsed()),
+            None if self.seen_one => Some(Duration::ZERO),
+            None => None,
+        }
     }
+
+    /// The value of the next beat.
+    fn next(&mut self) -> i64 {
+        self.last = now_millis().max(self.last + 1);
+        self.last
+    }
+
+    /// Remembers a committed beat.
+    fn committed(&mut self, value: i64) {
+        if self.waiting.len() == MAX_WAITING_BEATS {
+            // Keeps the oldest: the lag is measured from it.
+            self.waiting.remove(1);
+        }
+        self.waiting.push_back((value, Instant::now()));
+    }
+}
+
+/// The heartbeat the reader shows, within a second.
+async fn visible_beat(reader: &Pool) -> anyhow::Result<i64> {
     let read = sqlx::query_scalar::<_, i64>("SELECT beat_ms FROM replica_heartbeat WHERE id = 1").fetch_one(reader);
-    let beat_ms = tokio::time::timeout(BEAT_EVERY, read)
+    tokio::time::timeout(BEAT_EVERY, read)
         .await
         .context("the reader did not answer within a second")?
-        .context("reading the heartbeat from the reader")?;
-    Ok(Duration::from_millis(u64::try_from(now_millis() - beat_ms).unwrap_or(0)))
+        .context("reading the heartbeat from the reader")
+}
+
+/// Writes a beat to the writer, within a second. One that fails (the writer down, or a
+/// read-only region) is only logged: beats already waiting keep the lag growing, which is right,
+/// since nothing newer reaches the reader either.
+async fn beat(writer: &Pool, beats: &mut Beats) {
+    let value = beats.next();
+    let write = sqlx::query("UPDATE replica_heartbeat SET beat_ms = $1 WHERE id = 1 AND beat_ms < $1").bind(value).execute(writer);
+    match tokio::time::timeout(BEAT_EVERY, write).await {
+        Ok(Ok(_)) => beats.committed(value),
+        Ok(Err(err)) => tracing::debug!(error = %err, "writing the replica heartbeat failed"),
+        Err(_) => tracing::debug!("writing the replica heartbeat took over a second"),
+    }
 }
 
 /// Who a state-changing request was made by, filled in by the `Player` extractor
@@ -294,6 +352,21 @@ mod tests {
         routing.record(None);
         assert_eq!(routing.route(None, false).await, Route::Fallback, "not answering");
         assert!(routing.window() > Duration::from_millis(500) + STALE_AFTER);
+    }
+
+    #[test]
+    fn the_lag_is_the_wait_of_the_oldest_beat_not_shown() {
+        let mut beats = Beats::default();
+        assert_eq!(beats.lag(0), None, "nothing written yet: unknown");
+        beats.committed(100);
+        beats.committed(200);
+        assert!(beats.lag(50).is_some_and(|lag| lag < Duration::from_secs(1)), "both waiting");
+        assert_eq!(beats.waiting.len(), 2);
+        assert_eq!(beats.lag(150).map(|_| beats.waiting.len()), Some(1));
+        assert_eq!(beats.lag(250), Some(Duration::ZERO), "a later beat (another instance's) shows ours");
+        assert_eq!(beats.lag(250), Some(Duration::ZERO), "caught up stays caught up");
+        let first = beats.next();
+        assert!(beats.next() > first, "beats grow");
     }
 
     #[tokio::test]
