@@ -12,6 +12,8 @@ use common::{ADMIN_KEY, Api, Backend, Chat, TestApp, TestEnv};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
+on_both_backends!(an_operator_declares_a_restore);
+
 /// Pausing replay on the standby lags it for every test: the tests here that do take turns.
 static STANDBY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -266,4 +268,29 @@ async fn a_database_restored_under_a_running_guildhall_rebuilds_ranks_and_ends_l
     // And the history goes on from there, ahead of what Redis saw.
     let after = position(&app).await;
     assert!(after > at_backup, "the restored history moved past the old one ({after} > {at_backup})");
+}
+
+/// `guildhall after-restore`, for when Redis cannot tell (embedded defaults, a flushed Redis): the
+/// running server refuses older access tokens within a check, the refresh tokens the database
+/// holds still work, and ranks are rebuilt from the records.
+async fn an_operator_declares_a_restore(backend: Backend) {
+    let app = TestApp::start_with(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY);
+    })
+    .await;
+    app.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "arena", "sort": "desc", "operator": "best"})).await.expect(201);
+    let ana = app.register("ana").await;
+    app.post("/v1/leaderboards/arena/scores", Some(&ana.access), json!({"score": 42})).await.expect(200);
+    app.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
+
+    guildhall::after_restore(&app.env.config().expect("config")).await.expect("after-restore");
+    until(Duration::from_secs(15), "Ana's older access token refused", || async {
+        app.get("/v1/accounts/me", Some(&ana.access)).await.status == 401
+    })
+    .await;
+    app.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "session_revoked");
+    let pair = app.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect(200);
+    let token = pair.body["access_token"].as_str().expect("access").to_owned();
+    app.get("/v1/accounts/me", Some(&token)).await.expect(200);
+    assert_eq!(top(&app, &token).await, vec![(ana.id.clone(), 42, 1)]);
 }

@@ -129,8 +129,8 @@ impl Authenticator {
         self.0.not_before.subscribe()
     }
 
-    /// Whether a token issued at `issued_at` (Unix seconds) falls before the cut-off. A token
-    /// issued within the cut-off's second is kept: a client refreshing then must not be refused.
+    /// Whether a token issued at `issued_at` (Unix seconds) falls before the cut-off (a whole
+    /// second: `crate::restore::after_restore`).
     pub fn issued_before_cutoff(&self, issued_at: i64) -> bool {
         issued_at < *self.0.not_before.borrow() / 1000
     }

@@ -841,6 +841,28 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_needs_postgres_and_takes_the_writers_login() {
+        assert!(config(&[]).expect("defaults").database_read.is_none());
+        let err = config(&[("DATABASE_READ_URL", "postgres://db-ro/g")]).expect_err("SQLite has no reader");
+        assert!(err.to_string().contains("embedded SQLite"), "{err}");
+        let writer = ("DATABASE_URL", "postgres://u@db/g");
+        assert!(config(&[writer, ("DATABASE_READ_URL", "mysql://x")]).is_err());
+        let set = config(&[writer, ("DATABASE_READ_URL", "postgres://u@db-ro/g"), ("DATABASE_MAX_CONNECTIONS", "7")]).expect("valid");
+        let reader = set.database_read.clone().expect("a reader");
+        assert_eq!(reader.max_lag, Duration::from_secs(5), "the default");
+        assert_eq!(reader.url.expose(), "postgres://u@db-ro/g");
+        match set.database.for_reader(&reader) {
+            DatabaseConfig::Postgres { url, max_connections, .. } => {
+                assert_eq!(url.expose(), "postgres://u@db-ro/g");
+                assert_eq!(max_connections, 7, "sized like the writer's pool");
+            }
+            DatabaseConfig::Sqlite { .. } => panic!("not PostgreSQL"),
+        }
+        let tiny = config(&[writer, ("DATABASE_READ_URL", "postgres://u@db-ro/g"), ("DATABASE_READ_MAX_LAG_MS", "1")]).expect("valid");
+        assert_eq!(tiny.database_read.expect("reader").max_lag, Duration::from_millis(100), "at least a tenth of a second");
+    }
+
+    #[test]
     fn backends_are_chosen_by_scheme() {
         let real = config(&[("DATABASE_URL", "postgres://u:p@db/g"), ("REDIS_URL", "redis://cache:6379")]).expect("valid");
         assert!(matches!(real.database, DatabaseConfig::Postgres { .. }));

@@ -126,7 +126,7 @@ async fn raise_seen(cache: &Cache, position: i64) -> anyhow::Result<()> {
 }
 
 /// Makes the restored database the history from now on: its position moves past `seen` (what
-/// the cache saw, if known), and access tokens issued before now are refused. Returns the new
+/// the cache saw, if known), and access tokens issued until the end of this second are refused. Returns the new
 /// row. Idempotent enough to run on several instances at once, or by hand after the watchers.
 pub async fn after_restore(db: &Database, cache: &Cache) -> anyhow::Result<History> {
     let seen = seen(cache).await?.unwrap_or(0);
@@ -136,7 +136,10 @@ pub async fn after_restore(db: &Database, cache: &Cache) -> anyhow::Result<Histo
          WHERE id = 1 RETURNING position, tokens_not_before_ms",
     )
     .bind(seen)
-    .bind(now_millis())
+    // The start of the next second: tokens carry their issue time in whole seconds, so every
+    // token of the current second is refused, those issued before the restore was noticed among
+    // them (a refresh in the rest of this second gets a token refused once; the next succeeds).
+    .bind((now_millis() / 1000 + 1) * 1000)
     .fetch_one(db.pool())
     .await
     .context("starting the database's history again")?;
