@@ -124,6 +124,12 @@ impl Authenticator {
         });
     }
 
+    /// The cut-off of `set_tokens_not_before` (Unix milliseconds; 0 when none): a token signed
+    /// now must not carry an issue time before it.
+    pub fn tokens_not_before_ms(&self) -> i64 {
+        *self.0.not_before.borrow()
+    }
+
     /// Follows the cut-off of `set_tokens_not_before`, for long-lived connections (chat sockets).
     pub fn tokens_not_before(&self) -> tokio::sync::watch::Receiver<i64> {
         self.0.not_before.subscribe()

@@ -10,6 +10,10 @@
 //! probe finds it down, instead of each request waiting out the acquire timeout (sqlx keeps
 //! retrying a refused connect until then). Those failures are answered 503 `unavailable`
 //! (`is_unavailable`, `crate::error`).
+//!
+//! With `DATABASE_READ_URL`, a `Database` also holds a pool on the reader, sized and timed out
+//! like the writer's; `Database::reads_for` picks between them for reads that tolerate lag
+//! (`crate::replica`).
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -356,11 +360,10 @@ impl Database {
             DatabaseAuth::Url => {}
             DatabaseAuth::Password(password) => set_password(&mut options, password.expose())?,
             DatabaseAuth::Iam { .. } => {
-                // IAM tokens are signed per host; the writer's signer logic applies to the reader's
-                // host, through the eager path (a reader down at start then fails the start).
-                let user = user.map(str::to_owned);
-                let db = Self::connect_as_user(config, user.as_deref()).await?;
-                return Ok(db.pool);
+                // Tokens are signed for the host they log in to: the reader's gets a signer of its
+                // own, made as the writer's is. That path connects at once, so with IAM a reader
+                // that is down when the process starts fails the start.
+                return Ok(Self::connect_as_user(config, user).await?.pool);
             }
         }
         let pool = Self::pool_options(*max_connections).connect_lazy_with(options);

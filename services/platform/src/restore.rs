@@ -138,7 +138,7 @@ pub async fn after_restore(db: &Database, cache: &Cache) -> anyhow::Result<Histo
     .bind(seen)
     // The start of the next second: tokens carry their issue time in whole seconds, so every
     // token of the current second is refused, those issued before the restore was noticed among
-    // them (a refresh in the rest of this second gets a token refused once; the next succeeds).
+    // them. Tokens signed once the cut-off is known are dated from it (accounts' `pair`).
     .bind((now_millis() / 1000 + 1) * 1000)
     .fetch_one(db.pool())
     .await
