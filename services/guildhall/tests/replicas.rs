@@ -268,6 +268,7 @@ async fn a_database_restored_under_a_running_guildhall_rebuilds_ranks_and_ends_l
     // And the history goes on from there, ahead of what Redis saw.
     let after = position(&app).await;
     assert!(after > at_backup, "the restored history moved past the old one ({after} > {at_backup})");
+    guildhall::restore_check(&app.env.config().expect("config")).await.expect("restore-check finds the history consistent again");
 }
 
 /// `guildhall after-restore`, for when Redis cannot tell (embedded defaults, a flushed Redis): the
