@@ -113,3 +113,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON chat_notifications, chat_conversations T
 GRANT SELECT ON webhooks TO guildhall_worker;
 GRANT SELECT, INSERT, DELETE ON webhook_events TO guildhall_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON webhook_deliveries TO guildhall_worker;
+
+-- Every instance beats the replica heartbeat and advances the database's history, whatever its
+-- role (platform::replica, platform::restore).
+GRANT SELECT, UPDATE ON replica_heartbeat TO guildhall_accounts, guildhall_leaderboard, guildhall_uploads, guildhall_chat, guildhall_worker;
+GRANT SELECT, UPDATE ON database_history TO guildhall_accounts, guildhall_leaderboard, guildhall_uploads, guildhall_chat, guildhall_worker;

@@ -295,6 +295,7 @@ dummy_deploy_env() {
   export IMAGE=123456789012.dkr.ecr.eu-west-1.amazonaws.com/guildhall:check AWS_REGION=eu-west-1
   export ACCOUNT_ID=123456789012 STACK_NAME=guildhall
   export DATABASE_HOST=guildhall.cluster-c0ffee123456.eu-west-1.rds.amazonaws.com DATABASE_PORT=5432
+  export DATABASE_READER_HOST=guildhall.cluster-ro-c0ffee123456.eu-west-1.rds.amazonaws.com
   export DATABASE_MASTER_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:rds!cluster-0a1b2c3d-AbCdEf
   export REDIS_URL_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-redis-url-AbCdEf
   export ADMIN_KEY_SECRET_ARN=$arn:secretsmanager:eu-west-1:123456789012:secret:guildhall-admin-key-AbCdEf
@@ -371,6 +372,13 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
             problems.append("migrate: DATABASE_PASSWORD must be the password key of the master user's secret, without IAM")
     elif password or env.get("DATABASE_IAM_AUTH") != "true":
         problems.append(f"{name}: must log in with IAM tokens (DATABASE_IAM_AUTH=true) and no password")
+    # The API and chat tasks read from the reader endpoint as their role, as they write; the
+    # worker and migrate make no lag-tolerant reads and hold no reader pool.
+    reader = (f"postgres://{user}@{os.environ['DATABASE_READER_HOST']}:{os.environ['DATABASE_PORT']}/guildhall"
+              f"?sslmode=verify-full&sslrootcert={bundle}")
+    wanted = None if name in ("worker", "migrate") else reader
+    if env.get("DATABASE_READ_URL") != wanted:
+        problems.append(f"{name}: DATABASE_READ_URL must be {wanted}, not {env.get('DATABASE_READ_URL')}")
     if not env.get("DATABASE_MAX_CONNECTIONS", "").isdigit():
         problems.append(f"{name}: DATABASE_MAX_CONNECTIONS must be set (the stack sizes it)")
     if name == "migrate":
@@ -817,6 +825,8 @@ def pool(task_name):
 scaling = {}
 for target in of_type(resources, "AWS::ApplicationAutoScaling::ScalableTarget").values():
     props = target["Properties"]
+    if props["ServiceNamespace"] != "ecs":
+        continue  # Aurora's replicas (DatabaseReaderScaling)
     service = re.search(r"\$\{(\w+)\.Name\}", props["ResourceId"]["Fn::Sub"]).group(1)
     ceiling = props["MaxCapacity"]
     if isinstance(ceiling, dict):
@@ -846,6 +856,14 @@ for instance_class in classes or []:
     print(f"{instance_class}: {detail} + migrate {migrate(row) + 1} + reserved {row['Reserved']} = {used} of {limit}")
     if used > limit:
         problems.append(f"{instance_class}: up to {used} connections, over max_connections {limit}")
+    # The reader pools (API and chat tasks, DATABASE_READ_URL) must fit on one replica alone: the
+    # reader endpoint may send them all to one, and autoscaling starts from one.
+    readers = [(service, tasks, pool) for service, tasks, pool in kinds if service != "worker"]
+    read = sum(tasks * (pool(row) + 1) for _, tasks, pool in readers) + int(row["Reserved"])
+    print(f"{instance_class} reader: " + " + ".join(f"{service} {tasks} x {pool(row) + 1}" for service, tasks, pool in readers)
+          + f" + reserved {row['Reserved']} = {read} of {limit}")
+    if read > limit:
+        problems.append(f"{instance_class}: up to {read} reader connections, over max_connections {limit}")
 if problems:
     sys.exit("\n".join(problems))
 EOF

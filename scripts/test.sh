@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Guildhall test against real servers: starts a throwaway PostgreSQL and Redis from
 # this machine's binaries and moto's server (S3, SQS; from PyPI) on free loopback ports
-# (scripts/servers.sh), builds the image and the local third-party images for the container fault
+# (scripts/servers.sh) and a streaming replica of that PostgreSQL (start_standby: the reader of
+# services/guildhall/tests/replicas.rs), builds the image and the local third-party images for the container fault
 # tests when a Docker engine runs (scripts/build-image.sh), runs
 # `cargo test --workspace` (extra arguments are passed on), and stops and removes them after.
 # Ends with one line totalling every test binary's results.
@@ -12,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/servers.sh
 start_servers fast
+start_standby
 start_moto
 # The container fault tests (services/guildhall/tests/containers.rs) run the shipped image; where a
 # Docker engine answers, build it (cached: seconds when nothing changed) and tell them where it is.

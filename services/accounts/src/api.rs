@@ -313,12 +313,15 @@ pub async fn attach_credentials(
     params(("id" = String, Path, description = "Account id")),
     responses((status = 200, body = PublicProfile), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
-pub async fn profile(State(state): State<AccountsState>, _player: Player, Path(id): Path<String>) -> ApiResult<Json<PublicProfile>> {
+pub async fn profile(State(state): State<AccountsState>, player: Player, Path(id): Path<String>) -> ApiResult<Json<PublicProfile>> {
     let not_found = || ApiError::NotFound("no such account".into());
     if uuid::Uuid::try_parse(&id).is_err() {
         return Err(not_found());
     }
-    let account = store::account_by_id(state.db.pool(), &id).await?.ok_or_else(not_found)?;
+    // Tolerates a little lag: the reader's, unless the viewer wrote lately (their own profile
+    // after a change then comes from the writer: `platform::replica`).
+    let reads = state.db.reads_for(Some(&player.account_id)).await?;
+    let account = store::account_by_id(&*reads, &id).await?.ok_or_else(not_found)?;
     Ok(Json(account.into()))
 }
 

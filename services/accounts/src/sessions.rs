@@ -80,7 +80,10 @@ impl AccountsState {
 
     /// Signs the access token of a minted session (after its transaction committed).
     pub(crate) fn pair(&self, minted: Minted) -> anyhow::Result<TokenPair> {
-        self.pair_issued_at(minted, now_millis())
+        // Right after a restore the cut-off is the start of the next second (`platform::restore`);
+        // a token signed before it would be refused, so it is dated from the cut-off (under a
+        // second ahead; no verifier checks `iat` against its clock).
+        self.pair_issued_at(minted, now_millis().max(self.auth.tokens_not_before_ms()))
     }
 
     /// Signs the access token of a minted session as issued at `issued_at_ms`.

@@ -727,7 +727,7 @@ pub async fn channel_history(
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<HistoryPage>> {
     let channel = Channel::parse(&id)?;
-    let page = crate::api::history_page(&state, &channel, &query).await?;
+    let page = crate::api::history_page(&state, &channel, &query, None).await?;
     audit(&state, &admin, &AdminAction::ReadHistory { channel: &channel.id() }).await;
     Ok(Json(page))
 }

@@ -307,11 +307,18 @@ pub async fn history(
 ) -> ApiResult<Json<HistoryPage>> {
     let channel = Channel::parse(&id)?;
     state.authorize(&player.account_id, &channel, false).await?;
-    Ok(Json(history_page(&state, &channel, &query).await?))
+    Ok(Json(history_page(&state, &channel, &query, Some(&player.account_id)).await?))
 }
 
-/// A page of `channel`'s history, for whoever was allowed to read it.
-pub(crate) async fn history_page(state: &ChatState, channel: &Channel, query: &HistoryQuery) -> ApiResult<HistoryPage> {
+/// A page of `channel`'s history, for whoever was allowed to read it (`viewer`, a player; none,
+/// a moderator). History tolerates lag and comes from the reader (`platform::replica`), unless
+/// the viewer wrote lately; the permission to read it was checked on the writer.
+pub(crate) async fn history_page(
+    state: &ChatState,
+    channel: &Channel,
+    query: &HistoryQuery,
+    viewer: Option<&str>,
+) -> ApiResult<HistoryPage> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit", "limit must be between 1 and 100"));
@@ -321,7 +328,8 @@ pub(crate) async fn history_page(state: &ChatState, channel: &Channel, query: &H
     {
         return Err(ApiError::invalid("before", "before must be a message id"));
     }
-    let rows = store::history(state.db.pool(), &channel.id(), query.before.as_deref(), limit).await?;
+    let reads = state.db.reads_for(viewer).await?;
+    let rows = store::history(&*reads, &channel.id(), query.before.as_deref(), limit).await?;
     let next_before = (rows.len() as i64 == limit).then(|| rows.last().map(|m| m.id.clone())).flatten();
     Ok(HistoryPage { messages: rows.into_iter().map(MessageView::from).collect(), next_before })
 }

@@ -165,14 +165,26 @@ fn read_failure(err: axum::Error) -> Option<Refusal> {
 }
 
 /// Verifies `token`: its player and when it expires (Unix seconds).
-async fn verify_token(state: &ChatState, token: &str) -> Result<(Player, i64), ApiError> {
+async fn verify_token(state: &ChatState, token: &str) -> Result<(Player, Validity), ApiError> {
     let unconfirmed = state.auth.verify(token)?;
-    let expires_at = unconfirmed.expires_at();
-    Ok((state.auth.confirm(unconfirmed).await?, expires_at))
+    let validity = Validity { expires_at: unconfirmed.expires_at(), issued_at: unconfirmed.issued_at() };
+    Ok((state.auth.confirm(unconfirmed).await?, validity))
+}
+
+/// When a socket's current token was issued and expires, Unix seconds.
+#[derive(Debug, Clone, Copy)]
+struct Validity {
+    expires_at: i64,
+    /// Held against a database restore's cut-off (`platform::restore`).
+    issued_at: i64,
 }
 
 /// Waits for the auth frame (unless the upgrade carried a token) and verifies it.
-async fn authenticate(state: &ChatState, socket: &mut WebSocket, header_token: Option<String>) -> Result<(Player, i64), Option<Refusal>> {
+async fn authenticate(
+    state: &ChatState,
+    socket: &mut WebSocket,
+    header_token: Option<String>,
+) -> Result<(Player, Validity), Option<Refusal>> {
     if let Some(token) = header_token {
         return verify_token(state, &token).await.map_err(|_| Some(AUTHENTICATION_REQUIRED));
     }
@@ -191,10 +203,10 @@ async fn authenticate(state: &ChatState, socket: &mut WebSocket, header_token: O
         return Err(Some(AUTHENTICATION_REQUIRED));
     }
     match verify_token(state, incoming.token.as_deref().unwrap_or_default()).await {
-        Ok((player, expires_at)) => {
+        Ok((player, validity)) => {
             let ack = json!({"type": "ack", "id": incoming.id, "account_id": player.account_id});
             socket.send(Message::Text(ack.to_string().into())).await.map_err(|_| None)?;
-            Ok((player, expires_at))
+            Ok((player, validity))
         }
         Err(err) => {
             let _ = socket.send(Message::Text(api_error_frame(&incoming.id, &err).into())).await;
@@ -213,8 +225,8 @@ fn expiry(expires_at: i64) -> tokio::time::Instant {
 struct Session {
     state: ChatState,
     player: Player,
-    /// When the current token expires, Unix seconds.
-    expires_at: i64,
+    /// When the current token was issued and expires.
+    validity: Validity,
     connection: u64,
     joined: HashSet<String>,
     tx: mpsc::Sender<Arc<str>>,
@@ -251,7 +263,7 @@ impl Drop for Registered {
 async fn connection(state: ChatState, mut socket: WebSocket, header_token: Option<String>) {
     let _open = Open::new(&state.sockets);
     state.sockets_opened.inc();
-    let (player, expires_at) = match authenticate(&state, &mut socket, header_token).await {
+    let (player, validity) = match authenticate(&state, &mut socket, header_token).await {
         Ok(authenticated) => authenticated,
         Err(refusal) => {
             if let Some((code, reason)) = refusal {
@@ -286,13 +298,15 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
         tracing::warn!(error = format!("{err:#}"), "marking a player online failed");
     }
     let mut session =
-        Session { connection, state: state.clone(), player, expires_at, joined: HashSet::new(), tx, kick: kick.clone(), hidden };
+        Session { connection, state: state.clone(), player, validity, joined: HashSet::new(), tx, kick: kick.clone(), hidden };
     tracing::debug!(account_id = session.player.account_id, connection = session.connection, "chat connected");
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
     let mut last_heard = Instant::now();
     let shutdown = state.shutdown.clone();
-    let token_expiry = tokio::time::sleep_until(expiry(session.expires_at));
+    let token_expiry = tokio::time::sleep_until(expiry(session.validity.expires_at));
+    // A restore of the database ends every session issued before its cut-off.
+    let mut cutoff = state.auth.tokens_not_before();
     tokio::pin!(token_expiry);
     loop {
         tokio::select! {
@@ -307,6 +321,12 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
             () = &mut token_expiry => {
                 close(&mut socket, CLOSE_TOKEN_EXPIRED, "token_expired").await;
                 break;
+            }
+            Ok(()) = cutoff.changed() => {
+                if state.auth.issued_before_cutoff(session.validity.issued_at) {
+                    close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
+                    break;
+                }
             }
             Some(control) = control_rx.recv() => match control {
                 Control::Close { code, reason } => {
@@ -361,7 +381,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                     Message::Text(text) => {
                         let reply = session.handle(&text).await;
                         // A re-authentication moves the expiry.
-                        token_expiry.as_mut().reset(expiry(session.expires_at));
+                        token_expiry.as_mut().reset(expiry(session.validity.expires_at));
                         if socket.send(Message::Text(reply.into())).await.is_err() {
                             break;
                         }
@@ -473,7 +493,7 @@ impl Session {
     /// the one the socket opened with, as its presence entries carry it.
     async fn reauthenticate(&mut self, incoming: &Incoming) -> Result<serde_json::Value, ApiError> {
         let token = incoming.token.as_deref().ok_or_else(|| ApiError::invalid("token", "token is required"))?;
-        let (player, expires_at) = verify_token(&self.state, token).await?;
+        let (player, validity) = verify_token(&self.state, token).await?;
         if player.account_id != self.player.account_id {
             return Err(ApiError::Forbidden("that token is another account's; open another socket for it".into()));
         }
@@ -481,7 +501,7 @@ impl Session {
             self.state.hub.change_session(self.connection, &player.session_id);
             self.player.session_id = player.session_id;
         }
-        self.expires_at = expires_at;
+        self.validity = validity;
         Ok(json!({"account_id": self.player.account_id}))
     }
 
@@ -551,6 +571,9 @@ impl Session {
             Channel::Direct(..) => crate::inbox::store_direct(&self.state, &channel, &row).await?,
             _ => store::insert_message(self.state.db.pool(), &row).await?,
         }
+        // The sender's next history read comes from the writer (a socket's writes pass no
+        // HTTP layer to mark them: `platform::replica`).
+        self.state.db.note_write(&self.player.account_id).await;
         let message = crate::api::MessageView::from(row);
         let event = json!({"type": "message", "channel": id, "message": message});
         self.state.hub.publish(&id, &event.to_string(), Some(self.connection)).await?;

@@ -67,7 +67,21 @@ impl App {
             tracing::info!("the database is a read-only replica: migrations are left to the primary region");
         }
         // After the migrations, which make the roles (DATABASE_SERVICE_ROLES).
-        let dbs = Databases::connect(&config.database, main).await?;
+        let mut dbs = Databases::connect(&config.database, main).await?;
+        let cache = Cache::connect(&config.cache).await?;
+        let metrics = Metrics::new();
+        // Before any service's state takes a clone of its pool: each gets its reader with it.
+        let read_routing = match &config.database_read {
+            Some(reader) => {
+                let routing = dbs.attach_readers(&config.database, reader, &cache).await?;
+                routing.register_metrics(&metrics);
+                let main = dbs.main();
+                let reader_pool = main.reader().context("the main pool has its reader")?.clone();
+                tokio::spawn(platform::replica::run_lag_monitor(main.pool().clone(), reader_pool, routing.clone(), shutdown.clone()));
+                Some(routing)
+            }
+            None => None,
+        };
         let events_here = mode == Mode::Worker || config.run_event_workers;
         // The relay, the consumers and the webhook deliveries run as the worker's role, as in a
         // `guildhall worker` process: where the roles have pools of their own, a consuming
@@ -81,8 +95,6 @@ impl App {
             (Mode::Serve, Some(service)) => dbs.of(Role::of(*service)).clone(),
             _ => worker_db.clone(),
         };
-        let cache = Cache::connect(&config.cache).await?;
-        let metrics = Metrics::new();
         serving_db.register_metrics(&metrics);
         cache.register_metrics(&metrics);
         let keys = Arc::new(TokenKeys::load(&config.tokens, &config.data_dir)?);
@@ -99,6 +111,8 @@ impl App {
         // Every process's live figures, for the console's `/v1/admin/stats` (whichever serves it).
         workers.push(tokio::spawn(platform::admin::stats::publish(metrics.clone(), cache.clone(), shutdown.clone())));
         let mut subscriptions = Vec::new();
+        // What this process does once a restore of the database reaches it (`platform::restore`).
+        let mut restore_hooks: Vec<platform::restore::Hook> = Vec::new();
         for service in &config.services {
             // A worker process serves no API: its states exist for the event work alone.
             let db = if mode == Mode::Worker { worker_db.clone() } else { dbs.of(Role::of(*service)).clone() };
@@ -118,6 +132,7 @@ impl App {
                 Service::Leaderboard => {
                     // One index for both states: on embedded defaults it is this process's memory.
                     let index = leaderboard::index::RankIndex::for_cache(&cache);
+                    restore_hooks.push(leaderboard::restore_hook(index.clone()));
                     let state = parts.leaderboard(db, &index);
                     if events_here {
                         let consuming = if consumers_apart { parts.leaderboard(worker_db.clone(), &index) } else { state.clone() };
@@ -228,6 +243,18 @@ impl App {
             cors_allowed_origins: config.cors_allowed_origins.clone(),
             metrics: metrics.clone(),
         };
+        if let Some(routing) = read_routing {
+            // A player's state-changing request opens their read-your-writes window.
+            router = router.layer(axum::middleware::from_fn_with_state(routing, platform::replica::mark_writers));
+        }
+        workers.push(tokio::spawn(platform::restore::run_watch(
+            dbs.main().clone(),
+            cache.clone(),
+            auth.clone(),
+            restore_hooks,
+            platform::restore::CHECK_EVERY,
+            shutdown.clone(),
+        )));
         let router = http::with_common_layers(router, settings);
         Ok(App { router, dbs, shutdown, config, workers, metrics })
     }
@@ -406,6 +433,46 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     db.migrate().await?;
     db.close().await;
     tracing::info!(database = describe_database(&config.database), "migrations applied");
+    Ok(())
+}
+
+/// `guildhall restore-check`: prints the database's history position, the highest the cache
+/// saw and the access-token cut-off as JSON; fails when the database is behind the cache (it was
+/// restored to an earlier point and `after-restore` has not run yet). Changes nothing.
+pub async fn restore_check(config: &Config) -> anyhow::Result<()> {
+    let db = Database::connect(&config.database).await?;
+    let cache = Cache::connect(&config.cache).await?;
+    let (history, seen) = platform::restore::compare(&db, &cache).await?;
+    db.close().await;
+    let restored = seen.is_some_and(|seen| history.position < seen);
+    let report = serde_json::json!({
+        "database_position": history.position,
+        "cache_seen": seen,
+        "tokens_not_before": platform::time::rfc3339(history.tokens_not_before_ms),
+        "restored": restored,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    anyhow::ensure!(!restored, "the database is behind what the cache saw: it was restored; run `guildhall after-restore`");
+    Ok(())
+}
+
+/// `guildhall after-restore`: declares the database restored to an earlier point
+/// (`platform::restore::after_restore`): access tokens issued until now are refused on every
+/// instance within seconds, open sockets of them close, and the rank index is forgotten, to be
+/// rebuilt from the restored records. The running instances do the same on their own when the
+/// cache remembers a later history; run it when it cannot (embedded defaults, a flushed Redis).
+pub async fn after_restore(config: &Config) -> anyhow::Result<()> {
+    let db = Database::connect(&config.database).await?;
+    let cache = Cache::connect(&config.cache).await?;
+    let history = platform::restore::after_restore(&db, &cache).await?;
+    db.close().await;
+    let dropped = leaderboard::index::RankIndex::for_cache(&cache).forget_all().await?;
+    tracing::warn!(
+        position = history.position,
+        tokens_not_before = platform::time::rfc3339(history.tokens_not_before_ms),
+        rank_index_keys_dropped = dropped,
+        "database declared restored: older access tokens are refused, the rank index is rebuilt on first use"
+    );
     Ok(())
 }
 

@@ -9,10 +9,12 @@ use platform::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: guildhall [serve|worker|migrate|events|keys|healthcheck|openapi|version]\n\
+const USAGE: &str = "usage: guildhall [serve|worker|migrate|restore-check|after-restore|events|keys|healthcheck|openapi|version]\n\
   serve    run the services (SERVICES picks a subset; default all)\n\
   worker   deliver events only: the outbox relay and the queue consumers of SERVICES\n\
   migrate  apply database migrations and exit\n\
+  restore-check  compare the database's history with what Redis saw (exit 1 when it was restored)\n\
+  after-restore  after restoring the database: end older sessions, forget the rank index\n\
   events dead [--limit N]  list dead events (parked outbox rows, dead-letter queues) as JSON\n\
   events redrive (--all | EVENT_ID...)  make dead events due again\n\
   keys generate  print a new token signing key (PEM; its kid on stderr)\n\
@@ -38,6 +40,8 @@ async fn main() -> std::process::ExitCode {
         "serve" => guildhall::run(config).await,
         "worker" => guildhall::run_worker(config).await,
         "migrate" => guildhall::migrate(&config).await,
+        "restore-check" => guildhall::restore_check(&config).await,
+        "after-restore" => guildhall::after_restore(&config).await,
         "events" => guildhall::events(&config, &std::env::args().skip(2).collect::<Vec<_>>()).await,
         "keys" => guildhall::keys(&config, &std::env::args().skip(2).collect::<Vec<_>>()),
         "healthcheck" => guildhall::healthcheck(&config).await,

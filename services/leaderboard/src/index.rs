@@ -275,6 +275,23 @@ impl RankIndex {
         }
     }
 
+    /// Forgets every board season's index, to be rebuilt from the records on first use: after
+    /// the database went back to an earlier point (`platform::restore`), the index holds ranks
+    /// from records the database no longer has. Returns how many keys (Redis) or seasons
+    /// (memory) it dropped.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.forget_all", skip_all)]
+    pub async fn forget_all(&self) -> anyhow::Result<usize> {
+        match self {
+            RankIndex::Redis(r) => r.forget_all().await,
+            RankIndex::Memory(m) => {
+                let mut boards = m.boards.lock().unwrap_or_else(|p| p.into_inner());
+                let dropped = boards.len();
+                boards.clear();
+                Ok(dropped)
+            }
+        }
+    }
+
     /// Drops a whole season's index (after it was archived).
     #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.drop_season", skip_all)]
     pub async fn drop_season(&self, scope: Scope<'_>) -> anyhow::Result<()> {
@@ -859,6 +876,35 @@ impl RedisIndex {
             .await
             .context("Redis rebuild finish")?;
         Ok(())
+    }
+
+    async fn forget_all(&self) -> anyhow::Result<usize> {
+        // Every index key starts so (`keys`); SCAN walks them in bounded batches, never blocking
+        // Redis the way KEYS would.
+        let pattern = self.redis.key("lb:{*");
+        let mut conn = self.redis.connection();
+        let mut cursor: u64 = 0;
+        let mut dropped = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .context("Redis scan of the rank index")?;
+            // One key at a time: in a cluster, keys of different seasons live on different slots.
+            for key in batch {
+                let removed: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.context("Redis drop of the rank index")?;
+                dropped += usize::try_from(removed).unwrap_or(0);
+            }
+            if next == 0 {
+                return Ok(dropped);
+            }
+            cursor = next;
+        }
     }
 
     async fn drop_season(&self, scope: Scope<'_>) -> anyhow::Result<()> {

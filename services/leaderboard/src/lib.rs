@@ -103,6 +103,20 @@ impl FromRef<LeaderboardState> for AdminKey {
     }
 }
 
+/// What the leaderboard does once the database went back to an earlier point
+/// (`platform::restore`): forgets the rank index, which every read then rebuilds from the
+/// restored records (the path of a flushed Redis), so that no rank from the lost future is served.
+pub fn restore_hook(index: index::RankIndex) -> platform::restore::Hook {
+    Box::new(move || {
+        let index = index.clone();
+        Box::pin(async move {
+            let dropped = index.forget_all().await?;
+            tracing::warn!(dropped, "rank index forgotten after the database's restore; it is rebuilt from the records on first use");
+            Ok(())
+        })
+    })
+}
+
 /// What the leaderboard consumes: `account.deleted` erases that player's records and
 /// friendships everywhere; `social.friend_accepted` and `social.friend_removed` keep its copy of
 /// the friendships, for `records?friends=true`.

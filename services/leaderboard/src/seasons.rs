@@ -234,7 +234,7 @@ pub async fn run_closer(state: LeaderboardState, shutdown: Shutdown) {
     responses((status = 200, body = SeasonPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_seasons(
     State(state): State<LeaderboardState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<SeasonPage>> {
@@ -244,7 +244,9 @@ pub async fn list_seasons(
         None => i64::MAX,
         Some(cursor) => cursor.parse().ok().filter(|n| *n > 0).ok_or_else(|| ApiError::invalid("cursor", "not a cursor of this list"))?,
     };
-    let rows = store::seasons(state.db.pool(), &board.id, before, limit).await?;
+    // Archives tolerate lag: the reader's (`platform::replica`).
+    let reads = state.db.reads_for(viewer(&caller)).await?;
+    let rows = store::seasons(&*reads, &board.id, before, limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|s| s.season.to_string())).flatten();
     Ok(Json(SeasonPage { seasons: rows.into_iter().map(SeasonSummary::from).collect(), next_cursor }))
 }
@@ -255,13 +257,14 @@ pub async fn list_seasons(
     responses((status = 200, body = RecordPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn season_records(
     State(state): State<LeaderboardState>,
-    _caller: Caller,
+    caller: Caller,
     Path((id, season)): Path<(String, String)>,
     Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<RecordPage>> {
     let board = state.board(&id).await?;
     let season: i64 = season.parse().map_err(|_| ApiError::NotFound("no such season".into()))?;
-    store::season(state.db.pool(), &board.id, season).await?.ok_or_else(|| ApiError::NotFound("no such archived season".into()))?;
+    let reads = state.db.reads_for(viewer(&caller)).await?;
+    store::season(&*reads, &board.id, season).await?.ok_or_else(|| ApiError::NotFound("no such archived season".into()))?;
     let limit = page_limit(query.limit)?;
     // The cursor is the last record's sort key and rank: archives do not change, so ranks
     // continue from it.
@@ -276,7 +279,7 @@ pub async fn season_records(
             (Some(After { score, subscore, updated_at, owner_id: owner.to_owned() }), rank + 1)
         }
     };
-    let rows = store::ranked_records(state.db.pool(), &board.id, season, board.sort, after.as_ref(), limit).await?;
+    let rows = store::ranked_records(&*reads, &board.id, season, board.sort, after.as_ref(), limit).await?;
     let records: Vec<Record> = rows
         .iter()
         .enumerate()
@@ -298,4 +301,12 @@ pub async fn season_records(
         })
         .flatten();
     Ok(Json(RecordPage { records, next_cursor }))
+}
+
+/// The player a read is for (a game server's key reads for nobody in particular).
+fn viewer(caller: &Caller) -> Option<&str> {
+    match caller {
+        Caller::Player(player) => Some(&player.account_id),
+        Caller::Server(_) => None,
+    }
 }

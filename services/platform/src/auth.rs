@@ -37,6 +37,9 @@ struct AuthInner {
     loading: AtomicBool,
     /// When the last load started, so that a failing one is not retried on every request.
     last_load: std::sync::Mutex<Option<Instant>>,
+    /// Access tokens issued before this (Unix milliseconds) are refused: the database went back
+    /// to an earlier point (`crate::restore`), so sessions may exist in no table any more.
+    not_before: tokio::sync::watch::Sender<i64>,
 }
 
 impl std::fmt::Debug for AuthInner {
@@ -105,7 +108,37 @@ impl Authenticator {
             revoked_here,
             loading: AtomicBool::new(false),
             last_load: std::sync::Mutex::new(None),
+            not_before: tokio::sync::watch::Sender::new(0),
         }))
+    }
+
+    /// Refuses from now on every access token issued before `at_ms` (Unix milliseconds), as
+    /// `database_history.tokens_not_before_ms` says (`crate::restore`). Never moves back.
+    pub fn set_tokens_not_before(&self, at_ms: i64) {
+        self.0.not_before.send_if_modified(|current| {
+            let raise = at_ms > *current;
+            if raise {
+                *current = at_ms;
+            }
+            raise
+        });
+    }
+
+    /// The cut-off of `set_tokens_not_before` (Unix milliseconds; 0 when none): a token signed
+    /// now must not carry an issue time before it.
+    pub fn tokens_not_before_ms(&self) -> i64 {
+        *self.0.not_before.borrow()
+    }
+
+    /// Follows the cut-off of `set_tokens_not_before`, for long-lived connections (chat sockets).
+    pub fn tokens_not_before(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.0.not_before.subscribe()
+    }
+
+    /// Whether a token issued at `issued_at` (Unix seconds) falls before the cut-off (a whole
+    /// second: `crate::restore::after_restore`).
+    pub fn issued_before_cutoff(&self, issued_at: i64) -> bool {
+        issued_at < *self.0.not_before.borrow() / 1000
     }
 
     /// The token keys, for services that sign (accounts) or publish the JWKS.
@@ -135,7 +168,14 @@ impl Authenticator {
                 claims
             }
         };
-        Ok(Unconfirmed { expires_at: claims.exp, player: Player { account_id: claims.sub, session_id: claims.sid, name: claims.name } })
+        if self.issued_before_cutoff(claims.iat) {
+            return Err(session_revoked());
+        }
+        Ok(Unconfirmed {
+            expires_at: claims.exp,
+            issued_at: claims.iat,
+            player: Player { account_id: claims.sub, session_id: claims.sid, name: claims.name },
+        })
     }
 
     /// Checks whether `unconfirmed`'s session was revoked: one cache read, or, when the cache
@@ -288,6 +328,7 @@ where
 pub struct Unconfirmed {
     player: Player,
     expires_at: i64,
+    issued_at: i64,
 }
 
 impl Unconfirmed {
@@ -306,6 +347,11 @@ impl Unconfirmed {
     /// When the token expires, Unix seconds (a socket authenticated with it closes then).
     pub fn expires_at(&self) -> i64 {
         self.expires_at
+    }
+
+    /// When the token was issued, Unix seconds (held against a restore's cut-off later).
+    pub fn issued_at(&self) -> i64 {
+        self.issued_at
     }
 }
 
@@ -351,6 +397,11 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let unconfirmed = Unconfirmed::from_request_parts(parts, state).await?;
-        Authenticator::from_ref(state).confirm(unconfirmed).await
+        let player = Authenticator::from_ref(state).confirm(unconfirmed).await?;
+        // A state-changing request: its player's next reads come from the database writer.
+        if let Some(slot) = parts.extensions.get::<crate::replica::WriterSlot>() {
+            slot.fill(&player.account_id);
+        }
+        Ok(player)
     }
 }

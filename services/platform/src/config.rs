@@ -102,6 +102,32 @@ pub enum DatabaseConfig {
     },
 }
 
+/// The reader that lag-tolerant reads go to (`crate::replica`).
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// `DATABASE_READ_URL`: host, database and options of the reader; the user, the pool's size,
+    /// its timeouts and how it authenticates are the writer's (`DATABASE_URL`'s).
+    pub url: Secret<String>,
+    /// `DATABASE_READ_MAX_LAG_MS` (default 5000): while the reader is measured further behind the
+    /// writer than this, its reads go to the writer.
+    pub max_lag: Duration,
+}
+
+impl DatabaseConfig {
+    /// The same database settings with the reader's URL: its pools log in as the writer's do.
+    pub fn for_reader(&self, reader: &ReaderConfig) -> DatabaseConfig {
+        match self {
+            DatabaseConfig::Postgres { max_connections, auth, service_roles, .. } => DatabaseConfig::Postgres {
+                url: reader.url.clone(),
+                max_connections: *max_connections,
+                auth: auth.clone(),
+                service_roles: *service_roles,
+            },
+            DatabaseConfig::Sqlite { path } => DatabaseConfig::Sqlite { path: path.clone() },
+        }
+    }
+}
+
 /// How PostgreSQL connections authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseAuth {
@@ -360,6 +386,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `DATABASE_URL`.
     pub database: DatabaseConfig,
+    /// `DATABASE_READ_URL` and `DATABASE_READ_MAX_LAG_MS`: a reader (Aurora's reader endpoint)
+    /// for reads that tolerate a little lag (`crate::replica`); none sends every read to the writer.
+    pub database_read: Option<ReaderConfig>,
     /// `REDIS_URL` and `REDIS_KEY_PREFIX`.
     pub cache: CacheConfig,
     /// `SERVICES`, comma-separated; default all.
@@ -514,6 +543,18 @@ impl Config {
                 DatabaseConfig::Sqlite { path: PathBuf::from(path) }
             }
             Some(_) => bail!("DATABASE_URL must start with postgres:// or sqlite:"),
+        };
+
+        let database_read = match get("DATABASE_READ_URL") {
+            None => None,
+            // A SQLite file has no replica; a reader URL beside it is a configuration mistake.
+            Some(_) if database.is_embedded() => bail!("DATABASE_READ_URL needs DATABASE_URL=postgres://: embedded SQLite has no reader"),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(ReaderConfig {
+                url: Secret::new(url),
+                // At least 100 ms: the lag is measured by a heartbeat a second apart (`crate::replica`).
+                max_lag: Duration::from_millis(parse("DATABASE_READ_MAX_LAG_MS", 5000)?.clamp(100, 600_000)),
+            }),
+            Some(_) => bail!("DATABASE_READ_URL must start with postgres://"),
         };
 
         let cache = match get("REDIS_URL") {
@@ -699,6 +740,7 @@ impl Config {
             metrics_addr,
             data_dir,
             database,
+            database_read,
             cache,
             services,
             tokens,
@@ -912,6 +954,28 @@ mod tests {
         let err = config(&[("METRICS_ADDR", "127.0.0.1:8080")]).expect_err("the API's port");
         assert!(err.to_string().contains("different ports"), "{err}");
         assert!(config(&[("METRICS_ADDR", "127.0.0.1:0"), ("LISTEN_ADDR", "127.0.0.1:0")]).is_ok(), "two free ports");
+    }
+
+    #[test]
+    fn a_reader_needs_postgres_and_takes_the_writers_login() {
+        assert!(config(&[]).expect("defaults").database_read.is_none());
+        let err = config(&[("DATABASE_READ_URL", "postgres://db-ro/g")]).expect_err("SQLite has no reader");
+        assert!(err.to_string().contains("embedded SQLite"), "{err}");
+        let writer = ("DATABASE_URL", "postgres://u@db/g");
+        assert!(config(&[writer, ("DATABASE_READ_URL", "mysql://x")]).is_err());
+        let set = config(&[writer, ("DATABASE_READ_URL", "postgres://u@db-ro/g"), ("DATABASE_MAX_CONNECTIONS", "7")]).expect("valid");
+        let reader = set.database_read.clone().expect("a reader");
+        assert_eq!(reader.max_lag, Duration::from_secs(5), "the default");
+        assert_eq!(reader.url.expose(), "postgres://u@db-ro/g");
+        match set.database.for_reader(&reader) {
+            DatabaseConfig::Postgres { url, max_connections, .. } => {
+                assert_eq!(url.expose(), "postgres://u@db-ro/g");
+                assert_eq!(max_connections, 7, "sized like the writer's pool");
+            }
+            DatabaseConfig::Sqlite { .. } => panic!("not PostgreSQL"),
+        }
+        let tiny = config(&[writer, ("DATABASE_READ_URL", "postgres://u@db-ro/g"), ("DATABASE_READ_MAX_LAG_MS", "1")]).expect("valid");
+        assert_eq!(tiny.database_read.expect("reader").max_lag, Duration::from_millis(100), "at least a tenth of a second");
     }
 
     #[test]

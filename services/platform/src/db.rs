@@ -10,6 +10,10 @@
 //! probe finds it down, instead of each request waiting out the acquire timeout (sqlx keeps
 //! retrying a refused connect until then). Those failures are answered 503 `unavailable`
 //! (`is_unavailable`, `crate::error`).
+//!
+//! With `DATABASE_READ_URL`, a `Database` also holds a pool on the reader, sized and timed out
+//! like the writer's; `Database::reads_for` picks between them for reads that tolerate lag
+//! (`crate::replica`).
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -25,9 +29,11 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Describe, Either, Execute, Executor, Transaction};
 
-use crate::config::{DatabaseAuth, DatabaseConfig, Secret, Service};
+use crate::cache::Cache;
+use crate::config::{DatabaseAuth, DatabaseConfig, ReaderConfig, Secret, Service};
 use crate::error::Dependency;
 use crate::reachability::{Probe, Reachability};
+use crate::replica::{ReadRouting, Route};
 
 /// Which SQL dialect the pool speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +49,24 @@ pub enum Dialect {
 pub struct Database {
     pool: Pool,
     dialect: Dialect,
+    /// The reader lag-tolerant reads may go to (`DATABASE_READ_URL`, `crate::replica`).
+    reader: Option<(Pool, ReadRouting)>,
+}
+
+/// The pool a lag-tolerant read runs on (`Database::reads_for`): the reader's or the writer's.
+/// Use it as `&*reads` where a store function takes an executor.
+#[derive(Debug)]
+pub struct Reads {
+    pool: Pool,
+    /// Held while a read that fell back to the writer runs (`crate::replica`: bounded).
+    _fallback: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for Reads {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        &self.pool
+    }
 }
 
 /// sqlx's pool behind the database's breaker: the executor every query runs on
@@ -179,6 +203,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (17, "password_resets", include_str!("../../../migrations/postgres/0017_password_resets.sql")),
     (18, "social", include_str!("../../../migrations/postgres/0018_social.sql")),
     (19, "notifications", include_str!("../../../migrations/postgres/0019_notifications.sql")),
+    (20, "replicas_and_restores", include_str!("../../../migrations/postgres/0020_replicas_and_restores.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -200,6 +225,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (17, "password_resets", include_str!("../../../migrations/sqlite/0017_password_resets.sql")),
     (18, "social", include_str!("../../../migrations/sqlite/0018_social.sql")),
     (19, "notifications", include_str!("../../../migrations/sqlite/0019_notifications.sql")),
+    (20, "replicas_and_restores", include_str!("../../../migrations/sqlite/0020_replicas_and_restores.sql")),
 ];
 
 /// What each database role may do to each table (`Role`), applied whole after every run of the
@@ -312,21 +338,83 @@ impl Database {
                     .connect(&url)
                     .await
                     .with_context(|| format!("opening SQLite database {}", path.display()))?;
-                Ok(Database { pool: Pool::new(pool, None), dialect: Dialect::Sqlite })
+                Ok(Database { pool: Pool::new(pool, None), dialect: Dialect::Sqlite, reader: None })
             }
         }
     }
 
     /// A PostgreSQL pool over `options`, behind the breaker.
     async fn open_postgres(options: AnyConnectOptions, max_connections: u32) -> anyhow::Result<Self> {
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-            .context("connecting to PostgreSQL")?;
+        let pool = Self::pool_options(max_connections).connect_with(options).await.context("connecting to PostgreSQL")?;
         let reachability = Reachability::new(Dependency::Database, postgres_probe(pool.clone()));
-        Ok(Database { pool: Pool::new(pool, Some(reachability)), dialect: Dialect::Postgres })
+        Ok(Database { pool: Pool::new(pool, Some(reachability)), dialect: Dialect::Postgres, reader: None })
+    }
+
+    /// A pool's settings: a reader's are the writer's.
+    fn pool_options(max_connections: u32) -> AnyPoolOptions {
+        AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT)
+    }
+
+    /// A pool on the reader `config` names (`DatabaseConfig::for_reader`), as `user` (else the
+    /// URL's), sized and timed out like the writer's. It connects lazily: a reader that is down
+    /// when the process starts must not stop it; its reads go to the writer meanwhile.
+    pub async fn connect_reader(config: &DatabaseConfig, user: Option<&str>) -> anyhow::Result<Pool> {
+        install_default_drivers();
+        let DatabaseConfig::Postgres { url, max_connections, auth, .. } = config else {
+            anyhow::bail!("DATABASE_READ_URL needs PostgreSQL");
+        };
+        let mut options = postgres_options(url, user)?;
+        match auth {
+            DatabaseAuth::Url => {}
+            DatabaseAuth::Password(password) => set_password(&mut options, password.expose())?,
+            DatabaseAuth::Iam { .. } => {
+                // Tokens are signed for the host they log in to: the reader's gets a signer of its
+                // own, made as the writer's is. That path connects at once, so with IAM a reader
+                // that is down when the process starts fails the start.
+                return Ok(Self::connect_as_user(config, user).await?.pool);
+            }
+        }
+        let pool = Self::pool_options(*max_connections).connect_lazy_with(options);
+        let reachability = Reachability::new(Dependency::Database, postgres_probe(pool.clone()));
+        Ok(Pool::new(pool, Some(reachability)))
+    }
+
+    /// This pool with `reader` for lag-tolerant reads, routed by `routing`.
+    pub fn with_reader(mut self, reader: Pool, routing: ReadRouting) -> Self {
+        self.reader = Some((reader, routing));
+        self
+    }
+
+    /// The reader's pool, if there is one (the lag monitor's, tests').
+    pub fn reader(&self) -> Option<&Pool> {
+        self.reader.as_ref().map(|(pool, _)| pool)
+    }
+
+    /// The pool for a read that tolerates a little lag, made for `viewer` (none: anonymous or a
+    /// game server): the reader's, unless `viewer` wrote lately or the reader is behind or down
+    /// (`crate::replica`); the writer's when there is no reader. Fails 503 `unavailable` when too
+    /// many reads are falling back to the writer at once.
+    pub async fn reads_for(&self, viewer: Option<&str>) -> anyhow::Result<Reads> {
+        let Some((reader, routing)) = &self.reader else { return Ok(Reads { pool: self.pool.clone(), _fallback: None }) };
+        let down = reader.shared.reachability.as_ref().is_some_and(|r| r.is_down());
+        let route = routing.route(viewer, down).await;
+        routing.count(route);
+        match route {
+            Route::Reader => Ok(Reads { pool: reader.clone(), _fallback: None }),
+            Route::RecentWrite => Ok(Reads { pool: self.pool.clone(), _fallback: None }),
+            Route::Fallback => {
+                let permit = routing.fallback_permit().await.context("too many reads falling back to the database writer")?;
+                Ok(Reads { pool: self.pool.clone(), _fallback: Some(permit) })
+            }
+        }
+    }
+
+    /// Marks `account` as having just written outside an HTTP request (a chat message on a
+    /// socket), so that its next reads come from the writer. Nothing without a reader.
+    pub async fn note_write(&self, account: &str) {
+        if let Some((_, routing)) = &self.reader {
+            routing.note_write(account).await;
+        }
     }
 
     /// The pool, for queries.
@@ -401,8 +489,11 @@ impl Database {
         gauge("guildhall_db_pool_waiting", "Requests waiting for a database connection now.", |s| s.waiting as f64);
     }
 
-    /// Closes every connection (shutdown).
+    /// Closes every connection (shutdown), the reader's too.
     pub async fn close(&self) {
+        if let Some((reader, _)) = &self.reader {
+            reader.pool.close().await;
+        }
         self.pool.pool.close().await;
     }
 }
@@ -435,6 +526,28 @@ impl Databases {
             roles.push((role, Database::connect_as(config, role).await?));
         }
         Ok(Databases { main, roles })
+    }
+
+    /// Gives every pool a reader on `reader` (`DATABASE_READ_URL`), logging in as that pool
+    /// does, all routed by one `ReadRouting` (read-your-writes keys in `cache`). Returns it, for
+    /// the lag monitor and the layer that marks writers (`crate::replica`).
+    pub async fn attach_readers(&mut self, config: &DatabaseConfig, reader: &ReaderConfig, cache: &Cache) -> anyhow::Result<ReadRouting> {
+        let DatabaseConfig::Postgres { max_connections, .. } = config else {
+            anyhow::bail!("DATABASE_READ_URL needs DATABASE_URL=postgres://");
+        };
+        // Half the writer's pool may serve reads that fell back: writes keep the other half.
+        let permits = usize::try_from(*max_connections / 2).unwrap_or(1);
+        let routing = ReadRouting::new(cache.clone(), reader.max_lag, permits);
+        let reader_config = config.for_reader(reader);
+        let main_reader = Database::connect_reader(&reader_config, None).await.context("connecting to DATABASE_READ_URL")?;
+        self.main = self.main.clone().with_reader(main_reader, routing.clone());
+        for (role, db) in &mut self.roles {
+            let pool = Database::connect_reader(&reader_config, Some(role.name()))
+                .await
+                .with_context(|| format!("connecting to DATABASE_READ_URL as {}", role.name()))?;
+            *db = db.clone().with_reader(pool, routing.clone());
+        }
+        Ok(routing)
     }
 
     /// The pool of `DATABASE_URL`'s user.

@@ -21,6 +21,8 @@ pub mod ratelimit;
 pub mod rds;
 pub mod reachability;
 pub mod region;
+pub mod replica;
+pub mod restore;
 pub mod revocations;
 pub mod shutdown;
 pub mod telemetry;

@@ -293,7 +293,10 @@ pub async fn show_asset(
     Path(asset_id): Path<String>,
 ) -> ApiResult<Json<AssetView>> {
     valid_id(&asset_id)?;
-    let asset = store::get(&state.db, &asset_id).await?.ok_or_else(|| ApiError::NotFound("no such asset".into()))?;
+    // Metadata tolerates lag: the reader's, unless the player wrote lately (their own upload
+    // just completed then comes from the writer: `platform::replica`).
+    let reads = state.db.reads_for(Some(&player.account_id)).await?;
+    let asset = store::get_on(&*reads, &asset_id).await?.ok_or_else(|| ApiError::NotFound("no such asset".into()))?;
     if asset.owner_id != player.account_id && asset.state != AssetState::Ready {
         return Err(ApiError::Forbidden("this asset belongs to another player".into()));
     }

@@ -150,11 +150,14 @@ pub async fn create(db: &Database, asset: &Asset, quota: Quota) -> anyhow::Resul
 /// The asset `id`.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.get", skip_all)]
 pub async fn get(db: &Database, id: &str) -> anyhow::Result<Option<Asset>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM assets WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(db.pool())
-        .await
-        .context("reading asset")?;
+    get_on(db.pool(), id).await
+}
+
+/// The asset `id`, read on `db` (the reader's pool, for metadata that tolerates lag).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db uploads.get", skip_all)]
+pub async fn get_on<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, id: &str) -> anyhow::Result<Option<Asset>> {
+    let row =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM assets WHERE id = $1")).bind(id).fetch_optional(db).await.context("reading asset")?;
     row.as_ref().map(asset).transpose()
 }
 
