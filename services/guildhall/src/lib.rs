@@ -247,14 +247,21 @@ impl App {
             // A player's state-changing request opens their read-your-writes window.
             router = router.layer(axum::middleware::from_fn_with_state(routing, platform::replica::mark_writers));
         }
-        workers.push(tokio::spawn(platform::restore::run_watch(
-            dbs.main().clone(),
-            cache.clone(),
-            auth.clone(),
-            restore_hooks,
-            platform::restore::CHECK_EVERY,
-            shutdown.clone(),
-        )));
+        // The watch advances the database's history position, a write: like the other writers it
+        // idles while the region is read-only (a secondary region's database is the primary's
+        // history, and its cache another's).
+        let restore_hooks = std::sync::Arc::new(restore_hooks);
+        let (watch_db, watch_cache, watch_auth) = (dbs.main().clone(), cache.clone(), auth.clone());
+        workers.push(writer(Box::new(move |phase| {
+            Box::pin(platform::restore::run_watch(
+                watch_db.clone(),
+                watch_cache.clone(),
+                watch_auth.clone(),
+                restore_hooks.clone(),
+                platform::restore::CHECK_EVERY,
+                phase,
+            ))
+        })));
         let router = http::with_common_layers(router, settings);
         Ok(App { router, dbs, shutdown, config, workers, metrics })
     }
