@@ -8,6 +8,7 @@ pub mod channel;
 pub mod hub;
 pub mod presence;
 pub mod store;
+pub mod writer;
 pub mod ws;
 
 use axum::Router;
@@ -21,6 +22,7 @@ use utoipa::OpenApi;
 
 use crate::hub::Hub;
 use crate::presence::Presence;
+use crate::writer::MessageWriter;
 
 /// The per-player send limit: a burst, then a steady rate.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +38,8 @@ pub struct SendLimit {
 pub struct ChatState {
     /// Groups, messages, sanctions.
     pub db: Database,
+    /// Stores sent messages in group commits over `db`.
+    pub messages: MessageWriter,
     /// Rate limits.
     pub cache: Cache,
     /// Fan-out.
@@ -62,6 +66,7 @@ pub struct ChatState {
 
 impl ChatState {
     /// Chat over `cache`: Redis fan-out and presence when it is Redis, in process otherwise.
+    /// Starts the message writer's lanes (on the current Tokio runtime).
     pub fn new(
         db: Database,
         cache: Cache,
@@ -77,6 +82,7 @@ impl ChatState {
             None => Presence::Memory(hub.clone()),
         };
         ChatState {
+            messages: MessageWriter::start(db.clone()),
             db,
             cache,
             hub,
@@ -92,10 +98,12 @@ impl ChatState {
         }
     }
 
-    /// Registers chat's figures: the fan-out's (`Hub::register_metrics`) and the sockets open
+    /// Registers chat's figures: the fan-out's (`Hub::register_metrics`), the message writer's
+    /// (`MessageWriter::register_metrics`) and the sockets open
     /// here (read at scrape time).
     pub fn register_metrics(&self, metrics: &platform::metrics::Metrics) {
         self.hub.register_metrics(metrics);
+        self.messages.register_metrics(metrics);
         let sockets = self.sockets.clone();
         metrics.gauge_fn("guildhall_chat_sockets", "Chat WebSockets open on this instance, authenticated or not yet.", &[], move || {
             Some(sockets.load(std::sync::atomic::Ordering::Relaxed) as f64)

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ChatState;
 use crate::channel::Channel;
 use crate::hub::{Control, Member, QUEUE};
-use crate::store::{self, MessageRow};
+use crate::store::MessageRow;
 
 /// Largest frame, and message, a client may send. Checked against a frame's header before any of
 /// its payload is buffered: a larger one closes the socket with 1009.
@@ -512,8 +512,9 @@ impl Session {
             body: body.to_owned(),
             created_at: now_millis(),
         };
-        // Stored durably before it is acknowledged or delivered.
-        store::insert_message(self.state.db.pool(), &row).await?;
+        // Stored durably before it is acknowledged or delivered: the writer answers once the
+        // group commit holding it is done, and a batch that failed stored none of its messages.
+        let row = self.state.messages.store(row).await?;
         let message = crate::api::MessageView::from(row);
         let event = json!({"type": "message", "channel": id, "message": message});
         self.state.hub.publish(&id, &event.to_string(), Some(self.connection)).await?;
