@@ -128,7 +128,8 @@ pub fn usage() -> String {
            --max-requests N    stop after this many requests, warm-up included (default {max_requests})\n  \
            --admin-key KEY     server key, for the scenarios that create a leaderboard\n                      \
                                (default: the environment variable {admin_key_env})\n  \
-           --cpu NAME=PID,...  report these processes' CPU time per measured request (Linux),\n                      \
+           --cpu NAME=PID,...  report these processes' CPU time per measured request (chat: per\n                      \
+                               delivery) (Linux),\n                      \
                                with the tool's own, e.g. guildhall=4242,redis=4250; PID+ adds\n                      \
                                the process's children (postgres=4200+)\n  \
            -h, --help          this text\n\

@@ -245,7 +245,10 @@ impl Drop for Registered {
 async fn connection(state: ChatState, mut socket: WebSocket, header_token: Option<String>) {
     let _open = Open::new(&state.sockets);
     state.sockets_opened.inc();
-    let (player, expires_at) = match authenticate(&state, &mut socket, header_token).await {
+    // The futures of the rare or one-off steps are boxed (here and below): a task's future is as
+    // large as its largest step, and it stays that large for the connection's whole life, which is
+    // mostly spent idle in the `select!`.
+    let (player, expires_at) = match Box::pin(authenticate(&state, &mut socket, header_token)).await {
         Ok(authenticated) => authenticated,
         Err(refusal) => {
             if let Some((code, reason)) = refusal {
@@ -255,7 +258,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
         }
     };
     let (tx, mut rx) = mpsc::channel::<Arc<str>>(QUEUE);
-    let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
+    let (control_tx, mut control_rx) = mpsc::channel::<Box<Control>>(CONTROL_QUEUE);
     let connection = state.hub.connection_id();
     let kick = CancellationToken::new();
     if !state.hub.connect(connection, &player, control_tx, kick.clone(), state.socket_limits.per_account) {
@@ -285,14 +288,14 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                 close(&mut socket, CLOSE_TOKEN_EXPIRED, "token_expired").await;
                 break;
             }
-            Some(control) = control_rx.recv() => match control {
+            Some(control) = control_rx.recv() => match *control {
                 Control::Close { code, reason } => {
                     close(&mut socket, code, reason).await;
                     break;
                 }
                 Control::Leave { channel, reason } => {
                     if session.joined.contains(&channel) {
-                        session.leave_channel(&channel).await;
+                        Box::pin(session.leave_channel(&channel)).await;
                         let event = json!({"type": "removed", "channel": channel, "reason": reason});
                         if socket.send(Message::Text(event.to_string().into())).await.is_err() {
                             break;
@@ -314,7 +317,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                 // notice was lost (pub/sub delivers at most once, and not while the fan-out is
                 // reconnecting). A cache that cannot answer keeps the socket: an outage must not
                 // disconnect everyone.
-                if let Ok(true) = state.auth.is_revoked(&session.player.session_id).await {
+                if let Ok(true) = Box::pin(state.auth.is_revoked(&session.player.session_id)).await {
                     close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
                     break;
                 }
@@ -336,7 +339,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                 last_heard = Instant::now();
                 match message {
                     Message::Text(text) => {
-                        let reply = session.handle(&text).await;
+                        let reply = Box::pin(session.handle(&text)).await;
                         // A re-authentication moves the expiry.
                         token_expiry.as_mut().reset(expiry(session.expires_at));
                         if socket.send(Message::Text(reply.into())).await.is_err() {
@@ -361,7 +364,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
             }
         }
     }
-    session.leave_all().await;
+    Box::pin(session.leave_all()).await;
     tracing::debug!(account_id = session.player.account_id, "chat disconnected");
 }
 

@@ -1098,7 +1098,11 @@ async fn server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_s
 /// test adds that refuses one of its bodies.
 async fn a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_messages(backend: Backend) {
     use platform::db::Dialect;
-    let app = start(backend, 100).await;
+    let app = TestApp::start_with_metrics(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY).set("CHAT_SEND_BURST", "100").set("CHAT_SEND_PER_SECOND", "1");
+    })
+    .await;
+    let metrics = app.metrics_base.clone().expect("a metrics listener");
     let channel = "room:batch";
     let (_, listener_token) = guest(&app, "batch-listener").await;
     let mut listener = Chat::connect(&app.base, &listener_token).await;
@@ -1128,9 +1132,15 @@ async fn a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_mess
     }
     let send = |mut chat: Chat, body: &'static str| tokio::spawn(async move { (chat.send(channel, body).await, chat) });
     let mut senders = senders.into_iter();
-    // The first batch: this message alone, waiting for the lock.
+    // The first batch: this message alone, waiting for the lock once the writer has taken it
+    // (its batch counted in the metrics).
     let first = send(senders.next().expect("ana"), "first, alone");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while batches_taken(&metrics).await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the writer never took the first message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // The second batch: these three, queued behind it.
     let batch = [
         send(senders.next().expect("bob"), "second, in the failing batch"),
@@ -1138,6 +1148,7 @@ async fn a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_mess
         send(senders.next().expect("dee"), "third, in the failing batch"),
     ];
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(batches_taken(&metrics).await, 1.0, "the others queued behind the first");
     lock.rollback().await.expect("unlock");
 
     let (first_reply, _ana) = first.await.expect("ana's send");
@@ -1172,4 +1183,12 @@ async fn a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_mess
     assert_eq!(again["type"], "ack", "{again}");
     let delivered = listener.next_of("message").await;
     assert_eq!(delivered["message"]["id"], again["message"]["id"]);
+}
+
+/// Batches the chat writer has taken so far (`guildhall_chat_batch_size`'s count).
+async fn batches_taken(metrics: &str) -> f64 {
+    let text = reqwest::get(format!("{metrics}/metrics")).await.expect("scrape").text().await.expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("guildhall_chat_batch_size_count "))
+        .map_or(0.0, |value| value.trim().parse().expect("a count"))
 }

@@ -13,9 +13,9 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::future::BoxFuture;
@@ -60,11 +60,88 @@ struct PoolShared {
     reachability: Option<Arc<Reachability>>,
     /// Requests waiting for a connection now (`PoolStats::waiting`); sqlx does not count them.
     waiting: AtomicUsize,
+    /// Connections that just ran a statement, kept for the next one (see [`Warm`]).
+    warm: Mutex<Vec<Warm>>,
+}
+
+/// A connection kept out of sqlx's pool between single statements, most recently used last.
+///
+/// sqlx 0.8 tests a connection with a round trip (a `Sync` on PostgreSQL, a call to the worker
+/// thread on SQLite) when the pool hands it out (`test_before_acquire`) and again, always, when it
+/// takes it back. For a one-statement read that is three round trips where one does: measured
+/// with `loadtest/run.sh me`, PostgreSQL spent ~100 µs of CPU per read against pgbench's 34 µs
+/// for the same primary-key lookup. A statement that completed leaves its connection ready for
+/// the next (sqlx's PostgreSQL driver reads whatever the last one left before it sends), so the
+/// `Executor` of [`Pool`] hands such connections on itself, and only a connection unused for
+/// [`WARM_IDLE`] (or held for [`WARM_FOR`]) goes back through sqlx and its checks. One whose
+/// statement failed, or whose future was dropped midway, always goes back through sqlx.
+#[derive(Debug)]
+struct Warm {
+    conn: PoolConnection<Any>,
+    /// When it was taken from sqlx's pool.
+    taken: Instant,
+    /// When its last statement completed.
+    used: Instant,
+}
+
+/// A warm connection unused this long goes back through sqlx's pool (and its liveness test)
+/// rather than being handed on untested: past a burst, or across an outage.
+const WARM_IDLE: Duration = Duration::from_secs(1);
+/// A connection is handed on warm for this long at most before it goes back to sqlx's pool, so
+/// that sqlx's lifetime and idle rules still apply to it.
+const WARM_FOR: Duration = Duration::from_secs(60);
+
+impl Warm {
+    fn fresh(&self) -> bool {
+        self.used.elapsed() < WARM_IDLE && self.taken.elapsed() < WARM_FOR
+    }
 }
 
 impl Pool {
     fn new(pool: AnyPool, reachability: Option<Arc<Reachability>>) -> Self {
-        Pool { pool, shared: Arc::new(PoolShared { reachability, waiting: AtomicUsize::new(0) }) }
+        Pool { pool, shared: Arc::new(PoolShared { reachability, waiting: AtomicUsize::new(0), warm: Mutex::new(Vec::new()) }) }
+    }
+
+    fn warm(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.shared.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A connection for one statement: the most recently used warm one, else one from sqlx's
+    /// pool (through the breaker), with when it was taken from there.
+    async fn take(&self) -> Result<(PoolConnection<Any>, Instant), sqlx::Error> {
+        if self.shared.reachability.as_ref().is_some_and(|r| r.is_down()) {
+            return Err(unreachable());
+        }
+        loop {
+            let Some(warm) = self.warm().pop() else { break };
+            if warm.fresh() {
+                return Ok((warm.conn, warm.taken));
+            }
+            // Dropped, it goes back to sqlx's pool, which tests it.
+        }
+        Ok((self.acquire().await?, Instant::now()))
+    }
+
+    /// Keeps a connection whose statement completed for the next one; hands it back to sqlx's
+    /// pool instead when someone waits there for a connection (a transaction, or a statement
+    /// that found none warm), or when it has been kept long enough.
+    fn keep(&self, conn: PoolConnection<Any>, taken: Instant) {
+        if self.shared.waiting.load(Ordering::Relaxed) > 0 || taken.elapsed() >= WARM_FOR {
+            return;
+        }
+        let mut warm = self.warm();
+        // The least recently used one, if stale, goes back now: one that a burst left warm is
+        // not kept out of sqlx's pool (and its idle reaping) for long.
+        if warm.first().is_some_and(|oldest| !oldest.fresh()) {
+            warm.remove(0);
+        }
+        warm.push(Warm { conn, taken, used: Instant::now() });
+    }
+
+    /// Hands every warm connection back to sqlx's pool (an outage, or closing).
+    fn cool(&self) {
+        let warm = std::mem::take(&mut *self.warm());
+        drop(warm);
     }
 }
 
@@ -376,7 +453,7 @@ impl Database {
         PoolStats {
             max: pool.options().get_max_connections(),
             open: pool.size(),
-            idle: pool.num_idle(),
+            idle: pool.num_idle() + self.pool.warm().len(),
             waiting: self.pool.shared.waiting.load(Ordering::Relaxed),
         }
     }
@@ -395,6 +472,8 @@ impl Database {
 
     /// Closes every connection (shutdown).
     pub async fn close(&self) {
+        // sqlx's close waits for every connection to come back, the warm ones too.
+        self.pool.cool();
         self.pool.pool.close().await;
     }
 }
@@ -488,6 +567,8 @@ impl Pool {
             && is_unavailable(err)
         {
             reachability.suspect();
+            // The warm connections are likely broken too: sqlx's pool tests each.
+            self.cool();
         }
     }
 }
@@ -506,13 +587,14 @@ impl<'p> Executor<'p> for &Pool {
     {
         let pool = self.clone();
         let results = async move {
-            let mut conn = match pool.acquire().await {
+            let (mut conn, taken) = match pool.take().await {
                 Ok(conn) => conn,
                 Err(err) => return vec![Err(err)],
             };
             let results: Vec<_> = conn.fetch_many(query).collect().await;
-            if let Some(Err(err)) = results.last() {
-                pool.observe(err);
+            match results.last() {
+                Some(Err(err)) => pool.observe(err),
+                _ => pool.keep(conn, taken),
             }
             results
         };
@@ -526,9 +608,11 @@ impl<'p> Executor<'p> for &Pool {
     {
         let pool = self.clone();
         Box::pin(async move {
-            let row = pool.acquire().await?.fetch_optional(query).await;
-            if let Err(err) = &row {
-                pool.observe(err);
+            let (mut conn, taken) = pool.take().await?;
+            let row = conn.fetch_optional(query).await;
+            match &row {
+                Err(err) => pool.observe(err),
+                Ok(_) => pool.keep(conn, taken),
             }
             row
         })
