@@ -60,8 +60,11 @@ pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Notices a connection may have waiting before it counts as not keeping up.
 const CONTROL_QUEUE: usize = 16;
-/// Initial read buffer of a socket.
-const READ_BUFFER: usize = 4096;
+/// Initial read buffer of a socket, and the most read from the socket at once. Small: it is
+/// zero-filled and resident from the first read, for every idle connection, while clients' frames
+/// are small (a `send` of a short line is ~100 bytes); a larger frame grows it to the frame's
+/// size (up to `MAX_FRAME`) and is read in steps of this size.
+const READ_BUFFER: usize = 512;
 /// Largest message body, in bytes.
 pub const MAX_BODY: usize = 2048;
 /// Most channels one connection may be in.
@@ -101,9 +104,10 @@ pub async fn socket(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::to_owned);
-    // A 4 KiB read buffer instead of the library's 128 KiB, which it zero-fills up front: that
-    // default made a connection cost ~140 KiB of server memory (measured with loadtest/chat.sh);
-    // chat frames are small and the buffer still grows for a large one. The frame limit is what
+    // A 512-byte read buffer instead of the library's 128 KiB, which it zero-fills up front: that
+    // default made a connection cost ~140 KiB of server memory, and 4 KiB ~14.5 KiB in all
+    // (measured with loadtest/chat.sh); chat frames are small and the buffer still grows for a
+    // large one. The frame limit is what
     // bounds that growth: tungstenite checks a frame's declared length against it before it
     // reserves room for the payload, whereas the message limit alone is checked only once a
     // whole frame is in (its default frame limit, 16 MiB, let a header alone reserve that much).
@@ -266,12 +270,13 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
         return;
     }
     let _registered = Registered(state.hub.clone(), connection);
-    let mut session = Session { connection, state: state.clone(), player, expires_at, joined: HashSet::new(), tx, kick: kick.clone() };
+    // The state moves into the session: one copy of it per connection, not two.
+    let mut session = Session { connection, state, player, expires_at, joined: HashSet::new(), tx, kick: kick.clone() };
     tracing::debug!(account_id = session.player.account_id, connection = session.connection, "chat connected");
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
     let mut last_heard = Instant::now();
-    let shutdown = state.shutdown.clone();
+    let shutdown = session.state.shutdown.clone();
     let token_expiry = tokio::time::sleep_until(expiry(session.expires_at));
     tokio::pin!(token_expiry);
     loop {
@@ -317,7 +322,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                 // notice was lost (pub/sub delivers at most once, and not while the fan-out is
                 // reconnecting). A cache that cannot answer keeps the socket: an outage must not
                 // disconnect everyone.
-                if let Ok(true) = Box::pin(state.auth.is_revoked(&session.player.session_id)).await {
+                if let Ok(true) = Box::pin(session.state.auth.is_revoked(&session.player.session_id)).await {
                     close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
                     break;
                 }

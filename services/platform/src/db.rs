@@ -365,7 +365,7 @@ impl Database {
                     tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
                 }
                 let url = format!("sqlite://{}?mode=rwc", path.display());
-                let pool = AnyPoolOptions::new()
+                let pool = pool_options()
                     // SQLite has one writer at a time; a few readers run beside it under WAL.
                     .max_connections(4)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -388,7 +388,7 @@ impl Database {
 
     /// A PostgreSQL pool over `options`, behind the breaker.
     async fn open_postgres(options: AnyConnectOptions, max_connections: u32) -> anyhow::Result<Self> {
-        let pool = AnyPoolOptions::new()
+        let pool = pool_options()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
@@ -637,6 +637,21 @@ impl<'p> Executor<'p> for &Pool {
 
 /// What a query fails with while the breaker is open: an I/O error, so that it is classified
 /// like the refused connection it stands for.
+/// sqlx's pool options as both dialects use them: a connection handed out is tested (a round
+/// trip) only when it has sat idle for [`WARM_IDLE`], not every time as sqlx's default
+/// `test_before_acquire` does. sqlx also pings each connection it takes back, so one that broke
+/// in use does not come back; one that breaks while idle is what the test is for.
+fn pool_options() -> AnyPoolOptions {
+    AnyPoolOptions::new().test_before_acquire(false).before_acquire(|conn, meta| {
+        Box::pin(async move {
+            if meta.idle_for >= WARM_IDLE {
+                conn.ping().await?;
+            }
+            Ok(true)
+        })
+    })
+}
+
 fn unreachable() -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::NotConnected,
