@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks chat on this machine: CLIENTS WebSockets over two guildhall instances, in rooms of
-# ROOM_SIZE spread over both, each sending RATE messages a second; reports delivery latency and
-# each instance's resident memory per connection.
+# ROOM_SIZE spread over both, each sending RATE messages a second; reports delivery latency, each
+# instance's resident memory per connection, and the CPU each process spent per delivery.
 #
 #   loadtest/chat.sh
 #   CLIENTS=5000 ROOM_SIZE=50 RATE=0.2 DURATION=10 WARMUP=2 CONCURRENCY=50 loadtest/chat.sh
@@ -40,6 +40,10 @@ cargo build --release -p guildhall -p guildhall-bench
 # shellcheck source=lib.sh
 source loadtest/lib.sh
 start_stack
+# Their CPU per delivery is reported too: Redis's server, PostgreSQL's postmaster with its
+# connection processes (its children).
+REDIS_PID=$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
+PG_PID=$(head -n 1 "$SERVERS_DIR/pg/postmaster.pid")
 # The benchmark sends far faster than a player may (default burst 10, 2 per second).
 export CHAT_SEND_BURST=1000 CHAT_SEND_PER_SECOND=1000
 start_guildhall a
@@ -52,6 +56,6 @@ echo "== guildhall-bench --scenario chat ($CLIENTS clients over 2 instances, roo
 status=0
 target/release/guildhall-bench --scenario chat --bases "$BASE_A,$BASE_B" --pids "$PID_A,$PID_B" \
   --clients "$CLIENTS" --room-size "$ROOM_SIZE" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" \
-  --concurrency "$CONCURRENCY" || status=$?
+  --concurrency "$CONCURRENCY" --cpu "guildhall-a=$PID_A,guildhall-b=$PID_B,postgres=$PG_PID+,redis=$REDIS_PID" || status=$?
 show_guildhall_logs
 exit "$status"

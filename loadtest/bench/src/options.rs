@@ -135,7 +135,8 @@ pub fn usage() -> String {
                                (default: the environment variable {admin_key_env})\n  \
            --acked FILE        write every answer as `unix_ms outcome key` (guest-signup: the device id),\n                      \
                                for counting acknowledged writes after a failover\n  \
-           --cpu NAME=PID,...  report these processes' CPU time per measured request (Linux),\n                      \
+           --cpu NAME=PID,...  report these processes' CPU time per measured request (chat: per\n                      \
+                               delivery) (Linux),\n                      \
                                with the tool's own, e.g. guildhall=4242,redis=4250; PID+ adds\n                      \
                                the process's children (postgres=4200+)\n  \
            -h, --help          this text\n\

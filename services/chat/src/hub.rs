@@ -117,7 +117,7 @@ pub enum Notice {
 struct Connected {
     account_id: String,
     session_id: String,
-    control: mpsc::Sender<Control>,
+    control: mpsc::Sender<Box<Control>>,
     /// The connection's outgoing queue, the one its channels' frames go to.
     frames: mpsc::Sender<Arc<str>>,
     kick: CancellationToken,
@@ -251,15 +251,17 @@ impl Hub {
     }
 
     /// Records an authenticated connection, so that notices about its account or session reach
-    /// it through `control` (or, when that queue is full, by cancelling `kick`), and frames for
-    /// its account through `frames` (its outgoing queue); false, recording
+    /// it through `control` (boxed: a queue keeps a block of 32 slots from the start, and notices
+    /// are rare, so each slot is a pointer rather than a whole `Control`) (or, when that queue is
+    /// full, by cancelling `kick`), and frames for its account through `frames` (its outgoing
+    /// queue); false, recording
     /// nothing, when its account already has `cap` connections here. Counted and recorded under
     /// one lock, so that simultaneous connections cannot all pass the cap.
     pub fn connect(
         &self,
         connection: u64,
         player: &platform::auth::Player,
-        control: mpsc::Sender<Control>,
+        control: mpsc::Sender<Box<Control>>,
         frames: mpsc::Sender<Arc<str>>,
         kick: CancellationToken,
         hidden: Hidden,
@@ -360,7 +362,7 @@ impl Hub {
                 }
                 _ => continue,
             };
-            if entry.control.try_send(control).is_err() {
+            if entry.control.try_send(Box::new(control)).is_err() {
                 // A connection that has not taken its last notices is not keeping up: close it
                 // rather than let it keep what a notice meant to take away.
                 entry.kick.cancel();

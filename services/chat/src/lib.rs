@@ -12,6 +12,7 @@ pub mod inbox;
 pub mod notifications;
 pub mod presence;
 pub mod store;
+pub mod writer;
 pub mod ws;
 
 use axum::Router;
@@ -27,6 +28,7 @@ use utoipa::OpenApi;
 
 use crate::hub::Hub;
 use crate::presence::Presence;
+use crate::writer::MessageWriter;
 
 /// The per-player send limit: a burst, then a steady rate.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +44,8 @@ pub struct SendLimit {
 pub struct ChatState {
     /// Groups, messages, sanctions.
     pub db: Database,
+    /// Stores sent messages in group commits over `db`.
+    pub messages: MessageWriter,
     /// Rate limits.
     pub cache: Cache,
     /// Fan-out.
@@ -68,6 +72,7 @@ pub struct ChatState {
 
 impl ChatState {
     /// Chat over `cache`: Redis fan-out and presence when it is Redis, in process otherwise.
+    /// Starts the message writer's lanes (on the current Tokio runtime).
     pub fn new(
         db: Database,
         cache: Cache,
@@ -83,6 +88,7 @@ impl ChatState {
             None => Presence::Memory(hub.clone()),
         };
         ChatState {
+            messages: MessageWriter::start(db.clone()),
             db,
             cache,
             hub,
@@ -98,10 +104,12 @@ impl ChatState {
         }
     }
 
-    /// Registers chat's figures: the fan-out's (`Hub::register_metrics`) and the sockets open
+    /// Registers chat's figures: the fan-out's (`Hub::register_metrics`), the message writer's
+    /// (`MessageWriter::register_metrics`) and the sockets open
     /// here (read at scrape time).
     pub fn register_metrics(&self, metrics: &platform::metrics::Metrics) {
         self.hub.register_metrics(metrics);
+        self.messages.register_metrics(metrics);
         let sockets = self.sockets.clone();
         metrics.gauge_fn("guildhall_chat_sockets", "Chat WebSockets open on this instance, authenticated or not yet.", &[], move || {
             Some(sockets.load(std::sync::atomic::Ordering::Relaxed) as f64)

@@ -32,19 +32,30 @@ fn message(row: &AnyRow) -> Result<MessageRow, sqlx::Error> {
     })
 }
 
-/// Stores a message.
-#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.insert_message", skip_all)]
-pub async fn insert_message<'e>(db: impl Executor<'e, Database = Any>, m: &MessageRow) -> anyhow::Result<()> {
-    sqlx::query("INSERT INTO chat_messages (id, channel_id, sender_id, sender_name, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(&m.id)
-        .bind(&m.channel_id)
-        .bind(&m.sender_id)
-        .bind(&m.sender_name)
-        .bind(&m.body)
-        .bind(m.created_at)
-        .execute(db)
-        .await
-        .context("storing message")?;
+/// Stores messages in one statement: all of them or, when it fails, none (a statement is atomic
+/// on both dialects, and outside a transaction it commits on its own: one commit, one fsync).
+/// The statement's text follows the number of rows, so a connection keeps at most
+/// `crate::writer::MAX_BATCH` of them prepared.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.insert_messages", skip_all, fields(messages = rows.len()))]
+pub async fn insert_messages<'e>(db: impl Executor<'e, Database = Any>, rows: &[&MessageRow]) -> anyhow::Result<()> {
+    const COLUMNS: usize = 6;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from("INSERT INTO chat_messages (id, channel_id, sender_id, sender_name, body, created_at) VALUES ");
+    for i in 0..rows.len() {
+        let n = i * COLUMNS;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6));
+    }
+    let mut query = sqlx::query(&sql);
+    for m in rows {
+        query = query.bind(&m.id).bind(&m.channel_id).bind(&m.sender_id).bind(&m.sender_name).bind(&m.body).bind(m.created_at);
+    }
+    let done = query.execute(db).await.context("storing messages")?;
+    anyhow::ensure!(done.rows_affected() == rows.len() as u64, "stored {} of {} messages", done.rows_affected(), rows.len());
     Ok(())
 }
 

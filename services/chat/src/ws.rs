@@ -64,8 +64,11 @@ pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Notices a connection may have waiting before it counts as not keeping up.
 const CONTROL_QUEUE: usize = 16;
-/// Initial read buffer of a socket.
-const READ_BUFFER: usize = 4096;
+/// Initial read buffer of a socket, and the most read from the socket at once. Small: it is
+/// zero-filled and resident from the first read, for every idle connection, while clients' frames
+/// are small (a `send` of a short line is ~100 bytes); a larger frame grows it to the frame's
+/// size (up to `MAX_FRAME`) and is read in steps of this size.
+const READ_BUFFER: usize = 512;
 /// Largest message body, in bytes.
 pub const MAX_BODY: usize = 2048;
 /// Most channels one connection may be in.
@@ -105,9 +108,10 @@ pub async fn socket(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::to_owned);
-    // A 4 KiB read buffer instead of the library's 128 KiB, which it zero-fills up front: that
-    // default made a connection cost ~140 KiB of server memory (measured with loadtest/chat.sh);
-    // chat frames are small and the buffer still grows for a large one. The frame limit is what
+    // A 512-byte read buffer instead of the library's 128 KiB, which it zero-fills up front: that
+    // default made a connection cost ~140 KiB of server memory, and 4 KiB ~14.5 KiB in all
+    // (measured with loadtest/chat.sh); chat frames are small and the buffer still grows for a
+    // large one. The frame limit is what
     // bounds that growth: tungstenite checks a frame's declared length against it before it
     // reserves room for the payload, whereas the message limit alone is checked only once a
     // whole frame is in (its default frame limit, 16 MiB, let a header alone reserve that much).
@@ -263,7 +267,10 @@ impl Drop for Registered {
 async fn connection(state: ChatState, mut socket: WebSocket, header_token: Option<String>) {
     let _open = Open::new(&state.sockets);
     state.sockets_opened.inc();
-    let (player, validity) = match authenticate(&state, &mut socket, header_token).await {
+    // The futures of the rare or one-off steps are boxed (here and below): a task's future is as
+    // large as its largest step, and it stays that large for the connection's whole life, which is
+    // mostly spent idle in the `select!`.
+    let (player, validity) = match Box::pin(authenticate(&state, &mut socket, header_token)).await {
         Ok(authenticated) => authenticated,
         Err(refusal) => {
             if let Some((code, reason)) = refusal {
@@ -273,7 +280,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
         }
     };
     let (tx, mut rx) = mpsc::channel::<Arc<str>>(QUEUE);
-    let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
+    let (control_tx, mut control_rx) = mpsc::channel::<Box<Control>>(CONTROL_QUEUE);
     let connection = state.hub.connection_id();
     let kick = CancellationToken::new();
     // Registered before the blocks are read, so that a block notice that comes meanwhile is
@@ -328,14 +335,14 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                     break;
                 }
             }
-            Some(control) = control_rx.recv() => match control {
+            Some(control) = control_rx.recv() => match *control {
                 Control::Close { code, reason } => {
                     close(&mut socket, code, reason).await;
                     break;
                 }
                 Control::Leave { channel, reason } => {
                     if session.joined.contains(&channel) {
-                        session.leave_channel(&channel).await;
+                        Box::pin(session.leave_channel(&channel)).await;
                         let event = json!({"type": "removed", "channel": channel, "reason": reason});
                         if socket.send(Message::Text(event.to_string().into())).await.is_err() {
                             break;
@@ -357,7 +364,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                 // notice was lost (pub/sub delivers at most once, and not while the fan-out is
                 // reconnecting). A cache that cannot answer keeps the socket: an outage must not
                 // disconnect everyone.
-                if let Ok(true) = state.auth.is_revoked(&session.player.session_id).await {
+                if let Ok(true) = Box::pin(session.state.auth.is_revoked(&session.player.session_id)).await {
                     close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
                     break;
                 }
@@ -379,7 +386,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                 last_heard = Instant::now();
                 match message {
                     Message::Text(text) => {
-                        let reply = session.handle(&text).await;
+                        let reply = Box::pin(session.handle(&text)).await;
                         // A re-authentication moves the expiry.
                         token_expiry.as_mut().reset(expiry(session.validity.expires_at));
                         if socket.send(Message::Text(reply.into())).await.is_err() {
@@ -404,7 +411,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
             }
         }
     }
-    session.leave_all().await;
+    Box::pin(session.leave_all()).await;
     // Another socket of the player's on another instance sets the marker again at its next refresh.
     if !state.hub.has_other_connection(&session.player.account_id, connection)
         && let Err(err) = platform::online::clear(&state.cache, &session.player.account_id).await
@@ -565,12 +572,17 @@ impl Session {
             body: body.to_owned(),
             created_at: now_millis(),
         };
-        // Stored durably before it is acknowledged or delivered; a direct message together with
-        // its conversation's state and the recipient's notification (`inbox`).
-        match &channel {
-            Channel::Direct(..) => crate::inbox::store_direct(&self.state, &channel, &row).await?,
-            _ => store::insert_message(self.state.db.pool(), &row).await?,
-        }
+        // Stored durably before it is acknowledged or delivered: the writer answers once the group
+        // commit holding it is done (a batch that failed stored none of its messages); a direct
+        // message in its own transaction with its conversation's state and the recipient's
+        // notification (`inbox`).
+        let row = match &channel {
+            Channel::Direct(..) => {
+                crate::inbox::store_direct(&self.state, &channel, &row).await?;
+                row
+            }
+            _ => self.state.messages.store(row).await?,
+        };
         // The sender's next history read comes from the writer (a socket's writes pass no
         // HTTP layer to mark them: `platform::replica`).
         self.state.db.note_write(&self.player.account_id).await;

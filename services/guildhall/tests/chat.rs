@@ -32,6 +32,7 @@ on_both_backends!(
     operators_read_any_channel_and_purge_a_sender,
     server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_sanctions,
     blocked_players_cannot_dm_or_see_each_other,
+    a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_messages,
 );
 
 /// How long a session's end, a ban or a removal may take to reach an open socket.
@@ -1196,4 +1197,107 @@ async fn blocked_players_cannot_dm_or_see_each_other(backend: Backend) {
         }
     })
     .await;
+}
+
+/// Messages are stored in group commits (`chat::writer`): a batch is one statement, so when it
+/// fails every message in it fails, each sender gets `unavailable` saying it was not stored, and
+/// none of them is acknowledged, delivered or in the history; the batch before it and the sends
+/// after it are unaffected. The batch is made by holding the table's write lock while the
+/// senders send (they queue behind the first message's commit), and made to fail by a rule the
+/// test adds that refuses one of its bodies.
+async fn a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_messages(backend: Backend) {
+    use platform::db::Dialect;
+    let app = TestApp::start_with_metrics(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY).set("CHAT_SEND_BURST", "100").set("CHAT_SEND_PER_SECOND", "1");
+    })
+    .await;
+    let metrics = app.metrics_base.clone().expect("a metrics listener");
+    let channel = "room:batch";
+    let (_, listener_token) = guest(&app, "batch-listener").await;
+    let mut listener = Chat::connect(&app.base, &listener_token).await;
+    listener.join(channel).await;
+    let mut senders = Vec::new();
+    for name in ["batch-ana", "batch-bob", "batch-cy", "batch-dee"] {
+        let (_, token) = guest(&app, name).await;
+        let mut chat = Chat::connect(&app.base, &token).await;
+        chat.join(channel).await;
+        senders.push(chat);
+    }
+
+    let db = app.database().await;
+    let poison = match db.dialect() {
+        Dialect::Postgres => "ALTER TABLE chat_messages ADD CONSTRAINT poison CHECK (body NOT LIKE 'poison%') NOT VALID",
+        Dialect::Sqlite => {
+            "CREATE TRIGGER poison BEFORE INSERT ON chat_messages WHEN NEW.body LIKE 'poison%' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        }
+    };
+    sqlx::query(poison).execute(db.pool()).await.expect("poison rule");
+    // The write lock: SQLite's `BEGIN IMMEDIATE` (the server's insert waits on its 5 s busy
+    // timeout), PostgreSQL's table lock, which an INSERT's ROW EXCLUSIVE waits for.
+    let mut lock = db.begin().await.expect("lock");
+    if db.dialect() == Dialect::Postgres {
+        sqlx::query("LOCK TABLE chat_messages IN EXCLUSIVE MODE").execute(&mut *lock).await.expect("table lock");
+    }
+    let send = |mut chat: Chat, body: &'static str| tokio::spawn(async move { (chat.send(channel, body).await, chat) });
+    let mut senders = senders.into_iter();
+    // The first batch: this message alone, waiting for the lock once the writer has taken it
+    // (its batch counted in the metrics).
+    let first = send(senders.next().expect("ana"), "first, alone");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while batches_taken(&metrics).await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the writer never took the first message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The second batch: these three, queued behind it.
+    let batch = [
+        send(senders.next().expect("bob"), "second, in the failing batch"),
+        send(senders.next().expect("cy"), "poison pill"),
+        send(senders.next().expect("dee"), "third, in the failing batch"),
+    ];
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(batches_taken(&metrics).await, 1.0, "the others queued behind the first");
+    lock.rollback().await.expect("unlock");
+
+    let (first_reply, _ana) = first.await.expect("ana's send");
+    assert_eq!(first_reply["type"], "ack", "the batch before the failing one is stored: {first_reply}");
+    let mut batch_senders = Vec::new();
+    for task in batch {
+        let (reply, chat) = task.await.expect("a send");
+        assert_eq!(reply["type"], "error", "a message of the failing batch was acknowledged: {reply}");
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+        assert_eq!(reply["message"], chat::writer::NOT_STORED, "{reply}");
+        batch_senders.push(chat);
+    }
+
+    // Only the first is delivered, and only it is in the history.
+    let delivered = listener.next_of("message").await;
+    assert_eq!(delivered["message"]["body"], "first, alone");
+    let extra = listener.quiet_for(Duration::from_millis(500)).await;
+    assert!(extra.as_ref().is_none_or(|e| e["type"] != "message"), "a message of the failing batch was delivered: {extra:?}");
+    let history = app.get(&format!("/v1/chat/channels/{channel}/messages"), Some(&listener_token)).await.expect(200).body;
+    let bodies: Vec<&str> = history["messages"].as_array().expect("messages").iter().map(|m| m["body"].as_str().expect("body")).collect();
+    assert_eq!(bodies, ["first, alone"], "only the committed batch is stored");
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chat_messages WHERE channel_id = $1")
+        .bind(channel)
+        .fetch_one(db.pool())
+        .await
+        .expect("count");
+    assert_eq!(stored, 1);
+
+    // The senders carry on: sent again, the same text is stored and delivered.
+    let bob = &mut batch_senders[0];
+    let again = bob.send(channel, "second, sent again").await;
+    assert_eq!(again["type"], "ack", "{again}");
+    let delivered = listener.next_of("message").await;
+    assert_eq!(delivered["message"]["id"], again["message"]["id"]);
+}
+
+/// Batches the chat writer has taken so far (`guildhall_chat_batch_size`'s count).
+async fn batches_taken(metrics: &str) -> f64 {
+    let text = reqwest::get(format!("{metrics}/metrics")).await.expect("scrape").text().await.expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("guildhall_chat_batch_size_count "))
+        .map_or(0.0, |value| value.trim().parse().expect("a count"))
 }

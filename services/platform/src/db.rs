@@ -322,7 +322,7 @@ impl Database {
                     tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
                 }
                 let url = format!("sqlite://{}?mode=rwc", path.display());
-                let pool = AnyPoolOptions::new()
+                let pool = idle_tested()
                     // SQLite has one writer at a time; a few readers run beside it under WAL.
                     .max_connections(4)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -352,7 +352,7 @@ impl Database {
 
     /// A pool's settings: a reader's are the writer's.
     fn pool_options(max_connections: u32) -> AnyPoolOptions {
-        AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT)
+        idle_tested().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT)
     }
 
     /// A pool on the reader `config` names (`DatabaseConfig::for_reader`), as `user` (else the
@@ -674,6 +674,25 @@ impl<'p> Executor<'p> for &Pool {
 
 /// What a query fails with while the breaker is open: an I/O error, so that it is classified
 /// like the refused connection it stands for.
+/// How long a pooled connection may sit idle and still be handed out without a test.
+const TEST_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// sqlx's pool options as both dialects use them: a connection handed out is tested (a round
+/// trip) only when it has sat idle for [`TEST_IDLE_AFTER`], not every time as sqlx's default
+/// `test_before_acquire` does; under load that test was one of a single read's three round trips
+/// (loadtest/README.md). sqlx still pings each connection it takes back, so one that broke in use
+/// does not come back; one that breaks while idle is what the test is for.
+fn idle_tested() -> AnyPoolOptions {
+    AnyPoolOptions::new().test_before_acquire(false).before_acquire(|conn, meta| {
+        Box::pin(async move {
+            if meta.idle_for >= TEST_IDLE_AFTER {
+                conn.ping().await?;
+            }
+            Ok(true)
+        })
+    })
+}
+
 fn unreachable() -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::NotConnected,

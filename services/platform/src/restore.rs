@@ -151,7 +151,14 @@ pub async fn after_restore(db: &Database, cache: &Cache) -> anyhow::Result<Histo
 /// database's cut-off rises (here or on another instance), applies it to `auth` and runs
 /// `hooks`. The first check only loads the cut-off (a process starting after a restore was
 /// handled must not run the hooks again).
-pub async fn run_watch(db: Database, cache: Cache, auth: Authenticator, hooks: std::sync::Arc<Vec<Hook>>, every: Duration, shutdown: Shutdown) {
+pub async fn run_watch(
+    db: Database,
+    cache: Cache,
+    auth: Authenticator,
+    hooks: std::sync::Arc<Vec<Hook>>,
+    every: Duration,
+    shutdown: Shutdown,
+) {
     let mut cutoff: Option<i64> = None;
     loop {
         let verdict = check(&db, &cache).await;

@@ -203,6 +203,14 @@ pub async fn run(options: &Options, setup: Setup) -> anyhow::Result<ChatReport> 
         options.warmup.as_secs_f64(),
         options.duration.as_secs_f64()
     );
+    // CPU times at the measured window's start (`--cpu`): read when it opens, and once now, so
+    // that a wrong pid fails the run before it sends.
+    options.cpu.sample()?;
+    let watched = options.cpu.clone();
+    let cpu_at_start = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from).await;
+        watched.sample()
+    });
     // Sending fails only when every client has gone, and then the wait below ends at its deadline.
     let _ = phase.send(Phase::Run(Arc::new(schedule)));
 
@@ -224,6 +232,8 @@ pub async fn run(options: &Options, setup: Setup) -> anyhow::Result<ChatReport> 
         (Instant::now() - stop).as_secs_f64(),
         if complete { "every answer and delivery is in" } else { "the wait for answers and deliveries ran out" }
     );
+    let cpu_at_end = options.cpu.sample()?;
+    let cpu_at_start = cpu_at_start.await.context("the CPU sampler panicked")??;
     let rss_end = sample_memory(&options.pids)?;
     let _ = phase.send(Phase::Stop);
     let tallies = collect(&mut clients).await?;
@@ -234,7 +244,11 @@ pub async fn run(options: &Options, setup: Setup) -> anyhow::Result<ChatReport> 
         .enumerate()
         .map(|(i, pid)| InstanceMemory::new(&options.bases[i], *pid, connections[i], rss_before[i], rss_joined[i], rss_end[i]))
         .collect();
-    Ok(summarise(options, layout, connected, complete, tallies, memory))
+    let mut report = summarise(options, layout, connected, complete, tallies, memory);
+    // The deliveries the window's CPU paid for: the measured ones (those of warm-up messages
+    // still arriving in it are few next to them).
+    report.cpu_us_per_delivery = crate::cpu::per_request(&cpu_at_start, &cpu_at_end, report.deliveries_received);
+    Ok(report)
 }
 
 /// Signs in one guest per client, each on the instance it will connect to, and returns their
@@ -351,6 +365,7 @@ fn summarise(
         hit_max_requests,
         kib_per_connection: report::overall_per_connection(&memory),
         memory,
+        cpu_us_per_delivery: BTreeMap::new(),
     }
 }
 

@@ -73,6 +73,10 @@ pub struct ChatReport {
     /// Over all instances: the growth of their resident memory from before the sockets opened to
     /// after all had joined, divided by the connections they held, in KiB.
     pub kib_per_connection: Option<f64>,
+    /// Microseconds of CPU (user and system) each process given with `--cpu` (and the tool
+    /// itself, `guildhall-bench`) spent per delivery received, over the measured window: from its
+    /// start to the end of the wait for the last deliveries.
+    pub cpu_us_per_delivery: BTreeMap<String, f64>,
 }
 
 /// One instance's resident memory (`VmRSS`) around the run, in KiB.
@@ -196,6 +200,10 @@ impl fmt::Display for ChatReport {
         }
         if !self.memory.is_empty() {
             write!(f, "\nmemory        overall {} KiB per connection", kib(self.kib_per_connection))?;
+        }
+        if !self.cpu_us_per_delivery.is_empty() {
+            let each: Vec<String> = self.cpu_us_per_delivery.iter().map(|(name, us)| format!("{name} {us:.2}")).collect();
+            write!(f, "\ncpu us/deliv  {}", each.join("  "))?;
         }
         if self.hit_max_requests {
             write!(f, "\nnote          --max-requests stopped the sends before --duration")?;
