@@ -124,6 +124,19 @@ struct Connected {
     hidden: Hidden,
 }
 
+/// How the hub reaches one connection (`Hub::connect`).
+pub struct Reach {
+    /// Notices about its account or session (boxed: a queue keeps a block of 32 slots from the
+    /// start, and notices are rare, so each slot is a pointer rather than a whole `Control`).
+    pub control: mpsc::Sender<Box<Control>>,
+    /// Its outgoing queue, the one its channels' frames go to: notifications for its account.
+    pub frames: mpsc::Sender<Arc<str>>,
+    /// Cancelled when a notice finds `control` full.
+    pub kick: CancellationToken,
+    /// The players hidden from it (blocks), kept current by `Notice::Blocks`.
+    pub hidden: Hidden,
+}
+
 /// The fan-out hub of this instance. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
@@ -251,26 +264,15 @@ impl Hub {
     }
 
     /// Records an authenticated connection, so that notices about its account or session reach
-    /// it through `control` (boxed: a queue keeps a block of 32 slots from the start, and notices
-    /// are rare, so each slot is a pointer rather than a whole `Control`) (or, when that queue is
-    /// full, by cancelling `kick`), and frames for its account through `frames` (its outgoing
-    /// queue); false, recording
-    /// nothing, when its account already has `cap` connections here. Counted and recorded under
-    /// one lock, so that simultaneous connections cannot all pass the cap.
-    pub fn connect(
-        &self,
-        connection: u64,
-        player: &platform::auth::Player,
-        control: mpsc::Sender<Box<Control>>,
-        frames: mpsc::Sender<Arc<str>>,
-        kick: CancellationToken,
-        hidden: Hidden,
-        cap: usize,
-    ) -> bool {
+    /// it (`Reach`); false, recording nothing, when its account already has `cap` connections
+    /// here. Counted and recorded under one lock, so that simultaneous connections cannot all
+    /// pass the cap.
+    pub fn connect(&self, connection: u64, player: &platform::auth::Player, reach: Reach, cap: usize) -> bool {
         let mut connected = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner());
         if connected.values().filter(|c| c.account_id == player.account_id).count() >= cap {
             return false;
         }
+        let Reach { control, frames, kick, hidden } = reach;
         let entry =
             Connected { account_id: player.account_id.clone(), session_id: player.session_id.clone(), control, frames, kick, hidden };
         connected.insert(connection, entry);
@@ -639,7 +641,9 @@ mod tests {
         let (control, _control_rx) = mpsc::channel(4);
         let hidden = Hidden::default();
         let ana = platform::auth::Player { account_id: "ana".into(), session_id: "s".into(), name: "Ana".into() };
-        assert!(hub.connect(1, &ana, control, CancellationToken::new(), hidden.clone(), 5));
+        let (frames, _frames_rx) = mpsc::channel(QUEUE);
+        let reach = Reach { control, frames, kick: CancellationToken::new(), hidden: hidden.clone() };
+        assert!(hub.connect(1, &ana, reach, 5));
         let member = Member { account_id: "ana".into(), name: "Ana".into(), tx, kick: CancellationToken::new(), hidden };
         hub.join("room:r", 1, member).await.expect("join");
 

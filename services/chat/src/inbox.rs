@@ -51,7 +51,7 @@ pub(crate) async fn store_direct(state: &ChatState, channel: &Channel, row: &Mes
     };
     let data = json!({"channel": row.channel_id, "sender_id": sender, "sender_name": row.sender_name, "message_id": row.id}).to_string();
     let mut tx = state.db.begin().await?;
-    store::insert_message(&mut *tx, row).await?;
+    store::insert_messages(&mut *tx, &[row]).await?;
     store::record_direct(&mut tx, row, sender, recipient).await?;
     let notification = if present {
         None

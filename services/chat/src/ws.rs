@@ -46,8 +46,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ChatState;
 use crate::channel::Channel;
-use crate::hub::{Control, Hidden, Member, QUEUE};
-use crate::store::{self, MessageRow};
+use crate::hub::{Control, Hidden, Member, QUEUE, Reach};
+use crate::store::MessageRow;
 
 /// Largest frame, and message, a client may send. Checked against a frame's header before any of
 /// its payload is buffered: a larger one closes the socket with 1009.
@@ -287,7 +287,8 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
     // applied to the set rather than missed; what is read is then added to it. (An unblock in
     // that moment may stay hidden until the next socket: the safe side.)
     let hidden = Hidden::default();
-    if !state.hub.connect(connection, &player, control_tx, tx.clone(), kick.clone(), hidden.clone(), state.socket_limits.per_account) {
+    let reach = Reach { control: control_tx, frames: tx.clone(), kick: kick.clone(), hidden: hidden.clone() };
+    if !state.hub.connect(connection, &player, reach, state.socket_limits.per_account) {
         close(&mut socket, CLOSE_TOO_MANY_SOCKETS, "too_many_connections").await;
         return;
     }

@@ -179,7 +179,7 @@ pub async fn run_watch(
             Ok(history) => {
                 auth.set_tokens_not_before(history.tokens_not_before_ms);
                 if restored || cutoff.is_some_and(|known| history.tokens_not_before_ms > known) {
-                    for hook in &hooks {
+                    for hook in hooks.iter() {
                         if let Err(err) = hook().await {
                             tracing::error!(
                                 error = format!("{err:#}"),
