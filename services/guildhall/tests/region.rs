@@ -10,7 +10,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Api, Backend, Chat, Process, TestApp, TestEnv};
+use common::{Api, Backend, Chat, Process, TestApp, TestEnv, eventually};
 use platform::testing::{ThrowawayPostgres, real_backends_skipped};
 use serde_json::json;
 
@@ -40,19 +40,6 @@ async fn region_envs(primary: &ThrowawayPostgres, standby: &ThrowawayPostgres) -
     let prefix = format!("{}b:", a.vars["REDIS_KEY_PREFIX"]);
     b.set("DATABASE_URL", standby.url_of(DATABASE)).set("REDIS_KEY_PREFIX", prefix);
     (a, b)
-}
-
-/// Polls `check` every 50 ms until it is true, panicking with `what` after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
