@@ -146,8 +146,8 @@ EOF
 psql -q -h 127.0.0.1 -p "$PG_B" -U guildhall -d guildhall -c "CREATE TABLE failover_acked (device_key text PRIMARY KEY)" \
   -c "\\copy failover_acked FROM '$DIR/acked-keys.txt'"
 LOST=$(psql -At -h 127.0.0.1 -p "$PG_B" -U guildhall -d guildhall -c \
-  "SELECT count(*) FROM failover_acked f WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.device_key = f.device_key)")
-GUEST_ROWS=$(psql -At -h 127.0.0.1 -p "$PG_B" -U guildhall -d guildhall -c "SELECT count(*) FROM accounts WHERE device_key IS NOT NULL")
+  "SELECT count(*) FROM failover_acked f WHERE NOT EXISTS (SELECT 1 FROM account_identities i WHERE i.provider = 'device' AND i.subject = f.device_key)")
+GUEST_ROWS=$(psql -At -h 127.0.0.1 -p "$PG_B" -U guildhall -d guildhall -c "SELECT count(*) FROM account_identities WHERE provider = 'device'")
 
 RESULT=$(python3 - "$DIR" "$KILLED_MS" "$PROMOTE_MS" "$PROMOTED_MS" "$LOST" "$GUEST_ROWS" "$SYNC" <<'EOF'
 import json, sys

@@ -107,6 +107,11 @@ impl MessageWriter {
                 if platform::error::unavailable_dependency(&err).is_some() {
                     return Err(ApiError::Internal(err));
                 }
+                // The database is a replica (a secondary region before promotion): the sender is
+                // told so, as an HTTP write would be, not to send again at once.
+                if platform::error::refused_as_read_only(&err) {
+                    return Err(ApiError::ReadOnlyRegion);
+                }
                 Err(ApiError::Unavailable(NOT_STORED.into()))
             }
             Err(_) => Err(anyhow::anyhow!("the message writer stopped before answering").into()),

@@ -174,9 +174,10 @@ async fn a_failover_under_load_loses_no_acknowledged_write_with_synchronous_repl
     let mut db = sqlx::PgConnection::connect(&standby_db.url_of(DATABASE)).await.expect("connect to the promoted database");
     let mut lost = Vec::new();
     for (_, device) in &acknowledged {
-        // Stored as its SHA-256 in hex (accounts::api).
-        let found: Option<String> =
-            sqlx::query_scalar("SELECT id FROM accounts WHERE device_key = encode(sha256(convert_to($1, 'UTF8')), 'hex')")
+        // A device identity's subject is the device id's SHA-256 in hex (accounts::identity).
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT account_id FROM account_identities WHERE provider = 'device' AND subject = encode(sha256(convert_to($1, 'UTF8')), 'hex')",
+        )
                 .bind(device)
                 .fetch_optional(&mut db)
                 .await
