@@ -354,6 +354,11 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     env = {e["name"]: e["value"] for e in app.get("environment", [])}
     secrets = {s["name"] for s in app.get("secrets", [])}
     for c in containers.values():
+        # A name given twice is ambiguous (which value does the container get?); ECS may refuse it.
+        for kind in ("environment", "secrets"):
+            names = [e["name"] for e in c.get(kind, [])]
+            if len(names) != len(set(names)):
+                problems.append(f"{name}/{c['name']}: {kind} names a variable twice: {sorted({n for n in names if names.count(n) > 1})}")
         if not c.get("readonlyRootFilesystem"):
             problems.append(f"{name}/{c['name']}: root filesystem not read-only")
         if c.get("logConfiguration", {}).get("logDriver") != "awslogs":
