@@ -11,7 +11,6 @@ use platform::error::ErrorBody;
 use platform::events::{AccountCreated, AccountDeleted};
 use platform::http::{ClientIp, Json};
 use platform::{ApiError, ApiResult};
-use sha2::{Digest, Sha256};
 
 use crate::AccountsState;
 use crate::identity::api::NewKind;
@@ -148,7 +147,7 @@ pub async fn guest(
 
 /// The stored form of a device id: its SHA-256 in hex.
 pub(crate) fn device_key(device_id: &str) -> String {
-    Sha256::digest(device_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    platform::digest::sha256_hex(device_id)
 }
 
 /// `prefix` and ten random base-32 characters: 50 bits, so collisions are negligible and handled.

@@ -48,7 +48,6 @@ use platform::ratelimit::Limit;
 use platform::shutdown::Shutdown;
 use platform::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use utoipa::ToSchema;
 
@@ -279,7 +278,7 @@ fn new_token() -> anyhow::Result<String> {
 
 /// The stored form of a token: its SHA-256 in hex (256 random bits: nothing to brute-force).
 fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    platform::digest::sha256_hex(token)
 }
 
 /// The reset mail to `to` for `username` carrying `token`.

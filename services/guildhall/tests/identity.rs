@@ -253,15 +253,14 @@ fn now() -> i64 {
     i64::try_from(platform::time::now_unix()).expect("now")
 }
 
-fn hex_sha256(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A fresh raw nonce and the claims of a valid token for `sub` from `iss` to `aud`, with the
 /// nonce's hash in it.
 fn token_claims(iss: &str, aud: &str, sub: &str) -> (String, Value) {
     let nonce = format!("nonce-{}", uuid::Uuid::now_v7().simple());
-    (nonce.clone(), json!({"iss": iss, "aud": aud, "sub": sub, "iat": now(), "exp": now() + 600, "nonce": hex_sha256(&nonce)}))
+    (
+        nonce.clone(),
+        json!({"iss": iss, "aud": aud, "sub": sub, "iat": now(), "exp": now() + 600, "nonce": platform::digest::sha256_hex(&nonce)}),
+    )
 }
 
 /// A valid Apple sign-in body for `sub`.
@@ -356,7 +355,7 @@ async fn forged_or_foreign_id_tokens_are_refused(backend: Backend) {
     let token = body["id_token"].as_str().expect("token");
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
     parts[1] = URL_SAFE_NO_PAD.encode(
-        json!({"iss": iss, "aud": APPLE_CLIENT, "sub": "001.victim", "iat": now(), "exp": now() + 600, "nonce": hex_sha256(body["nonce"].as_str().expect("nonce"))})
+        json!({"iss": iss, "aud": APPLE_CLIENT, "sub": "001.victim", "iat": now(), "exp": now() + 600, "nonce": platform::digest::sha256_hex(body["nonce"].as_str().expect("nonce"))})
             .to_string(),
     );
     app.post("/v1/auth/apple", None, json!({"id_token": parts.join("."), "nonce": body["nonce"]}))
@@ -601,7 +600,7 @@ async fn guests_from_before_identities_keep_their_accounts(backend: Backend) {
         "INSERT INTO accounts (id, username, username_key, device_key, created_at, updated_at) VALUES ($1, 'guest_legacy', 'guest_legacy', $2, 1, 1)",
     )
     .bind(&legacy)
-    .bind(hex_sha256("device-legacy"))
+    .bind(platform::digest::sha256_hex("device-legacy"))
     .execute(db.pool())
     .await
     .expect("a guest as the previous version stored it");

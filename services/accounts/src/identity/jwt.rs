@@ -15,7 +15,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use platform::ApiError;
 use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, RwLock};
 
 use super::{Provider, provider_down, refused};
@@ -219,7 +218,7 @@ impl KeySet {
         if claims.sub.is_empty() || claims.sub.len() > 255 {
             return Err(no("no subject"));
         }
-        let expected: String = Sha256::digest(raw_nonce.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let expected = platform::digest::sha256_hex(raw_nonce);
         if claims.nonce.as_deref() != Some(expected.as_str()) {
             return Err(no("nonce does not match"));
         }

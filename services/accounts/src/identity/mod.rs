@@ -18,7 +18,6 @@ use std::sync::Arc;
 use platform::ApiError;
 use platform::config::ProviderSettings;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 /// A kind of identity an account can hold, one of each at most.
@@ -112,7 +111,7 @@ impl Providers {
     /// provider cannot be reached.
     pub async fn verify(&self, provider: Provider, proof: &Proof) -> Result<Verified, ApiError> {
         let once = |token: &IdTokenProof, expires_at: i64| {
-            let nonce: String = Sha256::digest(token.nonce.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            let nonce = platform::digest::sha256_hex(&token.nonce);
             Some((format!("{provider}:{nonce}"), expires_at))
         };
         let (subject, single_use) = match (provider, proof) {

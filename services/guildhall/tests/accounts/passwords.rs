@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::common::smtp::{Relay, RelayTls};
 use crate::common::{Api, Backend, Reply, TestApp, guest};
@@ -44,10 +43,6 @@ async fn reset(api: &Api, token: &str, password: &str) -> Reply {
     api.post("/v1/auth/password/reset", None, json!({"token": token, "new_password": password})).await
 }
 
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 async fn a_forgotten_password_is_reset_through_the_mailed_link(backend: Backend) {
     let (app, relay) = app_with_relay(backend, RelayTls::StartTls, |_| {}).await;
     let mut ana = app.register("ana").await;
@@ -65,7 +60,7 @@ async fn a_forgotten_password_is_reset_through_the_mailed_link(backend: Backend)
     // The token is stored only as its hash, and nothing else holds it.
     let db = app.database().await;
     let stored: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM password_resets").fetch_all(db.pool()).await.expect("tokens");
-    assert_eq!(stored, [sha256_hex(&token)]);
+    assert_eq!(stored, [platform::digest::sha256_hex(&token)]);
     let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM password_reset_mails").fetch_one(db.pool()).await.expect("mails");
     assert_eq!(queued, 0, "a sent mail leaves no row");
 
