@@ -7,7 +7,8 @@
 # `cargo test --workspace` (extra arguments are passed on), and stops and removes them after.
 # Ends with one line totalling every test binary's results.
 #
-# Needs: cargo, python3 with venv, PostgreSQL server binaries (Debian: postgresql), redis-server.
+# Needs: cargo, python3 with venv, PostgreSQL server binaries (Debian: postgresql; pg_basebackup for
+# the standby), redis-server, openssl (the identity tests' RSA keys).
 # `.ci/run` installs them on a fresh Debian machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
