@@ -10,6 +10,9 @@
 #   --create          create the services that do not exist yet (without it a missing service is
 #                     an error: the CloudFormation stack creates them with DeployServices=true)
 #   --no-migrate      skip the migrate task (the schema is already current)
+#                     Over a secondary region's data tier (the stack's DataTier output external)
+#                     there is no migrate task at all: its database is read-only, and takes the
+#                     primary's schema by replication; none is registered or run.
 #   --no-services     register (and migrate) only, touching no service: the first deployment,
 #                     before the stack's second pass creates the services
 #   --services "..."  deploy only these (default: accounts leaderboard uploads chat worker)
@@ -27,6 +30,7 @@
 #   DESIRED_COUNT     tasks per service created by --create (default 2)
 #   WAIT_TIMEOUT_SECS how long --wait waits for the rollouts (default 1800)
 #   WAIT_POLL_SECS    how often --wait looks (default 15)
+#   DATA_TIER         own or external (default: the stack's DataTier output)
 #   APPLE_CLIENT_IDS, GOOGLE_CLIENT_IDS, STEAM_APP_ID, DISCORD_CLIENT_ID, DISCORD_REDIRECT_URIS
 #                     the accounts task's identity provider clients (README, Sign-in with
 #                     providers); unset leaves that provider off
@@ -35,7 +39,8 @@
 #   (REDIS_URL_SECRET_ARN <- RedisUrlSecretArn). TASK_ROLE_ARN and EXECUTION_ROLE_ARN are
 #   per task definition: <SERVICE>_TASK_ROLE_ARN (ACCOUNTS_TASK_ROLE_ARN <- AccountsTaskRoleArn)
 #   and <SERVICE>_EXECUTION_ROLE_ARN (ACCOUNTS_EXECUTION_ROLE_ARN <- AccountsExecutionRoleArn, and
-#   MIGRATE_EXECUTION_ROLE_ARN for the migrate task). ACCOUNT_ID defaults to the caller's account.
+#   MIGRATE_EXECUTION_ROLE_ARN for the migrate task, which alone uses DATABASE_MASTER_SECRET_ARN).
+#   ACCOUNT_ID defaults to the caller's account.
 #   The migrate task and --create also use PRIVATE_SUBNETS (comma-separated),
 #   SERVICE_SECURITY_GROUP, WORKER_SECURITY_GROUP and <SERVICE>_TARGET_GROUP_ARN, from the
 #   variables or the outputs likewise.
@@ -48,10 +53,12 @@ all_services=(accounts leaderboard uploads chat worker)
 balanced=" accounts leaderboard uploads chat "
 # Placeholders shared by every task definition; TASK_ROLE_ARN and EXECUTION_ROLE_ARN are set per
 # task definition (each execution role may read only the secrets its own task definition names).
-shared=(IMAGE AWS_REGION ACCOUNT_ID STACK_NAME DATABASE_HOST DATABASE_READER_HOST DATABASE_PORT DATABASE_MASTER_SECRET_ARN
+shared=(IMAGE AWS_REGION ACCOUNT_ID STACK_NAME DATABASE_HOST DATABASE_READER_HOST DATABASE_PORT
   REDIS_URL_SECRET_ARN ADMIN_KEY_SECRET_ARN TOKEN_SIGNING_KEY_SECRET_ARN SMTP_URL_SECRET_ARN MAIL_FROM PASSWORD_RESET_URL
-  TOKEN_VERIFY_KEY_PARAMETER_ARN ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET CDN_BASE_URL PUBLIC_URL
+  TOKEN_VERIFY_KEY_PARAMETER_ARN ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET CDN_BASE_URL PUBLIC_URL QUEUE_URL_TEMPLATE
   API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL IDENTITY_PROVIDER_SECRET_ARN)
+# What render fills: the shared placeholders, and the migrate task's own when there is one (main).
+fill=("${shared[@]}")
 # The game's identity provider clients (plain values, not secrets): from these variables only, each
 # empty (that provider off) when unset. Their secrets are in the stack's IdentityProviderSecret.
 providers=(APPLE_CLIENT_IDS GOOGLE_CLIENT_IDS STEAM_APP_ID DISCORD_CLIENT_ID DISCORD_REDIRECT_URIS)
@@ -76,7 +83,7 @@ upper() { tr '[:lower:]' '[:upper:]' <<<"$1"; }
 render() {
   local file=$1 role=$2 execution_role=$3 text name
   text=$(<"$file")
-  for name in "${shared[@]}"; do text=${text//"\${$name}"/"${!name}"}; done
+  for name in "${fill[@]}"; do text=${text//"\${$name}"/"${!name}"}; done
   for name in "${providers[@]}"; do
     [[ ${!name:-} != *[\"\\]* ]] || die "$name must not hold quotes or backslashes"
     text=${text//"\${$name}"/"${!name:-}"}
@@ -223,10 +230,42 @@ main() {
   [[ -n $AWS_REGION ]] || die "set AWS_REGION"
   export AWS_REGION
 
+  if [[ -z ${ACCOUNT_ID:-} ]]; then
+    ACCOUNT_ID=$(aws_cli sts get-caller-identity --query Account --output text)
+  fi
+  # The stack's outputs, read once when a variable needs one.
+  local -A outputs=()
+  local outputs_read=false
+  read_outputs() {
+    $outputs_read && return 0
+    while IFS=$'\t' read -r key value; do
+      [[ -n $key ]] && outputs[$key]=$value
+    done < <(aws_cli cloudformation describe-stacks --stack-name "$STACK_NAME" \
+      --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output text)
+    outputs_read=true
+  }
+  # A migrate task only over a data tier of the stack's own: a secondary region's (DataTier
+  # external) is a read-only replica, migrated by the primary's.
+  if [[ -z ${DATA_TIER:-} ]]; then
+    read_outputs
+    DATA_TIER=${outputs[DataTier]:-}
+  fi
+  local has_migrate=true
+  case $DATA_TIER in
+    own) fill+=(DATABASE_MASTER_SECRET_ARN) ;;
+    external)
+      has_migrate=false
+      migrate=false
+      log "the data tier is external (a secondary region, read-only until promoted): no migrate task"
+      ;;
+    *) die "DATA_TIER must be own or external (the stack's DataTier output), not '$DATA_TIER'" ;;
+  esac
+
   # The variables this run needs: the shared placeholders, each selected service's task and
-  # execution roles and the migrate task's execution role, and the network of the migrate task and
-  # of services to create.
-  needed=("${shared[@]}" MIGRATE_EXECUTION_ROLE_ARN)
+  # execution roles and the migrate task's execution role and secret, and the network of the
+  # migrate task and of services to create.
+  needed=("${fill[@]}")
+  $has_migrate && needed+=(MIGRATE_EXECUTION_ROLE_ARN)
   for service in "${selected[@]}"; do
     needed+=("$(upper "$service")_TASK_ROLE_ARN" "$(upper "$service")_EXECUTION_ROLE_ARN")
   done
@@ -239,18 +278,11 @@ main() {
     done
   fi
 
-  if [[ -z ${ACCOUNT_ID:-} ]]; then
-    ACCOUNT_ID=$(aws_cli sts get-caller-identity --query Account --output text)
-  fi
   missing=()
   for name in "${needed[@]}"; do [[ -n ${!name:-} ]] || missing+=("$name"); done
   if ((${#missing[@]})); then
     log "reading ${missing[*]} from the outputs of stack $STACK_NAME"
-    local -A outputs=()
-    while IFS=$'\t' read -r key value; do
-      [[ -n $key ]] && outputs[$key]=$value
-    done < <(aws_cli cloudformation describe-stacks --stack-name "$STACK_NAME" \
-      --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output text)
+    read_outputs
     for name in "${missing[@]}"; do
       key=$(camel "$name")
       [[ -n ${outputs[$key]:-} ]] || die "$name is not set and stack $STACK_NAME has no output $key"
@@ -270,7 +302,9 @@ main() {
     execution_var=$(upper "$service")_EXECUTION_ROLE_ARN
     render "$definitions/$service.json" "${!role_var}" "${!execution_var}" >"$work/$service.json"
   done
-  render "$definitions/migrate.json" "" "$MIGRATE_EXECUTION_ROLE_ARN" >"$work/migrate.json"
+  if $has_migrate; then
+    render "$definitions/migrate.json" "" "$MIGRATE_EXECUTION_ROLE_ARN" >"$work/migrate.json"
+  fi
   if [[ -n $render_dir ]]; then
     mkdir -p "$render_dir"
     cp "$work"/*.json "$render_dir/"
@@ -288,8 +322,10 @@ main() {
   #    contract in a later release), so the old tasks keep working on the new schema meanwhile.
   #    The migrate family is kept current even when this run does not migrate.
   local migrate_arn
-  migrate_arn=$(register "$work/migrate.json")
-  log "registered ${migrate_arn##*/}"
+  if $has_migrate; then
+    migrate_arn=$(register "$work/migrate.json")
+    log "registered ${migrate_arn##*/}"
+  fi
   if $migrate; then
     run_migrations "$migrate_arn"
   fi

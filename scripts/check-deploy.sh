@@ -65,6 +65,7 @@ trap 'rm -rf "$logs"' EXIT
 # The CloudFormation template as the stack checks read it: short-form intrinsic functions in their
 # long form ({"Ref": ...}, {"Fn::FindInMap": [...]}), so the checks can follow references.
 cat >"$logs/cfn.py" <<'EOF'
+import os
 import yaml
 
 class Loader(yaml.SafeLoader):
@@ -85,8 +86,104 @@ def _intrinsic(loader, suffix, node):
 
 Loader.add_multi_constructor("!", _intrinsic)
 
-def template(path="ecs/cloudformation/guildhall.yaml"):
+STACK = "ecs/cloudformation/guildhall.yaml"
+DATA_STACK = "ecs/cloudformation/guildhall-secondary.yaml"
+# guildhall.yaml's modes, as the parameters that pick them (DataTier and what goes with it); the
+# checks of the stack run on each mode's rendering (STACK_MODE, primary unless set). The other
+# conditions (DeployServices, AlarmTopicArn, ...) stay as they are, both ways visible.
+MODES = {
+    # The primary region: its own data tier (the defaults).
+    "primary": {"DataTier": "own", "DataStackName": "", "StandbyMinTasks": "0"},
+    # A secondary region's services over the data stack guildhall-data (guildhall-secondary.yaml).
+    "secondary": {"DataTier": "external", "DataStackName": "guildhall-data", "StandbyMinTasks": "1",
+                  "SecondaryRegion": "", "ReplicaBucketArn": ""},
+    # The secondary's first pass, which the data stack is made in: no data yet, no services.
+    "network": {"DataTier": "external", "DataStackName": "", "StandbyMinTasks": "0",
+                "SecondaryRegion": "", "ReplicaBucketArn": "", "DeployServices": "false"},
+}
+
+def render(stack, params):
+    """The template as CloudFormation would make it with these parameters: every condition that
+    only depends on them decided, each Fn::If on one resolved to its branch, AWS::NoValue taken
+    out, and the resources and outputs of a false condition left out. Conditions on other
+    parameters stay as written (None below: not known)."""
+    conditions = stack.get("Conditions", {})
+    decided = {}
+
+    def value(node):
+        if isinstance(node, dict) and set(node) == {"Ref"}:
+            return params.get(node["Ref"])
+        if isinstance(node, (str, int)):
+            return str(node)
+        return None
+
+    def holds(node):
+        if isinstance(node, dict) and len(node) == 1:
+            (kind, args), = node.items()
+            if kind in ("Condition", "Fn::Condition"):
+                return condition(args)
+            if kind == "Fn::Equals":
+                a, b = value(args[0]), value(args[1])
+                return None if a is None or b is None else a == b
+            if kind == "Fn::Not":
+                inner = holds(args[0])
+                return None if inner is None else not inner
+            if kind in ("Fn::And", "Fn::Or"):
+                found = [holds(a) for a in args]
+                decisive = kind == "Fn::Or"
+                if decisive in found:
+                    return decisive
+                return None if None in found else not decisive
+        return None
+
+    def condition(name):
+        if name not in decided:
+            decided[name] = holds(conditions[name])
+        return decided[name]
+
+    NOTHING = object()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node == {"Ref": "AWS::NoValue"}:
+                return NOTHING
+            if set(node) == {"Fn::If"}:
+                name, yes, no = node["Fn::If"]
+                chosen = condition(name)
+                if chosen is not None:
+                    return walk(yes if chosen else no)
+                # Not decided here: both branches stay, AWS::NoValue as written.
+                branches = [walk(branch) for branch in (yes, no)]
+                return {"Fn::If": [name] + [{"Ref": "AWS::NoValue"} if b is NOTHING else b for b in branches]}
+            out = {}
+            for key, item in node.items():
+                item = walk(item)
+                if item is not NOTHING:
+                    out[key] = item
+            return out
+        if isinstance(node, list):
+            return [item for item in (walk(i) for i in node) if item is not NOTHING]
+        return node
+
+    rendered = dict(stack)
+    for section in ("Resources", "Outputs"):
+        kept = {}
+        for name, item in stack.get(section, {}).items():
+            if "Condition" in item and condition(item["Condition"]) is False:
+                continue
+            kept[name] = walk(item)
+        rendered[section] = kept
+    return rendered
+
+def template(path=None, mode=None):
+    """A template; guildhall.yaml (GUILDHALL_TEMPLATE: another copy of it) rendered for STACK_MODE."""
+    if path is None or path == STACK:
+        stack = yaml.load(open(os.environ.get("GUILDHALL_TEMPLATE") or STACK), Loader=Loader)
+        return render(stack, MODES[mode or os.environ.get("STACK_MODE") or "primary"])
     return yaml.load(open(path), Loader=Loader)
+
+def mode():
+    return os.environ.get("STACK_MODE") or "primary"
 
 def of_type(resources, kind):
     return {name: r for name, r in resources.items() if r["Type"] == kind}
@@ -289,6 +386,119 @@ if problems:
 EOF
 }
 
+# guildhall.yaml with the parameters of each mode (cfn.py's MODES): cfn-lint then decides the
+# conditions as CloudFormation would, so a reference to a resource the mode does not make fails
+# (cfn-lint also follows every combination of conditions without parameters, above).
+cfn_lint_modes() {
+  local common=(CertificateArn=arn:aws:acm:eu-central-1:123456789012:certificate/0f0f0f0f
+    PublicBaseUrl=https://api.example.com MailFrom=no-reply@game.example 'PasswordResetUrl=https://game.example/reset?token={token}'
+    TokenSigningKeySecretArn=arn:aws:secretsmanager:eu-central-1:123456789012:secret:guildhall-signing-key-AbCdEf
+    SmtpUrlSecretArn=arn:aws:secretsmanager:eu-central-1:123456789012:secret:guildhall-smtp-url-AbCdEf)
+  echo "secondary: DataTier=external DataStackName=guildhall-data StandbyMinTasks=1 DeployServices=true"
+  cfn-lint "${GUILDHALL_TEMPLATE:-ecs/cloudformation/guildhall.yaml}" --parameters "${common[@]}" DataTier=external \
+    DataStackName=guildhall-data StandbyMinTasks=1 DeployServices=true
+  echo "network (its first pass): DataTier=external DeployServices=false"
+  cfn-lint "${GUILDHALL_TEMPLATE:-ecs/cloudformation/guildhall.yaml}" --parameters "${common[@]}" DataTier=external DeployServices=false
+}
+
+# What each mode of guildhall.yaml makes must hold together (STACK_MODE; each mode's rendering,
+# cfn.py): every Ref, GetAtt, Sub variable and DependsOn of a resource or output it makes names a
+# resource it makes too, a parameter or a pseudo parameter; so no task definition placeholder is
+# filled from an output naming a resource that is not there. A secondary region's stack (the
+# secondary mode, and the network mode of its first pass) makes no data resource of its own, and
+# every value it imports is an export of guildhall-secondary.yaml; the primary imports nothing.
+stack_references() {
+  python - <<'EOF'
+import re, sys
+from cfn import template, mode, DATA_STACK
+
+PSEUDO = {"AWS::AccountId", "AWS::Region", "AWS::StackName", "AWS::StackId", "AWS::Partition",
+          "AWS::URLSuffix", "AWS::NoValue", "AWS::NotificationARNs"}
+# What a secondary region's stack takes from the data stack (type, or type:name); the ALB's log
+# bucket stays.
+DATA_KINDS = ("AWS::RDS::", "AWS::ElastiCache::", "AWS::SQS::", "AWS::Backup::", "AWS::CloudFront::",
+              "AWS::KMS::", "AWS::SecretsManager::", "AWS::S3::BucketPolicy:AssetsBucketPolicy",
+              "AWS::S3::Bucket:AssetsBucket")
+stack = template()
+resources, parameters = stack["Resources"], set(stack["Parameters"])
+exports = {o["Export"]["Name"]["Fn::Sub"].replace("${AWS::StackName}-", "")
+           for o in template(DATA_STACK)["Outputs"].values() if "Export" in o}
+problems, imported = [], set()
+
+def known(name, where):
+    if name not in resources and name not in parameters and name not in PSEUDO:
+        problems.append(f"{where} names {name}, which this mode does not make")
+
+def walk(node, where):
+    if isinstance(node, list):
+        for item in node:
+            walk(item, where)
+        return
+    if not isinstance(node, dict):
+        return
+    if len(node) == 1:
+        (kind, value), = node.items()
+        if kind == "Ref":
+            return known(value, where)
+        if kind == "Fn::GetAtt":
+            return known(value[0], where)
+        if kind == "Fn::Sub":
+            text, names = (value, {}) if isinstance(value, str) else (value[0], value[1])
+            for name in re.findall(r"\$\{([^!}][^}]*)\}", text):
+                target = name if name.startswith("AWS::") else name.split(".")[0]
+                if target not in names:
+                    known(target, where)
+            return walk(names, where)
+        if kind == "Fn::ImportValue":
+            sub = value.get("Fn::Sub", "") if isinstance(value, dict) else ""
+            found = re.fullmatch(r"\$\{DataStackName\}-(\w+)", sub if isinstance(sub, str) else "")
+            if not found:
+                problems.append(f"{where}: imports {value}, not <DataStackName>-<export>")
+            else:
+                imported.add(found.group(1))
+                if found.group(1) not in exports:
+                    problems.append(f"{where}: imports {found.group(1)}, which guildhall-secondary.yaml does not export")
+            return
+    for item in node.values():
+        walk(item, where)
+
+for name, resource in resources.items():
+    walk(resource.get("Properties", {}), name)
+    depends = resource.get("DependsOn", [])
+    for target in [depends] if isinstance(depends, str) else depends:
+        known(target, f"{name} (DependsOn)")
+    if mode() != "primary" and any(f"{resource['Type']}:{name}".startswith(kind) for kind in DATA_KINDS):
+        problems.append(f"{name}: a {resource['Type']} of its own, which the data stack holds in a secondary region")
+for name, output in stack["Outputs"].items():
+    walk(output["Value"], f"output {name}")
+if mode() == "primary" and imported:
+    problems.append(f"the primary imports {sorted(imported)}: its data tier is its own")
+if problems:
+    sys.exit("\n".join(f"{mode()}: {p}" for p in problems))
+print(f"{mode()}: {len(resources)} resources, {len(stack['Outputs'])} outputs; imports {', '.join(sorted(imported)) or 'nothing'}")
+EOF
+}
+
+# Runs the functions $2... with guildhall.yaml in mode $1 (cfn.py's MODES).
+in_mode() {
+  export STACK_MODE=$1
+  shift
+  local rule
+  for rule in "$@"; do "$rule"; done
+}
+
+# The stack's rules on a secondary region's stack (DataTier=external over guildhall-secondary.yaml).
+secondary_rules() {
+  in_mode secondary task_definitions execution_roles database_logins collector_memory stack_edge \
+    stack_health database_connections stack_alarms consumer_queues
+}
+
+references_every_mode() {
+  in_mode primary stack_references
+  in_mode secondary stack_references
+  in_mode network stack_references
+}
+
 # Placeholder values for rendering the task definitions without AWS.
 dummy_deploy_env() {
   local arn=arn:aws
@@ -307,6 +517,9 @@ dummy_deploy_env() {
   export TOKEN_VERIFY_KEY_PARAMETER_ARN=$arn:ssm:eu-west-1:123456789012:parameter/guildhall/token-verify-key
   export ADOT_CONFIG_PARAMETER_ARN=$arn:ssm:eu-west-1:123456789012:parameter/guildhall/adot-config
   export ASSETS_BUCKET=guildhall-assets CDN_BASE_URL=https://d111111abcdef8.cloudfront.net
+  export QUEUE_URL_TEMPLATE='https://sqs.eu-west-1.amazonaws.com/123456789012/guildhall-{consumer}'
+  # The data tier of the mode checked: a secondary region's has no migrate task.
+  if [[ ${STACK_MODE:-primary} == primary ]]; then export DATA_TIER=own; else export DATA_TIER=external; fi
   export PUBLIC_URL=https://api.example.com
   export API_DATABASE_POOL=6 CHAT_DATABASE_POOL=4 WORKER_DATABASE_POOL=10
   local service
@@ -320,14 +533,16 @@ dummy_deploy_env() {
 
 # Renders the task definitions as ecs/deploy.sh registers them, then validates each against the
 # ECS API's own model and the deployment's rules; also checks that every placeholder is an
-# output of the CloudFormation template, so the stack and the task definitions cannot drift.
+# output of the CloudFormation template in the mode checked (STACK_MODE), so the stack and the
+# task definitions cannot drift. A secondary region's (DataTier=external) renders no migrate task.
 task_definitions() {
   dummy_deploy_env
-  ecs/deploy.sh --render "$logs/rendered" 2>/dev/null
-  python - "$logs/rendered" <<'EOF'
+  ecs/deploy.sh --render "$logs/rendered-${STACK_MODE:-primary}" 2>/dev/null
+  python - "$logs/rendered-${STACK_MODE:-primary}" <<'EOF'
 import glob, json, os, re, sys
 import botocore.session, yaml
 from botocore.validate import ParamValidator
+from cfn import template, mode, camel
 
 model = botocore.session.get_session().get_service_model("ecs")
 shape = model.operation_model("RegisterTaskDefinition").input_shape
@@ -415,18 +630,21 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     elif app.get("command") != ["worker"]:
         problems.append(f"{name}: must run `guildhall worker`")
 
-# Every placeholder of the task definitions is filled from a stack output of its CamelCase name.
-class Loader(yaml.SafeLoader):
-    pass
-Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-outputs = set(yaml.load(open("ecs/cloudformation/guildhall.yaml"), Loader=Loader)["Outputs"])
-camel = lambda name: "".join(part.capitalize() for part in name.split("_"))
+# Every placeholder of the task definitions is filled from a stack output of its CamelCase name,
+# in the mode checked: a secondary region's stack has no migrate task, so no outputs of its own.
+outputs = set(template()["Outputs"])
+migrates = mode() == "primary"
+if os.path.exists(os.path.join(sys.argv[1], "migrate.json")) != migrates:
+    problems.append(f"{mode()}: deploy.sh must {'' if migrates else 'not '}render the migrate task")
+if not migrates and "MigrateExecutionRoleArn" in outputs:
+    problems.append(f"{mode()}: the stack must make no migrate execution role (it would have no task)")
 # The identity provider clients are the game's release settings, given to deploy.sh (empty: off).
 deploy_time = {"IMAGE", "AWS_REGION", "ACCOUNT_ID", "STACK_NAME", "TASK_ROLE_ARN", "EXECUTION_ROLE_ARN",
                "APPLE_CLIENT_IDS", "GOOGLE_CLIENT_IDS", "STEAM_APP_ID", "DISCORD_CLIENT_ID", "DISCORD_REDIRECT_URIS"}
 used = set()
 for path in glob.glob("ecs/task-definitions/*.json"):
-    used |= set(re.findall(r"\$\{([A-Z_]+)\}", open(path).read()))
+    if migrates or not path.endswith("/migrate.json"):
+        used |= set(re.findall(r"\$\{([A-Z_]+)\}", open(path).read()))
 for name in sorted(used - deploy_time):
     if camel(name) not in outputs:
         problems.append(f"placeholder ${{{name}}} has no stack output {camel(name)}")
@@ -434,13 +652,14 @@ for service in ("accounts", "leaderboard", "uploads", "chat", "worker"):
     for output in (f"{service.capitalize()}TaskRoleArn",) + ((f"{service.capitalize()}TargetGroupArn",) if service in api else ()):
         if output not in outputs:
             problems.append(f"the stack has no output {output}")
-for output in ("PrivateSubnets", "ServiceSecurityGroup", "WorkerSecurityGroup") + tuple(
-        f"{family.capitalize()}ExecutionRoleArn" for family in ("accounts", "leaderboard", "uploads", "chat", "worker", "migrate")):
+families = ("accounts", "leaderboard", "uploads", "chat", "worker") + (("migrate",) if migrates else ())
+for output in ("PrivateSubnets", "ServiceSecurityGroup", "WorkerSecurityGroup", "DataTier") + tuple(
+        f"{family.capitalize()}ExecutionRoleArn" for family in families):
     if output not in outputs:
         problems.append(f"the stack has no output {output}")
 if problems:
-    sys.exit("\n".join(problems))
-print(f"validated {len(glob.glob(os.path.join(sys.argv[1], '*.json')))} task definitions")
+    sys.exit("\n".join(f"{mode()}: {p}" for p in problems))
+print(f"{mode()}: validated {len(glob.glob(os.path.join(sys.argv[1], '*.json')))} task definitions")
 EOF
 }
 
@@ -602,19 +821,24 @@ EOF
 # inject, and nothing else: its role is the resource behind the output that fills its
 # ${EXECUTION_ROLE_ARN}, and every GetSecretValue and GetParameters grant of that role must be one of
 # the outputs its `secrets` name (the same expression), and each of those granted. So the signing
-# key's grant goes with TOKEN_SIGNING_KEY, which only accounts' task definition may name.
+# key's grant goes with TOKEN_SIGNING_KEY, which only accounts' task definition may name. In a
+# secondary region (STACK_MODE) the secrets are the data stack's imports, and there is no migrate.
 execution_roles() {
   python - <<'EOF'
 import glob, json, os, re, sys
-from cfn import template, camel
+from cfn import template, camel, mode
 
 READS = {"secretsmanager:GetSecretValue", "ssm:GetParameters"}
 problems = []
 stack = template()
 resources, outputs = stack["Resources"], stack["Outputs"]
 roles_seen = {}
+if mode() != "primary" and "MigrateExecutionRole" in resources:
+    problems.append(f"{mode()}: MigrateExecutionRole is made, but there is no migrate task")
 for path in sorted(glob.glob("ecs/task-definitions/*.json")):
     family = os.path.basename(path)[:-5]
+    if family == "migrate" and mode() != "primary":
+        continue
     task = json.load(open(path))
     if task.get("executionRoleArn") != "${EXECUTION_ROLE_ARN}":
         problems.append(f"{family}: executionRoleArn must be the placeholder ${{EXECUTION_ROLE_ARN}}")
@@ -664,7 +888,7 @@ signing = sorted(role for role, family in roles_seen.items() if family != "accou
 if signing:
     problems.append(f"only accounts' execution role may read the signing key, not {signing}")
 if problems:
-    sys.exit("\n".join(problems))
+    sys.exit("\n".join(f"{mode()}: {p}" for p in problems))
 EOF
 }
 
@@ -673,22 +897,31 @@ EOF
 # and those are the roles migration 0012 makes; no other role may connect at all. The instances
 # pin the CA whose roots the image's bundle holds, and the bundle is the one reviewed (its
 # SHA-256 in the Dockerfile, which the image build checks too): every certificate in it a
-# self-signed Amazon RDS root CA, valid for a year yet at least.
+# self-signed Amazon RDS root CA, valid for a year yet at least. In a secondary region
+# (STACK_MODE) the cluster is the data stack's (guildhall-secondary.yaml): the same IAM logins on
+# its resource id, imported, and the same CA on its instances; its master user is the primary's.
 database_logins() {
   python - <<'EOF'
 import datetime, glob, hashlib, json, os, re, sys
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from cfn import template, of_type
+from cfn import template, of_type, mode, DATA_STACK
 
 problems = []
 resources = template()["Resources"]
-cluster = resources["DatabaseCluster"]["Properties"]
+primary = mode() == "primary"
+data = resources if primary else template(DATA_STACK)["Resources"]
+if not primary and of_type(resources, "AWS::RDS::DBCluster"):
+    problems.append(f"{mode()}: the stack makes a database cluster of its own")
+cluster = data["DatabaseCluster"]["Properties"]
 if cluster.get("EnableIAMDatabaseAuthentication") is not True:
     problems.append("DatabaseCluster: EnableIAMDatabaseAuthentication must be true")
-if cluster.get("ManageMasterUserPassword") is not True or "MasterUserPassword" in cluster:
+if primary and (cluster.get("ManageMasterUserPassword") is not True or "MasterUserPassword" in cluster):
     problems.append("DatabaseCluster: the master password must be RDS's (ManageMasterUserPassword), not the stack's")
-cas = {name: r["Properties"].get("CACertificateIdentifier") for name, r in of_type(resources, "AWS::RDS::DBInstance").items()}
+if not primary and ({"MasterUsername", "MasterUserPassword", "ManageMasterUserPassword"} & set(cluster)
+                    or "GlobalClusterIdentifier" not in cluster):
+    problems.append("the data stack's DatabaseCluster joins the global cluster, with no master user of its own")
+cas = {name: r["Properties"].get("CACertificateIdentifier") for name, r in of_type(data, "AWS::RDS::DBInstance").items()}
 if set(cas.values()) != {"rds-ca-rsa2048-g1"}:
     problems.append(f"every instance must pin CACertificateIdentifier rds-ca-rsa2048-g1: {cas}")
 
@@ -713,10 +946,15 @@ for path in sorted(glob.glob("ecs/task-definitions/*.json")):
     if not user or user.group(1) != f"guildhall_{family}" or user.group(1) not in made:
         problems.append(f"{family}: DATABASE_URL must name guildhall_{family}, a role migration 0012 makes")
         continue
-    arn = ("arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}:dbuser:"
-           f"${{DatabaseCluster.DBClusterResourceId}}/{user.group(1)}")
-    if connects.pop(role, None) != [json.dumps({"Fn::Sub": arn})]:
-        problems.append(f"{role}: must allow rds-db:connect on {arn} and nothing else")
+    if primary:
+        arn = ("arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}:dbuser:"
+               f"${{DatabaseCluster.DBClusterResourceId}}/{user.group(1)}")
+        wanted = {"Fn::Sub": arn}
+    else:
+        arn = f"arn:${{AWS::Partition}}:rds-db:${{AWS::Region}}:${{AWS::AccountId}}:dbuser:${{ClusterResourceId}}/{user.group(1)}"
+        wanted = {"Fn::Sub": [arn, {"ClusterResourceId": {"Fn::ImportValue": {"Fn::Sub": "${DataStackName}-DatabaseClusterResourceId"}}}]}
+    if connects.pop(role, None) != [json.dumps(wanted)]:
+        problems.append(f"{mode()}: {role}: must allow rds-db:connect on {json.dumps(wanted)} and nothing else")
 for role, arns in connects.items():
     problems.append(f"{role} may connect to the database ({arns}); only the services' task roles may, each as its own user")
 if len(made) != 5:
@@ -744,7 +982,7 @@ for cert in certificates:
         families.add(found.group(2))
 if len(certificates) < 90 or families != {"RSA2048", "RSA4096", "ECC384"}:
     problems.append(f"the bundle holds {len(certificates)} certificates of {sorted(families)}: not the global bundle")
-print(f"IAM logins as {len(made)} roles; the RDS bundle: {len(certificates)} root CAs, sha256 {digest[:16]}")
+print(f"{mode()}: IAM logins as {len(made)} roles; the RDS bundle: {len(certificates)} root CAs, sha256 {digest[:16]}")
 if problems:
     sys.exit("\n".join(problems))
 EOF
@@ -877,11 +1115,13 @@ EOF
 # Every consumer that platform::events::ROUTES names has its queue and dead-letter queue in the stack
 # (<stack>-<consumer>, the worker allowed to use both, the dead-letter queue alarmed) and in
 # compose's aws-init (the CONSUMERS it is given and its default), so that no event is sent to a
-# queue that does not exist, and no queue is left without a consumer.
+# queue that does not exist, and no queue is left without a consumer. In a secondary region
+# (STACK_MODE) the queues are the data stack's (<data stack>-<consumer>), which the worker's
+# grants, the alarms and QUEUE_URL name by DataStackName.
 consumer_queues() {
   python - <<'EOF'
 import re, sys, yaml
-from cfn import template, of_type
+from cfn import template, of_type, mode, DATA_STACK
 
 source = open("services/platform/src/events/mod.rs").read()
 routes = re.search(r"pub const ROUTES[^=]*=\s*&\[(.*?)\];", source, re.S).group(1)
@@ -889,8 +1129,23 @@ consumers = sorted({c for group in re.findall(r"&\[([^\]]*)\]", routes) for c in
 problems = []
 if not consumers:
     problems.append("no consumers found in ROUTES")
-resources = template()["Resources"]
-queues = {q["Properties"]["QueueName"]["Fn::Sub"]: name for name, q in of_type(resources, "AWS::SQS::Queue").items()}
+stack = template()
+resources = stack["Resources"]
+primary = mode() == "primary"
+if not primary and of_type(resources, "AWS::SQS::Queue"):
+    problems.append(f"{mode()}: the stack makes queues of its own")
+data = resources if primary else template(DATA_STACK)["Resources"]
+queues = {q["Properties"]["QueueName"]["Fn::Sub"]: name for name, q in of_type(data, "AWS::SQS::Queue").items()}
+# How the worker's grants and the alarms name a queue of the data stack: by its name there.
+by_name = {re.sub(r"^\$\{AWS::StackName\}-", "", queue): name for queue, name in queues.items()}
+def named(value, pattern):
+    if isinstance(value, dict) and "Fn::GetAtt" in value and primary:
+        return value["Fn::GetAtt"][0]
+    if isinstance(value, dict) and isinstance(value.get("Fn::Sub"), str) and not primary:
+        found = re.fullmatch(pattern, value["Fn::Sub"])
+        return by_name.get(found.group(1)) if found else None
+    return None
+arn = r"arn:\$\{AWS::Partition\}:sqs:\$\{AWS::Region\}:\$\{AWS::AccountId\}:\$\{DataStackName\}-([a-z_-]+)"
 expected = set()
 for consumer in consumers:
     for suffix in ("", "-dlq"):
@@ -904,9 +1159,13 @@ granted = set()
 for policy in resources["WorkerTaskRole"]["Properties"]["Policies"]:
     for statement in policy["PolicyDocument"]["Statement"]:
         listed = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-        granted |= {r["Fn::GetAtt"][0] for r in listed if isinstance(r, dict) and "Fn::GetAtt" in r}
-alarmed = {a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+        granted |= {named(r, arn) for r in listed}
+alarmed = {named(a["Properties"]["Dimensions"][0]["Value"], r"\$\{DataStackName\}-([a-z_-]+)")
            for a in of_type(resources, "AWS::CloudWatch::Alarm").values() if a["Properties"].get("Namespace") == "AWS/SQS"}
+# QUEUE_URL (the QueueUrlTemplate output) names the same queues.
+template_url = "https://sqs.${AWS::Region}.amazonaws.com/${AWS::AccountId}/${%s}-{consumer}" % ("AWS::StackName" if primary else "DataStackName")
+if stack["Outputs"].get("QueueUrlTemplate", {}).get("Value") != {"Fn::Sub": template_url}:
+    problems.append(f"{mode()}: the QueueUrlTemplate output must be {template_url}")
 for queue, name in sorted(queues.items()):
     if name not in granted:
         problems.append(f"{name}: the worker's task role may not use it")
@@ -919,8 +1178,8 @@ for where, listed in (("docker/aws-init.sh's default", default.group(1) if defau
     if sorted(listed.split()) != consumers:
         problems.append(f"{where} CONSUMERS is {listed!r}; ROUTES names {' '.join(consumers)}")
 if problems:
-    sys.exit("\n".join(problems))
-print(f"consumers {', '.join(consumers)}: queues, dead-letter queues, worker grants, alarms and aws-init agree")
+    sys.exit("\n".join(f"{mode()}: {p}" for p in problems))
+print(f"{mode()}: consumers {', '.join(consumers)}: queues, dead-letter queues, worker grants, alarms and aws-init agree")
 EOF
 }
 
@@ -1132,6 +1391,7 @@ Outputs:
   ApiDatabasePool: {Value: "6"}
   ChatDatabasePool: {Value: "4"}
   WorkerDatabasePool: {Value: "10"}
+  DataTier: {Value: own}
 EOF
 }
 
@@ -1207,7 +1467,7 @@ EOF
   unset ACCOUNT_ID ADOT_CONFIG_PARAMETER_ARN ASSETS_BUCKET
   unset ACCOUNTS_EXECUTION_ROLE_ARN LEADERBOARD_EXECUTION_ROLE_ARN UPLOADS_EXECUTION_ROLE_ARN
   unset CHAT_EXECUTION_ROLE_ARN WORKER_EXECUTION_ROLE_ARN MIGRATE_EXECUTION_ROLE_ARN
-  unset API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL
+  unset API_DATABASE_POOL CHAT_DATABASE_POOL WORKER_DATABASE_POOL DATA_TIER
   unset ACCOUNTS_TASK_ROLE_ARN LEADERBOARD_TASK_ROLE_ARN UPLOADS_TASK_ROLE_ARN CHAT_TASK_ROLE_ARN WORKER_TASK_ROLE_ARN
   export STACK_NAME=rehearsal
 
@@ -1267,7 +1527,15 @@ EOF
     exit 1
   fi
   grep -q "cluster nowhere does not exist" "$logs/missing.log"
-  echo "services created (rollouts completed), updated to their new revisions; a failed migration registered no service revision"
+  # Over a secondary region's data tier (DataTier external) there is no migrate task: deploy.sh
+  # registers the services' revisions, and neither registers nor runs a migrate one.
+  latest_revisions >"$logs/before.tsv"
+  DATA_TIER=external IMAGE=registry.example/guildhall:standby ecs/deploy.sh --no-services 2>"$logs/external.log" ||
+    { cat "$logs/external.log"; exit 1; }
+  grep "no migrate task" "$logs/external.log"
+  expected=$(awk -F'\t' -v OFS='\t' '$1 != "migrate" { $2 = $2 + 1 } 1' "$logs/before.tsv")
+  [[ "$(latest_revisions)" == "$expected" ]] || { echo "over an external data tier:"; latest_revisions; exit 1; }
+  echo "services created (rollouts completed), updated to their new revisions; a failed migration registered no service revision; none over an external data tier"
 }
 
 check "hadolint docker/Dockerfile, workspace members in it" dockerfile
@@ -1276,6 +1544,8 @@ check "docker-compose config (split stack, monolith, local override)" compose_co
 check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint
 check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
+check "cfn-lint guildhall.yaml as a secondary region's (both passes)" cfn_lint_modes
+check "each mode makes what it names (primary, secondary, network)" references_every_mode
 check "checkov on the templates and the Dockerfile (skips say why)" checkov_scan
 check "task definitions vs botocore's ECS model and the stack" task_definitions
 check "edge: HTTPS only, WAF rate rule per IP, ALB access logs" stack_edge
@@ -1286,6 +1556,8 @@ check "ALB health checks and drain timing vs task definitions" stack_health
 check "database connections at peak within Aurora's limit" database_connections
 check "alarms notify AlarmTopicArn; parked events alarmed" stack_alarms
 check "consumer queues: ROUTES vs the stack, the worker and aws-init" consumer_queues
+# The same rules on a secondary region's stack (DataTier=external over guildhall-secondary.yaml).
+check "the rules above on a secondary region's stack (DataTier=external)" secondary_rules
 check "deploy.sh --wait on recorded rollouts (stub ECS API)" rollout_decisions
 check "rehearsal on moto (aws-init, deploy.sh create + wait + update)" rehearsal
 check "k6 loads every script (k6 inspect)" k6_scripts
