@@ -14,6 +14,11 @@
 # in a venv at target/deploy-venv, and checkov in target/checkov-venv, pinned and reused while the
 # pins are unchanged). No npm: these machines cannot reach its registry. Runs from anywhere; prints
 # one line per check; exits non-zero when any check fails.
+#
+# guildhall.yaml is checked in each of its modes (cfn.py's MODES): the primary region's (its own
+# data tier), a secondary region's services (DataTier=external over guildhall-secondary.yaml) and
+# their first pass. GUILDHALL_TEMPLATE=<a copy of guildhall.yaml> runs the stack's rules on that
+# copy instead (to watch a rule fail on a broken one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
