@@ -190,6 +190,11 @@ def template(path=None, mode=None):
 def mode():
     return os.environ.get("STACK_MODE") or "primary"
 
+def fail_on(problems):
+    """Ends a check with its problems, each marked with the mode it was found in."""
+    if problems:
+        raise SystemExit("\n".join(f"{mode()}: {p}" for p in problems))
+
 def of_type(resources, kind):
     return {name: r for name, r in resources.items() if r["Type"] == kind}
 
@@ -415,7 +420,7 @@ cfn_lint_modes() {
 stack_references() {
   python - <<'EOF'
 import re, sys
-from cfn import template, mode, DATA_STACK
+from cfn import template, mode, fail_on, DATA_STACK
 
 PSEUDO = {"AWS::AccountId", "AWS::Region", "AWS::StackName", "AWS::StackId", "AWS::Partition",
           "AWS::URLSuffix", "AWS::NoValue", "AWS::NotificationARNs"}
@@ -478,8 +483,7 @@ for name, output in stack["Outputs"].items():
     walk(output["Value"], f"output {name}")
 if mode() == "primary" and imported:
     problems.append(f"the primary imports {sorted(imported)}: its data tier is its own")
-if problems:
-    sys.exit("\n".join(f"{mode()}: {p}" for p in problems))
+fail_on(problems)
 print(f"{mode()}: {len(resources)} resources, {len(stack['Outputs'])} outputs; imports {', '.join(sorted(imported)) or 'nothing'}")
 EOF
 }
@@ -547,7 +551,7 @@ task_definitions() {
 import glob, json, os, re, sys
 import botocore.session, yaml
 from botocore.validate import ParamValidator
-from cfn import template, mode, camel
+from cfn import template, mode, camel, fail_on
 
 model = botocore.session.get_session().get_service_model("ecs")
 shape = model.operation_model("RegisterTaskDefinition").input_shape
@@ -662,8 +666,7 @@ for output in ("PrivateSubnets", "ServiceSecurityGroup", "WorkerSecurityGroup", 
         f"{family.capitalize()}ExecutionRoleArn" for family in families):
     if output not in outputs:
         problems.append(f"the stack has no output {output}")
-if problems:
-    sys.exit("\n".join(f"{mode()}: {p}" for p in problems))
+fail_on(problems)
 print(f"{mode()}: validated {len(glob.glob(os.path.join(sys.argv[1], '*.json')))} task definitions")
 EOF
 }
@@ -831,7 +834,7 @@ EOF
 execution_roles() {
   python - <<'EOF'
 import glob, json, os, re, sys
-from cfn import template, camel, mode
+from cfn import template, camel, mode, fail_on
 
 READS = {"secretsmanager:GetSecretValue", "ssm:GetParameters"}
 problems = []
@@ -892,8 +895,7 @@ signing = sorted(role for role, family in roles_seen.items() if family != "accou
                  and '{"Ref": "TokenSigningKeySecretArn"}' in json.dumps(resources[role]["Properties"].get("Policies", []), sort_keys=True))
 if signing:
     problems.append(f"only accounts' execution role may read the signing key, not {signing}")
-if problems:
-    sys.exit("\n".join(f"{mode()}: {p}" for p in problems))
+fail_on(problems)
 EOF
 }
 
@@ -1126,7 +1128,7 @@ EOF
 consumer_queues() {
   python - <<'EOF'
 import re, sys, yaml
-from cfn import template, of_type, mode, DATA_STACK
+from cfn import template, of_type, mode, fail_on, DATA_STACK
 
 source = open("services/platform/src/events/mod.rs").read()
 routes = re.search(r"pub const ROUTES[^=]*=\s*&\[(.*?)\];", source, re.S).group(1)
@@ -1182,8 +1184,7 @@ compose = yaml.safe_load(open("docker-compose.yml"))["services"]["aws-init"]["en
 for where, listed in (("docker/aws-init.sh's default", default.group(1) if default else ""), ("docker-compose.yml's aws-init", compose)):
     if sorted(listed.split()) != consumers:
         problems.append(f"{where} CONSUMERS is {listed!r}; ROUTES names {' '.join(consumers)}")
-if problems:
-    sys.exit("\n".join(f"{mode()}: {p}" for p in problems))
+fail_on(problems)
 print(f"{mode()}: consumers {', '.join(consumers)}: queues, dead-letter queues, worker grants, alarms and aws-init agree")
 EOF
 }
