@@ -16,8 +16,8 @@
 # one line per check; exits non-zero when any check fails.
 #
 # guildhall.yaml is checked in each of its modes (cfn.py's MODES): the primary region's (its own
-# data tier), a secondary region's services (DataTier=external over guildhall-secondary.yaml) and
-# their first pass. GUILDHALL_TEMPLATE=<a copy of guildhall.yaml> runs the stack's rules on that
+# data tier), a secondary region's services (DataTier=external over guildhall-secondary.yaml) as
+# a standby and once promoted (DataTierPromoted), and their first pass. GUILDHALL_TEMPLATE=<a copy of guildhall.yaml> runs the stack's rules on that
 # copy instead (to watch a rule fail on a broken one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,12 +98,16 @@ DATA_STACK = "ecs/cloudformation/guildhall-secondary.yaml"
 # conditions (DeployServices, AlarmTopicArn, ...) stay as they are, both ways visible.
 MODES = {
     # The primary region: its own data tier (the defaults).
-    "primary": {"DataTier": "own", "DataStackName": "", "StandbyMinTasks": "0"},
-    # A secondary region's services over the data stack guildhall-data (guildhall-secondary.yaml).
+    "primary": {"DataTier": "own", "DataStackName": "", "StandbyMinTasks": "0", "DataTierPromoted": "false"},
+    # A secondary region's services over the data stack guildhall-data (guildhall-secondary.yaml),
+    # a warm standby: the data stack's cluster is a secondary of the global database.
     "secondary": {"DataTier": "external", "DataStackName": "guildhall-data", "StandbyMinTasks": "1",
-                  "SecondaryRegion": "", "ReplicaBucketArn": ""},
+                  "DataTierPromoted": "false", "SecondaryRegion": "", "ReplicaBucketArn": ""},
+    # The same once its cluster is promoted: the usual minima, DATABASE_URL on the writer.
+    "promoted": {"DataTier": "external", "DataStackName": "guildhall-data", "StandbyMinTasks": "0",
+                 "DataTierPromoted": "true", "SecondaryRegion": "", "ReplicaBucketArn": ""},
     # The secondary's first pass, which the data stack is made in: no data yet, no services.
-    "network": {"DataTier": "external", "DataStackName": "", "StandbyMinTasks": "0",
+    "network": {"DataTier": "external", "DataStackName": "", "StandbyMinTasks": "0", "DataTierPromoted": "false",
                 "SecondaryRegion": "", "ReplicaBucketArn": "", "DeployServices": "false"},
 }
 
@@ -189,6 +193,35 @@ def template(path=None, mode=None):
 
 def mode():
     return os.environ.get("STACK_MODE") or "primary"
+
+def refused(stack, params):
+    """What the template's Rules refuse of these parameters (each one not given at its Default), as
+    CloudFormation checks them before it changes anything: the failing assertions' descriptions."""
+    values = {name: str(p.get("Default", "")) for name, p in stack["Parameters"].items()}
+    values.update(params)
+
+    def evaluate(node):
+        if isinstance(node, dict) and len(node) == 1:
+            (kind, args), = node.items()
+            if kind == "Ref":
+                return values[args]
+            if kind == "Fn::Equals":
+                return evaluate(args[0]) == evaluate(args[1])
+            if kind == "Fn::Not":
+                return not evaluate(args[0])
+            if kind == "Fn::And":
+                return all(evaluate(a) for a in args)
+            if kind == "Fn::Or":
+                return any(evaluate(a) for a in args)
+            raise ValueError(f"{kind} in Rules: not evaluated here")
+        return str(node)
+
+    broken = []
+    for name, rule in stack.get("Rules", {}).items():
+        if "RuleCondition" in rule and not evaluate(rule["RuleCondition"]):
+            continue
+        broken += [f"{name}: {a.get('AssertDescription', '')}" for a in rule["Assertions"] if not evaluate(a["Assert"])]
+    return broken
 
 def fail_on(problems):
     """Ends a check with its problems, each marked with the mode it was found in."""
@@ -407,6 +440,9 @@ cfn_lint_modes() {
   echo "secondary: DataTier=external DataStackName=guildhall-data StandbyMinTasks=1 DeployServices=true"
   cfn-lint "${GUILDHALL_TEMPLATE:-ecs/cloudformation/guildhall.yaml}" --parameters "${common[@]}" DataTier=external \
     DataStackName=guildhall-data StandbyMinTasks=1 DeployServices=true
+  echo "promoted: DataTier=external DataStackName=guildhall-data DataTierPromoted=true DeployServices=true"
+  cfn-lint "${GUILDHALL_TEMPLATE:-ecs/cloudformation/guildhall.yaml}" --parameters "${common[@]}" DataTier=external \
+    DataStackName=guildhall-data DataTierPromoted=true DeployServices=true
   echo "network (its first pass): DataTier=external DeployServices=false"
   cfn-lint "${GUILDHALL_TEMPLATE:-ecs/cloudformation/guildhall.yaml}" --parameters "${common[@]}" DataTier=external DeployServices=false
 }
@@ -496,16 +532,120 @@ in_mode() {
   for rule in "$@"; do "$rule"; done
 }
 
-# The stack's rules on a secondary region's stack (DataTier=external over guildhall-secondary.yaml).
+# The stack's rules on a secondary region's stack (DataTier=external over guildhall-secondary.yaml),
+# a standby's and a promoted one's.
 secondary_rules() {
-  in_mode secondary task_definitions execution_roles database_logins collector_memory stack_edge \
-    stack_health database_connections stack_alarms consumer_queues
+  local mode
+  for mode in secondary promoted; do
+    in_mode $mode task_definitions execution_roles database_logins collector_memory stack_edge \
+      stack_health database_connections stack_alarms consumer_queues
+  done
 }
 
 references_every_mode() {
   in_mode primary stack_references
   in_mode secondary stack_references
+  in_mode promoted stack_references
   in_mode network stack_references
+}
+
+# DATABASE_URL's host in each mode, from the stack's DatabaseHost output through deploy.sh into the
+# task definitions: the primary's own cluster endpoint (its writer); a standby's, the data stack's
+# reader endpoint, since a secondary cluster's own cluster endpoint is not for use until it is
+# promoted (Aurora User Guide, "Connecting to an Aurora Global Database": reads go to the reader
+# endpoint of the cluster in one's region, writes to the primary cluster's cluster endpoint); a
+# promoted one's, the data stack's cluster endpoint, now the writer. DATABASE_READ_URL is the
+# reader endpoint in every mode. Each output is followed to the endpoint it names (an import
+# through the data stack's export of that name), which gets Aurora's form of name
+# (<cluster>.cluster-<id>... for the cluster endpoint, <cluster>.cluster-ro-<id>... for the
+# reader). The template's Rules must take every mode's parameters and refuse DataTierPromoted with
+# DataTier=own.
+database_endpoints() {
+  local mode hosts
+  for mode in primary secondary promoted; do
+    export STACK_MODE=$mode
+    hosts=$(python - <<'EOF'
+import re
+from cfn import template, mode, fail_on, DATA_STACK, MODES
+
+stack, data = template(), template(DATA_STACK)
+problems = []
+
+def endpoint(cluster, attribute):
+    kind = {"Endpoint.Address": "cluster", "ReadEndpoint.Address": "cluster-ro"}.get(attribute)
+    if kind is None:
+        problems.append(f"{cluster}: {attribute} is not an endpoint's address")
+    return f"{cluster}.{kind}-c0ffee123456.eu-west-1.rds.amazonaws.com"
+
+def follow(value, where):
+    """The endpoint an output's value names: a GetAtt of a cluster, or an import of the data stack's."""
+    if isinstance(value, dict) and "Fn::GetAtt" in value and value["Fn::GetAtt"][0] == "DatabaseCluster":
+        cluster = "guildhall" if where == "guildhall.yaml" else MODES[mode()]["DataStackName"]
+        return endpoint(cluster, ".".join(value["Fn::GetAtt"][1:]))
+    if where == "guildhall.yaml" and isinstance(value, dict) and "Fn::ImportValue" in value:
+        found = re.fullmatch(r"\$\{DataStackName\}-(\w+)", value["Fn::ImportValue"].get("Fn::Sub", ""))
+        export = {"Fn::Sub": "${AWS::StackName}-" + found.group(1)} if found else None
+        outputs = [o for o in data["Outputs"].values() if o.get("Export", {}).get("Name") == export]
+        if outputs:
+            return follow(outputs[0]["Value"], "guildhall-secondary.yaml")
+    problems.append(f"{where}: {value} names no database endpoint")
+    return "unknown"
+
+outputs = stack["Outputs"]
+missing = [o for o in ("DatabaseHost", "DatabaseReaderHost") if o not in outputs]
+fail_on([f"no output {o}" for o in missing])
+host, reader = (follow(outputs[o]["Value"], "guildhall.yaml") for o in ("DatabaseHost", "DatabaseReaderHost"))
+fail_on(problems)
+print(f"{host} {reader}")
+EOF
+    )
+    dummy_deploy_env
+    read -r DATABASE_HOST DATABASE_READER_HOST <<<"$hosts"
+    export DATABASE_HOST DATABASE_READER_HOST
+    ecs/deploy.sh --render "$logs/endpoints-$mode" 2>/dev/null
+    python - "$logs/endpoints-$mode" <<'EOF'
+import glob, json, os, re, sys
+from cfn import mode, fail_on
+
+problems = []
+cluster = "guildhall" if mode() == "primary" else "guildhall-data"
+writer = f"{cluster}.cluster-c0ffee123456.eu-west-1.rds.amazonaws.com"
+reader = f"{cluster}.cluster-ro-c0ffee123456.eu-west-1.rds.amazonaws.com"
+wanted = reader if mode() == "secondary" else writer
+definitions = sorted(glob.glob(os.path.join(sys.argv[1], "*.json")))
+
+def host(url):
+    found = re.match(r"postgres://[^@/]+@([^:/]+):", url or "")
+    return found.group(1) if found else url
+
+for path in definitions:
+    family = os.path.basename(path)[:-5]
+    app = next(c for c in json.load(open(path))["containerDefinitions"] if c["name"] == "guildhall")
+    env = {e["name"]: e["value"] for e in app.get("environment", [])}
+    found = host(env.get("DATABASE_URL"))
+    if mode() == "secondary" and found == writer:
+        problems.append(f"{family}: a standby's DATABASE_URL names the secondary cluster's cluster endpoint {found}, "
+                        "which is not for use until the cluster is promoted (Aurora User Guide, Connecting to an "
+                        "Aurora Global Database): it must be the reader endpoint while DataTierPromoted=false")
+    elif found != wanted:
+        problems.append(f"{family}: DATABASE_URL names {found}, not {wanted}")
+    if family not in ("worker", "migrate") and host(env.get("DATABASE_READ_URL")) != reader:
+        problems.append(f"{family}: DATABASE_READ_URL names {host(env.get('DATABASE_READ_URL'))}, not the reader endpoint {reader}")
+fail_on(problems)
+print(f"{mode()}: DATABASE_URL on {wanted} in {len(definitions)} task definitions; DATABASE_READ_URL on {reader}")
+EOF
+  done
+  python - <<'EOF'
+from cfn import template, refused, MODES
+
+stack = template()
+problems = [f"mode {name}: refused: {broken}" for name, params in MODES.items() if (broken := refused(stack, params))]
+if not any("DataTierPromoted" in b for b in refused(stack, {**MODES["primary"], "DataTierPromoted": "true"})):
+    problems.append("the Rules must refuse DataTierPromoted=true with DataTier=own (a primary's cluster is its own writer)")
+if problems:
+    raise SystemExit("\n".join(problems))
+print("Rules: every mode's parameters taken; DataTierPromoted=true with DataTier=own refused")
+EOF
 }
 
 # Placeholder values for rendering the task definitions without AWS.
@@ -1550,20 +1690,22 @@ check "docker-compose config (split stack, monolith, local override)" compose_co
 check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint
 check "cfn-lint ecs/cloudformation/*.yaml" cfn-lint ecs/cloudformation/*.yaml
-check "cfn-lint guildhall.yaml as a secondary region's (both passes)" cfn_lint_modes
-check "each mode makes what it names (primary, secondary, network)" references_every_mode
+check "cfn-lint guildhall.yaml as a secondary region's (passes, promoted)" cfn_lint_modes
+check "each mode makes what it names (primary, secondary, promoted, network)" references_every_mode
 check "checkov on the templates and the Dockerfile (skips say why)" checkov_scan
 check "task definitions vs botocore's ECS model and the stack" task_definitions
 check "edge: HTTPS only, WAF rate rule per IP, ALB access logs" stack_edge
 check "execution roles read exactly their task definition's secrets" execution_roles
 check "database: IAM login per role, managed master password, RDS CA bundle" database_logins
+check "DATABASE_URL: own writer; a standby's reader, a promoted one's writer" database_endpoints
 check "ADOT sidecar not essential, memory_limiter within its memory" collector_memory
 check "ALB health checks and drain timing vs task definitions" stack_health
 check "database connections at peak within Aurora's limit" database_connections
 check "alarms notify AlarmTopicArn; parked events alarmed" stack_alarms
 check "consumer queues: ROUTES vs the stack, the worker and aws-init" consumer_queues
-# The same rules on a secondary region's stack (DataTier=external over guildhall-secondary.yaml).
-check "the rules above on a secondary region's stack (DataTier=external)" secondary_rules
+# The same rules on a secondary region's stack (DataTier=external over guildhall-secondary.yaml),
+# a standby's and a promoted one's.
+check "the rules above on a secondary region's stack (standby, promoted)" secondary_rules
 check "deploy.sh --wait on recorded rollouts (stub ECS API)" rollout_decisions
 check "rehearsal on moto (aws-init, deploy.sh create + wait + update)" rehearsal
 check "k6 loads every script (k6 inspect)" k6_scripts
