@@ -290,7 +290,8 @@ pub async fn attach_credentials(
     let password_hash = state.passwords.hash(req.password).await?;
     let now = now_millis();
     let mut tx = state.db.begin().await?;
-    let updated = match taken(store::attach_credentials(&mut *tx, &player.account_id, &email, &password_hash, username.as_deref(), now).await) {
+    let attached = store::attach_credentials(&mut *tx, &player.account_id, &email, &password_hash, username.as_deref(), now).await;
+    let updated = match taken(attached) {
         Ok(updated) => updated.ok_or_else(already)?,
         Err(err) => return Err(state.conflict_for(err, ip).await),
     };
