@@ -5,12 +5,11 @@
 #
 #   loadtest/idle.sh                              # builds target/release/guildhall and measures it
 #   loadtest/idle.sh BINARY [BINARY...]           # measures these (e.g. main's and a branch's)
-#   SETTLE=65 ROUNDS=2 loadtest/idle.sh A B       # alternated A, B, A, B
+#   SETTLE=30 ROUNDS=2 loadtest/idle.sh A B       # alternated A, B, A, B
 #
 # Each run starts the binary in a fresh DATA_DIR on a free loopback port with every backend
-# variable unset, waits for /health/ready, then SETTLE seconds (default 65: longer than tokio's
-# 10 s keep-alive of idle blocking threads and than the SQLite pool's 30 s idle timeout plus its
-# reaper's 30 s period, so what start-up used and no longer needs is gone), and reads
+# variable unset, waits for /health/ready, then SETTLE seconds (default 30: longer than tokio's
+# 10 s keep-alive of idle blocking threads, so those start-up used are gone), and reads
 # /proc/PID: VmRSS, its anonymous and file-backed parts, the thread count, and the largest
 # mappings by RSS (the heap and the threads' arenas are anonymous; the binary's pages are
 # file-backed). Then it signs in one guest and reads again after SETTLE: the figure of a process
@@ -18,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SETTLE=${SETTLE:-65}
+SETTLE=${SETTLE:-30}
 ROUNDS=${ROUNDS:-1}
 TARGET_MB=30
 

@@ -241,7 +241,9 @@ impl App {
             "/openapi.json",
             get(move || async move {
                 let json = doc
-                    .get_or_try_init(|| async { serde_json::to_vec(&openapi()).map(Bytes::from).context("serializing the OpenAPI document") })
+                    .get_or_try_init(|| async {
+                        serde_json::to_vec(&openapi()).map(Bytes::from).context("serializing the OpenAPI document")
+                    })
                     .await?;
                 platform::ApiResult::Ok(([(header::CONTENT_TYPE, "application/json")], json.clone()))
             }),

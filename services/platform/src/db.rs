@@ -239,12 +239,6 @@ const GRANTS_LOCK: i64 = 0x6775_696c_6467_7261; // "guildgra"
 /// How long a request waits for a pooled connection before failing, when the database answers
 /// (all connections busy under load); while it does not, the breaker ends the wait sooner.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a SQLite connection may sit unused before the pool closes it. Each holds a thread of
-/// its own (sqlx's worker), SQLite's parsed schema, page cache and up to 100 prepared statements:
-/// an idle process on embedded defaults keeps only what its background work uses. Opening one
-/// again is a file open and three pragmas, below a millisecond.
-const SQLITE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A wait for a connection longer than this probes PostgreSQL (at most one probe a
 /// `crate::reachability::PROBE_EVERY`), and ends once a probe finds it unreachable.
 const PROBE_AFTER: Duration = Duration::from_millis(250);
@@ -331,7 +325,6 @@ impl Database {
                 let pool = idle_tested()
                     // SQLite has one writer at a time; a few readers run beside it under WAL.
                     .max_connections(4)
-                    .idle_timeout(SQLITE_IDLE_TIMEOUT)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
