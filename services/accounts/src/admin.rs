@@ -216,7 +216,7 @@ pub async fn show(State(state): State<AccountsState>, admin: Admin, Path(id): Pa
     admin.require(Scope::Accounts)?;
     let account = existing(&state, &id).await?;
     let now = now_millis();
-    let mut conn = state.db.pool().acquire().await.map_err(anyhow::Error::from)?;
+    let mut conn = state.db.pool().acquire().await?;
     let ban = store::ban_of(&mut *conn, &id).await?;
     let (sessions, live_session_count) = store::live_sessions(&mut conn, &id, now, SESSIONS_SHOWN).await?;
     let counts = crate::social::store::counts(&mut conn, &id).await?;
@@ -325,7 +325,7 @@ pub async fn ban(
     let detail = serde_json::json!({ "reason": ban.reason, "until": until.map(platform::time::rfc3339), "sessions_ended": ended.len() });
     platform::audit::record(&mut *tx, &admin, "accounts.ban", &target(&id), &detail).await?;
     let revoked = state.auth.revoke_sessions(&mut tx, ended.clone()).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     revoked.announce().await;
     tracing::info!(account_id = id, sessions_ended = ended.len(), by = admin.key_id(), "account banned");
     Ok(Json(Banned { ban: BanView::new(ban, now), sessions_ended: ended.len() }))
@@ -345,7 +345,7 @@ pub async fn unban(State(state): State<AccountsState>, admin: Admin, Path(id): P
     let detail =
         serde_json::json!({ "reason": lifted.reason, "issued_by": lifted.issued_by, "was_in_force": lifted.in_force(now_millis()) });
     platform::audit::record(&mut *tx, &admin, "accounts.unban", &target(&id), &detail).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     tracing::info!(account_id = id, by = admin.key_id(), "account unbanned");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -372,7 +372,7 @@ pub async fn revoke_sessions(State(state): State<AccountsState>, admin: Admin, P
     )
     .await?;
     let revoked = state.auth.revoke_sessions(&mut tx, ended.clone()).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     revoked.announce().await;
     tracing::info!(account_id = id, sessions_ended = ended.len(), by = admin.key_id(), "account's sessions ended");
     Ok(Json(SessionsEnded { sessions_ended: ended.len() }))

@@ -6,11 +6,11 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use platform::auth::{Admin, Player};
-use platform::db::{now_millis, unique_violation};
+use platform::db::now_millis;
 use platform::error::ErrorBody;
 use platform::events::{AccountCreated, AccountDeleted};
 use platform::http::{ClientIp, Json};
-use platform::{ApiError, ApiResult};
+use platform::{ApiError, ApiResult, OnUnique};
 
 use crate::AccountsState;
 use crate::identity::api::NewKind;
@@ -33,20 +33,17 @@ pub fn routes() -> Router<AccountsState> {
         .route("/.well-known/jwks.json", get(jwks))
 }
 
-/// Maps a unique violation on insert or update to the 409 it means.
-fn conflict(err: anyhow::Error) -> ApiError {
-    match unique_violation(&err) {
-        Some(c) if c.contains("username") => ApiError::Conflict { code: "username_taken", message: "that username is taken".into() },
-        Some(c) if c.contains("email") => ApiError::Conflict { code: "email_taken", message: "an account with that email exists".into() },
-        _ => ApiError::Internal(err),
-    }
+/// An account's insert or update, with a unique violation mapped to the 409 it means.
+fn taken<T>(written: anyhow::Result<T>) -> ApiResult<T> {
+    written
+        .on_unique("username", || ApiError::Conflict { code: "username_taken", message: "that username is taken".into() })
+        .on_unique("email", || ApiError::Conflict { code: "email_taken", message: "an account with that email exists".into() })
 }
 
 impl AccountsState {
-    /// The answer to a unique violation for `ip`, counting it when it tells that an email has an
-    /// account (see `email_answers_allowed`).
-    async fn conflict_for(&self, err: anyhow::Error, ip: ClientIp) -> ApiError {
-        let err = conflict(err);
+    /// The answer to a failed account write (`taken`) for `ip`, counting it when it tells that an
+    /// email has an account (see `email_answers_allowed`).
+    async fn conflict_for(&self, err: ApiError, ip: ClientIp) -> ApiError {
         if matches!(err, ApiError::Conflict { code: "email_taken", .. })
             && let Err(counting) = self.email_taken_answered(ip).await
         {
@@ -79,7 +76,7 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
     let now = now_millis();
     let mut tx = state.db.begin().await?;
     let new = NewAccount { id: &id, username: &username, email: Some(&email), password_hash: Some(&password_hash), now };
-    if let Err(err) = store::insert_account(&mut *tx, &new).await {
+    if let Err(err) = taken(store::insert_account(&mut *tx, &new).await) {
         return Err(state.conflict_for(err, ip).await);
     }
     let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("account vanished after insert"))?;
@@ -87,7 +84,7 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
         AccountCreated { account_id: id.clone(), username: username.clone(), guest: false, created_at: platform::time::rfc3339(now) };
     platform::events::record(&mut *tx, &created).await?;
     let minted = state.open_session(&mut tx, &account).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     tracing::info!(account_id = id, "account registered");
     Ok((StatusCode::CREATED, Json(Registered { account: account.into(), tokens: state.pair(minted)? })))
 }
@@ -122,7 +119,7 @@ pub async fn login(State(state): State<AccountsState>, ip: ClientIp, Json(req): 
     // ban too.
     state.refuse_banned(&mut *tx, &account.id).await?;
     let minted = state.open_session(&mut tx, &account).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     tracing::info!(account_id = account.id, "signed in");
     Ok(Json(state.pair(minted)?))
 }
@@ -245,7 +242,7 @@ impl AccountsState {
             platform::audit::record(&mut *tx, admin, "accounts.delete", &format!("account:{account_id}"), &detail).await?;
         }
         let revoked = self.auth.revoke_sessions(&mut tx, sessions.clone()).await?;
-        tx.commit().await.map_err(anyhow::Error::from)?;
+        tx.commit().await?;
         revoked.announce().await;
         Ok(Some(sessions))
     }
@@ -293,7 +290,8 @@ pub async fn attach_credentials(
     let password_hash = state.passwords.hash(req.password).await?;
     let now = now_millis();
     let mut tx = state.db.begin().await?;
-    let updated = match store::attach_credentials(&mut *tx, &player.account_id, &email, &password_hash, username.as_deref(), now).await {
+    let attached = store::attach_credentials(&mut *tx, &player.account_id, &email, &password_hash, username.as_deref(), now).await;
+    let updated = match taken(attached) {
         Ok(updated) => updated.ok_or_else(already)?,
         Err(err) => return Err(state.conflict_for(err, ip).await),
     };
@@ -301,7 +299,7 @@ pub async fn attach_credentials(
     let ended = store::revoke_other_sessions(&mut tx, &player.account_id, &player.session_id, now, "guest_upgraded").await?;
     let sessions_ended = ended.len();
     let revoked = state.auth.revoke_sessions(&mut tx, ended).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     revoked.announce().await;
     tracing::info!(sessions_ended, "guest credentials attached; device sign-in retired");
     Ok(Json(updated.into()))

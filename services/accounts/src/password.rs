@@ -8,6 +8,8 @@ use anyhow::Context;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use tokio::sync::Semaphore;
 
 /// Hashes and verifies passwords. Cheap to clone.
@@ -29,11 +31,7 @@ impl Passwords {
     /// A hasher allowing as many concurrent hashes as there are cores (at least two).
     pub fn new() -> anyhow::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, usize::from).max(2);
-        let mut random = [0u8; 32];
-        getrandom_fill(&mut random)?;
-        let dummy: PasswordHash = argon2().hash_password(&random).map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
-        let dummy = dummy.to_string();
-        Ok(Self { permits: Arc::new(Semaphore::new(cores)), dummy_hash: Arc::new(dummy) })
+        Ok(Self { permits: Arc::new(Semaphore::new(cores)), dummy_hash: Arc::new(unmatchable_hash()?) })
     }
 
     /// The PHC string of `password` with a fresh random salt.
@@ -62,6 +60,29 @@ impl Passwords {
     }
 }
 
+/// A PHC string with `argon2()`'s parameters, a random salt and a random output: verifying a
+/// password against it runs a whole Argon2id with those parameters, as a real hash would, and
+/// matches no password (the output would have to be guessed). Written, not computed: hashing a
+/// random password for it took 19 MiB and the time of a hash at every start, and the freed
+/// memory stayed in an idle process's RSS.
+fn unmatchable_hash() -> anyhow::Result<String> {
+    let (mut salt, mut output) = ([0u8; 16], [0u8; 32]);
+    getrandom_fill(&mut salt)?;
+    getrandom_fill(&mut output)?;
+    let argon2 = argon2();
+    let params = argon2.params();
+    // The PHC string format: B64 is standard base64 without padding.
+    Ok(format!(
+        "$argon2id$v={}$m={},t={},p={}${}${}",
+        u32::from(Version::V0x13),
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        STANDARD_NO_PAD.encode(salt),
+        STANDARD_NO_PAD.encode(output)
+    ))
+}
+
 /// Fills `buf` from the operating system's random source.
 pub fn getrandom_fill(buf: &mut [u8]) -> anyhow::Result<()> {
     getrandom::fill(buf).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))
@@ -81,5 +102,18 @@ mod tests {
         assert!(passwords.verify("correct horse".into(), Some(first.clone())).await.expect("verify"));
         assert!(!passwords.verify("wrong horse".into(), Some(first)).await.expect("verify"));
         assert!(!passwords.verify("anything".into(), None).await.expect("verify"));
+    }
+
+    #[test]
+    fn the_unmatchable_hash_costs_what_a_real_one_does_and_matches_nothing() {
+        let real = argon2().hash_password(b"correct horse").expect("hash").to_string();
+        let dummy = unmatchable_hash().expect("dummy");
+        let (real, dummy) = (PasswordHash::new(&real).expect("real parses"), PasswordHash::new(&dummy).expect("dummy parses"));
+        assert_eq!((dummy.algorithm, dummy.version, &dummy.params), (real.algorithm, real.version, &real.params));
+        assert_eq!(dummy.salt.map(|s| s.len()), real.salt.map(|s| s.len()));
+        assert_eq!(dummy.hash.map(|h| h.len()), real.hash.map(|h| h.len()));
+        // Refused as a wrong password, not as a malformed hash: the whole Argon2id ran.
+        let refused = argon2().verify_password(b"correct horse", &dummy).expect_err("no password matches");
+        assert_eq!(refused, argon2::password_hash::Error::PasswordInvalid);
     }
 }

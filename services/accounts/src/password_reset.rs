@@ -185,7 +185,7 @@ pub async fn change_password(
     let ended = crate::store::revoke_other_sessions(&mut tx, &player.account_id, &player.session_id, now, "password_changed").await?;
     let sessions_ended = ended.len();
     let revoked = state.auth.revoke_sessions(&mut tx, ended).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     revoked.announce().await;
     tracing::info!(sessions_ended, "password changed");
     Ok(StatusCode::NO_CONTENT)
@@ -260,7 +260,7 @@ pub async fn reset_password(State(state): State<AccountsState>, ip: ClientIp, Js
     let ended = store::revoke_all_sessions(&mut tx, &account_id, now, "password_reset").await?;
     let sessions_ended = ended.len();
     let revoked = state.auth.revoke_sessions(&mut tx, ended).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     revoked.announce().await;
     // The mailbox's owner is the account's: this address may sign in again at once.
     if let Some(email) = &account.email {

@@ -124,7 +124,7 @@ impl AccountsState {
                 store::touch_session(&mut *tx, &row.session_id, now, expires_at).await?;
                 let refresh_token = successor_token(token, &salt)?;
                 store::insert_refresh_token(&mut *tx, &hash_refresh_token(&refresh_token), &row.session_id, now, expires_at).await?;
-                tx.commit().await.map_err(anyhow::Error::from)?;
+                tx.commit().await?;
                 return Ok(self.pair(Minted { session_id: row.session_id, account_id: row.account_id, name: row.name, refresh_token })?);
             }
             // A concurrent request (the same retry, sent twice) exchanged it first and has
@@ -136,7 +136,7 @@ impl AccountsState {
             && now.saturating_sub(used_at) < grace_ms
             && row.session_revoked_at.is_none()
         {
-            tx.rollback().await.map_err(anyhow::Error::from)?;
+            tx.rollback().await?;
             tracing::info!(session_id = row.session_id, "refresh retried within the grace; same pair answered");
             let refresh_token = successor_token(token, salt)?;
             let minted = Minted { session_id: row.session_id, account_id: row.account_id, name: row.name, refresh_token };
@@ -145,7 +145,7 @@ impl AccountsState {
         // Someone holds a copy of a token already exchanged: end the session for both.
         store::revoke_session(&mut *tx, &row.session_id, now, "refresh_token_reused").await?;
         let revoked = self.auth.revoke_sessions(&mut tx, vec![row.session_id.clone()]).await?;
-        tx.commit().await.map_err(anyhow::Error::from)?;
+        tx.commit().await?;
         revoked.announce().await;
         tracing::warn!(session_id = row.session_id, account_id = row.account_id, "refresh token reused; session revoked");
         Err(ApiError::Unauthenticated {
@@ -160,7 +160,7 @@ impl AccountsState {
         let mut tx = self.db.begin().await?;
         store::revoke_session(&mut *tx, session_id, now_millis(), reason).await?;
         let revoked = self.auth.revoke_sessions(&mut tx, vec![session_id.to_owned()]).await?;
-        tx.commit().await.map_err(anyhow::Error::from)?;
+        tx.commit().await?;
         revoked.announce().await;
         Ok(())
     }

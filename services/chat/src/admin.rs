@@ -677,7 +677,7 @@ pub async fn delete_message(State(state): State<ChatState>, admin: ChatAdmin, Pa
     let id = uuid::Uuid::try_parse(&id).map_err(|_| not_found())?.hyphenated().to_string();
     let mut tx = state.db.begin().await?;
     let channel = store::delete_message(&mut tx, &id).await?.ok_or_else(not_found)?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     audit(&state, &admin, &AdminAction::DeleteMessage { message_id: &id, channel: &channel }).await;
     announce_deleted(&state, &channel, json!({"type": "message_deleted", "channel": channel, "message_id": id})).await;
     Ok(StatusCode::NO_CONTENT)
@@ -708,7 +708,7 @@ pub async fn delete_sender_messages(
     }
     let mut tx = state.db.begin().await?;
     let deleted = store::delete_sender_messages(&mut tx, &channel, &sender).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     audit(&state, &admin, &AdminAction::DeleteSenderMessages { channel: &channel, sender_id: &sender, deleted }).await;
     if deleted > 0 {
         announce_deleted(&state, &channel, json!({"type": "message_deleted", "channel": channel, "sender_id": sender})).await;

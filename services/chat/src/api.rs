@@ -180,7 +180,7 @@ pub async fn create_group(State(state): State<ChatState>, player: Player, Json(r
     let id = uuid::Uuid::now_v7().to_string();
     let mut tx = state.db.begin().await?;
     store::insert_group(&mut tx, &id, name, &player.account_id, now_millis()).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(group_view(&state, &id).await?)))
 }
 
@@ -530,7 +530,7 @@ async fn record_sanction(state: &ChatState, req: &Sanction, scope: &str, authori
         issued_at: platform::time::rfc3339(now),
     };
     platform::events::record(&mut *tx, &event).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     tracing::info!(account_id = req.account_id, scope, kind = req.kind, by, authority = authority.as_str(), "chat sanction");
     if req.kind == "ban" {
         let notice = match scope {
@@ -841,6 +841,6 @@ pub async fn report(
         return Err(ApiError::Conflict { code: "already_reported", message: "you reported this message already".into() });
     }
     platform::events::record(&mut *tx, &event).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     Ok(StatusCode::ACCEPTED)
 }

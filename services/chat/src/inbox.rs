@@ -67,7 +67,7 @@ pub(crate) async fn store_direct(state: &ChatState, channel: &Channel, row: &Mes
         };
         store::upsert_notification(&mut tx, &n).await?
     };
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     if let Some(notification) = notification {
         state.cap_stream(recipient).await;
         state.push_notification(recipient, notification).await;
@@ -215,6 +215,6 @@ pub async fn mark_read(
         return Err(ApiError::NotFound("no message in this conversation yet".into()));
     }
     store::mark_thread_read(&mut *tx, account, &channel_id, now_millis()).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

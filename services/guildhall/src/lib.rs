@@ -8,6 +8,8 @@ use std::io::Read as _;
 
 use anyhow::Context;
 use axum::Router;
+use axum::body::Bytes;
+use axum::http::header;
 use axum::routing::get;
 use platform::auth::{AdminKey, Authenticator};
 use platform::blobs::Blobs;
@@ -229,9 +231,23 @@ impl App {
                 }
             }
         }
-        // The whole API's document, whichever services run here (see `openapi`).
-        let doc = Arc::new(openapi());
-        router = router.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }));
+        // The whole API's document, whichever services run here (see `openapi`), made on its
+        // first request and kept as its JSON (160 KB). Made at start, as it was, it raised an idle
+        // process's RSS by several MB (the document's tree, held for the process's life and
+        // cloned for every request, and the code of every schema, run once); `guildhall version`
+        // peaks at 17 MB of RSS, `guildhall openapi` at 43 MB (loadtest/README.md, "Idle memory").
+        let doc = Arc::new(tokio::sync::OnceCell::<Bytes>::new());
+        router = router.route(
+            "/openapi.json",
+            get(move || async move {
+                let json = doc
+                    .get_or_try_init(|| async {
+                        serde_json::to_vec(&openapi()).map(Bytes::from).context("serializing the OpenAPI document")
+                    })
+                    .await?;
+                platform::ApiResult::Ok(([(header::CONTENT_TYPE, "application/json")], json.clone()))
+            }),
+        );
         if mode == Mode::Serve {
             router = router.merge(console::router());
             // Every write refused while the region is read-only, before any handler runs.

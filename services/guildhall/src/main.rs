@@ -5,7 +5,9 @@ use platform::config::Config;
 
 /// mimalloc instead of glibc's allocator: the request paths allocate many small short-lived
 /// buffers across threads, where glibc's arenas showed as ~15% of the server's CPU in profiles
-/// of the leaderboard benchmark.
+/// of the leaderboard benchmark. Built without its transparent-huge-page advice (the `no_thp`
+/// feature): with it, each touched part of the heap took a whole 2 MiB page, which an idle
+/// process kept (loadtest/idle.sh; figures in loadtest/README.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -110,7 +110,7 @@ pub async fn update_board(
     let after = BoardView::from(&board);
     let detail = serde_json::json!({ "before": before, "after": after });
     platform::audit::record(&mut *tx, &admin, "leaderboards.update", &target(&id), &detail).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     state.boards.forget(&id);
     tracing::info!("leaderboard updated");
     Ok(Json(after))
@@ -133,7 +133,7 @@ pub async fn delete_board(State(state): State<LeaderboardState>, admin: Admin, P
     store::delete_board(&mut tx, &id).await?;
     let detail = serde_json::json!({ "board": BoardView::from(&board), "live_records": live_records });
     platform::audit::record(&mut *tx, &admin, "leaderboards.delete", &target(&id), &detail).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     state.boards.forget(&id);
     // Archived seasons have no index; the live one's goes. Should this fail, a board made again
     // with this id drops it before its first season (see `create_board`), and nothing reads it
@@ -197,7 +197,7 @@ pub async fn delete_record(
         "updated_at": platform::time::rfc3339(record.updated_at),
     });
     platform::audit::record(&mut *tx, &admin, "leaderboards.record_delete", &target(&board.id), &detail).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     // The record is gone; should the index step fail now, the check's repair does it.
     if let Err(err) = state.check_until_agreed(&checked).await {
         tracing::warn!(error = format!("{err:#}"), "removing a deleted record from the rank index failed; the repair will");

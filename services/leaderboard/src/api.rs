@@ -10,10 +10,10 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use platform::auth::{Admin, Caller, Player, Scope as KeyScope, Unconfirmed};
-use platform::db::{now_millis, unique_violation};
+use platform::db::now_millis;
 use platform::error::ErrorBody;
 use platform::http::{Json, Query};
-use platform::{ApiError, ApiResult};
+use platform::{ApiError, ApiResult, OnUnique};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -378,12 +378,10 @@ pub async fn create_board(
     state.index.drop_season(Scope { board: &board.id, season: 1 }).await?;
     let view = BoardView::from(&board);
     let mut tx = state.db.begin().await?;
-    store::insert_board(&mut *tx, &board).await.map_err(|err| match unique_violation(&err) {
-        Some(_) => board_exists(),
-        None => ApiError::Internal(err),
-    })?;
+    // The board's id is the table's one unique key (`leaderboards_pkey`, `leaderboards.id`).
+    store::insert_board(&mut *tx, &board).await.on_unique("leaderboards", board_exists)?;
     platform::audit::record(&mut *tx, &admin, "leaderboards.create", &format!("leaderboard:{}", board.id), &view).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     tracing::info!("leaderboard created");
     Ok((StatusCode::CREATED, Json(view)))
 }

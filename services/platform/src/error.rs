@@ -334,6 +334,35 @@ impl IntoResponse for ApiError {
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A database error is an internal one like any other: `status` and `code` classify it from the
+/// cause chain, as they do an `anyhow::Error` holding it (a pool timeout or a database that is
+/// down: 503 `unavailable`; SQLSTATE 25006 on a replica: 503 `read_only_region`), so `?` on a
+/// sqlx call answers the same as `.map_err(anyhow::Error::from)?` did.
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        ApiError::Internal(err.into())
+    }
+}
+
+/// Unique-constraint violations become 409s through this one helper (STYLE.md 7): a write whose
+/// error says it broke the unique index or constraint `name` answers `conflict()` instead; any
+/// other error converts as `?` would.
+pub trait OnUnique<T> {
+    /// `name` is matched as `crate::db::unique_violation` reports it: PostgreSQL names the
+    /// constraint (`accounts_email_key`), SQLite the columns (`accounts.email`), so pass a part
+    /// both contain (`email`).
+    fn on_unique(self, name: &str, conflict: impl FnOnce() -> ApiError) -> ApiResult<T>;
+}
+
+impl<T, E: Into<ApiError>> OnUnique<T> for Result<T, E> {
+    fn on_unique(self, name: &str, conflict: impl FnOnce() -> ApiError) -> ApiResult<T> {
+        self.map_err(|err| match err.into() {
+            ApiError::Internal(err) if crate::db::unique_violation(&err).is_some_and(|broken| broken.contains(name)) => conflict(),
+            other => other,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;

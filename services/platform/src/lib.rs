@@ -31,4 +31,4 @@ pub mod testing;
 pub mod time;
 pub mod tokens;
 
-pub use error::{ApiError, ApiResult};
+pub use error::{ApiError, ApiResult, OnUnique};

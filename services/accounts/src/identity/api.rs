@@ -12,7 +12,7 @@ use platform::db::{now_millis, unique_violation};
 use platform::error::ErrorBody;
 use platform::events::AccountCreated;
 use platform::http::{ClientIp, Json};
-use platform::{ApiError, ApiResult};
+use platform::{ApiError, ApiResult, OnUnique};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -173,16 +173,17 @@ pub async fn link(
         let row = row.context("an identity found by its subject is missing from its account's list")?;
         return Ok((StatusCode::OK, Json(row.into())));
     }
-    if let Err(err) = identities::insert_identity(&mut *tx, provider, &verified.subject, &player.account_id, now).await {
-        return Err(match unique_violation(&err) {
-            Some(c) if identities::one_per_provider(&c) => ApiError::Conflict {
-                code: "provider_already_linked",
-                message: format!("this account has a {provider} identity already; unlink it first"),
-            },
-            Some(_) => linked_elsewhere(),
-            None => err.into(),
-        });
-    }
+    let already_linked = || ApiError::Conflict {
+        code: "provider_already_linked",
+        message: format!("this account has a {provider} identity already; unlink it first"),
+    };
+    identities::insert_identity(&mut *tx, provider, &verified.subject, &player.account_id, now)
+        .await
+        // One identity per provider on an account: PostgreSQL names the index, SQLite its columns.
+        .on_unique("one_per_provider", already_linked)
+        .on_unique("account_identities.account_id", already_linked)
+        // Else the primary key (provider, subject): the identity is another account's.
+        .on_unique("account_identities", linked_elsewhere)?;
     tx.commit().await.context("committing the link")?;
     tracing::info!(%provider, "identity linked");
     let view = IdentityView {

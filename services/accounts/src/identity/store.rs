@@ -34,7 +34,7 @@ pub async fn account_by_identity<'e>(
 
 /// Links `provider`'s `subject` to `account_id`. A unique violation comes back as the error:
 /// the identity is another account's (primary key), or the account has one of `provider`
-/// already (`account_identities_one_per_provider`); `linked_elsewhere` tells which.
+/// already (`account_identities_one_per_provider`); the link handler tells which.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.insert_identity", skip_all)]
 pub async fn insert_identity<'e>(
     db: impl Executor<'e, Database = Any>,
@@ -52,12 +52,6 @@ pub async fn insert_identity<'e>(
         .await
         .context("inserting identity")?;
     Ok(())
-}
-
-/// Whether a unique violation `constraint` (PostgreSQL's name, SQLite's columns) was the account's
-/// one identity per provider, rather than the identity being taken.
-pub fn one_per_provider(constraint: &str) -> bool {
-    constraint.contains("one_per_provider") || constraint.contains("account_identities.account_id")
 }
 
 /// The account's identities, by provider (at most one each, so at most five).

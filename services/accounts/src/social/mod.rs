@@ -204,7 +204,7 @@ pub async fn befriend(State(state): State<AccountsState>, player: Player, Path(a
             let event =
                 FriendAccepted { requester_id: other.to_owned(), accepter_id: me.to_owned(), accepted_at: platform::time::rfc3339(now) };
             platform::events::record(&mut *tx, &event).await?;
-            tx.commit().await.map_err(anyhow::Error::from)?;
+            tx.commit().await?;
             tracing::info!(other_id = other, "friend request accepted");
             Ok((StatusCode::OK, Json(answer(LinkState::Friends, now))))
         }
@@ -228,7 +228,7 @@ pub async fn befriend(State(state): State<AccountsState>, player: Player, Path(a
             store::put_link_pair(&mut tx, me, other, LinkState::Outgoing, now).await?;
             let event = FriendRequested { from_id: me.to_owned(), to_id: other.to_owned(), requested_at: platform::time::rfc3339(now) };
             platform::events::record(&mut *tx, &event).await?;
-            tx.commit().await.map_err(anyhow::Error::from)?;
+            tx.commit().await?;
             tracing::info!(other_id = other, "friend request sent");
             Ok((StatusCode::CREATED, Json(answer(LinkState::Outgoing, now))))
         }
@@ -255,7 +255,7 @@ pub async fn unfriend(State(state): State<AccountsState>, player: Player, Path(a
         platform::events::record(&mut *tx, &event).await?;
         tracing::info!(other_id = other, "friendship or request ended");
     }
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -330,7 +330,7 @@ pub async fn block(State(state): State<AccountsState>, player: Player, Path(acco
     }
     let event = BlockAdded { blocker_id: me.to_owned(), blocked_id: other.to_owned(), blocked_at: platform::time::rfc3339(now) };
     platform::events::record(&mut *tx, &event).await?;
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     tracing::info!(other_id = other, "player blocked");
     Ok((StatusCode::CREATED, Json(Blocked { account_id: other.to_owned(), name, since: platform::time::rfc3339(now) })))
 }
@@ -354,7 +354,7 @@ pub async fn unblock(State(state): State<AccountsState>, player: Player, Path(ac
         platform::events::record(&mut *tx, &event).await?;
         tracing::info!(other_id = other, "block lifted");
     }
-    tx.commit().await.map_err(anyhow::Error::from)?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
