@@ -3,8 +3,11 @@
 //!
 //! Guildhall does not keep a flag that an operator must flip in every region: it asks its own
 //! database (`pg_is_in_recovery()` and `transaction_read_only`) every `REGION_CHECK_INTERVAL_MS`,
-//! so promoting the database (Aurora Global Database failover, `pg_promote()`) is the one step
-//! that makes a region writable, and every instance follows within an interval. What Guildhall
+//! so where promotion keeps the database's address (`pg_promote()` on a streaming standby) it is
+//! the one step that makes a region writable, and every instance follows within an interval. On
+//! an Aurora Global Database a standby's tasks reach their region through the reader endpoint (a
+//! secondary cluster's own cluster endpoint is not for use until promoted), so the promotion is
+//! followed by a deployment onto the cluster endpoint (`DataTierPromoted`, ecs/README.md). What Guildhall
 //! cannot tell from its database is set by `REGION_ROLE`: `standby` keeps a region read-only even
 //! when its database takes writes, to fence an old primary that came back writable after an
 //! unplanned failover, until an operator re-points or rebuilds it (see `ecs/README.md`).
