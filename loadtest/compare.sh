@@ -9,7 +9,7 @@
 #   ROUNDS=2 CONCURRENCY=50 DURATION=10 WARMUP=2 PLAYERS=1000 loadtest/compare.sh /tmp/guildhall-main target/release/guildhall
 #
 # Copy a binary aside before rebuilding the other (`cp target/release/guildhall /tmp/guildhall-main`).
-# Builds guildhall-bench (release) itself. Everything it starts is stopped and removed at exit.
+# Builds guildhall-bench (release) itself, with guildhall (whose binary it does not use). Everything it starts is stopped and removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,9 @@ WARMUP=${WARMUP:-2}
 PLAYERS=${PLAYERS:-1000}
 ADMIN_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 
-cargo build --release -p guildhall-bench
+# Both together, as run.sh builds them: guildhall-bench alone unifies features differently and
+# rebuilds its dependencies.
+cargo build --release -p guildhall -p guildhall-bench
 
 # shellcheck source=lib.sh
 source loadtest/lib.sh

@@ -488,7 +488,10 @@ async fn batches_of_set_and_best_submissions_keep_each_rule(backend: Backend) {
         body
     };
     let seen = |answers: &[Value]| -> Vec<(String, i64, Value)> {
-        answers.iter().map(|a| (a["owner_id"].as_str().expect("owner").to_owned(), a["score"].as_i64().expect("score"), a["metadata"].clone())).collect()
+        answers
+            .iter()
+            .map(|a| (a["owner_id"].as_str().expect("owner").to_owned(), a["score"].as_i64().expect("score"), a["metadata"].clone()))
+            .collect()
     };
 
     let first = all_at_once(&app, "level", owners.iter().enumerate().map(|(p, o)| body(o, p, Some(json!({"n": p})))).collect()).await;
@@ -501,21 +504,30 @@ async fn batches_of_set_and_best_submissions_keep_each_rule(backend: Backend) {
     listed.reverse();
     assert_eq!(listed, expected);
 
-    let first = all_at_once(&app, "laps", owners.iter().enumerate().map(|(p, o)| body(o, 1000 + p, Some(json!({"lap": 1})))).collect()).await;
+    let first =
+        all_at_once(&app, "laps", owners.iter().enumerate().map(|(p, o)| body(o, 1000 + p, Some(json!({"lap": 1})))).collect()).await;
     assert!(first.iter().all(|a| a["metadata"] == json!({"lap": 1})));
     // Even players improve (lower is better here), odd ones do not.
     let times = |p: usize| if p % 2 == 0 { 500 + p } else { 2000 + p };
-    let second = all_at_once(&app, "laps", owners.iter().enumerate().map(|(p, o)| body(o, times(p), Some(json!({"lap": 2})))).collect()).await;
-    let expected: Vec<_> = owners
-        .iter()
-        .enumerate()
-        .map(|(p, o)| if p % 2 == 0 { (o.clone(), (500 + p) as i64, json!({"lap": 2})) } else { (o.clone(), (1000 + p) as i64, json!({"lap": 1})) })
-        .collect();
+    let second =
+        all_at_once(&app, "laps", owners.iter().enumerate().map(|(p, o)| body(o, times(p), Some(json!({"lap": 2})))).collect()).await;
+    let expected: Vec<_> =
+        owners
+            .iter()
+            .enumerate()
+            .map(|(p, o)| {
+                if p % 2 == 0 {
+                    (o.clone(), (500 + p) as i64, json!({"lap": 2}))
+                } else {
+                    (o.clone(), (1000 + p) as i64, json!({"lap": 1}))
+                }
+            })
+            .collect();
     assert_eq!(seen(&second), expected, "best keeps the better record, metadata and all");
     let mut listed = seen(&all_records(&app, "laps", ADMIN_KEY, 100).await);
-    listed.sort();
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
     let mut expected = expected;
-    expected.sort();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(listed, expected);
 }
 
