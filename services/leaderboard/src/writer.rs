@@ -23,6 +23,12 @@
 //!    in a later transaction (or alone, once idle). A check that stays (the process died, the
 //!    index did not answer or was not ready) is taken up by the repair a few seconds later.
 //!
+//! A batch whose submissions all `set` or keep the `best`, carry no idempotency key and name each
+//! player once skips steps 1 to 3: one upsert per board season applies the operator in the
+//! database under the row lock it takes and returns each record as it left it (see
+//! `commit_upserts`); on PostgreSQL a batch of one board season is that one statement, its index
+//! check written by the same statement, in autocommit.
+//!
 //! One player's submissions to one board always take the same lane, so within an instance they
 //! are applied in the order they arrived. A submission refused by the board's rules (bounds,
 //! overflow) is answered alone and does not hold back the others.
