@@ -611,7 +611,7 @@ async fn commit_upserts(db: &Database, batch: &[&Submission], clear: &[String]) 
         if let (Some(((board_id, season), (board, rows))), Some(id)) = (groups.iter().next(), &check_id) {
             let rows: Vec<&RecordRow> = rows.iter().collect();
             let check = CheckRow { id, records: &checked, check_at };
-            for record in store::upsert_records(&mut conn, board_id, *season, &rows, combine(*board), Some(check)).await? {
+            for record in store::upsert_records(&mut conn, board_id, *season, &rows, combine(board), Some(check)).await? {
                 written.insert((*board_id, *season, record.owner_id.clone()), record);
             }
         }
@@ -619,7 +619,7 @@ async fn commit_upserts(db: &Database, batch: &[&Submission], clear: &[String]) 
         let mut tx = db.begin().await?;
         for ((board_id, season), (board, rows)) in &groups {
             let rows: Vec<&RecordRow> = rows.iter().collect();
-            for record in store::upsert_records(&mut tx, board_id, *season, &rows, combine(*board), None).await? {
+            for record in store::upsert_records(&mut tx, board_id, *season, &rows, combine(board), None).await? {
                 written.insert((*board_id, *season, record.owner_id.clone()), record);
             }
         }
