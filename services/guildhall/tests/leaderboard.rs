@@ -508,21 +508,20 @@ async fn batches_of_set_and_best_submissions_keep_each_rule(backend: Backend) {
         all_at_once(&app, "laps", owners.iter().enumerate().map(|(p, o)| body(o, 1000 + p, Some(json!({"lap": 1})))).collect()).await;
     assert!(first.iter().all(|a| a["metadata"] == json!({"lap": 1})));
     // Even players improve (lower is better here), odd ones do not.
-    let times = |p: usize| if p % 2 == 0 { 500 + p } else { 2000 + p };
+    let times = |p: usize| if p.is_multiple_of(2) { 500 + p } else { 2000 + p };
     let second =
         all_at_once(&app, "laps", owners.iter().enumerate().map(|(p, o)| body(o, times(p), Some(json!({"lap": 2})))).collect()).await;
-    let expected: Vec<_> =
-        owners
-            .iter()
-            .enumerate()
-            .map(|(p, o)| {
-                if p % 2 == 0 {
-                    (o.clone(), (500 + p) as i64, json!({"lap": 2}))
-                } else {
-                    (o.clone(), (1000 + p) as i64, json!({"lap": 1}))
-                }
-            })
-            .collect();
+    let expected: Vec<_> = owners
+        .iter()
+        .enumerate()
+        .map(|(p, o)| {
+            if p.is_multiple_of(2) {
+                (o.clone(), (500 + p) as i64, json!({"lap": 2}))
+            } else {
+                (o.clone(), (1000 + p) as i64, json!({"lap": 1}))
+            }
+        })
+        .collect();
     assert_eq!(seen(&second), expected, "best keeps the better record, metadata and all");
     let mut listed = seen(&all_records(&app, "laps", ADMIN_KEY, 100).await);
     listed.sort_by(|a, b| a.0.cmp(&b.0));
