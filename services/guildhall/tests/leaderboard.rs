@@ -17,6 +17,7 @@ on_both_backends!(
     a_deleted_account_leaves_every_board,
     a_logged_out_session_reads_no_rank,
     simultaneous_submissions_of_one_player_all_count,
+    batches_of_set_and_best_submissions_keep_each_rule,
     a_retried_submission_counts_once,
     operators_list_change_and_delete_boards,
     a_deleted_record_leaves_ranks_right,
@@ -461,6 +462,106 @@ async fn simultaneous_submissions_of_one_player_all_count(backend: Backend) {
     assert_eq!((me["score"].as_i64(), me["rank"].as_u64()), (Some(30), Some(1)));
     let me = app.get("/v1/leaderboards/clicks/records/me", Some(&bob)).await.expect(200).body;
     assert_eq!((me["score"].as_i64(), me["rank"].as_u64()), (Some(10), Some(2)));
+}
+
+/// Submits every body to `board` at once with the server key; the answers in order.
+async fn all_at_once(api: &Api, board: &str, bodies: Vec<Value>) -> Vec<Value> {
+    let path = format!("/v1/leaderboards/{board}/scores");
+    let replies = futures_util::future::join_all(bodies.into_iter().map(|body| api.post(&path, Some(ADMIN_KEY), body))).await;
+    replies.into_iter().map(|reply| reply.expect(200).body).collect()
+}
+
+/// Twenty players' submissions at once on a `set` and a `best` board: the writer takes them in
+/// batches (one upsert each), and the rules of one submission at a time hold within them: `set`
+/// replaces the score and keeps the metadata a submission leaves out, `best` keeps the better
+/// record with its metadata, and each answer is its own player's record.
+async fn batches_of_set_and_best_submissions_keep_each_rule(backend: Backend) {
+    let app = start(backend).await;
+    create_board(&app, json!({"id": "level", "sort": "desc", "operator": "set"})).await;
+    create_board(&app, json!({"id": "laps", "sort": "asc", "operator": "best"})).await;
+    let owners: Vec<String> = (0..20).map(|p| format!("player-{p}")).collect();
+    let body = |owner: &str, score: usize, metadata: Option<Value>| {
+        let mut body = json!({"score": score, "owner_id": owner, "owner_name": owner});
+        if let Some(metadata) = metadata {
+            body["metadata"] = metadata;
+        }
+        body
+    };
+    let seen = |answers: &[Value]| -> Vec<(String, i64, Value)> {
+        answers
+            .iter()
+            .map(|a| (a["owner_id"].as_str().expect("owner").to_owned(), a["score"].as_i64().expect("score"), a["metadata"].clone()))
+            .collect()
+    };
+
+    let first = all_at_once(&app, "level", owners.iter().enumerate().map(|(p, o)| body(o, p, Some(json!({"n": p})))).collect()).await;
+    let expected: Vec<_> = owners.iter().enumerate().map(|(p, o)| (o.clone(), p as i64, json!({"n": p}))).collect();
+    assert_eq!(seen(&first), expected);
+    let second = all_at_once(&app, "level", owners.iter().enumerate().map(|(p, o)| body(o, 100 + p, None)).collect()).await;
+    let expected: Vec<_> = owners.iter().enumerate().map(|(p, o)| (o.clone(), 100 + p as i64, json!({"n": p}))).collect();
+    assert_eq!(seen(&second), expected, "set replaces the score and keeps the metadata left out");
+    let mut listed = seen(&all_records(&app, "level", ADMIN_KEY, 100).await);
+    listed.reverse();
+    assert_eq!(listed, expected);
+
+    let first =
+        all_at_once(&app, "laps", owners.iter().enumerate().map(|(p, o)| body(o, 1000 + p, Some(json!({"lap": 1})))).collect()).await;
+    assert!(first.iter().all(|a| a["metadata"] == json!({"lap": 1})));
+    // Even players improve (lower is better here), odd ones do not.
+    let times = |p: usize| if p.is_multiple_of(2) { 500 + p } else { 2000 + p };
+    let second =
+        all_at_once(&app, "laps", owners.iter().enumerate().map(|(p, o)| body(o, times(p), Some(json!({"lap": 2})))).collect()).await;
+    let expected: Vec<_> = owners
+        .iter()
+        .enumerate()
+        .map(|(p, o)| {
+            if p.is_multiple_of(2) {
+                (o.clone(), (500 + p) as i64, json!({"lap": 2}))
+            } else {
+                (o.clone(), (1000 + p) as i64, json!({"lap": 1}))
+            }
+        })
+        .collect();
+    assert_eq!(seen(&second), expected, "best keeps the better record, metadata and all");
+    let mut listed = seen(&all_records(&app, "laps", ADMIN_KEY, 100).await);
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut expected = expected;
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(listed, expected);
+}
+
+/// Two processes take a 30 and a 20 for the same player of a `best` board at once, both better
+/// than the 10 the index holds, so both reach a writer: the one that commits second meets the
+/// other's record, and when that is the 30, the 20 is answered with the 30 as it stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_keep_the_better_of_racing_best_submissions() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let (_env, a, b) = common::two_processes(|_| {}).await;
+    create_board(&a, json!({"id": "race", "sort": "desc", "operator": "best"})).await;
+    for round in 0..10 {
+        let owners: Vec<String> = (0..10).map(|p| format!("racer-{round}-{p}")).collect();
+        all_at_once(&a, "race", owners.iter().map(|o| json!({"score": 10, "owner_id": o, "owner_name": o})).collect()).await;
+        let path = "/v1/leaderboards/race/scores";
+        let sends = owners.iter().flat_map(|o| {
+            [
+                a.post(path, Some(ADMIN_KEY), json!({"score": 30, "owner_id": o, "owner_name": o})),
+                b.post(path, Some(ADMIN_KEY), json!({"score": 20, "owner_id": o, "owner_name": o})),
+            ]
+        });
+        let answers: Vec<Value> = futures_util::future::join_all(sends).await.into_iter().map(|r| r.expect(200).body).collect();
+        for pair in answers.chunks(2) {
+            let (thirty, twenty) = (&pair[0], &pair[1]);
+            assert_eq!(thirty["score"], 30, "round {round}: {thirty}");
+            let kept = twenty["score"] == 30 && twenty["updated_at"] == thirty["updated_at"];
+            assert!(twenty["score"] == 20 || kept, "round {round}: the 20 is its own record or the 30 as it stands: {twenty} {thirty}");
+        }
+        for o in &owners {
+            let listed = a.get(&format!("/v1/leaderboards/race/records?owner_ids={o}"), Some(ADMIN_KEY)).await.expect(200).body;
+            assert_eq!(listed["records"][0]["score"], 30, "round {round}: {o}");
+        }
+    }
 }
 
 /// Two processes on one PostgreSQL take the first submissions of the same new players at the same

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use platform::auth::{Admin, Caller, Player, Scope as KeyScope, Unconfirmed};
+use platform::auth::{Admin, Caller, Player, Scope as KeyScope, Unconfirmed, UnconfirmedCaller};
 use platform::db::now_millis;
 use platform::error::ErrorBody;
 use platform::http::{Json, Query};
@@ -424,24 +424,105 @@ pub async fn show_board(State(state): State<LeaderboardState>, _caller: Caller, 
 #[tracing::instrument(skip_all, fields(board = id))]
 pub async fn submit_score(
     State(state): State<LeaderboardState>,
-    caller: Caller,
+    caller: UnconfirmedCaller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Json(req): Json<SubmitScore>,
+    body: Result<Json<SubmitScore>, ApiError>,
 ) -> ApiResult<Json<Record>> {
-    let idempotency_key = idempotency_key(&headers)?;
-    let board = state.current(state.board(&id).await?).await?;
+    // A player's session is confirmed before anything is answered or written, as the `Caller`
+    // extractor would; on a `best` board over Redis the revocation status rides in the same
+    // round trip as the index check below.
+    let (player, submission) = match caller {
+        UnconfirmedCaller::Server(admin) => (None, checked_submission(&state, Err(admin), &id, &headers, body).await?),
+        UnconfirmedCaller::Player(unconfirmed) => match checked_submission(&state, Ok(&unconfirmed), &id, &headers, body).await {
+            Ok(submission) => (Some(unconfirmed), submission),
+            Err(err) => {
+                state.auth.confirm(unconfirmed).await?;
+                return Err(err);
+            }
+        },
+    };
+    let board = &submission.board;
+
+    // Most submissions to a `best` board do not beat the record. Ask the index first; only a
+    // submission that may change the record goes to the database and takes the row lock below
+    // (which decides again, so a concurrent change is never lost).
+    if board.operator == Operator::Best {
+        let candidate = board.sort_key(submission.score, submission.subscore, 0, &submission.owner_id);
+        let scope = Scope { board: &board.id, season: board.season };
+        let (owner, prefix) = (submission.owner_id.as_str(), &candidate[..32]);
+        let kept = match player {
+            Some(unconfirmed) if matches!(state.index, RankIndex::Redis(_)) => {
+                let (status, kept) = when_ready!(state, board, async {
+                    let found = state.index.unless_better_unless_revoked(scope, owner, prefix, unconfirmed.session_id()).await?;
+                    let Some((revocation, kept)) = found else { unreachable!("a Redis index answers") };
+                    if revocation.revoked {
+                        return Err(platform::auth::session_revoked());
+                    }
+                    Ok::<_, ApiError>(kept.map(|kept| (revocation, kept)))
+                });
+                // Reads the database only when the cache has lost its revocations.
+                state.auth.confirm_with_status(unconfirmed, status).await?;
+                kept
+            }
+            player => {
+                if let Some(unconfirmed) = player {
+                    state.auth.confirm(unconfirmed).await?;
+                }
+                when_ready!(state, board, state.index.unless_better(scope, owner, prefix))
+            }
+        };
+        if let Some(record) = kept.and_then(|kept| state.record(board, kept)) {
+            return Ok(Json(record));
+        }
+    } else if let Some(unconfirmed) = player {
+        state.auth.confirm(unconfirmed).await?;
+    }
+
+    // The database first: the record is durable before it is acknowledged or ranked. The writer
+    // commits it together with whatever other submissions are waiting (group commit), then
+    // updates the index itself, so that a request that ends early does not leave it behind.
+    let board = board.clone();
+    let written = state.writer.submit(submission).await?.map_err(|refusal| match refusal {
+        Refusal::OutOfBounds => ApiError::invalid("score", "the score is outside this leaderboard's bounds"),
+        Refusal::Overflow => ApiError::invalid("score", "the resulting score does not fit in 64 bits"),
+    })?;
+    let rank = match written.rank {
+        Some(rank) => rank,
+        // The index was not ready (or did not answer) when the writer updated it: rank it here,
+        // rebuilding the index when needed.
+        None => {
+            let scope = Scope { board: &board.id, season: board.season };
+            when_ready!(state, board, state.index.upsert(scope, &Entry::of(&board, &written.record)))
+        }
+    };
+    Ok(Json(record_of(written.record, rank)))
+}
+
+/// A submission as the request makes it, checked against the board: its owner (the player's
+/// token, `Ok`, or the `owner_id` a server key names, `Err`), bounds, metadata and key. The
+/// player's session is not confirmed here.
+async fn checked_submission(
+    state: &LeaderboardState,
+    caller: Result<&Unconfirmed, Admin>,
+    id: &str,
+    headers: &HeaderMap,
+    body: Result<Json<SubmitScore>, ApiError>,
+) -> ApiResult<Submission> {
+    let Json(req) = body?;
+    let idempotency_key = idempotency_key(headers)?;
+    let board = state.current(state.board(id).await?).await?;
     let (owner_id, owner_name) = match caller {
-        Caller::Player(player) => {
+        Ok(player) => {
             if board.authoritative {
                 return Err(ApiError::Forbidden("this leaderboard takes scores from the game server only".into()));
             }
             if req.owner_id.is_some() || req.owner_name.is_some() {
                 return Err(ApiError::invalid("owner_id", "players submit their own scores; owner_id is for the server key"));
             }
-            (player.account_id, player.name)
+            (player.account_id().to_owned(), player.name().to_owned())
         }
-        Caller::Server(admin) => {
+        Err(admin) => {
             admin.require(KeyScope::GameServer)?;
             let owner_id = req.owner_id.filter(|o| !o.is_empty() && o.len() <= 64 && !o.contains('|'));
             let owner_id = owner_id.ok_or_else(|| ApiError::invalid("owner_id", "the server key must name the player (owner_id)"))?;
@@ -462,42 +543,12 @@ pub async fn submit_score(
         }
         None => None,
     };
-
-    // Most submissions to a `best` board do not beat the record. Ask the index first; only a
-    // submission that may change the record goes to the database and takes the row lock below
-    // (which decides again, so a concurrent change is never lost).
     if board.operator == Operator::Best {
         board
             .apply(None, req.score, req.subscore)
             .map_err(|_| ApiError::invalid("score", "the score is outside this leaderboard's bounds"))?;
-        let candidate = board.sort_key(req.score, req.subscore, 0, &owner_id);
-        let scope = Scope { board: &board.id, season: board.season };
-        if let Some(kept) = when_ready!(state, board, state.index.unless_better(scope, &owner_id, &candidate[..32]))
-            && let Some(record) = state.record(&board, kept)
-        {
-            return Ok(Json(record));
-        }
     }
-
-    // The database first: the record is durable before it is acknowledged or ranked. The writer
-    // commits it together with whatever other submissions are waiting (group commit), then
-    // updates the index itself, so that a request that ends early does not leave it behind.
-    let submission =
-        Submission { board: board.clone(), owner_id, owner_name, score: req.score, subscore: req.subscore, metadata, idempotency_key };
-    let written = state.writer.submit(submission).await?.map_err(|refusal| match refusal {
-        Refusal::OutOfBounds => ApiError::invalid("score", "the score is outside this leaderboard's bounds"),
-        Refusal::Overflow => ApiError::invalid("score", "the resulting score does not fit in 64 bits"),
-    })?;
-    let rank = match written.rank {
-        Some(rank) => rank,
-        // The index was not ready (or did not answer) when the writer updated it: rank it here,
-        // rebuilding the index when needed.
-        None => {
-            let scope = Scope { board: &board.id, season: board.season };
-            when_ready!(state, board, state.index.upsert(scope, &Entry::of(&board, &written.record)))
-        }
-    };
-    Ok(Json(record_of(written.record, rank)))
+    Ok(Submission { board, owner_id, owner_name, score: req.score, subscore: req.subscore, metadata, idempotency_key })
 }
 
 /// Longest `Idempotency-Key` accepted.

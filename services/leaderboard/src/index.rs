@@ -182,6 +182,22 @@ impl RankIndex {
         }
     }
 
+    /// On Redis: `unless_better`'s answer and the revocation status of `session_id`, in one round
+    /// trip. `None` on the in-memory index, where the two cost nothing to read apart.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.unless_better_unless_revoked", skip_all)]
+    pub async fn unless_better_unless_revoked(
+        &self,
+        scope: Scope<'_>,
+        owner_id: &str,
+        prefix: &str,
+        session_id: &str,
+    ) -> anyhow::Result<Option<RankAndRevocation>> {
+        match self {
+            RankIndex::Redis(r) => r.unless_better_unless_revoked(scope, owner_id, prefix, session_id).await.map(Some),
+            RankIndex::Memory(_) => Ok(None),
+        }
+    }
+
     /// Up to `limit` entries from the top, or from just after the sort key `after`.
     #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.page", skip_all)]
     pub async fn page(&self, scope: Scope<'_>, after: Option<&str>, limit: usize) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
@@ -681,18 +697,39 @@ impl RedisIndex {
     /// The session's revocation status and the rank script, pipelined: one round trip. (Not one
     /// script: the revocations live in another hash slot than the board's keys.)
     async fn rank_of_unless_revoked(&self, scope: Scope<'_>, owner_id: &str, session_id: &str) -> anyhow::Result<RankAndRevocation> {
+        self.ranked_unless_revoked(scope, script(&RANK_OF_SCRIPT, RANK_OF), &[owner_id], session_id).await
+    }
+
+    async fn unless_better_unless_revoked(
+        &self,
+        scope: Scope<'_>,
+        owner_id: &str,
+        prefix: &str,
+        session_id: &str,
+    ) -> anyhow::Result<RankAndRevocation> {
+        self.ranked_unless_revoked(scope, script(&UNLESS_BETTER_SCRIPT, UNLESS_BETTER), &[owner_id, prefix], session_id).await
+    }
+
+    /// Runs `script` (one that answers as `ranked_reply` reads) on the board season's four keys
+    /// with `args`, pipelined after the revocation status of `session_id`: one round trip.
+    async fn ranked_unless_revoked(
+        &self,
+        scope: Scope<'_>,
+        script: &Script,
+        args: &[&str],
+        session_id: &str,
+    ) -> anyhow::Result<RankAndRevocation> {
         let k = self.keys.get(&self.redis, scope);
-        let script = script(&RANK_OF_SCRIPT, RANK_OF);
         let mut pipe = redis::pipe();
         pipe.add_command(platform::revocations::status_cmd(&self.redis, session_id));
-        pipe.cmd("EVALSHA").arg(script.get_hash()).arg(4).arg(&k.zset).arg(&k.owners).arg(&k.data).arg(&k.ready).arg(owner_id);
+        pipe.cmd("EVALSHA").arg(script.get_hash()).arg(4).arg(&k.zset).arg(&k.owners).arg(&k.data).arg(&k.ready).arg(args);
         let mut conn = self.redis.connection();
         let reply: redis::RedisResult<(Vec<Option<String>>, Vec<Value>)> = pipe.query_async(&mut conn).await;
         let (revocation, reply) = match reply {
             Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 // The server does not know the script yet (first use, restart, flush): load it
                 // and ask once more.
-                script.prepare_invoke().load_async(&mut conn).await.context("loading the rank script")?;
+                script.prepare_invoke().load_async(&mut conn).await.context("loading a rank script")?;
                 pipe.query_async(&mut conn).await.context("Redis leaderboard rank")?
             }
             other => other.context("Redis leaderboard rank")?,

@@ -293,6 +293,108 @@ pub async fn write_records(
     Ok(query.execute(&mut *tx).await.context("writing records")?.rows_affected())
 }
 
+/// How [`upsert_records`] combines a submitted row with the record it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// The row replaces the record (`set`).
+    Replace,
+    /// The row replaces the record only if it ranks strictly higher by this order (`best`); a
+    /// record kept comes back as it was.
+    KeepBetter(Sort),
+}
+
+/// The index check an [`upsert_records`] statement writes beside the records (PostgreSQL only).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckRow<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// What it names.
+    pub records: &'a [Checked],
+    /// When it is due (Unix ms).
+    pub check_at: i64,
+}
+
+/// Writes `rows` (distinct owners, sorted; each with version 1 and its `updated_at`) on a board's
+/// season in one statement, combining each with the record it finds by `combine`: an absent
+/// record is inserted; a present one takes the row's values and its version plus one (keeping
+/// its metadata when the row has none), unless `combine` keeps it. Every record comes back as
+/// the statement left it, kept ones included: the statement locks each record it meets, so
+/// those are current. With `check` (PostgreSQL, whose data-modifying `WITH` SQLite lacks), the
+/// same statement writes that index check, so that one round trip in autocommit writes a whole
+/// batch atomically.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.upsert_records", skip_all, fields(rows = rows.len()))]
+pub async fn upsert_records(
+    conn: &mut sqlx::AnyConnection,
+    board: &str,
+    season: i64,
+    rows: &[&RecordRow],
+    combine: Combine,
+    check: Option<CheckRow<'_>>,
+) -> anyhow::Result<Vec<RecordRow>> {
+    const COLUMNS: usize = 9;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Each column's new value when the row wins, and the record's own when it is kept.
+    let wins = match combine {
+        Combine::Replace => None,
+        Combine::KeepBetter(Sort::Desc) => {
+            Some("(excluded.score, excluded.subscore) > (leaderboard_records.score, leaderboard_records.subscore)")
+        }
+        Combine::KeepBetter(Sort::Asc) => {
+            Some("(excluded.score, excluded.subscore) < (leaderboard_records.score, leaderboard_records.subscore)")
+        }
+    };
+    let set = |column: &str, new: &str| match wins {
+        None => format!("{column} = {new}"),
+        Some(wins) => format!("{column} = CASE WHEN {wins} THEN {new} ELSE leaderboard_records.{column} END"),
+    };
+    let assignments = [
+        set("owner_name", "excluded.owner_name"),
+        set("score", "excluded.score"),
+        set("subscore", "excluded.subscore"),
+        set("metadata", "COALESCE(excluded.metadata, leaderboard_records.metadata)"),
+        set("updated_at", "excluded.updated_at"),
+        set("version", "leaderboard_records.version + 1"),
+    ]
+    .join(", ");
+    let values: Vec<String> = (0..rows.len()).map(|i| format!("({})", placeholders(1 + i * COLUMNS, COLUMNS))).collect();
+    let upsert = format!(
+        "INSERT INTO leaderboard_records (board_id, season, owner_id, owner_name, score, subscore, metadata, updated_at, version) \
+         VALUES {} ON CONFLICT (board_id, season, owner_id) DO UPDATE SET {assignments} RETURNING {RECORD_COLUMNS}",
+        values.join(", ")
+    );
+    let sql = match check {
+        None => upsert,
+        Some(_) => {
+            let at = 1 + rows.len() * COLUMNS;
+            format!(
+                "WITH written AS ({upsert}), checked AS (INSERT INTO leaderboard_index_checks (id, records, check_at) \
+                 VALUES ({})) SELECT {RECORD_COLUMNS} FROM written",
+                placeholders(at, 3)
+            )
+        }
+    };
+    let mut query = sqlx::query(&sql);
+    for r in rows {
+        query = query
+            .bind(board)
+            .bind(season)
+            .bind(&r.owner_id)
+            .bind(&r.owner_name)
+            .bind(r.score)
+            .bind(r.subscore)
+            .bind(&r.metadata)
+            .bind(r.updated_at)
+            .bind(r.version);
+    }
+    if let Some(check) = check {
+        query = query.bind(check.id).bind(serde_json::to_string(check.records).context("encoding an index check")?).bind(check.check_at);
+    }
+    let written = query.fetch_all(&mut *conn).await.context("writing records")?;
+    written.iter().map(|row| record(row).context("decoding a written record")).collect()
+}
+
 /// The records that earlier submissions with these idempotency `keys` left on a board's season,
 /// as (owner, key, record).
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.load_submission_keys", skip_all, fields(keys = keys.len()))]

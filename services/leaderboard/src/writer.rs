@@ -23,6 +23,12 @@
 //!    in a later transaction (or alone, once idle). A check that stays (the process died, the
 //!    index did not answer or was not ready) is taken up by the repair a few seconds later.
 //!
+//! A batch whose submissions all `set` or keep the `best`, carry no idempotency key and name each
+//! player once skips steps 1 to 3: one upsert per board season applies the operator in the
+//! database under the row lock it takes and returns each record as it left it (see
+//! `commit_upserts`); on PostgreSQL a batch of one board season is that one statement, its index
+//! check written by the same statement, in autocommit.
+//!
 //! One player's submissions to one board always take the same lane, so within an instance they
 //! are applied in the order they arrived. A submission refused by the board's rules (bounds,
 //! overflow) is answered alone and does not hold back the others.
@@ -36,9 +42,9 @@ use anyhow::Context;
 use platform::db::{Database, Dialect, now_millis};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::board::{Board, Outcome, Refusal};
+use crate::board::{Board, Operator, Outcome, Refusal};
 use crate::index::{Entry, NotReady, RankIndex, Scope};
-use crate::store::{self, Checked, OnConflict, RecordRow};
+use crate::store::{self, CheckRow, Checked, Combine, OnConflict, RecordRow};
 
 /// Lanes, each committing its own batches: while one waits for its commit, the others gather and
 /// write theirs.
@@ -408,6 +414,9 @@ struct Changes<'a> {
 }
 
 async fn commit(db: &Database, batch: &[&Submission], clear: &[String]) -> anyhow::Result<Attempt> {
+    if upserts_alone(batch) {
+        return commit_upserts(db, batch, clear).await.map(Attempt::Committed);
+    }
     let mut tx = db.begin().await?;
     let lock = Some(db.dialect()).filter(|d| *d == Dialect::Postgres);
 
@@ -535,4 +544,113 @@ async fn commit(db: &Database, batch: &[&Submission], clear: &[String]) -> anyho
         })
         .collect();
     Ok(Attempt::Committed(Committed { applied, records, positions, check }))
+}
+
+/// Whether the batch can be written by upserts alone, without reading its records first: every
+/// submission `set`s or keeps the `best` (so its result depends on the record only through a
+/// comparison the statement makes itself), none carries an idempotency key (whose answer is read
+/// first), and no player appears twice (a statement writes a row once).
+fn upserts_alone(batch: &[&Submission]) -> bool {
+    let mut owners = BTreeSet::new();
+    batch.iter().all(|s| {
+        matches!(s.board.operator, Operator::Set | Operator::Best)
+            && s.idempotency_key.is_none()
+            && owners.insert((s.board.id.as_str(), s.board.season, s.owner_id.as_str()))
+    })
+}
+
+/// Writes a batch that [`upserts_alone`] accepts: per board season one upsert that applies the
+/// operator in the database and returns each record as it left it (a `best` that does not win
+/// leaves the record as it was). On PostgreSQL a batch of one board season, the common case, is
+/// that one statement in autocommit, its index check written by the same statement; otherwise
+/// the statements and the check share a transaction. Either way the batch is written whole or
+/// not at all. The check names every owner the batch wrote to, kept records included (checking
+/// one that did not change costs the repair a read, nothing more).
+async fn commit_upserts(db: &Database, batch: &[&Submission], clear: &[String]) -> anyhow::Result<Committed> {
+    let now = now_millis();
+    // A `set` or `best` submission's bounds are those of its own score, whatever the record.
+    let applied: Vec<Result<(), Refusal>> = batch.iter().map(|s| s.board.apply(None, s.score, s.subscore).map(|_| ())).collect();
+    let mut groups: BTreeMap<(&str, i64), (&Board, Vec<RecordRow>)> = BTreeMap::new();
+    for (s, _) in batch.iter().zip(&applied).filter(|(_, a)| a.is_ok()) {
+        let (_, rows) = groups.entry((s.board.id.as_str(), s.board.season)).or_insert_with(|| (&s.board, Vec::new()));
+        rows.push(RecordRow {
+            owner_id: s.owner_id.clone(),
+            owner_name: s.owner_name.clone(),
+            score: s.score,
+            subscore: s.subscore,
+            metadata: s.metadata.clone(),
+            updated_at: now,
+            version: 1,
+        });
+    }
+    for (_, rows) in groups.values_mut() {
+        rows.sort_unstable_by(|a, b| a.owner_id.cmp(&b.owner_id));
+    }
+    let checked: Vec<Checked> = groups
+        .iter()
+        .map(|((board, season), (_, rows))| Checked {
+            board: (*board).to_owned(),
+            season: *season,
+            owners: rows.iter().map(|r| r.owner_id.clone()).collect(),
+        })
+        .collect();
+    let check_id = (!checked.is_empty()).then(|| uuid::Uuid::now_v7().to_string());
+    let check_at = now + crate::repair::CHECK_AFTER_MS;
+    let combine = |board: &Board| match board.operator {
+        Operator::Best => Combine::KeepBetter(board.sort),
+        _ => Combine::Replace,
+    };
+
+    let mut written: HashMap<(&str, i64, String), RecordRow> = HashMap::new();
+    if db.dialect() == Dialect::Postgres && groups.len() <= 1 {
+        let mut conn = db.pool().acquire().await.context("taking a connection for a batch of scores")?;
+        for chunk in clear.chunks(MAX_BATCH) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            store::delete_index_checks(&mut *conn, &chunk).await?;
+        }
+        if let (Some(((board_id, season), (board, rows))), Some(id)) = (groups.iter().next(), &check_id) {
+            let rows: Vec<&RecordRow> = rows.iter().collect();
+            let check = CheckRow { id, records: &checked, check_at };
+            for record in store::upsert_records(&mut conn, board_id, *season, &rows, combine(board), Some(check)).await? {
+                written.insert((*board_id, *season, record.owner_id.clone()), record);
+            }
+        }
+    } else {
+        let mut tx = db.begin().await?;
+        for ((board_id, season), (board, rows)) in &groups {
+            let rows: Vec<&RecordRow> = rows.iter().collect();
+            for record in store::upsert_records(&mut tx, board_id, *season, &rows, combine(board), None).await? {
+                written.insert((*board_id, *season, record.owner_id.clone()), record);
+            }
+        }
+        if let Some(id) = &check_id {
+            store::put_index_check(&mut *tx, id, &checked, check_at).await?;
+        }
+        for chunk in clear.chunks(MAX_BATCH) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            store::delete_index_checks(&mut *tx, &chunk).await?;
+        }
+        tx.commit().await.context("committing a batch of scores")?;
+    }
+
+    let mut records = Vec::with_capacity(written.len());
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
+    for (s, result) in batch.iter().zip(applied) {
+        match result {
+            Err(refusal) => {
+                answers.push(Err(refusal));
+                positions.push(None);
+            }
+            Ok(()) => {
+                let record = written
+                    .remove(&(s.board.id.as_str(), s.board.season, s.owner_id.clone()))
+                    .context("the database did not return a record the batch wrote")?;
+                answers.push(Ok(record.clone()));
+                positions.push(Some(records.len()));
+                records.push((s.board.clone(), record));
+            }
+        }
+    }
+    Ok(Committed { applied: answers, records, positions, check: check_id })
 }

@@ -175,6 +175,7 @@ impl Authenticator {
             expires_at: claims.exp,
             issued_at: claims.iat,
             player: Player { account_id: claims.sub, session_id: claims.sid, name: claims.name },
+            writer_slot: None,
         })
     }
 
@@ -194,6 +195,10 @@ impl Authenticator {
             || (!status.complete && self.recorded_revoked(&unconfirmed.player.session_id).await.map_err(ApiError::Internal)?);
         if revoked {
             return Err(session_revoked());
+        }
+        // A state-changing request: its player's next reads come from the database writer.
+        if let Some(slot) = &unconfirmed.writer_slot {
+            slot.fill(&unconfirmed.player.account_id);
         }
         Ok(unconfirmed.player)
     }
@@ -311,12 +316,41 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match UnconfirmedCaller::from_request_parts(parts, state).await? {
+            UnconfirmedCaller::Server(admin) => Ok(Caller::Server(admin)),
+            UnconfirmedCaller::Player(unconfirmed) => Authenticator::from_ref(state).confirm(unconfirmed).await.map(Caller::Player),
+        }
+    }
+}
+
+/// A [`Caller`] whose player's session may have been revoked since the token was issued: for a
+/// handler that reads the revocation status pipelined with its own cache call
+/// (`Authenticator::confirm_with_status`), as [`Unconfirmed`] is for players alone. A server key
+/// is checked in full.
+#[derive(Debug)]
+pub enum UnconfirmedCaller {
+    /// A player whose access token verified; to confirm before anything read is answered or
+    /// anything is written.
+    Player(Unconfirmed),
+    /// A game server or operator with a server key.
+    Server(Admin),
+}
+
+impl<S> FromRequestParts<S> for UnconfirmedCaller
+where
+    Authenticator: FromRef<S>,
+    AdminKey: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         // A server key is the bootstrap key or shaped as a named one (`ghk_…`); anything else is
         // taken for an access token.
         if bearer_token(parts).is_some_and(|token| AdminKey::from_ref(state).is_server_key(token)) {
-            return Admin::from_request_parts(parts, state).await.map(Caller::Server);
+            return Admin::from_request_parts(parts, state).await.map(UnconfirmedCaller::Server);
         }
-        Player::from_request_parts(parts, state).await.map(Caller::Player)
+        Unconfirmed::from_request_parts(parts, state).await.map(UnconfirmedCaller::Player)
     }
 }
 
@@ -329,6 +363,8 @@ pub struct Unconfirmed {
     player: Player,
     expires_at: i64,
     issued_at: i64,
+    /// Where a state-changing request names its player once confirmed (`crate::replica`).
+    writer_slot: Option<crate::replica::WriterSlot>,
 }
 
 impl Unconfirmed {
@@ -336,6 +372,11 @@ impl Unconfirmed {
     /// it read must not be answered unless `confirm_with_status` then succeeds.
     pub fn account_id(&self) -> &str {
         &self.player.account_id
+    }
+
+    /// The name other players see, as of the token's issue.
+    pub fn name(&self) -> &str {
+        &self.player.name
     }
 
     /// The token's session, whose revocation status (`revocations::status_cmd`) a handler may
@@ -367,7 +408,9 @@ where
             code: "missing_token",
             message: "send the access token as `Authorization: Bearer <token>`".into(),
         })?;
-        Authenticator::from_ref(state).verify(token)
+        let mut unconfirmed = Authenticator::from_ref(state).verify(token)?;
+        unconfirmed.writer_slot = parts.extensions.get::<crate::replica::WriterSlot>().cloned();
+        Ok(unconfirmed)
     }
 }
 
@@ -397,11 +440,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let unconfirmed = Unconfirmed::from_request_parts(parts, state).await?;
-        let player = Authenticator::from_ref(state).confirm(unconfirmed).await?;
-        // A state-changing request: its player's next reads come from the database writer.
-        if let Some(slot) = parts.extensions.get::<crate::replica::WriterSlot>() {
-            slot.fill(&player.account_id);
-        }
-        Ok(player)
+        // Confirming names a state-changing request's player for `crate::replica`.
+        Authenticator::from_ref(state).confirm(unconfirmed).await
     }
 }
