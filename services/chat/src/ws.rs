@@ -575,13 +575,10 @@ impl Session {
         };
         // Stored durably before it is acknowledged or delivered: the writer answers once the group
         // commit holding it is done (a batch that failed stored none of its messages); a direct
-        // message in its own transaction with its conversation's state and the recipient's
+        // message in the same batch transaction as its conversation's state and the recipient's
         // notification (`inbox`).
         let row = match &channel {
-            Channel::Direct(..) => {
-                crate::inbox::store_direct(&self.state, &channel, &row).await?;
-                row
-            }
+            Channel::Direct(..) => crate::inbox::send_direct(&self.state, &channel, row).await?,
             _ => self.state.messages.store(row).await?,
         };
         // The sender's next history read comes from the writer (a socket's writes pass no
