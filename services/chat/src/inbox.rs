@@ -62,9 +62,8 @@ pub(crate) async fn send_direct(state: &ChatState, channel: &Channel, row: Messa
             false
         }
     };
-    let notification = (!present).then(|| {
-        json!({"channel": row.channel_id, "sender_id": sender, "sender_name": row.sender_name, "message_id": row.id}).to_string()
-    });
+    let notification = (!present)
+        .then(|| json!({"channel": row.channel_id, "sender_id": sender, "sender_name": row.sender_name, "message_id": row.id}).to_string());
     let direct = DirectWrites { sender, recipient: recipient.clone(), notification };
     let (row, notification) = state.messages.store_direct(row, direct).await?;
     if let Some(notification) = notification {

@@ -1350,7 +1350,7 @@ async fn direct_messages_share_group_commits_with_their_conversations_and_notifi
         send(senders.next().expect("socket"), "poison pill"),
         send(senders.next().expect("socket"), "third, in the failing batch"),
     ];
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(batches_taken(&metrics).await, 1.0, "the others queued behind the first");
     lock.rollback().await.expect("unlock");
     let (first_reply, first_socket) = first.await.expect("a send");
@@ -1388,9 +1388,14 @@ async fn direct_messages_share_group_commits_with_their_conversations_and_notifi
     let mut senders = sockets.into_iter();
     let alone = send(senders.next().expect("socket"), "fourth, alone");
     until_batches_taken(&metrics, 3.0).await;
-    let together =
-        [send(senders.next().expect("socket"), "fifth"), send(senders.next().expect("socket"), "sixth"), send(senders.next().expect("socket"), "seventh")];
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let together = [
+        send(senders.next().expect("socket"), "fifth"),
+        send(senders.next().expect("socket"), "sixth"),
+        send(senders.next().expect("socket"), "seventh"),
+    ];
+    // Time for the three to reach the writer's queue (SQLite's busy timeout, 5 s, bounds the wait).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(batches_taken(&metrics).await, 3.0, "the three queued behind the fourth");
     lock.rollback().await.expect("unlock");
     let mut ids = vec![first_id];
     for task in std::iter::once(alone).chain(together) {
@@ -1408,7 +1413,10 @@ async fn direct_messages_share_group_commits_with_their_conversations_and_notifi
     let conversation = &inbox["conversations"][0];
     assert_eq!((conversation["unread_count"].as_i64(), conversation["last_message"]["id"].as_str()), (Some(5), Some(newest.as_str())));
     let inbox = app.get("/v1/chat/conversations", Some(&ana_token)).await.expect(200).body;
-    assert_eq!((inbox["conversations"][0]["unread_count"].as_i64(), inbox["conversations"][0]["read_up_to"].as_str()), (Some(0), Some(newest.as_str())));
+    assert_eq!(
+        (inbox["conversations"][0]["unread_count"].as_i64(), inbox["conversations"][0]["read_up_to"].as_str()),
+        (Some(0), Some(newest.as_str()))
+    );
 }
 
 /// Batches the chat writer has taken so far (`guildhall_chat_batch_size`'s count).
