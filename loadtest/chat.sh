@@ -35,7 +35,12 @@ if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt $NEED_FILES ]]; then
 fi
 echo "chat.sh: open-file limit $(ulimit -n) (asked for $WANT_FILES; hard limit $(ulimit -Hn))"
 
-cargo build --release -p guildhall -p guildhall-bench
+# GUILDHALL_BIN: another build's guildhall to measure (main's, to compare with a branch's), with
+# BENCH_BIN for the tool; when it is set nothing is built.
+BENCH_BIN=${BENCH_BIN:-target/release/guildhall-bench}
+if [[ -z "${GUILDHALL_BIN:-}" ]]; then
+  cargo build --release -p guildhall -p guildhall-bench
+fi
 
 # shellcheck source=lib.sh
 source loadtest/lib.sh
@@ -51,11 +56,13 @@ BASE_A=$GUILDHALL_BASE PID_A=$GUILDHALL_PID
 start_guildhall b
 BASE_B=$GUILDHALL_BASE PID_B=$GUILDHALL_PID
 
+echo "chat.sh: load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== guildhall-bench --scenario chat ($CLIENTS clients over 2 instances, rooms of $ROOM_SIZE, $RATE messages/s each, $DURATION s after $WARMUP s warm-up)"
 status=0
-target/release/guildhall-bench --scenario chat --bases "$BASE_A,$BASE_B" --pids "$PID_A,$PID_B" \
+"$BENCH_BIN" --scenario chat --bases "$BASE_A,$BASE_B" --pids "$PID_A,$PID_B" \
   --clients "$CLIENTS" --room-size "$ROOM_SIZE" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" \
   --concurrency "$CONCURRENCY" --cpu "guildhall-a=$PID_A,guildhall-b=$PID_B,postgres=$PG_PID+,redis=$REDIS_PID" || status=$?
+echo "chat.sh: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 show_guildhall_logs
 exit "$status"

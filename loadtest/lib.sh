@@ -34,8 +34,8 @@ start_stack() {
   mkdir -p "$SERVERS_DIR/guildhall-data"
 }
 
-# start_guildhall NAME: serves $GUILDHALL_BIN (default target/release/guildhall) on a free
-# loopback port against the stack,
+# start_guildhall NAME: serves $GUILDHALL_BIN (default target/release/guildhall: another build's
+# binary, to compare two builds on one stack) on a free loopback port against the stack,
 # with the sign-in rate limit lifted (every sign-in of a benchmark comes from one IP) and whatever
 # else the caller's environment sets (GUILDHALL_ADMIN_KEY, CHAT_SEND_BURST, ...), waits for
 # /health/ready, and sets GUILDHALL_BASE and GUILDHALL_PID. Its log is $SERVERS_DIR/guildhall-NAME.log.

@@ -2,7 +2,8 @@
 //! last message and an unread count; and the `dm` notification of a recipient who is not in the
 //! conversation.
 //!
-//! Both are written in the transaction that stores the direct message (`store_direct`): the
+//! Both are written in the transaction that stores the direct message: the message writer's
+//! group commit (`crate::writer`), which calls `record` for each direct message of its batch. The
 //! message, both players' conversation rows and the notification exist together or not at all,
 //! so a process that dies mid-send loses none of them without losing the message too (which
 //! was then never acknowledged). The inbox reads only those rows (one per conversation), never
@@ -13,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use platform::auth::Player;
-use platform::db::now_millis;
+use platform::db::{Tx, now_millis};
 use platform::error::ErrorBody;
 use platform::http::{Json, Query};
 use platform::{ApiError, ApiResult};
@@ -25,21 +26,33 @@ use crate::ChatState;
 use crate::api::MessageView;
 use crate::channel::Channel;
 use crate::notifications::Kind;
-use crate::store::{self, ConversationRow, MessageRow, NewNotification};
+use crate::store::{self, ConversationRow, MessageRow, NewNotification, NotificationRow};
 
 /// The most unread messages a read mark counts (`unread_count` says at most this many after a
 /// read mark short of the newest message; the next message counts on from there).
 pub const MAX_UNREAD_COUNTED: i64 = 1000;
 
-/// Stores direct message `row` sent in `channel` (a `dm:`), updating both players' conversations
-/// and, when the recipient is not in the conversation on any instance, their `dm` notification,
-/// in one transaction; then pushes the notification.
-pub(crate) async fn store_direct(state: &ChatState, channel: &Channel, row: &MessageRow) -> ApiResult<()> {
+/// What a direct message writes beside itself, in its batch's transaction (`record`).
+#[derive(Debug)]
+pub struct DirectWrites {
+    /// The sender's account id.
+    sender: String,
+    /// The other player's.
+    recipient: String,
+    /// The recipient's `dm` notification (its JSON data), when they are not in the conversation.
+    notification: Option<String>,
+}
+
+/// Stores direct message `row` sent in `channel` (a `dm:`) through the message writer, with both
+/// players' conversations and, when the recipient is not in the conversation on any instance,
+/// their `dm` notification, in the transaction of the message's batch; then pushes the
+/// notification. Answers once that has committed, and fails as the batch did.
+pub(crate) async fn send_direct(state: &ChatState, channel: &Channel, row: MessageRow) -> ApiResult<MessageRow> {
     let Channel::Direct(a, b) = channel else {
         return Err(ApiError::invalid("channel", "not a direct conversation"));
     };
-    let sender = row.sender_id.as_deref().unwrap_or_default();
-    let recipient = if sender == a { b } else { a };
+    let sender = row.sender_id.clone().unwrap_or_default();
+    let recipient = if sender == *a { b } else { a };
     // Presence is what the fan-out delivers to: a recipient in the channel sees the message
     // live. When presence cannot be read (Redis down), notify rather than risk losing it.
     let present = match state.presence.list(&row.channel_id, 2, &std::collections::HashSet::new()).await {
@@ -49,30 +62,33 @@ pub(crate) async fn store_direct(state: &ChatState, channel: &Channel, row: &Mes
             false
         }
     };
-    let data = json!({"channel": row.channel_id, "sender_id": sender, "sender_name": row.sender_name, "message_id": row.id}).to_string();
-    let mut tx = state.db.begin().await?;
-    store::insert_messages(&mut *tx, &[row]).await?;
-    store::record_direct(&mut tx, row, sender, recipient).await?;
-    let notification = if present {
-        None
-    } else {
-        let n = NewNotification {
-            account_id: recipient,
-            kind: Kind::Direct.as_str(),
-            source: &row.id,
-            thread: Some(&row.channel_id),
-            actor_id: Some(sender),
-            data,
-            created_at: row.created_at,
-        };
-        store::upsert_notification(&mut tx, &n).await?
-    };
-    tx.commit().await?;
+    let notification = (!present)
+        .then(|| json!({"channel": row.channel_id, "sender_id": sender, "sender_name": row.sender_name, "message_id": row.id}).to_string());
+    let direct = DirectWrites { sender, recipient: recipient.clone(), notification };
+    let (row, notification) = state.messages.store_direct(row, direct).await?;
     if let Some(notification) = notification {
         state.cap_stream(recipient).await;
         state.push_notification(recipient, notification).await;
     }
-    Ok(())
+    Ok(row)
+}
+
+/// Writes what direct message `row` (already inserted in `tx`) changes: both players'
+/// conversation rows, and the recipient's `dm` notification when `direct` has one (one unread per
+/// conversation: a later message updates it). The notification as stored, if any.
+pub(crate) async fn record(tx: &mut Tx, row: &MessageRow, direct: &DirectWrites) -> anyhow::Result<Option<NotificationRow>> {
+    store::record_direct(tx, row, &direct.sender, &direct.recipient).await?;
+    let Some(data) = &direct.notification else { return Ok(None) };
+    let n = NewNotification {
+        account_id: &direct.recipient,
+        kind: Kind::Direct.as_str(),
+        source: &row.id,
+        thread: Some(&row.channel_id),
+        actor_id: Some(&direct.sender),
+        data: data.clone(),
+        created_at: row.created_at,
+    };
+    store::upsert_notification(tx, &n).await
 }
 
 /// The inbox routes.

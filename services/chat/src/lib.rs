@@ -12,6 +12,7 @@ pub mod inbox;
 pub mod notifications;
 pub mod presence;
 pub mod store;
+pub mod upgrade;
 pub mod writer;
 pub mod ws;
 

@@ -8,6 +8,12 @@
 //! all or nothing: when it fails, every message in it fails with the batch's error (a database
 //! that is down stays recognisable as one: 503 `unavailable`), and none is acknowledged.
 //!
+//! Direct messages take the same lanes (`MessageWriter::store_direct`): a batch holding any is
+//! one transaction, the multi-row `INSERT` and then, for each direct message in the batch's order,
+//! its conversation rows and its recipient's `dm` notification (`crate::inbox::record`), so that
+//! they and the message exist together or not at all, as when each had a transaction of its own.
+//! A batch of channel messages only stays a single statement (its own implicit transaction).
+//!
 //! Messages are spread over a few lanes by channel, each lane a task that takes whatever is
 //! queued (up to [`MAX_BATCH`]) and commits it: while one lane waits for its commit, the others
 //! gather theirs. One channel's messages always take the same lane, so they are stored in the
@@ -17,11 +23,14 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context;
+
 use platform::ApiError;
 use platform::db::Database;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{self, MessageRow};
+use crate::inbox::DirectWrites;
+use crate::store::{self, MessageRow, NotificationRow};
 
 /// Lanes, each committing its own batches.
 const LANES: usize = 2;
@@ -34,7 +43,16 @@ const QUEUE: usize = 4096;
 
 struct Job {
     row: MessageRow,
-    reply: oneshot::Sender<Result<MessageRow, Arc<anyhow::Error>>>,
+    /// What a direct message writes beside it, in the same transaction.
+    direct: Option<DirectWrites>,
+    reply: oneshot::Sender<Result<Stored, Arc<anyhow::Error>>>,
+}
+
+/// A committed message, with the notification its batch stored or updated for it (a direct
+/// message to a recipient who was not in the conversation).
+struct Stored {
+    row: MessageRow,
+    notification: Option<NotificationRow>,
 }
 
 /// Sends messages to the lanes. Cheap to clone; the lanes end once every clone is dropped and
@@ -95,13 +113,25 @@ impl MessageWriter {
     /// (the client may send it again), naming the database when it is down (the lane logged the
     /// batch's error).
     pub async fn store(&self, row: MessageRow) -> Result<MessageRow, ApiError> {
+        Ok(self.submit(row, None).await?.row)
+    }
+
+    /// Stores direct message `row` with its conversation rows and, when `direct` asks for one, its
+    /// recipient's notification, all in its batch's transaction; hands back the message and the
+    /// notification as stored once that has committed. Fails as `store` does.
+    pub async fn store_direct(&self, row: MessageRow, direct: DirectWrites) -> Result<(MessageRow, Option<NotificationRow>), ApiError> {
+        let stored = self.submit(row, Some(direct)).await?;
+        Ok((stored.row, stored.notification))
+    }
+
+    async fn submit(&self, row: MessageRow, direct: Option<DirectWrites>) -> Result<Stored, ApiError> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         row.channel_id.hash(&mut hasher);
         let lane = &self.lanes[(hasher.finish() % self.lanes.len() as u64) as usize];
         let (reply, answer) = oneshot::channel();
-        lane.send(Job { row, reply }).await.map_err(|_| anyhow::anyhow!("the message writer has stopped"))?;
+        lane.send(Job { row, direct, reply }).await.map_err(|_| anyhow::anyhow!("the message writer has stopped"))?;
         match answer.await {
-            Ok(Ok(row)) => Ok(row),
+            Ok(Ok(stored)) => Ok(stored),
             Ok(Err(err)) => {
                 let err = anyhow::Error::new(NotStored(err));
                 if platform::error::unavailable_dependency(&err).is_some() {
@@ -144,16 +174,15 @@ async fn run_lane(db: Database, mut queue: mpsc::Receiver<Job>, metrics: WriterM
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let rows: Vec<&MessageRow> = jobs.iter().map(|job| &job.row).collect();
-        metrics.batch_size.observe(rows.len() as u64);
+        metrics.batch_size.observe(jobs.len() as u64);
         let started = Instant::now();
-        let stored = store::insert_messages(db.pool(), &rows).await;
+        let stored = commit(&db, &jobs).await;
         metrics.commit.observe_duration(started.elapsed());
         // The callers may have gone (their sockets closed): what committed stays stored.
         match stored {
-            Ok(()) => {
-                for job in jobs {
-                    let _ = job.reply.send(Ok(job.row));
+            Ok(notifications) => {
+                for (job, notification) in jobs.into_iter().zip(notifications) {
+                    let _ = job.reply.send(Ok(Stored { row: job.row, notification }));
                 }
             }
             Err(err) => {
@@ -166,4 +195,26 @@ async fn run_lane(db: Database, mut queue: mpsc::Receiver<Job>, metrics: WriterM
             }
         }
     }
+}
+
+/// Writes one batch, all or nothing: its messages, and for each direct message its conversation
+/// rows and notification. The notification stored for each job, in the jobs' order.
+async fn commit(db: &Database, jobs: &[Job]) -> anyhow::Result<Vec<Option<NotificationRow>>> {
+    let rows: Vec<&MessageRow> = jobs.iter().map(|job| &job.row).collect();
+    if jobs.iter().all(|job| job.direct.is_none()) {
+        // One statement: no transaction to open, one round trip.
+        store::insert_messages(db.pool(), &rows).await?;
+        return Ok(jobs.iter().map(|_| None).collect());
+    }
+    let mut tx = db.begin().await?;
+    store::insert_messages(&mut *tx, &rows).await?;
+    let mut notifications = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        notifications.push(match &job.direct {
+            Some(direct) => crate::inbox::record(&mut tx, &job.row, direct).await?,
+            None => None,
+        });
+    }
+    tx.commit().await.context("committing a batch of chat messages")?;
+    Ok(notifications)
 }

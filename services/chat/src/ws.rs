@@ -29,11 +29,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::Response;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use platform::ApiError;
 use platform::auth::Player;
 use platform::db::now_millis;
@@ -43,11 +42,14 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tungstenite::Message;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::ChatState;
 use crate::channel::Channel;
 use crate::hub::{Control, Hidden, Member, QUEUE, Reach};
 use crate::store::MessageRow;
+use crate::upgrade::{Socket, send_text};
 
 /// Largest frame, and message, a client may send. Checked against a frame's header before any of
 /// its payload is buffered: a larger one closes the socket with 1009.
@@ -85,17 +87,15 @@ const SILENT_FOR: Duration = Duration::from_secs(60);
     responses((status = 101, description = "Switched to the WebSocket protocol"),
         (status = 400, body = ErrorBody, description = "`invalid_request`: not a WebSocket upgrade request"),
         (status = 429, body = ErrorBody, description = "`too_many_connections`: this address has too many chat sockets open")))]
-pub async fn socket(
-    State(state): State<ChatState>,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    // axum's own refusal is plain text; the API's errors are JSON.
-    let upgrade = upgrade.map_err(|rejection| ApiError::InvalidRequest {
-        field: None,
-        message: format!("open the chat with a WebSocket upgrade: {}", rejection.body_text()),
-    })?;
+pub async fn socket(State(state): State<ChatState>, ClientIp(ip): ClientIp, mut request: Request) -> Result<Response, ApiError> {
+    // Refused as JSON, like the API's other errors.
+    let not_an_upgrade =
+        |why: &str| ApiError::InvalidRequest { field: None, message: format!("open the chat with a WebSocket upgrade: {why}") };
+    let accept = crate::upgrade::accept_key(request.method(), request.headers()).map_err(not_an_upgrade)?;
+    let on_upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| not_an_upgrade("this connection cannot be upgraded"))?;
     let cap = state.socket_limits.per_ip;
     let slot = state.sockets_by_ip.take(ip, cap).ok_or_else(|| ApiError::Client {
         status: StatusCode::TOO_MANY_REQUESTS,
@@ -103,7 +103,8 @@ pub async fn socket(
         message: format!("at most {cap} chat sockets per address; close one first"),
         field: None,
     })?;
-    let header_token = headers
+    let header_token = request
+        .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
@@ -115,10 +116,15 @@ pub async fn socket(
     // bounds that growth: tungstenite checks a frame's declared length against it before it
     // reserves room for the payload, whereas the message limit alone is checked only once a
     // whole frame is in (its default frame limit, 16 MiB, let a header alone reserve that much).
-    Ok(upgrade.read_buffer_size(READ_BUFFER).max_frame_size(MAX_FRAME).max_message_size(MAX_FRAME).on_upgrade(move |socket| async move {
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER).max_frame_size(Some(MAX_FRAME)).max_message_size(Some(MAX_FRAME));
+    tokio::spawn(async move {
         let _slot = slot;
-        connection(state, socket, header_token).await;
-    }))
+        match on_upgrade.await {
+            Ok(upgraded) => connection(state, crate::upgrade::open(upgraded, config).await, header_token).await,
+            Err(err) => tracing::debug!(error = %err, "a chat upgrade failed"),
+        }
+    });
+    Ok(crate::upgrade::switching_protocols(accept))
 }
 
 #[derive(Deserialize)]
@@ -150,8 +156,8 @@ fn api_error_frame(id: &Option<serde_json::Value>, err: &ApiError) -> String {
     frame.to_string()
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))).await;
+async fn close(socket: &mut Socket, code: u16, reason: &'static str) {
+    let _ = socket.send(Message::Close(Some(CloseFrame { code: code.into(), reason: reason.into() }))).await;
 }
 
 /// How a socket ends that cannot go on: a close code and its reason.
@@ -161,9 +167,9 @@ const AUTHENTICATION_REQUIRED: Refusal = (1008, "authentication required");
 
 /// The close that answers a failed read, if any: 1009 for a frame over `MAX_FRAME`; none for a
 /// connection that broke (nothing would read a close frame).
-fn read_failure(err: axum::Error) -> Option<Refusal> {
-    match err.into_inner().downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Some((CLOSE_TOO_BIG, "message_too_big")),
+fn read_failure(err: tungstenite::Error) -> Option<Refusal> {
+    match err {
+        tungstenite::Error::Capacity(_) => Some((CLOSE_TOO_BIG, "message_too_big")),
         _ => None,
     }
 }
@@ -184,15 +190,11 @@ struct Validity {
 }
 
 /// Waits for the auth frame (unless the upgrade carried a token) and verifies it.
-async fn authenticate(
-    state: &ChatState,
-    socket: &mut WebSocket,
-    header_token: Option<String>,
-) -> Result<(Player, Validity), Option<Refusal>> {
+async fn authenticate(state: &ChatState, socket: &mut Socket, header_token: Option<String>) -> Result<(Player, Validity), Option<Refusal>> {
     if let Some(token) = header_token {
         return verify_token(state, &token).await.map_err(|_| Some(AUTHENTICATION_REQUIRED));
     }
-    let first = match tokio::time::timeout(AUTH_WITHIN, socket.recv()).await {
+    let first = match tokio::time::timeout(AUTH_WITHIN, socket.next()).await {
         Ok(Some(Ok(first))) => first,
         Ok(Some(Err(err))) => return Err(read_failure(err)),
         Ok(None) => return Err(None),
@@ -201,19 +203,17 @@ async fn authenticate(
     let Message::Text(text) = first else { return Err(Some(AUTHENTICATION_REQUIRED)) };
     let Ok(incoming) = serde_json::from_str::<Incoming>(&text) else { return Err(Some(AUTHENTICATION_REQUIRED)) };
     if incoming.kind != "auth" {
-        let _ = socket
-            .send(Message::Text(error_frame(&incoming.id, "unauthenticated", "send {\"type\":\"auth\",\"token\":...} first").into()))
-            .await;
+        let _ = send_text(socket, &error_frame(&incoming.id, "unauthenticated", "send {\"type\":\"auth\",\"token\":...} first")).await;
         return Err(Some(AUTHENTICATION_REQUIRED));
     }
     match verify_token(state, incoming.token.as_deref().unwrap_or_default()).await {
         Ok((player, validity)) => {
             let ack = json!({"type": "ack", "id": incoming.id, "account_id": player.account_id});
-            socket.send(Message::Text(ack.to_string().into())).await.map_err(|_| None)?;
+            send_text(socket, &ack.to_string()).await.map_err(|_| None)?;
             Ok((player, validity))
         }
         Err(err) => {
-            let _ = socket.send(Message::Text(api_error_frame(&incoming.id, &err).into())).await;
+            let _ = send_text(socket, &api_error_frame(&incoming.id, &err)).await;
             Err(Some(AUTHENTICATION_REQUIRED))
         }
     }
@@ -264,7 +264,7 @@ impl Drop for Registered {
     }
 }
 
-async fn connection(state: ChatState, mut socket: WebSocket, header_token: Option<String>) {
+async fn connection(state: ChatState, mut socket: Socket, header_token: Option<String>) {
     let _open = Open::new(&state.sockets);
     state.sockets_opened.inc();
     // The futures of the rare or one-off steps are boxed (here and below): a task's future is as
@@ -345,14 +345,14 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                     if session.joined.contains(&channel) {
                         Box::pin(session.leave_channel(&channel)).await;
                         let event = json!({"type": "removed", "channel": channel, "reason": reason});
-                        if socket.send(Message::Text(event.to_string().into())).await.is_err() {
+                        if send_text(&mut socket, &event.to_string()).await.is_err() {
                             break;
                         }
                     }
                 }
             },
             Some(frame) = rx.recv() => {
-                if socket.send(Message::Text(Utf8Bytes::from(frame.as_ref()))).await.is_err() {
+                if send_text(&mut socket, &frame).await.is_err() {
                     break;
                 }
             }
@@ -373,7 +373,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                     break;
                 }
             }
-            incoming = socket.recv() => {
+            incoming = socket.next() => {
                 let message = match incoming {
                     Some(Ok(message)) => message,
                     Some(Err(err)) => {
@@ -390,7 +390,7 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                         let reply = Box::pin(session.handle(&text)).await;
                         // A re-authentication moves the expiry.
                         token_expiry.as_mut().reset(expiry(session.validity.expires_at));
-                        if socket.send(Message::Text(reply.into())).await.is_err() {
+                        if send_text(&mut socket, &reply).await.is_err() {
                             break;
                         }
                     }
@@ -403,11 +403,12 @@ async fn connection(state: ChatState, mut socket: WebSocket, header_token: Optio
                     }
                     Message::Binary(_) => {
                         let reply = error_frame(&None, "invalid_request", "frames are JSON text");
-                        if socket.send(Message::Text(reply.into())).await.is_err() {
+                        if send_text(&mut socket, &reply).await.is_err() {
                             break;
                         }
                     }
-                    Message::Ping(_) | Message::Pong(_) => {}
+                    // Raw frames are what the library hands back only when writing.
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
             }
         }
@@ -575,13 +576,10 @@ impl Session {
         };
         // Stored durably before it is acknowledged or delivered: the writer answers once the group
         // commit holding it is done (a batch that failed stored none of its messages); a direct
-        // message in its own transaction with its conversation's state and the recipient's
+        // message in the same batch transaction as its conversation's state and the recipient's
         // notification (`inbox`).
         let row = match &channel {
-            Channel::Direct(..) => {
-                crate::inbox::store_direct(&self.state, &channel, &row).await?;
-                row
-            }
+            Channel::Direct(..) => crate::inbox::send_direct(&self.state, &channel, row).await?,
             _ => self.state.messages.store(row).await?,
         };
         // The sender's next history read comes from the writer (a socket's writes pass no

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{
     ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, deliver_late, eventually, guest, guest_session, server_key, two_processes,
 };
+use platform::db::Dialect;
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -33,6 +34,7 @@ on_both_backends!(
     server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_sanctions,
     blocked_players_cannot_dm_or_see_each_other,
     a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_messages,
+    direct_messages_share_group_commits_with_their_conversations_and_notifications,
 );
 
 /// How long a session's end, a ban or a removal may take to reach an open socket.
@@ -1206,7 +1208,6 @@ async fn blocked_players_cannot_dm_or_see_each_other(backend: Backend) {
 /// senders send (they queue behind the first message's commit), and made to fail by a rule the
 /// test adds that refuses one of its bodies.
 async fn a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_messages(backend: Backend) {
-    use platform::db::Dialect;
     let app = TestApp::start_with_metrics(backend, |env| {
         env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY).set("CHAT_SEND_BURST", "100").set("CHAT_SEND_PER_SECOND", "1");
     })
@@ -1225,31 +1226,14 @@ async fn a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_mess
     }
 
     let db = app.database().await;
-    let poison = match db.dialect() {
-        Dialect::Postgres => "ALTER TABLE chat_messages ADD CONSTRAINT poison CHECK (body NOT LIKE 'poison%') NOT VALID",
-        Dialect::Sqlite => {
-            "CREATE TRIGGER poison BEFORE INSERT ON chat_messages WHEN NEW.body LIKE 'poison%' \
-             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
-        }
-    };
-    sqlx::query(poison).execute(db.pool()).await.expect("poison rule");
-    // The write lock: SQLite's `BEGIN IMMEDIATE` (the server's insert waits on its 5 s busy
-    // timeout), PostgreSQL's table lock, which an INSERT's ROW EXCLUSIVE waits for.
-    let mut lock = db.begin().await.expect("lock");
-    if db.dialect() == Dialect::Postgres {
-        sqlx::query("LOCK TABLE chat_messages IN EXCLUSIVE MODE").execute(&mut *lock).await.expect("table lock");
-    }
+    poison_bodies(&db).await;
+    let lock = lock_messages(&db).await;
     let send = |mut chat: Chat, body: &'static str| tokio::spawn(async move { (chat.send(channel, body).await, chat) });
     let mut senders = senders.into_iter();
     // The first batch: this message alone, waiting for the lock once the writer has taken it
     // (its batch counted in the metrics).
     let first = send(senders.next().expect("ana"), "first, alone");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while batches_taken(&metrics).await < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "the writer never took the first message");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_batches_taken(&metrics, 1.0).await;
     // The second batch: these three, queued behind it.
     let batch = [
         send(senders.next().expect("bob"), "second, in the failing batch"),
@@ -1292,6 +1276,147 @@ async fn a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_mess
     assert_eq!(again["type"], "ack", "{again}");
     let delivered = listener.next_of("message").await;
     assert_eq!(delivered["message"]["id"], again["message"]["id"]);
+}
+
+/// Makes every stored message whose body starts with `poison` fail its statement: a CHECK
+/// constraint on PostgreSQL, a trigger on SQLite.
+async fn poison_bodies(db: &platform::db::Database) {
+    let poison = match db.dialect() {
+        Dialect::Postgres => "ALTER TABLE chat_messages ADD CONSTRAINT poison CHECK (body NOT LIKE 'poison%') NOT VALID",
+        Dialect::Sqlite => {
+            "CREATE TRIGGER poison BEFORE INSERT ON chat_messages WHEN NEW.body LIKE 'poison%' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        }
+    };
+    sqlx::query(poison).execute(db.pool()).await.expect("poison rule");
+}
+
+/// Holds the message table's write lock until the transaction is rolled back: SQLite's `BEGIN
+/// IMMEDIATE` (the server's insert waits on its 5 s busy timeout), PostgreSQL's table lock, which
+/// an INSERT's ROW EXCLUSIVE waits for.
+async fn lock_messages(db: &platform::db::Database) -> platform::db::Tx {
+    let mut lock = db.begin().await.expect("lock");
+    if db.dialect() == Dialect::Postgres {
+        sqlx::query("LOCK TABLE chat_messages IN EXCLUSIVE MODE").execute(&mut *lock).await.expect("table lock");
+    }
+    lock
+}
+
+/// Waits until the chat writer has taken `count` batches, then a moment more, so that the last
+/// one is waiting on the lock.
+async fn until_batches_taken(metrics: &str, count: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while batches_taken(metrics).await < count {
+        assert!(std::time::Instant::now() < deadline, "the writer never took batch {count}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// Direct messages go through the group commit too (`chat::writer`), each with its conversation
+/// rows and its recipient's `dm` notification in the batch's transaction. A batch of several
+/// direct messages is one commit; a batch that fails leaves no message, no conversation change
+/// and no notification of any of its messages, and its senders get `unavailable`; the
+/// notification rules hold across a batch (one unread notification per conversation, updated).
+async fn direct_messages_share_group_commits_with_their_conversations_and_notifications(backend: Backend) {
+    let app = TestApp::start_with_metrics(backend, |env| {
+        env.set("GUILDHALL_ADMIN_KEY", ADMIN_KEY).set("CHAT_SEND_BURST", "100").set("CHAT_SEND_PER_SECOND", "1");
+    })
+    .await;
+    let metrics = app.metrics_base.clone().expect("a metrics listener");
+    let (ana_id, ana_token) = guest(&app, "dm-batch-ana").await;
+    let (bob_id, bob_token) = guest(&app, "dm-batch-bob").await;
+    let channel: &'static str = Box::leak(dm(&ana_id, &bob_id).into_boxed_str());
+    // Bob is connected but not in the conversation: each stored message notifies him.
+    let mut bob = Chat::connect(&app.base, &bob_token).await;
+    // Ana writes from four sockets, so that sends wait in the writer's queue together.
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        let mut chat = Chat::connect(&app.base, &ana_token).await;
+        chat.join(channel).await;
+        sockets.push(chat);
+    }
+    let db = app.database().await;
+    poison_bodies(&db).await;
+    let send = |mut chat: Chat, body: &'static str| tokio::spawn(async move { (chat.send(channel, body).await, chat) });
+
+    // A failing batch: the first message alone, then three queued behind it, one poisoned.
+    let lock = lock_messages(&db).await;
+    let mut senders = sockets.into_iter();
+    let first = send(senders.next().expect("socket"), "first, alone");
+    until_batches_taken(&metrics, 1.0).await;
+    let batch = [
+        send(senders.next().expect("socket"), "second, in the failing batch"),
+        send(senders.next().expect("socket"), "poison pill"),
+        send(senders.next().expect("socket"), "third, in the failing batch"),
+    ];
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(batches_taken(&metrics).await, 1.0, "the others queued behind the first");
+    lock.rollback().await.expect("unlock");
+    let (first_reply, first_socket) = first.await.expect("a send");
+    assert_eq!(first_reply["type"], "ack", "{first_reply}");
+    let first_id = first_reply["message"]["id"].as_str().expect("id").to_owned();
+    let mut sockets = vec![first_socket];
+    for task in batch {
+        let (reply, chat) = task.await.expect("a send");
+        assert_eq!((reply["type"].as_str(), reply["code"].as_str()), (Some("error"), Some("unavailable")), "{reply}");
+        assert_eq!(reply["message"], chat::writer::NOT_STORED, "{reply}");
+        sockets.push(chat);
+    }
+    let pushed = bob.next_of("notification").await;
+    assert_eq!(pushed["notification"]["data"]["message_id"], first_id.as_str());
+    let extra = bob.quiet_for(Duration::from_millis(500)).await;
+    assert!(extra.as_ref().is_none_or(|e| e["type"] != "notification"), "a failed message notified: {extra:?}");
+    let count = |table: &'static str, column: &'static str, value: String| {
+        let db = &db;
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1"))
+                .bind(value)
+                .fetch_one(db.pool())
+                .await
+                .expect("count")
+        }
+    };
+    assert_eq!(count("chat_messages", "channel_id", channel.to_owned()).await, 1, "only the first batch is stored");
+    assert_eq!(count("chat_notifications", "account_id", bob_id.clone()).await, 1);
+    let inbox = app.get("/v1/chat/conversations", Some(&bob_token)).await.expect(200).body;
+    let conversation = &inbox["conversations"][0];
+    assert_eq!((conversation["unread_count"].as_i64(), conversation["last_message"]["id"].as_str()), (Some(1), Some(first_id.as_str())));
+
+    // A batch that commits: one alone again, then three together in one commit.
+    let lock = lock_messages(&db).await;
+    let mut senders = sockets.into_iter();
+    let alone = send(senders.next().expect("socket"), "fourth, alone");
+    until_batches_taken(&metrics, 3.0).await;
+    let together = [
+        send(senders.next().expect("socket"), "fifth"),
+        send(senders.next().expect("socket"), "sixth"),
+        send(senders.next().expect("socket"), "seventh"),
+    ];
+    // Time for the three to reach the writer's queue (SQLite's busy timeout, 5 s, bounds the wait).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(batches_taken(&metrics).await, 3.0, "the three queued behind the fourth");
+    lock.rollback().await.expect("unlock");
+    let mut ids = vec![first_id];
+    for task in std::iter::once(alone).chain(together) {
+        let (reply, _chat) = task.await.expect("a send");
+        assert_eq!(reply["type"], "ack", "{reply}");
+        ids.push(reply["message"]["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(batches_taken(&metrics).await, 4.0, "the three queued direct messages were one batch");
+    assert_eq!(count("chat_messages", "channel_id", channel.to_owned()).await, 5);
+    // Still one unread notification for the conversation, however many messages updated it.
+    let listed = app.get("/v1/notifications", Some(&bob_token)).await.expect(200).body;
+    assert_eq!((listed["unread_count"].as_i64(), listed["notifications"].as_array().map(Vec::len)), (Some(1), Some(1)), "{listed}");
+    let newest = ids.iter().max().expect("ids").clone();
+    let inbox = app.get("/v1/chat/conversations", Some(&bob_token)).await.expect(200).body;
+    let conversation = &inbox["conversations"][0];
+    assert_eq!((conversation["unread_count"].as_i64(), conversation["last_message"]["id"].as_str()), (Some(5), Some(newest.as_str())));
+    let inbox = app.get("/v1/chat/conversations", Some(&ana_token)).await.expect(200).body;
+    assert_eq!(
+        (inbox["conversations"][0]["unread_count"].as_i64(), inbox["conversations"][0]["read_up_to"].as_str()),
+        (Some(0), Some(newest.as_str()))
+    );
 }
 
 /// Batches the chat writer has taken so far (`guildhall_chat_batch_size`'s count).
