@@ -54,6 +54,18 @@ pub(crate) fn account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
     })
 }
 
+/// A session to store, with its first refresh token (by hash).
+pub struct NewSession<'a> {
+    /// UUIDv7.
+    pub id: &'a str,
+    /// SHA-256 of the refresh token, in hex.
+    pub refresh_hash: &'a str,
+    /// Unix ms: opened (and the token issued).
+    pub now: i64,
+    /// Unix ms: when the session and the token expire unless refreshed.
+    pub expires_at: i64,
+}
+
 /// A new account; with credentials, or without (its identity is inserted beside it).
 pub struct NewAccount<'a> {
     /// UUIDv7.
@@ -85,6 +97,24 @@ pub async fn insert_account<'e>(db: impl Executor<'e, Database = Any>, new: &New
     .await
     .context("inserting account")?;
     Ok(())
+}
+
+impl NewAccount<'_> {
+    /// The account as `insert_account` stores it (no profile yet), so that it need not be read
+    /// back.
+    pub fn stored(&self) -> AccountRow {
+        AccountRow {
+            id: self.id.to_owned(),
+            username: self.username.to_owned(),
+            email: self.email.map(str::to_owned),
+            password_hash: self.password_hash.map(str::to_owned),
+            display_name: None,
+            avatar_asset_id: None,
+            locale: None,
+            created_at: self.now,
+            updated_at: self.now,
+        }
+    }
 }
 
 async fn account_where<'e>(db: impl Executor<'e, Database = Any>, column: &'static str, value: &str) -> anyhow::Result<Option<AccountRow>> {
@@ -406,7 +436,7 @@ impl Ban {
 }
 
 /// The ban a query joined as `ban_*` columns (`ban_account` null: none).
-fn joined_ban(row: &AnyRow) -> Result<Option<Ban>, sqlx::Error> {
+pub(crate) fn joined_ban(row: &AnyRow) -> Result<Option<Ban>, sqlx::Error> {
     if row.try_get::<Option<String>, _>("ban_account")?.is_none() {
         return Ok(None);
     }
@@ -420,7 +450,7 @@ fn joined_ban(row: &AnyRow) -> Result<Option<Ban>, sqlx::Error> {
 }
 
 /// A ban's columns, from `account_bans b`, as `joined_ban` reads them.
-const BAN_COLUMNS: &str = "b.account_id AS ban_account, b.reason AS ban_reason, b.until AS ban_until, b.issued_by AS ban_issued_by, \
+pub(crate) const BAN_COLUMNS: &str = "b.account_id AS ban_account, b.reason AS ban_reason, b.until AS ban_until, b.issued_by AS ban_issued_by, \
      b.issued_by_name AS ban_issued_by_name, b.issued_at AS ban_issued_at";
 
 /// The account's ban, in force or expired.
