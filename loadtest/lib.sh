@@ -34,7 +34,7 @@ start_stack() {
   mkdir -p "$SERVERS_DIR/guildhall-data"
 }
 
-# start_guildhall NAME: serves target/release/guildhall on a free loopback port against the stack,
+# start_guildhall NAME: serves target/release/guildhall (or $GUILDHALL_BIN) on a free loopback port against the stack,
 # with the sign-in rate limit lifted (every sign-in of a benchmark comes from one IP) and whatever
 # else the caller's environment sets (GUILDHALL_ADMIN_KEY, CHAT_SEND_BURST, ...), waits for
 # /health/ready, and sets GUILDHALL_BASE and GUILDHALL_PID. Its log is $SERVERS_DIR/guildhall-NAME.log.
@@ -50,7 +50,7 @@ start_guildhall() {
   RATE_LIMIT_AUTH_PER_IP_PER_MINUTE=100000000 \
   RATE_LIMIT_REFRESH_PER_IP_PER_MINUTE=100000000 \
   CHAT_MAX_SOCKETS_PER_IP=100000000 \
-    target/release/guildhall serve >"$log" 2>&1 &
+    "${GUILDHALL_BIN:-target/release/guildhall}" serve >"$log" 2>&1 &
   GUILDHALL_PID=$!
   GUILDHALL_PIDS+=("$GUILDHALL_PID")
   GUILDHALL_BASE="http://127.0.0.1:$port"

@@ -50,7 +50,12 @@ impl Opening {
 
     /// The session, stored for `account`, to be turned into a pair.
     pub(crate) fn minted(self, account: &store::AccountRow) -> Minted {
-        Minted { session_id: self.session_id, account_id: account.id.clone(), name: account.public_name().to_owned(), refresh_token: self.refresh_token }
+        Minted {
+            session_id: self.session_id,
+            account_id: account.id.clone(),
+            name: account.public_name().to_owned(),
+            refresh_token: self.refresh_token,
+        }
     }
 }
 

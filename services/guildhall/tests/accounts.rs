@@ -321,10 +321,8 @@ async fn guests_sign_in_by_device_and_can_attach_credentials(backend: Backend) {
     let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(db.pool());
     let created = count("SELECT COUNT(*) FROM outbox WHERE event_type = 'account.created' AND payload LIKE '%' || $1 || '%'");
     assert_eq!(created.await.expect("outbox"), 1);
-    let all_created: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE event_type = 'account.created'")
-        .fetch_one(db.pool())
-        .await
-        .expect("outbox");
+    let all_created: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE event_type = 'account.created'").fetch_one(db.pool()).await.expect("outbox");
     assert_eq!(all_created, 1);
     assert_eq!(count("SELECT COUNT(*) FROM sessions WHERE account_id = $1").await.expect("sessions"), 3);
     let tokens = count("SELECT COUNT(*) FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE s.account_id = $1");

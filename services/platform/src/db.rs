@@ -120,6 +120,8 @@ struct WarmSet {
     /// Statements waiting for a connection, first come first served; each waits in sqlx's pool
     /// at the same time and takes whichever comes first.
     queue: VecDeque<tokio::sync::oneshot::Sender<Warm>>,
+    /// The pool is closing: every connection must go back to sqlx, whose close waits for them.
+    closing: bool,
 }
 
 /// A warm connection unused this long goes back through sqlx's pool (and its liveness test)
@@ -193,6 +195,9 @@ impl Pool {
         }
         let mut warm = Warm { conn, taken, used: Instant::now() };
         let mut set = self.warm();
+        if set.closing {
+            return;
+        }
         while let Some(waiter) = set.queue.pop_front() {
             match waiter.send(warm) {
                 Ok(()) => return,
@@ -222,10 +227,21 @@ impl Pool {
     }
 
     /// Hands every warm connection back to sqlx's pool, and ends the waits for one (they go on
-    /// waiting in sqlx's pool): an outage, or closing.
+    /// waiting in sqlx's pool): an outage.
     fn cool(&self) {
-        let set = std::mem::take(&mut *self.warm());
+        let mut set = self.warm();
+        let idle = std::mem::take(&mut set.idle);
+        let queue = std::mem::take(&mut set.queue);
         drop(set);
+        drop((idle, queue));
+    }
+
+    /// Closes sqlx's pool, which waits for every connection to come back: the warm ones go back
+    /// first, and a statement that completes from now on hands its connection back too.
+    async fn close(&self) {
+        self.warm().closing = true;
+        self.cool();
+        self.pool.close().await;
     }
 }
 
@@ -634,13 +650,10 @@ impl Database {
 
     /// Closes every connection (shutdown), the reader's too.
     pub async fn close(&self) {
-        // sqlx's close waits for every connection to come back, the warm ones too.
         if let Some((reader, _)) = &self.reader {
-            reader.cool();
-            reader.pool.close().await;
+            reader.close().await;
         }
-        self.pool.cool();
-        self.pool.pool.close().await;
+        self.pool.close().await;
     }
 }
 

@@ -63,7 +63,7 @@ pub async fn sign_in<'e>(
     // prepared statements is keyed by the text.
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-        "WITH found AS ( \
+            "WITH found AS ( \
            SELECT {columns}, {BAN_COLUMNS} FROM account_identities i JOIN accounts a ON a.id = i.account_id \
            LEFT JOIN account_bans b ON b.account_id = a.id WHERE i.provider = $1 AND i.subject = $2 \
          ), session AS ( \
