@@ -2,7 +2,8 @@
 //! `platform::db`); values are always bound.
 
 use anyhow::Context;
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
 use sqlx::{Any, Executor, Row};
 
 /// An account as stored.
@@ -83,20 +84,17 @@ pub struct NewAccount<'a> {
 /// Inserts an account. A unique violation (username, email) comes back as the error.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.insert_account", skip_all)]
 pub async fn insert_account<'e>(db: impl Executor<'e, Database = Any>, new: &NewAccount<'_>) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO accounts (id, username, username_key, email, password_hash, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .bind(new.id)
-    .bind(new.username)
-    .bind(new.username.to_lowercase())
-    .bind(new.email)
-    .bind(new.password_hash)
-    .bind(new.now)
-    .execute(db)
-    .await
-    .context("inserting account")?;
+    bind_new_account(sqlx::query(INSERT_ACCOUNT), new).execute(db).await.context("inserting account")?;
     Ok(())
+}
+
+/// The insert of a `NewAccount`, its values bound as `$1` to `$6` (`bind_new_account`).
+pub(crate) const INSERT_ACCOUNT: &str = "INSERT INTO accounts (id, username, username_key, email, password_hash, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $6)";
+
+/// Binds `new` as `$1` to `$6` of `INSERT_ACCOUNT`.
+pub(crate) fn bind_new_account<'q>(query: Query<'q, Any, AnyArguments<'q>>, new: &NewAccount<'q>) -> Query<'q, Any, AnyArguments<'q>> {
+    query.bind(new.id).bind(new.username).bind(new.username.to_lowercase()).bind(new.email).bind(new.password_hash).bind(new.now)
 }
 
 impl NewAccount<'_> {

@@ -7,7 +7,9 @@ use platform::events::outbox::Entry;
 use sqlx::{Any, Executor, Row};
 
 use super::Provider;
-use crate::store::{ACCOUNT_COLUMNS, AccountRow, BAN_COLUMNS, Ban, NewAccount, NewSession, account, joined_ban};
+use crate::store::{
+    ACCOUNT_COLUMNS, AccountRow, BAN_COLUMNS, Ban, INSERT_ACCOUNT, NewAccount, NewSession, account, bind_new_account, joined_ban,
+};
 
 /// An identity as stored.
 #[derive(Debug, Clone)]
@@ -105,36 +107,32 @@ pub async fn create_by_identity<'e>(
     event: &Entry,
     session: &NewSession<'_>,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "WITH account AS ( \
-           INSERT INTO accounts (id, username, username_key, email, password_hash, created_at, updated_at) \
-           VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id \
-         ), identity AS ( \
-           INSERT INTO account_identities (provider, subject, account_id, created_at) SELECT $7, $8, id, $6 FROM account \
-         ), event AS ( \
-           INSERT INTO outbox (id, event_type, payload, trace_context, created_at, sent_at) SELECT $9, $10, $11, $12, $6, NULL FROM account \
-         ), session AS ( \
-           INSERT INTO sessions (id, account_id, created_at, refreshed_at, expires_at) SELECT $13, id, $6, $6, $15 FROM account RETURNING id \
-         ) INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) SELECT $14, id, $6, $15 FROM session",
-    )
-    .bind(new.id)
-    .bind(new.username)
-    .bind(new.username.to_lowercase())
-    .bind(new.email)
-    .bind(new.password_hash)
-    .bind(new.now)
-    .bind(provider.as_str())
-    .bind(subject)
-    .bind(&event.id)
-    .bind(event.event_type)
-    .bind(&event.payload)
-    .bind(event.trace_context.as_deref())
-    .bind(session.id)
-    .bind(session.refresh_hash)
-    .bind(session.expires_at)
-    .execute(db)
-    .await
-    .context("creating an account by identity")?;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH account AS ({INSERT_ACCOUNT} RETURNING id), identity AS ( \
+               INSERT INTO account_identities (provider, subject, account_id, created_at) SELECT $7, $8, id, $6 FROM account \
+             ), event AS ( \
+               INSERT INTO outbox (id, event_type, payload, trace_context, created_at, sent_at) \
+               SELECT $9, $10, $11, $12, $6, NULL FROM account \
+             ), session AS ( \
+               INSERT INTO sessions (id, account_id, created_at, refreshed_at, expires_at) \
+               SELECT $13, id, $6, $6, $15 FROM account RETURNING id \
+             ) INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) SELECT $14, id, $6, $15 FROM session"
+        )
+    });
+    bind_new_account(sqlx::query(&SQL), new)
+        .bind(provider.as_str())
+        .bind(subject)
+        .bind(&event.id)
+        .bind(event.event_type)
+        .bind(&event.payload)
+        .bind(event.trace_context.as_deref())
+        .bind(session.id)
+        .bind(session.refresh_hash)
+        .bind(session.expires_at)
+        .execute(db)
+        .await
+        .context("creating an account by identity")?;
     Ok(())
 }
 
