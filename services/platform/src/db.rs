@@ -16,11 +16,10 @@
 //! (`crate::replica`).
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::future::BoxFuture;
@@ -85,170 +84,12 @@ struct PoolShared {
     reachability: Option<Arc<Reachability>>,
     /// Requests waiting for a connection now (`PoolStats::waiting`); sqlx does not count them.
     waiting: AtomicUsize,
-    /// Of those, the ones that wait in sqlx's pool alone (transactions, `Pool::acquire`): a
-    /// warm connection goes back to sqlx for them rather than on to the next statement.
-    waiting_in_sqlx: AtomicUsize,
-    /// Connections between single statements (see [`Warm`]).
-    warm: Mutex<WarmSet>,
-}
-
-/// A connection kept out of sqlx's pool between single statements.
-///
-/// sqlx 0.8 pings a connection, always, when its pool takes it back
-/// (`PoolConnection::return_to_pool` in sqlx-core: a `Sync` round trip on PostgreSQL), and by
-/// default tests it again when it hands it out: a one-statement read cost PostgreSQL three
-/// wake-ups where one does (loadtest/README.md, issue 14). A statement that completed leaves
-/// its connection ready for the next one (sqlx's PostgreSQL driver first reads whatever the
-/// last statement left unread), so the `Executor` of [`Pool`] hands such a connection straight
-/// to the next statement: to one already waiting, else it keeps it for the next to come. Only a
-/// connection unused for [`WARM_IDLE`] or taken [`WARM_FOR`] ago, one whose statement failed or
-/// was cancelled midway, and one a transaction waits for goes back through sqlx and its checks.
-#[derive(Debug)]
-struct Warm {
-    conn: PoolConnection<Any>,
-    /// When it was taken from sqlx's pool.
-    taken: Instant,
-    /// When its last statement completed.
-    used: Instant,
-}
-
-/// The warm connections of a pool and the statements waiting for one.
-#[derive(Debug, Default)]
-struct WarmSet {
-    /// Kept for the next statement, most recently used last.
-    idle: Vec<Warm>,
-    /// Statements waiting for a connection, first come first served; each waits in sqlx's pool
-    /// at the same time and takes whichever comes first.
-    queue: VecDeque<tokio::sync::oneshot::Sender<Warm>>,
-    /// The pool is closing: every connection must go back to sqlx, whose close waits for them.
-    closing: bool,
-}
-
-/// A warm connection unused this long goes back through sqlx's pool (and its liveness test)
-/// rather than being handed on untested: past a burst, or across an outage.
-const WARM_IDLE: Duration = Duration::from_secs(1);
-/// A connection is handed on warm for this long at most before it goes back to sqlx's pool, so
-/// that sqlx's lifetime and idle rules still apply to it.
-const WARM_FOR: Duration = Duration::from_secs(60);
-
-impl Warm {
-    fn fresh(&self) -> bool {
-        self.used.elapsed() < WARM_IDLE && self.taken.elapsed() < WARM_FOR
-    }
 }
 
 impl Pool {
     fn new(pool: AnyPool, reachability: Option<Arc<Reachability>>) -> Self {
-        let shared = PoolShared {
-            reachability,
-            waiting: AtomicUsize::new(0),
-            waiting_in_sqlx: AtomicUsize::new(0),
-            warm: Mutex::new(WarmSet::default()),
-        };
-        Pool { pool, shared: Arc::new(shared) }
+        Pool { pool, shared: Arc::new(PoolShared { reachability, waiting: AtomicUsize::new(0) }) }
     }
-
-    fn warm(&self) -> MutexGuard<'_, WarmSet> {
-        self.shared.warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// A connection for one statement, and when it was taken from sqlx's pool: the most
-    /// recently used warm one, else whichever comes first of one handed on by a statement that
-    /// completed and one from sqlx's pool (through the breaker).
-    async fn take(&self) -> Result<(PoolConnection<Any>, Instant), sqlx::Error> {
-        if self.shared.reachability.as_ref().is_some_and(|r| r.is_down()) {
-            return Err(unreachable());
-        }
-        let (stale, mut handed) = {
-            let mut set = self.warm();
-            let stale = take_stale(&mut set.idle);
-            if let Some(warm) = set.idle.pop() {
-                return Ok((warm.conn, warm.taken));
-            }
-            set.queue.retain(|waiter| !waiter.is_closed());
-            let (waiter, handed) = tokio::sync::oneshot::channel();
-            set.queue.push_back(waiter);
-            (stale, handed)
-        };
-        // Back to sqlx's pool (outside the lock), which tests them; this statement may get one.
-        drop(stale);
-        tokio::select! {
-            biased;
-            Ok(warm) = &mut handed => Ok((warm.conn, warm.taken)),
-            acquired = self.guarded(self.pool.acquire()) => {
-                handed.close();
-                if let Ok(warm) = handed.try_recv() {
-                    // Handed one at the same moment: it goes to the next statement.
-                    self.keep(warm.conn, warm.taken);
-                }
-                acquired.map(|conn| (conn, Instant::now()))
-            }
-        }
-    }
-
-    /// Hands a connection whose statement completed to the next statement: the first waiting,
-    /// else kept warm. It goes back to sqlx's pool instead when a transaction waits there, or
-    /// when it was taken long enough ago.
-    fn keep(&self, conn: PoolConnection<Any>, taken: Instant) {
-        if self.shared.waiting_in_sqlx.load(Ordering::Relaxed) > 0 || taken.elapsed() >= WARM_FOR {
-            return;
-        }
-        let mut warm = Warm { conn, taken, used: Instant::now() };
-        let mut set = self.warm();
-        if set.closing {
-            return;
-        }
-        while let Some(waiter) = set.queue.pop_front() {
-            match waiter.send(warm) {
-                Ok(()) => return,
-                Err(back) => warm = back,
-            }
-        }
-        set.idle.push(warm);
-    }
-
-    /// Waits in sqlx's pool itself for `wait` (a transaction's connection, or one held for
-    /// several statements), counted so that statements hand their connections back to sqlx
-    /// meanwhile. Stale warm connections go back first, and a fresh one too when sqlx has none
-    /// idle and may open no more: a warm connection must not sit idle while this waits.
-    async fn held<T>(&self, wait: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
-        let _in_sqlx = Waiting::start(&self.shared.waiting_in_sqlx);
-        let lent = {
-            let mut set = self.warm();
-            let mut lent = take_stale(&mut set.idle);
-            let full = self.pool.num_idle() == 0 && self.pool.size() >= self.pool.options().get_max_connections();
-            if lent.is_empty() && full && !set.idle.is_empty() {
-                lent.push(set.idle.remove(0));
-            }
-            lent
-        };
-        drop(lent);
-        self.guarded(wait).await
-    }
-
-    /// Hands every warm connection back to sqlx's pool, and ends the waits for one (they go on
-    /// waiting in sqlx's pool): an outage.
-    fn cool(&self) {
-        let mut set = self.warm();
-        let idle = std::mem::take(&mut set.idle);
-        let queue = std::mem::take(&mut set.queue);
-        drop(set);
-        drop((idle, queue));
-    }
-
-    /// Closes sqlx's pool, which waits for every connection to come back: the warm ones go back
-    /// first, and a statement that completes from now on hands its connection back too.
-    async fn close(&self) {
-        self.warm().closing = true;
-        self.cool();
-        self.pool.close().await;
-    }
-}
-
-/// Removes the warm connections no longer fresh from `idle` (the least recently used first).
-fn take_stale(idle: &mut Vec<Warm>) -> Vec<Warm> {
-    let fresh_from = idle.iter().position(Warm::fresh).unwrap_or(idle.len());
-    idle.drain(..fresh_from).collect()
 }
 
 /// How a pool's connections are used now, for the metrics.
@@ -591,8 +432,8 @@ impl Database {
     /// it upgrades a read lock.
     pub async fn begin(&self) -> anyhow::Result<Tx> {
         let tx = match self.dialect {
-            Dialect::Postgres => self.pool.held(self.pool.pool.begin()).await,
-            Dialect::Sqlite => self.pool.held(self.pool.pool.begin_with("BEGIN IMMEDIATE")).await,
+            Dialect::Postgres => self.pool.guarded(self.pool.pool.begin()).await,
+            Dialect::Sqlite => self.pool.guarded(self.pool.pool.begin_with("BEGIN IMMEDIATE")).await,
         };
         tx.context("starting a transaction")
     }
@@ -631,7 +472,7 @@ impl Database {
         PoolStats {
             max: pool.options().get_max_connections(),
             open: pool.size(),
-            idle: pool.num_idle() + self.pool.warm().idle.len(),
+            idle: pool.num_idle(),
             waiting: self.pool.shared.waiting.load(Ordering::Relaxed),
         }
     }
@@ -651,9 +492,9 @@ impl Database {
     /// Closes every connection (shutdown), the reader's too.
     pub async fn close(&self) {
         if let Some((reader, _)) = &self.reader {
-            reader.close().await;
+            reader.pool.close().await;
         }
-        self.pool.close().await;
+        self.pool.pool.close().await;
     }
 }
 
@@ -738,7 +579,7 @@ impl Pool {
     /// A connection from the pool: at once an error while the database is known to be down, and
     /// no longer than it takes a probe to find it down.
     pub async fn acquire(&self) -> Result<PoolConnection<Any>, sqlx::Error> {
-        self.held(self.pool.acquire()).await
+        self.guarded(self.pool.acquire()).await
     }
 
     /// Runs `wait` (for a connection) behind the breaker: fails at once while the database is
@@ -768,8 +609,6 @@ impl Pool {
             && is_unavailable(err)
         {
             reachability.suspect();
-            // The warm connections are likely broken too: sqlx's pool tests each.
-            self.cool();
         }
     }
 }
@@ -788,14 +627,13 @@ impl<'p> Executor<'p> for &Pool {
     {
         let pool = self.clone();
         let results = async move {
-            let (mut conn, taken) = match pool.take().await {
+            let mut conn = match pool.acquire().await {
                 Ok(conn) => conn,
                 Err(err) => return vec![Err(err)],
             };
             let results: Vec<_> = conn.fetch_many(query).collect().await;
-            match results.last() {
-                Some(Err(err)) => pool.observe(err),
-                _ => pool.keep(conn, taken),
+            if let Some(Err(err)) = results.last() {
+                pool.observe(err);
             }
             results
         };
@@ -809,11 +647,9 @@ impl<'p> Executor<'p> for &Pool {
     {
         let pool = self.clone();
         Box::pin(async move {
-            let (mut conn, taken) = pool.take().await?;
-            let row = conn.fetch_optional(query).await;
-            match &row {
-                Err(err) => pool.observe(err),
-                Ok(_) => pool.keep(conn, taken),
+            let row = pool.acquire().await?.fetch_optional(query).await;
+            if let Err(err) = &row {
+                pool.observe(err);
             }
             row
         })
@@ -836,6 +672,8 @@ impl<'p> Executor<'p> for &Pool {
     }
 }
 
+/// What a query fails with while the breaker is open: an I/O error, so that it is classified
+/// like the refused connection it stands for.
 /// How long a pooled connection may sit idle and still be handed out without a test.
 const TEST_IDLE_AFTER: Duration = Duration::from_secs(1);
 
@@ -843,8 +681,7 @@ const TEST_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// trip) only when it has sat idle for [`TEST_IDLE_AFTER`], not every time as sqlx's default
 /// `test_before_acquire` does; under load that test was one of a single read's three round trips
 /// (loadtest/README.md). sqlx still pings each connection it takes back, so one that broke in use
-/// does not come back (single statements skip both while their connection stays warm: [`Warm`]);
-/// one that breaks while idle is what the test is for.
+/// does not come back; one that breaks while idle is what the test is for.
 fn idle_tested() -> AnyPoolOptions {
     AnyPoolOptions::new().test_before_acquire(false).before_acquire(|conn, meta| {
         Box::pin(async move {
@@ -856,8 +693,6 @@ fn idle_tested() -> AnyPoolOptions {
     })
 }
 
-/// What a query fails with while the breaker is open: an I/O error, so that it is classified
-/// like the refused connection it stands for.
 fn unreachable() -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::NotConnected,

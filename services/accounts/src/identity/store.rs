@@ -48,8 +48,9 @@ pub enum SignIn {
     Opened(AccountRow),
 }
 
-/// Signs `provider`'s `subject` in, on PostgreSQL, in one statement and so one round trip, in
-/// no transaction of its own: finds the account by its identity (with its ban), and unless the
+/// Signs `provider`'s `subject` in, on PostgreSQL, in one statement (one round trip, and sqlx's
+/// ping when the connection goes back to its pool; six statements before), in no transaction of
+/// its own: finds the account by its identity (with its ban), and unless the
 /// ban is in force at `session.now`, stores `session` and its refresh token. What a transaction
 /// gave the steps one by one the statement gives them together (one snapshot; all or nothing).
 /// SQLite cannot write in a `WITH` clause: there the steps run one by one in a transaction.
@@ -95,8 +96,8 @@ pub async fn sign_in<'e>(
 }
 
 /// Creates the account `new` with `provider`'s `subject` as its identity, records `event`, and
-/// stores `session` with its refresh token, on PostgreSQL, in one statement (one round trip,
-/// all or nothing; see `sign_in`). A unique violation comes back as the error: the username was
+/// stores `session` with its refresh token, on PostgreSQL, in one statement (one round trip
+/// and sqlx's ping, all or nothing; see `sign_in`). A unique violation comes back as the error: the username was
 /// taken, or a concurrent first sign-in created the identity's account first.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.create_by_identity", skip_all)]
 pub async fn create_by_identity<'e>(
