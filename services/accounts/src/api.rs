@@ -79,7 +79,7 @@ pub async fn register(State(state): State<AccountsState>, ip: ClientIp, Json(req
     if let Err(err) = taken(store::insert_account(&mut *tx, &new).await) {
         return Err(state.conflict_for(err, ip).await);
     }
-    let account = store::account_by_id(&mut *tx, &id).await?.ok_or_else(|| anyhow::anyhow!("account vanished after insert"))?;
+    let account = new.stored();
     let created =
         AccountCreated { account_id: id.clone(), username: username.clone(), guest: false, created_at: platform::time::rfc3339(now) };
     platform::events::record(&mut *tx, &created).await?;

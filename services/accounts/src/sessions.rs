@@ -32,6 +32,33 @@ pub struct Minted {
     refresh_token: String,
 }
 
+/// A session about to be opened (`AccountsState::opening`): what its rows store, and the refresh
+/// token only the client gets.
+pub struct Opening {
+    session_id: String,
+    refresh_token: String,
+    refresh_hash: String,
+    now: i64,
+    expires_at: i64,
+}
+
+impl Opening {
+    /// The values of its session row and refresh token row.
+    pub(crate) fn row(&self) -> store::NewSession<'_> {
+        store::NewSession { id: &self.session_id, refresh_hash: &self.refresh_hash, now: self.now, expires_at: self.expires_at }
+    }
+
+    /// The session, stored for `account`, to be turned into a pair.
+    pub(crate) fn minted(self, account: &store::AccountRow) -> Minted {
+        Minted {
+            session_id: self.session_id,
+            account_id: account.id.clone(),
+            name: account.public_name().to_owned(),
+            refresh_token: self.refresh_token,
+        }
+    }
+}
+
 fn new_refresh_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom_fill(&mut bytes)?;
@@ -66,16 +93,26 @@ impl AccountsState {
         i64::try_from(self.refresh_ttl.as_millis()).unwrap_or(i64::MAX)
     }
 
+    /// A new session's values and its first refresh token, not yet stored.
+    pub(crate) fn opening(&self) -> anyhow::Result<Opening> {
+        let now = now_millis();
+        let refresh_token = new_refresh_token()?;
+        Ok(Opening {
+            session_id: uuid::Uuid::now_v7().to_string(),
+            refresh_hash: hash_refresh_token(&refresh_token),
+            refresh_token,
+            now,
+            expires_at: now.saturating_add(self.refresh_ttl_ms()),
+        })
+    }
+
     /// Opens a session for `account` inside `tx`.
     pub(crate) async fn open_session(&self, tx: &mut Tx, account: &store::AccountRow) -> anyhow::Result<Minted> {
-        let account_id = account.id.as_str();
-        let now = now_millis();
-        let session_id = uuid::Uuid::now_v7().to_string();
-        let expires_at = now.saturating_add(self.refresh_ttl_ms());
-        store::insert_session(&mut **tx, &session_id, account_id, now, expires_at).await?;
-        let refresh_token = new_refresh_token()?;
-        store::insert_refresh_token(&mut **tx, &hash_refresh_token(&refresh_token), &session_id, now, expires_at).await?;
-        Ok(Minted { session_id, account_id: account_id.to_owned(), name: account.public_name().to_owned(), refresh_token })
+        let opening = self.opening()?;
+        let row = opening.row();
+        store::insert_session(&mut **tx, row.id, &account.id, row.now, row.expires_at).await?;
+        store::insert_refresh_token(&mut **tx, row.refresh_hash, row.id, row.now, row.expires_at).await?;
+        Ok(opening.minted(account))
     }
 
     /// Signs the access token of a minted session (after its transaction committed).

@@ -2,7 +2,8 @@
 //! `platform::db`); values are always bound.
 
 use anyhow::Context;
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
 use sqlx::{Any, Executor, Row};
 
 /// An account as stored.
@@ -54,6 +55,18 @@ pub(crate) fn account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
     })
 }
 
+/// A session to store, with its first refresh token (by hash).
+pub struct NewSession<'a> {
+    /// UUIDv7.
+    pub id: &'a str,
+    /// SHA-256 of the refresh token, in hex.
+    pub refresh_hash: &'a str,
+    /// Unix ms: opened (and the token issued).
+    pub now: i64,
+    /// Unix ms: when the session and the token expire unless refreshed.
+    pub expires_at: i64,
+}
+
 /// A new account; with credentials, or without (its identity is inserted beside it).
 pub struct NewAccount<'a> {
     /// UUIDv7.
@@ -71,20 +84,35 @@ pub struct NewAccount<'a> {
 /// Inserts an account. A unique violation (username, email) comes back as the error.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.insert_account", skip_all)]
 pub async fn insert_account<'e>(db: impl Executor<'e, Database = Any>, new: &NewAccount<'_>) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO accounts (id, username, username_key, email, password_hash, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .bind(new.id)
-    .bind(new.username)
-    .bind(new.username.to_lowercase())
-    .bind(new.email)
-    .bind(new.password_hash)
-    .bind(new.now)
-    .execute(db)
-    .await
-    .context("inserting account")?;
+    bind_new_account(sqlx::query(INSERT_ACCOUNT), new).execute(db).await.context("inserting account")?;
     Ok(())
+}
+
+/// The insert of a `NewAccount`, its values bound as `$1` to `$6` (`bind_new_account`).
+pub(crate) const INSERT_ACCOUNT: &str = "INSERT INTO accounts (id, username, username_key, email, password_hash, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $6)";
+
+/// Binds `new` as `$1` to `$6` of `INSERT_ACCOUNT`.
+pub(crate) fn bind_new_account<'q>(query: Query<'q, Any, AnyArguments<'q>>, new: &NewAccount<'q>) -> Query<'q, Any, AnyArguments<'q>> {
+    query.bind(new.id).bind(new.username).bind(new.username.to_lowercase()).bind(new.email).bind(new.password_hash).bind(new.now)
+}
+
+impl NewAccount<'_> {
+    /// The account as `insert_account` stores it (no profile yet), so that it need not be read
+    /// back.
+    pub fn stored(&self) -> AccountRow {
+        AccountRow {
+            id: self.id.to_owned(),
+            username: self.username.to_owned(),
+            email: self.email.map(str::to_owned),
+            password_hash: self.password_hash.map(str::to_owned),
+            display_name: None,
+            avatar_asset_id: None,
+            locale: None,
+            created_at: self.now,
+            updated_at: self.now,
+        }
+    }
 }
 
 async fn account_where<'e>(db: impl Executor<'e, Database = Any>, column: &'static str, value: &str) -> anyhow::Result<Option<AccountRow>> {
@@ -406,7 +434,7 @@ impl Ban {
 }
 
 /// The ban a query joined as `ban_*` columns (`ban_account` null: none).
-fn joined_ban(row: &AnyRow) -> Result<Option<Ban>, sqlx::Error> {
+pub(crate) fn joined_ban(row: &AnyRow) -> Result<Option<Ban>, sqlx::Error> {
     if row.try_get::<Option<String>, _>("ban_account")?.is_none() {
         return Ok(None);
     }
@@ -420,7 +448,7 @@ fn joined_ban(row: &AnyRow) -> Result<Option<Ban>, sqlx::Error> {
 }
 
 /// A ban's columns, from `account_bans b`, as `joined_ban` reads them.
-const BAN_COLUMNS: &str = "b.account_id AS ban_account, b.reason AS ban_reason, b.until AS ban_until, b.issued_by AS ban_issued_by, \
+pub(crate) const BAN_COLUMNS: &str = "b.account_id AS ban_account, b.reason AS ban_reason, b.until AS ban_until, b.issued_by AS ban_issued_by, \
      b.issued_by_name AS ban_issued_by_name, b.issued_at AS ban_issued_at";
 
 /// The account's ban, in force or expired.

@@ -313,6 +313,20 @@ async fn guests_sign_in_by_device_and_can_attach_credentials(backend: Backend) {
     let again = app.post("/v1/auth/guest", None, json!({"device_id": "device-0001-abcdef"})).await.expect(200);
     let me_again = app.get("/v1/accounts/me", Some(again.body["access_token"].as_str().expect("access"))).await.expect(200);
     assert_eq!(me_again.body["id"], me.body["id"]);
+    app.post("/v1/auth/guest", None, json!({"device_id": "device-0001-abcdef"})).await.expect(200);
+    // A returning guest gets a session of its own, and is not announced again: one account,
+    // one `account.created`, three sessions each with its refresh token.
+    let db = app.database().await;
+    let id = me.body["id"].as_str().expect("id");
+    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(db.pool());
+    let created = count("SELECT COUNT(*) FROM outbox WHERE event_type = 'account.created' AND payload LIKE '%' || $1 || '%'");
+    assert_eq!(created.await.expect("outbox"), 1);
+    let all_created: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE event_type = 'account.created'").fetch_one(db.pool()).await.expect("outbox");
+    assert_eq!(all_created, 1);
+    assert_eq!(count("SELECT COUNT(*) FROM sessions WHERE account_id = $1").await.expect("sessions"), 3);
+    let tokens = count("SELECT COUNT(*) FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE s.account_id = $1");
+    assert_eq!(tokens.await.expect("refresh tokens"), 3);
 
     app.register("taken").await;
     let creds = |email: &str, username: Option<&str>| json!({"email": email, "password": "guest password", "username": username});
@@ -1003,7 +1017,16 @@ async fn a_banned_player_cannot_sign_in_and_their_socket_closes(backend: Backend
     let guest = app.post("/v1/auth/guest", None, json!({"device_id": "device-gus"})).await.expect(201).body;
     let gus = app.get("/v1/accounts/me", Some(guest["access_token"].as_str().expect("token"))).await.expect(200).body;
     app.post(&format!("/v1/admin/accounts/{}/ban", gus["id"].as_str().expect("id")), Some(&moderator), json!({})).await.expect(200);
+    let sessions_of_gus = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM sessions WHERE account_id = $1")
+            .bind(gus["id"].as_str().expect("id"))
+            .fetch_one(app.database().await.pool())
+            .await
+            .expect("sessions")
+    };
+    let before = sessions_of_gus().await;
     app.post("/v1/auth/guest", None, json!({"device_id": "device-gus"})).await.expect_error(403, "account_banned");
+    assert_eq!(sessions_of_gus().await, before, "a refused sign-in stores no session");
 
     // Lifted: back in; lifting again finds nothing.
     app.delete(&ban, Some(&moderator)).await.expect(204);

@@ -8,9 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use platform::auth::Player;
-use platform::db::{now_millis, unique_violation};
+use platform::db::{Dialect, now_millis, unique_violation};
 use platform::error::ErrorBody;
 use platform::events::AccountCreated;
+use platform::events::outbox::Entry;
 use platform::http::{ClientIp, Json};
 use platform::{ApiError, ApiResult, OnUnique};
 use serde::Serialize;
@@ -20,6 +21,7 @@ use super::store::{self as identities, Unlinked};
 use super::{DiscordCodeProof, IdTokenProof, Proof, Provider, SteamTicketProof, Verified, refused};
 use crate::AccountsState;
 use crate::model::TokenPair;
+use crate::sessions::Minted;
 use crate::store::{self, NewAccount};
 
 /// The provider sign-in and identity routes.
@@ -264,48 +266,95 @@ impl AccountsState {
         // A concurrent first sign-in of the same identity may create the account between our
         // lookup and our insert; then the next lookup finds it.
         for _ in 0..CREATE_TRIES {
-            let mut tx = self.db.begin().await?;
-            if let Some(account) = identities::account_by_identity(&mut *tx, verified.provider, &verified.subject).await? {
-                self.refuse_banned(&mut *tx, &account.id).await?;
-                let minted = self.open_session(&mut tx, &account).await?;
-                tx.commit().await.context("committing the sign-in")?;
-                return Ok((StatusCode::OK, Json(self.pair(minted)?)));
+            let signed_in = match self.db.dialect() {
+                Dialect::Postgres => self.sign_in_in_one_statement(verified, create).await?,
+                Dialect::Sqlite => self.sign_in_in_a_transaction(verified, create).await?,
+            };
+            if let Some((status, minted)) = signed_in {
+                return Ok((status, Json(self.pair(minted)?)));
             }
-            let Some(kind) = create else {
-                return Err(ApiError::client(
-                    StatusCode::FORBIDDEN,
-                    "sign_up_closed",
-                    format!("no account has this {} identity, and new accounts are not made by signing in with it", verified.provider),
-                ));
-            };
-            let id = uuid::Uuid::now_v7().to_string();
-            let username = crate::api::generated_username(kind.prefix())?;
-            let now = now_millis();
-            let new = NewAccount { id: &id, username: &username, email: None, password_hash: None, now };
-            let inserted = match store::insert_account(&mut *tx, &new).await {
-                Ok(()) => identities::insert_identity(&mut *tx, verified.provider, &verified.subject, &id, now).await,
-                Err(err) => Err(err),
-            };
-            match inserted {
-                Ok(()) => {}
-                Err(err) if unique_violation(&err).is_some() => continue,
-                Err(err) => return Err(err.into()),
-            }
-            let account = store::account_by_id(&mut *tx, &id).await?.context("account vanished after insert")?;
-            let created = AccountCreated {
-                account_id: id.clone(),
-                username,
-                guest: kind == NewKind::Guest,
-                created_at: platform::time::rfc3339(now),
-            };
-            platform::events::record(&mut *tx, &created).await?;
-            let minted = self.open_session(&mut tx, &account).await?;
-            tx.commit().await.context("committing the new account")?;
-            tracing::info!(account_id = id, provider = %verified.provider, "account created by sign-in");
-            return Ok((StatusCode::CREATED, Json(self.pair(minted)?)));
         }
         Err(ApiError::Internal(anyhow::anyhow!("could not create or find the account of a {} identity", verified.provider)))
     }
+
+    /// One try of `sign_in_identity` on PostgreSQL: one statement for a returning player (the
+    /// lookup, the ban check and the session: `identities::sign_in`), and one more to create the
+    /// account of a new one (`identities::create_by_identity`). `None`: a concurrent first
+    /// sign-in won the identity (or a generated username was taken); try again.
+    async fn sign_in_in_one_statement(&self, verified: &Verified, create: Option<NewKind>) -> ApiResult<Option<(StatusCode, Minted)>> {
+        let opening = self.opening()?;
+        match identities::sign_in(self.db.pool(), verified.provider, &verified.subject, &opening.row()).await? {
+            identities::SignIn::Opened(account) => return Ok(Some((StatusCode::OK, opening.minted(&account)))),
+            identities::SignIn::Banned(ban) => return Err(crate::api::banned(&ban)),
+            identities::SignIn::Unknown => {}
+        }
+        let kind = create.ok_or_else(|| sign_up_closed(verified.provider))?;
+        let now = opening.row().now;
+        let (new_id, username, created) = new_account(kind, now)?;
+        let new = NewAccount { id: &new_id, username: &username, email: None, password_hash: None, now };
+        let event = Entry::of(&created)?;
+        match identities::create_by_identity(self.db.pool(), &new, verified.provider, &verified.subject, &event, &opening.row()).await {
+            Ok(()) => {}
+            Err(err) if unique_violation(&err).is_some() => return Ok(None),
+            Err(err) => return Err(err.into()),
+        }
+        tracing::info!(account_id = new_id, provider = %verified.provider, "account created by sign-in");
+        Ok(Some((StatusCode::CREATED, opening.minted(&new.stored()))))
+    }
+
+    /// One try of `sign_in_identity` on SQLite, which cannot write in a `WITH` clause: the same
+    /// steps one by one in a transaction. `None` as for `sign_in_in_one_statement`.
+    async fn sign_in_in_a_transaction(&self, verified: &Verified, create: Option<NewKind>) -> ApiResult<Option<(StatusCode, Minted)>> {
+        let mut tx = self.db.begin().await?;
+        if let Some(account) = identities::account_by_identity(&mut *tx, verified.provider, &verified.subject).await? {
+            self.refuse_banned(&mut *tx, &account.id).await?;
+            let minted = self.open_session(&mut tx, &account).await?;
+            tx.commit().await.context("committing the sign-in")?;
+            return Ok(Some((StatusCode::OK, minted)));
+        }
+        let kind = create.ok_or_else(|| sign_up_closed(verified.provider))?;
+        let now = now_millis();
+        let (new_id, username, created) = new_account(kind, now)?;
+        let new = NewAccount { id: &new_id, username: &username, email: None, password_hash: None, now };
+        let inserted = match store::insert_account(&mut *tx, &new).await {
+            Ok(()) => identities::insert_identity(&mut *tx, verified.provider, &verified.subject, &new_id, new.now).await,
+            Err(err) => Err(err),
+        };
+        match inserted {
+            Ok(()) => {}
+            Err(err) if unique_violation(&err).is_some() => return Ok(None),
+            Err(err) => return Err(err.into()),
+        }
+        let account = new.stored();
+        platform::events::record(&mut *tx, &created).await?;
+        let minted = self.open_session(&mut tx, &account).await?;
+        tx.commit().await.context("committing the new account")?;
+        tracing::info!(account_id = new_id, provider = %verified.provider, "account created by sign-in");
+        Ok(Some((StatusCode::CREATED, minted)))
+    }
+}
+
+/// 403 `sign_up_closed`: no account has the identity, and signing in with it makes none.
+fn sign_up_closed(provider: Provider) -> ApiError {
+    ApiError::client(
+        StatusCode::FORBIDDEN,
+        "sign_up_closed",
+        format!("no account has this {provider} identity, and new accounts are not made by signing in with it"),
+    )
+}
+
+/// A new account of `kind`, made by a first sign-in at `now`: its id, its generated username,
+/// and the `account.created` event that announces it.
+fn new_account(kind: NewKind, now: i64) -> ApiResult<(String, String, AccountCreated)> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let username = crate::api::generated_username(kind.prefix())?;
+    let created = AccountCreated {
+        account_id: id.clone(),
+        username: username.clone(),
+        guest: kind == NewKind::Guest,
+        created_at: platform::time::rfc3339(now),
+    };
+    Ok((id, username, created))
 }
 
 /// What kind of account a first sign-in makes.

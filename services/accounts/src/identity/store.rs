@@ -1,10 +1,15 @@
 //! The SQL of identities (`account_identities`). One text per query for both dialects.
 
+use std::sync::LazyLock;
+
 use anyhow::Context;
+use platform::events::outbox::Entry;
 use sqlx::{Any, Executor, Row};
 
 use super::Provider;
-use crate::store::{ACCOUNT_COLUMNS, AccountRow, account};
+use crate::store::{
+    ACCOUNT_COLUMNS, AccountRow, BAN_COLUMNS, Ban, INSERT_ACCOUNT, NewAccount, NewSession, account, bind_new_account, joined_ban,
+};
 
 /// An identity as stored.
 #[derive(Debug, Clone)]
@@ -24,12 +29,117 @@ pub async fn account_by_identity<'e>(
     provider: Provider,
     subject: &str,
 ) -> anyhow::Result<Option<AccountRow>> {
-    let columns = ACCOUNT_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ");
+    let columns = prefixed_account_columns();
     let sql = format!(
         "SELECT {columns} FROM account_identities i JOIN accounts a ON a.id = i.account_id WHERE i.provider = $1 AND i.subject = $2"
     );
     let row = sqlx::query(&sql).bind(provider.as_str()).bind(subject).fetch_optional(db).await.context("loading account by identity")?;
     row.as_ref().map(account).transpose().context("decoding account")
+}
+
+/// What a sign-in by identity found, and did (`sign_in`).
+#[derive(Debug)]
+pub enum SignIn {
+    /// No account has the identity; nothing was written.
+    Unknown,
+    /// Its account is banned (the ban in force at the sign-in's time); no session was opened.
+    Banned(Ban),
+    /// The session is stored for this account.
+    Opened(AccountRow),
+}
+
+/// Signs `provider`'s `subject` in, on PostgreSQL, in one statement (one round trip, and sqlx's
+/// ping when the connection goes back to its pool; six statements before), in no transaction of
+/// its own: finds the account by its identity (with its ban), and unless the
+/// ban is in force at `session.now`, stores `session` and its refresh token. What a transaction
+/// gave the steps one by one the statement gives them together (one snapshot; all or nothing).
+/// SQLite cannot write in a `WITH` clause: there the steps run one by one in a transaction.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.sign_in", skip_all)]
+pub async fn sign_in<'e>(
+    db: impl Executor<'e, Database = Any>,
+    provider: Provider,
+    subject: &str,
+    session: &NewSession<'_>,
+) -> anyhow::Result<SignIn> {
+    // A ban is in force unless it has an end that has passed (`Ban::in_force`): the same test,
+    // with the same `now`, as the caller's on the returned row. Made once: sqlx's cache of
+    // prepared statements is keyed by the text.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH found AS ( \
+           SELECT {columns}, {BAN_COLUMNS} FROM account_identities i JOIN accounts a ON a.id = i.account_id \
+           LEFT JOIN account_bans b ON b.account_id = a.id WHERE i.provider = $1 AND i.subject = $2 \
+         ), session AS ( \
+           INSERT INTO sessions (id, account_id, created_at, refreshed_at, expires_at) \
+           SELECT $3, id, $5, $5, $6 FROM found WHERE ban_account IS NULL OR ban_until <= $5 RETURNING id \
+         ), refresh AS ( \
+           INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) SELECT $4, id, $5, $6 FROM session \
+         ) SELECT * FROM found",
+            columns = prefixed_account_columns()
+        )
+    });
+    let row = sqlx::query(&SQL)
+        .bind(provider.as_str())
+        .bind(subject)
+        .bind(session.id)
+        .bind(session.refresh_hash)
+        .bind(session.now)
+        .bind(session.expires_at)
+        .fetch_optional(db)
+        .await
+        .context("signing in by identity")?;
+    let Some(row) = row else { return Ok(SignIn::Unknown) };
+    match joined_ban(&row).context("decoding the ban")? {
+        Some(ban) if ban.in_force(session.now) => Ok(SignIn::Banned(ban)),
+        _ => Ok(SignIn::Opened(account(&row).context("decoding account")?)),
+    }
+}
+
+/// Creates the account `new` with `provider`'s `subject` as its identity, records `event`, and
+/// stores `session` with its refresh token, on PostgreSQL, in one statement (one round trip
+/// and sqlx's ping, all or nothing; see `sign_in`). A unique violation comes back as the error: the username was
+/// taken, or a concurrent first sign-in created the identity's account first.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.create_by_identity", skip_all)]
+pub async fn create_by_identity<'e>(
+    db: impl Executor<'e, Database = Any>,
+    new: &NewAccount<'_>,
+    provider: Provider,
+    subject: &str,
+    event: &Entry,
+    session: &NewSession<'_>,
+) -> anyhow::Result<()> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH account AS ({INSERT_ACCOUNT} RETURNING id), identity AS ( \
+               INSERT INTO account_identities (provider, subject, account_id, created_at) SELECT $7, $8, id, $6 FROM account \
+             ), event AS ( \
+               INSERT INTO outbox (id, event_type, payload, trace_context, created_at, sent_at) \
+               SELECT $9, $10, $11, $12, $6, NULL FROM account \
+             ), session AS ( \
+               INSERT INTO sessions (id, account_id, created_at, refreshed_at, expires_at) \
+               SELECT $13, id, $6, $6, $15 FROM account RETURNING id \
+             ) INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) SELECT $14, id, $6, $15 FROM session"
+        )
+    });
+    bind_new_account(sqlx::query(&SQL), new)
+        .bind(provider.as_str())
+        .bind(subject)
+        .bind(&event.id)
+        .bind(event.event_type)
+        .bind(&event.payload)
+        .bind(event.trace_context.as_deref())
+        .bind(session.id)
+        .bind(session.refresh_hash)
+        .bind(session.expires_at)
+        .execute(db)
+        .await
+        .context("creating an account by identity")?;
+    Ok(())
+}
+
+/// `ACCOUNT_COLUMNS` of the table aliased `a`.
+fn prefixed_account_columns() -> String {
+    ACCOUNT_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Links `provider`'s `subject` to `account_id`. A unique violation comes back as the error:
