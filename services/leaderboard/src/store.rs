@@ -199,6 +199,28 @@ fn record(row: &AnyRow) -> Result<RecordRow, sqlx::Error> {
 const RECORD_COLUMNS: &str = "owner_id, owner_name, score, subscore, metadata, updated_at, version";
 
 /// Placeholders `$from, $from+1, ...` for `count` values, comma-separated.
+/// Binds each row's nine `leaderboard_records` columns, in the order the writes list them.
+fn bind_records<'q>(
+    mut query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    board: &'q str,
+    season: i64,
+    rows: &'q [&RecordRow],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    for r in rows {
+        query = query
+            .bind(board)
+            .bind(season)
+            .bind(&r.owner_id)
+            .bind(&r.owner_name)
+            .bind(r.score)
+            .bind(r.subscore)
+            .bind(&r.metadata)
+            .bind(r.updated_at)
+            .bind(r.version);
+    }
+    query
+}
+
 fn placeholders(from: usize, count: usize) -> String {
     (from..from + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
@@ -277,19 +299,7 @@ pub async fn write_records(
          VALUES {} ON CONFLICT (board_id, season, owner_id) {conflict}",
         values.join(", ")
     );
-    let mut query = sqlx::query(&sql);
-    for r in rows {
-        query = query
-            .bind(board)
-            .bind(season)
-            .bind(&r.owner_id)
-            .bind(&r.owner_name)
-            .bind(r.score)
-            .bind(r.subscore)
-            .bind(&r.metadata)
-            .bind(r.updated_at)
-            .bind(r.version);
-    }
+    let query = bind_records(sqlx::query(&sql), board, season, rows);
     Ok(query.execute(&mut *tx).await.context("writing records")?.rows_affected())
 }
 
@@ -375,19 +385,7 @@ pub async fn upsert_records(
             )
         }
     };
-    let mut query = sqlx::query(&sql);
-    for r in rows {
-        query = query
-            .bind(board)
-            .bind(season)
-            .bind(&r.owner_id)
-            .bind(&r.owner_name)
-            .bind(r.score)
-            .bind(r.subscore)
-            .bind(&r.metadata)
-            .bind(r.updated_at)
-            .bind(r.version);
-    }
+    let mut query = bind_records(sqlx::query(&sql), board, season, rows);
     if let Some(check) = check {
         query = query.bind(check.id).bind(serde_json::to_string(check.records).context("encoding an index check")?).bind(check.check_at);
     }
