@@ -36,9 +36,10 @@ REDIS_REQUESTS=200000
 ZADD_KEYSPACE=1000000
 BOARD_SIZE=10000
 
-# The targets: each scenario's share of its Redis baseline's requests/s, and its p99.
+# The performance issue's (14) targets: each scenario's share of its Redis baseline's requests/s,
+# and its p99. (The leaderboard issue's were 25 / 25 / 40 %.)
 declare -A BASELINE=([submit]=ZADD [submit-set]=ZADD [rank]=ZREVRANK)
-declare -A TARGET_PERCENT=([submit]=25 [submit-set]=25 [rank]=40)
+declare -A TARGET_PERCENT=([submit]=35 [submit-set]=15 [rank]=45)
 TARGET_P99_MS=10
 
 # The server key guildhall is started with; the tool creates its leaderboards with it. Handed over
