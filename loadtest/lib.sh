@@ -1,6 +1,6 @@
-# Sourced by run.sh, chat.sh and compare.sh, not run: the stack the benchmarks measure. A throwaway PostgreSQL
-# (durable settings) and Redis on free loopback ports (scripts/servers.sh), the database `bench`,
-# and any number of guildhall instances serving it, all stopped and removed when the script exits.
+# Sourced by run.sh, chat.sh and compare.sh, not run: the stack the benchmarks measure. A
+# throwaway PostgreSQL (durable settings) and Redis on free loopback ports (scripts/servers.sh), the
+# database `bench`, and any number of guildhall instances serving it, all stopped and removed when the script exits.
 #
 #   source loadtest/lib.sh
 #   start_stack
