@@ -877,6 +877,28 @@ async fn connections_are_capped() {
     assert_eq!(served.expect("served once a connection closed").expect("answer").status(), 200);
 }
 
+/// A WebSocket keeps its connection's slot of `HTTP_MAX_CONNECTIONS` for its whole life, not only
+/// for its handshake: with two sockets open at a cap of two, a third connection waits until one
+/// of them closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_count_against_the_connection_cap() {
+    use std::time::Duration;
+    let app = TestApp::start_with(Backend::Embedded, |env| {
+        env.set("HTTP_MAX_CONNECTIONS", "2").set("HTTP_HEADER_READ_TIMEOUT_SECS", "30");
+    })
+    .await;
+    // Signed up over a connection that closes after its answer, so that it gives its slot back.
+    let closing = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let ana = common::Api { base: app.base.clone(), client: closing.clone() }.register("ana").await;
+    let first = Chat::connect(&app.base, &ana.access).await;
+    let _second = Chat::connect(&app.base, &ana.access).await;
+    let waiting = closing.get(format!("{}/health/live", app.base)).timeout(Duration::from_millis(1500)).send().await;
+    assert!(waiting.is_err_and(|err| err.is_timeout()), "served past the cap while two sockets were open");
+    drop(first);
+    let served = tokio::time::timeout(Duration::from_secs(5), closing.get(format!("{}/health/live", app.base)).send()).await;
+    assert_eq!(served.expect("served once a socket closed").expect("answer").status(), 200);
+}
+
 /// A server on `backend` with the bootstrap key set.
 async fn with_admin_key(backend: Backend) -> TestApp {
     TestApp::start_with(backend, |env| {

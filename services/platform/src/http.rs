@@ -402,17 +402,19 @@ async fn accept_failed(err: std::io::Error) {
 }
 
 /// Serves one connection until it closes, or, once `shutdown` stops, until its request in flight
-/// is answered; `_slot` returns to the cap when it ends.
+/// is answered. Its `slot` goes with the socket (`CountedReads`), so it returns to the cap when
+/// the socket closes: after hyper's connection ends, or, for an upgrade, when the WebSocket that
+/// took the socket over ends.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     shutdown: Shutdown,
     limits: ServerLimits,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
     let reads = Arc::new(AtomicU64::new(0));
-    let io = hyper_util::rt::TokioIo::new(CountedReads { inner: stream, reads: reads.clone() });
+    let io = hyper_util::rt::TokioIo::new(CountedReads { inner: stream, reads: reads.clone(), _slot: slot });
     let service = hyper::service::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
         // Where `ClientIp` finds the peer, as `into_make_service_with_connect_info` puts it.
         request.extensions_mut().insert(ConnectInfo(peer));
@@ -438,10 +440,14 @@ async fn serve_connection(
     }
 }
 
-/// A connection's socket, counting the reads that brought bytes, for its `HeadTimer`.
+/// A connection's socket, counting the reads that brought bytes, for its `HeadTimer`, and holding
+/// its slot of the connection cap. An upgrade moves the socket, slot included, into the
+/// WebSocket (hyper's `Upgraded` owns it), so a WebSocket counts against `HTTP_MAX_CONNECTIONS`
+/// for its whole life, not just for its HTTP handshake.
 struct CountedReads {
     inner: TcpStream,
     reads: Arc<AtomicU64>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl tokio::io::AsyncRead for CountedReads {
