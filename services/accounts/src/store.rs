@@ -147,7 +147,7 @@ pub async fn attach_credentials<'e>(
     now: i64,
 ) -> anyhow::Result<Option<AccountRow>> {
     let sql = format!(
-        "UPDATE accounts SET email = $2, password_hash = $3, device_key = NULL, \
+        "UPDATE accounts SET email = $2, password_hash = $3, \
          username = COALESCE($4, username), username_key = COALESCE($5, username_key), updated_at = $6 \
          WHERE id = $1 AND email IS NULL RETURNING {ACCOUNT_COLUMNS}"
     );

@@ -197,12 +197,10 @@ pub enum Unlinked {
 /// other, so they cannot both see the other's identity and leave none.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.unlink", skip_all)]
 pub async fn unlink(conn: &mut sqlx::AnyConnection, account_id: &str, provider: Provider, now: i64) -> anyhow::Result<Unlinked> {
-    // A device identity also retires the column that tasks of the previous version still read.
-    let device_key = if provider == Provider::Device { ", device_key = NULL" } else { "" };
-    let has_password: Option<i64> = sqlx::query_scalar(&format!(
-        "UPDATE accounts SET updated_at = $2{device_key} WHERE id = $1 \
-         RETURNING CAST(CASE WHEN password_hash IS NULL THEN 0 ELSE 1 END AS BIGINT)"
-    ))
+    let has_password: Option<i64> = sqlx::query_scalar(
+        "UPDATE accounts SET updated_at = $2 WHERE id = $1 \
+         RETURNING CAST(CASE WHEN password_hash IS NULL THEN 0 ELSE 1 END AS BIGINT)",
+    )
     .bind(account_id)
     .bind(now)
     .fetch_optional(&mut *conn)
