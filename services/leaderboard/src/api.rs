@@ -13,13 +13,14 @@ use platform::auth::{Admin, Caller, Player, Scope as KeyScope, Unconfirmed, Unco
 use platform::db::now_millis;
 use platform::error::ErrorBody;
 use platform::http::{Json, Query};
+use platform::revocations::RevocationStatus;
 use platform::{ApiError, ApiResult, OnUnique};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::LeaderboardState;
 use crate::board::{Board, Operator, Refusal, Sort, valid_board_id};
-use crate::index::{Entry, NotReady, RankIndex, Ranked, RebuildLock, Scope};
+use crate::index::{Entry, NotReady, RankAndRevocation, RankIndex, Ranked, RebuildLock, Scope};
 use crate::store::{self, RecordRow};
 use crate::writer::Submission;
 
@@ -454,12 +455,7 @@ pub async fn submit_score(
         let kept = match player {
             Some(unconfirmed) if matches!(state.index, RankIndex::Redis(_)) => {
                 let (status, kept) = when_ready!(state, board, async {
-                    let found = state.index.unless_better_unless_revoked(scope, owner, prefix, unconfirmed.session_id()).await?;
-                    let Some((revocation, kept)) = found else { unreachable!("a Redis index answers") };
-                    if revocation.revoked {
-                        return Err(platform::auth::session_revoked());
-                    }
-                    Ok::<_, ApiError>(kept.map(|kept| (revocation, kept)))
+                    unless_revoked(state.index.unless_better_unless_revoked(scope, owner, prefix, unconfirmed.session_id()).await?)
                 });
                 // Reads the database only when the cache has lost its revocations.
                 state.auth.confirm_with_status(unconfirmed, status).await?;
@@ -648,6 +644,17 @@ pub async fn list_records(
     Ok(Json(RecordPage { records, next_cursor }))
 }
 
+/// A Redis index answer read in one round trip with its session's revocation status
+/// (`*_unless_revoked`): refused when the session was revoked, otherwise the answer with the
+/// status, for `confirm_with_status` to finish the check.
+fn unless_revoked(found: Option<RankAndRevocation>) -> ApiResult<Result<(RevocationStatus, Option<Ranked>), NotReady>> {
+    let Some((revocation, ranked)) = found else { unreachable!("a Redis index answers") };
+    if revocation.revoked {
+        return Err(platform::auth::session_revoked());
+    }
+    Ok(ranked.map(|ranked| (revocation, ranked)))
+}
+
 /// The caller's own record and rank.
 #[utoipa::path(get, path = "/v1/leaderboards/{id}/records/me", tag = "leaderboards", security(("bearer" = [])),
     params(("id" = String, Path, description = "Board id")),
@@ -659,12 +666,7 @@ pub async fn my_record(State(state): State<LeaderboardState>, caller: Unconfirme
     // the rank, and nothing read is answered unless the session still stands.
     let ranked = if matches!(state.index, RankIndex::Redis(_)) {
         let (status, ranked) = when_ready!(state, board, async {
-            let found = state.index.rank_of_unless_revoked(scope, caller.account_id(), caller.session_id()).await?;
-            let Some((revocation, ranked)) = found else { unreachable!("a Redis index answers") };
-            if revocation.revoked {
-                return Err(platform::auth::session_revoked());
-            }
-            Ok::<_, ApiError>(ranked.map(|ranked| (revocation, ranked)))
+            unless_revoked(state.index.rank_of_unless_revoked(scope, caller.account_id(), caller.session_id()).await?)
         });
         // Reads the database only when the cache has lost its revocations (see
         // `platform::revocations`).
