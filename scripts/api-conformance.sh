@@ -36,7 +36,7 @@ local_server_prepare conformance
 
 # Embedded defaults, plus a server key (so the admin API is on) and a sign-in limit that the
 # fuzzer, one client address sending hundreds of sign-ins a minute, does not reach: its 429 is
-# tested in services/guildhall/tests/accounts.rs.
+# tested in services/guildhall/tests/it/accounts.rs.
 admin_key=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 LISTEN_ADDR=127.0.0.1:$port DATA_DIR=$data/data GUILDHALL_ADMIN_KEY=$admin_key RATE_LIMIT_AUTH_PER_IP_PER_MINUTE=1000000 \
   "$binary" serve >"$log" 2>&1 &

@@ -2,7 +2,7 @@
 # Runs every Guildhall test against real servers: starts a throwaway PostgreSQL and Redis from
 # this machine's binaries and moto's server (S3, SQS; from PyPI) on free loopback ports
 # (scripts/servers.sh) and a streaming replica of that PostgreSQL (start_standby: the reader of
-# services/guildhall/tests/replicas.rs), builds the image and the local third-party images for the container fault
+# services/guildhall/tests/it/replicas.rs), builds the image and the local third-party images for the container fault
 # tests when a Docker engine runs (scripts/build-image.sh), runs
 # `cargo test --workspace` (extra arguments are passed on), and stops and removes them after.
 # Ends with one line totalling every test binary's results.
@@ -16,7 +16,7 @@ source scripts/servers.sh
 start_servers fast
 start_standby
 start_moto
-# The container fault tests (services/guildhall/tests/containers.rs) run the shipped image; where a
+# The container fault tests (services/guildhall/tests/it/containers.rs) run the shipped image; where a
 # Docker engine answers, build it (cached: seconds when nothing changed) and tell them where it is.
 # Without an engine they say so and skip, unless GUILDHALL_REQUIRE_DOCKER=1 (CI) fails them.
 if docker info >/dev/null 2>&1; then

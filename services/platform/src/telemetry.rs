@@ -12,7 +12,7 @@
 //! `Parent` (it records no segment) nor `Sampled` (it leaves the decision to its target). Passed
 //! to the SDK as opentelemetry-aws parses it (no valid parent, flags without "sampled"), no such
 //! request exported anything (issue 12 measured 20; the ALB-header test in
-//! `tests/tracing.rs` failed the same way). Here a header without a decision (`Sampled`
+//! `tests/it/trace_propagation.rs` failed the same way). Here a header without a decision (`Sampled`
 //! missing or `?`) is decided as a new trace would be, by the configured ratio, and a header
 //! without `Parent` makes the request the root of the trace the ALB named, under its trace id (the
 //! one the ALB writes into its access log). An explicit `Sampled=0` or `Sampled=1` is followed.

@@ -5,12 +5,10 @@
 //! is synchronous. Each test runs its own pair of PostgreSQL servers (the primary is killed and
 //! the standby promoted), beside the shared Redis and moto of the test command.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Api, Backend, Chat, Process, TestApp, TestEnv, eventually};
+use crate::common::{Api, Backend, Chat, Process, TestApp, TestEnv, eventually};
 use platform::testing::{ThrowawayPostgres, real_backends_skipped};
 use serde_json::json;
 

@@ -1,10 +1,9 @@
 //! The accounts API over HTTP, on the embedded backends and on PostgreSQL + Redis.
 
-mod common;
 #[path = "accounts/passwords.rs"]
 mod passwords;
 
-use common::{ADMIN_KEY, Backend, Chat, Process, TestApp, TestEnv, audit, eventually, guest, make_friends, server_key};
+use crate::common::{ADMIN_KEY, Backend, Chat, Process, TestApp, TestEnv, audit, eventually, guest, make_friends, server_key};
 use reqwest::Method;
 use serde_json::json;
 
@@ -122,9 +121,9 @@ async fn invalid_input_is_refused_with_the_field(backend: Backend) {
     let raw = |body: &'static str, content_type: &'static str| {
         app.client.post(format!("{}/v1/auth/register", app.base)).header("content-type", content_type).body(body).send()
     };
-    let reply = common::Api::reply(raw("{not json", "application/json").await.expect("sent")).await;
+    let reply = crate::common::Api::reply(raw("{not json", "application/json").await.expect("sent")).await;
     reply.expect_error(400, "invalid_request");
-    let reply = common::Api::reply(raw("{}", "text/plain").await.expect("sent")).await;
+    let reply = crate::common::Api::reply(raw("{}", "text/plain").await.expect("sent")).await;
     reply.expect_error(415, "unsupported_media_type");
     let huge = json!({"email": "a@example.com", "password": "p".repeat(100_000), "username": "ana"});
     app.post("/v1/auth/register", None, huge).await.expect_error(413, "payload_too_large");
@@ -163,17 +162,17 @@ async fn wrong_password_and_unknown_email_answer_alike(backend: Backend) {
 }
 
 /// A request from `ip` (through the ALB, which appends the peer to `X-Forwarded-For`).
-async fn post_from(app: &TestApp, ip: &str, path: &str, token: Option<&str>, body: serde_json::Value) -> common::Reply {
+async fn post_from(app: &TestApp, ip: &str, path: &str, token: Option<&str>, body: serde_json::Value) -> crate::common::Reply {
     let mut request = app.client.post(format!("{}{path}", app.base)).header("x-forwarded-for", format!("198.51.100.1, {ip}")).json(&body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    common::Api::reply(request.send().await.expect("sent")).await
+    crate::common::Api::reply(request.send().await.expect("sent")).await
 }
 
 /// The `Retry-After` of a 429, in seconds.
 #[track_caller]
-fn retry_after(reply: &common::Reply) -> u64 {
+fn retry_after(reply: &crate::common::Reply) -> u64 {
     reply.headers["retry-after"].to_str().expect("ascii").parse().expect("seconds")
 }
 
@@ -595,7 +594,7 @@ async fn ended_sessions_are_purged(backend: Backend) {
 /// alive throughout, so nobody is logged out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotation_needs_no_downtime_and_logs_nobody_out() {
-    use common::{chat_refusal, kid_of, published_kids};
+    use crate::common::{chat_refusal, kid_of, published_kids};
     use platform::tokens::manage;
     if platform::testing::real_backends_skipped() {
         return;
@@ -619,7 +618,7 @@ async fn a_key_rotation_needs_no_downtime_and_logs_nobody_out() {
     assert_eq!(kid_of(&ana.access), a);
     verifier.get("/v1/accounts/me", Some(&ana.access)).await.expect(200);
     // A player who does nothing during the whole rotation, but holds a refresh token.
-    let (_, _, idle_refresh) = common::guest_session(&signer, "idle").await;
+    let (_, _, idle_refresh) = crate::common::guest_session(&signer, "idle").await;
     assert_eq!(published_kids(&signer).await, vec![a.clone()]);
 
     // 1. B is published to every instance (a deployment of them all); A still signs. B may not
@@ -646,7 +645,7 @@ async fn a_key_rotation_needs_no_downtime_and_logs_nobody_out() {
         }
     }
     for token in [&ana.access, &b_access] {
-        common::Chat::connect(&verifier_ab.base, token).await.close().await;
+        crate::common::Chat::connect(&verifier_ab.base, token).await.close().await;
     }
     // A session from A's time refreshes into a token of B.
     let refreshed = signer_b.post("/v1/auth/refresh", None, json!({"refresh_token": ana.refresh})).await.expect(200);
@@ -684,7 +683,7 @@ async fn a_key_rotation_needs_no_downtime_and_logs_nobody_out() {
 /// retire` then drops the old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_and_retire_on_embedded_defaults() {
-    use common::{kid_of, published_kids};
+    use crate::common::{kid_of, published_kids};
     let env = TestEnv::new(Backend::Embedded).await.expect("env");
     let keys = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_guildhall"))
@@ -741,7 +740,7 @@ async fn cors_answers_only_the_listed_origins() {
             .header("access-control-request-headers", "authorization, content-type, idempotency-key")
             .send()
     };
-    let allowed = common::Api::reply(preflight(game, "/v1/auth/login").await.expect("sent")).await.expect(200);
+    let allowed = crate::common::Api::reply(preflight(game, "/v1/auth/login").await.expect("sent")).await.expect(200);
     assert_eq!(allowed.headers["access-control-allow-origin"], game);
     let headers = allowed.headers["access-control-allow-headers"].to_str().expect("ascii").to_ascii_lowercase();
     for header in ["authorization", "content-type", "idempotency-key"] {
@@ -750,26 +749,26 @@ async fn cors_answers_only_the_listed_origins() {
     assert!(allowed.headers["access-control-allow-methods"].to_str().expect("ascii").contains("POST"));
     assert!(allowed.headers.contains_key("access-control-max-age"));
     // Every route, including ones with path parameters and ones needing a token.
-    let allowed = common::Api::reply(preflight(game, "/v1/accounts/some-id").await.expect("sent")).await.expect(200);
+    let allowed = crate::common::Api::reply(preflight(game, "/v1/accounts/some-id").await.expect("sent")).await.expect(200);
     assert_eq!(allowed.headers["access-control-allow-origin"], game);
 
-    let refused = common::Api::reply(preflight("https://evil.example.com", "/v1/auth/login").await.expect("sent")).await;
+    let refused = crate::common::Api::reply(preflight("https://evil.example.com", "/v1/auth/login").await.expect("sent")).await;
     assert!(!refused.headers.contains_key("access-control-allow-origin"), "{:?}", refused.headers);
-    let near = common::Api::reply(preflight("https://play.example.com.evil.com", "/v1/auth/login").await.expect("sent")).await;
+    let near = crate::common::Api::reply(preflight("https://play.example.com.evil.com", "/v1/auth/login").await.expect("sent")).await;
     assert!(!near.headers.contains_key("access-control-allow-origin"), "{:?}", near.headers);
 
     // Real requests carry the header, errors included, so the page can read them.
     let live = app.client.get(format!("{}/health/live", app.base)).header("origin", game).send().await.expect("sent");
-    let live = common::Api::reply(live).await.expect(200);
+    let live = crate::common::Api::reply(live).await.expect(200);
     assert_eq!(live.headers["access-control-allow-origin"], game);
     assert!(live.headers["vary"].to_str().expect("ascii").to_ascii_lowercase().contains("origin"));
     let me = app.client.get(format!("{}/v1/accounts/me", app.base)).header("origin", game).send().await.expect("sent");
-    let me = common::Api::reply(me).await.expect_error(401, "missing_token");
+    let me = crate::common::Api::reply(me).await.expect_error(401, "missing_token");
     assert_eq!(me.headers["access-control-allow-origin"], game);
     let exposed = me.headers["access-control-expose-headers"].to_str().expect("ascii").to_ascii_lowercase();
     assert!(exposed.contains("retry-after") && exposed.contains("x-request-id"), "{exposed}");
     let other = app.client.get(format!("{}/health/live", app.base)).header("origin", "https://evil.example.com").send().await;
-    let other = common::Api::reply(other.expect("sent")).await.expect(200);
+    let other = crate::common::Api::reply(other.expect("sent")).await.expect(200);
     assert!(!other.headers.contains_key("access-control-allow-origin"));
 
     // Without the variable there are no CORS headers at all.
@@ -782,7 +781,7 @@ async fn cors_answers_only_the_listed_origins() {
         .send()
         .await
         .expect("sent");
-    let reply = common::Api::reply(reply).await;
+    let reply = crate::common::Api::reply(reply).await;
     assert!(reply.headers.keys().all(|name| !name.as_str().starts_with("access-control-")), "{:?}", reply.headers);
 }
 
@@ -889,7 +888,7 @@ async fn websockets_count_against_the_connection_cap() {
     .await;
     // Signed up over a connection that closes after its answer, so that it gives its slot back.
     let closing = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
-    let ana = common::Api { base: app.base.clone(), client: closing.clone() }.register("ana").await;
+    let ana = crate::common::Api { base: app.base.clone(), client: closing.clone() }.register("ana").await;
     let first = Chat::connect(&app.base, &ana.access).await;
     let _second = Chat::connect(&app.base, &ana.access).await;
     let waiting = closing.get(format!("{}/health/live", app.base)).timeout(Duration::from_millis(1500)).send().await;
@@ -1152,7 +1151,7 @@ async fn a_key_revoked_on_one_process_stops_working_on_every_other() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let (_env, a, b) = common::two_processes(|_| {}).await;
+    let (_env, a, b) = crate::common::two_processes(|_| {}).await;
     let (id, key) = server_key(&a, "ops", &["accounts"]).await;
     b.get("/v1/admin/accounts", Some(&key)).await.expect(200);
     a.delete(&format!("/v1/admin/keys/{id}"), Some(ADMIN_KEY)).await.expect(204);
@@ -1228,7 +1227,7 @@ fn figure(scrape: &std::collections::BTreeMap<String, f64>, series: &str) -> f64
 /// cache, and events through the outbox to their consumers; the API's listener does not serve it.
 async fn metrics_move_with_requests_deliveries_and_events(backend: Backend) {
     let app = TestApp::start_with_metrics(backend, |env| {
-        env.set("GUILDHALL_ADMIN_KEY", common::ADMIN_KEY);
+        env.set("GUILDHALL_ADMIN_KEY", crate::common::ADMIN_KEY);
     })
     .await;
     let metrics = app.metrics_base.clone().expect("a metrics listener");
@@ -1238,8 +1237,8 @@ async fn metrics_move_with_requests_deliveries_and_events(backend: Backend) {
     assert!(before.contains_key("guildhall_outbox_pending"), "the relay runs here: outbox figures");
 
     // Requests: three reads of one route, and a path no route matches.
-    let (ana_id, ana) = common::guest(&app, "metrics-ana").await;
-    let (_, bob) = common::guest(&app, "metrics-bob").await;
+    let (ana_id, ana) = crate::common::guest(&app, "metrics-ana").await;
+    let (_, bob) = crate::common::guest(&app, "metrics-bob").await;
     for _ in 0..3 {
         app.get("/v1/accounts/me", Some(&ana)).await.expect(200);
     }
@@ -1248,14 +1247,14 @@ async fn metrics_move_with_requests_deliveries_and_events(backend: Backend) {
     app.get("/metrics", None).await.expect_error(404, "not_found");
 
     // A score through the group commit.
-    app.post("/v1/admin/leaderboards", Some(common::ADMIN_KEY), json!({"id": "metrics-board", "sort": "desc", "operator": "best"}))
+    app.post("/v1/admin/leaderboards", Some(crate::common::ADMIN_KEY), json!({"id": "metrics-board", "sort": "desc", "operator": "best"}))
         .await
         .expect(201);
     app.post("/v1/leaderboards/metrics-board/scores", Some(&ana), json!({"score": 10})).await.expect(200);
 
     // A chat message from ana reaches bob.
-    let mut ana_chat = common::Chat::connect(&app.base, &ana).await;
-    let mut bob_chat = common::Chat::connect(&app.base, &bob).await;
+    let mut ana_chat = crate::common::Chat::connect(&app.base, &ana).await;
+    let mut bob_chat = crate::common::Chat::connect(&app.base, &bob).await;
     ana_chat.join("room:metrics").await;
     bob_chat.join("room:metrics").await;
     let ack = ana_chat.send("room:metrics", "hello").await;

@@ -3,12 +3,10 @@
 //! each under `target/console-screenshots/`. Skips where no browser is installed, unless
 //! `GUILDHALL_REQUIRE_BROWSER=1` (CI).
 
-mod common;
-
 use std::time::Duration;
 
-use common::browser::{self, Browser};
-use common::{ADMIN_KEY, Backend, Chat, TestApp, guest};
+use crate::common::browser::{self, Browser};
+use crate::common::{ADMIN_KEY, Backend, Chat, TestApp, guest};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,9 @@
 //! Chat over WebSocket, on the embedded backends in one process and on PostgreSQL + Redis across
 //! two processes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, deliver_late, eventually, guest, guest_session, server_key, two_processes,
 };
 use platform::db::Dialect;
@@ -1084,7 +1082,7 @@ async fn server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_s
     app.call(reqwest::Method::DELETE, &format!("/v1/admin/chat/sanctions/{carol}/mute"), Some(&moderator), None).await.expect(204);
 
     // The audit log names the key behind each chat action (and none for the refused ones).
-    let entries = common::audit(&app, &format!("target=account:{carol}")).await;
+    let entries = crate::common::audit(&app, &format!("target=account:{carol}")).await;
     let done: Vec<(&str, &str)> =
         entries.iter().map(|e| (e["action"].as_str().expect("action"), e["key_name"].as_str().expect("key"))).collect();
     assert_eq!(

@@ -4,11 +4,9 @@
 //! (`GUILDHALL_TEST_POSTGRES_READ_URL`; `scripts/test.sh` starts it), and a restore is a
 //! `pg_dump` of the test's database loaded back with `pg_restore` while the server runs.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Api, Backend, Chat, TestApp, TestEnv};
+use crate::common::{ADMIN_KEY, Api, Backend, Chat, TestApp, TestEnv};
 use serde_json::{Value, json};
 use sqlx::Connection;
 

@@ -2,11 +2,9 @@
 //! in-process events) and on real ones (PostgreSQL, Redis, moto's S3 and SQS): real PUTs of bytes
 //! to the signed URL, the asynchronous check, errors, quotas, pagination and erasure.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Api, Backend, Process, TestApp, TestEnv, audit, guest, server_key};
+use crate::common::{ADMIN_KEY, Api, Backend, Process, TestApp, TestEnv, audit, guest, server_key};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -425,7 +423,7 @@ async fn each_process_of_the_ecs_shape_logs_in_as_its_own_role() {
     let owner = Database::connect(&env.config().expect("config").database).await.expect("owner");
     owner.migrate().await.expect("migrate");
     let api = |service: &str, role: Role| {
-        let mut env = common::as_role(&env, role);
+        let mut env = crate::common::as_role(&env, role);
         env.set("SERVICES", service).set("RUN_EVENT_WORKERS", "false");
         TestApp::start_on(env)
     };
@@ -434,13 +432,13 @@ async fn each_process_of_the_ecs_shape_logs_in_as_its_own_role() {
     let leaderboard = api("leaderboard", Role::Leaderboard).await;
     let uploads = api("uploads", Role::Uploads).await;
     let chat = api("chat", Role::Chat).await;
-    let mut worker = Process::start_as(&common::as_role(&env, Role::Worker), "worker").await;
+    let mut worker = Process::start_as(&crate::common::as_role(&env, Role::Worker), "worker").await;
 
     let (id, token) = guest(&accounts, "ecs-shape").await;
     leaderboard.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "ecs", "sort": "desc", "operator": "best"})).await.expect(201);
     leaderboard.post("/v1/leaderboards/ecs/scores", Some(&token), json!({"score": 7})).await.expect(200);
     chat.post("/v1/chat/groups", Some(&token), json!({"name": "Shape"})).await.expect(201);
-    let mut socket = common::Chat::connect(&chat.base, &token).await;
+    let mut socket = crate::common::Chat::connect(&chat.base, &token).await;
     socket.join("room:ecs").await;
     assert_eq!(socket.send("room:ecs", "hello").await["type"], "ack");
     let asset = upload(&uploads, &token, "avatar", "image/png", png(256)).await;

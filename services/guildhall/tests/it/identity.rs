@@ -3,11 +3,10 @@
 //! servers on loopback that this test starts, speaking each provider's wire format, with RSA keys
 //! generated when the test runs (`openssl genpkey`); no network.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, guest};
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,7 +14,6 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, guest};
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -269,7 +267,7 @@ fn apple_body(sub: &str) -> Value {
     json!({"id_token": keys().0.sign("apple-1", &claims), "nonce": nonce})
 }
 
-fn access(reply: &common::Reply) -> String {
+fn access(reply: &crate::common::Reply) -> String {
     reply.body["access_token"].as_str().expect("access token").to_owned()
 }
 

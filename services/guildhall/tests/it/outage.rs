@@ -5,11 +5,9 @@
 //! once the dependency is back, without a restart. Each test runs a PostgreSQL or Redis of its
 //! own (`platform::testing`), since stopping the shared ones would break the tests beside it.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Api, Backend, Chat, HANG, Reply, TestApp, guest, timed_get, until_ok};
+use crate::common::{Api, Backend, Chat, HANG, Reply, TestApp, guest, timed_get, until_ok};
 use platform::testing::{ThrowawayPostgres, ThrowawayRedis};
 use serde_json::json;
 

@@ -4,15 +4,13 @@
 //! binary of its own, because cargo runs test binaries one at a time, so the flush disturbs no
 //! other test.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Backend, Chat, TestApp, TestEnv, chat_refusal, guest_session, two_processes};
+use crate::common::{ADMIN_KEY, Backend, Chat, TestApp, TestEnv, chat_refusal, guest_session, two_processes};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn everything(api: &common::Api) -> Vec<Value> {
+async fn everything(api: &crate::common::Api) -> Vec<Value> {
     api.pages("/v1/leaderboards/flush/records?limit=100", ADMIN_KEY, "records").await
 }
 
@@ -50,7 +48,7 @@ async fn flushall_then_ranks_are_identical_on_every_process() {
 
 /// Two players with a record on the board `flush`; the first logs out. Their access tokens:
 /// (logged out, still signed in).
-async fn one_logged_out(api: &common::Api) -> (String, String) {
+async fn one_logged_out(api: &crate::common::Api) -> (String, String) {
     api.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": "flush", "sort": "desc", "operator": "best"})).await.expect(201);
     let (_, gone, _) = guest_session(api, "gone").await;
     let (_, kept, _) = guest_session(api, "kept").await;
@@ -63,7 +61,7 @@ async fn one_logged_out(api: &common::Api) -> (String, String) {
 
 /// Checks on `api` that `gone`'s access token is refused everywhere a token is checked (an
 /// accounts route, the leaderboard's pipelined check, a chat socket) while `kept`'s still works.
-async fn refused_everywhere(api: &common::Api, gone: &str, kept: &str) {
+async fn refused_everywhere(api: &crate::common::Api, gone: &str, kept: &str) {
     api.get("/v1/accounts/me", Some(gone)).await.expect_error(401, "session_revoked");
     api.get("/v1/leaderboards/flush/records/me", Some(gone)).await.expect_error(401, "session_revoked");
     assert_eq!(chat_refusal(&api.base, gone).await, ("session_revoked".to_owned(), Some(1008)));

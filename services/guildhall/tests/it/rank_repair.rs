@@ -4,14 +4,12 @@
 //! processes of the binary on PostgreSQL and Redis, one of them reaching Redis through a proxy the
 //! test slows down or cuts; and a process on embedded defaults killed and started again.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Api, Backend, Process, RedisProxy, TestEnv, guest};
+use crate::common::{ADMIN_KEY, Api, Backend, Process, RedisProxy, TestEnv, guest};
 use platform::db::Database;
 use serde_json::{Value, json};
 

@@ -1,9 +1,7 @@
 //! `/openapi.json` is the whole API from every process: each service of a split deployment serves
 //! the monolith's document, so the one the load balancer routes it to documents every path.
 
-mod common;
-
-use common::{ADMIN_KEY, Backend, TestApp, TestEnv};
+use crate::common::{ADMIN_KEY, Backend, TestApp, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_serves_the_whole_document() {

@@ -1,10 +1,8 @@
 //! Leaderboard seasons: resets on a schedule, exactly once across processes, archives.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, audit, guest, server_key, two_processes};
+use crate::common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, audit, guest, server_key, two_processes};
 use serde_json::{Value, json};
 
 on_both_backends!(

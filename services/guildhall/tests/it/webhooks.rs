@@ -4,16 +4,14 @@
 //! event id, parked failures listed and redelivered, a slow receiver holding up nobody else,
 //! every offered event delivered, and the secret never shown nor logged.
 
-mod common;
-
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{ADMIN_KEY, Api, Backend, Chat, Process, TestApp, TestEnv, guest, server_key};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::{ADMIN_KEY, Api, Backend, Chat, Process, TestApp, TestEnv, guest, server_key};
 use serde_json::{Value, json};
 use webhooks::signature::{self, REPLAY_WINDOW_SECS};
 
@@ -483,7 +481,7 @@ async fn webhooks_take_their_scope_and_are_audited(backend: Backend) {
         .expect_error(403, "insufficient_scope");
     app.call(reqwest::Method::DELETE, &format!("/v1/admin/webhooks/{id}"), Some(&ops), None).await.expect(204);
 
-    let entries = common::audit(&app, &format!("target=webhook:{id}")).await;
+    let entries = crate::common::audit(&app, &format!("target=webhook:{id}")).await;
     let done: Vec<(&str, &str)> =
         entries.iter().map(|e| (e["action"].as_str().expect("action"), e["key_name"].as_str().expect("key"))).collect();
     assert_eq!(done, [("webhooks.delete", "integrations"), ("webhooks.create", "integrations")]);

@@ -1,8 +1,6 @@
 //! The leaderboard API over HTTP, on the embedded backends and on PostgreSQL + Redis.
 
-mod common;
-
-use common::{ADMIN_KEY, Api, Backend, TestApp, audit, deliver_late, eventually, guest, make_friends, server_key};
+use crate::common::{ADMIN_KEY, Api, Backend, TestApp, audit, deliver_late, eventually, guest, make_friends, server_key};
 use serde_json::{Value, json};
 
 on_both_backends!(
@@ -190,7 +188,7 @@ async fn bad_submissions_and_unknown_boards_are_refused(backend: Backend) {
     create_board(&app, json!({"id": "bounded", "sort": "desc", "operator": "incr", "min_score": 0, "max_score": 100})).await;
     let (_, token) = guest(&app, "p").await;
     let post = |body: Value| app.post("/v1/leaderboards/bounded/scores", Some(&token), body);
-    let field = |reply: common::Reply| reply.expect_error(400, "invalid_request").body["error"]["field"].clone();
+    let field = |reply: crate::common::Reply| reply.expect_error(400, "invalid_request").body["error"]["field"].clone();
     assert_eq!(field(post(json!({"score": 101})).await), "score");
     assert_eq!(field(post(json!({"score": -1})).await), "score");
     submit(&app, "bounded", &token, json!({"score": 90})).await;
@@ -538,7 +536,7 @@ async fn two_processes_keep_the_better_of_racing_best_submissions() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let (_env, a, b) = common::two_processes(|_| {}).await;
+    let (_env, a, b) = crate::common::two_processes(|_| {}).await;
     create_board(&a, json!({"id": "race", "sort": "desc", "operator": "best"})).await;
     for round in 0..10 {
         let owners: Vec<String> = (0..10).map(|p| format!("racer-{round}-{p}")).collect();
@@ -572,7 +570,7 @@ async fn two_processes_lose_no_first_submission() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let (_env, a, b) = common::two_processes(|_| {}).await;
+    let (_env, a, b) = crate::common::two_processes(|_| {}).await;
     create_board(&a, json!({"id": "shared-clicks", "sort": "desc", "operator": "incr"})).await;
     for round in 0..20 {
         let owners: Vec<String> = (0..10).map(|p| format!("player-{round}-{p}")).collect();
@@ -624,7 +622,7 @@ async fn two_processes_lose_no_first_submission() {
 }
 
 /// `POST .../scores` with `Idempotency-Key`.
-async fn submit_with_key(api: &Api, board: &str, token: &str, key: &str, score: i64) -> common::Reply {
+async fn submit_with_key(api: &Api, board: &str, token: &str, key: &str, score: i64) -> crate::common::Reply {
     let request = api
         .client
         .post(format!("{}/v1/leaderboards/{board}/scores", api.base))
@@ -642,7 +640,7 @@ async fn a_retried_submission_counts_once(backend: Backend) {
     let (_, bob) = guest(&app, "bob").await;
     create_board(&app, json!({"id": "kills", "sort": "desc", "operator": "incr"})).await;
     create_board(&app, json!({"id": "deaths", "sort": "desc", "operator": "incr"})).await;
-    let score = |reply: common::Reply| reply.expect(200).body["score"].as_i64().expect("score");
+    let score = |reply: crate::common::Reply| reply.expect(200).body["score"].as_i64().expect("score");
 
     assert_eq!(score(submit_with_key(&app, "kills", &ana, "match-1", 5).await), 5);
     let again = submit_with_key(&app, "kills", &ana, "match-1", 5).await.expect(200).body;

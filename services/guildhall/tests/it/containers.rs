@@ -10,12 +10,10 @@
 //! Without them, or without an engine, each test says why and passes as skipped, unless
 //! `GUILDHALL_REQUIRE_DOCKER=1` (CI) makes that a failure.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Api, Chat, guest, until_ok};
+use crate::common::{ADMIN_KEY, Api, Chat, guest, until_ok};
 use serde_json::json;
 use sqlx::Connection;
 use testcontainers::core::{ContainerPort, IntoContainerPort, Mount, WaitFor};
@@ -240,7 +238,7 @@ impl Service {
 async fn while_down<F, Fut>(length: Duration, probe: F) -> (Duration, usize)
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = common::Reply>,
+    Fut: std::future::Future<Output = crate::common::Reply>,
 {
     let end = Instant::now() + length;
     let (mut slowest, mut unavailable) = (Duration::ZERO, 0);

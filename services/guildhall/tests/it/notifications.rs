@@ -2,11 +2,9 @@
 //! players, read marks, the inbox's counts, events handled once, erasure; on the embedded
 //! backends in one process and on PostgreSQL + Redis + SQS (moto), across two processes too.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, Api, Backend, Chat, TestApp, guest, two_processes};
+use crate::common::{ADMIN_KEY, Api, Backend, Chat, TestApp, guest, two_processes};
 use platform::db::Database;
 use platform::events::{FriendAccepted, FriendRequested, SeasonClosed, SeasonPlacing};
 use serde_json::{Value, json};

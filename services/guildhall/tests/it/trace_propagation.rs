@@ -4,14 +4,12 @@
 //! came in with. The load balancer's own header, which carries no sampling decision, is sampled;
 //! an explicit `Sampled=0` is not.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::{ADMIN_KEY, Backend, Process, TestEnv, guest};
 use axum::body::Bytes;
 use axum::routing::post;
-use common::{ADMIN_KEY, Backend, Process, TestEnv, guest};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::json;
