@@ -178,7 +178,9 @@ pub async fn logout(State(state): State<AccountsState>, player: Player) -> ApiRe
 
 pub(crate) async fn own_account(state: &AccountsState, player: &Player) -> ApiResult<store::AccountRow> {
     // A valid token for an account that no longer exists: the account was deleted.
-    store::account_by_id(state.db.pool(), &player.account_id)
+    state
+        .reads
+        .account(&player.account_id)
         .await?
         .ok_or_else(|| ApiError::Unauthenticated { code: "session_revoked", message: "this account no longer exists".into() })
 }

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod model;
 pub mod password;
 pub mod password_reset;
+pub mod reads;
 pub mod sessions;
 pub mod social;
 pub mod store;
@@ -53,6 +54,8 @@ pub struct AccountsState {
     pub resets: PasswordResets,
     /// Caps of friends, requests and blocks.
     pub social: platform::config::SocialLimits,
+    /// A player's own account, read in batches on the writer (`reads`).
+    pub reads: reads::AccountReads,
 }
 
 impl FromRef<AccountsState> for Authenticator {

@@ -128,6 +128,39 @@ pub async fn account_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) 
     account_where(db, "id", id).await
 }
 
+/// Most ids `accounts_by_ids` reads in one statement.
+pub const MAX_ACCOUNTS_AT_ONCE: usize = 64;
+
+/// `SELECT ... WHERE id IN ($1, ..., $n)` for n = 1, 2, 4, ... `MAX_ACCOUNTS_AT_ONCE`: a batch
+/// is padded up to the next size (repeating its last id), so that each connection prepares at
+/// most seven statements rather than one per batch size.
+static ACCOUNTS_BY_IDS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    std::iter::successors(Some(1usize), |n| Some(n * 2))
+        .take_while(|&n| n <= MAX_ACCOUNTS_AT_ONCE)
+        .map(|n| {
+            let placeholders: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+            format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id IN ({})", placeholders.join(", "))
+        })
+        .collect()
+});
+
+/// The accounts among `ids` (at most `MAX_ACCOUNTS_AT_ONCE`), in no particular order; ids with
+/// no account have no row.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.accounts_by_ids", skip_all, fields(ids = ids.len()))]
+pub async fn accounts_by_ids<'e>(db: impl Executor<'e, Database = Any>, ids: &[&str]) -> anyhow::Result<Vec<AccountRow>> {
+    let (Some(last), true) = (ids.last(), ids.len() <= MAX_ACCOUNTS_AT_ONCE) else {
+        anyhow::bail!("accounts_by_ids takes 1 to {MAX_ACCOUNTS_AT_ONCE} ids, not {}", ids.len());
+    };
+    let size = ids.len().next_power_of_two();
+    let sql = &ACCOUNTS_BY_IDS[size.trailing_zeros() as usize];
+    let mut query = sqlx::query(sql.as_str());
+    for id in ids.iter().chain(std::iter::repeat_n(last, size - ids.len())) {
+        query = query.bind(*id);
+    }
+    let rows = query.fetch_all(db).await.context("loading accounts by id")?;
+    rows.iter().map(account).collect::<Result<_, _>>().context("decoding account")
+}
+
 /// The account with the normalised `email`.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.account_by_email", skip_all)]
 pub async fn account_by_email<'e>(db: impl Executor<'e, Database = Any>, email: &str) -> anyhow::Result<Option<AccountRow>> {

@@ -381,7 +381,7 @@ struct Parts<'a> {
 impl Parts<'_> {
     fn accounts(&self, db: Database) -> anyhow::Result<accounts::AccountsState> {
         Ok(accounts::AccountsState {
-            db,
+            db: db.clone(),
             cache: self.cache.clone(),
             auth: self.auth.clone(),
             admin_key: self.admin_key.clone(),
@@ -396,6 +396,7 @@ impl Parts<'_> {
                 self.config.mail.timeout,
             ),
             social: self.config.social,
+            reads: accounts::reads::AccountReads::start(db.pool().clone(), accounts::reads::LANES),
         })
     }
 

@@ -603,8 +603,10 @@ impl Pool {
         result
     }
 
-    /// Has the database probed when a query failed in a way that suggests it is down.
-    fn observe(&self, err: &sqlx::Error) {
+    /// Has the database probed when a query failed in a way that suggests it is down. Queries
+    /// through this pool's `Executor` do it themselves; call it for a statement run on a
+    /// connection taken with `acquire`.
+    pub fn observe(&self, err: &sqlx::Error) {
         if let Some(reachability) = &self.shared.reachability
             && is_unavailable(err)
         {

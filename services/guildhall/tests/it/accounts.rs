@@ -23,6 +23,8 @@ on_both_backends!(
     upgrading_a_guest_retires_its_device_sign_in,
     profiles_update_and_public_profiles_hide_the_email,
     deleting_an_account_leaves_no_row_and_records_the_event,
+    own_accounts_are_read_in_batches_each_answered_its_own,
+    concurrent_reads_of_me_each_get_their_own_account,
     tokens_are_refused_without_a_valid_signature,
     health_jwks_and_openapi,
     ended_sessions_are_purged,
@@ -448,6 +450,86 @@ async fn deleting_an_account_leaves_no_row_and_records_the_event(backend: Backen
     // Bob is untouched, and the username is free again.
     app.get("/v1/accounts/me", Some(&bob.access)).await.expect(200);
     app.register("ana").await;
+}
+
+/// `GET /v1/accounts/me` reads through `accounts::reads`: reads queued while a lane waits are
+/// answered by one statement, each with its own row, and ids without an account with none.
+async fn own_accounts_are_read_in_batches_each_answered_its_own(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ana = app.register("ana").await;
+    let bob = app.register("bob").await;
+    let cy = app.register("cy").await;
+    let dee = app.register("dee").await;
+    app.call(Method::DELETE, "/v1/accounts/me", Some(&dee.access), None).await.expect(204);
+
+    let db = app.database().await;
+    let reads = accounts::reads::AccountReads::start(db.pool().clone(), 1);
+    // A lone read goes out on its own.
+    let alone = reads.account(&bob.id).await.expect("read").expect("bob's account");
+    assert_eq!(alone.username, "bob");
+    assert_eq!(reads.counts(), (1, 1));
+
+    // With every connection of the pool held, the lane's first read waits for one and the
+    // others queue behind it; once they are all queued, the connections go back.
+    let mut held = Vec::new();
+    for _ in 0..db.pool_stats().max {
+        held.push(db.pool().acquire().await.expect("connection"));
+    }
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let asked = [&ana.id, &bob.id, &cy.id, &ana.id, &dee.id, &unknown];
+    let readers: Vec<_> = asked
+        .iter()
+        .map(|id| {
+            let (reads, id) = (reads.clone(), id.to_string());
+            tokio::spawn(async move { reads.account(&id).await.expect("read") })
+        })
+        .collect();
+    eventually(std::time::Duration::from_secs(20), "all but the first read queued", || {
+        let queued = reads.queued();
+        async move { queued == asked.len() - 1 }
+    })
+    .await;
+    drop(held);
+    let mut answered = Vec::new();
+    for reader in readers {
+        answered.push(reader.await.expect("reader").map(|account| (account.id, account.username)));
+    }
+    let expected = [Some((&ana.id, "ana")), Some((&bob.id, "bob")), Some((&cy.id, "cy")), Some((&ana.id, "ana")), None, None];
+    let expected: Vec<_> = expected.iter().map(|row| row.map(|(id, name)| (id.clone(), name.to_owned()))).collect();
+    assert_eq!(answered, expected);
+    // One statement for the six reads after the lone one.
+    assert_eq!(reads.counts(), (2, 1 + asked.len() as u64));
+}
+
+/// Many players reading their own account at once (batched together by the server) each get
+/// theirs; a valid token whose account row is gone gets 401 `session_revoked`.
+async fn concurrent_reads_of_me_each_get_their_own_account(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let mut players = Vec::new();
+    for n in 0..12 {
+        players.push(app.register(&format!("player{n}")).await);
+    }
+    for _ in 0..3 {
+        let replies = futures_util::future::join_all(players.iter().map(|p| app.get("/v1/accounts/me", Some(&p.access)))).await;
+        for (player, reply) in players.iter().zip(replies) {
+            let reply = reply.expect(200);
+            assert_eq!(
+                (reply.body["id"].as_str(), reply.body["username"].as_str()),
+                (Some(player.id.as_str()), Some(player.username.as_str()))
+            );
+        }
+    }
+    // The row removed behind the service's back (its sessions go with it, by cascade, but are
+    // not revoked, so its access token still passes the token check).
+    let gone = &players[0];
+    let db = app.database().await;
+    sqlx::query("DELETE FROM accounts WHERE id = $1").bind(&gone.id).execute(db.pool()).await.expect("delete account");
+    let replies = futures_util::future::join_all(players.iter().map(|p| app.get("/v1/accounts/me", Some(&p.access)))).await;
+    let mut replies = replies.into_iter();
+    replies.next().expect("reply").expect_error(401, "session_revoked");
+    for (player, reply) in players[1..].iter().zip(replies) {
+        assert_eq!(reply.expect(200).body["username"], player.username.as_str());
+    }
 }
 
 async fn tokens_are_refused_without_a_valid_signature(backend: Backend) {
