@@ -27,62 +27,8 @@ const USAGE: &str = "usage: guildhall [serve|worker|migrate|restore-check|after-
   openapi  print the OpenAPI document and exit\n\
   version  print the version";
 
-/// How often, at most, a runtime worker hands mimalloc's freed memory back (see
-/// `collect_freed_memory`).
-const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-thread_local! {
-    /// When this worker last collected.
-    static COLLECTED: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
-}
-
-/// Called by each runtime worker as it parks, having nothing to run: at most every
-/// `COLLECT_EVERY`, mimalloc collects the worker's heap (its empty pages go back to the arenas)
-/// and purges what its delay allows (returned to the OS). mimalloc does both on its own only
-/// while it allocates, so an idle process kept what its start-up and last requests had freed
-/// (7 MB on embedded defaults, as `MIMALLOC_PURGE_DELAY=0` showed; loadtest/README.md, "Idle
-/// memory"); purging on every free instead would cost system calls under load. Parking means
-/// no task is waiting on this worker, and at most once per `COLLECT_EVERY` it costs nothing
-/// measurable when busy.
-fn collect_freed_memory() {
-    let now = std::time::Instant::now();
-    let due = COLLECTED.with(|last| match last.get() {
-        Some(at) if now.duration_since(at) < COLLECT_EVERY => false,
-        _ => {
-            last.set(Some(now));
-            true
-        }
-    });
-    if due {
-        // SAFETY: mi_collect takes no pointer and may be called from any thread at any time;
-        // it only walks this thread's heap and the shared arenas under mimalloc's own locks.
-        #[allow(unsafe_code)]
-        unsafe {
-            libmimalloc_sys::mi_collect(false);
-        }
-    }
-}
-
-fn main() -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().on_thread_park(collect_freed_memory).build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("guildhall: starting the runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    // The command runs on a worker rather than on this thread (`block_on`'s), so that what its
-    // start-up allocated and freed is in a heap that `collect_freed_memory` visits.
-    match runtime.block_on(async { tokio::spawn(command()).await }) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("guildhall: {err}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn command() -> std::process::ExitCode {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     let command = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
     let config = match Config::from_env() {
         Ok(config) => config,

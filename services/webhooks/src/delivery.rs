@@ -44,12 +44,10 @@ const MAX_ERROR_CHARS: usize = 500;
 /// Makes the HTTP requests: one client (with its connection pool) for every webhook, resolving
 /// through `GuardedResolver`, following no redirect (a receiver answering 3xx could otherwise
 /// send Guildhall anywhere), ignoring proxy variables, over rustls with the system's roots (as
-/// the AWS SDK's client). The client is made on the first attempt: making it loads and parses
-/// the system's root certificates and sets up rustls, which a process with no webhook (as on
-/// embedded defaults) kept in memory for nothing (loadtest/README.md, "Idle memory").
+/// the AWS SDK's client).
 #[derive(Debug, Clone)]
 pub struct Sender {
-    client: Arc<std::sync::OnceLock<reqwest::Client>>,
+    client: reqwest::Client,
     policy: TargetPolicy,
     timeout: Duration,
 }
@@ -58,26 +56,17 @@ impl Sender {
     /// A sender with `settings`' timeout and target policy.
     pub fn new(settings: &WebhookSettings) -> anyhow::Result<Self> {
         let policy = TargetPolicy { allow_local: settings.allow_local_targets };
-        Ok(Self { client: Arc::default(), policy, timeout: settings.timeout })
-    }
-
-    /// The client, made on first use. Two first attempts at once may both make one; the second
-    /// is dropped.
-    fn client(&self) -> Result<&reqwest::Client, reqwest::Error> {
-        if let Some(client) = self.client.get() {
-            return Ok(client);
-        }
         let client = reqwest::Client::builder()
-            .https_only(!self.policy.allow_local)
+            .https_only(!settings.allow_local_targets)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .dns_resolver(GuardedResolver::new(self.policy))
-            .connect_timeout(self.timeout.min(Duration::from_secs(5)))
-            .timeout(self.timeout)
+            .dns_resolver(GuardedResolver::new(policy))
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .timeout(settings.timeout)
             .pool_max_idle_per_host(PER_WEBHOOK)
             .user_agent(concat!("Guildhall-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(self.client.get_or_init(|| client))
+        Ok(Self { client, policy, timeout: settings.timeout })
     }
 
     /// One attempt of `claimed` to `target`, signed now. Whether it is retried is the caller's.
@@ -88,8 +77,8 @@ impl Sender {
         let timestamp = i64::try_from(platform::time::now_unix()).unwrap_or(i64::MAX);
         let signed = signature::header_value(target.secret.expose(), timestamp, &claimed.event_id, target.body.as_bytes());
         let header = |value: &str| HeaderValue::from_str(value).map_err(|_| (None, "an id is not a header value".to_owned()));
-        let client = self.client().map_err(|err| (None, describe(&err)))?;
-        let response = client
+        let response = self
+            .client
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(SIGNATURE_HEADER, header(&signed)?)

@@ -87,26 +87,15 @@ struct Inner {
 }
 
 impl Providers {
-    /// The providers `settings` turn on, sharing one HTTP client with `settings.timeout`. The
-    /// client is made only when a provider is on: making one loads and parses the system's root
-    /// certificates and sets up rustls, which a process on embedded defaults (no provider) kept
-    /// in memory for nothing (loadtest/README.md, "Idle memory").
+    /// The providers `settings` turn on, sharing one HTTP client with `settings.timeout`.
     pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
-        let mut made: Option<reqwest::Client> = None;
-        let mut client = || -> anyhow::Result<reqwest::Client> {
-            if let Some(client) = &made {
-                return Ok(client.clone());
-            }
-            let client = http::client(settings.timeout)?;
-            made = Some(client.clone());
-            Ok(client)
-        };
+        let client = http::client(settings.timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                apple: settings.apple.as_ref().map(|s| anyhow::Ok(apple::Apple::new(s, client()?))).transpose()?,
-                google: settings.google.as_ref().map(|s| anyhow::Ok(google::Google::new(s, client()?))).transpose()?,
-                steam: settings.steam.as_ref().map(|s| anyhow::Ok(steam::Steam::new(s, client()?))).transpose()?,
-                discord: settings.discord.as_ref().map(|s| anyhow::Ok(discord::Discord::new(s, client()?))).transpose()?,
+                apple: settings.apple.as_ref().map(|s| apple::Apple::new(s, client.clone())),
+                google: settings.google.as_ref().map(|s| google::Google::new(s, client.clone())),
+                steam: settings.steam.as_ref().map(|s| steam::Steam::new(s, client.clone())),
+                discord: settings.discord.as_ref().map(|s| discord::Discord::new(s, client.clone())),
                 sign_up: settings.sign_up,
             }),
         })
