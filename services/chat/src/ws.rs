@@ -26,7 +26,6 @@
 //! refuses `join` and `send` (`dm_blocked`), and neither player's `presence` reaches the other.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -40,14 +39,13 @@ use platform::error::ErrorBody;
 use platform::http::ClientIp;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::ChatState;
 use crate::channel::Channel;
-use crate::hub::{Control, Hidden, Member, QUEUE, Reach};
+use crate::hub::{Control, Hidden, Member, Reach};
+use crate::queue::{Next, Queue};
 use crate::store::MessageRow;
 use crate::upgrade::{Socket, send_text};
 
@@ -64,8 +62,6 @@ pub const CLOSE_BANNED: u16 = 4003;
 pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
 /// Close code (RFC 6455): a frame or message larger than `MAX_FRAME`.
 pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Notices a connection may have waiting before it counts as not keeping up.
-const CONTROL_QUEUE: usize = 16;
 /// Initial read buffer of a socket, and the most read from the socket at once. Small: it is
 /// zero-filled and resident from the first read, for every idle connection, while clients' frames
 /// are small (a `send` of a short line is ~100 bytes); a larger frame grows it to the frame's
@@ -233,8 +229,8 @@ struct Session {
     validity: Validity,
     connection: u64,
     joined: HashSet<String>,
-    tx: mpsc::Sender<Arc<str>>,
-    kick: CancellationToken,
+    /// Its outgoing queue: channels' frames, notices, notifications.
+    queue: Queue,
     /// The players this one blocked or was blocked by: hidden from each other in presence.
     hidden: Hidden,
 }
@@ -279,15 +275,13 @@ async fn connection(state: ChatState, mut socket: Socket, header_token: Option<S
             return;
         }
     };
-    let (tx, mut rx) = mpsc::channel::<Arc<str>>(QUEUE);
-    let (control_tx, mut control_rx) = mpsc::channel::<Box<Control>>(CONTROL_QUEUE);
+    let queue = Queue::default();
     let connection = state.hub.connection_id();
-    let kick = CancellationToken::new();
     // Registered before the blocks are read, so that a block notice that comes meanwhile is
     // applied to the set rather than missed; what is read is then added to it. (An unblock in
     // that moment may stay hidden until the next socket: the safe side.)
     let hidden = Hidden::default();
-    let reach = Reach { control: control_tx, frames: tx.clone(), kick: kick.clone(), hidden: hidden.clone() };
+    let reach = Reach { queue: queue.clone(), hidden: hidden.clone() };
     if !state.hub.connect(connection, &player, reach, state.socket_limits.per_account) {
         close(&mut socket, CLOSE_TOO_MANY_SOCKETS, "too_many_connections").await;
         return;
@@ -306,7 +300,7 @@ async fn connection(state: ChatState, mut socket: Socket, header_token: Option<S
         tracing::warn!(error = format!("{err:#}"), "marking a player online failed");
     }
     let mut session =
-        Session { connection, state: state.clone(), player, validity, joined: HashSet::new(), tx, kick: kick.clone(), hidden };
+        Session { connection, state: state.clone(), player, validity, joined: HashSet::new(), queue: queue.clone(), hidden };
     tracing::debug!(account_id = session.player.account_id, connection = session.connection, "chat connected");
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
@@ -322,10 +316,6 @@ async fn connection(state: ChatState, mut socket: Socket, header_token: Option<S
                 close(&mut socket, 1001, "server going away; reconnect").await;
                 break;
             }
-            () = kick.cancelled() => {
-                close(&mut socket, 1008, "too slow to read").await;
-                break;
-            }
             () = &mut token_expiry => {
                 close(&mut socket, CLOSE_TOKEN_EXPIRED, "token_expired").await;
                 break;
@@ -336,12 +326,16 @@ async fn connection(state: ChatState, mut socket: Socket, header_token: Option<S
                     break;
                 }
             }
-            Some(control) = control_rx.recv() => match *control {
-                Control::Close { code, reason } => {
+            next = queue.next() => match next {
+                Next::TooSlow => {
+                    close(&mut socket, 1008, "too slow to read").await;
+                    break;
+                }
+                Next::Notice(Control::Close { code, reason }) => {
                     close(&mut socket, code, reason).await;
                     break;
                 }
-                Control::Leave { channel, reason } => {
+                Next::Notice(Control::Leave { channel, reason }) => {
                     if session.joined.contains(&channel) {
                         Box::pin(session.leave_channel(&channel)).await;
                         let event = json!({"type": "removed", "channel": channel, "reason": reason});
@@ -350,12 +344,12 @@ async fn connection(state: ChatState, mut socket: Socket, header_token: Option<S
                         }
                     }
                 }
-            },
-            Some(frame) = rx.recv() => {
-                if send_text(&mut socket, &frame).await.is_err() {
-                    break;
+                Next::Frame(frame) => {
+                    if send_text(&mut socket, &frame).await.is_err() {
+                        break;
+                    }
                 }
-            }
+            },
             _ = ping.tick() => {
                 if last_heard.elapsed() > SILENT_FOR {
                     close(&mut socket, 1001, "idle").await;
@@ -482,8 +476,7 @@ impl Session {
         let member = Member {
             account_id: self.player.account_id.clone(),
             name: self.player.name.clone(),
-            tx: self.tx.clone(),
-            kick: self.kick.clone(),
+            queue: self.queue.clone(),
             hidden: self.hidden.clone(),
         };
         self.state.hub.join(&id, self.connection, member).await?;
