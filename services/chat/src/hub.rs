@@ -14,8 +14,8 @@
 //! reaches the connections it concerns on all of them: through one Redis channel every instance
 //! subscribes to, plus the accounts service's revocation channel (`platform::auth`).
 //!
-//! Each connection has a bounded queue. A client that does not read fast enough fills it and is
-//! disconnected instead of growing an unbounded buffer.
+//! Each connection has a bounded queue (`crate::queue`). A client that does not read fast enough
+//! fills it and is disconnected instead of growing an unbounded buffer.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,11 +25,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use platform::cache::RedisCache;
 use platform::shutdown::Shutdown;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-/// Frames queued per connection before it counts as too slow.
-pub const QUEUE: usize = 256;
+use crate::queue::Queue;
 
 /// The players hidden from one connection's player, and it from them: those it blocked or was
 /// blocked by. Shared by the connection's memberships and its entry for notices, which keep it
@@ -43,10 +40,8 @@ pub struct Member {
     pub account_id: String,
     /// Name shown.
     pub name: String,
-    /// The connection's outgoing queue.
-    pub tx: mpsc::Sender<Arc<str>>,
-    /// Cancelled to disconnect a slow client.
-    pub kick: CancellationToken,
+    /// The connection's outgoing queue; a full one disconnects the client.
+    pub queue: Queue,
     /// Whose presence frames it does not get.
     pub hidden: Hidden,
 }
@@ -117,22 +112,16 @@ pub enum Notice {
 struct Connected {
     account_id: String,
     session_id: String,
-    control: mpsc::Sender<Box<Control>>,
-    /// The connection's outgoing queue, the one its channels' frames go to.
-    frames: mpsc::Sender<Arc<str>>,
-    kick: CancellationToken,
+    /// The connection's outgoing queue: its notices, and its channels' frames.
+    queue: Queue,
     hidden: Hidden,
 }
 
 /// How the hub reaches one connection (`Hub::connect`).
 pub struct Reach {
-    /// Notices about its account or session (boxed: a queue keeps a block of 32 slots from the
-    /// start, and notices are rare, so each slot is a pointer rather than a whole `Control`).
-    pub control: mpsc::Sender<Box<Control>>,
-    /// Its outgoing queue, the one its channels' frames go to: notifications for its account.
-    pub frames: mpsc::Sender<Arc<str>>,
-    /// Cancelled when a notice finds `control` full.
-    pub kick: CancellationToken,
+    /// Its outgoing queue, the one its channels' frames go to: notices about its account or
+    /// session, and notifications for its account.
+    pub queue: Queue,
     /// The players hidden from it (blocks), kept current by `Notice::Blocks`.
     pub hidden: Hidden,
 }
@@ -272,9 +261,8 @@ impl Hub {
         if connected.values().filter(|c| c.account_id == player.account_id).count() >= cap {
             return false;
         }
-        let Reach { control, frames, kick, hidden } = reach;
-        let entry =
-            Connected { account_id: player.account_id.clone(), session_id: player.session_id.clone(), control, frames, kick, hidden };
+        let Reach { queue, hidden } = reach;
+        let entry = Connected { account_id: player.account_id.clone(), session_id: player.session_id.clone(), queue, hidden };
         connected.insert(connection, entry);
         true
     }
@@ -328,10 +316,9 @@ impl Hub {
         if let Notice::Deliver { account_id, frame } = notice {
             let frame: Arc<str> = Arc::from(frame.as_str());
             for entry in connected.values().filter(|entry| entry.account_id == *account_id) {
-                // Like a channel's frames: a queue that is full is a client not keeping up.
-                if entry.frames.try_send(frame.clone()).is_err() {
-                    entry.kick.cancel();
-                }
+                // Like a channel's frames: a queue that is full is a client not keeping up, and
+                // the push marks it so.
+                entry.queue.push_frame(frame.clone());
             }
             return;
         }
@@ -364,11 +351,9 @@ impl Hub {
                 }
                 _ => continue,
             };
-            if entry.control.try_send(Box::new(control)).is_err() {
-                // A connection that has not taken its last notices is not keeping up: close it
-                // rather than let it keep what a notice meant to take away.
-                entry.kick.cancel();
-            }
+            // A connection that has not taken its last notices is not keeping up: the push marks
+            // it too slow, and it closes rather than keep what a notice meant to take away.
+            entry.queue.push_notice(control);
         }
     }
 
@@ -478,9 +463,8 @@ impl Hub {
             if Some(id) == skip || about.is_some_and(|about| member.hidden.read().unwrap_or_else(|p| p.into_inner()).contains(about)) {
                 continue;
             }
-            if member.tx.try_send(frame.clone()).is_err() {
+            if !member.queue.push_frame(frame.clone()) {
                 tracing::info!(account_id = member.account_id, channel, "client too slow; disconnecting");
-                member.kick.cancel();
                 too_slow += 1;
             } else {
                 delivered += 1;
@@ -594,41 +578,29 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::Next;
 
     #[tokio::test]
     async fn a_member_that_does_not_read_is_kicked_not_buffered() {
         let hub = Hub::new(None);
-        let (slow_tx, mut slow_rx) = mpsc::channel(2);
-        let (fast_tx, mut fast_rx) = mpsc::channel(QUEUE);
-        let slow = Member {
-            account_id: "slow".into(),
-            name: "slow".into(),
-            tx: slow_tx,
-            kick: CancellationToken::new(),
-            hidden: Hidden::default(),
-        };
-        let fast = Member {
-            account_id: "fast".into(),
-            name: "fast".into(),
-            tx: fast_tx,
-            kick: CancellationToken::new(),
-            hidden: Hidden::default(),
-        };
-        let (slow_kick, fast_kick) = (slow.kick.clone(), fast.kick.clone());
+        let slow = Member { account_id: "slow".into(), name: "slow".into(), queue: Queue::bounded(2), hidden: Hidden::default() };
+        let fast = Member { account_id: "fast".into(), name: "fast".into(), queue: Queue::default(), hidden: Hidden::default() };
+        let (slow_queue, fast_queue) = (slow.queue.clone(), fast.queue.clone());
         hub.join("room:r", 1, slow).await.expect("join");
         hub.join("room:r", 2, fast).await.expect("join");
         for i in 0..3 {
             hub.publish("room:r", &format!("{{\"n\":{i}}}"), None).await.expect("publish");
         }
-        assert!(slow_kick.is_cancelled(), "the third frame overflowed the slow member's queue");
-        assert!(!fast_kick.is_cancelled());
-        assert_eq!(slow_rx.recv().await.as_deref(), Some("{\"n\":0}"));
+        assert!(slow_queue.is_too_slow(), "the third frame overflowed the slow member's queue");
+        assert_eq!(slow_queue.next().await, Next::TooSlow);
+        assert!(!fast_queue.is_too_slow());
         for i in 0..3 {
-            assert_eq!(fast_rx.recv().await.as_deref(), Some(format!("{{\"n\":{i}}}").as_str()));
+            assert_eq!(fast_queue.next().await, Next::Frame(format!("{{\"n\":{i}}}").into()));
         }
         // The sender's own connection does not get its echo.
         hub.publish("room:r", "{\"n\":9}", Some(2)).await.expect("publish");
-        assert!(fast_rx.try_recv().is_err());
+        hub.publish("room:r", "{\"n\":10}", None).await.expect("publish");
+        assert_eq!(fast_queue.next().await, Next::Frame("{\"n\":10}".into()));
         hub.leave("room:r", 1).await;
         hub.leave("room:r", 2).await;
         assert!(hub.memberships().is_empty());
@@ -637,24 +609,22 @@ mod tests {
     #[tokio::test]
     async fn presence_frames_skip_members_hidden_from_their_player_as_notices_say() {
         let hub = Hub::new(None);
-        let (tx, mut rx) = mpsc::channel(QUEUE);
-        let (control, _control_rx) = mpsc::channel(4);
+        let queue = Queue::default();
         let hidden = Hidden::default();
         let ana = platform::auth::Player { account_id: "ana".into(), session_id: "s".into(), name: "Ana".into() };
-        let (frames, _frames_rx) = mpsc::channel(QUEUE);
-        let reach = Reach { control, frames, kick: CancellationToken::new(), hidden: hidden.clone() };
+        let reach = Reach { queue: queue.clone(), hidden: hidden.clone() };
         assert!(hub.connect(1, &ana, reach, 5));
-        let member = Member { account_id: "ana".into(), name: "Ana".into(), tx, kick: CancellationToken::new(), hidden };
+        let member = Member { account_id: "ana".into(), name: "Ana".into(), queue: queue.clone(), hidden };
         hub.join("room:r", 1, member).await.expect("join");
 
         hub.apply(&Notice::Blocks { a: "bob".into(), b: "ana".into(), hidden: true });
         hub.publish_about("room:r", "{\"about\":\"bob\"}", None, Some("bob")).await.expect("publish");
         hub.publish_about("room:r", "{\"about\":\"cy\"}", None, Some("cy")).await.expect("publish");
-        assert_eq!(rx.recv().await.as_deref(), Some("{\"about\":\"cy\"}"), "Bob's frame skipped, Cy's delivered");
+        assert_eq!(queue.next().await, Next::Frame("{\"about\":\"cy\"}".into()), "Bob's frame skipped, Cy's delivered");
 
         hub.apply(&Notice::Blocks { a: "ana".into(), b: "bob".into(), hidden: false });
         hub.publish_about("room:r", "{\"about\":\"bob\"}", None, Some("bob")).await.expect("publish");
-        assert_eq!(rx.recv().await.as_deref(), Some("{\"about\":\"bob\"}"), "unhidden again");
+        assert_eq!(queue.next().await, Next::Frame("{\"about\":\"bob\"}".into()), "unhidden again");
         assert!(hub.has_other_connection("ana", 2) && !hub.has_other_connection("ana", 1));
         assert_eq!(hub.connected_accounts(), ["ana"]);
     }

@@ -11,6 +11,7 @@ pub mod hub;
 pub mod inbox;
 pub mod notifications;
 pub mod presence;
+pub mod queue;
 pub mod store;
 pub mod upgrade;
 pub mod writer;

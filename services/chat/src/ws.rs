@@ -26,7 +26,6 @@
 //! refuses `join` and `send` (`dm_blocked`), and neither player's `presence` reaches the other.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -40,14 +39,13 @@ use platform::error::ErrorBody;
 use platform::http::ClientIp;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::ChatState;
 use crate::channel::Channel;
-use crate::hub::{Control, Hidden, Member, QUEUE, Reach};
+use crate::hub::{Control, Hidden, Member, Reach};
+use crate::queue::{Next, Queue};
 use crate::store::MessageRow;
 use crate::upgrade::{Socket, send_text};
 
@@ -64,8 +62,6 @@ pub const CLOSE_BANNED: u16 = 4003;
 pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
 /// Close code (RFC 6455): a frame or message larger than `MAX_FRAME`.
 pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Notices a connection may have waiting before it counts as not keeping up.
-const CONTROL_QUEUE: usize = 16;
 /// Initial read buffer of a socket, and the most read from the socket at once. Small: it is
 /// zero-filled and resident from the first read, for every idle connection, while clients' frames
 /// are small (a `send` of a short line is ~100 bytes); a larger frame grows it to the frame's
@@ -117,13 +113,7 @@ pub async fn socket(State(state): State<ChatState>, ClientIp(ip): ClientIp, mut 
     // reserves room for the payload, whereas the message limit alone is checked only once a
     // whole frame is in (its default frame limit, 16 MiB, let a header alone reserve that much).
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER).max_frame_size(Some(MAX_FRAME)).max_message_size(Some(MAX_FRAME));
-    tokio::spawn(async move {
-        let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => connection(state, crate::upgrade::open(upgraded, config).await, header_token).await,
-            Err(err) => tracing::debug!(error = %err, "a chat upgrade failed"),
-        }
-    });
+    tokio::spawn(connection(state, on_upgrade, config, header_token, slot));
     Ok(crate::upgrade::switching_protocols(accept))
 }
 
@@ -226,15 +216,16 @@ fn expiry(expires_at: i64) -> tokio::time::Instant {
 }
 
 /// One connected player.
-struct Session {
-    state: ChatState,
+struct Session<'a> {
+    /// Borrowed from the connection's future, which owns the one copy (`connection`).
+    state: &'a ChatState,
     player: Player,
     /// When the current token was issued and expires.
     validity: Validity,
     connection: u64,
     joined: HashSet<String>,
-    tx: mpsc::Sender<Arc<str>>,
-    kick: CancellationToken,
+    /// Its outgoing queue: channels' frames, notices, notifications.
+    queue: Queue,
     /// The players this one blocked or was blocked by: hidden from each other in presence.
     hidden: Hidden,
 }
@@ -264,166 +255,186 @@ impl Drop for Registered {
     }
 }
 
-async fn connection(state: ChatState, mut socket: Socket, header_token: Option<String>) {
-    let _open = Open::new(&state.sockets);
-    state.sockets_opened.inc();
-    // The futures of the rare or one-off steps are boxed (here and below): a task's future is as
-    // large as its largest step, and it stays that large for the connection's whole life, which is
-    // mostly spent idle in the `select!`.
-    let (player, validity) = match Box::pin(authenticate(&state, &mut socket, header_token)).await {
-        Ok(authenticated) => authenticated,
-        Err(refusal) => {
-            if let Some((code, reason)) = refusal {
-                close(&mut socket, code, reason).await;
+/// A socket's whole life, from hyper's hand-over to its close: the task each socket is.
+///
+/// A plain function returning an `async` block rather than an `async fn` called from the spawned
+/// block: an `async fn`'s arguments are stored in its future and again in the future awaiting it,
+/// and the task is as large as all of it for the socket's whole life (mostly spent idle in the
+/// `select!`); so the upgrade happens in here, `state` is held once and the session borrows it.
+#[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice, as said above")]
+fn connection(
+    state: ChatState,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
+    header_token: Option<String>,
+    slot: crate::caps::IpSlot,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Counts the socket against its address until the task ends.
+        let _slot = &slot;
+        let mut socket = match on_upgrade.await {
+            Ok(upgraded) => crate::upgrade::open(upgraded, config).await,
+            Err(err) => {
+                tracing::debug!(error = %err, "a chat upgrade failed");
+                return;
             }
-            return;
-        }
-    };
-    let (tx, mut rx) = mpsc::channel::<Arc<str>>(QUEUE);
-    let (control_tx, mut control_rx) = mpsc::channel::<Box<Control>>(CONTROL_QUEUE);
-    let connection = state.hub.connection_id();
-    let kick = CancellationToken::new();
-    // Registered before the blocks are read, so that a block notice that comes meanwhile is
-    // applied to the set rather than missed; what is read is then added to it. (An unblock in
-    // that moment may stay hidden until the next socket: the safe side.)
-    let hidden = Hidden::default();
-    let reach = Reach { control: control_tx, frames: tx.clone(), kick: kick.clone(), hidden: hidden.clone() };
-    if !state.hub.connect(connection, &player, reach, state.socket_limits.per_account) {
-        close(&mut socket, CLOSE_TOO_MANY_SOCKETS, "too_many_connections").await;
-        return;
-    }
-    let _registered = Registered(state.hub.clone(), connection);
-    match state.hidden_for(&player.account_id).await {
-        Ok(read) => hidden.write().unwrap_or_else(|p| p.into_inner()).extend(read),
-        Err(err) => {
-            tracing::warn!(error = format!("{err:#}"), "loading a player's blocks failed");
-            close(&mut socket, 1011, "unavailable").await;
-            return;
-        }
-    }
-    // Friends lists show the player online; a cache that cannot answer does not keep them out of chat.
-    if let Err(err) = platform::online::mark(&state.cache, &[&player.account_id]).await {
-        tracing::warn!(error = format!("{err:#}"), "marking a player online failed");
-    }
-    let mut session =
-        Session { connection, state: state.clone(), player, validity, joined: HashSet::new(), tx, kick: kick.clone(), hidden };
-    tracing::debug!(account_id = session.player.account_id, connection = session.connection, "chat connected");
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.reset();
-    let mut last_heard = Instant::now();
-    let shutdown = state.shutdown.clone();
-    let token_expiry = tokio::time::sleep_until(expiry(session.validity.expires_at));
-    // A restore of the database ends every session issued before its cut-off.
-    let mut cutoff = state.auth.tokens_not_before();
-    tokio::pin!(token_expiry);
-    loop {
-        tokio::select! {
-            () = shutdown.stopped() => {
-                close(&mut socket, 1001, "server going away; reconnect").await;
-                break;
-            }
-            () = kick.cancelled() => {
-                close(&mut socket, 1008, "too slow to read").await;
-                break;
-            }
-            () = &mut token_expiry => {
-                close(&mut socket, CLOSE_TOKEN_EXPIRED, "token_expired").await;
-                break;
-            }
-            Ok(()) = cutoff.changed() => {
-                if state.auth.issued_before_cutoff(session.validity.issued_at) {
-                    close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
-                    break;
-                }
-            }
-            Some(control) = control_rx.recv() => match *control {
-                Control::Close { code, reason } => {
+        };
+        let _open = Open::new(&state.sockets);
+        state.sockets_opened.inc();
+        // The futures of the rare or one-off steps are boxed (here and below): a task's future is as
+        // large as its largest step, and it stays that large for the connection's whole life, which is
+        // mostly spent idle in the `select!`.
+        let (player, validity) = match Box::pin(authenticate(&state, &mut socket, header_token)).await {
+            Ok(authenticated) => authenticated,
+            Err(refusal) => {
+                if let Some((code, reason)) = refusal {
                     close(&mut socket, code, reason).await;
-                    break;
                 }
-                Control::Leave { channel, reason } => {
-                    if session.joined.contains(&channel) {
-                        Box::pin(session.leave_channel(&channel)).await;
-                        let event = json!({"type": "removed", "channel": channel, "reason": reason});
-                        if send_text(&mut socket, &event.to_string()).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            },
-            Some(frame) = rx.recv() => {
-                if send_text(&mut socket, &frame).await.is_err() {
-                    break;
-                }
+                return;
             }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > SILENT_FOR {
-                    close(&mut socket, 1001, "idle").await;
-                    break;
-                }
-                // The notices end a session's sockets at once; this check is for one whose
-                // notice was lost (pub/sub delivers at most once, and not while the fan-out is
-                // reconnecting). A cache that cannot answer keeps the socket: an outage must not
-                // disconnect everyone.
-                if let Ok(true) = Box::pin(session.state.auth.is_revoked(&session.player.session_id)).await {
-                    close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
-                    break;
-                }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
-                }
+        };
+        let queue = Queue::default();
+        let connection = state.hub.connection_id();
+        // Registered before the blocks are read, so that a block notice that comes meanwhile is
+        // applied to the set rather than missed; what is read is then added to it. (An unblock in
+        // that moment may stay hidden until the next socket: the safe side.)
+        let hidden = Hidden::default();
+        let reach = Reach { queue: queue.clone(), hidden: hidden.clone() };
+        if !state.hub.connect(connection, &player, reach, state.socket_limits.per_account) {
+            close(&mut socket, CLOSE_TOO_MANY_SOCKETS, "too_many_connections").await;
+            return;
+        }
+        let _registered = Registered(state.hub.clone(), connection);
+        match state.hidden_for(&player.account_id).await {
+            Ok(read) => hidden.write().unwrap_or_else(|p| p.into_inner()).extend(read),
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), "loading a player's blocks failed");
+                close(&mut socket, 1011, "unavailable").await;
+                return;
             }
-            incoming = socket.next() => {
-                let message = match incoming {
-                    Some(Ok(message)) => message,
-                    Some(Err(err)) => {
-                        if let Some((code, reason)) = read_failure(err) {
-                            close(&mut socket, code, reason).await;
-                        }
+        }
+        // Friends lists show the player online; a cache that cannot answer does not keep them out of chat.
+        if let Err(err) = platform::online::mark(&state.cache, &[&player.account_id]).await {
+            tracing::warn!(error = format!("{err:#}"), "marking a player online failed");
+        }
+        let mut session = Session { connection, state: &state, player, validity, joined: HashSet::new(), queue: queue.clone(), hidden };
+        tracing::debug!(account_id = session.player.account_id, connection = session.connection, "chat connected");
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.reset();
+        let mut last_heard = Instant::now();
+        let token_expiry = tokio::time::sleep_until(expiry(session.validity.expires_at));
+        // A restore of the database ends every session issued before its cut-off.
+        let mut cutoff = state.auth.tokens_not_before();
+        tokio::pin!(token_expiry);
+        loop {
+            tokio::select! {
+                () = state.shutdown.stopped() => {
+                    close(&mut socket, 1001, "server going away; reconnect").await;
+                    break;
+                }
+                () = &mut token_expiry => {
+                    close(&mut socket, CLOSE_TOKEN_EXPIRED, "token_expired").await;
+                    break;
+                }
+                Ok(()) = cutoff.changed() => {
+                    if state.auth.issued_before_cutoff(session.validity.issued_at) {
+                        close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
                         break;
                     }
-                    None => break,
-                };
-                last_heard = Instant::now();
-                match message {
-                    Message::Text(text) => {
-                        let reply = Box::pin(session.handle(&text)).await;
-                        // A re-authentication moves the expiry.
-                        token_expiry.as_mut().reset(expiry(session.validity.expires_at));
-                        if send_text(&mut socket, &reply).await.is_err() {
-                            break;
-                        }
-                    }
-                    Message::Close(_) => {
-                        // tungstenite only queues its answering close frame (RFC 6455 §5.5.1);
-                        // it goes out on the next read or flush. Flush it before dropping the
-                        // socket, or the client sees the connection end without one (1006).
-                        let _ = socket.flush().await;
+                }
+                next = queue.next() => match next {
+                    Next::TooSlow => {
+                        close(&mut socket, 1008, "too slow to read").await;
                         break;
                     }
-                    Message::Binary(_) => {
-                        let reply = error_frame(&None, "invalid_request", "frames are JSON text");
-                        if send_text(&mut socket, &reply).await.is_err() {
+                    Next::Notice(Control::Close { code, reason }) => {
+                        close(&mut socket, code, reason).await;
+                        break;
+                    }
+                    Next::Notice(Control::Leave { channel, reason }) => {
+                        if session.joined.contains(&channel) {
+                            Box::pin(session.leave_channel(&channel)).await;
+                            let event = json!({"type": "removed", "channel": channel, "reason": reason});
+                            if send_text(&mut socket, &event.to_string()).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Next::Frame(frame) => {
+                        if send_text(&mut socket, &frame).await.is_err() {
                             break;
                         }
                     }
-                    // Raw frames are what the library hands back only when writing.
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > SILENT_FOR {
+                        close(&mut socket, 1001, "idle").await;
+                        break;
+                    }
+                    // The notices end a session's sockets at once; this check is for one whose
+                    // notice was lost (pub/sub delivers at most once, and not while the fan-out is
+                    // reconnecting). A cache that cannot answer keeps the socket: an outage must not
+                    // disconnect everyone.
+                    if let Ok(true) = Box::pin(session.state.auth.is_revoked(&session.player.session_id)).await {
+                        close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
+                        break;
+                    }
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+                incoming = socket.next() => {
+                    let message = match incoming {
+                        Some(Ok(message)) => message,
+                        Some(Err(err)) => {
+                            if let Some((code, reason)) = read_failure(err) {
+                                close(&mut socket, code, reason).await;
+                            }
+                            break;
+                        }
+                        None => break,
+                    };
+                    last_heard = Instant::now();
+                    match message {
+                        Message::Text(text) => {
+                            let reply = Box::pin(session.handle(&text)).await;
+                            // A re-authentication moves the expiry.
+                            token_expiry.as_mut().reset(expiry(session.validity.expires_at));
+                            if send_text(&mut socket, &reply).await.is_err() {
+                                break;
+                            }
+                        }
+                        Message::Close(_) => {
+                            // tungstenite only queues its answering close frame (RFC 6455 §5.5.1);
+                            // it goes out on the next read or flush. Flush it before dropping the
+                            // socket, or the client sees the connection end without one (1006).
+                            let _ = socket.flush().await;
+                            break;
+                        }
+                        Message::Binary(_) => {
+                            let reply = error_frame(&None, "invalid_request", "frames are JSON text");
+                            if send_text(&mut socket, &reply).await.is_err() {
+                                break;
+                            }
+                        }
+                        // Raw frames are what the library hands back only when writing.
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
                 }
             }
         }
+        Box::pin(session.leave_all()).await;
+        // Another socket of the player's on another instance sets the marker again at its next refresh.
+        if !state.hub.has_other_connection(&session.player.account_id, connection)
+            && let Err(err) = platform::online::clear(&state.cache, &session.player.account_id).await
+        {
+            tracing::warn!(error = format!("{err:#}"), "marking a player offline failed");
+        }
+        tracing::debug!(account_id = session.player.account_id, "chat disconnected");
     }
-    Box::pin(session.leave_all()).await;
-    // Another socket of the player's on another instance sets the marker again at its next refresh.
-    if !state.hub.has_other_connection(&session.player.account_id, connection)
-        && let Err(err) = platform::online::clear(&state.cache, &session.player.account_id).await
-    {
-        tracing::warn!(error = format!("{err:#}"), "marking a player offline failed");
-    }
-    tracing::debug!(account_id = session.player.account_id, "chat disconnected");
 }
 
-impl Session {
+impl Session<'_> {
     /// Handles one client frame and returns the answer frame.
     async fn handle(&mut self, text: &str) -> String {
         let incoming: Incoming = match serde_json::from_str(text) {
@@ -482,8 +493,7 @@ impl Session {
         let member = Member {
             account_id: self.player.account_id.clone(),
             name: self.player.name.clone(),
-            tx: self.tx.clone(),
-            kick: self.kick.clone(),
+            queue: self.queue.clone(),
             hidden: self.hidden.clone(),
         };
         self.state.hub.join(&id, self.connection, member).await?;
@@ -502,7 +512,7 @@ impl Session {
     /// the one the socket opened with, as its presence entries carry it.
     async fn reauthenticate(&mut self, incoming: &Incoming) -> Result<serde_json::Value, ApiError> {
         let token = incoming.token.as_deref().ok_or_else(|| ApiError::invalid("token", "token is required"))?;
-        let (player, validity) = verify_token(&self.state, token).await?;
+        let (player, validity) = verify_token(self.state, token).await?;
         if player.account_id != self.player.account_id {
             return Err(ApiError::Forbidden("that token is another account's; open another socket for it".into()));
         }
@@ -579,7 +589,7 @@ impl Session {
         // message in the same batch transaction as its conversation's state and the recipient's
         // notification (`inbox`).
         let row = match &channel {
-            Channel::Direct(..) => crate::inbox::send_direct(&self.state, &channel, row).await?,
+            Channel::Direct(..) => crate::inbox::send_direct(self.state, &channel, row).await?,
             _ => self.state.messages.store(row).await?,
         };
         // The sender's next history read comes from the writer (a socket's writes pass no
