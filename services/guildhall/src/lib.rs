@@ -251,7 +251,7 @@ impl App {
         if mode == Mode::Serve {
             router = router.merge(console::router());
             // Every write refused while the region is read-only, before any handler runs.
-            router = router.layer(axum::middleware::from_fn_with_state(region.clone(), platform::region::gate));
+            router = router.layer(platform::region::RegionGate(region.clone()));
         }
         let settings = HttpSettings {
             request_timeout: config.request_timeout,

@@ -13,7 +13,7 @@
 //! unplanned failover, until an operator re-points or rebuilds it (see `ecs/README.md`).
 //!
 //! While read-only: HTTP requests other than `GET`, `HEAD` and `OPTIONS` get 503
-//! `read_only_region` with `Retry-After` before they reach a handler ([`gate`]); a write that
+//! `read_only_region` with `Retry-After` before they reach a handler ([`RegionGate`]); a write that
 //! slips through anyway (a chat frame, a read that records something, a promotion racing the
 //! check) meets the database's own refusal (SQLSTATE 25006), which `crate::error` answers the same
 //! way; and the background writers (outbox relay, consumers, deliveries, schedules, purges) are
@@ -23,9 +23,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 
@@ -217,14 +216,55 @@ fn log_state(writable: bool, role: RegionRole) {
     }
 }
 
+impl Region {
+    /// Whether `method` may run now: always for `GET`, `HEAD` and `OPTIONS`, others only while
+    /// the region is writable.
+    fn admits(&self, method: &Method) -> bool {
+        matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) || self.is_writable()
+    }
+}
+
 /// Middleware: while the region is read-only, refuses every request but `GET`, `HEAD` and
 /// `OPTIONS` (sign-ins, refreshes and logouts included: they write sessions) with 503
-/// `read_only_region`.
-pub async fn gate(State(region): State<Region>, request: Request, next: Next) -> Response {
-    if region.is_writable() || matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        return next.run(request).await;
+/// `read_only_region`. `router.layer(RegionGate(region))`: a plain layer rather than
+/// `middleware::from_fn`, which clones the inner service and boxes two futures per request (it
+/// wraps every route, the hot reads included).
+#[derive(Clone, Debug)]
+pub struct RegionGate(pub Region);
+
+impl<S> tower::Layer<S> for RegionGate {
+    type Service = RegionGateService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RegionGateService { inner, region: self.0.clone() }
     }
-    Region::refusal().into_response()
+}
+
+/// A route behind [`RegionGate`].
+#[derive(Clone, Debug)]
+pub struct RegionGateService<S> {
+    inner: S,
+    region: Region,
+}
+
+impl<S> tower::Service<Request> for RegionGateService<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<S::Future, std::future::Ready<Result<Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if self.region.admits(request.method()) {
+            return futures_util::future::Either::Left(self.inner.call(request));
+        }
+        futures_util::future::Either::Right(std::future::ready(Ok(Region::refusal().into_response())))
+    }
 }
 
 #[cfg(test)]
