@@ -22,6 +22,8 @@
 
 #![allow(unsafe_code)]
 
+// The suite's helpers, from the one test binary's folder (services/guildhall/tests/it).
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
