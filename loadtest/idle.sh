@@ -63,9 +63,20 @@ reading() {
   LAST_RSS=$rss
 }
 
+# Drops the binary's pages from the page cache, so that each run reads it back as its own page
+# faults do, as a task does from a fresh image layer. How the file got into the cache otherwise
+# decides the file-backed figure: a copy `cp` just wrote is cached in large folios, each fault
+# then maps a whole folio rather than the 64 KiB around it, and the same start-up touched 2-3 MB
+# more of a freshly copied binary than of an evicted one (2026-11-29 night, loadtest/README.md).
+evict() {
+  python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
+}
+
 measure() {
   local binary=$1 port base
   DIR=$(mktemp -d)
+  sync
+  evict "$binary"
   port=$(free_port)
   base="http://127.0.0.1:$port"
   env -u DATABASE_URL -u DATABASE_READ_URL -u REDIS_URL -u BLOB_URL -u QUEUE_URL -u SERVICES \
