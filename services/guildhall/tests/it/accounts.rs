@@ -458,7 +458,7 @@ async fn own_accounts_are_read_in_batches_each_answered_its_own(backend: Backend
     let app = TestApp::start(backend).await;
     let ana = app.register("ana").await;
     let bob = app.register("bob").await;
-    let cy = app.register("cy").await;
+    let cy = app.register("cyd").await;
     let dee = app.register("dee").await;
     app.call(Method::DELETE, "/v1/accounts/me", Some(&dee.access), None).await.expect(204);
 
@@ -494,7 +494,7 @@ async fn own_accounts_are_read_in_batches_each_answered_its_own(backend: Backend
     for reader in readers {
         answered.push(reader.await.expect("reader").map(|account| (account.id, account.username)));
     }
-    let expected = [Some((&ana.id, "ana")), Some((&bob.id, "bob")), Some((&cy.id, "cy")), Some((&ana.id, "ana")), None, None];
+    let expected = [Some((&ana.id, "ana")), Some((&bob.id, "bob")), Some((&cy.id, "cyd")), Some((&ana.id, "ana")), None, None];
     let expected: Vec<_> = expected.iter().map(|row| row.map(|(id, name)| (id.clone(), name.to_owned()))).collect();
     assert_eq!(answered, expected);
     // One statement for the six reads after the lone one.
