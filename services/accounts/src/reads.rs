@@ -76,7 +76,7 @@ impl Failure {
 
     fn into_api_error(self) -> ApiError {
         if self.unavailable {
-            ApiError::Internal(anyhow::Error::new(Unreachable { dependency: Dependency::Database, detail: self.detail }))
+            unavailable(&self.detail)
         } else {
             ApiError::Internal(anyhow::anyhow!("reading accounts in a batch: {}", self.detail))
         }
@@ -145,10 +145,7 @@ async fn run_lane(pool: Pool, mut asks: mpsc::Receiver<Ask>, counts: Arc<Counts>
         let mut conn = match pool.acquire().await {
             Ok(conn) => conn,
             Err(err) => {
-                let failure = Failure::of(&anyhow::Error::new(err).context("waiting for a database connection"));
-                for ask in batch.drain(..) {
-                    let _ = ask.answer.send(Err(failure.clone()));
-                }
+                fail(&mut batch, Failure::of(&anyhow::Error::new(err).context("waiting for a database connection")));
                 continue;
             }
         };
@@ -179,10 +176,7 @@ async fn run_lane(pool: Pool, mut asks: mpsc::Receiver<Ask>, counts: Arc<Counts>
                     if let Some(sqlx) = err.downcast_ref::<sqlx::Error>() {
                         pool.observe(sqlx);
                     }
-                    let failure = Failure::of(&err);
-                    for ask in batch.drain(..) {
-                        let _ = ask.answer.send(Err(failure.clone()));
-                    }
+                    fail(&mut batch, Failure::of(&err));
                     // The connection may be broken: back to the pool, whose ping tells.
                     break;
                 }
@@ -191,5 +185,12 @@ async fn run_lane(pool: Pool, mut asks: mpsc::Receiver<Ask>, counts: Arc<Counts>
                 break;
             }
         }
+    }
+}
+
+/// Answers every read of a failed batch with its failure, emptying the batch.
+fn fail(batch: &mut Vec<Ask>, failure: Failure) {
+    for ask in batch.drain(..) {
+        let _ = ask.answer.send(Err(failure.clone()));
     }
 }
