@@ -56,6 +56,8 @@ pub struct AccountsState {
     pub social: platform::config::SocialLimits,
     /// A player's own account, read in batches on the writer (`reads`).
     pub reads: reads::AccountReads,
+    /// Returning players' sign-ins on PostgreSQL, made in batches (`identity::sign_ins`).
+    pub sign_ins: identity::sign_ins::SignIns,
 }
 
 impl FromRef<AccountsState> for Authenticator {

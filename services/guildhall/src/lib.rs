@@ -397,6 +397,7 @@ impl Parts<'_> {
             ),
             social: self.config.social,
             reads: accounts::reads::AccountReads::start(db.pool().clone(), accounts::reads::LANES),
+            sign_ins: accounts::identity::sign_ins::SignIns::start(db.pool().clone(), accounts::identity::sign_ins::LANES),
         })
     }
 

@@ -29,6 +29,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Describe, Either, Execute, Executor, Transaction};
 
+pub mod lanes;
+
 use crate::cache::Cache;
 use crate::config::{DatabaseAuth, DatabaseConfig, ReaderConfig, Secret, Service};
 use crate::error::Dependency;

@@ -278,12 +278,22 @@ impl AccountsState {
     }
 
     /// One try of `sign_in_identity` on PostgreSQL: one statement for a returning player (the
-    /// lookup, the ban check and the session: `identities::sign_in`), and one more to create the
+    /// lookup, the ban check and the session: `identities::sign_in_many`, made in a batch with
+    /// the sign-ins queued beside it by `sign_ins`), and one more to create the
     /// account of a new one (`identities::create_by_identity`). `None`: a concurrent first
     /// sign-in won the identity (or a generated username was taken); try again.
     async fn sign_in_in_one_statement(&self, verified: &Verified, create: Option<NewKind>) -> ApiResult<Option<(StatusCode, Minted)>> {
         let opening = self.opening()?;
-        match identities::sign_in(self.db.pool(), verified.provider, &verified.subject, &opening.row()).await? {
+        let row = opening.row();
+        let ask = identities::SigningIn {
+            provider: verified.provider,
+            subject: verified.subject.clone(),
+            session_id: row.id.to_owned(),
+            refresh_hash: row.refresh_hash.to_owned(),
+            now: row.now,
+            expires_at: row.expires_at,
+        };
+        match self.sign_ins.sign_in(ask).await? {
             identities::SignIn::Opened(account) => return Ok(Some((StatusCode::OK, opening.minted(&account)))),
             identities::SignIn::Banned(ban) => return Err(crate::api::banned(&ban)),
             identities::SignIn::Unknown => {}

@@ -9,6 +9,7 @@ pub mod discord;
 pub mod google;
 pub mod http;
 pub mod jwt;
+pub mod sign_ins;
 pub mod steam;
 pub mod store;
 

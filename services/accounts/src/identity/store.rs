@@ -37,7 +37,7 @@ pub async fn account_by_identity<'e>(
     row.as_ref().map(account).transpose().context("decoding account")
 }
 
-/// What a sign-in by identity found, and did (`sign_in`).
+/// What a sign-in by identity found, and did (`sign_in_many`).
 #[derive(Debug)]
 pub enum SignIn {
     /// No account has the identity; nothing was written.
@@ -48,56 +48,113 @@ pub enum SignIn {
     Opened(AccountRow),
 }
 
-/// Signs `provider`'s `subject` in, on PostgreSQL, in one statement (one round trip, and sqlx's
-/// ping when the connection goes back to its pool; six statements before), in no transaction of
-/// its own: finds the account by its identity (with its ban), and unless the
-/// ban is in force at `session.now`, stores `session` and its refresh token. What a transaction
-/// gave the steps one by one the statement gives them together (one snapshot; all or nothing).
-/// SQLite cannot write in a `WITH` clause: there the steps run one by one in a transaction.
-#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.sign_in", skip_all)]
-pub async fn sign_in<'e>(
-    db: impl Executor<'e, Database = Any>,
-    provider: Provider,
-    subject: &str,
-    session: &NewSession<'_>,
-) -> anyhow::Result<SignIn> {
-    // A ban is in force unless it has an end that has passed (`Ban::in_force`): the same test,
-    // with the same `now`, as the caller's on the returned row. Made once: sqlx's cache of
-    // prepared statements is keyed by the text.
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH found AS ( \
-           SELECT {columns}, {BAN_COLUMNS} FROM account_identities i JOIN accounts a ON a.id = i.account_id \
-           LEFT JOIN account_bans b ON b.account_id = a.id WHERE i.provider = $1 AND i.subject = $2 \
-         ), session AS ( \
-           INSERT INTO sessions (id, account_id, created_at, refreshed_at, expires_at) \
-           SELECT $3, id, $5, $5, $6 FROM found WHERE ban_account IS NULL OR ban_until <= $5 RETURNING id \
-         ), refresh AS ( \
-           INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) SELECT $4, id, $5, $6 FROM session \
-         ) SELECT * FROM found",
-            columns = prefixed_account_columns()
-        )
-    });
-    let row = sqlx::query(&SQL)
-        .bind(provider.as_str())
-        .bind(subject)
-        .bind(session.id)
-        .bind(session.refresh_hash)
-        .bind(session.now)
-        .bind(session.expires_at)
-        .fetch_optional(db)
-        .await
-        .context("signing in by identity")?;
-    let Some(row) = row else { return Ok(SignIn::Unknown) };
-    match joined_ban(&row).context("decoding the ban")? {
-        Some(ban) if ban.in_force(session.now) => Ok(SignIn::Banned(ban)),
-        _ => Ok(SignIn::Opened(account(&row).context("decoding account")?)),
+/// A returning player's sign-in, as `sign_in_many` takes it: the identity, and the session to
+/// open for its account.
+#[derive(Debug, Clone)]
+pub struct SigningIn {
+    pub provider: Provider,
+    pub subject: String,
+    /// UUIDv7 of the new session.
+    pub session_id: String,
+    /// SHA-256 of its first refresh token, in hex.
+    pub refresh_hash: String,
+    /// Unix ms: opened.
+    pub now: i64,
+    /// Unix ms: when the session and the token expire unless refreshed.
+    pub expires_at: i64,
+}
+
+/// Most sign-ins one `sign_in_many` statement takes (six parameters each).
+pub const MAX_SIGN_INS_AT_ONCE: usize = 64;
+
+/// The text of `sign_in_many` for 1, 2, 4, ... `MAX_SIGN_INS_AT_ONCE` sign-ins
+/// (`platform::db::lanes::padded`). Each sign-in is a row of `input` numbered by its place; a
+/// padding row has no identity, so it finds nothing and writes nothing. A ban is in force unless
+/// it has an end that has passed (`Ban::in_force`): the same test, with the same `now`, as the
+/// caller's on the returned row.
+static SIGN_IN_MANY: LazyLock<Vec<String>> = LazyLock::new(|| {
+    let columns = prefixed_account_columns();
+    std::iter::successors(Some(1usize), |n| Some(n * 2))
+        .take_while(|&n| n <= MAX_SIGN_INS_AT_ONCE)
+        .map(|n| {
+            let rows: Vec<String> = (0..n)
+                .map(|i| {
+                    let p = 6 * i;
+                    format!(
+                        "({i}::bigint, ${}::text, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::bigint)",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6
+                    )
+                })
+                .collect();
+            format!(
+                "WITH input (n, provider, subject, session_id, refresh_hash, at_ms, expires_at) AS (VALUES {rows}), \
+                 found AS ( \
+                   SELECT input.n, input.session_id AS new_session_id, input.refresh_hash AS new_refresh_hash, \
+                     input.at_ms AS new_at_ms, input.expires_at AS new_expires_at, {columns}, {BAN_COLUMNS} \
+                   FROM input JOIN account_identities i ON i.provider = input.provider AND i.subject = input.subject \
+                   JOIN accounts a ON a.id = i.account_id LEFT JOIN account_bans b ON b.account_id = a.id \
+                 ), session AS ( \
+                   INSERT INTO sessions (id, account_id, created_at, refreshed_at, expires_at) \
+                   SELECT new_session_id, id, new_at_ms, new_at_ms, new_expires_at FROM found \
+                   WHERE ban_account IS NULL OR ban_until <= new_at_ms RETURNING id \
+                 ), refresh AS ( \
+                   INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) \
+                   SELECT f.new_refresh_hash, s.id, f.new_at_ms, f.new_expires_at FROM session s JOIN found f ON f.new_session_id = s.id \
+                 ) SELECT * FROM found",
+                rows = rows.join(", ")
+            )
+        })
+        .collect()
+});
+
+/// Signs returning players in, on PostgreSQL, in one statement (one round trip and one commit
+/// for them all, in no transaction of its own), one answer per sign-in in its order: finds each
+/// identity's account (with its ban), and unless the ban is in force at the sign-in's `now`,
+/// stores its session and refresh token. What a transaction gave the steps one by one the
+/// statement gives them together (one snapshot; all or nothing). SQLite cannot write in a
+/// `WITH` clause: there the steps run one by one in a transaction (`identity::api`).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.sign_in", skip_all, fields(sign_ins = asks.len()))]
+pub async fn sign_in_many<'e>(db: impl Executor<'e, Database = Any>, asks: &[&SigningIn]) -> anyhow::Result<Vec<SignIn>> {
+    if asks.is_empty() || asks.len() > MAX_SIGN_INS_AT_ONCE {
+        anyhow::bail!("sign_in_many takes 1 to {MAX_SIGN_INS_AT_ONCE} sign-ins, not {}", asks.len());
     }
+    let size = platform::db::lanes::padded(asks.len());
+    let mut query = sqlx::query(SIGN_IN_MANY[size.trailing_zeros() as usize].as_str());
+    for ask in asks {
+        query = query
+            .bind(ask.provider.as_str())
+            .bind(ask.subject.as_str())
+            .bind(ask.session_id.as_str())
+            .bind(ask.refresh_hash.as_str())
+            .bind(ask.now)
+            .bind(ask.expires_at);
+    }
+    for _ in asks.len()..size {
+        query = query.bind(None::<&str>).bind(None::<&str>).bind(None::<&str>).bind(None::<&str>).bind(0_i64).bind(0_i64);
+    }
+    let rows = query.fetch_all(db).await.context("signing in by identity")?;
+    let mut answers: Vec<SignIn> = asks.iter().map(|_| SignIn::Unknown).collect();
+    for row in &rows {
+        let n: i64 = row.try_get("n").context("decoding a sign-in's place")?;
+        let Some(place) = usize::try_from(n).ok().filter(|&place| place < asks.len()) else {
+            anyhow::bail!("a sign-in row numbered {n} of {}", asks.len());
+        };
+        answers[place] = match joined_ban(row).context("decoding the ban")? {
+            Some(ban) if ban.in_force(asks[place].now) => SignIn::Banned(ban),
+            _ => SignIn::Opened(account(row).context("decoding account")?),
+        };
+    }
+    Ok(answers)
 }
 
 /// Creates the account `new` with `provider`'s `subject` as its identity, records `event`, and
 /// stores `session` with its refresh token, on PostgreSQL, in one statement (one round trip
-/// and sqlx's ping, all or nothing; see `sign_in`). A unique violation comes back as the error: the username was
+/// and sqlx's ping, all or nothing; see `sign_in_many`). A unique violation comes back as the error: the username was
 /// taken, or a concurrent first sign-in created the identity's account first.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db accounts.create_by_identity", skip_all)]
 pub async fn create_by_identity<'e>(

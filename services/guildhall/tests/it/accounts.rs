@@ -501,6 +501,101 @@ async fn own_accounts_are_read_in_batches_each_answered_its_own(backend: Backend
     assert_eq!(reads.counts(), (2, 1 + asked.len() as u64));
 }
 
+/// On PostgreSQL a returning player's sign-in goes through `accounts::identity::sign_ins`: the
+/// sign-ins queued while a lane waits are made by one statement (one commit), each answered with
+/// its own account and its own session stored; a banned account's gets its ban and stores
+/// nothing, as does an identity no account has; an expired ban does not stop a sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_players_sign_in_in_batches_each_with_its_own_session() {
+    use accounts::identity::Provider;
+    use accounts::identity::sign_ins::SignIns;
+    use accounts::identity::store::{SignIn, SigningIn};
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let app = TestApp::start(Backend::Real).await;
+    let mut ids = std::collections::HashMap::new();
+    for name in ["ana", "bob", "banned", "was-banned"] {
+        ids.insert(name, guest(&app, name).await.0);
+    }
+    let db = app.database().await;
+    let now = platform::db::now_millis();
+    for (name, until) in [("banned", None), ("was-banned", Some(now - 1000))] {
+        sqlx::query(
+            "INSERT INTO account_bans (account_id, reason, until, issued_by, issued_by_name, issued_at) VALUES ($1, 'test', $2, 'bootstrap', 'test', $3)",
+        )
+        .bind(&ids[name])
+        .bind(until)
+        .bind(now - 2000)
+        .execute(db.pool())
+        .await
+        .expect("ban");
+    }
+    let ask = |device: &str| SigningIn {
+        provider: Provider::Device,
+        subject: platform::digest::sha256_hex(&format!("device-{device}")),
+        session_id: uuid::Uuid::now_v7().to_string(),
+        refresh_hash: platform::digest::sha256_hex(&uuid::Uuid::now_v7().to_string()),
+        now,
+        expires_at: now + 3_600_000,
+    };
+    let opened = |answer: &SignIn| match answer {
+        SignIn::Opened(account) => Some(account.id.clone()),
+        _ => None,
+    };
+    let sign_ins = SignIns::start(db.pool().clone(), 1);
+    // A lone sign-in goes out on its own.
+    let alone = sign_ins.sign_in(ask("bob")).await.expect("sign-in");
+    assert_eq!(opened(&alone).as_ref(), Some(&ids["bob"]));
+    assert_eq!(sign_ins.counts(), (1, 1));
+
+    // With every connection of the pool held, the lane's first sign-in waits for one and the
+    // others queue behind it; once they are all queued, the connections go back.
+    let mut held = Vec::new();
+    for _ in 0..db.pool_stats().max {
+        held.push(db.pool().acquire().await.expect("connection"));
+    }
+    let asked: Vec<SigningIn> = ["ana", "bob", "banned", "was-banned", "nobody", "ana"].into_iter().map(ask).collect();
+    let signing: Vec<_> = asked
+        .iter()
+        .map(|ask| {
+            let (sign_ins, ask) = (sign_ins.clone(), ask.clone());
+            tokio::spawn(async move { sign_ins.sign_in(ask).await.expect("sign-in") })
+        })
+        .collect();
+    let waiting = asked.len() - 1;
+    eventually(std::time::Duration::from_secs(20), "all but the first sign-in queued", || {
+        let queued = sign_ins.queued();
+        async move { queued == waiting }
+    })
+    .await;
+    drop(held);
+    let mut answers = Vec::new();
+    for one in signing {
+        answers.push(one.await.expect("sign-in task"));
+    }
+    // One statement for the six sign-ins after the lone one.
+    assert_eq!(sign_ins.counts(), (2, 1 + asked.len() as u64));
+    let expected = [Some(&ids["ana"]), Some(&ids["bob"]), None, Some(&ids["was-banned"]), None, Some(&ids["ana"])];
+    assert_eq!(answers.iter().map(opened).collect::<Vec<_>>(), expected.map(|id| id.cloned()));
+    assert!(matches!(&answers[2], SignIn::Banned(ban) if ban.until.is_none()), "{:?}", answers[2]);
+    assert!(matches!(answers[4], SignIn::Unknown), "{:?}", answers[4]);
+    // Each opened sign-in stored its own session, for its account, with its refresh token; the
+    // refused and the unknown stored neither.
+    for (ask, expected) in asked.iter().zip(expected) {
+        let stored: Option<(String, i64)> = sqlx::query_as(
+            "SELECT s.account_id, (SELECT COUNT(*) FROM refresh_tokens r WHERE r.session_id = s.id AND r.token_hash = $2) \
+             FROM sessions s WHERE s.id = $1",
+        )
+        .bind(&ask.session_id)
+        .bind(&ask.refresh_hash)
+        .fetch_optional(db.pool())
+        .await
+        .expect("session");
+        assert_eq!(stored, expected.map(|id| (id.clone(), 1)));
+    }
+}
+
 /// Many players reading their own account at once (batched together by the server) each get
 /// theirs; a valid token whose account row is gone gets 401 `session_revoked`.
 async fn concurrent_reads_of_me_each_get_their_own_account(backend: Backend) {
