@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::{
-    ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, deliver_late, eventually, guest, guest_session, server_key, two_processes,
+    ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, TestEnv, deliver_late, eventually, guest, guest_session, server_key, two_processes,
 };
 use platform::db::Dialect;
 use serde_json::{Value, json};
@@ -37,6 +37,58 @@ on_both_backends!(
 
 /// How long a session's end, a ban or a removal may take to reach an open socket.
 const PROMPTLY: Duration = Duration::from_secs(2);
+
+/// A message stored but not published (Redis refused the `PUBLISH` after the commit) is still
+/// acknowledged, with its stored id: an error would have its sender send it again and store it
+/// twice. Members who missed it live read it from history; the fan-out goes on once Redis takes
+/// publishes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_message_whose_publish_fails_is_still_acknowledged() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    // A Redis user of its own, so that forbidding it PUBLISH touches no other test's connections.
+    let mut env = TestEnv::new(Backend::Real).await.expect("env");
+    let upstream = env.vars["REDIS_URL"].clone();
+    let mut redis = redis::Client::open(upstream.as_str()).expect("client").get_multiplexed_async_connection().await.expect("redis");
+    let user = format!("publish-test-{}", uuid::Uuid::now_v7().simple());
+    let acl = |rules: &[&str]| redis::cmd("ACL").arg("SETUSER").arg(&user).arg(rules).to_owned();
+    let _: () = acl(&["on", ">publish-test-secret", "~*", "&*", "+@all"]).query_async(&mut redis).await.expect("ACL user");
+    env.set("REDIS_URL", upstream.replacen("redis://", &format!("redis://{user}:publish-test-secret@"), 1));
+    env.set("CHAT_SEND_BURST", "100").set("CHAT_SEND_PER_SECOND", "1");
+    let app = TestApp::start_on(env).await;
+    let (_, ana_token) = guest(&app, "publish-ana").await;
+    let (_, bob_token) = guest(&app, "publish-bob").await;
+    let mut ana = Chat::connect(&app.base, &ana_token).await;
+    let mut bob = Chat::connect(&app.base, &bob_token).await;
+    ana.join("room:publish").await;
+    bob.join("room:publish").await;
+    let first = ana.send("room:publish", "one").await;
+    assert_eq!(first["type"], "ack", "{first}");
+    assert_eq!(bob.next_of("message").await["message"]["body"], "one");
+
+    let _: () = acl(&["-publish"]).query_async(&mut redis).await.expect("ACL -publish");
+    let second = ana.send("room:publish", "two").await;
+    assert_eq!(second["type"], "ack", "a stored message is acknowledged though not published: {second}");
+    let second_id = second["message"]["id"].as_str().expect("stored id").to_owned();
+    let live = bob.quiet_for(Duration::from_millis(300)).await;
+    assert!(live.as_ref().is_none_or(|e| e["type"] != "message"), "it was not published, so not delivered live: {live:?}");
+    // Read as the sender, whose reads follow its writes to the primary.
+    let history = app.get("/v1/chat/channels/room:publish/messages?limit=10", Some(&ana_token)).await.expect(200).body;
+    let bodies: Vec<(&str, &str)> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| (m["id"].as_str().expect("id"), m["body"].as_str().expect("body")))
+        .collect();
+    assert_eq!(bodies.len(), 2, "stored once: {bodies:?}");
+    assert_eq!(bodies[0], (second_id.as_str(), "two"));
+
+    let _: () = acl(&["+publish"]).query_async(&mut redis).await.expect("ACL +publish");
+    assert_eq!(ana.send("room:publish", "three").await["type"], "ack");
+    assert_eq!(bob.next_of("message").await["message"]["body"], "three");
+    let _: i64 = redis::cmd("ACL").arg("DELUSER").arg(&user).query_async(&mut redis).await.expect("ACL DELUSER");
+}
 
 /// A client that closes its socket gets the server's close frame back (RFC 6455's closing
 /// handshake), not a dropped connection that it would report as an abnormal closure (1006).
