@@ -19,20 +19,13 @@ crate::on_both_backends!(
 );
 
 async fn app_with_relay(backend: Backend, tls: RelayTls, adjust: impl FnOnce(&mut crate::common::TestEnv)) -> (TestApp, Relay) {
-    let dir = tempdir();
-    let relay = Relay::start(tls, &dir).await;
+    let relay = Relay::start(tls).await;
     let app = TestApp::start_with(backend, |env| {
         relay.configure(env);
         adjust(env);
     })
     .await;
     (app, relay)
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("guildhall-smtp-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).expect("relay folder");
-    dir
 }
 
 async fn forgot(api: &Api, email: &str) -> Reply {

@@ -2,7 +2,7 @@
 //! a mail (EHLO, STARTTLS or implicit TLS with a certificate of a CA made at start, AUTH PLAIN
 //! and LOGIN, MAIL, RCPT, DATA with dot-stuffing, QUIT), and keeps what it received.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -60,11 +60,14 @@ pub struct Relay {
     /// Offers AUTH LOGIN alone (not PLAIN) when set.
     pub login_only: Arc<std::sync::atomic::AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
+    /// The relay's own temporary folder (`ca_file`'s), removed when the relay is dropped.
+    dir: PathBuf,
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
         self.accept.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -72,8 +75,11 @@ const USER: &str = "relay-user";
 const PASSWORD: &str = "relay/pass+word";
 
 impl Relay {
-    /// Starts a relay on a free loopback port, writing its CA's certificate into `dir`.
-    pub async fn start(tls: RelayTls, dir: &Path) -> Relay {
+    /// Starts a relay on a free loopback port, writing its CA's certificate into a temporary
+    /// folder of its own.
+    pub async fn start(tls: RelayTls) -> Relay {
+        let dir = std::env::temp_dir().join(format!("guildhall-smtp-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("relay folder");
         let (acceptor, ca_pem) = test_ca();
         let ca_file = dir.join("smtp-ca.pem");
         std::fs::write(&ca_file, ca_pem).expect("CA file written");
@@ -102,7 +108,7 @@ impl Relay {
                 });
             }
         });
-        Relay { url, ca_file, mails: Mutex::new(mails), temporary_failures, refuse_recipients, login_only, accept }
+        Relay { url, ca_file, mails: Mutex::new(mails), temporary_failures, refuse_recipients, login_only, accept, dir }
     }
 
     /// The next mail received, waiting up to `within`.
