@@ -2,6 +2,7 @@
 //! `platform::db`); values are always bound.
 
 use anyhow::Context;
+use platform::db::lanes::PaddedTexts;
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, Executor, Row};
@@ -131,17 +132,13 @@ pub async fn account_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) 
 /// Most ids `accounts_by_ids` reads in one statement.
 pub const MAX_ACCOUNTS_AT_ONCE: usize = 64;
 
-/// `SELECT ... WHERE id IN ($1, ..., $n)` for n = 1, 2, 4, ... `MAX_ACCOUNTS_AT_ONCE`: a batch
-/// is padded up to the next size (repeating its last id), so that each connection prepares at
-/// most seven statements rather than one per batch size.
-static ACCOUNTS_BY_IDS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    std::iter::successors(Some(1usize), |n| Some(n * 2))
-        .take_while(|&n| n <= MAX_ACCOUNTS_AT_ONCE)
-        .map(|n| {
-            let placeholders: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
-            format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id IN ({})", placeholders.join(", "))
-        })
-        .collect()
+/// `SELECT ... WHERE id IN ($1, ..., $n)` for n = 1, 2, 4, ... `MAX_ACCOUNTS_AT_ONCE`; a batch is
+/// padded by repeating its last id.
+static ACCOUNTS_BY_IDS: std::sync::LazyLock<PaddedTexts> = std::sync::LazyLock::new(|| {
+    PaddedTexts::new(MAX_ACCOUNTS_AT_ONCE, |n| {
+        let placeholders: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+        format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id IN ({})", placeholders.join(", "))
+    })
 });
 
 /// The accounts among `ids` (at most `MAX_ACCOUNTS_AT_ONCE`), in no particular order; ids with
@@ -151,9 +148,8 @@ pub async fn accounts_by_ids<'e>(db: impl Executor<'e, Database = Any>, ids: &[&
     let (Some(last), true) = (ids.last(), ids.len() <= MAX_ACCOUNTS_AT_ONCE) else {
         anyhow::bail!("accounts_by_ids takes 1 to {MAX_ACCOUNTS_AT_ONCE} ids, not {}", ids.len());
     };
-    let size = ids.len().next_power_of_two();
-    let sql = &ACCOUNTS_BY_IDS[size.trailing_zeros() as usize];
-    let mut query = sqlx::query(sql.as_str());
+    let (sql, size) = ACCOUNTS_BY_IDS.for_batch(ids.len());
+    let mut query = sqlx::query(sql);
     for id in ids.iter().chain(std::iter::repeat_n(last, size - ids.len())) {
         query = query.bind(*id);
     }

@@ -3,6 +3,7 @@
 use std::sync::LazyLock;
 
 use anyhow::Context;
+use platform::db::lanes::PaddedTexts;
 use platform::events::outbox::Entry;
 use sqlx::{Any, Executor, Row};
 
@@ -67,32 +68,29 @@ pub struct SigningIn {
 /// Most sign-ins one `sign_in_many` statement takes (six parameters each).
 pub const MAX_SIGN_INS_AT_ONCE: usize = 64;
 
-/// The text of `sign_in_many` for 1, 2, 4, ... `MAX_SIGN_INS_AT_ONCE` sign-ins
-/// (`platform::db::lanes::padded`). Each sign-in is a row of `input` numbered by its place; a
+/// The text of `sign_in_many` for 1, 2, 4, ... `MAX_SIGN_INS_AT_ONCE` sign-ins. Each sign-in is a row of `input` numbered by its place; a
 /// padding row has no identity, so it finds nothing and writes nothing. A ban is in force unless
 /// it has an end that has passed (`Ban::in_force`): the same test, with the same `now`, as the
 /// caller's on the returned row.
-static SIGN_IN_MANY: LazyLock<Vec<String>> = LazyLock::new(|| {
+static SIGN_IN_MANY: LazyLock<PaddedTexts> = LazyLock::new(|| {
     let columns = prefixed_account_columns();
-    std::iter::successors(Some(1usize), |n| Some(n * 2))
-        .take_while(|&n| n <= MAX_SIGN_INS_AT_ONCE)
-        .map(|n| {
-            let rows: Vec<String> = (0..n)
-                .map(|i| {
-                    let p = 6 * i;
-                    format!(
-                        "({i}::bigint, ${}::text, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::bigint)",
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5,
-                        p + 6
-                    )
-                })
-                .collect();
-            format!(
-                "WITH input (n, provider, subject, session_id, refresh_hash, at_ms, expires_at) AS (VALUES {rows}), \
+    PaddedTexts::new(MAX_SIGN_INS_AT_ONCE, |n| {
+        let rows: Vec<String> = (0..n)
+            .map(|i| {
+                let p = 6 * i;
+                format!(
+                    "({i}::bigint, ${}::text, ${}::text, ${}::text, ${}::text, ${}::bigint, ${}::bigint)",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6
+                )
+            })
+            .collect();
+        format!(
+            "WITH input (n, provider, subject, session_id, refresh_hash, at_ms, expires_at) AS (VALUES {rows}), \
                  found AS ( \
                    SELECT input.n, input.session_id AS new_session_id, input.refresh_hash AS new_refresh_hash, \
                      input.at_ms AS new_at_ms, input.expires_at AS new_expires_at, {columns}, {BAN_COLUMNS} \
@@ -106,10 +104,9 @@ static SIGN_IN_MANY: LazyLock<Vec<String>> = LazyLock::new(|| {
                    INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at) \
                    SELECT f.new_refresh_hash, s.id, f.new_at_ms, f.new_expires_at FROM session s JOIN found f ON f.new_session_id = s.id \
                  ) SELECT * FROM found",
-                rows = rows.join(", ")
-            )
-        })
-        .collect()
+            rows = rows.join(", ")
+        )
+    })
 });
 
 /// Signs returning players in, on PostgreSQL, in one statement (one round trip and one commit
@@ -123,8 +120,8 @@ pub async fn sign_in_many<'e>(db: impl Executor<'e, Database = Any>, asks: &[&Si
     if asks.is_empty() || asks.len() > MAX_SIGN_INS_AT_ONCE {
         anyhow::bail!("sign_in_many takes 1 to {MAX_SIGN_INS_AT_ONCE} sign-ins, not {}", asks.len());
     }
-    let size = platform::db::lanes::padded(asks.len());
-    let mut query = sqlx::query(SIGN_IN_MANY[size.trailing_zeros() as usize].as_str());
+    let (sql, size) = SIGN_IN_MANY.for_batch(asks.len());
+    let mut query = sqlx::query(sql);
     for ask in asks {
         query = query
             .bind(ask.provider.as_str())

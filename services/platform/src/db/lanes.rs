@@ -218,9 +218,22 @@ fn fail<B: Batched>(batch: &mut Vec<Pending<B>>, failure: Failure) {
     }
 }
 
-/// `n` rounded up to the batch size a statement is prepared for: 1, 2, 4, ... so that a
-/// connection prepares at most `log2(MAX) + 1` texts of a batched statement rather than one per
-/// batch size. The index of the size among them is `padded(n).trailing_zeros()`.
-pub fn padded(n: usize) -> usize {
-    n.max(1).next_power_of_two()
+/// The texts of one batched statement, one per batch size it is prepared for: 1, 2, 4, ... up
+/// to a most. A batch is padded up to the next size, so that a connection prepares at most
+/// `log2(most) + 1` texts of it rather than one per batch size.
+#[derive(Debug)]
+pub struct PaddedTexts(Vec<String>);
+
+impl PaddedTexts {
+    /// `text(size)` for each size up to `most`.
+    pub fn new(most: usize, text: impl Fn(usize) -> String) -> Self {
+        PaddedTexts(std::iter::successors(Some(1usize), |n| Some(n * 2)).take_while(|&n| n <= most).map(text).collect())
+    }
+
+    /// The text for a batch of `n` (1 to the most), and the size it is padded to: the caller
+    /// binds `size - n` padding rows after its own.
+    pub fn for_batch(&self, n: usize) -> (&str, usize) {
+        let size = n.max(1).next_power_of_two();
+        (self.0[size.trailing_zeros() as usize].as_str(), size)
+    }
 }
