@@ -6,7 +6,8 @@
 # accepted and invalid input refused, authentication, resources after creation and deletion),
 # with a bounded number of examples each. Exits non-zero when schemathesis finds anything.
 #
-# Installs schemathesis (pinned) into a venv at target/api-venv, reused while the pin is unchanged.
+# Installs schemathesis (pinned in scripts/tools.sh) into a venv at target/api-venv, reused while
+# the pin is unchanged.
 # Credentials come from scripts/api-conformance-hooks.py. SEED=<n> explores another run; the
 # default seed is fixed so that CI is reproducible. MAX_EXAMPLES (default 80 per operation) keeps a
 # run well under three minutes on the two-core machines: 80 took 52 s there (3,523 requests), 100
@@ -16,16 +17,8 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 
 venv=target/api-venv
-pins=(schemathesis==4.32.5)
 say() { echo "api-conformance: $*"; }
-
-stamp="$(python3 --version 2>&1) ${pins[*]}"
-if [[ ! -x $venv/bin/schemathesis || "$(cat "$venv/.pins" 2>/dev/null)" != "$stamp" ]]; then
-  say "installing ${pins[*]} into $venv"
-  python3 -m venv --clear "$venv"
-  "$venv/bin/pip" install --disable-pip-version-check --quiet "${pins[@]}"
-  echo "$stamp" >"$venv/.pins"
-fi
+scripts/tools.sh api
 
 # GUILDHALL_BINARY=target/release/guildhall runs a release build instead. The debug build is the
 # default because CI builds it anyway (README's first command, and the tests share its

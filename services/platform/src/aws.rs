@@ -1,9 +1,11 @@
 //! The AWS SDK's shared configuration: our own HTTPS client (rustls on ring), the region, an
-//! emulator endpoint when `AWS_ENDPOINT_URL` is set, and timeouts on every call.
+//! emulator endpoint when `AWS_ENDPOINT_URL` is set, timeouts on every call, and the attempts per
+//! call when `AWS_MAX_ATTEMPTS` sets them.
 
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
@@ -24,6 +26,9 @@ pub async fn sdk_config(config: &AwsConfig) -> aws_config::SdkConfig {
         .operation_timeout(CALL_TIMEOUT * 3)
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http).timeout_config(timeouts);
+    if let Some(attempts) = config.max_attempts {
+        loader = loader.retry_config(RetryConfig::standard().with_max_attempts(attempts));
+    }
     if let Some(region) = &config.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }

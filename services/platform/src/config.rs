@@ -212,6 +212,10 @@ pub struct AwsConfig {
     /// `AWS_ENDPOINT_URL` (compose: `http://localhost:5000` for moto, which containers reach
     /// as `http://moto:5000`). Presigned URLs are signed for it.
     pub public_endpoint_url: Option<String>,
+    /// `AWS_MAX_ATTEMPTS`: tries per AWS call, the first included (1 to 10; unset: the SDK's
+    /// standard retry mode, 3). The SDK reads the same variable from the process; read here it is
+    /// checked, and a configuration built from a map (the tests') carries it too.
+    pub max_attempts: Option<u32>,
 }
 
 /// Limits on uploads.
@@ -764,6 +768,9 @@ impl Config {
                 endpoint_url: base_url("AWS_ENDPOINT_URL")?,
                 region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
                 public_endpoint_url: base_url("BLOB_PUBLIC_ENDPOINT_URL")?,
+                max_attempts: get("AWS_MAX_ATTEMPTS")
+                    .map(|value| value.parse::<u32>().ok().filter(|n| (1..=10).contains(n)).context("AWS_MAX_ATTEMPTS must be 1 to 10"))
+                    .transpose()?,
             },
             public_url: base_url("PUBLIC_URL")?,
             cdn_base_url: base_url("CDN_BASE_URL")?,
@@ -1040,6 +1047,16 @@ mod tests {
         {
             let err = config(&[(key, bad)]).expect_err(bad);
             assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn aws_attempts_are_the_sdks_unless_set_within_bounds() {
+        assert_eq!(config(&[]).expect("valid").aws.max_attempts, None);
+        assert_eq!(config(&[("AWS_MAX_ATTEMPTS", "1")]).expect("valid").aws.max_attempts, Some(1));
+        for bad in ["0", "11", "three"] {
+            let err = config(&[("AWS_MAX_ATTEMPTS", bad)]).expect_err(bad);
+            assert!(err.to_string().contains("AWS_MAX_ATTEMPTS"), "{err}");
         }
     }
 

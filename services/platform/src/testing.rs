@@ -125,11 +125,8 @@ pub const TEST_MAX_RECEIVES: u32 = 3;
 /// `name-consumer` with a dead-letter queue `name-consumer-dlq` after `TEST_MAX_RECEIVES`
 /// receives. Returns the bucket and the `QUEUE_URL` template.
 pub async fn create_aws_resources(endpoint: &str, name: &str) -> anyhow::Result<(String, String)> {
-    let aws = crate::config::AwsConfig {
-        endpoint_url: Some(endpoint.to_owned()),
-        region: Some("us-east-1".to_owned()),
-        public_endpoint_url: None,
-    };
+    let aws =
+        crate::config::AwsConfig { endpoint_url: Some(endpoint.to_owned()), region: Some("us-east-1".to_owned()), ..Default::default() };
     let sdk = crate::aws::sdk_config(&aws).await;
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
     s3.create_bucket().bucket(name).send().await.context("creating the test bucket")?;

@@ -139,6 +139,9 @@ async fn events_wait_out_an_sqs_outage_and_are_never_parked() {
     // The same queues behind an endpoint that refuses connections: SQS unreachable.
     let mut cut_off = f.env.clone();
     cut_off.set("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    // One try per round: the SDK's own retries would only add their backoff (seconds) to each of
+    // the rounds below, and the relay's retrying is what is tested.
+    cut_off.set("AWS_MAX_ATTEMPTS", "1");
     let config = cut_off.config().expect("config");
     let unreachable = Queues::connect(&config.queue, &config.aws).await.expect("queues");
     platform::events::record(f.db.pool(), &deleted("p9")).await.expect("record");
