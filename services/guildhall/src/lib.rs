@@ -408,7 +408,7 @@ impl Parts<'_> {
             auth: self.auth.clone(),
             admin_key: self.admin_key.clone(),
             boards: leaderboard::BoardCache::default(),
-            writer: leaderboard::writer::Writer::start(db, index.clone()),
+            writer: leaderboard::writer::Writer::start(db, index.clone(), leaderboard::writer::LANES),
             max_friends: self.config.social.max_friends,
         })
     }

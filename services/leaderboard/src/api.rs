@@ -482,6 +482,10 @@ pub async fn submit_score(
     let written = state.writer.submit(submission).await?.map_err(|refusal| match refusal {
         Refusal::OutOfBounds => ApiError::invalid("score", "the score is outside this leaderboard's bounds"),
         Refusal::Overflow => ApiError::invalid("score", "the resulting score does not fit in 64 bits"),
+        Refusal::BoardGone => {
+            state.boards.forget(&board.id);
+            board_not_found()
+        }
     })?;
     let rank = match written.rank {
         Some(rank) => rank,

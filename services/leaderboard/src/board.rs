@@ -123,6 +123,9 @@ pub enum Refusal {
     OutOfBounds,
     /// The result does not fit in 64 bits.
     Overflow,
+    /// The board was deleted after the submission was checked against it (by another instance,
+    /// or while the submission waited for its batch).
+    BoardGone,
 }
 
 impl Board {

@@ -1,5 +1,7 @@
 //! Every SQL statement of the leaderboard service, one text for both dialects.
 
+use std::collections::HashSet;
+
 use anyhow::Context;
 use platform::db::Dialect;
 use sqlx::any::AnyRow;
@@ -56,6 +58,18 @@ pub async fn board_by_id<'e>(db: impl Executor<'e, Database = Any>, id: &str) ->
     let sql = format!("SELECT {BOARD_COLUMNS} FROM leaderboards WHERE id = $1");
     let row = sqlx::query(&sql).bind(id).fetch_optional(db).await.context("loading leaderboard")?;
     row.as_ref().map(board).transpose()
+}
+
+/// Which of the boards `ids` (not empty) exist.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db leaderboard.existing_boards", skip_all)]
+pub async fn existing_boards<'e>(db: impl Executor<'e, Database = Any>, ids: &[&str]) -> anyhow::Result<HashSet<String>> {
+    let (ids, list) = padded_in_list(ids, 1);
+    let sql = format!("SELECT id FROM leaderboards WHERE id IN ({list})");
+    let mut query = sqlx::query_scalar::<_, String>(&sql);
+    for id in ids {
+        query = query.bind(id);
+    }
+    Ok(query.fetch_all(db).await.context("checking leaderboards")?.into_iter().collect())
 }
 
 /// Up to `limit` boards whose ids come after `after` (`""` for the first page), by id.

@@ -31,7 +31,8 @@
 //!
 //! One player's submissions to one board always take the same lane, so within an instance they
 //! are applied in the order they arrived. A submission refused by the board's rules (bounds,
-//! overflow) is answered alone and does not hold back the others.
+//! overflow) is answered alone and does not hold back the others; nor does one to a board deleted
+//! since it was checked, whose records the foreign key refuses (see `commit_jobs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -48,7 +49,7 @@ use crate::store::{self, CheckRow, Checked, Combine, OnConflict, RecordRow};
 
 /// Lanes, each committing its own batches: while one waits for its commit, the others gather and
 /// write theirs.
-const LANES: usize = 4;
+pub const LANES: usize = 4;
 /// Most submissions in one transaction. The write statements' lengths follow the batch's, so a
 /// connection may keep up to twice this many of them prepared (sqlx caches 100 per connection,
 /// least recently used out first; batches under a load of 50 clients stay far below this).
@@ -137,10 +138,11 @@ impl Default for WriterMetrics {
 }
 
 impl Writer {
-    /// Starts the lanes over `db`, ranking into `index` (on the current Tokio runtime).
-    pub fn start(db: Database, index: RankIndex) -> Self {
+    /// Starts `lanes` lanes ([`LANES`] in a server) over `db`, ranking into `index` (on the
+    /// current Tokio runtime).
+    pub fn start(db: Database, index: RankIndex, lanes: usize) -> Self {
         let metrics = WriterMetrics::default();
-        let lanes: Vec<_> = (0..LANES)
+        let lanes: Vec<_> = (0..lanes.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 tokio::spawn(run_lane(db.clone(), index.clone(), rx, metrics.clone()));
@@ -171,6 +173,11 @@ impl Writer {
             &[],
             &self.metrics.failed,
         );
+    }
+
+    /// Submissions waiting in the lanes' queues, not yet taken into a batch.
+    pub fn queued(&self) -> usize {
+        self.lanes.iter().map(|lane| lane.max_capacity() - lane.capacity()).sum()
     }
 
     /// Applies `submission`, makes it durable and ranks it; answers once its transaction has
@@ -272,11 +279,15 @@ async fn run_lane(db: Database, index: RankIndex, mut queue: mpsc::Receiver<Job>
         }
         let clear = if done.due() { done.take() } else { Vec::new() };
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let submissions: Vec<&Submission> = jobs.iter().map(|job| &job.submission).collect();
-        metrics.batch_size.observe(submissions.len() as u64);
+        metrics.batch_size.observe(jobs.len() as u64);
         let started = Instant::now();
-        let committed = commit_with_retries(&db, &submissions, &clear).await;
+        let (jobs, committed) = commit_jobs(&db, jobs, &clear).await;
         metrics.commit.observe_duration(started.elapsed());
+        if jobs.is_empty() {
+            // Every submission was to a board deleted meanwhile, and has been answered.
+            done.put_back(clear);
+            continue;
+        }
         match committed {
             // Ranked in a task of its own: the lane goes on to its next batch meanwhile. The
             // callers may have gone (their requests timed out): the write stands, and so does
@@ -359,6 +370,55 @@ struct Committed {
     check: Option<String>,
 }
 
+/// Commits the batch of `jobs`, and returns the jobs the commit was for with its result.
+///
+/// A board deleted after its submissions were checked (by another instance, or while they
+/// queued) cannot take their records: the foreign key fails the whole transaction. Those
+/// submissions are answered [`Refusal::BoardGone`] here, and the rest of the batch is committed
+/// without them, rather than failing with them.
+async fn commit_jobs(db: &Database, mut jobs: Vec<Job>, clear: &[String]) -> (Vec<Job>, anyhow::Result<Committed>) {
+    let committed = commit_with_retries(db, &submissions(&jobs), clear).await;
+    let Err(err) = &committed else { return (jobs, committed) };
+    if !violates_foreign_key(err) {
+        return (jobs, committed);
+    }
+    let boards: BTreeSet<&str> = jobs.iter().map(|job| job.submission.board.id.as_str()).collect();
+    let live = match store::existing_boards(db.pool(), &boards.into_iter().collect::<Vec<_>>()).await {
+        Ok(live) => live,
+        // The batch's own error says more than this one.
+        Err(_) => return (jobs, committed),
+    };
+    let (gone, kept): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| !live.contains(&job.submission.board.id));
+    jobs = kept;
+    if gone.is_empty() {
+        return (jobs, committed);
+    }
+    tracing::info!(submissions = gone.len(), "submissions to a leaderboard deleted since they were checked refused");
+    for job in gone {
+        let _ = job.reply.send(Ok(Err(Refusal::BoardGone)));
+    }
+    if jobs.is_empty() {
+        return (jobs, committed);
+    }
+    let committed = commit_with_retries(db, &submissions(&jobs), clear).await;
+    (jobs, committed)
+}
+
+fn submissions(jobs: &[Job]) -> Vec<&Submission> {
+    jobs.iter().map(|job| &job.submission).collect()
+}
+
+/// A foreign key violation (PostgreSQL's 23503, SQLite's 787): a row the batch writes names a
+/// board that is gone.
+fn violates_foreign_key(err: &anyhow::Error) -> bool {
+    database_errors(err).any(|e| e.is_foreign_key_violation())
+}
+
+/// The database's own errors in `err`'s chain.
+fn database_errors(err: &anyhow::Error) -> impl Iterator<Item = &dyn sqlx::error::DatabaseError> {
+    err.chain().filter_map(|e| e.downcast_ref::<sqlx::Error>()).filter_map(|e| e.as_database_error())
+}
+
 /// How one try of a batch ended.
 enum Attempt {
     Committed(Committed),
@@ -383,10 +443,7 @@ async fn commit_with_retries(db: &Database, batch: &[&Submission], clear: &[Stri
 
 /// A deadlock or serialisation failure (PostgreSQL's 40P01, 40001): the batch can simply run again.
 fn is_transient(err: &anyhow::Error) -> bool {
-    err.chain()
-        .filter_map(|e| e.downcast_ref::<sqlx::Error>())
-        .filter_map(|e| e.as_database_error())
-        .any(|e| matches!(e.code().as_deref(), Some("40P01" | "40001")))
+    database_errors(err).any(|e| matches!(e.code().as_deref(), Some("40P01" | "40001")))
 }
 
 /// The distinct values `of` gives for the batch's submissions (those it gives one for), sorted,

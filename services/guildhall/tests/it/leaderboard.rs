@@ -20,6 +20,7 @@ on_both_backends!(
     operators_list_change_and_delete_boards,
     a_deleted_record_leaves_ranks_right,
     friends_records_are_the_player_and_their_friends,
+    a_board_deleted_under_a_batch_refuses_only_its_own_submissions,
 );
 
 async fn start(backend: Backend) -> TestApp {
@@ -890,4 +891,75 @@ async fn friends_records_are_the_player_and_their_friends(backend: Backend) {
         .await
         .expect("count");
     assert_eq!(left, 0, "the erased player's friendships are forgotten");
+}
+
+/// A board deleted while submissions to it wait for their batch: the writer answers those
+/// `BoardGone` (404 at the API) and writes the rest of the batch, which the foreign key of the
+/// deleted board's records used to fail whole.
+async fn a_board_deleted_under_a_batch_refuses_only_its_own_submissions(backend: Backend) {
+    use leaderboard::board::{Board, Refusal};
+    use leaderboard::writer::{Submission, Writer};
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let app = start(backend).await;
+    for id in ["doomed", "kept"] {
+        app.post("/v1/admin/leaderboards", Some(ADMIN_KEY), json!({"id": id, "sort": "desc", "operator": "set"})).await.expect(201);
+    }
+    let db = app.database().await;
+    let board = |id: &'static str| {
+        let pool = db.pool().clone();
+        async move { leaderboard::store::board_by_id(&pool, id).await.expect("read").expect("the board") }
+    };
+    let (doomed, kept) = (board("doomed").await, board("kept").await);
+    let submission = |board: &Board, owner: &str, score: i64| Submission {
+        board: board.clone(),
+        owner_id: owner.into(),
+        owner_name: owner.into(),
+        score,
+        subscore: 0,
+        metadata: None,
+        idempotency_key: None,
+    };
+    let writer = Writer::start(db.clone(), leaderboard::index::RankIndex::Memory(Default::default()), 1);
+
+    // With every connection of the pool held, the lane's first batch (one submission) waits for
+    // one, and the next two queue behind it: they will be one batch.
+    let mut held = Vec::new();
+    for _ in 0..db.pool_stats().max {
+        held.push(db.pool().acquire().await.expect("connection"));
+    }
+    let mut first = Box::pin(writer.submit(submission(&kept, "p0", 10)));
+    // One poll queues it (the lane's queue has room) and leaves it waiting for its answer.
+    assert!(first.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
+    eventually(std::time::Duration::from_secs(20), "the first submission taken into a batch", || {
+        let queued = writer.queued();
+        async move { queued == 0 }
+    })
+    .await;
+    let to_doomed = tokio::spawn({
+        let (writer, submission) = (writer.clone(), submission(&doomed, "p1", 20));
+        async move { writer.submit(submission).await.expect("answered") }
+    });
+    let to_kept = tokio::spawn({
+        let (writer, submission) = (writer.clone(), submission(&kept, "p2", 30));
+        async move { writer.submit(submission).await.expect("answered") }
+    });
+    eventually(std::time::Duration::from_secs(20), "both later submissions queued", || {
+        let queued = writer.queued();
+        async move { queued == 2 }
+    })
+    .await;
+    sqlx::query("DELETE FROM leaderboards WHERE id = 'doomed'").execute(&mut *held[0]).await.expect("delete");
+    drop(held);
+
+    assert_eq!(first.await.expect("answered").expect("written").record.score, 10);
+    assert_eq!(to_doomed.await.expect("task").expect_err("refused"), Refusal::BoardGone);
+    assert_eq!(to_kept.await.expect("task").expect("written").record.score, 30, "the rest of the batch is written");
+    let owners: Vec<String> =
+        sqlx::query_scalar("SELECT owner_id FROM leaderboard_records ORDER BY owner_id").fetch_all(db.pool()).await.expect("records");
+    assert_eq!(owners, ["p0", "p2"]);
+    // At the API, the board is gone too.
+    app.post("/v1/leaderboards/doomed/scores", Some(ADMIN_KEY), json!({"score": 1, "owner_id": "p3", "owner_name": "p3"}))
+        .await
+        .expect_error(404, "not_found");
 }
