@@ -659,12 +659,11 @@ pub async fn list_sanctions(
 // ----------------------------------------------------------------------------------- messages
 
 /// Tells the channel's connected members, on every instance (through the fan-out), that
-/// messages are gone. A fan-out that cannot publish (Redis down) is logged, not failed: the
-/// deletion is done, and clients that missed the event find the messages gone from history.
+/// messages are gone. A fan-out that cannot publish (Redis down) is logged and counted, not
+/// failed: the deletion is done, and clients that missed the event find the messages gone from
+/// history.
 async fn announce_deleted(state: &ChatState, channel: &str, frame: serde_json::Value) {
-    if let Err(err) = state.hub.publish(channel, &frame.to_string(), None).await {
-        tracing::warn!(error = format!("{err:#}"), channel, "announcing deleted messages failed");
-    }
+    state.hub.publish_stored(channel, &frame.to_string(), None).await;
 }
 
 /// Deletes a message from its channel's history. Members connected to the channel get

@@ -150,6 +150,8 @@ struct HubMetrics {
     too_slow: platform::metrics::Counter,
     /// From a publish (on any instance) to the hand-off to this instance's connections.
     fanout: platform::metrics::Histogram,
+    /// Events about a stored change whose publish failed (`Hub::publish_stored`).
+    unpublished: platform::metrics::Counter,
 }
 
 /// The Redis channel (under the prefix) that carries notices between instances. Not a chat
@@ -197,6 +199,7 @@ impl Hub {
                     deliveries: Default::default(),
                     too_slow: Default::default(),
                     fanout: platform::metrics::Histogram::seconds(platform::metrics::FAST_BUCKETS),
+                    unpublished: Default::default(),
                 },
             }),
         }
@@ -216,6 +219,12 @@ impl Hub {
             "Chat sockets closed because they did not read their queue fast enough (1008).",
             &[],
             &m.too_slow,
+        );
+        metrics.register_counter(
+            "guildhall_chat_unpublished_total",
+            "Chat events about a stored change (a message sent, messages deleted) whose publish failed: members connected then missed them live and read the change from history.",
+            &[],
+            &m.unpublished,
         );
         metrics.register_histogram(
             "guildhall_chat_fanout_seconds",
@@ -420,6 +429,18 @@ impl Hub {
             .iter()
             .flat_map(|(channel, members)| members.iter().map(move |(id, m)| (channel.clone(), *id, m.account_id.clone(), m.name.clone())))
             .collect()
+    }
+
+    /// Publishes an event about a change already stored (a message sent, messages deleted). A
+    /// publish that fails is logged and counted (`guildhall_chat_unpublished_total`) rather than
+    /// returned: the change stands, and an error would have a sender store its message again.
+    /// Members who missed the event live read the change from the channel's history, as after
+    /// any gap in the fan-out.
+    pub async fn publish_stored(&self, channel: &str, frame: &str, origin: Option<u64>) {
+        if let Err(err) = self.publish(channel, frame, origin).await {
+            self.inner.metrics.unpublished.inc();
+            tracing::warn!(channel, error = format!("{err:#}"), "an event about a stored change was not published");
+        }
     }
 
     /// Publishes `frame` (a JSON event) to every member of `channel` on every instance, except

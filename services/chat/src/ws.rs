@@ -598,11 +598,8 @@ impl Session<'_> {
         let message = crate::api::MessageView::from(row);
         let event = json!({"type": "message", "channel": id, "message": message});
         // Stored is sent: an error answer here would have the client send it again, and store it
-        // twice (a publish that timed out may even have gone out). Members who missed it live
-        // read it from the channel's history, as after any gap in the fan-out.
-        if let Err(err) = self.state.hub.publish(&id, &event.to_string(), Some(self.connection)).await {
-            tracing::warn!(channel = id, message_id = message.id, error = format!("{err:#}"), "a stored message was not published");
-        }
+        // twice (a publish that timed out may even have gone out).
+        self.state.hub.publish_stored(&id, &event.to_string(), Some(self.connection)).await;
         Ok(json!({"channel": id, "message": message}))
     }
 

@@ -56,7 +56,7 @@ async fn a_stored_message_whose_publish_fails_is_still_acknowledged() {
     let _: () = acl(&["on", ">publish-test-secret", "~*", "&*", "+@all"]).query_async(&mut redis).await.expect("ACL user");
     env.set("REDIS_URL", upstream.replacen("redis://", &format!("redis://{user}:publish-test-secret@"), 1));
     env.set("CHAT_SEND_BURST", "100").set("CHAT_SEND_PER_SECOND", "1");
-    let app = TestApp::start_on(env).await;
+    let app = TestApp::start_on_with_metrics(env).await;
     let (_, ana_token) = guest(&app, "publish-ana").await;
     let (_, bob_token) = guest(&app, "publish-bob").await;
     let mut ana = Chat::connect(&app.base, &ana_token).await;
@@ -66,11 +66,13 @@ async fn a_stored_message_whose_publish_fails_is_still_acknowledged() {
     let first = ana.send("room:publish", "one").await;
     assert_eq!(first["type"], "ack", "{first}");
     assert_eq!(bob.next_of("message").await["message"]["body"], "one");
+    assert_eq!(app.metric("guildhall_chat_unpublished_total").await, Some(0.0));
 
     let _: () = acl(&["-publish"]).query_async(&mut redis).await.expect("ACL -publish");
     let second = ana.send("room:publish", "two").await;
     assert_eq!(second["type"], "ack", "a stored message is acknowledged though not published: {second}");
     let second_id = second["message"]["id"].as_str().expect("stored id").to_owned();
+    assert_eq!(app.metric("guildhall_chat_unpublished_total").await, Some(1.0), "the failed publish is counted");
     let live = bob.quiet_for(Duration::from_millis(300)).await;
     assert!(live.as_ref().is_none_or(|e| e["type"] != "message"), "it was not published, so not delivered live: {live:?}");
     // Read as the sender, whose reads follow its writes to the primary.

@@ -53,15 +53,6 @@ async fn on_the_standby(sql: &str) {
     conn.close().await.ok();
 }
 
-/// One figure of the server's `/metrics`, summed over its series that contain `series`.
-async fn figure(app: &TestApp, series: &str) -> Option<f64> {
-    let base = app.metrics_base.clone().expect("a metrics listener");
-    let text = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
-    let values: Vec<f64> =
-        text.lines().filter(|l| !l.starts_with('#') && l.starts_with(series)).filter_map(|l| l.rsplit(' ').next()?.parse().ok()).collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 /// Waits until `check` holds, polling every 100 ms, failing after `within` with `what`.
 async fn until<F, Fut>(within: Duration, what: &str, mut check: F)
 where
@@ -95,7 +86,7 @@ async fn a_player_reads_their_writes_while_others_read_the_lagging_reader() {
     let ana = app.register("ana").await;
     let bob = app.register("bob").await;
     until(Duration::from_secs(20), "the reader measured and in use", || async {
-        figure(&app, "guildhall_db_replica_usable").await == Some(1.0)
+        app.metric("guildhall_db_replica_usable").await == Some(1.0)
     })
     .await;
     rename(&app, &ana.access, "Ana Before").await;
@@ -116,11 +107,11 @@ async fn a_player_reads_their_writes_while_others_read_the_lagging_reader() {
     }
     // The lag shows in the metrics while paused; reads were counted where they went.
     until(Duration::from_secs(5), "the lag measured above a second", || async {
-        figure(&app, "guildhall_db_replica_lag_seconds").await.is_some_and(|lag| lag >= 1.0)
+        app.metric("guildhall_db_replica_lag_seconds").await.is_some_and(|lag| lag >= 1.0)
     })
     .await;
-    assert!(figure(&app, "guildhall_db_reads_total{route=\"reader\"").await.unwrap_or(0.0) >= 5.0);
-    assert!(figure(&app, "guildhall_db_reads_total{route=\"writer_recent_write\"").await.unwrap_or(0.0) >= 5.0);
+    assert!(app.metric("guildhall_db_reads_total{route=\"reader\"").await.unwrap_or(0.0) >= 5.0);
+    assert!(app.metric("guildhall_db_reads_total{route=\"writer_recent_write\"").await.unwrap_or(0.0) >= 5.0);
 
     on_the_standby("SELECT pg_wal_replay_resume()").await;
     until(Duration::from_secs(10), "the resumed reader has Ana's new name", || async {
@@ -128,7 +119,7 @@ async fn a_player_reads_their_writes_while_others_read_the_lagging_reader() {
     })
     .await;
     until(Duration::from_secs(5), "the lag back under a second", || async {
-        figure(&app, "guildhall_db_replica_lag_seconds").await.is_some_and(|lag| lag < 1.0)
+        app.metric("guildhall_db_replica_lag_seconds").await.is_some_and(|lag| lag < 1.0)
     })
     .await;
 }
@@ -143,7 +134,7 @@ async fn a_reader_too_far_behind_is_left_for_the_writer() {
     let ana = app.register("ana").await;
     let bob = app.register("bob").await;
     until(Duration::from_secs(20), "the reader measured and in use", || async {
-        figure(&app, "guildhall_db_replica_usable").await == Some(1.0)
+        app.metric("guildhall_db_replica_usable").await == Some(1.0)
     })
     .await;
     on_the_standby("SELECT pg_wal_replay_pause()").await;
@@ -151,14 +142,14 @@ async fn a_reader_too_far_behind_is_left_for_the_writer() {
     // Within a few heartbeats the reader is measured over a second behind and left alone: Bob's
     // read then comes from the writer and shows the new name, with no error.
     until(Duration::from_secs(10), "the lagging reader given up", || async {
-        figure(&app, "guildhall_db_replica_usable").await == Some(0.0)
+        app.metric("guildhall_db_replica_usable").await == Some(0.0)
     })
     .await;
     assert_eq!(display_name(&app, &bob.access, &ana.id).await, "Ana Later");
-    assert!(figure(&app, "guildhall_db_reads_total{route=\"writer_fallback\"").await.unwrap_or(0.0) >= 1.0);
+    assert!(app.metric("guildhall_db_reads_total{route=\"writer_fallback\"").await.unwrap_or(0.0) >= 1.0);
     on_the_standby("SELECT pg_wal_replay_resume()").await;
     until(Duration::from_secs(10), "the caught-up reader used again", || async {
-        figure(&app, "guildhall_db_replica_usable").await == Some(1.0)
+        app.metric("guildhall_db_replica_usable").await == Some(1.0)
     })
     .await;
 }

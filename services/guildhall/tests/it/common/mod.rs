@@ -303,6 +303,24 @@ impl TestApp {
         Self::start_serving(env, false).await
     }
 
+    /// Starts a server on an existing environment, with its metrics listener (`metric`).
+    pub async fn start_on_with_metrics(env: TestEnv) -> Self {
+        Self::start_serving(env, true).await
+    }
+
+    /// The sum of the samples of `series` (a name, or a name and the start of its labels) on the
+    /// metrics listener, or None when it has none.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let base = self.metrics_base.as_deref().expect("a metrics listener");
+        let text = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
     /// Starts a server after `adjust`, with its metrics listener on a port of its own
     /// (`metrics_base`), as `METRICS_ADDR` gives it.
     pub async fn start_with_metrics(backend: Backend, adjust: impl FnOnce(&mut TestEnv)) -> Self {
