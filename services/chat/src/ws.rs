@@ -113,7 +113,7 @@ pub async fn socket(State(state): State<ChatState>, ClientIp(ip): ClientIp, mut 
     // reserves room for the payload, whereas the message limit alone is checked only once a
     // whole frame is in (its default frame limit, 16 MiB, let a header alone reserve that much).
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER).max_frame_size(Some(MAX_FRAME)).max_message_size(Some(MAX_FRAME));
-    tokio::spawn(connection(state, on_upgrade, config, header_token, slot));
+    tokio::spawn(connection(state, Box::new(Opening { on_upgrade, config, header_token }), slot));
     Ok(crate::upgrade::switching_protocols(accept))
 }
 
@@ -255,85 +255,59 @@ impl Drop for Registered {
     }
 }
 
+/// What only the opening of a socket needs. Boxed, and consumed by a boxed step: what a task
+/// captures it keeps for the socket's whole life.
+struct Opening {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
+    /// The token of an upgrade that carried one (`Authorization: Bearer`).
+    header_token: Option<String>,
+}
+
+/// hyper's hand-over of the upgraded connection, as a socket, and the upgrade's token if any.
+async fn open(opening: Box<Opening>) -> Option<(Socket, Option<String>)> {
+    let Opening { on_upgrade, config, header_token } = *opening;
+    match on_upgrade.await {
+        Ok(upgraded) => Some((crate::upgrade::open(upgraded, config).await, header_token)),
+        Err(err) => {
+            tracing::debug!(error = %err, "a chat upgrade failed");
+            None
+        }
+    }
+}
+
 /// A socket's whole life, from hyper's hand-over to its close: the task each socket is.
 ///
 /// A plain function returning an `async` block rather than an `async fn` called from the spawned
 /// block: an `async fn`'s arguments are stored in its future and again in the future awaiting it,
 /// and the task is as large as all of it for the socket's whole life (mostly spent idle in the
-/// `select!`); so the upgrade happens in here, `state` is held once and the session borrows it.
+/// `select!`); so `state` is held once and the session borrows it.
 #[allow(clippy::manual_async_fn, reason = "an async fn would store its arguments twice, as said above")]
-fn connection(
-    state: ChatState,
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    config: WebSocketConfig,
-    header_token: Option<String>,
-    slot: crate::caps::IpSlot,
-) -> impl Future<Output = ()> + Send {
+fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot) -> impl Future<Output = ()> + Send {
     async move {
         // Counts the socket against its address until the task ends.
         let _slot = &slot;
-        let mut socket = match on_upgrade.await {
-            Ok(upgraded) => crate::upgrade::open(upgraded, config).await,
-            Err(err) => {
-                tracing::debug!(error = %err, "a chat upgrade failed");
-                return;
-            }
-        };
-        let _open = Open::new(&state.sockets);
-        state.sockets_opened.inc();
         // The futures of the rare or one-off steps are boxed (here and below): a task's future is as
         // large as its largest step, and it stays that large for the connection's whole life, which is
         // mostly spent idle in the `select!`.
-        let (player, validity) = match Box::pin(authenticate(&state, &mut socket, header_token)).await {
-            Ok(authenticated) => authenticated,
-            Err(refusal) => {
-                if let Some((code, reason)) = refusal {
-                    close(&mut socket, code, reason).await;
-                }
-                return;
-            }
-        };
-        let queue = Queue::default();
-        let connection = state.hub.connection_id();
-        // Registered before the blocks are read, so that a block notice that comes meanwhile is
-        // applied to the set rather than missed; what is read is then added to it. (An unblock in
-        // that moment may stay hidden until the next socket: the safe side.)
-        let hidden = Hidden::default();
-        let reach = Reach { queue: queue.clone(), hidden: hidden.clone() };
-        if !state.hub.connect(connection, &player, reach, state.socket_limits.per_account) {
-            close(&mut socket, CLOSE_TOO_MANY_SOCKETS, "too_many_connections").await;
-            return;
-        }
-        let _registered = Registered(state.hub.clone(), connection);
-        match state.hidden_for(&player.account_id).await {
-            Ok(read) => hidden.write().unwrap_or_else(|p| p.into_inner()).extend(read),
-            Err(err) => {
-                tracing::warn!(error = format!("{err:#}"), "loading a player's blocks failed");
-                close(&mut socket, 1011, "unavailable").await;
-                return;
-            }
-        }
-        // Friends lists show the player online; a cache that cannot answer does not keep them out of chat.
-        if let Err(err) = platform::online::mark(&state.cache, &[&player.account_id]).await {
-            tracing::warn!(error = format!("{err:#}"), "marking a player online failed");
-        }
-        let mut session = Session { connection, state: &state, player, validity, joined: HashSet::new(), queue: queue.clone(), hidden };
+        let Some((mut socket, header_token)) = Box::pin(open(opening)).await else { return };
+        let _open = Open::new(&state.sockets);
+        state.sockets_opened.inc();
+        let Some((mut session, _registered)) = Box::pin(start(&state, &mut socket, header_token)).await else { return };
         tracing::debug!(account_id = session.player.account_id, connection = session.connection, "chat connected");
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.reset();
         let mut last_heard = Instant::now();
-        let token_expiry = tokio::time::sleep_until(expiry(session.validity.expires_at));
+        // One timer for the pings and the token's expiry, whichever comes first: each timer is
+        // held by every idle socket.
+        let mut next_ping = tokio::time::Instant::now() + PING_EVERY;
+        let mut expires = expiry(session.validity.expires_at);
+        let timer = tokio::time::sleep_until(next_ping.min(expires));
         // A restore of the database ends every session issued before its cut-off.
         let mut cutoff = state.auth.tokens_not_before();
-        tokio::pin!(token_expiry);
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 () = state.shutdown.stopped() => {
                     close(&mut socket, 1001, "server going away; reconnect").await;
-                    break;
-                }
-                () = &mut token_expiry => {
-                    close(&mut socket, CLOSE_TOKEN_EXPIRED, "token_expired").await;
                     break;
                 }
                 Ok(()) = cutoff.changed() => {
@@ -342,7 +316,7 @@ fn connection(
                         break;
                     }
                 }
-                next = queue.next() => match next {
+                next = session.queue.next() => match next {
                     Next::TooSlow => {
                         close(&mut socket, 1008, "too slow to read").await;
                         break;
@@ -366,7 +340,13 @@ fn connection(
                         }
                     }
                 },
-                _ = ping.tick() => {
+                () = &mut timer => {
+                    if tokio::time::Instant::now() >= expires {
+                        close(&mut socket, CLOSE_TOKEN_EXPIRED, "token_expired").await;
+                        break;
+                    }
+                    next_ping = tokio::time::Instant::now() + PING_EVERY;
+                    timer.as_mut().reset(next_ping.min(expires));
                     if last_heard.elapsed() > SILENT_FOR {
                         close(&mut socket, 1001, "idle").await;
                         break;
@@ -399,7 +379,8 @@ fn connection(
                         Message::Text(text) => {
                             let reply = Box::pin(session.handle(&text)).await;
                             // A re-authentication moves the expiry.
-                            token_expiry.as_mut().reset(expiry(session.validity.expires_at));
+                            expires = expiry(session.validity.expires_at);
+                            timer.as_mut().reset(next_ping.min(expires));
                             if send_text(&mut socket, &reply).await.is_err() {
                                 break;
                             }
@@ -425,13 +406,53 @@ fn connection(
         }
         Box::pin(session.leave_all()).await;
         // Another socket of the player's on another instance sets the marker again at its next refresh.
-        if !state.hub.has_other_connection(&session.player.account_id, connection)
+        if !state.hub.has_other_connection(&session.player.account_id, session.connection)
             && let Err(err) = platform::online::clear(&state.cache, &session.player.account_id).await
         {
             tracing::warn!(error = format!("{err:#}"), "marking a player offline failed");
         }
         tracing::debug!(account_id = session.player.account_id, "chat disconnected");
     }
+}
+
+/// Authenticates the socket and registers it with the hub: the session it starts, and its
+/// registration (which ends with it). None once the socket is closed (refused, or a dependency
+/// failed) or broken.
+async fn start<'a>(state: &'a ChatState, socket: &mut Socket, header_token: Option<String>) -> Option<(Session<'a>, Registered)> {
+    let (player, validity) = match authenticate(state, socket, header_token).await {
+        Ok(authenticated) => authenticated,
+        Err(refusal) => {
+            if let Some((code, reason)) = refusal {
+                close(socket, code, reason).await;
+            }
+            return None;
+        }
+    };
+    let queue = Queue::default();
+    let connection = state.hub.connection_id();
+    // Registered before the blocks are read, so that a block notice that comes meanwhile is
+    // applied to the set rather than missed; what is read is then added to it. (An unblock in
+    // that moment may stay hidden until the next socket: the safe side.)
+    let hidden = Hidden::default();
+    let reach = Reach { queue: queue.clone(), hidden: hidden.clone() };
+    if !state.hub.connect(connection, &player, reach, state.socket_limits.per_account) {
+        close(socket, CLOSE_TOO_MANY_SOCKETS, "too_many_connections").await;
+        return None;
+    }
+    let registered = Registered(state.hub.clone(), connection);
+    match state.hidden_for(&player.account_id).await {
+        Ok(read) => hidden.write().unwrap_or_else(|p| p.into_inner()).extend(read),
+        Err(err) => {
+            tracing::warn!(error = format!("{err:#}"), "loading a player's blocks failed");
+            close(socket, 1011, "unavailable").await;
+            return None;
+        }
+    }
+    // Friends lists show the player online; a cache that cannot answer does not keep them out of chat.
+    if let Err(err) = platform::online::mark(&state.cache, &[&player.account_id]).await {
+        tracing::warn!(error = format!("{err:#}"), "marking a player online failed");
+    }
+    Some((Session { connection, state, player, validity, joined: HashSet::new(), queue, hidden }, registered))
 }
 
 impl Session<'_> {
