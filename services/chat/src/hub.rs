@@ -63,6 +63,9 @@ pub enum Control {
         /// `banned` or `removed`.
         reason: String,
     },
+    /// The tokens' cut-off moved (a database restore, `platform::restore`): close if this
+    /// socket's token was issued before it.
+    CutoffMoved,
 }
 
 /// Something that ends an account's or a session's right to (part of) chat, announced to every
@@ -317,6 +320,16 @@ impl Hub {
             None => self.apply(notice),
         }
         Ok(())
+    }
+
+    /// Tells every connection of this instance to do `control` (shutdown's going-away close, a
+    /// moved cut-off): one task tells them all, rather than each socket's task waiting on every
+    /// such event itself, which made each idle socket larger.
+    pub fn tell_all(&self, control: &Control) {
+        let connected = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in connected.values() {
+            entry.queue.push_notice(control.clone());
+        }
     }
 
     /// Tells the connections of this instance that `notice` concerns what to do.

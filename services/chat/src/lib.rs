@@ -137,11 +137,32 @@ impl ChatState {
             self.hub.clone().run(self.shutdown.clone()),
             self.presence.clone().run(self.shutdown.clone()),
             self.relay_local_revocations(),
-            self.refresh_online()
+            self.refresh_online(),
+            self.tell_sockets()
         );
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         while self.sockets.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Tells every socket of this instance, through the hub, when the tokens' cut-off moves (a
+    /// database restore) and, at shutdown, to close with going-away (1001) so that clients
+    /// reconnect elsewhere. A socket that registers with the hub after either checks for itself
+    /// (`ws::connection`).
+    async fn tell_sockets(&self) {
+        let mut cutoff = self.auth.tokens_not_before();
+        loop {
+            tokio::select! {
+                () = self.shutdown.stopped() => {
+                    self.hub.tell_all(&hub::Control::Close { code: 1001, reason: ws::GOING_AWAY });
+                    return;
+                }
+                changed = cutoff.changed() => match changed {
+                    Ok(()) => self.hub.tell_all(&hub::Control::CutoffMoved),
+                    Err(_) => return,
+                },
+            }
         }
     }
 

@@ -60,6 +60,8 @@ pub const CLOSE_SESSION_ENDED: u16 = 4002;
 pub const CLOSE_BANNED: u16 = 4003;
 /// Close code: the account has `CHAT_MAX_SOCKETS_PER_ACCOUNT` sockets open on this instance.
 pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
+/// The reason of the going-away close (1001) every socket gets at shutdown.
+pub const GOING_AWAY: &str = "server going away; reconnect";
 /// Close code (RFC 6455): a frame or message larger than `MAX_FRAME`.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Initial read buffer of a socket, and the most read from the socket at once. Small: it is
@@ -301,21 +303,17 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
         let mut next_ping = tokio::time::Instant::now() + PING_EVERY;
         let mut expires = expiry(session.validity.expires_at);
         let timer = tokio::time::sleep_until(next_ping.min(expires));
-        // A restore of the database ends every session issued before its cut-off.
-        let mut cutoff = state.auth.tokens_not_before();
         tokio::pin!(timer);
+        // Shutdown and a restore's cut-off reach the sockets through the hub (`ChatState::run`
+        // tells every registered socket); this one may have registered after either, so it
+        // checks both once for itself.
+        session.queue.push_notice(if state.shutdown.is_stopped() {
+            Control::Close { code: 1001, reason: GOING_AWAY }
+        } else {
+            Control::CutoffMoved
+        });
         loop {
             tokio::select! {
-                () = state.shutdown.stopped() => {
-                    close(&mut socket, 1001, "server going away; reconnect").await;
-                    break;
-                }
-                Ok(()) = cutoff.changed() => {
-                    if state.auth.issued_before_cutoff(session.validity.issued_at) {
-                        close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
-                        break;
-                    }
-                }
                 next = session.queue.next() => match next {
                     Next::TooSlow => {
                         close(&mut socket, 1008, "too slow to read").await;
@@ -325,13 +323,16 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
                         close(&mut socket, code, reason).await;
                         break;
                     }
+                    // A restore of the database ends every session issued before its cut-off.
+                    Next::Notice(Control::CutoffMoved) => {
+                        if state.auth.issued_before_cutoff(session.validity.issued_at) {
+                            close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
+                            break;
+                        }
+                    }
                     Next::Notice(Control::Leave { channel, reason }) => {
-                        if session.joined.contains(&channel) {
-                            Box::pin(session.leave_channel(&channel)).await;
-                            let event = json!({"type": "removed", "channel": channel, "reason": reason});
-                            if send_text(&mut socket, &event.to_string()).await.is_err() {
-                                break;
-                            }
+                        if Box::pin(session.removed(&mut socket, channel, reason)).await.is_err() {
+                            break;
                         }
                     }
                     Next::Frame(frame) => {
@@ -377,11 +378,11 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
                     last_heard = Instant::now();
                     match message {
                         Message::Text(text) => {
-                            let reply = Box::pin(session.handle(&text)).await;
+                            let answered = Box::pin(session.answer(&mut socket, text)).await;
                             // A re-authentication moves the expiry.
                             expires = expiry(session.validity.expires_at);
                             timer.as_mut().reset(next_ping.min(expires));
-                            if send_text(&mut socket, &reply).await.is_err() {
+                            if answered.is_err() {
                                 break;
                             }
                         }
@@ -407,7 +408,7 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
         Box::pin(session.leave_all()).await;
         // Another socket of the player's on another instance sets the marker again at its next refresh.
         if !state.hub.has_other_connection(&session.player.account_id, session.connection)
-            && let Err(err) = platform::online::clear(&state.cache, &session.player.account_id).await
+            && let Err(err) = Box::pin(platform::online::clear(&state.cache, &session.player.account_id)).await
         {
             tracing::warn!(error = format!("{err:#}"), "marking a player offline failed");
         }
@@ -456,6 +457,23 @@ async fn start<'a>(state: &'a ChatState, socket: &mut Socket, header_token: Opti
 }
 
 impl Session<'_> {
+    /// Handles one client frame and sends its answer.
+    async fn answer(&mut self, socket: &mut Socket, text: tungstenite::Utf8Bytes) -> Result<(), tungstenite::Error> {
+        let reply = self.handle(&text).await;
+        send_text(socket, &reply).await
+    }
+
+    /// Takes the socket out of `channel` on a notice (a ban from it, a removal from its group)
+    /// and tells the client why.
+    async fn removed(&mut self, socket: &mut Socket, channel: String, reason: String) -> Result<(), tungstenite::Error> {
+        if !self.joined.contains(&channel) {
+            return Ok(());
+        }
+        self.leave_channel(&channel).await;
+        let event = json!({"type": "removed", "channel": channel, "reason": reason});
+        send_text(socket, &event.to_string()).await
+    }
+
     /// Handles one client frame and returns the answer frame.
     async fn handle(&mut self, text: &str) -> String {
         let incoming: Incoming = match serde_json::from_str(text) {
