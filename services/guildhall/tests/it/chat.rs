@@ -59,10 +59,7 @@ async fn a_stored_message_whose_publish_fails_is_still_acknowledged() {
     let app = TestApp::start_on_with_metrics(env).await;
     let (_, ana_token) = guest(&app, "publish-ana").await;
     let (_, bob_token) = guest(&app, "publish-bob").await;
-    let mut ana = Chat::connect(&app.base, &ana_token).await;
-    let mut bob = Chat::connect(&app.base, &bob_token).await;
-    ana.join("room:publish").await;
-    bob.join("room:publish").await;
+    let (mut ana, mut bob) = Chat::pair_in(&app.base, "room:publish", &ana_token, &bob_token).await;
     let first = ana.send("room:publish", "one").await;
     assert_eq!(first["type"], "ack", "{first}");
     assert_eq!(bob.next_of("message").await["message"]["body"], "one");
@@ -144,10 +141,7 @@ async fn a_room_delivers_each_message_once_in_order_and_keeps_history(backend: B
     let app = start(backend, 100).await;
     let (_, ana_token) = guest(&app, "ana").await;
     let (bob_id, bob_token) = guest(&app, "bob").await;
-    let mut ana = Chat::connect(&app.base, &ana_token).await;
-    let mut bob = Chat::connect(&app.base, &bob_token).await;
-    ana.join("room:global").await;
-    bob.join("room:global").await;
+    let (mut ana, mut bob) = Chat::pair_in(&app.base, "room:global", &ana_token, &bob_token).await;
     let joined = ana.next_of("presence").await;
     assert_eq!(joined["joined"]["account_id"], bob_id.as_str());
     exchange(&app, &mut ana, &mut bob, &ana_token, "room:global", 20).await;
@@ -794,10 +788,7 @@ async fn reports_are_filed_and_resolved_and_messages_deleted(backend: Backend) {
     let (bob_id, bob_token) = guest(&app, "bob").await;
     let (carol_id, carol_token) = guest(&app, "carol").await;
     let channel = "room:tavern";
-    let mut ana = Chat::connect(&app.base, &ana_token).await;
-    let mut bob = Chat::connect(&app.base, &bob_token).await;
-    ana.join(channel).await;
-    bob.join(channel).await;
+    let (mut ana, mut bob) = Chat::pair_in(&app.base, channel, &ana_token, &bob_token).await;
     let sent = bob.send(channel, "something rude").await;
     let rude = sent["message"]["id"].as_str().expect("id").to_owned();
     let ruder = bob.send(channel, "something ruder").await["message"]["id"].as_str().expect("id").to_owned();
@@ -1168,10 +1159,7 @@ async fn blocked_players_cannot_dm_or_see_each_other(backend: Backend) {
     let (bob_id, bob_token) = guest(&app, "bob").await;
     let (cy_id, cy_token) = guest(&app, "cy").await;
     let direct = dm(&ana_id, &bob_id);
-    let mut ana = Chat::connect(&app.base, &ana_token).await;
-    let mut bob = Chat::connect(&app.base, &bob_token).await;
-    ana.join(&direct).await;
-    bob.join(&direct).await;
+    let (mut ana, mut bob) = Chat::pair_in(&app.base, &direct, &ana_token, &bob_token).await;
     ana.join("room:global").await;
 
     // Ana blocks Bob. Chat learns it through the event (SQS on the real backends): the DM

@@ -465,6 +465,16 @@ impl Chat {
         chat
     }
 
+    /// Two players' sockets, connected, then joined to `channel` in their order (the first sees
+    /// the second's presence event).
+    pub async fn pair_in(base: &str, channel: &str, first_token: &str, second_token: &str) -> (Chat, Chat) {
+        let mut first = Chat::connect(base, first_token).await;
+        let mut second = Chat::connect(base, second_token).await;
+        first.join(channel).await;
+        second.join(channel).await;
+        (first, second)
+    }
+
     async fn read(&mut self) -> Option<Value> {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;
