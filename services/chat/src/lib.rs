@@ -155,7 +155,7 @@ impl ChatState {
         loop {
             tokio::select! {
                 () = self.shutdown.stopped() => {
-                    self.hub.tell_all(&hub::Control::Close { code: 1001, reason: ws::GOING_AWAY });
+                    self.hub.tell_all(&ws::GOING_AWAY);
                     return;
                 }
                 changed = cutoff.changed() => match changed {

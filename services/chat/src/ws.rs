@@ -60,8 +60,8 @@ pub const CLOSE_SESSION_ENDED: u16 = 4002;
 pub const CLOSE_BANNED: u16 = 4003;
 /// Close code: the account has `CHAT_MAX_SOCKETS_PER_ACCOUNT` sockets open on this instance.
 pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
-/// The reason of the going-away close (1001) every socket gets at shutdown.
-pub const GOING_AWAY: &str = "server going away; reconnect";
+/// The going-away close (1001) every socket gets at shutdown, so that clients reconnect elsewhere.
+pub const GOING_AWAY: Control = Control::Close { code: 1001, reason: "server going away; reconnect" };
 /// Close code (RFC 6455): a frame or message larger than `MAX_FRAME`.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Initial read buffer of a socket, and the most read from the socket at once. Small: it is
@@ -307,11 +307,7 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
         // Shutdown and a restore's cut-off reach the sockets through the hub (`ChatState::run`
         // tells every registered socket); this one may have registered after either, so it
         // checks both once for itself.
-        session.queue.push_notice(if state.shutdown.is_stopped() {
-            Control::Close { code: 1001, reason: GOING_AWAY }
-        } else {
-            Control::CutoffMoved
-        });
+        session.queue.push_notice(if state.shutdown.is_stopped() { GOING_AWAY } else { Control::CutoffMoved });
         loop {
             tokio::select! {
                 next = session.queue.next() => match next {

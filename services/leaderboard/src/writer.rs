@@ -376,7 +376,7 @@ struct Committed {
 /// queued) cannot take their records: the foreign key fails the whole transaction. Those
 /// submissions are answered [`Refusal::BoardGone`] here, and the rest of the batch is committed
 /// without them, rather than failing with them.
-async fn commit_jobs(db: &Database, mut jobs: Vec<Job>, clear: &[String]) -> (Vec<Job>, anyhow::Result<Committed>) {
+async fn commit_jobs(db: &Database, jobs: Vec<Job>, clear: &[String]) -> (Vec<Job>, anyhow::Result<Committed>) {
     let committed = commit_with_retries(db, &submissions(&jobs), clear).await;
     let Err(err) = &committed else { return (jobs, committed) };
     if !violates_foreign_key(err) {
@@ -388,8 +388,7 @@ async fn commit_jobs(db: &Database, mut jobs: Vec<Job>, clear: &[String]) -> (Ve
         // The batch's own error says more than this one.
         Err(_) => return (jobs, committed),
     };
-    let (gone, kept): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| !live.contains(&job.submission.board.id));
-    jobs = kept;
+    let (gone, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| !live.contains(&job.submission.board.id));
     if gone.is_empty() {
         return (jobs, committed);
     }
