@@ -12,6 +12,7 @@ pub mod inbox;
 pub mod notifications;
 pub mod presence;
 pub mod queue;
+pub mod socket;
 pub mod store;
 pub mod upgrade;
 pub mod writer;
@@ -41,9 +42,22 @@ pub struct SendLimit {
     pub per_second: f64,
 }
 
-/// Everything the chat handlers need. Cheap to clone.
+/// Everything the chat handlers need: one shared copy (`Parts`), so that a clone is a pointer's
+/// worth. Each socket's task holds one for its whole life, and a copy of the parts was 216 bytes.
 #[derive(Clone)]
-pub struct ChatState {
+pub struct ChatState(std::sync::Arc<Parts>);
+
+impl std::ops::Deref for ChatState {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// What the chat state holds.
+#[derive(Clone)]
+pub struct Parts {
     /// Groups, messages, sanctions.
     pub db: Database,
     /// Stores sent messages in group commits over `db`.
@@ -89,7 +103,7 @@ impl ChatState {
             Some(redis) => Presence::Redis(redis.clone(), hub.clone()),
             None => Presence::Memory(hub.clone()),
         };
-        ChatState {
+        ChatState(std::sync::Arc::new(Parts {
             messages: MessageWriter::start(db.clone()),
             db,
             cache,
@@ -103,7 +117,13 @@ impl ChatState {
             shutdown,
             sockets: Default::default(),
             sockets_opened: Default::default(),
-        }
+        }))
+    }
+
+    /// The same state over another database handle (the event consumers' own pool); everything
+    /// else, the message writer among it, is shared.
+    pub fn with_db(&self, db: Database) -> ChatState {
+        ChatState(std::sync::Arc::new(Parts { db, ..Parts::clone(&self.0) }))
     }
 
     /// Registers chat's figures: the fan-out's (`Hub::register_metrics`), the message writer's

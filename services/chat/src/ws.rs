@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
 use platform::ApiError;
 use platform::auth::Player;
 use platform::db::now_millis;
@@ -39,19 +38,14 @@ use platform::error::ErrorBody;
 use platform::http::ClientIp;
 use serde::Deserialize;
 use serde_json::json;
-use tungstenite::Message;
-use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::ChatState;
 use crate::channel::Channel;
 use crate::hub::{Control, Hidden, Member, Reach};
 use crate::queue::{Next, Queue};
+use crate::socket::{ChatSocket as Socket, ReadError, Received};
 use crate::store::MessageRow;
-use crate::upgrade::{Socket, send_text};
 
-/// Largest frame, and message, a client may send. Checked against a frame's header before any of
-/// its payload is buffered: a larger one closes the socket with 1009.
-pub const MAX_FRAME: usize = 16 * 1024;
 /// Close code: the access token expired; refresh it and reconnect (or send `auth` before expiry).
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 /// Close code: the session ended (logout, refresh-token reuse, account deletion); sign in again.
@@ -62,13 +56,6 @@ pub const CLOSE_BANNED: u16 = 4003;
 pub const CLOSE_TOO_MANY_SOCKETS: u16 = 4029;
 /// The going-away close (1001) every socket gets at shutdown, so that clients reconnect elsewhere.
 pub const GOING_AWAY: Control = Control::Close { code: 1001, reason: "server going away; reconnect" };
-/// Close code (RFC 6455): a frame or message larger than `MAX_FRAME`.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Initial read buffer of a socket, and the most read from the socket at once. Small: it is
-/// zero-filled and resident from the first read, for every idle connection, while clients' frames
-/// are small (a `send` of a short line is ~100 bytes); a larger frame grows it to the frame's
-/// size (up to `MAX_FRAME`) and is read in steps of this size.
-const READ_BUFFER: usize = 512;
 /// Largest message body, in bytes.
 pub const MAX_BODY: usize = 2048;
 /// Most channels one connection may be in.
@@ -107,15 +94,7 @@ pub async fn socket(State(state): State<ChatState>, ClientIp(ip): ClientIp, mut 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::to_owned);
-    // A 512-byte read buffer instead of the library's 128 KiB, which it zero-fills up front: that
-    // default made a connection cost ~140 KiB of server memory, and 4 KiB ~14.5 KiB in all
-    // (measured with loadtest/chat.sh); chat frames are small and the buffer still grows for a
-    // large one. The frame limit is what
-    // bounds that growth: tungstenite checks a frame's declared length against it before it
-    // reserves room for the payload, whereas the message limit alone is checked only once a
-    // whole frame is in (its default frame limit, 16 MiB, let a header alone reserve that much).
-    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER).max_frame_size(Some(MAX_FRAME)).max_message_size(Some(MAX_FRAME));
-    tokio::spawn(connection(state, Box::new(Opening { on_upgrade, config, header_token }), slot));
+    tokio::spawn(connection(state, Box::new(Opening { on_upgrade, header_token }), slot));
     Ok(crate::upgrade::switching_protocols(accept))
 }
 
@@ -149,7 +128,7 @@ fn api_error_frame(id: &Option<serde_json::Value>, err: &ApiError) -> String {
 }
 
 async fn close(socket: &mut Socket, code: u16, reason: &'static str) {
-    let _ = socket.send(Message::Close(Some(CloseFrame { code: code.into(), reason: reason.into() }))).await;
+    let _ = socket.close(code, reason).await;
 }
 
 /// How a socket ends that cannot go on: a close code and its reason.
@@ -157,13 +136,12 @@ type Refusal = (u16, &'static str);
 
 const AUTHENTICATION_REQUIRED: Refusal = (1008, "authentication required");
 
-/// The close that answers a failed read, if any: 1009 for a frame over `MAX_FRAME`; none for a
-/// connection that broke (nothing would read a close frame).
-fn read_failure(err: tungstenite::Error) -> Option<Refusal> {
-    match err {
-        tungstenite::Error::Capacity(_) => Some((CLOSE_TOO_BIG, "message_too_big")),
-        _ => None,
-    }
+/// The close that answers a failed read, if any: 1009 for a frame or message over `socket::MAX_MESSAGE`, 1002 for a
+/// breach of the protocol, 1007 for text that is not UTF-8; none for a connection that broke
+/// (nothing would read a close frame).
+fn read_failure(err: ReadError) -> Option<Refusal> {
+    tracing::debug!(error = %err, "a chat socket's read failed");
+    err.close()
 }
 
 /// Verifies `token`: its player and when it expires (Unix seconds).
@@ -186,26 +164,26 @@ async fn authenticate(state: &ChatState, socket: &mut Socket, header_token: Opti
     if let Some(token) = header_token {
         return verify_token(state, &token).await.map_err(|_| Some(AUTHENTICATION_REQUIRED));
     }
-    let first = match tokio::time::timeout(AUTH_WITHIN, socket.next()).await {
+    let first = match tokio::time::timeout(AUTH_WITHIN, socket.receive()).await {
         Ok(Some(Ok(first))) => first,
         Ok(Some(Err(err))) => return Err(read_failure(err)),
         Ok(None) => return Err(None),
         Err(_) => return Err(Some(AUTHENTICATION_REQUIRED)),
     };
-    let Message::Text(text) = first else { return Err(Some(AUTHENTICATION_REQUIRED)) };
+    let Received::Text(text) = first else { return Err(Some(AUTHENTICATION_REQUIRED)) };
     let Ok(incoming) = serde_json::from_str::<Incoming>(&text) else { return Err(Some(AUTHENTICATION_REQUIRED)) };
     if incoming.kind != "auth" {
-        let _ = send_text(socket, &error_frame(&incoming.id, "unauthenticated", "send {\"type\":\"auth\",\"token\":...} first")).await;
+        let _ = socket.send_text(&error_frame(&incoming.id, "unauthenticated", "send {\"type\":\"auth\",\"token\":...} first")).await;
         return Err(Some(AUTHENTICATION_REQUIRED));
     }
     match verify_token(state, incoming.token.as_deref().unwrap_or_default()).await {
         Ok((player, validity)) => {
             let ack = json!({"type": "ack", "id": incoming.id, "account_id": player.account_id});
-            send_text(socket, &ack.to_string()).await.map_err(|_| None)?;
+            socket.send_text(&ack.to_string()).await.map_err(|_| None)?;
             Ok((player, validity))
         }
         Err(err) => {
-            let _ = send_text(socket, &api_error_frame(&incoming.id, &err)).await;
+            let _ = socket.send_text(&api_error_frame(&incoming.id, &err)).await;
             Err(Some(AUTHENTICATION_REQUIRED))
         }
     }
@@ -261,16 +239,15 @@ impl Drop for Registered {
 /// captures it keeps for the socket's whole life.
 struct Opening {
     on_upgrade: hyper::upgrade::OnUpgrade,
-    config: WebSocketConfig,
     /// The token of an upgrade that carried one (`Authorization: Bearer`).
     header_token: Option<String>,
 }
 
 /// hyper's hand-over of the upgraded connection, as a socket, and the upgrade's token if any.
 async fn open(opening: Box<Opening>) -> Option<(Socket, Option<String>)> {
-    let Opening { on_upgrade, config, header_token } = *opening;
+    let Opening { on_upgrade, header_token } = *opening;
     match on_upgrade.await {
-        Ok(upgraded) => Some((crate::upgrade::open(upgraded, config).await, header_token)),
+        Ok(upgraded) => Some((Socket::new(hyper_util::rt::TokioIo::new(upgraded)), header_token)),
         Err(err) => {
             tracing::debug!(error = %err, "a chat upgrade failed");
             None
@@ -332,7 +309,7 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
                         }
                     }
                     Next::Frame(frame) => {
-                        if send_text(&mut socket, &frame).await.is_err() {
+                        if socket.send_text(&frame).await.is_err() {
                             break;
                         }
                     }
@@ -356,11 +333,11 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
                         close(&mut socket, CLOSE_SESSION_ENDED, "session_revoked").await;
                         break;
                     }
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    if socket.ping().await.is_err() {
                         break;
                     }
                 }
-                incoming = socket.next() => {
+                incoming = socket.receive() => {
                     let message = match incoming {
                         Some(Ok(message)) => message,
                         Some(Err(err)) => {
@@ -373,7 +350,7 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
                     };
                     last_heard = Instant::now();
                     match message {
-                        Message::Text(text) => {
+                        Received::Text(text) => {
                             let answered = Box::pin(session.answer(&mut socket, text)).await;
                             // A re-authentication moves the expiry.
                             expires = expiry(session.validity.expires_at);
@@ -382,21 +359,24 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
                                 break;
                             }
                         }
-                        Message::Close(_) => {
-                            // tungstenite only queues its answering close frame (RFC 6455 §5.5.1);
-                            // it goes out on the next read or flush. Flush it before dropping the
-                            // socket, or the client sees the connection end without one (1006).
-                            let _ = socket.flush().await;
+                        // The answering close (RFC 6455 §5.5.1) echoes the client's code; the
+                        // socket is dropped once it is out.
+                        Received::Close(code) => {
+                            let _ = socket.close(code.unwrap_or(1000), "").await;
                             break;
                         }
-                        Message::Binary(_) => {
-                            let reply = error_frame(&None, "invalid_request", "frames are JSON text");
-                            if send_text(&mut socket, &reply).await.is_err() {
+                        Received::Ping(payload) => {
+                            if socket.pong(&payload).await.is_err() {
                                 break;
                             }
                         }
-                        // Raw frames are what the library hands back only when writing.
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                        Received::Pong => {}
+                        Received::Binary => {
+                            let reply = error_frame(&None, "invalid_request", "frames are JSON text");
+                            if socket.send_text(&reply).await.is_err() {
+                                break;
+                            }
+                        }
                     }
                 }
             }
@@ -454,20 +434,20 @@ async fn start<'a>(state: &'a ChatState, socket: &mut Socket, header_token: Opti
 
 impl Session<'_> {
     /// Handles one client frame and sends its answer.
-    async fn answer(&mut self, socket: &mut Socket, text: tungstenite::Utf8Bytes) -> Result<(), tungstenite::Error> {
+    async fn answer(&mut self, socket: &mut Socket, text: String) -> std::io::Result<()> {
         let reply = self.handle(&text).await;
-        send_text(socket, &reply).await
+        socket.send_text(&reply).await
     }
 
     /// Takes the socket out of `channel` on a notice (a ban from it, a removal from its group)
     /// and tells the client why.
-    async fn removed(&mut self, socket: &mut Socket, channel: String, reason: String) -> Result<(), tungstenite::Error> {
+    async fn removed(&mut self, socket: &mut Socket, channel: String, reason: String) -> std::io::Result<()> {
         if !self.joined.contains(&channel) {
             return Ok(());
         }
         self.leave_channel(&channel).await;
         let event = json!({"type": "removed", "channel": channel, "reason": reason});
-        send_text(socket, &event.to_string()).await
+        socket.send_text(&event.to_string()).await
     }
 
     /// Handles one client frame and returns the answer frame.

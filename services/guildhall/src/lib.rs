@@ -166,8 +166,7 @@ impl App {
                     if events_here {
                         // The same hub: a consumer's notifications reach this process's sockets
                         // also without Redis to carry them.
-                        let consuming =
-                            if consumers_apart { chat::ChatState { db: worker_db.clone(), ..state.clone() } } else { state.clone() };
+                        let consuming = if consumers_apart { state.with_db(worker_db.clone()) } else { state.clone() };
                         subscriptions.extend(chat::subscriptions(consuming));
                     }
                     if mode == Mode::Serve {

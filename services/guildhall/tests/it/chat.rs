@@ -367,6 +367,18 @@ async fn bad_frames_get_errors_and_the_connection_stays(backend: Backend) {
         assert_eq!(reply["code"], "invalid_request", "{reply}");
     }
     assert_eq!(ana.send("room:global", "still here").await["type"], "ack");
+    // A client's ping is answered with its payload, and the socket stays.
+    assert!(ana.ping(b"are you there").await, "no pong");
+    assert_eq!(ana.send("room:global", "after the ping").await["type"], "ack");
+    // Frames against the protocol close an authenticated socket with the code for each (RFC 6455
+    // §7.4.1): unmasked (1002), text that is not UTF-8 (1007). Masked with a zero key, a payload
+    // goes as it is.
+    for (frame, code) in [(&[0x81, 0x02, b'h', b'i'][..], 1002), (&[0x81, 0x81, 0, 0, 0, 0, 0xFF][..], 1007)] {
+        let mut raw = RawSocket::connect(&app.base).await;
+        raw.send_text(&json!({"type": "auth", "id": 1, "token": token}).to_string()).await;
+        raw.send_bytes(frame).await;
+        assert_eq!(raw.close_code_within(PROMPTLY).await, Some(code), "after {frame:?}");
+    }
     // A socket that never authenticates is closed.
     let url = format!("{}/v1/chat/ws", app.base.replacen("http://", "ws://", 1));
     let (mut stranger, _) = tokio_tungstenite::connect_async(url).await.expect("connects");

@@ -571,6 +571,22 @@ impl Chat {
         self.closed
     }
 
+    /// Pings with `payload` and waits up to 10 s for the server's pong, keeping the events that
+    /// come first: whether a pong with that payload came.
+    pub async fn ping(&mut self, payload: &[u8]) -> bool {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        self.socket.send(Message::Ping(payload.to_vec().into())).await.expect("ping sent");
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), self.socket.next()).await {
+            match message {
+                Message::Pong(got) => return got == payload,
+                Message::Text(text) => self.events.push_back(serde_json::from_str(&text).expect("JSON frame")),
+                _ => {}
+            }
+        }
+        false
+    }
+
     /// Whether anything arrives within `wait` (to show that nothing more does).
     pub async fn quiet_for(&mut self, wait: Duration) -> Option<Value> {
         use futures_util::StreamExt;
@@ -625,6 +641,12 @@ impl RawSocket {
         frame.extend_from_slice(&[0, 0, 0, 0]);
         frame.extend_from_slice(text.as_bytes());
         self.stream.write_all(&frame).await.expect("frame sent");
+    }
+
+    /// Sends `bytes` as they are: a frame the test wrote out itself.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("bytes sent");
     }
 
     /// Sends only the header of a binary frame announcing `len` bytes, and none of them.
