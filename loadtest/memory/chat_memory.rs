@@ -14,7 +14,7 @@
 //! allocations are not counted: the figures are the server's live heap bytes after `CLIENTS`
 //! sockets authenticated, joined rooms of 50 and went idle, minus before, per socket; then the
 //! live allocations by requested size whose count grew by about one per socket (or more): what
-//! each socket keeps (its task, its queue, the WebSocket's read buffer, the hub's entries...).
+//! each socket keeps (its task, its queue, the hub's entries, its strings...).
 //! `CHAT_MEMORY_TRACE=<size>,<size>` prints where the first allocations of those sizes (to 8
 //! bytes) were made while the sockets joined; `CHAT_MEMORY_BACKEND=real` runs on PostgreSQL and
 //! Redis (`scripts/servers.sh`). Sizes are a debug build's unless run with `--release`: futures,

@@ -22,9 +22,10 @@ use std::io;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// An open chat WebSocket over hyper's upgraded connection.
 pub type ChatSocket = Socket<TokioIo<hyper::upgrade::Upgraded>>;
@@ -32,6 +33,11 @@ pub type ChatSocket = Socket<TokioIo<hyper::upgrade::Upgraded>>;
 /// Largest message a client may send, and so largest frame. A larger frame is refused from its
 /// header, before anything is allocated for it.
 pub const MAX_MESSAGE: usize = 16 * 1024;
+
+/// How long one frame may take to go out. A client that stops reading fills the connection's
+/// buffers, and its socket's task would wait in a write for ever, holding everything it holds:
+/// the write fails instead, and the caller drops the socket.
+pub const WRITE_WITHIN: Duration = Duration::from_secs(10);
 
 /// The longest frame header: two bytes, a 64-bit extended length, the 4-byte mask.
 const MAX_HEADER: usize = 14;
@@ -261,52 +267,76 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Socket<Io> {
     /// to 100 players' presence, about 4 KiB for a room of 50).
     pub async fn send_text(&mut self, text: &str) -> io::Result<()> {
         let (header, used) = frame_header(OP_TEXT, text.len());
-        let (mut head, mut body) = (&header[..used], text.as_bytes());
-        while !head.is_empty() || !body.is_empty() {
-            let written = self.io.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]).await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            let from_head = written.min(head.len());
-            head = &head[from_head..];
-            body = &body[written - from_head..];
-        }
-        self.io.flush().await
+        self.write_frame(&header[..used], text.as_bytes()).await
     }
 
     /// Sends a ping with no payload.
     pub async fn ping(&mut self) -> io::Result<()> {
-        self.send_control(OP_PING, &[]).await
+        let (header, used) = frame_header(OP_PING, 0);
+        self.write_frame(&header[..used], &[]).await
     }
 
-    /// Answers a ping with its payload.
+    /// Answers a ping with its payload (at most 125 bytes, as the ping's was).
     pub async fn pong(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.send_control(OP_PONG, payload).await
+        let payload = &payload[..payload.len().min(MAX_CONTROL)];
+        let (header, used) = frame_header(OP_PONG, payload.len());
+        self.write_frame(&header[..used], payload).await
     }
 
     /// Sends a close frame with `code` and `reason` (cut to fit a control frame). The caller then
     /// drops the socket: a chat socket that closes has nothing left to read.
     pub async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
-        let mut payload = [0; MAX_CONTROL];
-        payload[..2].copy_from_slice(&code.to_be_bytes());
         let mut cut = reason.len().min(MAX_CONTROL - 2);
         while !reason.is_char_boundary(cut) {
             cut -= 1;
         }
-        payload[2..2 + cut].copy_from_slice(&reason.as_bytes()[..cut]);
-        self.send_control(OP_CLOSE, &payload[..2 + cut]).await
+        // The code goes with the header, the reason from where it lies.
+        let (mut header, used) = frame_header(OP_CLOSE, 2 + cut);
+        header[used..used + 2].copy_from_slice(&code.to_be_bytes());
+        self.write_frame(&header[..used + 2], &reason.as_bytes()[..cut]).await
     }
 
-    async fn send_control(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
-        debug_assert!(payload.len() <= MAX_CONTROL);
-        let mut frame = [0; 2 + MAX_CONTROL];
-        let len = payload.len().min(MAX_CONTROL);
-        frame[0] = 0x80 | opcode;
-        frame[1] = len as u8;
-        frame[2..2 + len].copy_from_slice(&payload[..len]);
-        self.io.write_all(&frame[..2 + len]).await?;
-        self.io.flush().await
+    /// Writes one frame, `head` then `body`, and flushes it.
+    ///
+    /// Nearly always the connection takes a frame at once, and no timer is made for it. Only a
+    /// client slow to read gets the rest written under `WRITE_WITHIN`'s timeout, boxed: each
+    /// socket's task is as large as its largest step (a write's included) for its whole life,
+    /// and a timer inside it made every socket's task larger.
+    async fn write_frame(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        let mut sent = 0;
+        let at_once = poll_fn(|cx| {
+            Poll::Ready(match self.poll_write_frame(cx, head, body, &mut sent) {
+                Poll::Ready(result) => result.map(|()| true),
+                Poll::Pending => Ok(false),
+            })
+        })
+        .await?;
+        if !at_once {
+            Box::pin(in_time(poll_fn(|cx| self.poll_write_frame(cx, head, body, &mut sent)))).await?;
+        }
+        Ok(())
     }
+
+    /// Writes what is left of a frame after its first `sent` bytes, then flushes.
+    fn poll_write_frame(&mut self, cx: &mut Context<'_>, head: &[u8], body: &[u8], sent: &mut usize) -> Poll<io::Result<()>> {
+        while *sent < head.len() + body.len() {
+            let (head_left, body_left) = match head.get(*sent..) {
+                Some(head_left) => (head_left, body),
+                None => (&[][..], &body[*sent - head.len()..]),
+            };
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &[IoSlice::new(head_left), IoSlice::new(body_left)]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *sent += written;
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+/// `write`, failed with `TimedOut` if it takes longer than `WRITE_WITHIN`.
+async fn in_time(write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    tokio::time::timeout(WRITE_WITHIN, write).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 /// A close frame's status code, if it carries one (§5.5.1): a payload of one byte, a code no
@@ -324,9 +354,10 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, ReadError> {
 }
 
 /// The header of an unmasked, final frame of `opcode` and `len` bytes (§5.2: a server's frames
-/// are not masked) and how many of its bytes are used.
-fn frame_header(opcode: u8, len: usize) -> ([u8; 10], usize) {
-    let mut header = [0; 10];
+/// are not masked) and how many of its bytes are used; two bytes to spare after a control frame's
+/// (a close's code).
+fn frame_header(opcode: u8, len: usize) -> ([u8; 12], usize) {
+    let mut header = [0; 12];
     header[0] = 0x80 | opcode;
     let used = if len < 126 {
         header[1] = len as u8;
@@ -347,7 +378,7 @@ fn frame_header(opcode: u8, len: usize) -> ([u8; 10], usize) {
 mod tests {
     use super::*;
     use futures_util::{SinkExt, StreamExt};
-    use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
     use tokio_tungstenite::WebSocketStream;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -558,6 +589,19 @@ mod tests {
             let (header, used) = frame_header(OP_TEXT, len);
             assert_eq!(&header[..used], expected, "a frame of {len} bytes");
         }
+    }
+
+    /// Time is paused: it moves on when everything waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_to_a_client_that_stopped_reading_fails_in_time() {
+        let (mut server, client) = pair(1024).await;
+        let started = tokio::time::Instant::now();
+        let stuck = server.send_text(&"x".repeat(4096)).await.expect_err("the client reads nothing");
+        assert_eq!(stuck.kind(), io::ErrorKind::TimedOut);
+        assert!((WRITE_WITHIN..WRITE_WITHIN + Duration::from_secs(1)).contains(&started.elapsed()));
+        let stuck = server.ping().await.expect_err("the buffer is still full");
+        assert_eq!(stuck.kind(), io::ErrorKind::TimedOut);
+        drop(client);
     }
 
     #[tokio::test]

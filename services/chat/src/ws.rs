@@ -12,8 +12,9 @@
 //! one sender's messages in the channel: `message_id` or `sender_id`) events, and the player's
 //! `notification`s (`crate::notifications`), whatever channels the socket is in. The server pings
 //! every 20 s and closes a connection silent for 60 s (the ALB's idle timeout is longer), closes a
-//! client too slow to read its queue (1008), and sends every socket a going-away close (1001) on
-//! shutdown so clients reconnect elsewhere.
+//! client too slow to read its queue (1008), drops one that reads nothing for so long that a frame
+//! cannot go out within 10 s (`socket::WRITE_WITHIN`), and sends every socket a going-away close
+//! (1001) on shutdown so clients reconnect elsewhere.
 //!
 //! A socket lives no longer than the right that opened it: it closes when its token expires
 //! without a new `auth` (4001), when its session ends (logout, refresh-token reuse, account
