@@ -245,7 +245,11 @@ async fn a_database_restored_under_a_running_guildhall_rebuilds_ranks_and_ends_l
     })
     .await;
     app.get("/v1/accounts/me", Some(&carl.access)).await.expect_error(401, "session_revoked");
-    assert_eq!(carl_chat.closed_within(Duration::from_secs(10)).await, Some(4002), "Carl's socket closes as session_revoked");
+    // The refusal above may come from the restored database lacking his account ("this account
+    // no longer exists"), before this instance's restore check (every 5 s; one that fails after
+    // the forced drop waits for the next) moves the cut-off that closes his socket: seen to take
+    // over 10 s with four tests at a time.
+    assert_eq!(carl_chat.closed_within(Duration::from_secs(20)).await, Some(4002), "Carl's socket closes as session_revoked");
     app.post("/v1/auth/refresh", None, json!({"refresh_token": carl.refresh})).await.expect(401);
     app.get("/v1/accounts/me", Some(&ana.access)).await.expect_error(401, "session_revoked");
     // Ana's session is in the restored database: her refresh token gets her a new access token.
