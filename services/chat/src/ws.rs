@@ -137,9 +137,9 @@ type Refusal = (u16, &'static str);
 
 const AUTHENTICATION_REQUIRED: Refusal = (1008, "authentication required");
 
-/// The close that answers a failed read, if any: 1009 for a frame or message over `socket::MAX_MESSAGE`, 1002 for a
-/// breach of the protocol, 1007 for text that is not UTF-8; none for a connection that broke
-/// (nothing would read a close frame).
+/// The close that answers a failed read, if any (`socket::ReadError::close`): 1009 for a frame or
+/// message over `socket::MAX_MESSAGE`, 1002 for a breach of the protocol, 1007 for text that is
+/// not UTF-8; none for a connection that broke (nothing would read a close frame).
 fn read_failure(err: ReadError) -> Option<Refusal> {
     tracing::debug!(error = %err, "a chat socket's read failed");
     err.close()
