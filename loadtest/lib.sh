@@ -38,9 +38,13 @@ start_stack() {
 # binary, to compare two builds on one stack) on a free loopback port against the stack,
 # with the sign-in rate limit lifted (every sign-in of a benchmark comes from one IP) and whatever
 # else the caller's environment sets (GUILDHALL_ADMIN_KEY, CHAT_SEND_BURST, ...), waits for
-# /health/ready, and sets GUILDHALL_BASE and GUILDHALL_PID. Its log is $SERVERS_DIR/guildhall-NAME.log.
+# /health/ready (READY_SECS, default 30), and sets GUILDHALL_BASE and GUILDHALL_PID. Its log is
+# $SERVERS_DIR/guildhall-NAME.log. GUILDHALL_WRAP, when set, is a command (split on spaces) that
+# runs the binary, as instructions.sh runs it under valgrind; GUILDHALL_PID is then the wrapper's,
+# which must exec the program in its own process, as valgrind does.
 start_guildhall() {
-  local name=$1 port log
+  local name=$1 port log wrap=()
+  read -ra wrap <<<"${GUILDHALL_WRAP:-}"
   port=$(free_port)
   log="$SERVERS_DIR/guildhall-$name.log"
   DATABASE_URL="postgres://guildhall@127.0.0.1:$PG_PORT/bench" \
@@ -51,13 +55,13 @@ start_guildhall() {
   RATE_LIMIT_AUTH_PER_IP_PER_MINUTE=100000000 \
   RATE_LIMIT_REFRESH_PER_IP_PER_MINUTE=100000000 \
   CHAT_MAX_SOCKETS_PER_IP=100000000 \
-    "${GUILDHALL_BIN:-target/release/guildhall}" serve >"$log" 2>&1 &
+    "${wrap[@]}" "${GUILDHALL_BIN:-target/release/guildhall}" serve >"$log" 2>&1 &
   GUILDHALL_PID=$!
   GUILDHALL_PIDS+=("$GUILDHALL_PID")
   GUILDHALL_BASE="http://127.0.0.1:$port"
 
   local _
-  for _ in $(seq 300); do
+  for _ in $(seq $((${READY_SECS:-30} * 10))); do
     if ! kill -0 "$GUILDHALL_PID" 2>/dev/null; then
       echo "lib.sh: guildhall $name exited during start-up:" >&2
       cat "$log" >&2
@@ -67,7 +71,7 @@ start_guildhall() {
     sleep 0.1
   done
   curl -fsS -o /dev/null "$GUILDHALL_BASE/health/ready" \
-    || { echo "lib.sh: guildhall $name not ready after 30 s" >&2; cat "$log" >&2; exit 1; }
+    || { echo "lib.sh: guildhall $name not ready after ${READY_SECS:-30} s" >&2; cat "$log" >&2; exit 1; }
   echo "lib.sh: guildhall $name on $GUILDHALL_BASE (pid $GUILDHALL_PID; PostgreSQL database bench, Redis $REDIS_PORT)"
 }
 
