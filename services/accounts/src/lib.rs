@@ -29,9 +29,30 @@ pub use limits::Limits;
 pub use password::Passwords;
 pub use password_reset::PasswordResets;
 
-/// Everything the accounts handlers need. Cheap to clone.
+/// Everything the accounts handlers need, behind one reference count: axum clones the state for
+/// every extractor of every request, and cloning the parts themselves (a dozen reference counts
+/// and a few strings) showed in a profile of `me` (`loadtest/instructions.sh`). Its parts are
+/// reached through `Deref`.
 #[derive(Clone)]
-pub struct AccountsState {
+pub struct AccountsState(std::sync::Arc<AccountsParts>);
+
+impl AccountsState {
+    /// The state over `parts`.
+    pub fn new(parts: AccountsParts) -> Self {
+        Self(std::sync::Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AccountsState {
+    type Target = AccountsParts;
+
+    fn deref(&self) -> &AccountsParts {
+        &self.0
+    }
+}
+
+/// What [`AccountsState`] holds.
+pub struct AccountsParts {
     /// Accounts, sessions, refresh tokens, outbox.
     pub db: Database,
     /// Rate-limit counters.

@@ -249,19 +249,17 @@ impl App {
         );
         if mode == Mode::Serve {
             router = router.merge(console::router());
-            // Every write refused while the region is read-only, before any handler runs.
-            router = router.layer(platform::region::RegionGate(region.clone()));
         }
         let settings = HttpSettings {
             request_timeout: config.request_timeout,
             trust_forwarded_for: config.trust_forwarded_for,
             cors_allowed_origins: config.cors_allowed_origins.clone(),
             metrics: metrics.clone(),
-        };
-        if let Some(routing) = read_routing {
+            // Every write refused while the region is read-only, before any handler runs.
+            region_gate: (mode == Mode::Serve).then(|| platform::region::RegionGate(region.clone())),
             // A player's state-changing request opens their read-your-writes window.
-            router = router.layer(axum::middleware::from_fn_with_state(routing, platform::replica::mark_writers));
-        }
+            read_routing,
+        };
         // The watch advances the database's history position, a write: like the other writers it
         // idles while the region is read-only (a secondary region's database is the primary's
         // history, and its cache another's).
@@ -379,7 +377,7 @@ struct Parts<'a> {
 
 impl Parts<'_> {
     fn accounts(&self, db: Database) -> anyhow::Result<accounts::AccountsState> {
-        Ok(accounts::AccountsState {
+        Ok(accounts::AccountsState::new(accounts::AccountsParts {
             db: db.clone(),
             cache: self.cache.clone(),
             auth: self.auth.clone(),
@@ -397,7 +395,7 @@ impl Parts<'_> {
             social: self.config.social,
             reads: accounts::reads::AccountReads::start(db.pool().clone(), accounts::reads::LANES),
             sign_ins: accounts::identity::sign_ins::SignIns::start(db.pool().clone(), accounts::identity::sign_ins::LANES),
-        })
+        }))
     }
 
     fn leaderboard(&self, db: Database, index: &leaderboard::index::RankIndex) -> leaderboard::LeaderboardState {

@@ -254,6 +254,12 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<String>,
     /// Where every request is counted and timed by its route.
     pub metrics: crate::metrics::Metrics,
+    /// Refuses writes while the region is read-only (`crate::region`), innermost; `None` where
+    /// no region is followed (commands other than `serve`).
+    pub region_gate: Option<crate::region::RegionGate>,
+    /// Opens a player's read-your-writes window after a write (`crate::replica::mark_writers`),
+    /// when reads go to a replica.
+    pub read_routing: Option<crate::replica::ReadRouting>,
 }
 
 /// How long a browser may cache a preflight answer: ten minutes, the most Chromium honours.
@@ -283,54 +289,60 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 /// timeout, CORS when origins are configured (answering preflights of every route, and adding its
 /// headers to errors too, so a browser can read them), a request id (`x-request-id`, kept when
 /// the ALB or a client sent one), a span named by the matched route, panic capture, the client
-/// IP, and, outermost, the request counters and timings by route (`crate::metrics`).
+/// IP, and, outermost, the request counters and timings by route (`crate::metrics`); innermost,
+/// where configured, the region's write gate and the replica's read-your-writes marking.
+///
+/// One `Router::layer` of one stack, not one call per layer: axum wraps every route in a boxed
+/// service for each call, and a request clones the chain of boxes below each one it passes, so
+/// ten calls cost some fifty allocations and clones a request (`loadtest/instructions.sh`
+/// counted the nesting at a tenth of a rank read's instructions). The layers are the route's,
+/// not the router's, as before: the span and the counters see the matched route.
 ///
 /// The result has every route turned into its final service at once (`with_state(())`):
 /// otherwise the handlers added without state (health, fallbacks) would have every layer
 /// applied again on each request.
 pub fn with_common_layers(router: Router, settings: HttpSettings) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let trust = settings.trust_forwarded_for;
-    let router = router
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|request: &axum::http::Request<_>| {
+            // Borrowed: the span's fields are only evaluated when it is enabled (not at
+            // `RUST_LOG=warn`), so a disabled span costs no allocation.
+            let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let span = tracing::info_span!(
+                "request",
+                otel.name = format!("{} {}", request.method(), route),
+                otel.kind = "server",
+                http.method = %request.method(),
+                http.route = route,
+                request_id = id,
+                trace_id = tracing::field::Empty,
+            );
+            crate::telemetry::set_parent_from_http(&span, request.headers());
+            crate::telemetry::record_trace_id(&span);
+            span
+        })
+        .on_request(())
+        .on_response(|response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+            tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_millis() as u64, "request done");
+        });
+    // Outermost first.
+    let layers = tower::ServiceBuilder::new()
+        .layer(settings.metrics.http_layer())
+        .layer(SetRequestIdLayer::new(request_id.clone(), UuidRequestId))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(trace)
+        .option_layer(cors(&settings.cors_allowed_origins))
+        .layer(CatchPanicLayer::custom(|_panic| ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, settings.request_timeout))
+        .layer(ClientIpLayer { trust_forwarded_for: settings.trust_forwarded_for })
+        .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .option_layer(settings.read_routing.map(|routing| axum::middleware::from_fn_with_state(routing, crate::replica::mark_writers)))
+        .option_layer(settings.region_gate);
+    router
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
-        .layer(ClientIpLayer { trust_forwarded_for: trust })
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, settings.request_timeout))
-        .layer(CatchPanicLayer::custom(|_panic| ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()));
-    let router = match cors(&settings.cors_allowed_origins) {
-        Some(cors) => router.layer(cors),
-        None => router,
-    };
-    router
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &axum::http::Request<_>| {
-                    // Borrowed: the span's fields are only evaluated when it is enabled (not at
-                    // `RUST_LOG=warn`), so a disabled span costs no allocation.
-                    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
-                    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    let span = tracing::info_span!(
-                        "request",
-                        otel.name = format!("{} {}", request.method(), route),
-                        otel.kind = "server",
-                        http.method = %request.method(),
-                        http.route = route,
-                        request_id = id,
-                        trace_id = tracing::field::Empty,
-                    );
-                    crate::telemetry::set_parent_from_http(&span, request.headers());
-                    crate::telemetry::record_trace_id(&span);
-                    span
-                })
-                .on_request(())
-                .on_response(|response: &Response, latency: Duration, _span: &tracing::Span| {
-                    tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_millis() as u64, "request done");
-                }),
-        )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, UuidRequestId))
-        .layer(settings.metrics.http_layer())
+        .layer(layers)
         .with_state(())
 }
 

@@ -409,8 +409,8 @@ impl Metrics {
     }
 
     /// The layer that counts every request by method, matched route and status class, and times
-    /// it. Put it outermost (last) with `Router::layer`, which wraps each route's endpoint: the
-    /// route's stats are looked up once per endpoint and method, not per request.
+    /// it. Put it outermost in the stack given to `Router::layer`, which wraps each route's
+    /// endpoint: the route's stats are looked up once per endpoint and method, not per request.
     pub fn http_layer(&self) -> RouteLayer {
         RouteLayer { metrics: self.clone() }
     }
@@ -843,7 +843,6 @@ pub struct RouteService<S> {
 impl<S, B> tower::Service<axum::extract::Request> for RouteService<S>
 where
     S: tower::Service<axum::extract::Request, Response = Response<B>>,
-    S::Future: Unpin,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -861,24 +860,28 @@ where
     }
 }
 
-/// A request in flight: records its status and time when the response is ready. A request
-/// whose client went away first is not counted.
-pub struct Timed<F> {
-    inner: F,
-    stats: Arc<RouteStats>,
-    started: Instant,
+pin_project_lite::pin_project! {
+    /// A request in flight: records its status and time when the response is ready. A request
+    /// whose client went away first is not counted.
+    pub struct Timed<F> {
+        #[pin]
+        inner: F,
+        stats: Arc<RouteStats>,
+        started: Instant,
+    }
 }
 
 impl<F, B, E> Future for Timed<F>
 where
-    F: Future<Output = Result<Response<B>, E>> + Unpin,
+    F: Future<Output = Result<Response<B>, E>>,
 {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
-            self.stats.record(response.status().as_u16(), self.started.elapsed());
+            this.stats.record(response.status().as_u16(), this.started.elapsed());
         }
         Poll::Ready(result)
     }

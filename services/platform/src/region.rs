@@ -226,9 +226,9 @@ impl Region {
 
 /// Middleware: while the region is read-only, refuses every request but `GET`, `HEAD` and
 /// `OPTIONS` (sign-ins, refreshes and logouts included: they write sessions) with 503
-/// `read_only_region`. `router.layer(RegionGate(region))`: a plain layer rather than
-/// `middleware::from_fn`, which clones the inner service and boxes two futures per request (it
-/// wraps every route, the hot reads included).
+/// `read_only_region`. Given to `http::with_common_layers` (`HttpSettings::region_gate`), whose
+/// stack wraps every route, the hot reads included: so a plain layer rather than
+/// `middleware::from_fn`, which clones the inner service and boxes two futures per request.
 #[derive(Clone, Debug)]
 pub struct RegionGate(pub Region);
 
