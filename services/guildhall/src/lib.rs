@@ -405,7 +405,7 @@ impl Parts<'_> {
             auth: self.auth.clone(),
             admin_key: self.admin_key.clone(),
             boards: leaderboard::BoardCache::default(),
-            writer: leaderboard::writer::Writer::start(db, index.clone(), leaderboard::writer::LANES),
+            writer: leaderboard::writer::Writer::start(db, index.clone(), self.config.leaderboard_writer_lanes),
             max_friends: self.config.social.max_friends,
         })
     }

@@ -134,11 +134,19 @@ impl RankIndex {
 
     /// Writes `entry` unless the index already holds a newer version of that owner's record;
     /// returns the owner's rank afterwards.
-    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.upsert", skip_all)]
     pub async fn upsert(&self, scope: Scope<'_>, entry: &Entry) -> anyhow::Result<Result<u64, NotReady>> {
+        let ranks = self.upsert_all(scope, std::slice::from_ref(entry)).await?;
+        Ok(ranks.map(|ranks| ranks[0]))
+    }
+
+    /// Writes each of `entries` unless the index already holds that version of its owner's record
+    /// or a newer one, in one step (an owner named twice ends with the newer entry); returns each
+    /// entry's owner's rank once all are written.
+    #[tracing::instrument(target = "guildhall::cache", level = "debug", name = "cache ranks.upsert", skip_all)]
+    pub async fn upsert_all(&self, scope: Scope<'_>, entries: &[Entry]) -> anyhow::Result<Result<Vec<u64>, NotReady>> {
         match self {
-            RankIndex::Redis(r) => r.upsert(scope, entry).await,
-            RankIndex::Memory(m) => Ok(m.with_ready(scope, |b| b.upsert(entry))),
+            RankIndex::Redis(r) => r.upsert_all(scope, entries).await,
+            RankIndex::Memory(m) => Ok(m.with_ready(scope, |b| b.upsert_all(entries))),
         }
     }
 
@@ -360,13 +368,19 @@ impl MemoryBoard {
         Some(Ranked { key: key.clone(), data, rank: index as u64 + 1 })
     }
 
-    fn upsert(&mut self, entry: &Entry) -> u64 {
-        let newer = self.owners.get(&entry.owner_id).is_none_or(|current| entry.version > current.version);
-        if newer {
-            self.put(entry);
+    fn upsert_all(&mut self, entries: &[Entry]) -> Vec<u64> {
+        for entry in entries {
+            if self.owners.get(&entry.owner_id).is_none_or(|current| entry.version > current.version) {
+                self.put(entry);
+            }
         }
-        let current = &self.owners[&entry.owner_id].key;
-        self.position(current).map_or(0, |at| at as u64 + 1)
+        entries
+            .iter()
+            .map(|entry| {
+                let current = &self.owners[&entry.owner_id].key;
+                self.position(current).map_or(0, |at| at as u64 + 1)
+            })
+            .collect()
     }
 
     /// Makes `entry` the owner's, whatever it had.
@@ -498,28 +512,60 @@ fn keys(redis: &RedisCache, scope: Scope<'_>) -> Keys {
 }
 
 /// KEYS: zset, owners (owner -> "version:key"), data (owner -> display JSON), ready.
-/// ARGV: owner, version, key, data. Returns the owner's rank (0-based), or -1 when not ready.
+/// ARGV: one quadruple per entry: owner, version, key, data. Writes each entry unless the index
+/// holds that version of its owner's record or a newer one (an update that arrived late), then
+/// returns each entry's owner's rank (0-based) as the call leaves the index, or -1 when not ready.
+///
+/// A batch's entries in one call, and each kind of write once for all of them: in Redis a
+/// script's `redis.call` costs about as much as a command sent alone, and six calls per record
+/// were most of a durable submission's Redis time. An owner named twice ends with the newer
+/// entry, as two calls in a row would leave it.
 const UPSERT: &str = r"
 if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
-local current = redis.call('HGET', KEYS[2], ARGV[1])
-local key = ARGV[3]
-local apply = true
-if current then
-  local sep = string.find(current, ':', 1, true)
-  if tonumber(ARGV[2]) > tonumber(string.sub(current, 1, sep - 1)) then
-    redis.call('ZREM', KEYS[1], string.sub(current, sep + 1))
-  else
-    -- The index already holds this version or a newer one: an update that arrived late.
-    apply = false
-    key = string.sub(current, sep + 1)
+local n = #ARGV / 4
+local owners = {}
+for i = 1, n do owners[i] = ARGV[4 * i - 3] end
+local stored = redis.call('HMGET', KEYS[2], unpack(owners))
+-- owner -> 'version:key' and display data where this call changes them
+local latest, data, removed = {}, {}, {}
+for i = 1, n do
+  local owner, version, key = owners[i], ARGV[4 * i - 2], ARGV[4 * i - 1]
+  local current = latest[owner] or stored[i]
+  local apply = true
+  if current then
+    local sep = string.find(current, ':', 1, true)
+    if tonumber(version) > tonumber(string.sub(current, 1, sep - 1)) then
+      removed[#removed + 1] = string.sub(current, sep + 1)
+    else
+      apply = false
+    end
+  end
+  if apply then
+    latest[owner] = version .. ':' .. key
+    data[owner] = ARGV[4 * i]
   end
 end
-if apply then
-  redis.call('ZADD', KEYS[1], 0, key)
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. key)
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+if #removed > 0 then redis.call('ZREM', KEYS[1], unpack(removed)) end
+local members, fields, shown = {}, {}, {}
+for owner, value in pairs(latest) do
+  members[#members + 1] = 0
+  members[#members + 1] = string.sub(value, string.find(value, ':', 1, true) + 1)
+  fields[#fields + 1] = owner
+  fields[#fields + 1] = value
+  shown[#shown + 1] = owner
+  shown[#shown + 1] = data[owner]
 end
-return redis.call('ZRANK', KEYS[1], key)
+if #fields > 0 then
+  redis.call('ZADD', KEYS[1], unpack(members))
+  redis.call('HSET', KEYS[2], unpack(fields))
+  redis.call('HSET', KEYS[3], unpack(shown))
+end
+local ranks = {}
+for i = 1, n do
+  local current = latest[owners[i]] or stored[i]
+  ranks[i] = redis.call('ZRANK', KEYS[1], string.sub(current, string.find(current, ':', 1, true) + 1))
+end
+return ranks
 ";
 
 /// KEYS: zset, owners, data, ready. ARGV: owner. Returns {} when not ready, {false} without a
@@ -661,22 +707,28 @@ fn int(value: &Value) -> Option<i64> {
 }
 
 impl RedisIndex {
-    async fn upsert(&self, scope: Scope<'_>, entry: &Entry) -> anyhow::Result<Result<u64, NotReady>> {
+    async fn upsert_all(&self, scope: Scope<'_>, entries: &[Entry]) -> anyhow::Result<Result<Vec<u64>, NotReady>> {
+        if entries.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
         let k = self.keys.get(&self.redis, scope);
+        let mut invocation = script(&UPSERT_SCRIPT, UPSERT).prepare_invoke();
+        invocation.key(&k.zset).key(&k.owners).key(&k.data).key(&k.ready);
+        for entry in entries {
+            invocation.arg(&entry.owner_id).arg(entry.version).arg(&entry.key).arg(&entry.data);
+        }
         let mut conn = self.redis.connection();
-        let rank: i64 = script(&UPSERT_SCRIPT, UPSERT)
-            .key(&k.zset)
-            .key(&k.owners)
-            .key(&k.data)
-            .key(&k.ready)
-            .arg(&entry.owner_id)
-            .arg(entry.version)
-            .arg(&entry.key)
-            .arg(&entry.data)
-            .invoke_async(&mut conn)
-            .await
-            .context("Redis leaderboard upsert")?;
-        Ok(u64::try_from(rank).map(|r| r + 1).map_err(|_| NotReady))
+        let reply: Value = invocation.invoke_async(&mut conn).await.context("Redis leaderboard upsert")?;
+        match reply {
+            Value::Int(-1) => Ok(Err(NotReady)),
+            Value::Array(ranks) if ranks.len() == entries.len() => ranks
+                .iter()
+                .map(|rank| int(rank).and_then(|r| u64::try_from(r).ok()).map(|r| r + 1))
+                .collect::<Option<Vec<u64>>>()
+                .map(Ok)
+                .context("unexpected reply to the Redis leaderboard upsert"),
+            other => anyhow::bail!("unexpected reply to the Redis leaderboard upsert: {other:?}"),
+        }
     }
 
     async fn rank_of(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {

@@ -437,6 +437,10 @@ pub struct Config {
     /// `CHAT_MAX_SOCKETS_PER_IP`: chat sockets one client IP may hold open on an instance,
     /// authenticated or not (default 100: players behind one NAT share an address).
     pub chat_max_sockets_per_ip: u32,
+    /// `LEADERBOARD_WRITER_LANES` (1 to 16, default 1): score submissions committed at once
+    /// (`leaderboard::writer`). One lane writes everything queued during a commit in the next one
+    /// (up to 64); more lanes only help once batches reach that size.
+    pub leaderboard_writer_lanes: usize,
     /// `BLOB_URL`.
     pub blobs: BlobConfig,
     /// `QUEUE_URL` and its tuning.
@@ -626,6 +630,10 @@ impl Config {
         if social.max_friends > SocialLimits::FRIENDS_CEILING {
             bail!("SOCIAL_MAX_FRIENDS must be at most {}: a friends leaderboard reads one rank per friend", SocialLimits::FRIENDS_CEILING);
         }
+        let leaderboard_writer_lanes = limit("LEADERBOARD_WRITER_LANES", 1)? as usize;
+        if leaderboard_writer_lanes > 16 {
+            bail!("LEADERBOARD_WRITER_LANES must be between 1 and 16: each lane holds a database connection while it commits");
+        }
         let refresh_reuse_grace = parse("REFRESH_REUSE_GRACE_SECS", 20)?;
         if refresh_reuse_grace > 60 {
             bail!("REFRESH_REUSE_GRACE_SECS must be between 0 and 60: a longer grace gives a stolen refresh token longer to go unnoticed");
@@ -782,6 +790,7 @@ impl Config {
             chat_send_per_second: f64::from(limit("CHAT_SEND_PER_SECOND", 2)?),
             chat_max_sockets_per_account: limit("CHAT_MAX_SOCKETS_PER_ACCOUNT", 5)?,
             chat_max_sockets_per_ip: limit("CHAT_MAX_SOCKETS_PER_IP", 100)?,
+            leaderboard_writer_lanes,
             cors_allowed_origins,
             webhooks,
             providers,
@@ -951,6 +960,16 @@ mod tests {
         let err = config(&[("SOCIAL_MAX_FRIENDS", "1001")]).expect_err("above the ceiling");
         assert!(err.to_string().contains("SOCIAL_MAX_FRIENDS"), "{err}");
         assert!(config(&[("SOCIAL_FRIEND_REQUESTS_PER_HOUR", "0")]).is_err(), "a limit of 0 is refused");
+    }
+
+    #[test]
+    fn the_score_writer_takes_one_to_sixteen_lanes() {
+        assert_eq!(config(&[]).expect("defaults").leaderboard_writer_lanes, 1);
+        assert_eq!(config(&[("LEADERBOARD_WRITER_LANES", "16")]).expect("valid").leaderboard_writer_lanes, 16);
+        for bad in ["0", "17", "two"] {
+            let err = config(&[("LEADERBOARD_WRITER_LANES", bad)]).expect_err(bad);
+            assert!(err.to_string().contains("LEADERBOARD_WRITER_LANES"), "{bad}: {err}");
+        }
     }
 
     #[test]

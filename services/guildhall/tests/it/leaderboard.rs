@@ -21,6 +21,7 @@ on_both_backends!(
     a_deleted_record_leaves_ranks_right,
     friends_records_are_the_player_and_their_friends,
     a_board_deleted_under_a_batch_refuses_only_its_own_submissions,
+    the_index_takes_a_batch_as_it_would_take_its_entries_one_by_one,
 );
 
 async fn start(backend: Backend) -> TestApp {
@@ -962,4 +963,56 @@ async fn a_board_deleted_under_a_batch_refuses_only_its_own_submissions(backend:
     app.post("/v1/leaderboards/doomed/scores", Some(ADMIN_KEY), json!({"score": 1, "owner_id": "p3", "owner_name": "p3"}))
         .await
         .expect_error(404, "not_found");
+}
+
+/// `RankIndex::upsert_all` (a committed batch's records in one call; one Redis script): late
+/// versions are ignored, an owner named twice ends with the newer entry, and every rank is the
+/// one the index holds once the whole batch is in, the same on Redis as in memory.
+async fn the_index_takes_a_batch_as_it_would_take_its_entries_one_by_one(backend: Backend) {
+    use leaderboard::index::{Entry, NotReady, RankIndex, Scope};
+    let app = start(backend).await;
+    let config = app.env.config().expect("config");
+    let index = RankIndex::for_cache(&platform::cache::Cache::connect(&config.cache).await.expect("cache"));
+    let scope = Scope { board: "batched", season: 1 };
+    // Keys sort ascending, best first; the owner closes the key as `Board::sort_key` makes it.
+    let entry = |owner: &str, version: i64, key: &str| Entry {
+        owner_id: owner.into(),
+        key: format!("{key}|{owner}"),
+        version,
+        data: format!(r#"{{"n":"{owner} v{version}"}}"#),
+    };
+
+    assert!(matches!(index.upsert_all(scope, &[entry("a", 1, "5")]).await.expect("upsert"), Err(NotReady)), "not built yet");
+    index.install(scope, vec![entry("a", 2, "5"), entry("b", 1, "3")]).await.expect("install");
+
+    let ranks = index
+        .upsert_all(
+            scope,
+            &[
+                // Older than what the index holds: ignored, ranked where it stands.
+                entry("a", 1, "0"),
+                // New owners.
+                entry("c", 1, "4"),
+                entry("d", 1, "9"),
+                // An owner twice: the newer version stays, wherever it comes in the batch.
+                entry("b", 3, "1"),
+                entry("b", 2, "8"),
+            ],
+        )
+        .await
+        .expect("upsert")
+        .expect("ready");
+    // Index now: b (1), c (4), a (5), d (9).
+    assert_eq!(ranks, [3, 2, 4, 1, 1]);
+    let page = index.page(scope, None, 10).await.expect("page").expect("ready");
+    let listed: Vec<(&str, u64)> = page.iter().map(|r| (r.key.as_str(), r.rank)).collect();
+    assert_eq!(listed, [("1|b", 1), ("4|c", 2), ("5|a", 3), ("9|d", 4)]);
+    let b = index.rank_of(scope, "b").await.expect("rank").expect("ready").expect("b's entry");
+    assert_eq!((b.rank, b.data.as_str()), (1, r#"{"n":"b v3"}"#), "the newer entry's data");
+    let a = index.rank_of(scope, "a").await.expect("rank").expect("ready").expect("a's entry");
+    assert_eq!(a.data, r#"{"n":"a v2"}"#, "a late entry leaves the data too");
+
+    // One entry alone, as the API's fallback writes it.
+    assert_eq!(index.upsert(scope, &entry("e", 1, "2")).await.expect("upsert"), Ok(2));
+    assert_eq!(index.upsert_all(scope, &[]).await.expect("nothing to write"), Ok(vec![]));
 }
