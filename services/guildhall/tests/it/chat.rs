@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::common::{
-    ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, TestEnv, deliver_late, eventually, guest, guest_session, server_key, two_processes,
+    ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, TestEnv, deliver_again, deliver_late, eventually, guest, guest_session, server_key,
+    two_processes,
 };
 use platform::db::Dialect;
 use serde_json::{Value, json};
@@ -846,31 +847,7 @@ async fn reports_are_filed_and_resolved_and_messages_deleted(backend: Backend) {
         .fetch_one(db.pool())
         .await
         .expect("the first report's event");
-    let consumed = || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM consumed_events WHERE consumer = 'chat' AND event_id = $1")
-            .bind(&event_id)
-            .fetch_one(db.pool())
-            .await
-            .expect("consumed events")
-    };
-    while consumed().await == 0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    sqlx::query("DELETE FROM consumed_events WHERE consumer = 'chat' AND event_id = $1")
-        .bind(&event_id)
-        .execute(db.pool())
-        .await
-        .expect("forget");
-    sqlx::query("UPDATE outbox SET sent_at = NULL, next_attempt_at = NULL, claimed_until = NULL WHERE id = $1")
-        .bind(&event_id)
-        .execute(db.pool())
-        .await
-        .expect("due again");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while consumed().await == 0 {
-        assert!(std::time::Instant::now() < deadline, "the event was not delivered again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    deliver_again(&db, "chat", &event_id).await;
     let again = app.get(&format!("/v1/admin/chat/reports/{case_id}"), Some(ADMIN_KEY)).await.expect(200).body;
     assert_eq!(again["report_count"], 2, "{again}");
     assert_eq!(again["reporters"].as_array().map(Vec::len), Some(2));

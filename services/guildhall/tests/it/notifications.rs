@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{ADMIN_KEY, Api, Backend, Chat, TestApp, guest, two_processes};
+use crate::common::{ADMIN_KEY, Api, Backend, Chat, TestApp, deliver_again, guest, two_processes};
 use platform::db::Database;
 use platform::events::{FriendAccepted, FriendRequested, SeasonClosed, SeasonPlacing};
 use serde_json::{Value, json};
@@ -266,32 +266,7 @@ async fn events_notify_once_however_often_they_are_delivered(backend: Backend) {
         assert_eq!(pushed["notification"]["kind"], "friend_request");
         assert_eq!(pushed["notification"]["data"]["account_id"], ana_id.as_str());
     }
-    let consumed = || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM consumed_events WHERE consumer = 'chat' AND event_id = $1")
-            .bind(&event_id)
-            .fetch_one(db.pool())
-            .await
-            .expect("consumed events")
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while consumed().await == 0 {
-        assert!(Instant::now() < deadline, "the event was not consumed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    sqlx::query("DELETE FROM consumed_events WHERE consumer = 'chat' AND event_id = $1")
-        .bind(&event_id)
-        .execute(db.pool())
-        .await
-        .expect("forget");
-    sqlx::query("UPDATE outbox SET sent_at = NULL, next_attempt_at = NULL, claimed_until = NULL WHERE id = $1")
-        .bind(&event_id)
-        .execute(db.pool())
-        .await
-        .expect("due again");
-    while consumed().await == 0 {
-        assert!(Instant::now() < deadline, "the event was not delivered again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    deliver_again(&db, "chat", &event_id).await;
     let extra = bob.quiet_for(Duration::from_millis(500)).await;
     assert!(extra.is_none(), "pushed twice: {extra:?}");
     let page = app.get("/v1/notifications", Some(&bob_token)).await.expect(200).body;

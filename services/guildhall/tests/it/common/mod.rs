@@ -859,3 +859,41 @@ pub async fn deliver_late<E: platform::events::EventType>(app: &TestApp, consume
     })
     .await;
 }
+
+/// Delivers the event `event_id` to `consumer` again, as a redelivery after a lost
+/// acknowledgement would: waits (at most 20 s) until the consumer handled it and the relay marked
+/// it sent, forgets the consumption, makes the outbox row due again and waits until it is handled
+/// once more. The relay marks an event sent after its handlers ran, so making the row due before
+/// that mark would be undone by it.
+pub async fn deliver_again(db: &Database, consumer: &str, event_id: &str) {
+    let handled = || async {
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumed_events WHERE consumer = $1 AND event_id = $2")
+            .bind(consumer)
+            .bind(event_id)
+            .fetch_one(db.pool())
+            .await
+            .expect("consumed events");
+        rows == 1
+    };
+    let sent = || async {
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE id = $1 AND sent_at IS NOT NULL")
+            .bind(event_id)
+            .fetch_one(db.pool())
+            .await
+            .expect("outbox");
+        rows == 1
+    };
+    eventually(Duration::from_secs(20), "the event handled and marked sent", || async { handled().await && sent().await }).await;
+    sqlx::query("DELETE FROM consumed_events WHERE consumer = $1 AND event_id = $2")
+        .bind(consumer)
+        .bind(event_id)
+        .execute(db.pool())
+        .await
+        .expect("forget");
+    sqlx::query("UPDATE outbox SET sent_at = NULL, next_attempt_at = NULL, claimed_until = NULL WHERE id = $1")
+        .bind(event_id)
+        .execute(db.pool())
+        .await
+        .expect("due again");
+    eventually(Duration::from_secs(20), "the event delivered again", handled).await;
+}
