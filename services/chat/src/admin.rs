@@ -2,8 +2,11 @@
 //! `chat.message_reported`), sanctions across every player, deleting messages, and reading any
 //! channel.
 //!
-//! Every route here takes a `ChatAdmin` (a server key with the `chat` scope) and, for what it
-//! does, calls `audit` once, after the action succeeded.
+//! Every route here takes a `ChatAdmin` (a server key with the `chat` scope). A change writes its
+//! audit entry with `audit` in the change's own transaction, so that the entry exists exactly
+//! when the change does; a read of a case or of a private conversation writes its entry with
+//! `audit_read` before it answers, so that nothing is read without a trace (a read whose entry
+//! cannot be written is refused, 503 while the database is down).
 
 use axum::Router;
 use axum::extract::{FromRef, FromRequestParts, Path, State};
@@ -62,8 +65,6 @@ pub fn issuer(_admin: &ChatAdmin) -> &'static str {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum AdminAction<'a> {
-    /// Listed report cases.
-    ListReports,
     /// Read one case and its reporters.
     ReadReport {
         /// Case id.
@@ -76,8 +77,6 @@ pub enum AdminAction<'a> {
         /// `dismissed`, `message_deleted` or `sender_sanctioned`.
         resolution: &'a str,
     },
-    /// Listed sanctions.
-    ListSanctions,
     /// Muted or banned a player.
     IssueSanction {
         /// The player.
@@ -123,10 +122,8 @@ impl AdminAction<'_> {
     /// The audit log's action (`chat.<verb>`) and target (`kind:id`).
     fn entry(&self) -> (&'static str, String) {
         match self {
-            AdminAction::ListReports => ("chat.list_reports", "reports".into()),
             AdminAction::ReadReport { report_id } => ("chat.read_report", format!("report:{report_id}")),
             AdminAction::ResolveReport { report_id, .. } => ("chat.resolve_report", format!("report:{report_id}")),
-            AdminAction::ListSanctions => ("chat.list_sanctions", "sanctions".into()),
             AdminAction::IssueSanction { account_id, .. } => ("chat.sanction", format!("account:{account_id}")),
             AdminAction::LiftSanction { account_id, .. } => ("chat.lift_sanction", format!("account:{account_id}")),
             AdminAction::DeleteMessage { message_id, .. } => ("chat.delete_message", format!("message:{message_id}")),
@@ -134,34 +131,21 @@ impl AdminAction<'_> {
             AdminAction::ReadHistory { channel } => ("chat.read_history", format!("channel:{channel}")),
         }
     }
-
-    /// Listing the queues is routine (the console reads them on every view) and stays out of the
-    /// audit log; reading a case or a private conversation, and every change, goes in.
-    fn audited(&self) -> bool {
-        !matches!(self, AdminAction::ListReports | AdminAction::ListSanctions)
-    }
 }
 
-/// Records what `admin` did in the audit log, once it is done. The chat store commits each
-/// action in its own transaction, so the entry follows it: should the entry fail to be written,
-/// the action stands and the failure is logged with the whole entry (an error, for the
-/// operators' alarms).
-pub async fn audit(state: &ChatState, admin: &Admin, action: &AdminAction<'_>) {
-    if !action.audited() {
-        return;
-    }
+/// Records what `admin` did in the audit log, inside the transaction of the change it describes
+/// (`conn`): should the entry fail to be written, so does the change.
+pub async fn audit<'e>(conn: impl sqlx::Executor<'e, Database = sqlx::Any>, admin: &Admin, action: &AdminAction<'_>) -> ApiResult<()> {
     let (name, target) = action.entry();
-    if let Err(err) = platform::audit::record(state.db.pool(), admin, name, &target, action).await {
-        let detail = serde_json::to_string(action).unwrap_or_default();
-        tracing::error!(
-            error = format!("{err:#}"),
-            by = admin.key_id(),
-            action = name,
-            target,
-            detail,
-            "writing a chat admin action to the audit log failed"
-        );
-    }
+    platform::audit::record(conn, admin, name, &target, action).await?;
+    Ok(())
+}
+
+/// Records that `admin` is reading what `action` names (a case, a private conversation), before
+/// the read: a read whose entry cannot be written does not happen. The queues' lists are routine
+/// (the console reads them on every view) and are not recorded.
+pub async fn audit_read(state: &ChatState, admin: &Admin, action: &AdminAction<'_>) -> ApiResult<()> {
+    audit(state.db.pool(), admin, action).await
 }
 
 /// The chat admin routes.
@@ -407,7 +391,8 @@ pub struct ReportCasePage {
     responses((status = 200, body = ReportCasePage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_reports(
     State(state): State<ChatState>,
-    admin: ChatAdmin,
+    // The key's check; a list is not recorded (`audit_read`).
+    _admin: ChatAdmin,
     Query(query): Query<ReportsQuery>,
 ) -> ApiResult<Json<ReportCasePage>> {
     let status = match query.status.as_deref() {
@@ -442,7 +427,6 @@ pub async fn list_reports(
         if most_reported { encode_cursor(&["c", &last.report_count.to_string(), &last.id]) } else { encode_cursor(&["n", &last.id]) }
     });
     let reports = case_views(&state, rows).await?;
-    audit(&state, &admin, &AdminAction::ListReports).await;
     Ok(Json(ReportCasePage { reports, next_cursor }))
 }
 
@@ -453,8 +437,8 @@ pub async fn list_reports(
 pub async fn show_report(State(state): State<ChatState>, admin: ChatAdmin, Path(id): Path<String>) -> ApiResult<Json<ReportCase>> {
     let id = case_id(&id)?;
     let row = store::report_case_by_id(state.db.pool(), &id).await?.ok_or_else(|| ApiError::NotFound("no such report".into()))?;
+    audit_read(&state, &admin, &AdminAction::ReadReport { report_id: &id }).await?;
     let case = case_views(&state, vec![row]).await?.pop().ok_or_else(|| ApiError::NotFound("no such report".into()))?;
-    audit(&state, &admin, &AdminAction::ReadReport { report_id: &id }).await;
     Ok(Json(case))
 }
 
@@ -500,12 +484,12 @@ pub async fn list_reporters(
         }
     };
     store::report_case_by_id(state.db.pool(), &id).await?.ok_or_else(|| ApiError::NotFound("no such report".into()))?;
+    audit_read(&state, &admin, &AdminAction::ReadReport { report_id: &id }).await?;
     let rows = store::case_reports(state.db.pool(), &id, before.as_ref().map(|(at, e)| (*at, e.as_str())), limit).await?;
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last())
         .flatten()
         .map(|last| encode_cursor(&[&last.reported_at.to_string(), &last.event_id]));
-    audit(&state, &admin, &AdminAction::ReadReport { report_id: &id }).await;
     Ok(Json(ReporterPage { reporters: rows.into_iter().map(Reporter::from).collect(), next_cursor }))
 }
 
@@ -543,13 +527,16 @@ pub async fn resolve_report(
         return Err(ApiError::invalid("note", "note must be at most 500 characters, without control characters"));
     }
     let id = case_id(&id)?;
-    if !store::resolve_report(state.db.pool(), &id, &req.action, note, issuer(&admin), now_millis()).await? {
+    let mut tx = state.db.begin().await?;
+    if !store::resolve_report(&mut *tx, &id, &req.action, note, issuer(&admin), now_millis()).await? {
+        drop(tx);
         return match store::report_case_by_id(state.db.pool(), &id).await? {
             Some(_) => Err(ApiError::Conflict { code: "already_resolved", message: "this report was resolved already".into() }),
             None => Err(ApiError::NotFound("no such report".into())),
         };
     }
-    audit(&state, &admin, &AdminAction::ResolveReport { report_id: &id, resolution: &req.action }).await;
+    audit(&mut *tx, &admin, &AdminAction::ResolveReport { report_id: &id, resolution: &req.action }).await?;
+    tx.commit().await?;
     let row = store::report_case_by_id(state.db.pool(), &id).await?.ok_or_else(|| ApiError::NotFound("no such report".into()))?;
     Ok(Json(case_views(&state, vec![row]).await?.pop().ok_or_else(|| ApiError::NotFound("no such report".into()))?))
 }
@@ -609,7 +596,8 @@ pub struct AdminSanctionPage {
     responses((status = 200, body = AdminSanctionPage), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_sanctions(
     State(state): State<ChatState>,
-    admin: ChatAdmin,
+    // The key's check; a list is not recorded (`audit_read`).
+    _admin: ChatAdmin,
     Query(query): Query<SanctionsFilter>,
 ) -> ApiResult<Json<AdminSanctionPage>> {
     if query.account_id.as_deref().is_some_and(|a| !crate::api::valid_account_id(a)) {
@@ -652,7 +640,6 @@ pub async fn list_sanctions(
             sanction: SanctionView::new(row.record, now),
         })
         .collect();
-    audit(&state, &admin, &AdminAction::ListSanctions).await;
     Ok(Json(AdminSanctionPage { sanctions, next_cursor }))
 }
 
@@ -676,8 +663,8 @@ pub async fn delete_message(State(state): State<ChatState>, admin: ChatAdmin, Pa
     let id = uuid::Uuid::try_parse(&id).map_err(|_| not_found())?.hyphenated().to_string();
     let mut tx = state.db.begin().await?;
     let channel = store::delete_message(&mut tx, &id).await?.ok_or_else(not_found)?;
+    audit(&mut *tx, &admin, &AdminAction::DeleteMessage { message_id: &id, channel: &channel }).await?;
     tx.commit().await?;
-    audit(&state, &admin, &AdminAction::DeleteMessage { message_id: &id, channel: &channel }).await;
     announce_deleted(&state, &channel, json!({"type": "message_deleted", "channel": channel, "message_id": id})).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -707,8 +694,8 @@ pub async fn delete_sender_messages(
     }
     let mut tx = state.db.begin().await?;
     let deleted = store::delete_sender_messages(&mut tx, &channel, &sender).await?;
+    audit(&mut *tx, &admin, &AdminAction::DeleteSenderMessages { channel: &channel, sender_id: &sender, deleted }).await?;
     tx.commit().await?;
-    audit(&state, &admin, &AdminAction::DeleteSenderMessages { channel: &channel, sender_id: &sender, deleted }).await;
     if deleted > 0 {
         announce_deleted(&state, &channel, json!({"type": "message_deleted", "channel": channel, "sender_id": sender})).await;
     }
@@ -726,7 +713,7 @@ pub async fn channel_history(
     Query(query): Query<HistoryQuery>,
 ) -> ApiResult<Json<HistoryPage>> {
     let channel = Channel::parse(&id)?;
+    audit_read(&state, &admin, &AdminAction::ReadHistory { channel: &channel.id() }).await?;
     let page = crate::api::history_page(&state, &channel, &query, None).await?;
-    audit(&state, &admin, &AdminAction::ReadHistory { channel: &channel.id() }).await;
     Ok(Json(page))
 }

@@ -502,7 +502,14 @@ async fn authority_over(state: &ChatState, caller: &Caller, channel: &Channel) -
 
 /// Records a sanction with the issuer's authority (403 `sanction_outranked` when it would replace
 /// one the issuer does not outrank), then has a ban take effect on open sockets at once.
-async fn record_sanction(state: &ChatState, req: &Sanction, scope: &str, authority: Authority, by: &str) -> ApiResult<()> {
+async fn record_sanction(
+    state: &ChatState,
+    req: &Sanction,
+    scope: &str,
+    authority: Authority,
+    by: &str,
+    admin: Option<&Admin>,
+) -> ApiResult<()> {
     let until = check_sanction(req)?;
     let row = store::SanctionRow {
         account_id: &req.account_id,
@@ -530,6 +537,9 @@ async fn record_sanction(state: &ChatState, req: &Sanction, scope: &str, authori
         issued_at: platform::time::rfc3339(now),
     };
     platform::events::record(&mut *tx, &event).await?;
+    if let Some(admin) = admin {
+        audit(&mut *tx, admin, &AdminAction::IssueSanction { account_id: &req.account_id, kind: &req.kind, scope }).await?;
+    }
     tx.commit().await?;
     tracing::info!(account_id = req.account_id, scope, kind = req.kind, by, authority = authority.as_str(), "chat sanction");
     if req.kind == "ban" {
@@ -550,7 +560,16 @@ fn check_kind(kind: &str) -> ApiResult<()> {
 }
 
 /// Lifts the sanction of `kind` on `account` in `scope`, if the caller's authority allows.
-async fn lift_sanction(state: &ChatState, account: &str, scope: &str, kind: &str, authority: Authority, by: &str) -> ApiResult<StatusCode> {
+/// Lifts `account`'s sanction of `kind` in `scope`, as `authority` (`by`): recorded in the audit
+/// log in the same transaction when a server key (`admin`) does it.
+async fn lift_sanction(
+    state: &ChatState,
+    account: &str,
+    scope: &str,
+    kind: &str,
+    (authority, by): (Authority, &str),
+    admin: Option<&Admin>,
+) -> ApiResult<StatusCode> {
     check_kind(kind)?;
     let existing =
         store::sanction_of(state.db.pool(), account, scope, kind).await?.ok_or_else(|| ApiError::NotFound("no such sanction".into()))?;
@@ -558,9 +577,14 @@ async fn lift_sanction(state: &ChatState, account: &str, scope: &str, kind: &str
     if in_force && existing.created_by != by && Authority::parse(&existing.authority) >= authority {
         return Err(outranked());
     }
-    if !store::lift_sanction(state.db.pool(), account, scope, kind, &existing).await? {
+    let mut tx = state.db.begin().await?;
+    if !store::lift_sanction(&mut *tx, account, scope, kind, &existing).await? {
         return Err(ApiError::Conflict { code: "sanction_changed", message: "the sanction changed meanwhile; look again".into() });
     }
+    if let Some(admin) = admin {
+        audit(&mut *tx, admin, &AdminAction::LiftSanction { account_id: account, kind, scope }).await?;
+    }
+    tx.commit().await?;
     tracing::info!(account_id = account, scope, kind, by, authority = authority.as_str(), "chat sanction lifted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -589,10 +613,7 @@ pub async fn moderate(
     {
         return Err(ApiError::Forbidden("the owner cannot be sanctioned".into()));
     }
-    record_sanction(&state, &req, &channel.id(), authority, &by).await?;
-    if let Caller::Server(admin) = &caller {
-        audit(&state, admin, &AdminAction::IssueSanction { account_id: &req.account_id, kind: &req.kind, scope: &channel.id() }).await;
-    }
+    record_sanction(&state, &req, &channel.id(), authority, &by, caller.admin()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -612,11 +633,7 @@ pub async fn lift(
 ) -> ApiResult<StatusCode> {
     let channel = Channel::parse(&id)?;
     let (authority, by) = authority_over(&state, &caller, &channel).await?;
-    let lifted = lift_sanction(&state, &account, &channel.id(), &kind, authority, &by).await?;
-    if let Caller::Server(admin) = &caller {
-        audit(&state, admin, &AdminAction::LiftSanction { account_id: &account, kind: &kind, scope: &channel.id() }).await;
-    }
-    Ok(lifted)
+    lift_sanction(&state, &account, &channel.id(), &kind, (authority, &by), caller.admin()).await
 }
 
 /// Mutes or bans a player everywhere (`scope: "global"`) or in one channel (server key). A
@@ -627,8 +644,7 @@ pub async fn lift(
 pub async fn admin_sanction(State(state): State<ChatState>, admin: ChatAdmin, Json(req): Json<Sanction>) -> ApiResult<StatusCode> {
     check_sanction(&req)?;
     let scope = admin_scope(req.scope.as_deref())?;
-    record_sanction(&state, &req, &scope, Authority::Server, crate::admin::issuer(&admin)).await?;
-    audit(&state, &admin, &AdminAction::IssueSanction { account_id: &req.account_id, kind: &req.kind, scope: &scope }).await;
+    record_sanction(&state, &req, &scope, Authority::Server, crate::admin::issuer(&admin), Some(&admin)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -665,9 +681,7 @@ pub async fn admin_lift(
     Query(query): Query<ScopeQuery>,
 ) -> ApiResult<StatusCode> {
     let scope = admin_scope(query.scope.as_deref())?;
-    let lifted = lift_sanction(&state, &account, &scope, &kind, Authority::Server, crate::admin::issuer(&admin)).await?;
-    audit(&state, &admin, &AdminAction::LiftSanction { account_id: &account, kind: &kind, scope: &scope }).await;
-    Ok(lifted)
+    lift_sanction(&state, &account, &scope, &kind, (Authority::Server, crate::admin::issuer(&admin)), Some(&admin)).await
 }
 
 /// A sanction on the caller, as they see it.

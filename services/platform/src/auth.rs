@@ -307,6 +307,16 @@ pub enum Caller {
     Server(Admin),
 }
 
+impl Caller {
+    /// The server key, when a server key calls: whose actions go in the audit log.
+    pub fn admin(&self) -> Option<&Admin> {
+        match self {
+            Caller::Player(_) => None,
+            Caller::Server(admin) => Some(admin),
+        }
+    }
+}
+
 impl<S> FromRequestParts<S> for Caller
 where
     Authenticator: FromRef<S>,

@@ -30,6 +30,7 @@ on_both_backends!(
     reports_are_rate_limited_and_once_per_message,
     operators_list_filter_and_lift_sanctions,
     operators_read_any_channel_and_purge_a_sender,
+    an_operators_chat_action_stands_only_with_its_audit_entry,
     server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_sanctions,
     blocked_players_cannot_dm_or_see_each_other,
     a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_messages,
@@ -1061,6 +1062,90 @@ async fn operators_read_any_channel_and_purge_a_sender(backend: Backend) {
         .expect_error(400, "invalid_request");
 }
 
+/// An operator's chat action and its audit entry are written together: while the audit log
+/// refuses chat's entries, every change is refused and left undone, and neither a case nor a
+/// conversation is read; once it takes them again, the same actions go through, each recorded.
+async fn an_operators_chat_action_stands_only_with_its_audit_entry(backend: Backend) {
+    let app = start(backend, 100).await;
+    let (ana_id, ana_token) = guest(&app, "ana").await;
+    let (bob_id, bob_token) = guest(&app, "bob").await;
+    let channel = "room:tavern";
+    let (_ana, mut bob) = Chat::pair_in(&app.base, channel, &ana_token, &bob_token).await;
+    let rude = bob.send(channel, "something rude").await["message"]["id"].as_str().expect("id").to_owned();
+    let direct = dm(&ana_id, &bob_id);
+    bob.join(&direct).await;
+    assert_eq!(bob.send(&direct, "psst").await["type"], "ack");
+    app.post(&format!("/v1/chat/messages/{rude}/report"), Some(&ana_token), json!({"reason": "rude"})).await.expect(202);
+    let case_id = filed_case(&app, &rude, 1).await["id"].as_str().expect("case id").to_owned();
+    let sanction = json!({"account_id": bob_id, "kind": "mute", "minutes": 5});
+    app.post("/v1/admin/chat/sanctions", Some(ADMIN_KEY), json!({"account_id": bob_id, "kind": "ban", "scope": "room:cellar"}))
+        .await
+        .expect(204);
+
+    let db = app.database().await;
+    refuse_rows(&db, "refuse_chat", ("admin_audit", "action"), "chat.").await;
+    let delete = |path: String| {
+        let app = &app;
+        async move { app.call(reqwest::Method::DELETE, &path, Some(ADMIN_KEY), None).await }
+    };
+    let resolve = format!("/v1/admin/chat/reports/{case_id}/resolve");
+    let purge = format!("/v1/admin/chat/channels/{channel}/senders/{bob_id}/messages");
+    let lift = format!("/v1/admin/chat/sanctions/{bob_id}/ban?scope=room:cellar");
+    app.post("/v1/admin/chat/sanctions", Some(ADMIN_KEY), sanction.clone()).await.expect_error(500, "internal");
+    delete(lift.clone()).await.expect_error(500, "internal");
+    delete(format!("/v1/admin/chat/messages/{rude}")).await.expect_error(500, "internal");
+    delete(purge.clone()).await.expect_error(500, "internal");
+    app.post(&resolve, Some(ADMIN_KEY), json!({"action": "dismissed"})).await.expect_error(500, "internal");
+    app.get(&format!("/v1/admin/chat/reports/{case_id}"), Some(ADMIN_KEY)).await.expect_error(500, "internal");
+    app.get(&format!("/v1/admin/chat/reports/{case_id}/reporters"), Some(ADMIN_KEY)).await.expect_error(500, "internal");
+    app.get(&format!("/v1/admin/chat/channels/{direct}/messages"), Some(ADMIN_KEY)).await.expect_error(500, "internal");
+
+    // Nothing changed: Bob is banned from the cellar and not muted, his message is there, the
+    // case is open.
+    let sanctions = app.get(&format!("/v1/admin/chat/sanctions?account_id={bob_id}"), Some(ADMIN_KEY)).await.expect(200).body;
+    let kinds: Vec<&str> =
+        sanctions["sanctions"].as_array().expect("sanctions").iter().map(|s| s["kind"].as_str().expect("kind")).collect();
+    assert_eq!(kinds, ["ban"], "{sanctions}");
+    let history = app.get(&format!("/v1/chat/channels/{channel}/messages"), Some(&ana_token)).await.expect(200).body;
+    assert_eq!(history["messages"][0]["id"], rude.as_str(), "{history}");
+    filed_case(&app, &rude, 1).await;
+    let entries = crate::common::audit(&app, "action=chat.sanction").await;
+    assert_eq!(entries.len(), 1, "only the ban before the refusal: {entries:?}");
+
+    // The audit log takes chat's entries again: each action goes through, with its entry.
+    let allow = match db.dialect() {
+        Dialect::Postgres => "ALTER TABLE admin_audit DROP CONSTRAINT refuse_chat",
+        Dialect::Sqlite => "DROP TRIGGER refuse_chat",
+    };
+    sqlx::query(allow).execute(db.pool()).await.expect("the rule dropped");
+    app.post("/v1/admin/chat/sanctions", Some(ADMIN_KEY), sanction).await.expect(204);
+    delete(lift).await.expect(204);
+    app.get(&format!("/v1/admin/chat/channels/{direct}/messages"), Some(ADMIN_KEY)).await.expect(200);
+    app.get(&format!("/v1/admin/chat/reports/{case_id}"), Some(ADMIN_KEY)).await.expect(200);
+    delete(format!("/v1/admin/chat/messages/{rude}")).await.expect(204);
+    assert_eq!(delete(purge).await.expect(200).body["deleted"], 0);
+    app.post(&resolve, Some(ADMIN_KEY), json!({"action": "message_deleted"})).await.expect(200);
+    let mut actions: Vec<String> = crate::common::audit(&app, "")
+        .await
+        .iter()
+        .filter_map(|e| e["action"].as_str().filter(|a| a.starts_with("chat.")).map(str::to_owned))
+        .collect();
+    actions.reverse();
+    assert_eq!(
+        actions,
+        [
+            "chat.sanction",
+            "chat.sanction",
+            "chat.lift_sanction",
+            "chat.read_history",
+            "chat.read_report",
+            "chat.delete_message",
+            "chat.delete_sender_messages",
+            "chat.resolve_report",
+        ]
+    );
+}
+
 /// A message deleted through one process disappears from the sockets on the other too, through
 /// the fan-out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1307,17 +1392,21 @@ async fn a_failed_group_commit_stores_acknowledges_and_delivers_none_of_its_mess
     assert_eq!(delivered["message"]["id"], again["message"]["id"]);
 }
 
-/// Makes every stored message whose body starts with `poison` fail its statement: a CHECK
-/// constraint on PostgreSQL, a trigger on SQLite.
+/// Makes every stored message whose body starts with `poison` fail its statement.
 async fn poison_bodies(db: &platform::db::Database) {
-    let poison = match db.dialect() {
-        Dialect::Postgres => "ALTER TABLE chat_messages ADD CONSTRAINT poison CHECK (body NOT LIKE 'poison%') NOT VALID",
-        Dialect::Sqlite => {
-            "CREATE TRIGGER poison BEFORE INSERT ON chat_messages WHEN NEW.body LIKE 'poison%' \
-             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
-        }
+    refuse_rows(db, "poison", ("chat_messages", "body"), "poison").await;
+}
+
+/// Makes every insert into `table` whose `column` starts with `prefix` fail, under the rule
+/// `name`: a CHECK constraint on PostgreSQL, a trigger on SQLite.
+async fn refuse_rows(db: &platform::db::Database, name: &str, (table, column): (&str, &str), prefix: &str) {
+    let rule = match db.dialect() {
+        Dialect::Postgres => format!("ALTER TABLE {table} ADD CONSTRAINT {name} CHECK ({column} NOT LIKE '{prefix}%') NOT VALID"),
+        Dialect::Sqlite => format!(
+            "CREATE TRIGGER {name} BEFORE INSERT ON {table} WHEN NEW.{column} LIKE '{prefix}%' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ),
     };
-    sqlx::query(poison).execute(db.pool()).await.expect("poison rule");
+    sqlx::query(&rule).execute(db.pool()).await.expect("the rule");
 }
 
 /// Holds the message table's write lock until the transaction is rolled back: SQLite's `BEGIN
