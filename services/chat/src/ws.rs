@@ -12,9 +12,10 @@
 //! one sender's messages in the channel: `message_id` or `sender_id`) events, and the player's
 //! `notification`s (`crate::notifications`), whatever channels the socket is in. The server pings
 //! every 20 s and closes a connection silent for 60 s (the ALB's idle timeout is longer), closes a
-//! client too slow to read its queue (1008), drops one that reads nothing for so long that a frame
-//! cannot go out within 10 s (`socket::WRITE_WITHIN`), and sends every socket a going-away close
-//! (1001) on shutdown so clients reconnect elsewhere.
+//! client too slow to read its queue (1008 `too slow to read`) or sending more frames than its
+//! budget (1008 `too_many_frames`: `frame_budget`), drops one that reads nothing for so long
+//! that a frame cannot go out within 10 s (`socket::WRITE_WITHIN`), and sends every socket a
+//! going-away close (1001) on shutdown so clients reconnect elsewhere.
 //!
 //! A socket lives no longer than the right that opened it: it closes when its token expires
 //! without a new `auth` (4001), when its session ends (logout, refresh-token reuse, account
@@ -64,6 +65,20 @@ pub const MAX_JOINS: usize = 50;
 const AUTH_WITHIN: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(20);
 const SILENT_FOR: Duration = Duration::from_secs(60);
+/// Close code and reason for a socket past its frame budget (`frame_budget`): policy violation.
+const TOO_MANY_FRAMES: (u16, &str) = (1008, "too_many_frames");
+
+/// Frames of any kind one socket may send in one ping period (`PING_EVERY`): twice what the send
+/// limit lets through in that time (sends and typing, which it limits alike), and 100 more for
+/// joins, leaves, pings and re-authentication. 200 with the default limit. Past it the socket
+/// closes (`TOO_MANY_FRAMES`): the send limit refuses a flood of sends one by one, each refusal
+/// a cache round trip, and every ping is answered with a pong, so without a budget one client
+/// could keep the instance and the cache busy at the rate its connection carries frames.
+fn frame_budget(limit: &crate::SendLimit) -> u32 {
+    let per_period = f64::from(limit.burst) + limit.per_second * PING_EVERY.as_secs_f64();
+    // Saturates for absurd settings rather than wrapping.
+    (2.0 * per_period + 100.0).min(f64::from(u32::MAX)) as u32
+}
 
 /// Upgrades to a chat WebSocket: 400 `invalid_request` for a request that is not an upgrade, 429
 /// `too_many_connections` when the client's IP already holds `CHAT_MAX_SOCKETS_PER_IP` sockets on
@@ -282,6 +297,9 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
         let mut expires = expiry(session.validity.expires_at);
         let timer = tokio::time::sleep_until(next_ping.min(expires));
         tokio::pin!(timer);
+        // Frames received since the last ping, against the budget; the count restarts at each ping.
+        let budget = frame_budget(&state.send_limit);
+        let mut frames: u32 = 0;
         // Shutdown and a restore's cut-off reach the sockets through the hub (`ChatState::run`
         // tells every registered socket); this one may have registered after either, so it
         // checks both once for itself.
@@ -322,6 +340,7 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
                     }
                     next_ping = tokio::time::Instant::now() + PING_EVERY;
                     timer.as_mut().reset(next_ping.min(expires));
+                    frames = 0;
                     if last_heard.elapsed() > SILENT_FOR {
                         close(&mut socket, 1001, "idle").await;
                         break;
@@ -350,12 +369,23 @@ fn connection(state: ChatState, opening: Box<Opening>, slot: crate::caps::IpSlot
                         None => break,
                     };
                     last_heard = Instant::now();
+                    frames += 1;
+                    if frames > budget {
+                        let (code, reason) = TOO_MANY_FRAMES;
+                        tracing::info!(account_id = session.player.account_id, frames, "a chat socket over its frame budget closed");
+                        close(&mut socket, code, reason).await;
+                        break;
+                    }
                     match message {
                         Received::Text(text) => {
                             let answered = Box::pin(session.answer(&mut socket, text)).await;
-                            // A re-authentication moves the expiry.
-                            expires = expiry(session.validity.expires_at);
-                            timer.as_mut().reset(next_ping.min(expires));
+                            // A re-authentication moves the expiry (and only then the timer, so
+                            // that an ordinary frame costs no timer update).
+                            let renewed = expiry(session.validity.expires_at);
+                            if renewed != expires {
+                                expires = renewed;
+                                timer.as_mut().reset(next_ping.min(expires));
+                            }
                             if answered.is_err() {
                                 break;
                             }
@@ -627,5 +657,17 @@ impl Session<'_> {
         let event = json!({"type": "typing", "channel": id, "account_id": self.player.account_id, "name": self.player.name});
         self.state.hub.publish(&id, &event.to_string(), Some(self.connection)).await?;
         Ok(json!({"channel": id}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_budget_follows_the_send_limit() {
+        assert_eq!(frame_budget(&crate::SendLimit { burst: 10, per_second: 2.0 }), 200, "the default limit");
+        assert_eq!(frame_budget(&crate::SendLimit { burst: 100, per_second: 1.0 }), 340);
+        assert_eq!(frame_budget(&crate::SendLimit { burst: u32::MAX, per_second: f64::MAX }), u32::MAX);
     }
 }

@@ -381,6 +381,15 @@ async fn bad_frames_get_errors_and_the_connection_stays(backend: Backend) {
         raw.send_bytes(frame).await;
         assert_eq!(raw.close_code_within(PROMPTLY).await, Some(code), "after {frame:?}");
     }
+    // Frames past the socket's budget close it with 1008 (`chat::ws::frame_budget`: 340 in 20 s
+    // with this app's send limit of 100 and 1/s): a flood of pings is answered up to the budget,
+    // then closed. (Exactly one past it: the server closes the connection once its close is out,
+    // and frames it had not read would make that a reset, which loses the close.)
+    let budget = 2 * (100 + 20) + 100;
+    let mut raw = RawSocket::connect(&app.base).await;
+    raw.send_text(&json!({"type": "auth", "id": 1, "token": token}).to_string()).await;
+    raw.send_bytes(&[0x89, 0x80, 0, 0, 0, 0].repeat(budget + 1)).await;
+    assert_eq!(raw.pongs_then_close_within(PROMPTLY).await, (budget, Some(1008)));
     // A socket that never authenticates is closed.
     let url = format!("{}/v1/chat/ws", app.base.replacen("http://", "ws://", 1));
     let (mut stranger, _) = tokio_tungstenite::connect_async(url).await.expect("connects");

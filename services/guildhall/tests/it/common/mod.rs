@@ -660,7 +660,14 @@ impl RawSocket {
 
     /// Reads server frames until a close frame (its code) or `within` passes (None).
     pub async fn close_code_within(&mut self, within: Duration) -> Option<u16> {
+        self.pongs_then_close_within(within).await.1
+    }
+
+    /// Reads server frames until a close frame or `within` passes: the pongs read before it, and
+    /// the close's code (None without one).
+    pub async fn pongs_then_close_within(&mut self, within: Duration) -> (usize, Option<u16>) {
         use tokio::io::AsyncReadExt;
+        let mut pongs = 0;
         let read = async {
             loop {
                 let mut head = [0u8; 2];
@@ -680,12 +687,15 @@ impl RawSocket {
                 };
                 let mut payload = vec![0u8; usize::try_from(len).ok()?];
                 self.stream.read_exact(&mut payload).await.ok()?;
-                if head[0] & 0x0f == 0x8 {
-                    return Some(payload.get(..2).map_or(1005, |code| u16::from_be_bytes([code[0], code[1]])));
+                match head[0] & 0x0f {
+                    0x8 => return Some(payload.get(..2).map_or(1005, |code| u16::from_be_bytes([code[0], code[1]]))),
+                    0xA => pongs += 1,
+                    _ => {}
                 }
             }
         };
-        tokio::time::timeout(within, read).await.ok().flatten()
+        let code = tokio::time::timeout(within, read).await.ok().flatten();
+        (pongs, code)
     }
 }
 
