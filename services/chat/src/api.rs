@@ -72,8 +72,19 @@ impl From<MessageRow> for MessageView {
 }
 
 impl ChatState {
+    /// Has every instance read `account`'s sanctions again (`crate::known_sanctions`): this one
+    /// at once, the others through a notice. A notice that cannot be published is logged; the
+    /// others then take the change within `known_sanctions::FRESH_FOR`.
+    pub(crate) async fn sanctions_changed(&self, account: &str) {
+        self.hub.known_sanctions().forget(account);
+        if let Err(err) = self.hub.notify(&Notice::SanctionsChanged { account_id: account.to_owned() }).await {
+            tracing::warn!(error = format!("{err:#}"), account_id = account, "announcing a sanction change failed");
+        }
+    }
+
     /// Whether `account` may use `channel`: not banned, and a member of a group, a party of a
-    /// direct conversation. With `sending`, also not muted.
+    /// direct conversation. With `sending`, also not muted. The sanctions as this instance knows
+    /// them (`crate::known_sanctions`).
     pub async fn authorize(&self, account: &str, channel: &Channel, sending: bool) -> ApiResult<()> {
         match channel {
             Channel::Room(_) => {}
@@ -88,11 +99,13 @@ impl ChatState {
                 }
             }
         }
-        let sanctions = store::sanctions(self.db.pool(), account, &channel.id(), now_millis()).await?;
-        if sanctions.iter().any(|s| s == "ban") {
+        let (id, now) = (channel.id(), now_millis());
+        let read = store::sanctions(self.db.pool(), account, &id, now);
+        let verdict = self.hub.known_sanctions().verdict(account, &id, now, read).await?;
+        if verdict.banned {
             return Err(ApiError::Forbidden("you are banned from this channel".into()));
         }
-        if sending && sanctions.iter().any(|s| s == "mute") {
+        if sending && verdict.muted {
             return Err(ApiError::Forbidden("you are muted in this channel".into()));
         }
         Ok(())
@@ -541,6 +554,7 @@ async fn record_sanction(
         audit(&mut *tx, admin, &AdminAction::IssueSanction { account_id: &req.account_id, kind: &req.kind, scope }).await?;
     }
     tx.commit().await?;
+    state.sanctions_changed(&req.account_id).await;
     tracing::info!(account_id = req.account_id, scope, kind = req.kind, by, authority = authority.as_str(), "chat sanction");
     if req.kind == "ban" {
         let notice = match scope {
@@ -585,6 +599,7 @@ async fn lift_sanction(
         audit(&mut *tx, admin, &AdminAction::LiftSanction { account_id: account, kind, scope }).await?;
     }
     tx.commit().await?;
+    state.sanctions_changed(account).await;
     tracing::info!(account_id = account, scope, kind, by, authority = authority.as_str(), "chat sanction lifted");
     Ok(StatusCode::NO_CONTENT)
 }

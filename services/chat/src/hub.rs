@@ -109,6 +109,12 @@ pub enum Notice {
         /// True while either blocks the other.
         hidden: bool,
     },
+    /// The account's mutes or bans changed: what instances know of them is to be read again
+    /// (`crate::known_sanctions`).
+    SanctionsChanged {
+        /// Account id.
+        account_id: String,
+    },
 }
 
 /// An authenticated connection of this instance, as notices find it.
@@ -143,6 +149,8 @@ struct Inner {
     connected: Mutex<HashMap<u64, Connected>>,
     redis: Option<Bridge>,
     metrics: HubMetrics,
+    /// Kept right by `Notice::SanctionsChanged` and forgotten on each connection to Redis.
+    known_sanctions: crate::known_sanctions::KnownSanctions,
 }
 
 /// What the fan-out counts (`Hub::register_metrics`).
@@ -204,8 +212,14 @@ impl Hub {
                     fanout: platform::metrics::Histogram::seconds(platform::metrics::FAST_BUCKETS),
                     unpublished: Default::default(),
                 },
+                known_sanctions: Default::default(),
             }),
         }
+    }
+
+    /// The players' sanctions as this instance knows them.
+    pub fn known_sanctions(&self) -> &crate::known_sanctions::KnownSanctions {
+        &self.inner.known_sanctions
     }
 
     /// Registers the fan-out's figures, and the players connected here (read at scrape time).
@@ -334,6 +348,10 @@ impl Hub {
 
     /// Tells the connections of this instance that `notice` concerns what to do.
     pub fn apply(&self, notice: &Notice) {
+        if let Notice::SanctionsChanged { account_id } = notice {
+            self.inner.known_sanctions.forget(account_id);
+            return;
+        }
         let connected = self.inner.connected.lock().unwrap_or_else(|p| p.into_inner());
         if let Notice::Deliver { account_id, frame } = notice {
             let frame: Arc<str> = Arc::from(frame.as_str());
@@ -576,6 +594,8 @@ impl Hub {
                     }
                 }
             };
+            // Notices published while this instance was not subscribed are lost to it.
+            self.inner.known_sanctions.forget_all();
             tracing::info!(channels, "chat fan-out connected to Redis");
             loop {
                 tokio::select! {

@@ -9,6 +9,7 @@ pub mod caps;
 pub mod channel;
 pub mod hub;
 pub mod inbox;
+pub mod known_sanctions;
 pub mod notifications;
 pub mod presence;
 pub mod queue;
@@ -179,7 +180,11 @@ impl ChatState {
                     return;
                 }
                 changed = cutoff.changed() => match changed {
-                    Ok(()) => self.hub.tell_all(&hub::Control::CutoffMoved),
+                    Ok(()) => {
+                        // A restored database may hold other sanctions than were known.
+                        self.hub.known_sanctions().forget_all();
+                        self.hub.tell_all(&hub::Control::CutoffMoved);
+                    }
                     Err(_) => return,
                 },
             }

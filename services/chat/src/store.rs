@@ -718,11 +718,17 @@ pub async fn sanctions_of<'e>(
     rows.iter().map(|r| sanction_record(r).context("decoding sanction")).collect()
 }
 
-/// The kinds of sanction in force on `account` in `channel` (or everywhere).
+/// The sanctions in force on `account` in `channel` (or everywhere) at `now`: each one's kind and
+/// end (`crate::known_sanctions::InForce`).
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.sanctions", skip_all)]
-pub async fn sanctions<'e>(db: impl Executor<'e, Database = Any>, account: &str, channel: &str, now: i64) -> anyhow::Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT kind FROM chat_sanctions WHERE account_id = $1 AND (scope = 'global' OR scope = $2) AND (until IS NULL OR until > $3)",
+pub async fn sanctions<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account: &str,
+    channel: &str,
+    now: i64,
+) -> anyhow::Result<Vec<(String, Option<i64>)>> {
+    sqlx::query_as(
+        "SELECT kind, until FROM chat_sanctions WHERE account_id = $1 AND (scope = 'global' OR scope = $2) AND (until IS NULL OR until > $3)",
     )
     .bind(account)
     .bind(channel)

@@ -1183,6 +1183,48 @@ async fn two_processes_tell_every_socket_of_a_deleted_message() {
     assert!(history["messages"].as_array().expect("messages").is_empty());
 }
 
+/// A mute or its lift through one process holds at once on the other, whose sends had read the
+/// player's sanctions already (`chat::known_sanctions`, kept right by notices: without one, the
+/// other process would take up to 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_agree_on_a_mute_at_once() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let (_env, a, b) = two_processes(|env| {
+        env.set("CHAT_SEND_BURST", "100");
+    })
+    .await;
+    let (ana_id, ana_token) = guest(&a, "ana").await;
+    let mut ana = Chat::connect(&a.base, &ana_token).await;
+    ana.join("room:global").await;
+    assert_eq!(ana.send("room:global", "hello").await["type"], "ack");
+    let mute = json!({"account_id": ana_id, "kind": "mute", "scope": "room:global"});
+    b.post("/v1/admin/chat/sanctions", Some(ADMIN_KEY), mute).await.expect(204);
+    let refused = tokio::time::timeout(PROMPTLY, async {
+        loop {
+            let reply = ana.send("room:global", "still here?").await;
+            if reply["type"] == "error" {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("refused promptly");
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    b.call(reqwest::Method::DELETE, &format!("/v1/admin/chat/sanctions/{ana_id}/mute?scope=room:global"), Some(ADMIN_KEY), None)
+        .await
+        .expect(204);
+    tokio::time::timeout(PROMPTLY, async {
+        while ana.send("room:global", "back").await["type"] != "ack" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("taken promptly");
+}
+
 /// Moderating with a server key takes its `chat` scope (the admin routes and a channel's, where
 /// the key has the server's authority); the account view's chat part takes `accounts`.
 async fn server_keys_moderate_with_the_chat_scope_and_operators_read_a_players_sanctions(backend: Backend) {
