@@ -83,6 +83,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON chat_notifications, chat_conversations T
 -- chat reads its copy of the blocks (DMs and presence between blocked players); the worker's
 -- consumer writes it.
 GRANT SELECT ON chat_blocks TO guildhall_chat;
+-- chat refuses direct messages with, and group memberships of, the players it erased.
+GRANT SELECT ON chat_erased_players TO guildhall_chat;
 
 -- The worker's consumers (on `account.deleted`, `upload.completed`, `chat.message_reported`, and
 -- every event a webhook may subscribe to) and the webhook deliveries:
@@ -108,6 +110,8 @@ GRANT SELECT, INSERT, UPDATE ON chat_reports, chat_report_entries TO guildhall_w
 -- capping their notifications), and erases a deleted player's notifications and conversations
 -- (and the name their partners' conversations show).
 GRANT SELECT, INSERT, UPDATE, DELETE ON chat_notifications, chat_conversations TO guildhall_worker;
+-- and remembers that it erased the player (chat_erased_players).
+GRANT SELECT, INSERT ON chat_erased_players TO guildhall_worker;
 -- webhooks records each event for the webhooks subscribed to it, delivers them (leases, results,
 -- retries) and purges what is done.
 GRANT SELECT ON webhooks TO guildhall_worker;

@@ -243,6 +243,9 @@ pub async fn add_member(
     if !valid_account_id(&req.account_id) {
         return Err(ApiError::invalid("account_id", "account_id must be an account id"));
     }
+    if store::erased(state.db.pool(), &req.account_id).await? {
+        return Err(crate::blocks::account_deleted());
+    }
     let mine = store::role(state.db.pool(), &id, &player.account_id).await?;
     match (mine.as_deref(), role) {
         (Some("owner"), _) | (Some("moderator"), "member") => {}

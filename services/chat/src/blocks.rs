@@ -16,7 +16,7 @@ use platform::db::now_millis;
 use crate::ChatState;
 use crate::channel::Channel;
 use crate::hub::Notice;
-use crate::store;
+use crate::store::{self, DmRefusal};
 
 /// The most players loaded as hidden from one: twice accounts' highest block cap.
 const MAX_HIDDEN: i64 = 10_000;
@@ -32,15 +32,18 @@ impl ChatState {
         Ok(others.into_iter().collect())
     }
 
-    /// 403 `dm_blocked` when `channel` is a direct conversation one of whose players blocked the
-    /// other.
-    pub async fn refuse_blocked_dm(&self, channel: &Channel) -> Result<(), ApiError> {
-        if let Channel::Direct(a, b) = channel
-            && store::blocked_between(self.db.pool(), a, b).await?
-        {
-            return Err(ApiError::client(StatusCode::FORBIDDEN, "dm_blocked", "direct messages between you and this player are blocked"));
+    /// When `channel` is a direct conversation: 403 `dm_blocked` if one of its players blocked
+    /// the other, 410 `account_deleted` if one of them was erased (nothing of an erased player's
+    /// is made again: `store::remember_erased`).
+    pub async fn refuse_dm(&self, channel: &Channel) -> Result<(), ApiError> {
+        let Channel::Direct(a, b) = channel else { return Ok(()) };
+        match store::dm_refusal(self.db.pool(), a, b).await? {
+            None => Ok(()),
+            Some(DmRefusal::Blocked) => {
+                Err(ApiError::client(StatusCode::FORBIDDEN, "dm_blocked", "direct messages between you and this player are blocked"))
+            }
+            Some(DmRefusal::Erased) => Err(account_deleted()),
         }
-        Ok(())
     }
 
     /// Applies a block added or lifted (at `at`, the event's RFC 3339 time) and tells every
@@ -71,4 +74,9 @@ impl ChatState {
             }
         }
     }
+}
+
+/// 410 `account_deleted`: the player named was erased.
+pub(crate) fn account_deleted() -> ApiError {
+    ApiError::client(StatusCode::GONE, "account_deleted", "this player deleted their account")
 }

@@ -214,8 +214,9 @@ impl ChatState {
     }
 
     /// Anonymises a deleted player's messages and reports (as sender and as reporter), removes
-    /// them from groups, and erases their notifications (and those about them) and conversation
-    /// rows (and their name in their partners'), in one transaction:
+    /// them from groups, erases their notifications (and those about them) and conversation
+    /// rows (and their name in their partners'), and remembers them as erased (so that no direct
+    /// message or group membership makes any of it again), in one transaction:
     /// an attempt that fails leaves nothing half done, and the event's retry does it all.
     pub async fn erase_player(&self, account_id: &str) -> anyhow::Result<u64> {
         let mut tx = self.db.begin().await?;
@@ -224,6 +225,7 @@ impl ChatState {
         store::anonymise_reports(&mut tx, account_id).await?;
         store::erase_inbox(&mut tx, account_id).await?;
         store::forget_blocks(&mut *tx, account_id).await?;
+        store::remember_erased(&mut *tx, account_id, platform::db::now_millis()).await?;
         tx.commit().await?;
         Ok(anonymised)
     }

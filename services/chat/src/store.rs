@@ -1245,6 +1245,60 @@ pub async fn blocked_between<'e>(db: impl Executor<'e, Database = Any>, a: &str,
     Ok(count > 0)
 }
 
+/// Why a direct conversation between `a` and `b` is refused, if it is: a block either way
+/// (`DmRefusal::Blocked`), or either player erased (`DmRefusal::Erased`). One round trip.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.dm_refusal", skip_all)]
+pub async fn dm_refusal<'e>(db: impl Executor<'e, Database = Any>, a: &str, b: &str) -> anyhow::Result<Option<DmRefusal>> {
+    let (erased, blocked): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM chat_erased_players WHERE account_id IN ($1, $2)), \
+         (SELECT COUNT(*) FROM chat_blocks WHERE active = 1 AND ((blocker_id = $1 AND blocked_id = $2) OR (blocker_id = $2 AND blocked_id = $1)))",
+    )
+    .bind(a)
+    .bind(b)
+    .fetch_one(db)
+    .await
+    .context("checking a direct conversation")?;
+    Ok(if erased > 0 {
+        Some(DmRefusal::Erased)
+    } else if blocked > 0 {
+        Some(DmRefusal::Blocked)
+    } else {
+        None
+    })
+}
+
+/// Why a direct conversation is refused (`dm_refusal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmRefusal {
+    /// One of the players blocked the other.
+    Blocked,
+    /// One of the players was erased.
+    Erased,
+}
+
+/// Whether chat erased `account` (`chat_erased_players`).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.erased", skip_all)]
+pub async fn erased<'e>(db: impl Executor<'e, Database = Any>, account: &str) -> anyhow::Result<bool> {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chat_erased_players WHERE account_id = $1")
+        .bind(account)
+        .fetch_one(db)
+        .await
+        .context("checking an erased player")?;
+    Ok(count > 0)
+}
+
+/// Remembers that chat erased `account`, at `now` (once: a second erasure keeps the first time).
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.remember_erased", skip_all)]
+pub async fn remember_erased<'e>(db: impl Executor<'e, Database = Any>, account: &str, now: i64) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO chat_erased_players (account_id, erased_at) VALUES ($1, $2) ON CONFLICT (account_id) DO NOTHING")
+        .bind(account)
+        .bind(now)
+        .execute(db)
+        .await
+        .context("remembering an erased player")?;
+    Ok(())
+}
+
 /// The players `account` blocked or was blocked by (at most `limit`): each is hidden from the
 /// other in chat presence.
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.blocked_either_way", skip_all)]

@@ -25,7 +25,8 @@
 //! applications; each close's reason is a stable snake_case code.
 //!
 //! Blocks (`crate::blocks`): a `dm:` channel between two players one of whom blocked the other
-//! refuses `join` and `send` (`dm_blocked`), and neither player's `presence` reaches the other.
+//! refuses `join` and `send` (`dm_blocked`), and neither player's `presence` reaches the other;
+//! one with an erased player refuses them for good (`account_deleted`).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -535,7 +536,7 @@ impl Session<'_> {
             return Ok(json!({"channel": id, "already_joined": true}));
         }
         self.state.authorize(&self.player.account_id, &channel, false).await?;
-        self.state.refuse_blocked_dm(&channel).await?;
+        self.state.refuse_dm(&channel).await?;
         let member = Member {
             account_id: self.player.account_id.clone(),
             name: self.player.name.clone(),
@@ -621,7 +622,7 @@ impl Session<'_> {
         self.take_token("send", 1).await?;
         // Membership, sanctions and blocks can change after a join: check them on every send.
         self.state.authorize(&self.player.account_id, &channel, true).await?;
-        self.state.refuse_blocked_dm(&channel).await?;
+        self.state.refuse_dm(&channel).await?;
         let row = MessageRow {
             id: uuid::Uuid::now_v7().to_string(),
             channel_id: id.clone(),

@@ -206,6 +206,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (18, "social", include_str!("../../../migrations/postgres/0018_social.sql")),
     (19, "notifications", include_str!("../../../migrations/postgres/0019_notifications.sql")),
     (20, "replicas_and_restores", include_str!("../../../migrations/postgres/0020_replicas_and_restores.sql")),
+    (21, "erased_players", include_str!("../../../migrations/postgres/0021_erased_players.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("../../../migrations/sqlite/0001_accounts.sql")),
@@ -228,6 +229,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (18, "social", include_str!("../../../migrations/sqlite/0018_social.sql")),
     (19, "notifications", include_str!("../../../migrations/sqlite/0019_notifications.sql")),
     (20, "replicas_and_restores", include_str!("../../../migrations/sqlite/0020_replicas_and_restores.sql")),
+    (21, "erased_players", include_str!("../../../migrations/sqlite/0021_erased_players.sql")),
 ];
 
 /// What each database role may do to each table (`Role`), applied whole after every run of the

@@ -283,10 +283,17 @@ async fn presence_reports_who_is_in_a_channel(backend: Backend) {
 
 async fn reports_and_erasure(backend: Backend) {
     let app = start(backend, 100).await;
-    let (_, ana_token) = guest(&app, "ana").await;
+    let (ana_id, ana_token) = guest(&app, "ana").await;
     let (bob_id, bob_token) = guest(&app, "bob").await;
     let mut bob = Chat::connect(&app.base, &bob_token).await;
     bob.join("room:global").await;
+    // Ana is in their direct conversation when Bob goes, and has a group.
+    let direct = dm(&ana_id, &bob_id);
+    let mut ana = Chat::connect(&app.base, &ana_token).await;
+    ana.join(&direct).await;
+    assert_eq!(ana.send(&direct, "hi bob").await["type"], "ack");
+    let group = app.post("/v1/chat/groups", Some(&ana_token), json!({"name": "crew"})).await.expect(201).body;
+    let members = format!("/v1/chat/groups/{}/members", group["id"].as_str().expect("group id"));
     let sent = bob.send("room:global", "something rude").await;
     let message_id = sent["message"]["id"].as_str().expect("id").to_owned();
     app.post(&format!("/v1/chat/messages/{message_id}/report"), Some(&ana_token), json!({"reason": "rude"})).await.expect(202);
@@ -334,6 +341,23 @@ async fn reports_and_erasure(backend: Backend) {
     assert_eq!(case["message"]["body"], "something rude");
     let reporters = &case["reporters"];
     assert!(reporters.as_array().is_some_and(|r| r.len() == 1 && r[0]["account_id"].is_string()), "{reporters}");
+    // Nothing of Bob's is made again (erased in the same transaction as his messages): Ana's
+    // socket still in the conversation cannot send to it, nobody can join it, nor add him to a
+    // group; the history stays readable.
+    let refused = ana.send(&direct, "are you there?").await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("account_deleted")), "{refused}");
+    let mut again = Chat::connect(&app.base, &ana_token).await;
+    let join = again.request(json!({"type": "join", "channel": direct})).await;
+    assert_eq!(join["code"], "account_deleted", "{join}");
+    app.post(&members, Some(&ana_token), json!({"account_id": bob_id})).await.expect_error(410, "account_deleted");
+    let bobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chat_conversations WHERE account_id = $1")
+        .bind(&bob_id)
+        .fetch_one(db.pool())
+        .await
+        .expect("conversations");
+    assert_eq!(bobs, 0, "no conversation of Bob's made again");
+    let history = app.get(&format!("/v1/chat/channels/{direct}/messages"), Some(&ana_token)).await.expect(200).body;
+    assert_eq!(history["messages"][0]["body"], "hi bob");
 
     // Ana deletes hers: her report stays, without her.
     app.call(reqwest::Method::DELETE, "/v1/accounts/me", Some(&ana_token), None).await.expect(204);
