@@ -39,6 +39,9 @@ pub const MAX_MESSAGE: usize = 16 * 1024;
 /// the write fails instead, and the caller drops the socket.
 pub const WRITE_WITHIN: Duration = Duration::from_secs(10);
 
+/// Most bytes read and dropped after the server's close (`Socket::linger`).
+const MAX_LINGER: usize = 64 * 1024;
+
 /// The longest frame header: two bytes, a 64-bit extended length, the 4-byte mask.
 const MAX_HEADER: usize = 14;
 /// A control frame's payload limit (§5.5), and so a close reason's with its code.
@@ -294,6 +297,30 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Socket<Io> {
         let (mut header, used) = frame_header(OP_CLOSE, 2 + cut);
         header[used..used + 2].copy_from_slice(&code.to_be_bytes());
         self.write_frame(&header[..used + 2], &reason.as_bytes()[..cut]).await
+    }
+
+    /// Ends the connection after a close frame went out (`close`): shuts the write side (a FIN
+    /// follows the close), then reads and drops what the client still sends until it ends the
+    /// connection too, for at most `within` and `MAX_LINGER` bytes. A connection dropped with
+    /// bytes unread is answered with a reset, on which the client's stack throws away what it
+    /// had received and not yet read: the close frame, most likely, from a client that was
+    /// sending too much.
+    pub async fn linger(&mut self, within: Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let drain = async {
+            let mut sink = [0u8; 512];
+            let mut left = MAX_LINGER;
+            while left > 0 {
+                match self.io.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => left = left.saturating_sub(read),
+                }
+            }
+        };
+        let _ = Box::pin(tokio::time::timeout(within, drain)).await;
     }
 
     /// Writes one frame, `head` then `body`, and flushes it.

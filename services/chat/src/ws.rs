@@ -66,6 +66,8 @@ pub const MAX_JOINS: usize = 50;
 const AUTH_WITHIN: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(20);
 const SILENT_FOR: Duration = Duration::from_secs(60);
+/// How long a closing socket waits for the client to end the connection (`Socket::linger`).
+const LINGER: Duration = Duration::from_secs(1);
 /// Close code and reason for a socket past its frame budget (`frame_budget`): policy violation.
 const TOO_MANY_FRAMES: (u16, &str) = (1008, "too_many_frames");
 
@@ -144,8 +146,12 @@ fn api_error_frame(id: &Option<serde_json::Value>, err: &ApiError) -> String {
     frame.to_string()
 }
 
+/// Sends the close `code` with `reason`, then lingers until the client ends the connection (at
+/// most `LINGER`), so that the close reaches it.
 async fn close(socket: &mut Socket, code: u16, reason: &'static str) {
-    let _ = socket.close(code, reason).await;
+    if socket.close(code, reason).await.is_ok() {
+        socket.linger(LINGER).await;
+    }
 }
 
 /// How a socket ends that cannot go on: a close code and its reason.
