@@ -4,7 +4,10 @@
 //! `{DISCORD_API_URL}/users/@me` with the access token it got (scope `identify`). The subject is
 //! the Discord user id. Discord checks the verifier against the challenge of the authorization
 //! request and the redirect URI against it too, so a code intercepted without its verifier is
-//! useless. The Discord access token is used for that one read and not kept.
+//! useless. The Discord access token is used for that one read and not kept: it is revoked at
+//! `{DISCORD_API_URL}/oauth2/token/revoke` (RFC 7009) right after, in the background, so that
+//! the grant a player gave Guildhall ends with the sign-in rather than live on at Discord for a
+//! week (a revocation that fails is logged; the sign-in does not wait for it).
 
 use platform::ApiError;
 use platform::config::{DiscordSettings, Secret};
@@ -16,6 +19,7 @@ use super::{DiscordCodeProof, Provider, provider_down, refused};
 pub struct Discord {
     token_url: String,
     user_url: String,
+    revoke_url: String,
     client_id: String,
     client_secret: Secret<String>,
     redirect_uris: Vec<String>,
@@ -44,6 +48,7 @@ impl Discord {
         Self {
             token_url: format!("{}/oauth2/token", settings.api_url),
             user_url: format!("{}/users/@me", settings.api_url),
+            revoke_url: format!("{}/oauth2/token/revoke", settings.api_url),
             client_id: settings.client_id.clone(),
             client_secret: settings.client_secret.clone(),
             redirect_uris: settings.redirect_uris.clone(),
@@ -92,12 +97,30 @@ impl Discord {
         if status != 200 || !token.token_type.eq_ignore_ascii_case("bearer") {
             return Err(down(format!("token endpoint answered {status} ({})", token.token_type)));
         }
-        let response =
-            self.client.get(&self.user_url).bearer_auth(&token.access_token).send().await.map_err(|e| down(format!("users/@me: {e}")))?;
+        let response = self.client.get(&self.user_url).bearer_auth(&token.access_token).send().await;
+        self.revoke(token.access_token);
+        let response = response.map_err(|e| down(format!("users/@me: {e}")))?;
         let (status, user) = super::http::json::<User>(response).await.map_err(down)?;
         if status != 200 || user.id.is_empty() || user.id.len() > 32 || !user.id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(down(format!("users/@me answered {status}")));
         }
         Ok(user.id)
+    }
+
+    /// Revokes `access_token` (and with it the grant: Discord ends its refresh token too), in a
+    /// task of its own.
+    fn revoke(&self, access_token: String) {
+        let request = self
+            .client
+            .post(&self.revoke_url)
+            .basic_auth(&self.client_id, Some(self.client_secret.expose()))
+            .form(&[("token", access_token.as_str()), ("token_type_hint", "access_token")]);
+        tokio::spawn(async move {
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => tracing::warn!(status = response.status().as_u16(), "Discord refused to revoke an access token"),
+                Err(err) => tracing::warn!(error = %err, "revoking a Discord access token failed"),
+            }
+        });
     }
 }

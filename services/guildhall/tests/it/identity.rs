@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use crate::common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, guest};
+use crate::common::{ADMIN_KEY, Api, Backend, TestApp, TestEnv, eventually, guest};
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -102,6 +103,8 @@ struct FakeState {
     tickets: HashMap<String, Ticket>,
     grants: HashMap<String, Grant>,
     discord_tokens: HashMap<String, String>,
+    /// Access tokens revoked, in order.
+    revoked: Vec<String>,
 }
 
 /// The fake providers, on one loopback port.
@@ -120,11 +123,18 @@ impl Fakes {
             .route("/steam/ISteamUserAuth/AuthenticateUserTicket/v1/", get(steam_ticket))
             .route("/discord/oauth2/token", post(discord_token))
             .route("/discord/users/@me", get(discord_me))
+            .route("/discord/oauth2/token/revoke", post(discord_revoke))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fakes");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         Fakes { base, state }
+    }
+
+    /// The Discord access tokens revoked so far, and how many are still live.
+    fn discord_revocations(&self) -> (Vec<String>, usize) {
+        let state = self.state.lock().expect("state");
+        (state.revoked.clone(), state.discord_tokens.len())
     }
 
     fn fetches(&self, provider: &'static str) -> u32 {
@@ -192,15 +202,24 @@ async fn steam_ticket(
 
 /// Discord's token endpoint: client authentication by HTTP Basic, the code, its redirect URI and
 /// the PKCE verifier checked as RFC 6749 and RFC 7636 say; `invalid_grant` otherwise.
-async fn discord_token(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap, body: String) -> axum::response::Response {
-    // application/x-www-form-urlencoded, decoded as a URL's query is.
-    let form: HashMap<String, String> = reqwest::Url::parse(&format!("http://form/?{body}"))
+/// An application/x-www-form-urlencoded body, decoded as a URL's query is.
+fn form_of(body: &str) -> HashMap<String, String> {
+    reqwest::Url::parse(&format!("http://form/?{body}"))
         .expect("form")
         .query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+        .collect()
+}
+
+/// Whether the request carries the game's Discord client credentials (client_secret_basic).
+fn discord_client(headers: &HeaderMap) -> bool {
     let basic = format!("Basic {}", STANDARD.encode(format!("{DISCORD_CLIENT}:{DISCORD_SECRET}")));
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(basic.as_str()) {
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(basic.as_str())
+}
+
+async fn discord_token(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap, body: String) -> axum::response::Response {
+    let form = form_of(&body);
+    if !discord_client(&headers) {
         return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"}))).into_response();
     }
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
@@ -213,7 +232,7 @@ async fn discord_token(State(state): State<Arc<Mutex<FakeState>>>, headers: Head
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(field("code_verifier").as_bytes()));
     match grant {
         Some(g) if g.challenge == challenge && g.redirect_uri == field("redirect_uri") => {
-            let token = format!("discord-access-{}", g.user_id);
+            let token = format!("discord-access-{}", uuid::Uuid::now_v7().simple());
             state.discord_tokens.insert(token.clone(), g.user_id);
             axum::Json(
                 json!({"access_token": token, "token_type": "Bearer", "expires_in": 604800, "refresh_token": "r", "scope": "identify"}),
@@ -223,6 +242,19 @@ async fn discord_token(State(state): State<Arc<Mutex<FakeState>>>, headers: Head
         _ => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_grant", "error_description": "Invalid \"code\" in request."})))
             .into_response(),
     }
+}
+
+/// RFC 7009: the token named is revoked (200 whether or not it was live).
+async fn discord_revoke(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap, body: String) -> axum::response::Response {
+    let form = form_of(&body);
+    if !discord_client(&headers) {
+        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"}))).into_response();
+    }
+    let token = form.get("token").cloned().unwrap_or_default();
+    let mut state = state.lock().expect("state");
+    state.discord_tokens.remove(&token);
+    state.revoked.push(token);
+    StatusCode::OK.into_response()
 }
 
 async fn discord_me(State(state): State<Arc<Mutex<FakeState>>>, headers: HeaderMap) -> axum::response::Response {
@@ -457,6 +489,12 @@ async fn discord_codes_are_exchanged_with_pkce(backend: Backend) {
     fakes.grant("code-1", &verifier, "80351110224678912");
     let body = json!({"code": "code-1", "code_verifier": verifier, "redirect_uri": DISCORD_REDIRECT});
     let first = app.post("/v1/auth/discord", None, body.clone()).await.expect(201);
+    // The access token Guildhall got for it is revoked once read with.
+    eventually(Duration::from_secs(10), "the Discord token revoked", || async {
+        let (revoked, live) = fakes.discord_revocations();
+        revoked.len() == 1 && live == 0
+    })
+    .await;
     // The code was used: Discord says invalid_grant.
     app.post("/v1/auth/discord", None, body).await.expect_error(401, "invalid_provider_token");
 
