@@ -248,6 +248,10 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_AFTER: Duration = Duration::from_millis(250);
 /// PostgreSQL cancels any statement that runs longer (an external call's timeout).
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+/// A statement running longer than this probes PostgreSQL beside it (`Pool::within_reach`): a
+/// server that stopped answering (paused, or cut off without a reset) cannot enforce its own
+/// statement timeout, and the statement would wait out the request's.
+const PROBE_STATEMENT_AFTER: Duration = Duration::from_millis(500);
 
 impl Database {
     /// Connects (creating the SQLite file and its folder when needed), as the user of
@@ -607,6 +611,21 @@ impl Pool {
         result
     }
 
+    /// Runs `statement` (on a connection of this pool) behind the breaker: should it take longer
+    /// than `PROBE_STATEMENT_AFTER`, the database is probed beside it (a fresh connection, at
+    /// most one probe a `PROBE_EVERY`), and once a probe finds it down the statement is given up
+    /// with the breaker's error (503) instead of waiting for a server that answers nothing. A
+    /// connection whose statement ended so is not to be used again: `PoolConnection::close_on_drop`
+    /// (as `is_unavailable` tells).
+    pub async fn within_reach<T, E: From<sqlx::Error>>(&self, statement: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        let Some(reachability) = &self.shared.reachability else { return statement.await };
+        tokio::select! {
+            biased;
+            result = statement => result,
+            () = reachability.until_down(PROBE_STATEMENT_AFTER) => Err(unreachable().into()),
+        }
+    }
+
     /// Has the database probed when a query failed in a way that suggests it is down. Queries
     /// through this pool's `Executor` do it themselves; call it for a statement run on a
     /// connection taken with `acquire`.
@@ -615,6 +634,15 @@ impl Pool {
             && is_unavailable(err)
         {
             reachability.suspect();
+        }
+    }
+
+    /// After `err` on `conn`: has the database probed if it suggests an outage, and then closes
+    /// the connection rather than give it back, as it may be mid-statement (`within_reach`).
+    pub fn settle(&self, conn: &mut PoolConnection<Any>, err: &sqlx::Error) {
+        self.observe(err);
+        if is_unavailable(err) {
+            conn.close_on_drop();
         }
     }
 }
@@ -637,9 +665,10 @@ impl<'p> Executor<'p> for &Pool {
                 Ok(conn) => conn,
                 Err(err) => return vec![Err(err)],
             };
-            let results: Vec<_> = conn.fetch_many(query).collect().await;
+            let collected = pool.within_reach(async { Ok::<Vec<_>, sqlx::Error>(conn.fetch_many(query).collect().await) }).await;
+            let results = collected.unwrap_or_else(|err| vec![Err(err)]);
             if let Some(Err(err)) = results.last() {
-                pool.observe(err);
+                pool.settle(&mut conn, err);
             }
             results
         };
@@ -653,9 +682,10 @@ impl<'p> Executor<'p> for &Pool {
     {
         let pool = self.clone();
         Box::pin(async move {
-            let row = pool.acquire().await?.fetch_optional(query).await;
+            let mut conn = pool.acquire().await?;
+            let row = pool.within_reach(conn.fetch_optional(query)).await;
             if let Err(err) = &row {
-                pool.observe(err);
+                pool.settle(&mut conn, err);
             }
             row
         })

@@ -351,10 +351,64 @@ impl ThrowawayPostgres {
     fn log(&self) -> String {
         self.dir.join("sock/postgres.log").display().to_string()
     }
+
+    /// Freezes the server (SIGSTOP to the postmaster, then to each of its processes), as `docker
+    /// pause` does: connections stay open and nothing is answered, nor is a new one taken beyond
+    /// the kernel's backlog.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        let postmaster = self.postmaster()?;
+        signal(postmaster, "-STOP")?;
+        for child in children_of(postmaster) {
+            // A backend may have ended meanwhile.
+            let _ = signal(child, "-STOP");
+        }
+        Ok(())
+    }
+
+    /// Lets a paused server run again (SIGCONT to each of its processes, the postmaster last).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        let postmaster = self.postmaster()?;
+        for child in children_of(postmaster) {
+            let _ = signal(child, "-CONT");
+        }
+        signal(postmaster, "-CONT")
+    }
+
+    /// The postmaster's process id, from the first line of `postmaster.pid`.
+    fn postmaster(&self) -> anyhow::Result<u32> {
+        let path = self.data().join("postmaster.pid");
+        let pid = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        pid.lines().next().and_then(|line| line.trim().parse().ok()).with_context(|| format!("no process id in {}", path.display()))
+    }
+}
+
+/// Sends `signal` (as `kill` takes it, e.g. `-STOP`) to process `pid`.
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status =
+        std::process::Command::new("kill").args([signal, &pid.to_string()]).stderr(Stdio::null()).status().context("running kill")?;
+    anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+    Ok(())
+}
+
+/// The processes whose parent is `parent`, from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // The fourth field of `stat`, after the command in parentheses (which may hold spaces).
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok()))
+                == Some(parent)
+        })
+        .collect()
 }
 
 impl Drop for ThrowawayPostgres {
     fn drop(&mut self) {
+        // A paused server would not stop: `pg_ctl` would wait for it.
+        let _ = self.resume();
         let _ = as_postgres(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.data())
@@ -415,9 +469,7 @@ impl ThrowawayRedis {
     fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let pid =
             self.child.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(Child::id).context("redis-server is not running")?;
-        let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().context("running kill")?;
-        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
-        Ok(())
+        self::signal(pid, signal)
     }
 
     /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.

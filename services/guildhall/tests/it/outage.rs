@@ -1,5 +1,5 @@
-//! A dependency that is down (PostgreSQL stopped or restarting, Redis paused or restarted, S3 not
-//! answering) gets
+//! A dependency that is down (PostgreSQL stopped, paused or restarting, Redis paused or restarted,
+//! S3 not answering) gets
 //! requests a fast 503 `unavailable` with a generic message, never a 500 or a hang; readiness
 //! says which dependency failed without internal text; and the same server answers 200 again
 //! once the dependency is back, without a restart. Each test runs a PostgreSQL or Redis of its
@@ -68,6 +68,38 @@ async fn postgres_stopped_is_a_fast_503_and_the_same_server_recovers() {
     until_ok(&app, "/v1/accounts/me", Some(&token), RECOVERY).await;
     until_ok(&app, "/health/ready", None, RECOVERY).await;
     app.post("/v1/auth/guest", None, json!({"device_id": "device-pg-outage-new"})).await.expect(201);
+}
+
+/// Paused (`docker pause`, or a server cut off without a reset): connections stay open and
+/// nothing is answered, so PostgreSQL's own statement timeout cannot act. A statement that waits
+/// has the database probed beside it, and is given up once the probe finds it down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_paused_is_a_fast_503_and_the_same_server_recovers() {
+    if platform::testing::real_backends_skipped() {
+        return;
+    }
+    let postgres = ThrowawayPostgres::start().await.expect("a PostgreSQL of the test's own");
+    let app = TestApp::start_with(Backend::Real, |env| {
+        env.set("DATABASE_URL", postgres.url());
+    })
+    .await;
+    let (_, token) = guest(&app, "pg-pause").await;
+    timed_get(&app, "/v1/accounts/me", Some(&token)).await.expect(200);
+
+    postgres.pause().expect("SIGSTOP");
+    for _ in 0..4 {
+        assert_unavailable(timed_get(&app, "/v1/accounts/me", Some(&token)).await, "database");
+    }
+    let started = Instant::now();
+    let guest_reply = app.post("/v1/auth/guest", None, json!({"device_id": "device-pg-pause-new"})).await;
+    assert!(started.elapsed() < HANG, "sign-up took {:?}", started.elapsed());
+    assert_unavailable(guest_reply, "database");
+    assert_not_ready(&app, "database").await;
+
+    postgres.resume().expect("SIGCONT");
+    until_ok(&app, "/v1/accounts/me", Some(&token), RECOVERY).await;
+    until_ok(&app, "/health/ready", None, RECOVERY).await;
+    app.post("/v1/auth/guest", None, json!({"device_id": "device-pg-pause-new"})).await.expect(201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

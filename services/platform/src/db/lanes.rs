@@ -181,7 +181,7 @@ async fn run_lane<B: Batched>(pool: Pool, mut queue: mpsc::Receiver<Pending<B>>,
                 break;
             }
             let asks: Vec<&B::Ask> = batch.iter().map(|pending| &pending.ask).collect();
-            let answered = batched.run(&mut conn, &asks).await;
+            let answered = pool.within_reach(batched.run(&mut conn, &asks)).await;
             drop(asks);
             counts.statements.fetch_add(1, Ordering::Relaxed);
             counts.asked.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -197,7 +197,7 @@ async fn run_lane<B: Batched>(pool: Pool, mut queue: mpsc::Receiver<Pending<B>>,
                 }
                 Err(err) => {
                     if let Some(sqlx) = err.downcast_ref::<sqlx::Error>() {
-                        pool.observe(sqlx);
+                        pool.settle(&mut conn, sqlx);
                     }
                     fail(&mut batch, Failure::of(&err));
                     // The connection may be broken: back to the pool, whose ping tells.
