@@ -54,20 +54,29 @@ async fn postgres_stopped_is_a_fast_503_and_the_same_server_recovers() {
     timed_get(&app, "/v1/accounts/me", Some(&token)).await.expect(200);
 
     postgres.stop().await.expect("PostgreSQL stops");
-    for _ in 0..5 {
-        assert_unavailable(timed_get(&app, "/v1/accounts/me", Some(&token)).await, "database");
+    database_down(&app, &token, "device-pg-outage-new").await;
+    postgres.start_again().await.expect("PostgreSQL starts again");
+    database_back(&app, &token, "device-pg-outage-new").await;
+}
+
+/// While the database is down: reads are a fast 503, a write too (a new guest account), and
+/// readiness says which dependency failed.
+async fn database_down(app: &TestApp, token: &str, device: &str) {
+    for _ in 0..4 {
+        assert_unavailable(timed_get(app, "/v1/accounts/me", Some(token)).await, "database");
     }
-    // A write too (a new guest account), refused the same way.
     let started = Instant::now();
-    let guest_reply = app.post("/v1/auth/guest", None, json!({"device_id": "device-pg-outage-new"})).await;
+    let guest_reply = app.post("/v1/auth/guest", None, json!({"device_id": device})).await;
     assert!(started.elapsed() < HANG, "sign-up took {:?}", started.elapsed());
     assert_unavailable(guest_reply, "database");
-    assert_not_ready(&app, "database").await;
+    assert_not_ready(app, "database").await;
+}
 
-    postgres.start_again().await.expect("PostgreSQL starts again");
-    until_ok(&app, "/v1/accounts/me", Some(&token), RECOVERY).await;
-    until_ok(&app, "/health/ready", None, RECOVERY).await;
-    app.post("/v1/auth/guest", None, json!({"device_id": "device-pg-outage-new"})).await.expect(201);
+/// Once the database is back, the same server answers again, the refused write included.
+async fn database_back(app: &TestApp, token: &str, device: &str) {
+    until_ok(app, "/v1/accounts/me", Some(token), RECOVERY).await;
+    until_ok(app, "/health/ready", None, RECOVERY).await;
+    app.post("/v1/auth/guest", None, json!({"device_id": device})).await.expect(201);
 }
 
 /// Paused (`docker pause`, or a server cut off without a reset): connections stay open and
@@ -87,19 +96,9 @@ async fn postgres_paused_is_a_fast_503_and_the_same_server_recovers() {
     timed_get(&app, "/v1/accounts/me", Some(&token)).await.expect(200);
 
     postgres.pause().expect("SIGSTOP");
-    for _ in 0..4 {
-        assert_unavailable(timed_get(&app, "/v1/accounts/me", Some(&token)).await, "database");
-    }
-    let started = Instant::now();
-    let guest_reply = app.post("/v1/auth/guest", None, json!({"device_id": "device-pg-pause-new"})).await;
-    assert!(started.elapsed() < HANG, "sign-up took {:?}", started.elapsed());
-    assert_unavailable(guest_reply, "database");
-    assert_not_ready(&app, "database").await;
-
+    database_down(&app, &token, "device-pg-pause-new").await;
     postgres.resume().expect("SIGCONT");
-    until_ok(&app, "/v1/accounts/me", Some(&token), RECOVERY).await;
-    until_ok(&app, "/health/ready", None, RECOVERY).await;
-    app.post("/v1/auth/guest", None, json!({"device_id": "device-pg-pause-new"})).await.expect(201);
+    database_back(&app, &token, "device-pg-pause-new").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
