@@ -1,32 +1,41 @@
-//! Players' mutes and bans as this instance last read them, so that a chat send does not read
-//! them from the database each time (it did: a statement per message beside the batched insert,
-//! most of PostgreSQL's work per message once the inserts were grouped).
+//! The players this instance knows to have no mute or ban in force, so that their chat sends
+//! do not read their sanctions from the database each time (they did: a statement per message
+//! beside the batched insert, most of PostgreSQL's work per message once the inserts were
+//! grouped). Nearly every player has none; one who has some is read each time, as before.
+//!
+//! Only the account is kept, in two generations: a player read clear goes into the newer, which
+//! becomes the older every `FRESH_FOR / 2`, when the older is dropped; so a player is known
+//! clear for at most `FRESH_FOR` before being read again. About 100 bytes a player who sent
+//! lately, which every idle joined socket's budget (loadtest/README.md) can spare.
 //!
 //! Kept right by notices: once a sanction issued or lifted is committed, its instance forgets
-//! the player's entries and announces `Notice::SanctionsChanged`, on which every instance does
-//! the same (`Hub::apply`); when the fan-out (re)connects to Redis, notices may have been missed
-//! meanwhile, and every entry is forgotten. A notice lost in flight (pub/sub delivers at most
-//! once) is bounded by `FRESH_FOR`: an entry is read again once it is that old. A read that
-//! started before a forgetting could bring back what it meant to forget: each forgetting moves an
-//! epoch, and a read that saw the epoch move is used but not kept. A sanction's end in time
-//! needs no notice: an entry keeps each sanction's `until`.
+//! the player and announces `Notice::SanctionsChanged`, on which every instance does the same
+//! (`Hub::apply`); when the fan-out (re)connects to Redis, notices may have been missed
+//! meanwhile, and every player is forgotten. A notice lost in flight (pub/sub delivers at most
+//! once) is bounded by `FRESH_FOR`. A read that started before a forgetting could bring back
+//! what it meant to forget: each forgetting moves an epoch, and a read that saw it move is used
+//! but not kept.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long an entry is used before it is read again: how late a sanction can take effect on an
-/// instance whose notice was lost.
+/// How long a player is known clear before being read again: how late a sanction can take
+/// effect on an instance whose notice was lost.
 pub const FRESH_FOR: Duration = Duration::from_secs(30);
 
-/// Entries kept at most (a player's sanctions in one channel each); past it the stale ones go,
-/// and all of them if that is not enough.
-const MOST: usize = 50_000;
+/// Players kept in the newer generation at most; past it, the generations turn early.
+const MOST: usize = 100_000;
 
-/// A sanction in force when read: its kind and when it ends (milliseconds; `None` for good).
-pub type InForce = (String, Option<i64>);
+/// The most sanctions in force read for a player at once: a player with more (banned from that
+/// many channels) is judged by the channel's own (`read_here`).
+pub const MOST_READ: i64 = 100;
+
+/// A sanction in force when read: its scope (`global` or a channel id), kind, and end
+/// (milliseconds; `None` for good).
+pub type InForce = (String, String, Option<i64>);
 
 /// What a player may do in a channel, by their sanctions there and everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,125 +46,149 @@ pub struct Verdict {
     pub muted: bool,
 }
 
-struct Entry {
-    read_at: Instant,
-    in_force: Vec<InForce>,
+/// No sanction.
+const CLEAR: Verdict = Verdict { banned: false, muted: false };
+
+struct Generations {
+    newer: HashSet<Box<str>>,
+    older: HashSet<Box<str>>,
+    /// When `newer` began.
+    since: Instant,
 }
 
-#[derive(Default)]
-struct Entries {
-    /// By account, then by channel.
-    by_account: HashMap<String, HashMap<String, Entry>>,
-    len: usize,
-}
-
-/// The players' sanctions known here. Shared by the instance's sockets and handlers.
-#[derive(Default)]
+/// The players known clear here. Shared by the instance's sockets and handlers.
 pub struct KnownSanctions {
-    entries: Mutex<Entries>,
+    clear: Mutex<Generations>,
     /// Moves with each forgetting (`forget`, `forget_all`).
     epoch: AtomicU64,
 }
 
+impl Default for KnownSanctions {
+    fn default() -> Self {
+        KnownSanctions {
+            clear: Mutex::new(Generations { newer: HashSet::new(), older: HashSet::new(), since: Instant::now() }),
+            epoch: AtomicU64::new(0),
+        }
+    }
+}
+
 impl std::fmt::Debug for KnownSanctions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KnownSanctions").field("len", &self.lock().len).finish()
+        f.debug_struct("KnownSanctions").field("len", &self.len()).finish()
     }
 }
 
 impl KnownSanctions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.clear.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `account`'s verdict in `channel` at `now` (milliseconds), from its entry while that is
-    /// fresh, else from `read` (the sanctions in force there and everywhere, as the database has
-    /// them), which is then kept.
-    pub async fn verdict<F>(&self, account: &str, channel: &str, now: i64, read: F) -> anyhow::Result<Verdict>
+    /// `account`'s verdict in `channel` at `now` (milliseconds): clear without a read while it is
+    /// known clear; else from `read_all` (its sanctions in force anywhere, at most `MOST_READ`
+    /// and one), and if it has none it is known clear from then on; a player with more than
+    /// `MOST_READ` is judged by `read_here` (its sanctions in force in the channel or
+    /// everywhere).
+    pub async fn verdict<All, Here>(
+        &self,
+        (account, channel): (&str, &str),
+        now: i64,
+        read_all: All,
+        read_here: Here,
+    ) -> anyhow::Result<Verdict>
     where
-        F: Future<Output = anyhow::Result<Vec<InForce>>>,
+        All: Future<Output = anyhow::Result<Vec<InForce>>>,
+        Here: Future<Output = anyhow::Result<Vec<InForce>>>,
     {
-        self.verdict_at(Instant::now(), (account, channel), now, read).await
+        self.verdict_at(Instant::now(), (account, channel), now, read_all, read_here).await
     }
 
     /// `verdict`, as at `at` on the monotonic clock (the tests' clock).
-    async fn verdict_at<F>(&self, at: Instant, (account, channel): (&str, &str), now: i64, read: F) -> anyhow::Result<Verdict>
+    async fn verdict_at<All, Here>(
+        &self,
+        at: Instant,
+        (account, channel): (&str, &str),
+        now: i64,
+        read_all: All,
+        read_here: Here,
+    ) -> anyhow::Result<Verdict>
     where
-        F: Future<Output = anyhow::Result<Vec<InForce>>>,
+        All: Future<Output = anyhow::Result<Vec<InForce>>>,
+        Here: Future<Output = anyhow::Result<Vec<InForce>>>,
     {
-        let known = {
-            let entries = self.lock();
-            let entry = entries.by_account.get(account).and_then(|channels| channels.get(channel));
-            entry.filter(|e| fresh(e, at)).map(|e| judge(&e.in_force, now))
-        };
-        if let Some(verdict) = known {
-            return Ok(verdict);
+        if self.is_clear(account, at) {
+            return Ok(CLEAR);
         }
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let read_at = at;
-        let in_force = read.await?;
-        let verdict = judge(&in_force, now);
-        let mut entries = self.lock();
-        // Checked under the lock that forgetting takes too: a forgetting either came before
-        // this check (and the read is not kept) or comes after the insert (and removes it).
-        if self.epoch.load(Ordering::SeqCst) == epoch {
-            if entries.len >= MOST {
-                prune(&mut entries, at);
+        let in_force = read_all.await?;
+        if in_force.is_empty() {
+            let mut clear = self.lock();
+            // Checked under the lock that forgetting takes too: a forgetting either came before
+            // this check (and the read is not kept) or comes after the insert (and removes it).
+            if self.epoch.load(Ordering::SeqCst) == epoch {
+                if clear.newer.len() >= MOST {
+                    turn(&mut clear, at);
+                }
+                clear.newer.insert(account.into());
             }
-            let channels = entries.by_account.entry(account.to_owned()).or_default();
-            if channels.insert(channel.to_owned(), Entry { read_at, in_force }).is_none() {
-                entries.len += 1;
-            }
+            return Ok(CLEAR);
         }
-        Ok(verdict)
+        if in_force.len() as i64 > MOST_READ {
+            return Ok(judge(&read_here.await?, channel, now));
+        }
+        Ok(judge(&in_force, channel, now))
     }
 
-    /// Forgets `account`'s entries: its sanctions changed.
+    /// Whether `account` is known clear at `at` (turning the generations when it is time).
+    fn is_clear(&self, account: &str, at: Instant) -> bool {
+        let mut clear = self.lock();
+        if at.saturating_duration_since(clear.since) >= FRESH_FOR / 2 {
+            turn(&mut clear, at);
+        }
+        clear.newer.contains(account) || clear.older.contains(account)
+    }
+
+    /// Forgets `account`: its sanctions changed.
     pub fn forget(&self, account: &str) {
-        let mut entries = self.lock();
+        let mut clear = self.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        if let Some(channels) = entries.by_account.remove(account) {
-            entries.len -= channels.len();
-        }
+        clear.newer.remove(account);
+        clear.older.remove(account);
     }
 
-    /// Forgets every entry: notices may have been missed.
+    /// Forgets every player: notices may have been missed.
     pub fn forget_all(&self) {
-        let mut entries = self.lock();
+        let mut clear = self.lock();
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        *entries = Entries::default();
+        clear.newer = HashSet::new();
+        clear.older = HashSet::new();
     }
 
-    /// Entries kept.
+    /// Players known clear.
     pub fn len(&self) -> usize {
-        self.lock().len
+        let clear = self.lock();
+        clear.newer.len() + clear.older.len()
     }
 
-    /// Whether none is kept.
+    /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
-fn fresh(entry: &Entry, at: Instant) -> bool {
-    at.saturating_duration_since(entry.read_at) < FRESH_FOR
+/// The newer generation becomes the older, the older is dropped.
+fn turn(clear: &mut Generations, at: Instant) {
+    clear.older = std::mem::take(&mut clear.newer);
+    clear.since = at;
 }
 
-fn judge(in_force: &[InForce], now: i64) -> Verdict {
-    let holds = |kind: &str| in_force.iter().any(|(k, until)| k == kind && until.is_none_or(|until| until > now));
+/// The verdict of the sanctions in force that apply in `channel` (its own and the global ones).
+fn judge(in_force: &[InForce], channel: &str, now: i64) -> Verdict {
+    let holds = |kind: &str| {
+        in_force
+            .iter()
+            .any(|(scope, k, until)| (scope == "global" || scope == channel) && k == kind && until.is_none_or(|until| until > now))
+    };
     Verdict { banned: holds("ban"), muted: holds("mute") }
-}
-
-/// Drops the stale entries, or every entry if none is stale.
-fn prune(entries: &mut Entries, at: Instant) {
-    for channels in entries.by_account.values_mut() {
-        channels.retain(|_, entry| fresh(entry, at));
-    }
-    entries.by_account.retain(|_, channels| !channels.is_empty());
-    entries.len = entries.by_account.values().map(HashMap::len).sum();
-    if entries.len >= MOST {
-        *entries = Entries::default();
-    }
 }
 
 #[cfg(test)]
@@ -169,81 +202,89 @@ mod tests {
         Ok(in_force)
     }
 
-    const CLEAR: Verdict = Verdict { banned: false, muted: false };
+    fn sanction(scope: &str, kind: &str, until: Option<i64>) -> InForce {
+        (scope.into(), kind.into(), until)
+    }
+
     const MUTED: Verdict = Verdict { banned: false, muted: true };
 
     #[tokio::test]
-    async fn an_entry_is_used_while_fresh_and_forgotten_on_a_change() {
-        let known = KnownSanctions::default();
-        let at = Instant::now();
-        let count = AtomicUsize::new(0);
-        assert_eq!(known.verdict_at(at, ("bob", "room:a"), 0, reads(&count, vec![])).await.expect("a verdict"), CLEAR);
-        assert_eq!(
-            known.verdict_at(at, ("bob", "room:a"), 0, reads(&count, vec![("mute".into(), None)])).await.expect("a verdict"),
-            CLEAR,
-            "kept"
-        );
-        assert_eq!(count.load(Ordering::SeqCst), 1, "read once");
-        // Another channel, another account: their own entries.
-        assert_eq!(known.verdict_at(at, ("bob", "room:b"), 0, reads(&count, vec![("mute".into(), None)])).await.expect("a verdict"), MUTED);
-        known.verdict_at(at, ("ana", "room:a"), 0, reads(&count, vec![])).await.expect("a verdict");
-        assert_eq!(known.len(), 3);
+    async fn a_clear_player_is_read_once_until_forgotten_or_stale() {
+        let (known, at, count, here) = (KnownSanctions::default(), Instant::now(), AtomicUsize::new(0), AtomicUsize::new(0));
+        let bob = ("bob", "room:a");
+        assert_eq!(known.verdict_at(at, bob, 0, reads(&count, vec![]), reads(&here, vec![])).await.expect("verdict"), CLEAR);
+        let muted = vec![sanction("global", "mute", None)];
+        assert_eq!(known.verdict_at(at, bob, 0, reads(&count, muted.clone()), reads(&here, vec![])).await.expect("verdict"), CLEAR);
+        assert_eq!(count.load(Ordering::SeqCst), 1, "known clear: not read again");
+        // Any channel: the player is clear everywhere.
+        assert_eq!(known.verdict_at(at, ("bob", "room:b"), 0, reads(&count, muted.clone()), reads(&here, vec![])).await.expect("v"), CLEAR);
+        known.verdict_at(at, ("ana", "room:a"), 0, reads(&count, vec![]), reads(&here, vec![])).await.expect("verdict");
+        assert_eq!(known.len(), 2);
         known.forget("bob");
         assert_eq!(known.len(), 1);
-        assert_eq!(
-            known.verdict_at(at, ("bob", "room:a"), 0, reads(&count, vec![("mute".into(), None)])).await.expect("a verdict"),
-            MUTED,
-            "read again"
-        );
-        // Stale after FRESH_FOR: read again.
-        let at = at + FRESH_FOR;
-        assert_eq!(known.verdict_at(at, ("bob", "room:a"), 0, reads(&count, vec![])).await.expect("a verdict"), CLEAR);
-        assert_eq!(count.load(Ordering::SeqCst), 5);
+        assert_eq!(known.verdict_at(at, bob, 0, reads(&count, muted.clone()), reads(&here, vec![])).await.expect("verdict"), MUTED);
+        assert_eq!(known.verdict_at(at, bob, 0, reads(&count, muted), reads(&here, vec![])).await.expect("verdict"), MUTED, "read again");
+        assert_eq!(count.load(Ordering::SeqCst), 4, "a sanctioned player is read each time");
+        // Ana stays known through one turn of the generations, not two.
+        let later = at + FRESH_FOR / 2;
+        known.verdict_at(later, ("ana", "room:a"), 0, reads(&count, vec![]), reads(&here, vec![])).await.expect("verdict");
+        assert_eq!(count.load(Ordering::SeqCst), 4, "still known");
+        let stale = at + FRESH_FOR;
+        known.verdict_at(stale, ("ana", "room:a"), 0, reads(&count, vec![]), reads(&here, vec![])).await.expect("verdict");
+        assert_eq!(count.load(Ordering::SeqCst), 5, "read again after FRESH_FOR");
         known.forget_all();
         assert!(known.is_empty());
+        assert_eq!(here.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
-    async fn a_sanction_ends_on_time_without_a_read() {
-        let known = KnownSanctions::default();
-        let at = Instant::now();
-        let count = AtomicUsize::new(0);
-        let in_force = vec![("mute".into(), Some(1_000)), ("ban".into(), None)];
-        assert_eq!(
-            known.verdict_at(at, ("bob", "room:a"), 999, reads(&count, in_force)).await.expect("a verdict"),
-            Verdict { banned: true, muted: true }
-        );
-        assert_eq!(
-            known.verdict_at(at, ("bob", "room:a"), 1_000, reads(&count, vec![])).await.expect("a verdict"),
-            Verdict { banned: true, muted: false }
-        );
+    async fn sanctions_apply_in_their_scope_until_they_end() {
+        let (known, at, count) = (KnownSanctions::default(), Instant::now(), AtomicUsize::new(0));
+        let in_force =
+            vec![sanction("room:a", "mute", Some(1_000)), sanction("room:a", "ban", None), sanction("global", "mute", Some(500))];
+        let verdict = |channel: &'static str, now: i64| {
+            known.verdict_at(at, ("bob", channel), now, reads(&count, in_force.clone()), async { Ok(vec![]) })
+        };
+        assert_eq!(verdict("room:a", 999).await.expect("verdict"), Verdict { banned: true, muted: true });
+        assert_eq!(verdict("room:a", 1_000).await.expect("verdict"), Verdict { banned: true, muted: false });
+        assert_eq!(verdict("room:b", 499).await.expect("verdict"), MUTED);
+        assert_eq!(verdict("room:b", 500).await.expect("verdict"), CLEAR);
+        assert!(known.is_empty(), "a player with sanctions is never known clear");
+    }
+
+    #[tokio::test]
+    async fn a_player_with_more_sanctions_than_are_read_is_judged_in_the_channel() {
+        let (known, count) = (KnownSanctions::default(), AtomicUsize::new(0));
+        let many: Vec<InForce> = (0..=MOST_READ).map(|n| sanction(&format!("room:r{n}"), "ban", None)).collect();
+        let here = vec![sanction("room:a", "mute", None)];
+        let verdict = known.verdict(("bob", "room:a"), 0, reads(&count, many), reads(&count, here)).await.expect("verdict");
+        assert_eq!((verdict, count.load(Ordering::SeqCst)), (MUTED, 2));
     }
 
     #[tokio::test]
     async fn a_read_overtaken_by_a_forgetting_is_used_not_kept() {
         let known = KnownSanctions::default();
-        let at = Instant::now();
         let read = async {
             // The change lands while the read is under way.
             known.forget("bob");
             Ok(vec![])
         };
-        assert_eq!(known.verdict_at(at, ("bob", "room:a"), 0, read).await.expect("a verdict"), CLEAR);
+        assert_eq!(known.verdict(("bob", "room:a"), 0, read, async { Ok(vec![]) }).await.expect("verdict"), CLEAR);
         assert!(known.is_empty(), "not kept");
-        let failed = known.verdict_at(at, ("bob", "room:a"), 0, async { Err(anyhow::anyhow!("down")) }).await;
+        let failed = known.verdict(("bob", "room:a"), 0, async { Err(anyhow::anyhow!("down")) }, async { Ok(vec![]) }).await;
         assert!(failed.is_err() && known.is_empty());
     }
 
     #[tokio::test]
-    async fn past_the_most_entries_the_stale_ones_go_then_all() {
-        let known = KnownSanctions::default();
-        let at = Instant::now();
-        for n in 0..MOST {
-            known.verdict_at(at, (&format!("p{n}"), "room:a"), 0, async { Ok(vec![]) }).await.expect("a verdict");
+    async fn past_the_most_players_the_generations_turn_early() {
+        let (known, at) = (KnownSanctions::default(), Instant::now());
+        for n in 0..=MOST {
+            known.verdict_at(at, (&format!("p{n}"), "room:a"), 0, async { Ok(vec![]) }, async { Ok(vec![]) }).await.expect("verdict");
         }
-        assert_eq!(known.len(), MOST);
-        let at = at + FRESH_FOR;
-        known.verdict_at(at, ("fresh", "room:a"), 0, async { Ok(vec![]) }).await.expect("a verdict");
-        assert_eq!(known.len(), 1, "the stale ones went");
+        assert_eq!(known.len(), MOST + 1, "one turn: the first MOST are the older generation");
+        for n in 0..MOST {
+            known.verdict_at(at, (&format!("q{n}"), "room:a"), 0, async { Ok(vec![]) }, async { Ok(vec![]) }).await.expect("verdict");
+        }
+        assert_eq!(known.len(), MOST + 1, "a second turn dropped the first generation");
     }
 }

@@ -4,6 +4,8 @@ use anyhow::Context;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Executor, Row};
 
+use crate::known_sanctions::InForce;
+
 /// A stored message.
 #[derive(Debug, Clone)]
 pub struct MessageRow {
@@ -718,17 +720,13 @@ pub async fn sanctions_of<'e>(
     rows.iter().map(|r| sanction_record(r).context("decoding sanction")).collect()
 }
 
-/// The sanctions in force on `account` in `channel` (or everywhere) at `now`: each one's kind and
-/// end (`crate::known_sanctions::InForce`).
+/// The sanctions in force on `account` in `channel` (or everywhere) at `now`: each one's scope,
+/// kind and end (`crate::known_sanctions::InForce`).
 #[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.sanctions", skip_all)]
-pub async fn sanctions<'e>(
-    db: impl Executor<'e, Database = Any>,
-    account: &str,
-    channel: &str,
-    now: i64,
-) -> anyhow::Result<Vec<(String, Option<i64>)>> {
+pub async fn sanctions<'e>(db: impl Executor<'e, Database = Any>, account: &str, channel: &str, now: i64) -> anyhow::Result<Vec<InForce>> {
     sqlx::query_as(
-        "SELECT kind, until FROM chat_sanctions WHERE account_id = $1 AND (scope = 'global' OR scope = $2) AND (until IS NULL OR until > $3)",
+        "SELECT scope, kind, until FROM chat_sanctions WHERE account_id = $1 AND (scope = 'global' OR scope = $2) \
+         AND (until IS NULL OR until > $3)",
     )
     .bind(account)
     .bind(channel)
@@ -736,6 +734,23 @@ pub async fn sanctions<'e>(
     .fetch_all(db)
     .await
     .context("loading sanctions")
+}
+
+/// The sanctions in force on `account` anywhere at `now`, at most `limit`.
+#[tracing::instrument(target = "guildhall::db", level = "debug", name = "db chat.sanctions_in_force", skip_all)]
+pub async fn sanctions_in_force<'e>(
+    db: impl Executor<'e, Database = Any>,
+    account: &str,
+    now: i64,
+    limit: i64,
+) -> anyhow::Result<Vec<InForce>> {
+    sqlx::query_as("SELECT scope, kind, until FROM chat_sanctions WHERE account_id = $1 AND (until IS NULL OR until > $2) LIMIT $3")
+        .bind(account)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+        .context("loading sanctions")
 }
 
 /// Deletes a message; its channel when there was one. Players' marks of having reported it go
