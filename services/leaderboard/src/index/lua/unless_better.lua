@@ -1,0 +1,6 @@
+if redis.call('EXISTS', KEYS[4]) == 0 then return {} end
+local current = redis.call('HGET', KEYS[2], ARGV[1])
+if not current then return {false} end
+local key = string.sub(current, string.find(current, ':', 1, true) + 1)
+if string.sub(key, 1, #ARGV[2]) > ARGV[2] then return {false} end
+return {key, redis.call('ZRANK', KEYS[1], key), redis.call('HGET', KEYS[3], ARGV[1])}
