@@ -3,10 +3,11 @@
 //! beside the batched insert, most of PostgreSQL's work per message once the inserts were
 //! grouped). Nearly every player has none; one who has some is read each time, as before.
 //!
-//! Only the account is kept, in two generations: a player read clear goes into the newer, which
-//! becomes the older every `FRESH_FOR / 2`, when the older is dropped; so a player is known
-//! clear for at most `FRESH_FOR` before being read again. About 100 bytes a player who sent
-//! lately, which every idle joined socket's budget (loadtest/README.md) can spare.
+//! Only the account is kept, in two generations: a player read clear on a send goes into the
+//! newer, which becomes the older every `FRESH_FOR / 2`, when the older is dropped; so a player
+//! is known clear for at most `FRESH_FOR` before being read again. About 100 bytes a player who
+//! sent lately; a socket that only joins and reads keeps nothing here (its reads of the
+//! channel's sanctions are rare), so an idle joined socket costs no more than it did.
 //!
 //! Kept right by notices: once a sanction issued or lifted is committed, its instance forgets
 //! the player and announces `Notice::SanctionsChanged`, on which every instance does the same
@@ -84,21 +85,27 @@ impl KnownSanctions {
     }
 
     /// `account`'s verdict in `channel` at `now` (milliseconds): clear without a read while it is
-    /// known clear; else from `read_all` (its sanctions in force anywhere, at most `MOST_READ`
-    /// and one), and if it has none it is known clear from then on; a player with more than
-    /// `MOST_READ` is judged by `read_here` (its sanctions in force in the channel or
-    /// everywhere).
+    /// known clear. Else, for a send (`keep`), from `read_all` (its sanctions in force anywhere,
+    /// at most `MOST_READ` and one), and if it has none it is known clear from then on (a player
+    /// with more than `MOST_READ` is judged by `read_here`); for anything else, from `read_here`
+    /// (its sanctions in force in the channel or everywhere), and nothing is kept.
     pub async fn verdict<All, Here>(
         &self,
         (account, channel): (&str, &str),
         now: i64,
-        read_all: All,
-        read_here: Here,
+        keep: bool,
+        (read_all, read_here): (All, Here),
     ) -> anyhow::Result<Verdict>
     where
         All: Future<Output = anyhow::Result<Vec<InForce>>>,
         Here: Future<Output = anyhow::Result<Vec<InForce>>>,
     {
+        if !keep {
+            if self.is_clear(account, Instant::now()) {
+                return Ok(CLEAR);
+            }
+            return Ok(judge(&read_here.await?, channel, now));
+        }
         self.verdict_at(Instant::now(), (account, channel), now, read_all, read_here).await
     }
 
@@ -257,7 +264,7 @@ mod tests {
         let (known, count) = (KnownSanctions::default(), AtomicUsize::new(0));
         let many: Vec<InForce> = (0..=MOST_READ).map(|n| sanction(&format!("room:r{n}"), "ban", None)).collect();
         let here = vec![sanction("room:a", "mute", None)];
-        let verdict = known.verdict(("bob", "room:a"), 0, reads(&count, many), reads(&count, here)).await.expect("verdict");
+        let verdict = known.verdict(("bob", "room:a"), 0, true, (reads(&count, many), reads(&count, here))).await.expect("verdict");
         assert_eq!((verdict, count.load(Ordering::SeqCst)), (MUTED, 2));
     }
 
@@ -269,9 +276,9 @@ mod tests {
             known.forget("bob");
             Ok(vec![])
         };
-        assert_eq!(known.verdict(("bob", "room:a"), 0, read, async { Ok(vec![]) }).await.expect("verdict"), CLEAR);
+        assert_eq!(known.verdict(("bob", "room:a"), 0, true, (read, async { Ok(vec![]) })).await.expect("verdict"), CLEAR);
         assert!(known.is_empty(), "not kept");
-        let failed = known.verdict(("bob", "room:a"), 0, async { Err(anyhow::anyhow!("down")) }, async { Ok(vec![]) }).await;
+        let failed = known.verdict(("bob", "room:a"), 0, true, (async { Err(anyhow::anyhow!("down")) }, async { Ok(vec![]) })).await;
         assert!(failed.is_err() && known.is_empty());
     }
 
@@ -286,5 +293,18 @@ mod tests {
             known.verdict_at(at, (&format!("q{n}"), "room:a"), 0, async { Ok(vec![]) }, async { Ok(vec![]) }).await.expect("verdict");
         }
         assert_eq!(known.len(), MOST + 1, "a second turn dropped the first generation");
+    }
+
+    #[tokio::test]
+    async fn a_join_or_a_read_keeps_nothing_but_uses_what_a_send_kept() {
+        let (known, all, here) = (KnownSanctions::default(), AtomicUsize::new(0), AtomicUsize::new(0));
+        let muted_here = vec![sanction("room:a", "mute", None)];
+        let read =
+            |keep: bool, in_force: Vec<InForce>| known.verdict(("bob", "room:a"), 0, keep, (reads(&all, vec![]), reads(&here, in_force)));
+        assert_eq!(read(false, muted_here.clone()).await.expect("verdict"), MUTED, "judged by the channel's own");
+        assert_eq!((all.load(Ordering::SeqCst), here.load(Ordering::SeqCst), known.len()), (0, 1, 0), "nothing kept");
+        assert_eq!(read(true, vec![]).await.expect("verdict"), CLEAR);
+        assert_eq!(read(false, muted_here).await.expect("verdict"), CLEAR, "known clear since the send");
+        assert_eq!((all.load(Ordering::SeqCst), here.load(Ordering::SeqCst), known.len()), (1, 1, 1));
     }
 }
