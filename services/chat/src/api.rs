@@ -228,8 +228,7 @@ pub struct AddMember {
 /// moderators.
 #[utoipa::path(post, path = "/v1/chat/groups/{id}/members", tag = "chat", security(("bearer" = [])), request_body = AddMember,
     params(("id" = String, Path, description = "Group id")),
-    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 410, description = "account_deleted: the player was erased", body = ErrorBody)))]
+    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, description = "no such group, or account_deleted: the player was erased", body = ErrorBody)))]
 pub async fn add_member(
     State(state): State<ChatState>,
     player: Player,

@@ -33,7 +33,7 @@ impl ChatState {
     }
 
     /// When `channel` is a direct conversation: 403 `dm_blocked` if one of its players blocked
-    /// the other, 410 `account_deleted` if one of them was erased (nothing of an erased player's
+    /// the other, 404 `account_deleted` if one of them was erased (nothing of an erased player's
     /// is made again: `store::remember_erased`).
     pub async fn refuse_dm(&self, channel: &Channel) -> Result<(), ApiError> {
         let Channel::Direct(a, b) = channel else { return Ok(()) };
@@ -76,7 +76,8 @@ impl ChatState {
     }
 }
 
-/// 410 `account_deleted`: the player named was erased.
+/// 404 `account_deleted`: the player named was erased (404 as for any account that is not there;
+/// the code says why).
 pub(crate) fn account_deleted() -> ApiError {
-    ApiError::client(StatusCode::GONE, "account_deleted", "this player deleted their account")
+    ApiError::client(StatusCode::NOT_FOUND, "account_deleted", "this player deleted their account")
 }

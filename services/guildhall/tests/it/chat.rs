@@ -349,7 +349,7 @@ async fn reports_and_erasure(backend: Backend) {
     let mut again = Chat::connect(&app.base, &ana_token).await;
     let join = again.request(json!({"type": "join", "channel": direct})).await;
     assert_eq!(join["code"], "account_deleted", "{join}");
-    app.post(&members, Some(&ana_token), json!({"account_id": bob_id})).await.expect_error(410, "account_deleted");
+    app.post(&members, Some(&ana_token), json!({"account_id": bob_id})).await.expect_error(404, "account_deleted");
     let bobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chat_conversations WHERE account_id = $1")
         .bind(&bob_id)
         .fetch_one(db.pool())
