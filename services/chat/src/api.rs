@@ -577,9 +577,8 @@ fn check_kind(kind: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Lifts the sanction of `kind` on `account` in `scope`, if the caller's authority allows.
-/// Lifts `account`'s sanction of `kind` in `scope`, as `authority` (`by`): recorded in the audit
-/// log in the same transaction when a server key (`admin`) does it.
+/// Lifts the sanction of `kind` on `account` in `scope`, if the caller's authority (`by`)
+/// allows; recorded in the audit log in the same transaction when a server key (`admin`) does it.
 async fn lift_sanction(
     state: &ChatState,
     account: &str,
