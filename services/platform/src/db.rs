@@ -599,12 +599,7 @@ impl Pool {
         if reachability.is_down() {
             return Err(unreachable());
         }
-        let result = tokio::select! {
-            // A wait that ends at once never starts the race's timer.
-            biased;
-            result = wait => result,
-            () = reachability.until_down(PROBE_AFTER) => Err(unreachable()),
-        };
+        let result = until_down_or(reachability, PROBE_AFTER, wait).await;
         if let Err(err) = &result {
             self.observe(err);
         }
@@ -619,11 +614,7 @@ impl Pool {
     /// (as `is_unavailable` tells).
     pub async fn within_reach<T, E: From<sqlx::Error>>(&self, statement: impl Future<Output = Result<T, E>>) -> Result<T, E> {
         let Some(reachability) = &self.shared.reachability else { return statement.await };
-        tokio::select! {
-            biased;
-            result = statement => result,
-            () = reachability.until_down(PROBE_STATEMENT_AFTER) => Err(unreachable().into()),
-        }
+        until_down_or(reachability, PROBE_STATEMENT_AFTER, statement).await
     }
 
     /// Has the database probed when a query failed in a way that suggests it is down. Queries
@@ -727,6 +718,20 @@ fn idle_tested() -> AnyPoolOptions {
             Ok(true)
         })
     })
+}
+
+/// `work`'s result, or the breaker's error once a probe (the first after `after`) finds the
+/// database down. Work that ends at once never starts the race's timer.
+async fn until_down_or<T, E: From<sqlx::Error>>(
+    reachability: &Arc<Reachability>,
+    after: Duration,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::select! {
+        biased;
+        result = work => result,
+        () = reachability.until_down(after) => Err(unreachable().into()),
+    }
 }
 
 fn unreachable() -> sqlx::Error {
