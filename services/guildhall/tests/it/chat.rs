@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::{
     ADMIN_KEY, Api, Backend, Chat, RawSocket, TestApp, TestEnv, deliver_again, deliver_late, eventually, guest, guest_session, server_key,
-    two_processes,
+    two_chat_processes,
 };
 use platform::db::Dialect;
 use serde_json::{Value, json};
@@ -443,10 +443,7 @@ async fn two_processes_share_channels_and_presence() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let (_env, mut a, b) = two_processes(|env| {
-        env.set("CHAT_SEND_BURST", "100");
-    })
-    .await;
+    let (_env, mut a, b) = two_chat_processes().await;
     let (ana_id, ana_token) = guest(&a, "ana").await;
     let (bob_id, bob_token) = guest(&b, "bob").await;
     let mut ana = Chat::connect(&a.base, &ana_token).await;
@@ -782,10 +779,7 @@ async fn two_processes_end_sessions_and_apply_bans_everywhere() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let (_env, a, b) = two_processes(|env| {
-        env.set("CHAT_SEND_BURST", "100");
-    })
-    .await;
+    let (_env, a, b) = two_chat_processes().await;
     let (_, ana_token) = guest(&a, "ana").await;
     let (bob_id, bob_token) = guest(&b, "bob").await;
     let (_, carol_token) = guest(&a, "carol").await;
@@ -1186,10 +1180,7 @@ async fn two_processes_tell_every_socket_of_a_deleted_message() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let (_env, a, b) = two_processes(|env| {
-        env.set("CHAT_SEND_BURST", "100");
-    })
-    .await;
+    let (_env, a, b) = two_chat_processes().await;
     let (_, ana_token) = guest(&a, "ana").await;
     let (_, bob_token) = guest(&b, "bob").await;
     let mut ana = Chat::connect(&a.base, &ana_token).await;
@@ -1215,10 +1206,7 @@ async fn two_processes_agree_on_a_mute_at_once() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let (_env, a, b) = two_processes(|env| {
-        env.set("CHAT_SEND_BURST", "100");
-    })
-    .await;
+    let (_env, a, b) = two_chat_processes().await;
     let (ana_id, ana_token) = guest(&a, "ana").await;
     let mut ana = Chat::connect(&a.base, &ana_token).await;
     ana.join("room:global").await;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{ADMIN_KEY, Api, Backend, Chat, TestApp, deliver_again, guest, two_processes};
+use crate::common::{ADMIN_KEY, Api, Backend, Chat, TestApp, deliver_again, guest, two_chat_processes};
 use platform::db::Database;
 use platform::events::{FriendAccepted, FriendRequested, SeasonClosed, SeasonPlacing};
 use serde_json::{Value, json};
@@ -402,10 +402,7 @@ async fn two_processes_push_notifications_to_every_instance() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let (env, a, b) = two_processes(|env| {
-        env.set("CHAT_SEND_BURST", "100");
-    })
-    .await;
+    let (env, a, b) = two_chat_processes().await;
     let (ana_id, ana_token) = guest(&a, "ana").await;
     let (bob_id, bob_token) = guest(&b, "bob").await;
     let mut ana = Chat::connect(&a.base, &ana_token).await;

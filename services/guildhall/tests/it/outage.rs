@@ -45,18 +45,25 @@ async fn postgres_stopped_is_a_fast_503_and_the_same_server_recovers() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let postgres = ThrowawayPostgres::start().await.expect("a PostgreSQL of the test's own");
-    let app = TestApp::start_with(Backend::Real, |env| {
-        env.set("DATABASE_URL", postgres.url());
-    })
-    .await;
-    let (_, token) = guest(&app, "pg-outage").await;
+    let (postgres, app, token) = on_own_postgres("pg-outage").await;
     timed_get(&app, "/v1/accounts/me", Some(&token)).await.expect(200);
 
     postgres.stop().await.expect("PostgreSQL stops");
     database_down(&app, &token, "device-pg-outage-new").await;
     postgres.start_again().await.expect("PostgreSQL starts again");
     database_back(&app, &token, "device-pg-outage-new").await;
+}
+
+/// A PostgreSQL of the test's own (stopping the shared one would break the tests beside it), a
+/// server on it, and the access token of a guest `device` signed in there.
+async fn on_own_postgres(device: &str) -> (ThrowawayPostgres, TestApp, String) {
+    let postgres = ThrowawayPostgres::start().await.expect("a PostgreSQL of the test's own");
+    let app = TestApp::start_with(Backend::Real, |env| {
+        env.set("DATABASE_URL", postgres.url());
+    })
+    .await;
+    let (_, token) = guest(&app, device).await;
+    (postgres, app, token)
 }
 
 /// While the database is down: reads are a fast 503, a write too (a new guest account), and
@@ -87,12 +94,7 @@ async fn postgres_paused_is_a_fast_503_and_the_same_server_recovers() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let postgres = ThrowawayPostgres::start().await.expect("a PostgreSQL of the test's own");
-    let app = TestApp::start_with(Backend::Real, |env| {
-        env.set("DATABASE_URL", postgres.url());
-    })
-    .await;
-    let (_, token) = guest(&app, "pg-pause").await;
+    let (postgres, app, token) = on_own_postgres("pg-pause").await;
     timed_get(&app, "/v1/accounts/me", Some(&token)).await.expect(200);
 
     postgres.pause().expect("SIGSTOP");
@@ -106,12 +108,7 @@ async fn postgres_restart_under_requests_answers_only_200_or_503() {
     if platform::testing::real_backends_skipped() {
         return;
     }
-    let postgres = ThrowawayPostgres::start().await.expect("a PostgreSQL of the test's own");
-    let app = TestApp::start_with(Backend::Real, |env| {
-        env.set("DATABASE_URL", postgres.url());
-    })
-    .await;
-    let (_, token) = guest(&app, "pg-restart").await;
+    let (postgres, app, token) = on_own_postgres("pg-restart").await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..4 {

@@ -87,6 +87,14 @@ pub async fn two_processes(adjust: impl FnOnce(&mut TestEnv)) -> (TestEnv, Proce
     (env, a, b)
 }
 
+/// `two_processes` with the chat send limit's burst raised to 100, for tests that send freely.
+pub async fn two_chat_processes() -> (TestEnv, Process, Process) {
+    two_processes(|env| {
+        env.set("CHAT_SEND_BURST", "100");
+    })
+    .await
+}
+
 /// `env` as one ECS task of `role` sees it: `DATABASE_URL` names the role as its user (an ECS
 /// task's own URL; here trusted, there an IAM token), no pool per role, no migrations (ECS's
 /// migrate task, as the owner, made the schema and the roles).
@@ -855,19 +863,18 @@ pub async fn deliver_late<E: platform::events::EventType>(app: &TestApp, consume
     let mut tx = db.begin().await.expect("transaction");
     let id = platform::events::record(&mut *tx, event).await.expect("recorded");
     tx.commit().await.expect("committed");
-    eventually(Duration::from_secs(20), "the late event handled", || {
-        let (db, id) = (&db, &id);
-        async move {
-            let handled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumed_events WHERE consumer = $1 AND event_id = $2")
-                .bind(consumer)
-                .bind(id)
-                .fetch_one(db.pool())
-                .await
-                .expect("consumed events");
-            handled == 1
-        }
-    })
-    .await;
+    eventually(Duration::from_secs(20), "the late event handled", || handled(&db, consumer, &id)).await;
+}
+
+/// Whether `consumer` has handled the event `event_id` (its row in `consumed_events`).
+pub async fn handled(db: &Database, consumer: &str, event_id: &str) -> bool {
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumed_events WHERE consumer = $1 AND event_id = $2")
+        .bind(consumer)
+        .bind(event_id)
+        .fetch_one(db.pool())
+        .await
+        .expect("consumed events");
+    rows == 1
 }
 
 /// Delivers the event `event_id` to `consumer` again, as a redelivery after a lost
@@ -876,15 +883,6 @@ pub async fn deliver_late<E: platform::events::EventType>(app: &TestApp, consume
 /// once more. The relay marks an event sent after its handlers ran, so making the row due before
 /// that mark would be undone by it.
 pub async fn deliver_again(db: &Database, consumer: &str, event_id: &str) {
-    let handled = || async {
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM consumed_events WHERE consumer = $1 AND event_id = $2")
-            .bind(consumer)
-            .bind(event_id)
-            .fetch_one(db.pool())
-            .await
-            .expect("consumed events");
-        rows == 1
-    };
     let sent = || async {
         let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE id = $1 AND sent_at IS NOT NULL")
             .bind(event_id)
@@ -893,7 +891,10 @@ pub async fn deliver_again(db: &Database, consumer: &str, event_id: &str) {
             .expect("outbox");
         rows == 1
     };
-    eventually(Duration::from_secs(20), "the event handled and marked sent", || async { handled().await && sent().await }).await;
+    eventually(Duration::from_secs(20), "the event handled and marked sent", || async {
+        handled(db, consumer, event_id).await && sent().await
+    })
+    .await;
     sqlx::query("DELETE FROM consumed_events WHERE consumer = $1 AND event_id = $2")
         .bind(consumer)
         .bind(event_id)
@@ -905,5 +906,5 @@ pub async fn deliver_again(db: &Database, consumer: &str, event_id: &str) {
         .execute(db.pool())
         .await
         .expect("due again");
-    eventually(Duration::from_secs(20), "the event delivered again", handled).await;
+    eventually(Duration::from_secs(20), "the event delivered again", || handled(db, consumer, event_id)).await;
 }
