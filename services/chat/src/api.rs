@@ -100,8 +100,9 @@ impl ChatState {
             }
         }
         let (id, now) = (channel.id(), now_millis());
-        let read_all = store::sanctions_in_force(self.db.pool(), account, now, crate::known_sanctions::MOST_READ + 1);
-        let read_here = store::sanctions(self.db.pool(), account, &id, now);
+        // Async blocks, so that a read (and its span) is made only when the verdict needs it.
+        let read_all = async { store::sanctions_in_force(self.db.pool(), account, now, crate::known_sanctions::MOST_READ + 1).await };
+        let read_here = async { store::sanctions(self.db.pool(), account, &id, now).await };
         let verdict = self.hub.known_sanctions().verdict((account, &id), now, sending, (read_all, read_here)).await?;
         if verdict.banned {
             return Err(ApiError::Forbidden("you are banned from this channel".into()));
