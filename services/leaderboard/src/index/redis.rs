@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use platform::cache::RedisCache;
-use redis::{Script, Value};
+use redis::{Script, ScriptInvocation, Value};
 
 use super::scripts::*;
 use super::{Correction, Entry, Found, NotReady, Ranked, RebuildLock, Scope};
@@ -61,6 +61,16 @@ struct Keys {
     lock: String,
 }
 
+impl Keys {
+    /// `script` prepared on the board season's four keys, as most scripts take them: zset,
+    /// owners, data, ready.
+    fn board(&self, script: &'static Script) -> ScriptInvocation<'static> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&self.zset).key(&self.owners).key(&self.data).key(&self.ready);
+        invocation
+    }
+}
+
 fn keys(redis: &RedisCache, scope: Scope<'_>) -> Keys {
     let base = redis.key(&format!("lb:{{{}:{}}}", scope.board, scope.season));
     Keys {
@@ -98,8 +108,7 @@ impl RedisIndex {
             return Ok(Ok(Vec::new()));
         }
         let k = self.keys.get(&self.redis, scope);
-        let mut invocation = script(&UPSERT_SCRIPT, UPSERT).prepare_invoke();
-        invocation.key(&k.zset).key(&k.owners).key(&k.data).key(&k.ready);
+        let mut invocation = k.board(script(&UPSERT_SCRIPT, UPSERT));
         for entry in entries {
             invocation.arg(&entry.owner_id).arg(entry.version).arg(&entry.key).arg(&entry.data);
         }
@@ -118,17 +127,17 @@ impl RedisIndex {
     }
 
     pub(super) async fn rank_of(&self, scope: Scope<'_>, owner_id: &str) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
+        self.ranked(scope, script(&RANK_OF_SCRIPT, RANK_OF), &[owner_id]).await.context("Redis leaderboard rank")
+    }
+
+    /// Runs `script` (one that answers as `ranked_reply` reads) on the board season's four keys
+    /// with `args`.
+    async fn ranked(&self, scope: Scope<'_>, script: &'static Script, args: &[&str]) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
         let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
-        let reply: Vec<Value> = script(&RANK_OF_SCRIPT, RANK_OF)
-            .key(&k.zset)
-            .key(&k.owners)
-            .key(&k.data)
-            .key(&k.ready)
-            .arg(owner_id)
-            .invoke_async(&mut conn)
-            .await
-            .context("Redis leaderboard rank")?;
+        let mut invocation = k.board(script);
+        invocation.arg(args);
+        let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
         Self::ranked_reply(reply)
     }
 
@@ -186,19 +195,7 @@ impl RedisIndex {
         owner_id: &str,
         prefix: &str,
     ) -> anyhow::Result<Result<Option<Ranked>, NotReady>> {
-        let k = self.keys.get(&self.redis, scope);
-        let mut conn = self.redis.connection();
-        let reply: Vec<Value> = script(&UNLESS_BETTER_SCRIPT, UNLESS_BETTER)
-            .key(&k.zset)
-            .key(&k.owners)
-            .key(&k.data)
-            .key(&k.ready)
-            .arg(owner_id)
-            .arg(prefix)
-            .invoke_async(&mut conn)
-            .await
-            .context("Redis leaderboard check")?;
-        Self::ranked_reply(reply)
+        self.ranked(scope, script(&UNLESS_BETTER_SCRIPT, UNLESS_BETTER), &[owner_id, prefix]).await.context("Redis leaderboard check")
     }
 
     /// Reads `{}` (not ready), `{false}` (none) or `{key, rank, data}`.
@@ -223,17 +220,9 @@ impl RedisIndex {
     ) -> anyhow::Result<Result<Vec<Ranked>, NotReady>> {
         let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
-        let reply: Vec<Value> = script(&PAGE_SCRIPT, PAGE)
-            .key(&k.zset)
-            .key(&k.owners)
-            .key(&k.data)
-            .key(&k.ready)
-            .arg(mode)
-            .arg(from)
-            .arg(limit)
-            .invoke_async(&mut conn)
-            .await
-            .context("Redis leaderboard page")?;
+        let mut invocation = k.board(script(&PAGE_SCRIPT, PAGE));
+        invocation.arg(mode).arg(from).arg(limit);
+        let reply: Vec<Value> = invocation.invoke_async(&mut conn).await.context("Redis leaderboard page")?;
         let Some((first, rest)) = reply.split_first() else { return Ok(Err(NotReady)) };
         let first = int(first).and_then(|r| u64::try_from(r).ok()).context("page reply without rank")?;
         let ranked = rest
@@ -284,8 +273,8 @@ impl RedisIndex {
         }
         let k = self.keys.get(&self.redis, scope);
         let mut conn = self.redis.connection();
-        let mut invocation = script(&CORRECT_SCRIPT, CORRECT).prepare_invoke();
-        invocation.key(&k.zset).key(&k.owners).key(&k.data).key(&k.ready).key(&k.lock);
+        let mut invocation = k.board(script(&CORRECT_SCRIPT, CORRECT));
+        invocation.key(&k.lock);
         for c in corrections {
             let target = c.target.map(Entry::state).unwrap_or_default();
             let data = c.target.map(|e| e.data.as_str()).unwrap_or_default();
